@@ -1,0 +1,84 @@
+"""pktlab: a Jupyter-first interactive packet lab.
+
+``%load_ext pktlab`` in a notebook, or from Python::
+
+    import pktlab
+    lab = pktlab.Lab()
+    s = pktlab.attach(1, rule="-p udp --dport 9000", netns=lab.server)
+
+    @s.handler
+    def drop_big(pkt):
+        if len(pkt) > 500:
+            return pkt.drop()
+
+Heavy libraries (pandas, scapy, bokeh, IPython) load only when used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import (
+    HandlerError,
+    LabError,
+    MissingToolError,
+    PacketFormatError,
+    PktlabError,
+    PrivilegeError,
+    QueueBusyError,
+    RuleError,
+    SessionError,
+)
+from .handlers import Handler, HandlerFailure
+from .lab import Host, Lab, PingResult, UdpFlow, UdpResult
+from .packet import Packet
+from .record import Record
+from .session import Session, Status, attach
+from .verdicts import ACCEPT, DROP, REPEAT, Verdict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACCEPT",
+    "DROP",
+    "REPEAT",
+    "HandlerError",
+    "Handler",
+    "HandlerFailure",
+    "Host",
+    "Lab",
+    "LabError",
+    "MissingToolError",
+    "Packet",
+    "PacketFormatError",
+    "PingResult",
+    "PktlabError",
+    "PrivilegeError",
+    "QueueBusyError",
+    "Record",
+    "RuleError",
+    "Session",
+    "SessionError",
+    "Status",
+    "UdpFlow",
+    "UdpResult",
+    "Verdict",
+    "attach",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+    "__version__",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext pktlab``: register ``%pktlab`` and ``%%pktlab``."""
+    from .magic import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext pktlab``: detach sessions and bring labs down."""
+    from .magic import unload
+
+    unload(ipython)

@@ -1,0 +1,52 @@
+"""The exceptions pktlab raises.
+
+Every message names the cause and the fix, in one sentence where possible::
+
+    PktlabError                      base of everything below
+    ├── PrivilegeError               not root / no CAP_NET_ADMIN
+    ├── MissingToolError             iptables, NetfilterQueue or another dependency is absent
+    ├── RuleError                    iptables refused a rule (its own message is kept)
+    ├── QueueBusyError               the queue number is already bound by another reader
+    ├── LabError                     a namespace or link could not be made or found
+    ├── SessionError                 misuse of a session (detached, no session, bad option)
+    ├── HandlerError                 a handler is not callable / returned a non-verdict
+    └── PacketFormatError            a view read past the end of a packet or met a bad length
+"""
+
+from __future__ import annotations
+
+
+class PktlabError(Exception):
+    """Base class of all pktlab errors."""
+
+
+class PrivilegeError(PktlabError):
+    """The operation needs root or CAP_NET_ADMIN."""
+
+
+class MissingToolError(PktlabError):
+    """A system tool or Python package pktlab needs is not installed."""
+
+
+class RuleError(PktlabError):
+    """iptables refused a rule."""
+
+
+class QueueBusyError(PktlabError):
+    """The NFQUEUE number is already bound by another reader."""
+
+
+class LabError(PktlabError):
+    """A lab namespace or link could not be created, found or removed."""
+
+
+class SessionError(PktlabError):
+    """A session was used in a way it cannot be (detached, bad option...)."""
+
+
+class HandlerError(PktlabError):
+    """A handler is not usable (not callable, wrong signature, bad return)."""
+
+
+class PacketFormatError(PktlabError, ValueError):
+    """A packet is too short or has an inconsistent length for the view read."""

@@ -1,0 +1,396 @@
+"""Network labs: namespaces joined by veth links, hosts that run commands.
+
+A ``Lab`` is two hosts (``client`` — ``server``) or three
+(``client`` — ``router`` — ``server``), each a network namespace named
+``pktlab-<pid>-<n>-<role>``.  The pid in the name lets a later process
+tell leftovers of a killed one from a live lab (:func:`sweep_stale`).
+Teardown kills the processes the lab started (by PID) and removes the
+namespaces, which removes their links and firewall rules with them; it runs
+on ``down()``, on leaving a ``with`` block and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import netns
+from .errors import LabError
+from .kernel import pid_alive, require_net_admin
+
+_LAB_SEQ = itertools.count(1)
+_NAME_RE = re.compile(r"^pktlab-(\d+)-(\d+)-([a-z]+)$")
+TOPOLOGIES = ("pair", "router")
+
+
+def sweep_stale() -> list[str]:
+    """Remove lab namespaces whose creating process is dead; return their names."""
+    removed = []
+    for name in netns.list_names():
+        m = _NAME_RE.match(name)
+        if m and not pid_alive(int(m.group(1))):
+            _remove_netns(name)
+            removed.append(name)
+    return removed
+
+
+def _remove_netns(name: str) -> None:
+    from pyroute2 import netns as _netns
+
+    try:
+        _netns.remove(name)
+    except FileNotFoundError:
+        pass
+
+
+def _cmd_argv(cmd: str | list[str]) -> list[str]:
+    return shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+
+
+@dataclass
+class Host:
+    """One lab host: a network namespace with addresses on its links."""
+
+    role: str
+    netns: str
+    addrs: dict[str, str] = field(default_factory=dict)  # ifname -> IPv4 address
+    lab: Lab | None = field(default=None, repr=False)
+
+    @property
+    def addr(self) -> str:
+        """The host's first IPv4 address."""
+        return next(iter(self.addrs.values()))
+
+    def run(
+        self, cmd: str | list[str], *, timeout: float = 30.0, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` in this host and wait for it (bounded by ``timeout``)."""
+        argv = _cmd_argv(cmd)
+        try:
+            return netns.run(self.netns, argv, timeout=timeout, check=check, input=input)
+        except subprocess.CalledProcessError as exc:
+            raise LabError(
+                f"`{shlex.join(argv)}` failed in {self.role} with exit code {exc.returncode}: "
+                f"{(exc.stderr or exc.stdout).strip()[:300]}"
+            ) from None
+
+    def popen(self, cmd: str | list[str], **kwargs: Any) -> subprocess.Popen[str]:
+        """Start ``cmd`` in this host; the lab kills it (by PID) on teardown if still running."""
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        proc = subprocess.Popen(netns.argv_in(self.netns, _cmd_argv(cmd)), **kwargs)
+        if self.lab is not None:
+            self.lab._track(proc)
+        return proc
+
+    def ping(self, dst: str | Host, *, count: int = 3, interval: float = 0.2, timeout: float = 10.0) -> PingResult:
+        """Send ``count`` ICMP echo requests to ``dst`` and count the replies."""
+        target = dst.addr if isinstance(dst, Host) else dst
+        deadline = max(1, int(count * interval + 2))
+        proc = netns.run(
+            self.netns,
+            ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1", "-w", str(deadline), target],
+            timeout=timeout,
+            check=False,
+        )
+        m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", proc.stdout)
+        if not m:
+            raise LabError(f"ping in {self.role} gave no summary: {proc.stderr.strip() or proc.stdout.strip()}")
+        return PingResult(sent=int(m.group(1)), received=int(m.group(2)))
+
+
+@dataclass(frozen=True)
+class PingResult:
+    sent: int
+    received: int
+
+
+@dataclass(frozen=True)
+class UdpResult:
+    """What a bounded UDP flow did, seen from both ends."""
+
+    sent: int
+    received: int
+    unique: int
+    duplicates: int
+    missing_count: int
+    missing: list[int]
+    payloads: list[bytes]
+    seconds: float
+
+
+class UdpFlow:
+    """A running UDP flow (receiver and sender started); ``wait()`` gives the result."""
+
+    def __init__(self, receiver: subprocess.Popen[str], sender: subprocess.Popen[str], timeout: float):
+        self._receiver, self._sender, self._timeout = receiver, sender, timeout
+
+    def wait(self) -> UdpResult:
+        s_out, s_err = self._sender.communicate(timeout=self._timeout + 10)
+        r_out, r_err = self._receiver.communicate(timeout=self._timeout + 10)
+        try:
+            s = json.loads(s_out.strip().splitlines()[-1])
+            r = json.loads(r_out.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            raise LabError(f"UDP flow failed: sender said {s_err.strip()!r}, receiver said {r_err.strip()!r}") from None
+        return UdpResult(
+            sent=s["sent"],
+            received=r["received"],
+            unique=r["unique"],
+            duplicates=r["duplicates"],
+            missing_count=r["missing_count"],
+            missing=r["missing"],
+            payloads=[bytes.fromhex(h) for h in r["payloads"]],
+            seconds=r["seconds"],
+        )
+
+
+def _wait_ready(proc: subprocess.Popen[str], what: str, timeout: float = 10.0) -> None:
+    """Wait until a traffic receiver printed ``ready``."""
+    assert proc.stdout is not None
+    box: dict[str, str] = {}
+    t = threading.Thread(target=lambda: box.setdefault("line", proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    t.start()
+    t.join(timeout)
+    if box.get("line", "").strip() != "ready":
+        proc.kill()
+        err = proc.stderr.read() if proc.stderr else ""
+        raise LabError(f"{what} did not start: {err.strip()[-300:] or 'no output'}")
+
+
+class Lab:
+    """Network namespaces joined by veth links.
+
+    ``Lab()`` makes ``client`` (10.77.1.1) — ``server`` (10.77.1.2);
+    ``Lab("router")`` makes ``client`` (10.77.1.1) — ``router``
+    (10.77.1.2 / 10.77.2.1, forwarding) — ``server`` (10.77.2.2).  Every lab
+    lives in its own namespaces, so labs with the same addresses coexist.
+    """
+
+    def __init__(self, topology: str = "pair", *, subnet: str = "10.77") -> None:
+        if topology not in TOPOLOGIES:
+            raise LabError(f"unknown topology {topology!r}; use one of {', '.join(TOPOLOGIES)}")
+        require_net_admin("create a lab")
+        sweep_stale()
+        self.topology = topology
+        self.subnet = subnet
+        self.id = f"{os.getpid()}-{next(_LAB_SEQ)}"
+        self.hosts: dict[str, Host] = {}
+        self._procs: list[subprocess.Popen[str]] = []
+        self._sessions: list[Any] = []  # sessions attached in this lab, detached on down()
+        self._closed = False
+        self._lock = threading.Lock()
+        atexit.register(self.down)
+        try:
+            self._build()
+        except BaseException:
+            self.down()
+            raise
+
+    # -- building ---------------------------------------------------------
+    def _host(self, role: str) -> Host:
+        name = f"pktlab-{self.id}-{role}"
+        from pyroute2 import netns as _netns
+
+        _netns.create(name)
+        host = Host(role=role, netns=name, lab=self)
+        self.hosts[role] = host
+        netns.call_in(name, self._loopback_up)
+        return host
+
+    @staticmethod
+    def _loopback_up() -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ip:
+            ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+
+    def _link(self, a: Host, a_if: str, a_addr: str, b: Host, b_if: str, b_addr: str) -> None:
+        from pyroute2 import NetNS
+
+        with NetNS(a.netns) as ns:
+            ns.link("add", ifname=a_if, kind="veth", peer={"ifname": b_if, "net_ns_fd": b.netns})
+        for host, ifname, addr in ((a, a_if, a_addr), (b, b_if, b_addr)):
+            with NetNS(host.netns) as ns:
+                idx = ns.link_lookup(ifname=ifname)[0]
+                ns.addr("add", index=idx, address=addr, prefixlen=24)
+                ns.link("set", index=idx, state="up")
+            host.addrs[ifname] = addr
+
+    @staticmethod
+    def _route(host: Host, gateway: str) -> None:
+        from pyroute2 import NetNS
+
+        with NetNS(host.netns) as ns:
+            ns.route("add", dst="default", gateway=gateway)
+
+    def _build(self) -> None:
+        n = self.subnet
+        client = self._host("client")
+        if self.topology == "pair":
+            server = self._host("server")
+            self._link(client, "eth0", f"{n}.1.1", server, "eth0", f"{n}.1.2")
+            return
+        router = self._host("router")
+        server = self._host("server")
+        self._link(client, "eth0", f"{n}.1.1", router, "eth0", f"{n}.1.2")
+        self._link(router, "eth1", f"{n}.2.1", server, "eth0", f"{n}.2.2")
+        self._route(client, f"{n}.1.2")
+        self._route(server, f"{n}.2.1")
+        router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+
+    # -- access -----------------------------------------------------------
+    @property
+    def client(self) -> Host:
+        return self.hosts["client"]
+
+    @property
+    def server(self) -> Host:
+        return self.hosts["server"]
+
+    @property
+    def router(self) -> Host | None:
+        return self.hosts.get("router")
+
+    def __getitem__(self, role: str) -> Host:
+        try:
+            return self.hosts[role]
+        except KeyError:
+            raise LabError(f"this lab has no host {role!r}; it has {', '.join(self.hosts)}") from None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "down" if self._closed else "up"
+        hosts = ", ".join(f"{h.role}={h.addr}" for h in self.hosts.values() if h.addrs)
+        return f"<Lab {self.id} {self.topology} {state}: {hosts}>"
+
+    # -- traffic ------------------------------------------------------------
+    def _track(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._procs = [p for p in self._procs if p.poll() is None]
+            self._procs.append(proc)
+
+    def _traffic(self, host: Host, *args: str) -> subprocess.Popen[str]:
+        return host.popen([sys.executable, "-m", "pktlab.traffic", *args])
+
+    def start_udp(
+        self,
+        count: int = 100,
+        *,
+        size: int = 64,
+        rate: float = 20000.0,
+        port: int = 9000,
+        src: str | Host = "client",
+        dst: str | Host = "server",
+        timeout: float = 30.0,
+        idle: float = 1.0,
+        keep: int = 0,
+    ) -> UdpFlow:
+        """Start ``count`` numbered UDP datagrams from ``src`` to ``dst``; see :meth:`udp`."""
+        s = src if isinstance(src, Host) else self[src]
+        d = dst if isinstance(dst, Host) else self[dst]
+        self._check_open()
+        recv = self._traffic(
+            d, "udp-recv", "--port", str(port), "--count", str(count), "--timeout", str(timeout),
+            "--idle", str(idle), "--keep", str(keep),
+        )
+        _wait_ready(recv, f"UDP receiver in {d.role}")
+        send = self._traffic(
+            s, "udp-send", "--dst", d.addr, "--port", str(port), "--count", str(count),
+            "--size", str(size), "--rate", str(rate), "--timeout", str(timeout),
+        )
+        return UdpFlow(recv, send, timeout)
+
+    def udp(self, count: int = 100, **kwargs: Any) -> UdpResult:
+        """Send ``count`` numbered UDP datagrams and report what the receiver got.
+
+        Bounded: at most ``count`` datagrams, at ``rate`` per second, for at most
+        ``timeout`` seconds; the receiver stops ``idle`` seconds after the last one.
+        ``keep=N`` returns the first N payloads as the receiver saw them.
+        """
+        return self.start_udp(count, **kwargs).wait()
+
+    def tcp(
+        self, nbytes: int = 1 << 20, *, port: int = 9001, src: str = "client", dst: str = "server", timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Send ``nbytes`` over one TCP connection; return bytes received and seconds."""
+        self._check_open()
+        s, d = self[src], self[dst]
+        recv = self._traffic(d, "tcp-recv", "--port", str(port), "--timeout", str(timeout))
+        _wait_ready(recv, f"TCP receiver in {d.role}")
+        send = self._traffic(s, "tcp-send", "--dst", d.addr, "--port", str(port), "--bytes", str(nbytes),
+                             "--timeout", str(timeout))
+        s_out, s_err = send.communicate(timeout=timeout + 10)
+        r_out, r_err = recv.communicate(timeout=timeout + 10)
+        if not r_out.strip():
+            raise LabError(f"TCP flow failed: receiver said {r_err.strip()[-300:]!r}, sender {s_err.strip()[-300:]!r}")
+        return json.loads(r_out.strip().splitlines()[-1])
+
+    def ping(self, count: int = 3, *, src: str = "client", dst: str = "server", **kwargs: Any) -> PingResult:
+        """Ping ``dst`` from ``src`` ``count`` times."""
+        self._check_open()
+        return self[src].ping(self[dst], count=count, **kwargs)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LabError("this lab is down; make a new one with pktlab.Lab()")
+
+    # -- teardown -----------------------------------------------------------
+    def down(self) -> None:
+        """Kill the lab's processes and remove its namespaces. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            procs, self._procs = self._procs, []
+            sessions, self._sessions = list(self._sessions), []
+        for s in sessions:
+            s.detach()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        errors = []
+        for host in reversed(list(self.hosts.values())):
+            try:
+                _remove_netns(host.netns)
+            except OSError as exc:
+                errors.append(f"{host.netns}: {exc}")
+        atexit.unregister(self.down)
+        if errors:
+            raise LabError("could not remove " + "; ".join(errors) + "; run `pktlab doctor --clean`")
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+
+def wait_until(pred: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll ``pred()`` until true or ``timeout`` seconds pass."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())
+
+

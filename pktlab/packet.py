@@ -1,0 +1,363 @@
+"""The object a handler sees: one queued packet.
+
+Building a ``Packet`` parses nothing; the protocol views (``pkt.ip``,
+``pkt.udp`` ...) decode only the fields that are read.  Writes through a
+view, ``pkt.raw[...] = ...`` or a payload change mark the packet dirty; its
+IP length and IP/TCP/UDP/ICMP checksums are then recomputed once, when the
+session gives the verdict.  Verdict methods do not talk to the kernel: they
+return a :class:`~pktlab.verdicts.Verdict` that the handler returns, so the
+session alone issues exactly one verdict per packet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any, Protocol
+
+from .checksum import finish, inet_sum
+from .errors import PacketFormatError
+from .verdicts import ACCEPT, DROP, REPEAT, Verdict
+from .views import ICMP, TCP, UDP, ICMPv6, IPv4, IPv6
+
+HOOK_NAMES = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 47: "gre", 50: "esp", 132: "sctp"}
+
+
+class Meta(Protocol):
+    """What a source knows about a packet besides its bytes (NetfilterQueue's Packet fits)."""
+
+    id: int
+    hook: int
+    mark: int
+    indev: int
+    outdev: int
+    hw_protocol: int
+
+    def get_hw(self) -> bytes | None: ...
+
+
+def _if_name(index: int) -> str | None:
+    if not index:
+        return None
+    import socket
+
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return str(index)
+
+
+class RawBytes:
+    """Byte-level access: ``pkt.raw[20:28]`` reads, ``pkt.raw[20:22] = b"..."`` writes."""
+
+    __slots__ = ("_pkt",)
+
+    def __init__(self, pkt: Packet) -> None:
+        self._pkt = pkt
+
+    def __getitem__(self, key: int | slice) -> Any:
+        v = self._pkt._buf[key]
+        return bytes(v) if isinstance(key, slice) else v
+
+    def __setitem__(self, key: int | slice, value: Any) -> None:
+        buf = self._pkt._writable()
+        buf[key] = value
+        self._pkt._dirty = True
+
+    def __len__(self) -> int:
+        return len(self._pkt._buf)
+
+    def hex(self, sep: str = " ") -> str:
+        return bytes(self._pkt._buf).hex(sep)
+
+    def __repr__(self) -> str:
+        return f"<raw {len(self)} bytes {bytes(self._pkt._buf[:32]).hex(' ')}{' …' if len(self) > 32 else ''}>"
+
+
+class Packet:
+    """One packet held by the kernel until its verdict."""
+
+    __slots__ = ("_meta", "_buf", "_dirty", "_modified", "_mark", "_l4", "time", "__weakref__")
+
+    def __init__(self, meta: Meta | None, data: bytes, time: float = 0.0) -> None:
+        self._meta = meta
+        self._buf: bytes | bytearray = data
+        self._dirty = False
+        self._modified = False
+        self._mark: int | None = None
+        self._l4: tuple[int, int, bool] | None = None
+        self.time = time
+
+    # -- metadata -------------------------------------------------------------
+    @property
+    def id(self) -> int:
+        return self._meta.id if self._meta else 0
+
+    @property
+    def hook(self) -> str:
+        """The netfilter hook the packet was queued at (``"INPUT"``...)."""
+        h = self._meta.hook if self._meta else 1
+        return HOOK_NAMES[h] if 0 <= h < len(HOOK_NAMES) else str(h)
+
+    @property
+    def mark(self) -> int:
+        if self._mark is not None:
+            return self._mark
+        return self._meta.mark if self._meta else 0
+
+    @property
+    def indev(self) -> str | None:
+        return _if_name(self._meta.indev) if self._meta else None
+
+    @property
+    def outdev(self) -> str | None:
+        return _if_name(self._meta.outdev) if self._meta else None
+
+    @property
+    def hw(self) -> str | None:
+        """Source MAC address when the kernel gave one (not at OUTPUT/PREROUTING of local packets)."""
+        raw = self._meta.get_hw() if self._meta else None
+        return ":".join(f"{b:02x}" for b in raw[:6]) if raw else None
+
+    # -- bytes ----------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def __bytes__(self) -> bytes:
+        if self._dirty:
+            self._fixup()
+        return bytes(self._buf)
+
+    @property
+    def raw(self) -> RawBytes:
+        return RawBytes(self)
+
+    def _writable(self) -> bytearray:
+        buf = self._buf
+        if not isinstance(buf, bytearray):
+            buf = self._buf = bytearray(buf)
+        self._modified = True
+        return buf
+
+    def _replace(self, start: int, end: int, data: bytes) -> None:
+        buf = self._writable()
+        buf[start:end] = data
+        self._dirty = True
+        self._l4 = None
+
+    def set_payload(self, data: bytes, *, fix_checksums: bool = False) -> None:
+        """Replace the whole packet (IP header onward) with ``data``."""
+        self._buf = bytearray(data)
+        self._modified = True
+        self._dirty = fix_checksums
+        self._l4 = None
+
+    def set_mark(self, mark: int) -> None:
+        """Set the packet's netfilter mark (given with the verdict)."""
+        if not 0 <= int(mark) <= 0xFFFFFFFF:
+            raise ValueError(f"mark {mark} does not fit in 32 bits")
+        self._mark = int(mark)
+
+    @property
+    def modified(self) -> bool:
+        return self._modified
+
+    # -- verdicts -------------------------------------------------------------
+    def accept(self, *, mark: int | None = None) -> Verdict:
+        """Return this from a handler to let the packet through."""
+        if mark is not None:
+            self.set_mark(mark)
+        return ACCEPT
+
+    def drop(self) -> Verdict:
+        """Return this from a handler to drop the packet."""
+        return DROP
+
+    def repeat(self, *, mark: int | None = None) -> Verdict:
+        """Return this to re-inject the packet at the start of its hook (set a mark to avoid a loop)."""
+        if mark is not None:
+            self.set_mark(mark)
+        return REPEAT
+
+    # -- layers ---------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self._buf[0] >> 4 if self._buf else 0
+
+    @property
+    def ip(self) -> IPv4 | None:
+        """The IPv4 header, or None for other packets."""
+        return IPv4(self, 0) if self._buf and self._buf[0] >> 4 == 4 else None
+
+    @property
+    def ipv6(self) -> IPv6 | None:
+        return IPv6(self, 0) if self._buf and self._buf[0] >> 4 == 6 else None
+
+    def _upper(self) -> tuple[int, int, bool]:
+        l4 = self._l4
+        if l4 is None:
+            buf = self._buf
+            if len(buf) >= 20 and buf[0] >> 4 == 4:
+                ihl = (buf[0] & 15) * 4
+                if ihl < 20:
+                    raise PacketFormatError(f"IPv4 header length field says {ihl} bytes, less than 20")
+                l4 = (buf[9], ihl, bool(int.from_bytes(buf[6:8], "big") & 0x3FFF))
+            elif len(buf) >= 40 and buf[0] >> 4 == 6:
+                l4 = IPv6(self, 0).upper()
+            else:
+                l4 = (-1, 0, False)
+            self._l4 = l4
+        return l4
+
+    @property
+    def proto(self) -> int:
+        """The transport protocol number (6 TCP, 17 UDP ...), -1 when not IP."""
+        return self._upper()[0]
+
+    def _layer(self, proto: int, cls: type) -> Any:
+        p, off, frag = self._upper()
+        if p != proto:
+            return None
+        if frag and self._buf[0] >> 4 == 4 and int.from_bytes(self._buf[6:8], "big") & 0x1FFF:
+            return None  # a non-first fragment has no transport header
+        return cls(self, off)
+
+    @property
+    def udp(self) -> UDP | None:
+        return self._layer(17, UDP)
+
+    @property
+    def tcp(self) -> TCP | None:
+        return self._layer(6, TCP)
+
+    @property
+    def icmp(self) -> ICMP | None:
+        return self._layer(1, ICMP)
+
+    @property
+    def icmpv6(self) -> ICMPv6 | None:
+        return self._layer(58, ICMPv6)
+
+    @property
+    def transport(self) -> UDP | TCP | ICMP | None:
+        p = self._upper()[0]
+        cls = {6: TCP, 17: UDP, 1: ICMP, 58: ICMPv6}.get(p)
+        return self._layer(p, cls) if cls else None
+
+    @property
+    def payload(self) -> bytes | None:
+        """The transport payload (after the TCP/UDP/ICMP header)."""
+        t = self.transport
+        return t.payload if t is not None else None
+
+    @payload.setter
+    def payload(self, data: bytes) -> None:
+        t = self.transport
+        if t is None:
+            raise PacketFormatError("this packet has no TCP/UDP/ICMP layer whose payload could be set")
+        t.payload = data
+
+    @property
+    def scapy(self) -> Any:
+        """The packet parsed by scapy (IP or IPv6); costly, for exploring rather than hot paths."""
+        from scapy.layers.inet import IP
+        from scapy.layers.inet6 import IPv6 as ScapyIPv6
+        from scapy.packet import Raw
+
+        data = bytes(self)
+        v = data[0] >> 4 if data else 0
+        return IP(data) if v == 4 else ScapyIPv6(data) if v == 6 else Raw(data)
+
+    @scapy.setter
+    def scapy(self, pkt: Any) -> None:
+        self.set_payload(bytes(pkt))
+
+    # -- verdict-time fix-ups ---------------------------------------------------
+    def _fixup(self) -> None:
+        """Recompute IP lengths and checksums after writes (once, before the verdict)."""
+        buf = self._writable()
+        self._dirty = False
+        n = len(buf)
+        if n >= 20 and buf[0] >> 4 == 4:
+            ihl = (buf[0] & 15) * 4
+            if ihl < 20 or ihl > n:
+                return
+            buf[2:4] = n.to_bytes(2, "big")
+            buf[10:12] = b"\0\0"
+            buf[10:12] = finish(inet_sum(buf[:ihl])).to_bytes(2, "big")
+            if int.from_bytes(buf[6:8], "big") & 0x3FFF:
+                return  # fragments: the transport checksum spans all of them
+            pseudo = inet_sum(bytes(buf[12:20]) + struct.pack("!BBH", 0, buf[9], n - ihl))
+            self._fix_l4(buf, buf[9], ihl, pseudo, v4=True)
+        elif n >= 40 and buf[0] >> 4 == 6:
+            buf[4:6] = (n - 40).to_bytes(2, "big")
+            self._l4 = None
+            try:
+                proto, off, frag = self._upper()
+            except PacketFormatError:
+                return
+            if frag:
+                return
+            pseudo = inet_sum(bytes(buf[8:40]) + struct.pack("!IxxxB", n - off, proto))
+            self._fix_l4(buf, proto, off, pseudo, v4=False)
+
+    @staticmethod
+    def _fix_l4(buf: bytearray, proto: int, off: int, pseudo: int, *, v4: bool) -> None:
+        n = len(buf)
+        if proto == 6 and n >= off + 20:
+            at = off + 16
+        elif proto == 17 and n >= off + 8:
+            buf[off + 4 : off + 6] = (n - off).to_bytes(2, "big")
+            at = off + 6
+            if v4 and buf[at : at + 2] == b"\0\0":
+                return  # IPv4 UDP without checksum stays without
+        elif proto == 1 and v4 and n >= off + 4:
+            at, pseudo = off + 2, 0
+        elif proto == 58 and n >= off + 4:
+            at = off + 2
+        else:
+            return
+        buf[at : at + 2] = b"\0\0"
+        c = finish(inet_sum(memoryview(buf)[off:], pseudo))
+        if c == 0 and proto == 17:
+            c = 0xFFFF
+        buf[at : at + 2] = c.to_bytes(2, "big")
+
+    # -- display --------------------------------------------------------------
+    def summary(self) -> str:
+        s = summarize(bytes(self._buf[:128]))
+        where = f"{s['src']}:{s['sport']}" if s["sport"] is not None else str(s["src"])
+        to = f"{s['dst']}:{s['dport']}" if s["dport"] is not None else str(s["dst"])
+        return f"{s['proto']} {where} > {to} len={len(self)}"
+
+    def __repr__(self) -> str:
+        return f"<Packet #{self.id} {self.hook} {self.summary()}{' modified' if self._modified else ''}>"
+
+
+def summarize(head: bytes) -> dict[str, Any]:
+    """Protocol, addresses and ports from a packet's first bytes (no exceptions)."""
+    out: dict[str, Any] = {"proto": "?", "src": None, "dst": None, "sport": None, "dport": None}
+    try:
+        v = head[0] >> 4
+        if v == 4 and len(head) >= 20:
+            ihl = (head[0] & 15) * 4
+            p = head[9]
+            out["src"] = str(ipaddress.IPv4Address(head[12:16]))
+            out["dst"] = str(ipaddress.IPv4Address(head[16:20]))
+            off = ihl
+            frag = int.from_bytes(head[6:8], "big") & 0x1FFF
+        elif v == 6 and len(head) >= 40:
+            p, off = head[6], 40
+            out["src"] = str(ipaddress.IPv6Address(head[8:24]))
+            out["dst"] = str(ipaddress.IPv6Address(head[24:40]))
+            frag = 0
+        else:
+            out["proto"] = "raw"
+            return out
+        out["proto"] = PROTO_NAMES.get(p, str(p))
+        if p in (6, 17) and not frag and len(head) >= off + 4:
+            out["sport"], out["dport"] = struct.unpack_from("!HH", head, off)
+    except (IndexError, ValueError, struct.error):
+        pass
+    return out

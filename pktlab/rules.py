@@ -1,0 +1,233 @@
+"""The iptables rules that feed a queue.
+
+Every rule pktlab installs carries ``-m comment --comment pktlab:<pid>:<session>``
+so that it can be found again: ``remove()`` deletes exactly one session's
+rules, :func:`sweep_stale` deletes those whose process is dead.  Rules are
+added and removed with ``iptables-restore --noflush``, one transaction per
+table, so a set of rules appears or disappears at once.  ``--queue-bypass``
+is on by default: with no reader bound the kernel accepts the packet
+instead of dropping it (fail-open).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from . import netns
+from .errors import MissingToolError, RuleError
+from .kernel import pid_alive
+
+HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+DEFAULT_TABLE = {
+    "PREROUTING": "mangle",
+    "INPUT": "filter",
+    "FORWARD": "filter",
+    "OUTPUT": "filter",
+    "POSTROUTING": "mangle",
+}
+TABLE_HOOKS = {
+    "raw": {"PREROUTING", "OUTPUT"},
+    "mangle": set(HOOKS),
+    "filter": {"INPUT", "FORWARD", "OUTPUT"},
+    "nat": {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+}
+FAMILIES = {"ipv4": ("iptables",), "ipv6": ("ip6tables",), "both": ("iptables", "ip6tables")}
+_NOT_IN_MATCH = {
+    "-j", "--jump", "-g", "--goto", "-A", "--append", "-I", "--insert", "-D", "--delete",
+    "-R", "--replace", "-t", "--table", "-F", "--flush", "-X", "-N", "-P", "-Z",
+}
+TAG_PREFIX = "pktlab:"
+_TAG_RE = re.compile(r"^pktlab:(\d+):(.+)$")
+
+
+def make_tag(session: str, pid: int | None = None) -> str:
+    """The comment that marks a session's rules."""
+    return f"{TAG_PREFIX}{pid or os.getpid()}:{session}"
+
+
+def parse_match(match: str | Sequence[str] | None) -> list[str]:
+    """Split and check an iptables match (``"-p udp --dport 9000"``)."""
+    if match is None:
+        return []
+    try:
+        tokens = shlex.split(match) if isinstance(match, str) else list(match)
+    except ValueError as exc:
+        raise RuleError(f"cannot read the rule {match!r} ({exc}); check its quotes") from None
+    bad = [t for t in tokens if t in _NOT_IN_MATCH]
+    if bad:
+        raise RuleError(
+            f"the rule may only hold match options, not {' '.join(bad)}; pktlab adds the chain "
+            "and the NFQUEUE target itself (pick the chain with hook=/--hook)"
+        )
+    return tokens
+
+
+@dataclass(frozen=True)
+class QueueRule:
+    """One NFQUEUE rule: where it hooks, what it matches, which queue it feeds."""
+
+    queue: int
+    hook: str = "INPUT"
+    match: tuple[str, ...] = ()
+    table: str | None = None
+    bypass: bool = True
+    family: str = "ipv4"
+    prefix: tuple[str, ...] = ()  # extra matches put in front (e.g. a BPF filter)
+
+    def __post_init__(self) -> None:
+        hook = self.hook.upper()
+        object.__setattr__(self, "hook", hook)
+        if hook not in HOOKS:
+            raise RuleError(f"unknown hook {self.hook!r}; use one of {', '.join(HOOKS)}")
+        table = self.table or DEFAULT_TABLE[hook]
+        object.__setattr__(self, "table", table)
+        if table not in TABLE_HOOKS:
+            raise RuleError(f"unknown table {table!r}; use one of {', '.join(TABLE_HOOKS)}")
+        if hook not in TABLE_HOOKS[table]:
+            raise RuleError(f"table {table} has no {hook} chain; drop table= or pick another hook")
+        if self.family not in FAMILIES:
+            raise RuleError(f"unknown family {self.family!r}; use ipv4, ipv6 or both")
+        if not 0 <= self.queue <= 65535:
+            raise RuleError(f"queue number {self.queue} is out of range; use 0..65535")
+
+    def spec(self, tag: str) -> list[str]:
+        """The rule's iptables arguments after ``-I CHAIN``."""
+        target = ["-j", "NFQUEUE", "--queue-num", str(self.queue)]
+        if self.bypass:
+            target.append("--queue-bypass")
+        return [*self.prefix, *self.match, "-m", "comment", "--comment", tag, *target]
+
+    def describe(self) -> str:
+        m = " ".join(self.match) or "(all packets)"
+        return f"{self.family} {self.table}/{self.hook} {m} -> NFQUEUE {self.queue}" + (
+            " bypass" if self.bypass else " fail-closed"
+        )
+
+
+def _restore(netns_name: str | None, tool: str, tables: dict[str, list[str]]) -> subprocess.CompletedProcess[str]:
+    text = "".join(f"*{t}\n" + "".join(line + "\n" for line in lines) + "COMMIT\n" for t, lines in tables.items())
+    return netns.run(netns_name, [f"{tool}-restore", "--noflush"], input=text, check=False)
+
+
+def _explain(netns_name: str | None, tool: str, table: str, hook: str, spec: list[str], fallback: str) -> str:
+    """Ask iptables itself why a rule is bad (``-C`` prints the parser's message)."""
+    proc = netns.run(netns_name, [tool, "-t", table, "-C", hook, *spec], check=False)
+    msg = proc.stderr.strip().splitlines()
+    useful = [m for m in msg if "does a matching rule exist" not in m and not m.startswith("Try `")]
+    return (useful[0] if useful else fallback).strip()
+
+
+def saved_rules(netns_name: str | None, tool: str = "iptables") -> list[tuple[str, list[str]]]:
+    """(table, tokens) of every rule in ``iptables-save`` output of a namespace."""
+    proc = netns.run(netns_name, [f"{tool}-save"], check=False)
+    if proc.returncode != 0:
+        raise RuleError(f"{tool}-save failed: {proc.stderr.strip()}; is {tool} installed and are you root?")
+    table = ""
+    out = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith("-A "):
+            out.append((table, shlex.split(line)))
+    return out
+
+
+def _tag_of(tokens: list[str]) -> str | None:
+    for i, tok in enumerate(tokens[:-1]):
+        if tok == "--comment" and tokens[i + 1].startswith(TAG_PREFIX):
+            return tokens[i + 1]
+    return None
+
+
+def _delete(netns_name: str | None, tool: str, rules: Iterable[tuple[str, list[str]]]) -> int:
+    tables: dict[str, list[str]] = defaultdict(list)
+    n = 0
+    for table, tokens in rules:
+        tables[table].append(shlex.join(["-D", *tokens[1:]]))
+        n += 1
+    if tables:
+        proc = _restore(netns_name, tool, tables)
+        if proc.returncode != 0:
+            raise RuleError(f"could not remove pktlab rules with {tool}-restore: {proc.stderr.strip()}")
+    return n
+
+
+def _check_tools(tools: Iterable[str]) -> None:
+    import shutil
+
+    for tool in tools:
+        for t in (tool, f"{tool}-save", f"{tool}-restore"):
+            if shutil.which(t) is None:
+                raise MissingToolError(f"{t} is not installed; run `make setup` (apt-get install iptables)")
+
+
+class RuleSet:
+    """The rules one session installed in one namespace."""
+
+    def __init__(self, tag: str, netns_name: str | None = None) -> None:
+        self.tag = tag
+        self.netns = netns_name
+        self.rules: list[QueueRule] = []
+
+    def install(self, rules: Sequence[QueueRule]) -> None:
+        """Insert ``rules`` at the top of their chains, all at once per table."""
+        by_tool: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        for rule in rules:
+            for tool in FAMILIES[rule.family]:
+                by_tool[tool][rule.table or ""].append(shlex.join(["-I", rule.hook, *rule.spec(self.tag)]))
+        _check_tools(by_tool)
+        done: list[str] = []
+        for tool, tables in by_tool.items():
+            proc = _restore(self.netns, tool, tables)
+            if proc.returncode != 0:
+                for t in done:
+                    _delete(self.netns, t, self._mine(t))
+                bad = next(r for r in rules if tool in FAMILIES[r.family])
+                why = _explain(self.netns, tool, bad.table or "", bad.hook, bad.spec(self.tag), proc.stderr)
+                raise RuleError(f"iptables refused the rule `{' '.join(bad.match)}`: {why}; fix the match syntax")
+            done.append(tool)
+        self.rules.extend(rules)
+
+    def _mine(self, tool: str) -> list[tuple[str, list[str]]]:
+        return [(t, tok) for t, tok in saved_rules(self.netns, tool) if _tag_of(tok) == self.tag]
+
+    def installed(self) -> list[str]:
+        """The session's rules as the kernel has them now (iptables-save lines)."""
+        tools = {t for r in self.rules for t in FAMILIES[r.family]} or {"iptables"}
+        return [shlex.join(tok) for tool in sorted(tools) for _, tok in self._mine(tool)]
+
+    def remove(self) -> int:
+        """Delete every rule carrying this session's tag; return how many."""
+        n = 0
+        for tool in ("iptables", "ip6tables"):
+            try:
+                n += _delete(self.netns, tool, self._mine(tool))
+            except MissingToolError:
+                continue
+        self.rules.clear()
+        return n
+
+
+def sweep_stale(netns_name: str | None = None) -> list[str]:
+    """Delete pktlab rules whose owning process is dead; return their tags."""
+    removed = []
+    for tool in ("iptables", "ip6tables"):
+        try:
+            rules = saved_rules(netns_name, tool)
+        except (RuleError, MissingToolError):
+            continue
+        stale = []
+        for table, tokens in rules:
+            tag = _tag_of(tokens)
+            m = _TAG_RE.match(tag or "")
+            if m and not pid_alive(int(m.group(1))):
+                stale.append((table, tokens))
+                removed.append(tag or "")
+        _delete(netns_name, tool, stale)
+    return removed

@@ -1,0 +1,346 @@
+"""A session wires a queue source to a handler chain and a record.
+
+``attach()`` sweeps rules left by dead sessions, binds the reader, then
+installs the rule (so no packet is queued before a reader exists);
+``detach()`` removes the rule, lets the reader drain what the kernel still
+holds, then unbinds.  Every packet the reader gets receives exactly one
+verdict, whatever the handlers do.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any
+
+from . import rules as _rules
+from .errors import HandlerError, SessionError
+from .handlers import Handler, HandlerChain, HandlerFailure
+from .kernel import QueueCounters
+from .packet import Packet
+from .record import Record
+from .source import QueueSource
+from .verdicts import ACCEPT, DROP, Verdict
+
+if TYPE_CHECKING:
+    from .lab import Host, Lab
+
+_SESSION_SEQ = itertools.count(1)
+
+
+@dataclass
+class Status:
+    """A snapshot of a session: counters from pktlab and from the kernel."""
+
+    name: str
+    queue: int
+    netns: str | None
+    attached: bool
+    rules: list[str]
+    handlers: list[tuple[str, bool, int]]
+    counters: dict[str, int]
+    kernel: QueueCounters | None
+    rate_pps: float
+    last_errors: list[HandlerFailure] = field(default_factory=list)
+    internal_errors: int = 0
+
+    def lines(self) -> list[str]:
+        where = self.netns or "host namespace"
+        out = [f"session {self.name}: queue {self.queue} in {where}, {'attached' if self.attached else 'detached'}"]
+        c = self.counters
+        out.append(
+            f"  packets {c['packets']}  accept {c['accept']}  drop {c['drop']}  repeat {c['repeat']}  "
+            f"errors {c['errors']}  ({self.rate_pps:.0f} pkt/s over the last second)"
+        )
+        if self.kernel:
+            k = self.kernel
+            out.append(
+                f"  kernel: waiting {k.queue_total}  queue_dropped {k.queue_dropped}  "
+                f"user_dropped {k.user_dropped}  copy_range {k.copy_range}"
+            )
+        for r in self.rules:
+            out.append(f"  rule: {r}")
+        if self.handlers:
+            out.append("  handlers: " + ", ".join(
+                f"{n}{'' if on else ' (off)'}{f' [{e} errors]' if e else ''}" for n, on, e in self.handlers
+            ))
+        else:
+            out.append("  handlers: none (every packet gets the default verdict)")
+        for f in self.last_errors:
+            out.append(f"  error: {f}")
+        if self.internal_errors:
+            out.append(f"  pktlab internal errors: {self.internal_errors}")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + escape(str(self)) + "</pre>"
+
+
+class Session:
+    """One queue bound to one handler chain. Use :func:`attach` to make one."""
+
+    def __init__(
+        self,
+        queue: int,
+        *,
+        rule: str | Sequence[str] | None = None,
+        hook: str = "INPUT",
+        table: str | None = None,
+        family: str = "ipv4",
+        netns: str | Host | Lab | None = None,
+        allow_host: bool = False,
+        allow_all: bool = False,
+        bypass: bool = True,
+        default: str | Verdict = "accept",
+        on_error: str | Verdict = "accept",
+        max_len: int = 4096,
+        copy_range: int = 65535,
+        sock_bytes: int = 8 << 20,
+        record_size: int = 100_000,
+        snaplen: int = 256,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue <= 65535:
+            raise SessionError(f"queue number {queue!r} is not valid; use an integer 0..65535")
+        self.queue = queue
+        self.name = name or f"q{queue}-{next(_SESSION_SEQ)}"
+        self._lab, self.netns = _resolve_netns(netns)
+        match = _rules.parse_match(rule)
+        if self.netns is None:
+            if not allow_host:
+                raise SessionError(
+                    "attaching in the host's own network namespace can stall this machine's traffic; "
+                    "attach to a lab host (netns=lab.server, or %pktlab lab up first), or pass "
+                    "allow_host=True (--host) if you mean it"
+                )
+            if not match and not allow_all:
+                raise SessionError(
+                    "a rule with no match would queue all of the host's traffic; give rule= (--rule) "
+                    "or pass allow_all=True (--all) as well"
+                )
+        self.rule = _rules.QueueRule(queue, hook, tuple(match), table, bypass, family)
+        try:
+            self.default = Verdict.parse(default)
+            self.on_error = Verdict.parse(on_error)
+        except ValueError as exc:
+            raise SessionError(str(exc)) from None
+        self.chain = HandlerChain()
+        self.record = Record(record_size, snaplen)
+        self.source = QueueSource(queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes)
+        self.rules = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
+        self._attached = False
+        self._snaplen = snaplen
+
+    # -- lifecycle -------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def attach(self) -> Session:
+        """Bind the queue and install the rule; returns self."""
+        if self._attached:
+            raise SessionError(f"session {self.name} is already attached; detach() it first")
+        if self._lab is not None and self._lab.closed:
+            raise SessionError("the lab this session was made for is down; bring a new lab up")
+        if self.netns is None:
+            print(f"pktlab: queueing in the HOST namespace: {self.rule.describe()}")
+        _rules.sweep_stale(self.netns)
+        self.source.start(self._on_packet)
+        try:
+            self.rules.install([self.rule])
+        except BaseException:
+            self.source.stop(drain=0.5)
+            raise
+        self._attached = True
+        atexit.register(self.detach)
+        if self._lab is not None:
+            self._lab._sessions.append(self)
+        return self
+
+    def detach(self, drain: float = 2.0) -> None:
+        """Remove the rule, give every queued packet its verdict, unbind. Safe to call twice."""
+        if not self._attached:
+            return
+        self._attached = False
+        atexit.unregister(self.detach)
+        if self._lab is not None and self in self._lab._sessions:
+            self._lab._sessions.remove(self)
+        try:
+            self.rules.remove()
+        finally:
+            self.source.stop(drain=drain)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    # -- handlers --------------------------------------------------------------
+    def handler(
+        self, fn: Callable[[Packet], Any] | None = None, *, name: str | None = None,
+        before: str | None = None, after: str | None = None,
+    ) -> Any:
+        """Decorator: ``@s.handler`` adds (or, same name, replaces) a handler."""
+        def register(f: Callable[[Packet], Any]) -> Callable[[Packet], Any]:
+            self.chain.add(f, name, before=before, after=after)
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def add_handler(self, fn: Callable[[Packet], Any], name: str | None = None, **kwargs: Any) -> Handler:
+        """Add or replace a handler; see :meth:`HandlerChain.add`."""
+        return self.chain.add(fn, name, **kwargs)
+
+    def remove_handler(self, name: str) -> None:
+        self.chain.remove(name)
+
+    def enable(self, name: str, on: bool = True) -> None:
+        """Switch a handler on or off without removing it."""
+        self.chain.enable(name, on)
+
+    @property
+    def handlers(self) -> list[str]:
+        return self.chain.names
+
+    # -- the hot path ------------------------------------------------------------
+    def _on_packet(self, nf: Any) -> None:
+        """Called by the reader for every packet; gives exactly one verdict."""
+        verdict = None
+        given = False
+        by = None
+        err = None
+        ns = 0
+        data = b""
+        pkt = None
+        try:
+            data = nf.get_payload()
+            pkt = Packet(nf, data)
+            chain = self.chain.active
+            if chain:
+                t0 = perf_counter_ns()
+                for h in chain:
+                    try:
+                        v = h.fn(pkt)
+                    except BaseException as exc:
+                        h.errors += 1
+                        err = str(self.chain.record_failure(h, pkt, exc))
+                        verdict, by = self.on_error, h.name
+                        break
+                    if v is not None:
+                        if v.__class__ is not Verdict:
+                            v, err = self._bad_return(h, pkt, v)
+                        verdict, by = v, h.name
+                        break
+                ns = perf_counter_ns() - t0
+            if verdict is None:
+                verdict = self.default
+            if pkt._mark is not None:
+                nf.set_mark(pkt._mark)
+            if pkt._modified:
+                if pkt._dirty:
+                    pkt._fixup()
+                nf.set_payload(bytes(pkt._buf))
+            if verdict is ACCEPT:
+                nf.accept()
+            elif verdict is DROP:
+                nf.drop()
+            else:
+                nf.repeat()
+            given = True
+        except BaseException as exc:  # pktlab's own failure: still exactly one verdict
+            self.source.internal_errors += 1
+            self.source.last_internal_error = f"{type(exc).__name__}: {exc}"
+            if not given:
+                verdict = self.on_error
+                try:
+                    nf.drop() if verdict is DROP else nf.accept()
+                except BaseException:
+                    pass
+        self.record.append((
+            time.time(), nf.id, nf.hook, len(data), data[: self._snaplen], verdict, by, ns, err,
+            pkt._modified if pkt is not None else False,
+        ))
+
+    def _bad_return(self, h: Handler, pkt: Packet, value: object) -> tuple[Verdict, str | None]:
+        try:
+            return Verdict.parse(value), None
+        except ValueError:
+            exc = HandlerError(
+                f"handler {h.name!r} returned {value!r}; return pkt.accept(), pkt.drop(), pkt.repeat() or None"
+            )
+            h.errors += 1
+            return self.on_error, str(self.chain.record_failure(h, pkt, exc))
+
+    # -- looking at what happened -------------------------------------------------
+    @property
+    def errors(self) -> list[HandlerFailure]:
+        """Handler exceptions kept with the packet they failed on (newest last)."""
+        return list(self.chain.failures)
+
+    @property
+    def df(self) -> Any:
+        """The record as a pandas DataFrame (one row per packet)."""
+        return self.record.df()
+
+    def to_pcap(self, path: str | os.PathLike[str]) -> int:
+        """Write the packets seen (up to ``snaplen`` bytes each) to a pcap file."""
+        return self.record.to_pcap(str(path))
+
+    def kernel_counters(self) -> QueueCounters | None:
+        return self.source.counters() if self.source.running else None
+
+    def rate(self, window: float = 1.0) -> float:
+        """Packets per second over the last ``window`` seconds."""
+        now = time.time()
+        entries = self.record.raw_entries()[-200_000:]
+        recent = sum(1 for e in reversed(entries[-100_000:]) if e[0] >= now - window)
+        return recent / window
+
+    def status(self) -> Status:
+        return Status(
+            name=self.name,
+            queue=self.queue,
+            netns=self.netns,
+            attached=self._attached,
+            rules=self.rules.installed() if self._attached else [],
+            handlers=[(h.name, h.enabled, h.errors) for h in self.chain],
+            counters=self.record.counters(),
+            kernel=self.kernel_counters(),
+            rate_pps=self.rate(),
+            last_errors=self.errors[-3:],
+            internal_errors=self.source.internal_errors,
+        )
+
+    def __repr__(self) -> str:
+        where = self.netns or "host"
+        state = "attached" if self._attached else "detached"
+        return f"<Session {self.name} queue {self.queue} in {where} {state}, {self.record.n} packets, handlers {self.handlers}>"
+
+
+def _resolve_netns(target: Any) -> tuple[Lab | None, str | None]:
+    from .lab import Host, Lab
+
+    if target is None:
+        return None, None
+    if isinstance(target, Lab):
+        return target, target.server.netns
+    if isinstance(target, Host):
+        return target.lab, target.netns
+    if isinstance(target, str):
+        return None, target
+    raise SessionError(f"netns must be a lab host (lab.server), a Lab or a namespace name, not {type(target).__name__}")
+
+
+def attach(queue: int, **options: Any) -> Session:
+    """Bind NFQUEUE ``queue`` and install its rule; see :class:`Session` for the options."""
+    return Session(queue, **options).attach()

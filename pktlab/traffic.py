@@ -1,0 +1,184 @@
+"""Bounded traffic programs run inside lab hosts.
+
+Each program is started as ``python -m pktlab.traffic KIND ...`` in a
+namespace, is bounded by a count and a time limit, and prints one JSON
+line with what it did.  Receivers print ``ready`` first so the caller can
+start the sender only once the socket is bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import struct
+import sys
+import time
+
+SEQ = struct.Struct("!I")
+
+
+def _ready() -> None:
+    print("ready", flush=True)
+
+
+def udp_send(dst: str, port: int, count: int, size: int, rate: float, timeout: float) -> dict:
+    """Send ``count`` numbered datagrams of ``size`` bytes at ``rate``/s (0: unpaced)."""
+    size = max(size, SEQ.size)
+    pad = bytes(size - SEQ.size)
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    start = time.monotonic()
+    deadline = start + timeout
+    sent = errors = 0
+    batch = 32
+    for seq in range(count):
+        try:
+            sock.sendto(SEQ.pack(seq) + pad, (dst, port))
+            sent += 1
+        except OSError:
+            errors += 1
+        if seq % batch == batch - 1:
+            now = time.monotonic()
+            if now > deadline:
+                break
+            if rate > 0:
+                ahead = (seq + 1) / rate - (now - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+    return {"sent": sent, "errors": errors, "seconds": time.monotonic() - start}
+
+
+def udp_recv(port: int, count: int, timeout: float, idle: float, keep: int, bind: str) -> dict:
+    """Receive numbered datagrams until ``count`` arrived, ``idle`` s pass without one, or ``timeout``."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.bind((bind, port))
+    _ready()
+    start = time.monotonic()
+    deadline = start + timeout
+    seen: set[int] = set()
+    received = duplicates = 0
+    kept: list[str] = []
+    first = None
+    while received < count:
+        now = time.monotonic()
+        wait = deadline - now
+        if first is not None:
+            wait = min(wait, idle)
+        if wait <= 0:
+            break
+        sock.settimeout(wait)
+        try:
+            data = sock.recv(65535)
+        except TimeoutError:
+            break
+        if first is None:
+            first = time.monotonic()
+        received += 1
+        if len(data) >= SEQ.size:
+            seq = SEQ.unpack_from(data)[0]
+            if seq in seen:
+                duplicates += 1
+            seen.add(seq)
+        if len(kept) < keep:
+            kept.append(data.hex())
+    missing = sorted(set(range(count)) - seen)
+    return {
+        "received": received,
+        "unique": len(seen),
+        "duplicates": duplicates,
+        "missing": missing[:100],
+        "missing_count": len(missing),
+        "payloads": kept,
+        "seconds": time.monotonic() - (first or start),
+    }
+
+
+def tcp_send(dst: str, port: int, nbytes: int, timeout: float) -> dict:
+    """Connect and send ``nbytes`` bytes, then close."""
+    start = time.monotonic()
+    with socket.create_connection((dst, port), timeout=timeout) as sock:
+        chunk = bytes(65536)
+        left = nbytes
+        while left > 0:
+            n = sock.send(chunk[: min(left, len(chunk))])
+            left -= n
+            if time.monotonic() - start > timeout:
+                break
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)
+    return {"sent": nbytes - left, "seconds": time.monotonic() - start}
+
+
+def tcp_recv(port: int, timeout: float, bind: str) -> dict:
+    """Accept one connection and count the bytes until it closes."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((bind, port))
+    srv.listen(1)
+    srv.settimeout(timeout)
+    _ready()
+    start = time.monotonic()
+    total = 0
+    try:
+        conn, _ = srv.accept()
+    except TimeoutError:
+        return {"received": 0, "seconds": 0.0, "timeout": True}
+    with conn:
+        conn.settimeout(max(0.1, timeout - (time.monotonic() - start)))
+        try:
+            while True:
+                data = conn.recv(1 << 16)
+                if not data:
+                    break
+                total += len(data)
+        except TimeoutError:
+            return {"received": total, "seconds": time.monotonic() - start, "timeout": True}
+    return {"received": total, "seconds": time.monotonic() - start, "timeout": False}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pktlab.traffic")
+    sub = p.add_subparsers(dest="kind", required=True)
+    s = sub.add_parser("udp-send")
+    s.add_argument("--dst", required=True)
+    s.add_argument("--port", type=int, default=9000)
+    s.add_argument("--count", type=int, default=10)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--rate", type=float, default=0.0)
+    s.add_argument("--timeout", type=float, default=30.0)
+    r = sub.add_parser("udp-recv")
+    r.add_argument("--port", type=int, default=9000)
+    r.add_argument("--count", type=int, default=10)
+    r.add_argument("--timeout", type=float, default=30.0)
+    r.add_argument("--idle", type=float, default=1.0)
+    r.add_argument("--keep", type=int, default=0)
+    r.add_argument("--bind", default="0.0.0.0")
+    t = sub.add_parser("tcp-send")
+    t.add_argument("--dst", required=True)
+    t.add_argument("--port", type=int, default=9001)
+    t.add_argument("--bytes", type=int, default=1 << 20)
+    t.add_argument("--timeout", type=float, default=30.0)
+    u = sub.add_parser("tcp-recv")
+    u.add_argument("--port", type=int, default=9001)
+    u.add_argument("--timeout", type=float, default=30.0)
+    u.add_argument("--bind", default="0.0.0.0")
+    a = p.parse_args(argv)
+    if a.kind == "udp-send":
+        out = udp_send(a.dst, a.port, a.count, a.size, a.rate, a.timeout)
+    elif a.kind == "udp-recv":
+        out = udp_recv(a.port, a.count, a.timeout, a.idle, a.keep, a.bind)
+    elif a.kind == "tcp-send":
+        out = tcp_send(a.dst, a.port, a.bytes, a.timeout)
+    else:
+        out = tcp_recv(a.port, a.timeout, a.bind)
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Protocol views: lazy, writable windows on a packet's bytes."""
+
+from .base import Field, View
+from .ip import IPv4, IPv6
+from .transport import ICMP, TCP, UDP, ICMPv6, TCPFlags
+
+__all__ = ["Field", "View", "IPv4", "IPv6", "UDP", "TCP", "ICMP", "ICMPv6", "TCPFlags"]
