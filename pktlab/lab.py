@@ -97,10 +97,9 @@ class Host:
     def ping(self, dst: str | Host, *, count: int = 3, interval: float = 0.2, timeout: float = 10.0) -> PingResult:
         """Send ``count`` ICMP echo requests to ``dst`` and count the replies."""
         target = dst.addr if isinstance(dst, Host) else dst
-        deadline = max(1, int(count * interval + 2))
         proc = netns.run(
             self.netns,
-            ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1", "-w", str(deadline), target],
+            ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1", target],
             timeout=timeout,
             check=False,
         )
@@ -138,7 +137,7 @@ class UdpFlow:
 
     def wait(self) -> UdpResult:
         s_out, s_err = self._sender.communicate(timeout=self._timeout + 10)
-        r_out, r_err = self._receiver.communicate(timeout=self._timeout + 10)
+        r_out, r_err = self._receiver.communicate(timeout=self._timeout + 10)  # closes its stdin: sender done
         try:
             s = json.loads(s_out.strip().splitlines()[-1])
             r = json.loads(r_out.strip().splitlines()[-1])
@@ -285,7 +284,7 @@ class Lab:
             self._procs.append(proc)
 
     def _traffic(self, host: Host, *args: str) -> subprocess.Popen[str]:
-        return host.popen([sys.executable, "-m", "pktlab.traffic", *args])
+        return host.popen([sys.executable, "-m", "pktlab.traffic", *args], stdin=subprocess.PIPE)
 
     def start_udp(
         self,

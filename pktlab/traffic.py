@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
 import socket
 import struct
 import sys
@@ -51,40 +52,52 @@ def udp_send(dst: str, port: int, count: int, size: int, rate: float, timeout: f
 
 
 def udp_recv(port: int, count: int, timeout: float, idle: float, keep: int, bind: str) -> dict:
-    """Receive numbered datagrams until ``count`` arrived, ``idle`` s pass without one, or ``timeout``."""
+    """Receive numbered datagrams until ``count`` arrived or ``timeout``.
+
+    It also stops ``idle`` seconds after the last datagram, and ``idle``
+    seconds after its standard input closes (the caller closes it once the
+    sender is done, so a flow that is entirely dropped ends quickly too).
+    """
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sock.bind((bind, port))
+    sock.setblocking(False)
     _ready()
     start = time.monotonic()
-    deadline = start + timeout
+    end = start + timeout
+    watch = [sock, sys.stdin]
     seen: set[int] = set()
     received = duplicates = 0
     kept: list[str] = []
-    first = None
+    first = last = None
     while received < count:
         now = time.monotonic()
-        wait = deadline - now
-        if first is not None:
-            wait = min(wait, idle)
-        if wait <= 0:
+        limit = end if last is None else min(end, last + idle)
+        if now >= limit:
             break
-        sock.settimeout(wait)
-        try:
-            data = sock.recv(65535)
-        except TimeoutError:
-            break
-        if first is None:
-            first = time.monotonic()
-        received += 1
-        if len(data) >= SEQ.size:
-            seq = SEQ.unpack_from(data)[0]
-            if seq in seen:
-                duplicates += 1
-            seen.add(seq)
-        if len(kept) < keep:
-            kept.append(data.hex())
+        readable, _, _ = select.select(watch, [], [], limit - now)
+        if sys.stdin in readable and not sys.stdin.readline():
+            watch = [sock]
+            end = min(end, time.monotonic() + idle)
+        if sock not in readable:
+            continue
+        while received < count:
+            try:
+                data = sock.recv(65535)
+            except BlockingIOError:
+                break
+            last = time.monotonic()
+            if first is None:
+                first = last
+            received += 1
+            if len(data) >= SEQ.size:
+                seq = SEQ.unpack_from(data)[0]
+                if seq in seen:
+                    duplicates += 1
+                seen.add(seq)
+            if len(kept) < keep:
+                kept.append(data.hex())
     missing = sorted(set(range(count)) - seen)
     return {
         "received": received,
@@ -93,7 +106,7 @@ def udp_recv(port: int, count: int, timeout: float, idle: float, keep: int, bind
         "missing": missing[:100],
         "missing_count": len(missing),
         "payloads": kept,
-        "seconds": time.monotonic() - (first or start),
+        "seconds": (last or start) - (first or start),
     }
 
 

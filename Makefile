@@ -1,0 +1,23 @@
+# The two commands of the README: `make demo` (main job) and `make test` (tests).
+# Both run the idempotent set-up first.
+.PHONY: setup demo test lint bench clean
+
+PY := .venv/bin/python
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m pktlab.cli demo
+
+lint: setup
+	.venv/bin/ruff check pktlab tests bench
+
+test: setup lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(PY) bench/bench_queue.py
+
+clean:
+	-$(PY) -m pktlab.cli clean

@@ -1,0 +1,265 @@
+"""``%pktlab`` and ``%%pktlab handler``: a thin parser over the Python API.
+
+Everything here calls the public API; the magic only keeps a name → object
+map of the labs and sessions it made, and which ones are current.  Errors
+become IPython ``UsageError``s: one sentence, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import linecache
+import shlex
+import textwrap
+from typing import Any
+
+from .errors import PktlabError
+from .lab import TOPOLOGIES, Lab
+from .rules import HOOKS
+from .session import Session, attach
+
+USAGE = """\
+%pktlab lab up [--topology pair|router] [--name NAME]   make a lab (client/server namespaces)
+%pktlab lab down [NAME] | lab status
+%pktlab attach N [--rule MATCH] [--hook HOOK] [--on HOST] [--host] [options]
+%pktlab detach [NAME] [--all]
+%pktlab status [NAME]
+%pktlab handlers | handler off|on|remove NAME
+%%pktlab handler NAME [--before H] [--after H]          the cell is the body of NAME(pkt)"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # never sys.exit() inside a kernel
+        raise PktlabError(f"{self.prog}: {message}; run %pktlab help for the syntax")
+
+
+def _parsers() -> dict[str, _Parser]:
+    lab = _Parser(prog="%pktlab lab", add_help=False)
+    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("name", nargs="?")
+    lab.add_argument("--topology", choices=TOPOLOGIES, default="pair")
+    lab.add_argument("--name", dest="name_opt")
+
+    att = _Parser(prog="%pktlab attach", add_help=False)
+    att.add_argument("queue", type=int)
+    att.add_argument("--rule", default=None, help="iptables match, e.g. '-p udp --dport 9000'")
+    att.add_argument("--hook", default="INPUT", type=str.upper, choices=HOOKS)
+    att.add_argument("--table", default=None)
+    att.add_argument("--family", default="ipv4", choices=["ipv4", "ipv6", "both"])
+    att.add_argument("--on", default="server", help="lab host to attach in (client, router, server)")
+    att.add_argument("--lab", default=None, help="lab name (default: the current lab)")
+    att.add_argument("--host", action="store_true", help="attach in the host's own namespace")
+    att.add_argument("--all", action="store_true", help="allow a rule with no match on the host")
+    att.add_argument("--fail-closed", action="store_true", help="drop instead of pass when no reader is bound")
+    att.add_argument("--default", default="accept")
+    att.add_argument("--on-error", default="accept")
+    att.add_argument("--max-len", type=int, default=4096)
+    att.add_argument("--copy-range", type=int, default=65535)
+    att.add_argument("--sock-bytes", type=int, default=8 << 20)
+    att.add_argument("--name", default=None)
+
+    det = _Parser(prog="%pktlab detach", add_help=False)
+    det.add_argument("name", nargs="?")
+    det.add_argument("--all", action="store_true")
+
+    st = _Parser(prog="%pktlab status", add_help=False)
+    st.add_argument("name", nargs="?")
+
+    hd = _Parser(prog="%%pktlab handler", add_help=False)
+    hd.add_argument("name")
+    hd.add_argument("--session", default=None)
+    hd.add_argument("--before", default=None)
+    hd.add_argument("--after", default=None)
+
+    hl = _Parser(prog="%pktlab handler", add_help=False)
+    hl.add_argument("action", choices=["on", "off", "remove"])
+    hl.add_argument("name")
+    hl.add_argument("--session", default=None)
+    return {"lab": lab, "attach": att, "detach": det, "status": st, "handler-cell": hd, "handler": hl}
+
+
+class PktlabMagicState:
+    """The labs and sessions made through the magic, by name."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.labs: dict[str, Lab] = {}
+        self.sessions: dict[str, Session] = {}
+        self.current_lab: str | None = None
+        self.current_session: str | None = None
+        self.parsers = _parsers()
+
+    # -- lookup ----------------------------------------------------------------
+    def lab(self, name: str | None = None) -> Lab:
+        key = name or self.current_lab
+        if key is None or key not in self.labs:
+            raise PktlabError(
+                f"no lab named {key!r}; bring one up with %pktlab lab up" if name else
+                "no lab is up; run %pktlab lab up first (or attach with --host)"
+            )
+        return self.labs[key]
+
+    def session(self, name: str | None = None) -> Session:
+        key = name or self.current_session
+        if key is None or key not in self.sessions:
+            raise PktlabError(
+                f"no session named {key!r}; the sessions are {', '.join(self.sessions) or 'none'}" if name else
+                "no session is attached; run %pktlab attach N first"
+            )
+        return self.sessions[key]
+
+    # -- commands ----------------------------------------------------------------
+    def run_line(self, line: str) -> Any:
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise PktlabError(f"cannot read the arguments ({exc}); check the quotes") from None
+        if not argv or argv[0] in ("help", "-h", "--help"):
+            print(USAGE)
+            return None
+        cmd, rest = argv[0], argv[1:]
+        if cmd == "lab":
+            return self.cmd_lab(self.parsers["lab"].parse_args(rest))
+        if cmd == "attach":
+            return self.cmd_attach(self.parsers["attach"].parse_args(rest))
+        if cmd == "detach":
+            return self.cmd_detach(self.parsers["detach"].parse_args(rest))
+        if cmd == "status":
+            a = self.parsers["status"].parse_args(rest)
+            return self.session(a.name).status()
+        if cmd == "handlers":
+            s = self.session()
+            return [(h.name, h.enabled, h.errors) for h in s.chain]
+        if cmd == "handler":
+            a = self.parsers["handler"].parse_args(rest)
+            s = self.session(a.session)
+            if a.action == "remove":
+                s.remove_handler(a.name)
+            else:
+                s.enable(a.name, a.action == "on")
+            return None
+        raise PktlabError(f"unknown command {cmd!r}; try %pktlab help")
+
+    def cmd_lab(self, a: argparse.Namespace) -> Any:
+        name = a.name_opt or a.name
+        if a.action == "up":
+            name = name or "lab"
+            if name in self.labs and not self.labs[name].closed:
+                raise PktlabError(f"lab {name!r} is already up; %pktlab lab down {name} first or pick another --name")
+            lab = Lab(a.topology)
+            self.labs[name] = lab
+            self.current_lab = name
+            return lab
+        if a.action == "down":
+            lab = self.lab(name)
+            key = name or self.current_lab
+            for sname, s in list(self.sessions.items()):
+                if s._lab is lab:
+                    s.detach()
+                    self._forget_session(sname)
+            lab.down()
+            del self.labs[key]  # type: ignore[arg-type]
+            if self.current_lab == key:
+                self.current_lab = next(iter(self.labs), None)
+            return None
+        return {n: lab for n, lab in self.labs.items()}
+
+    def cmd_attach(self, a: argparse.Namespace) -> Session:
+        netns: Any = None
+        if not a.host:
+            lab = self.lab(a.lab)
+            netns = lab[a.on]
+        s = attach(
+            a.queue, rule=a.rule, hook=a.hook, table=a.table, family=a.family, netns=netns,
+            allow_host=a.host, allow_all=a.all, bypass=not a.fail_closed, default=a.default,
+            on_error=a.on_error, max_len=a.max_len, copy_range=a.copy_range, sock_bytes=a.sock_bytes,
+            name=a.name,
+        )
+        self.sessions[s.name] = s
+        self.current_session = s.name
+        return s
+
+    def cmd_detach(self, a: argparse.Namespace) -> None:
+        names = list(self.sessions) if a.all else [a.name or self.current_session]
+        if names == [None]:
+            raise PktlabError("no session is attached; nothing to detach")
+        for n in names:
+            self.session(n).detach()
+            self._forget_session(n)  # type: ignore[arg-type]
+
+    def _forget_session(self, name: str) -> None:
+        self.sessions.pop(name, None)
+        if self.current_session == name:
+            self.current_session = next(reversed(self.sessions), None) if self.sessions else None
+
+    def run_cell(self, line: str, cell: str) -> Any:
+        argv = shlex.split(line)
+        if not argv or argv[0] != "handler":
+            raise PktlabError("the cell magic is %%pktlab handler NAME; the cell is the handler's body")
+        a = self.parsers["handler-cell"].parse_args(argv[1:])
+        if not a.name.isidentifier():
+            raise PktlabError(f"handler name {a.name!r} is not a Python identifier; use letters, digits and _")
+        s = self.session(a.session)
+        fn = compile_handler(a.name, cell, self.shell.user_ns if self.shell else {})
+        replaced = a.name in s.handlers
+        s.add_handler(fn, a.name, before=a.before, after=a.after)
+        print(f"handler {a.name} {'replaced' if replaced else 'added'} in session {s.name}: {', '.join(s.handlers)}")
+        return None
+
+    def close(self) -> None:
+        for s in list(self.sessions.values()):
+            s.detach()
+        for lab in list(self.labs.values()):
+            lab.down()
+        self.sessions.clear()
+        self.labs.clear()
+
+
+def compile_handler(name: str, body: str, user_ns: dict[str, Any]) -> Any:
+    """Make ``def name(pkt): <body>`` with the notebook's globals."""
+    src = f"def {name}(pkt):\n" + textwrap.indent(textwrap.dedent(body).rstrip() or "pass", "    ") + "\n    return None\n"
+    filename = f"<pktlab handler {name}>"
+    try:
+        code = compile(src, filename, "exec")
+    except SyntaxError as exc:
+        line = (exc.lineno or 2) - 1
+        raise PktlabError(f"the handler cell has a syntax error on line {line}: {exc.msg}; fix the cell and run it again") from None
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    local: dict[str, Any] = {}
+    exec(code, user_ns, local)
+    return local[name]
+
+
+def _make_magics_class() -> Any:
+    from IPython.core.error import UsageError
+    from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+    @magics_class
+    class PktlabMagics(Magics):
+        def __init__(self, shell: Any) -> None:
+            super().__init__(shell)
+            self.state = PktlabMagicState(shell)
+
+        @line_cell_magic
+        def pktlab(self, line: str, cell: str | None = None) -> Any:
+            """%pktlab COMMAND ... (try %pktlab help); %%pktlab handler NAME."""
+            try:
+                if cell is None:
+                    return self.state.run_line(line)
+                return self.state.run_cell(line, cell)
+            except PktlabError as exc:
+                raise UsageError(str(exc)) from None
+
+    return PktlabMagics
+
+
+def load(ipython: Any) -> None:
+    magics = _make_magics_class()(ipython)
+    ipython.register_magics(magics)
+    ipython._pktlab_magics = magics
+
+
+def unload(ipython: Any) -> None:
+    magics = getattr(ipython, "_pktlab_magics", None)
+    if magics is not None:
+        magics.state.close()

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent set-up: Debian packages, then a virtualenv in .venv with pktlab and its test tools.
+# Safe to run again; it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(iptables nftables libnetfilter-queue-dev libpcap-dev netpipe-tcp iputils-ping tcpdump iproute2 procps build-essential)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# the NFQUEUE target and the queue itself (built in on some kernels, modules on others)
+for m in nfnetlink_queue xt_NFQUEUE xt_comment; do modprobe -q "$m" 2>/dev/null || true; done
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.pktlab-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "setup: installing pktlab and its dependencies into .venv"
+    .venv/bin/pip install -q --upgrade pip
+    # NetfilterQueue is built from source against Debian's libnetfilter-queue-dev
+    .venv/bin/pip install -q --no-binary netfilterqueue -e '.[dev]'
+    echo "$want" > "$stamp"
+fi
+.venv/bin/python -c "import netfilterqueue, pyroute2, scapy, pktlab" || { echo "setup: import check failed" >&2; exit 1; }

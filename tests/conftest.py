@@ -1,0 +1,73 @@
+"""Shared fixtures: real labs on the real kernel, always torn down, leftovers checked."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+
+import pytest
+
+from pktlab import Lab, netns
+
+_QUEUES = itertools.count(10)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+needs_root = pytest.mark.skipif(not _is_root(), reason="needs root: namespaces, iptables and NFQUEUE")
+
+
+def pktlab_rules(ns: str | None) -> list[str]:
+    """Every line of iptables-save / ip6tables-save in ``ns`` that mentions pktlab."""
+    out = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        proc = subprocess.run(netns.argv_in(ns, [tool]), capture_output=True, text=True, check=False)
+        out += [line for line in proc.stdout.splitlines() if "pktlab" in line]
+    return out
+
+
+def my_namespaces() -> list[str]:
+    return [n for n in netns.list_names() if n.startswith(f"pktlab-{os.getpid()}-")]
+
+
+@pytest.fixture
+def queue_num() -> int:
+    """A queue number no other test in this run uses."""
+    return next(_QUEUES)
+
+
+@pytest.fixture
+def lab():
+    """A two-host lab, removed after the test whatever happened, and checked gone."""
+    if not _is_root():
+        pytest.skip("needs root: namespaces, iptables and NFQUEUE")
+    lab = Lab()
+    names = [h.netns for h in lab.hosts.values()]
+    try:
+        yield lab
+    finally:
+        lab.down()
+        left = [n for n in names if n in netns.list_names()]
+        assert not left, f"namespaces left behind: {left}"
+
+
+@pytest.fixture
+def router_lab():
+    if not _is_root():
+        pytest.skip("needs root: namespaces, iptables and NFQUEUE")
+    lab = Lab("router")
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _nothing_left_at_end():
+    yield
+    if _is_root():
+        assert my_namespaces() == [], f"namespaces left at the end of the run: {my_namespaces()}"
+        assert pktlab_rules(None) == [], "pktlab rules left in the host namespace"

@@ -1,0 +1,278 @@
+"""The spine on the real kernel: NFQUEUE in lab namespaces, real datagrams and pings."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import pktlab
+from pktlab import Lab, netns
+from tests.conftest import needs_root, pktlab_rules
+
+pytestmark = needs_root
+
+
+def test_drop_handler_stops_udp_and_ping(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    p = pktlab.attach(queue_num + 1000, rule="-p icmp", netns=lab.server)
+    try:
+        assert lab.udp(50).unique == 50
+        assert lab.ping(3).received == 3
+
+        @s.handler
+        def drop_all(pkt):
+            return pkt.drop()
+
+        @p.handler
+        def drop_pings(pkt):
+            if pkt.icmp and pkt.icmp.type == 8:
+                return pkt.drop()
+            return None
+
+        assert lab.udp(50, idle=0.5).received == 0
+        assert lab.ping(3).received == 0
+        assert s.record.counts[pktlab.DROP] == 50
+        assert p.record.counts[pktlab.DROP] == 3
+
+        s.remove_handler("drop_all")
+        p.enable("drop_pings", False)
+        assert lab.udp(20).unique == 20
+        assert lab.ping(2).received == 2
+    finally:
+        s.detach()
+        p.detach()
+
+
+def test_modifying_handler_rewrites_payload_and_fixes_checksums(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+        @s.handler
+        def shout(pkt):
+            seq = pkt.udp.payload[:4]
+            pkt.udp.payload = seq + b"REWRITTEN BY PKTLAB, LONGER THAN BEFORE"
+            return pkt.accept()
+
+        r = lab.udp(10, size=16, keep=10)
+        # the receiver's kernel drops UDP with a wrong checksum or length: arrival proves both were fixed
+        assert r.unique == 10
+        assert all(p[4:] == b"REWRITTEN BY PKTLAB, LONGER THAN BEFORE" for p in r.payloads)
+        assert s.df["modified"].all()
+    finally:
+        s.detach()
+
+
+def test_mark_is_set_with_the_verdict(lab: Lab, queue_num: int) -> None:
+    # a rule in a later hook drops marked packets: the mark must reach the kernel with the verdict
+    lab.server.run(["iptables", "-A", "INPUT", "-p", "udp", "--dport", "9000", "-m", "mark", "--mark", "7", "-j", "DROP"])
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", hook="PREROUTING", netns=lab.server)
+    try:
+        @s.handler
+        def mark_even(pkt):
+            seq = int.from_bytes(pkt.udp.payload[:4], "big")
+            return pkt.accept(mark=7) if seq % 2 == 0 else None
+
+        r = lab.udp(20, idle=0.5)
+        assert r.unique == 10
+    finally:
+        s.detach()
+
+
+def test_hot_swap_50_times_under_20000_datagrams_loses_none(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+        count = 20_000
+        flow = lab.start_udp(count, rate=8000, timeout=60, idle=2.0)
+        swapped = 0
+        deadline = time.monotonic() + 30
+        while swapped < 50 and time.monotonic() < deadline:
+            tag = swapped
+
+            def swap(pkt, tag=tag):
+                return None if tag % 2 else pkt.accept()
+
+            s.add_handler(swap, "swap")
+            swapped += 1
+            time.sleep(0.03)
+        r = flow.wait()
+        assert swapped == 50
+        assert r.sent == count
+        assert r.unique == count, f"missing {r.missing_count}: {r.missing[:10]}"
+        assert r.duplicates == 0
+        ids = [e[1] for e in s.record.raw_entries()]
+        assert len(ids) == count and len(set(ids)) == count  # each packet verdicted exactly once
+        k = s.kernel_counters()
+        assert k is not None and k.queue_dropped == 0 and k.user_dropped == 0
+        assert set(s.df["handler"].dropna()) == {"swap"}
+    finally:
+        s.detach()
+
+
+def test_raising_handler_keeps_traffic_flowing(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+        @s.handler
+        def flaky(pkt):
+            if int.from_bytes(pkt.udp.payload[:4], "big") % 10 == 9:
+                raise RuntimeError("tenth")
+            return None
+
+        r = lab.udp(1000, rate=5000)
+        assert r.unique == 1000  # error verdict is accept by default
+        assert len(s.errors) == 100
+        assert s.record.errors == 100
+        e = s.errors[0]
+        assert e.handler == "flaky" and "RuntimeError: tenth" in e.error and "udp" in e.packet
+        assert "raise RuntimeError" in e.traceback
+        assert "flaky" in str(s.status()) and "100 errors" in str(s.status())
+    finally:
+        s.detach()
+
+
+def test_error_verdict_drop_and_bad_return(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, on_error="drop")
+    try:
+        s.add_handler(lambda pkt: 42, "bad")
+        r = lab.udp(10, idle=0.5)
+        assert r.received == 0
+        assert "returned 42" in s.errors[0].error
+    finally:
+        s.detach()
+
+
+def test_detach_and_lab_down_leave_nothing_even_when_the_body_raises(queue_num: int) -> None:
+    names: list[str] = []
+    with pytest.raises(ZeroDivisionError):
+        with Lab("router") as lab:
+            names = [h.netns for h in lab.hosts.values()]
+            pktlab.attach(queue_num, rule="-p udp", hook="FORWARD", netns=lab.router)
+            pktlab.attach(queue_num + 1, rule="-p udp", hook="PREROUTING", netns=lab.server)
+            assert any("pktlab" in line for line in pktlab_rules(lab.router.netns))
+            1 / 0
+    assert names and not [n for n in names if n in netns.list_names()]
+    assert not pktlab_rules(None)
+    assert not [t for t in threading.enumerate() if t.name.startswith("pktlab-queue")]
+
+
+def test_detach_removes_exactly_its_rules(lab: Lab, queue_num: int) -> None:
+    a = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    b = pktlab.attach(queue_num + 1, rule="-p udp --dport 9001", netns=lab.server)
+    lab.server.run(["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"])
+    a.detach()
+    left = pktlab_rules(lab.server.netns)
+    assert len(left) == 1 and b.name in left[0]
+    assert "--dport 22" in lab.server.run(["iptables-save"]).stdout
+    assert not [t for t in threading.enumerate() if t.name == f"pktlab-queue-{queue_num}"]
+    b.detach()
+    assert not pktlab_rules(lab.server.netns)
+    assert lab.udp(10).unique == 10  # nothing queued any more
+
+
+def test_rules_of_a_dead_session_are_swept(lab: Lab, queue_num: int) -> None:
+    # a rule tagged with a PID that cannot exist, without --queue-bypass: it would black-hole port 9000
+    dead = "pktlab:4194999:q-dead"
+    lab.server.run(["iptables", "-I", "INPUT", "-p", "udp", "--dport", "9000", "-m", "comment",
+                    "--comment", dead, "-j", "NFQUEUE", "--queue-num", str(queue_num + 500)])
+    assert lab.udp(5, idle=0.5).received == 0
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9001", netns=lab.server)
+    try:
+        assert not [r for r in pktlab_rules(lab.server.netns) if dead in r]
+        assert lab.udp(5).unique == 5
+    finally:
+        s.detach()
+
+
+def test_bypass_passes_packets_while_no_reader_is_bound(lab: Lab, queue_num: int) -> None:
+    s = pktlab.Session(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    s.rules.install([s.rule])  # the rule without a reader, as after a crash
+    try:
+        assert lab.udp(10).unique == 10
+    finally:
+        s.rules.remove()
+
+
+def test_queue_busy_and_bad_rule_are_clear_errors(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+        with pytest.raises(pktlab.QueueBusyError, match=f"queue {queue_num} is already bound"):
+            pktlab.attach(queue_num, rule="-p udp --dport 9001", netns=lab.server)
+        with pytest.raises(pktlab.RuleError, match="iptables refused the rule .*dprt"):
+            pktlab.attach(queue_num + 1, rule="-p udp --dprt 9000", netns=lab.server)
+        # the failed attaches left neither rules nor reader threads
+        assert len(pktlab_rules(lab.server.netns)) == 1
+        assert not [t for t in threading.enumerate() if t.name == f"pktlab-queue-{queue_num + 1}"]
+    finally:
+        s.detach()
+
+
+def test_host_namespace_needs_opt_in() -> None:
+    with pytest.raises(pktlab.SessionError, match="host's own network namespace"):
+        pktlab.Session(1, rule="-p udp --dport 9")
+    with pytest.raises(pktlab.SessionError, match="all of the host's traffic"):
+        pktlab.Session(1, allow_host=True)
+
+
+def test_host_attach_on_loopback(queue_num: int) -> None:
+    import socket
+
+    s = pktlab.attach(queue_num, rule="-i lo -p udp --dport 39517", hook="INPUT", allow_host=True)
+    try:
+        @s.handler
+        def drop_odd(pkt):
+            return pkt.drop() if pkt.udp.payload[0] % 2 else None
+
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 39517))
+        rx.settimeout(0.5)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(10):
+            tx.sendto(bytes([i]), ("127.0.0.1", 39517))
+        got = []
+        try:
+            while True:
+                got.append(rx.recv(10)[0])
+        except TimeoutError:
+            pass
+        assert got == [0, 2, 4, 6, 8]
+    finally:
+        s.detach()
+    assert not pktlab_rules(None)
+
+
+def test_tcp_stream_through_the_queue(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p tcp --dport 9001", netns=lab.server)
+    try:
+        r = lab.tcp(2 << 20)
+        assert r["received"] == 2 << 20
+        df = s.df
+        assert (df["proto"] == "tcp").all() and len(df) > 10
+        assert df["dport"].eq(9001).all()
+    finally:
+        s.detach()
+
+
+def test_router_lab_forwards_and_queues_at_forward(router_lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp", hook="FORWARD", netns=router_lab.router)
+    try:
+        assert router_lab.udp(100).unique == 100
+        assert router_lab.ping(2).received == 2
+        assert s.record.n == 100
+        assert set(s.df["hook"]) == {"FORWARD"}
+    finally:
+        s.detach()
+
+
+def test_to_pcap_round_trips(lab: Lab, queue_num: int, tmp_path) -> None:
+    from scapy.layers.inet import UDP
+    from scapy.utils import rdpcap
+
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+        lab.udp(7)
+        n = s.to_pcap(tmp_path / "seen.pcap")
+    finally:
+        s.detach()
+    pkts = rdpcap(str(tmp_path / "seen.pcap"))
+    assert n == 7 and len(pkts) == 7
+    assert all(p[UDP].dport == 9000 for p in pkts)
