@@ -16,8 +16,6 @@ Heavy libraries (pandas, scapy, bokeh, IPython) load only when used.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .errors import (
     HandlerError,
     LabError,
@@ -70,14 +68,14 @@ __all__ = [
 ]
 
 
-def load_ipython_extension(ipython: Any) -> None:
+def load_ipython_extension(ipython: object) -> None:
     """``%load_ext pktlab``: register ``%pktlab`` and ``%%pktlab``."""
     from .magic import load
 
     load(ipython)
 
 
-def unload_ipython_extension(ipython: Any) -> None:
+def unload_ipython_extension(ipython: object) -> None:
     """``%unload_ext pktlab``: detach sessions and bring labs down."""
     from .magic import unload
 

@@ -46,7 +46,9 @@ def demo(count: int = 2000) -> int:
             return None
 
         r = lab.udp(count, rate=10000)
-        print(f"4. raising handler:      received {r.unique} of {r.sent}; {len(s.errors)} errors kept, e.g. {s.errors[0]}")
+        print(
+            f"4. raising handler:      received {r.unique} of {r.sent}; {len(s.errors)} errors kept, e.g. {s.errors[0]}"
+        )
         print(s.status())
         df = s.df
         print(df.groupby(["handler", "verdict"], dropna=False).size().to_string())

@@ -55,7 +55,9 @@ class HandlerFailure:
 
 def _check_fn(fn: object, name: str) -> None:
     if not callable(fn):
-        raise HandlerError(f"handler {name!r} is a {type(fn).__name__}, not a function; pass a function of one argument (pkt)")
+        raise HandlerError(
+            f"handler {name!r} is a {type(fn).__name__}, not a function; pass a function of one argument (pkt)"
+        )
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -63,7 +65,9 @@ def _check_fn(fn: object, name: str) -> None:
     try:
         sig.bind(object())
     except TypeError:
-        raise HandlerError(f"handler {name!r} must take exactly one argument (the packet); its signature is {name}{sig}") from None
+        raise HandlerError(
+            f"handler {name!r} must take exactly one argument (the packet); its signature is {name}{sig}"
+        ) from None
 
 
 def trim_traceback(exc: BaseException, keep: int = 6) -> str:
@@ -154,6 +158,8 @@ class HandlerChain:
             summary = repr(pkt)
         except Exception as e:  # a broken packet must not hide the handler's error
             summary = f"<packet: {e}>"
-        failure = HandlerFailure(time.time(), handler.name, summary, f"{type(exc).__name__}: {exc}", trim_traceback(exc))
+        failure = HandlerFailure(
+            time.time(), handler.name, summary, f"{type(exc).__name__}: {exc}", trim_traceback(exc)
+        )
         self.failures.append(failure)
         return failure

@@ -304,13 +304,35 @@ class Lab:
         d = dst if isinstance(dst, Host) else self[dst]
         self._check_open()
         recv = self._traffic(
-            d, "udp-recv", "--port", str(port), "--count", str(count), "--timeout", str(timeout),
-            "--idle", str(idle), "--keep", str(keep),
+            d,
+            "udp-recv",
+            "--port",
+            str(port),
+            "--count",
+            str(count),
+            "--timeout",
+            str(timeout),
+            "--idle",
+            str(idle),
+            "--keep",
+            str(keep),
         )
         _wait_ready(recv, f"UDP receiver in {d.role}")
         send = self._traffic(
-            s, "udp-send", "--dst", d.addr, "--port", str(port), "--count", str(count),
-            "--size", str(size), "--rate", str(rate), "--timeout", str(timeout),
+            s,
+            "udp-send",
+            "--dst",
+            d.addr,
+            "--port",
+            str(port),
+            "--count",
+            str(count),
+            "--size",
+            str(size),
+            "--rate",
+            str(rate),
+            "--timeout",
+            str(timeout),
         )
         return UdpFlow(recv, send, timeout)
 
@@ -324,15 +346,22 @@ class Lab:
         return self.start_udp(count, **kwargs).wait()
 
     def tcp(
-        self, nbytes: int = 1 << 20, *, port: int = 9001, src: str = "client", dst: str = "server", timeout: float = 30.0
+        self,
+        nbytes: int = 1 << 20,
+        *,
+        port: int = 9001,
+        src: str = "client",
+        dst: str = "server",
+        timeout: float = 30.0,
     ) -> dict[str, Any]:
         """Send ``nbytes`` over one TCP connection; return bytes received and seconds."""
         self._check_open()
         s, d = self[src], self[dst]
         recv = self._traffic(d, "tcp-recv", "--port", str(port), "--timeout", str(timeout))
         _wait_ready(recv, f"TCP receiver in {d.role}")
-        send = self._traffic(s, "tcp-send", "--dst", d.addr, "--port", str(port), "--bytes", str(nbytes),
-                             "--timeout", str(timeout))
+        send = self._traffic(
+            s, "tcp-send", "--dst", d.addr, "--port", str(port), "--bytes", str(nbytes), "--timeout", str(timeout)
+        )
         s_out, s_err = send.communicate(timeout=timeout + 10)
         r_out, r_err = recv.communicate(timeout=timeout + 10)
         if not r_out.strip():
@@ -391,5 +420,3 @@ def wait_until(pred: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return bool(pred())
-
-

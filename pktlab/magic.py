@@ -94,8 +94,9 @@ class PktlabMagicState:
         key = name or self.current_lab
         if key is None or key not in self.labs:
             raise PktlabError(
-                f"no lab named {key!r}; bring one up with %pktlab lab up" if name else
-                "no lab is up; run %pktlab lab up first (or attach with --host)"
+                f"no lab named {key!r}; bring one up with %pktlab lab up"
+                if name
+                else "no lab is up; run %pktlab lab up first (or attach with --host)"
             )
         return self.labs[key]
 
@@ -103,8 +104,9 @@ class PktlabMagicState:
         key = name or self.current_session
         if key is None or key not in self.sessions:
             raise PktlabError(
-                f"no session named {key!r}; the sessions are {', '.join(self.sessions) or 'none'}" if name else
-                "no session is attached; run %pktlab attach N first"
+                f"no session named {key!r}; the sessions are {', '.join(self.sessions) or 'none'}"
+                if name
+                else "no session is attached; run %pktlab attach N first"
             )
         return self.sessions[key]
 
@@ -170,9 +172,20 @@ class PktlabMagicState:
             lab = self.lab(a.lab)
             netns = lab[a.on]
         s = attach(
-            a.queue, rule=a.rule, hook=a.hook, table=a.table, family=a.family, netns=netns,
-            allow_host=a.host, allow_all=a.all, bypass=not a.fail_closed, default=a.default,
-            on_error=a.on_error, max_len=a.max_len, copy_range=a.copy_range, sock_bytes=a.sock_bytes,
+            a.queue,
+            rule=a.rule,
+            hook=a.hook,
+            table=a.table,
+            family=a.family,
+            netns=netns,
+            allow_host=a.host,
+            allow_all=a.all,
+            bypass=not a.fail_closed,
+            default=a.default,
+            on_error=a.on_error,
+            max_len=a.max_len,
+            copy_range=a.copy_range,
+            sock_bytes=a.sock_bytes,
             name=a.name,
         )
         self.sessions[s.name] = s
@@ -217,13 +230,19 @@ class PktlabMagicState:
 
 def compile_handler(name: str, body: str, user_ns: dict[str, Any]) -> Any:
     """Make ``def name(pkt): <body>`` with the notebook's globals."""
-    src = f"def {name}(pkt):\n" + textwrap.indent(textwrap.dedent(body).rstrip() or "pass", "    ") + "\n    return None\n"
+    src = (
+        f"def {name}(pkt):\n"
+        + textwrap.indent(textwrap.dedent(body).rstrip() or "pass", "    ")
+        + "\n    return None\n"
+    )
     filename = f"<pktlab handler {name}>"
     try:
         code = compile(src, filename, "exec")
     except SyntaxError as exc:
         line = (exc.lineno or 2) - 1
-        raise PktlabError(f"the handler cell has a syntax error on line {line}: {exc.msg}; fix the cell and run it again") from None
+        raise PktlabError(
+            f"the handler cell has a syntax error on line {line}: {exc.msg}; fix the cell and run it again"
+        ) from None
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     local: dict[str, Any] = {}
     exec(code, user_ns, local)

@@ -32,8 +32,7 @@ def enter(name: str | None) -> None:
 
     if not os.path.exists(os.path.join(NETNS_DIR, name)):
         raise LabError(
-            f"network namespace {name!r} does not exist; bring the lab up first "
-            "(pktlab.Lab() or %pktlab lab up)"
+            f"network namespace {name!r} does not exist; bring the lab up first (pktlab.Lab() or %pktlab lab up)"
         )
     _netns.setns(name, flags=0)
 
@@ -75,9 +74,7 @@ def run(
     """Run a command in a namespace and return its completed process."""
     tool = argv[0]
     if shutil.which(tool) is None and not os.path.isabs(tool):
-        raise MissingToolError(
-            f"{tool} is not installed; run `make setup` (or apt-get install {tool})"
-        )
+        raise MissingToolError(f"{tool} is not installed; run `make setup` (or apt-get install {tool})")
     proc = subprocess.run(
         argv_in(name, argv),
         input=input,
@@ -87,9 +84,7 @@ def run(
         check=False,
     )
     if check and proc.returncode != 0:
-        raise subprocess.CalledProcessError(
-            proc.returncode, proc.args, proc.stdout, proc.stderr
-        )
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
     return proc
 
 

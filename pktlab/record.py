@@ -19,8 +19,20 @@ from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 # entry layout (kept as a plain tuple for speed)
 T, ID, HOOK, SIZE, HEAD, VERDICT, BY, NS, ERROR, MODIFIED = range(10)
 COLUMNS = [
-    "time", "id", "hook", "size", "proto", "src", "dst", "sport", "dport",
-    "verdict", "handler", "handler_us", "error", "modified",
+    "time",
+    "id",
+    "hook",
+    "size",
+    "proto",
+    "src",
+    "dst",
+    "sport",
+    "dport",
+    "verdict",
+    "handler",
+    "handler_us",
+    "error",
+    "modified",
 ]
 
 
@@ -84,19 +96,36 @@ class Record:
     def _entry(e: tuple[Any, ...]) -> Entry:
         h = e[HOOK]
         return Entry(
-            e[T], e[ID], HOOK_NAMES[h] if 0 <= h < 5 else str(h), e[SIZE], e[HEAD], str(e[VERDICT]),
-            e[BY], e[NS] / 1000.0, e[ERROR], e[MODIFIED],
+            e[T],
+            e[ID],
+            HOOK_NAMES[h] if 0 <= h < 5 else str(h),
+            e[SIZE],
+            e[HEAD],
+            str(e[VERDICT]),
+            e[BY],
+            e[NS] / 1000.0,
+            e[ERROR],
+            e[MODIFIED],
         )
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
         for e in self:
             s = summarize(e.head)
-            out.append({
-                "time": e.time, "id": e.id, "hook": e.hook, "size": e.size, **s,
-                "verdict": e.verdict, "handler": e.handler, "handler_us": e.handler_us,
-                "error": e.error, "modified": e.modified,
-            })
+            out.append(
+                {
+                    "time": e.time,
+                    "id": e.id,
+                    "hook": e.hook,
+                    "size": e.size,
+                    **s,
+                    "verdict": e.verdict,
+                    "handler": e.handler,
+                    "handler_us": e.handler_us,
+                    "error": e.error,
+                    "modified": e.modified,
+                }
+            )
         return out
 
     def df(self) -> Any:

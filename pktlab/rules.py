@@ -39,8 +39,26 @@ TABLE_HOOKS = {
 }
 FAMILIES = {"ipv4": ("iptables",), "ipv6": ("ip6tables",), "both": ("iptables", "ip6tables")}
 _NOT_IN_MATCH = {
-    "-j", "--jump", "-g", "--goto", "-A", "--append", "-I", "--insert", "-D", "--delete",
-    "-R", "--replace", "-t", "--table", "-F", "--flush", "-X", "-N", "-P", "-Z",
+    "-j",
+    "--jump",
+    "-g",
+    "--goto",
+    "-A",
+    "--append",
+    "-I",
+    "--insert",
+    "-D",
+    "--delete",
+    "-R",
+    "--replace",
+    "-t",
+    "--table",
+    "-F",
+    "--flush",
+    "-X",
+    "-N",
+    "-P",
+    "-Z",
 }
 TAG_PREFIX = "pktlab:"
 _TAG_RE = re.compile(r"^pktlab:(\d+):(.+)$")

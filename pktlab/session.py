@@ -67,9 +67,10 @@ class Status:
         for r in self.rules:
             out.append(f"  rule: {r}")
         if self.handlers:
-            out.append("  handlers: " + ", ".join(
-                f"{n}{'' if on else ' (off)'}{f' [{e} errors]' if e else ''}" for n, on, e in self.handlers
-            ))
+            out.append(
+                "  handlers: "
+                + ", ".join(f"{n}{'' if on else ' (off)'}{f' [{e} errors]' if e else ''}" for n, on, e in self.handlers)
+            )
         else:
             out.append("  handlers: none (every packet gets the default verdict)")
         for f in self.last_errors:
@@ -135,7 +136,9 @@ class Session:
             raise SessionError(str(exc)) from None
         self.chain = HandlerChain()
         self.record = Record(record_size, snaplen)
-        self.source = QueueSource(queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes)
+        self.source = QueueSource(
+            queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes
+        )
         self.rules = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
         self._attached = False
         self._snaplen = snaplen
@@ -187,10 +190,15 @@ class Session:
 
     # -- handlers --------------------------------------------------------------
     def handler(
-        self, fn: Callable[[Packet], Any] | None = None, *, name: str | None = None,
-        before: str | None = None, after: str | None = None,
+        self,
+        fn: Callable[[Packet], Any] | None = None,
+        *,
+        name: str | None = None,
+        before: str | None = None,
+        after: str | None = None,
     ) -> Any:
         """Decorator: ``@s.handler`` adds (or, same name, replaces) a handler."""
+
         def register(f: Callable[[Packet], Any]) -> Callable[[Packet], Any]:
             self.chain.add(f, name, before=before, after=after)
             return f
@@ -266,10 +274,20 @@ class Session:
                     nf.drop() if verdict is DROP else nf.accept()
                 except BaseException:
                     pass
-        self.record.append((
-            time.time(), nf.id, nf.hook, len(data), data[: self._snaplen], verdict, by, ns, err,
-            pkt._modified if pkt is not None else False,
-        ))
+        self.record.append(
+            (
+                time.time(),
+                nf.id,
+                nf.hook,
+                len(data),
+                data[: self._snaplen],
+                verdict,
+                by,
+                ns,
+                err,
+                pkt._modified if pkt is not None else False,
+            )
+        )
 
     def _bad_return(self, h: Handler, pkt: Packet, value: object) -> tuple[Verdict, str | None]:
         try:
@@ -324,7 +342,8 @@ class Session:
     def __repr__(self) -> str:
         where = self.netns or "host"
         state = "attached" if self._attached else "detached"
-        return f"<Session {self.name} queue {self.queue} in {where} {state}, {self.record.n} packets, handlers {self.handlers}>"
+        n = self.record.n
+        return f"<Session {self.name} queue {self.queue} in {where} {state}, {n} packets, handlers {self.handlers}>"
 
 
 def _resolve_netns(target: Any) -> tuple[Lab | None, str | None]:

@@ -48,6 +48,7 @@ def test_drop_handler_stops_udp_and_ping(lab: Lab, queue_num: int) -> None:
 def test_modifying_handler_rewrites_payload_and_fixes_checksums(lab: Lab, queue_num: int) -> None:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     try:
+
         @s.handler
         def shout(pkt):
             seq = pkt.udp.payload[:4]
@@ -65,9 +66,12 @@ def test_modifying_handler_rewrites_payload_and_fixes_checksums(lab: Lab, queue_
 
 def test_mark_is_set_with_the_verdict(lab: Lab, queue_num: int) -> None:
     # a rule in a later hook drops marked packets: the mark must reach the kernel with the verdict
-    lab.server.run(["iptables", "-A", "INPUT", "-p", "udp", "--dport", "9000", "-m", "mark", "--mark", "7", "-j", "DROP"])
+    lab.server.run(
+        ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "9000", "-m", "mark", "--mark", "7", "-j", "DROP"]
+    )
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", hook="PREROUTING", netns=lab.server)
     try:
+
         @s.handler
         def mark_even(pkt):
             seq = int.from_bytes(pkt.udp.payload[:4], "big")
@@ -112,6 +116,7 @@ def test_hot_swap_50_times_under_20000_datagrams_loses_none(lab: Lab, queue_num:
 def test_raising_handler_keeps_traffic_flowing(lab: Lab, queue_num: int) -> None:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     try:
+
         @s.handler
         def flaky(pkt):
             if int.from_bytes(pkt.udp.payload[:4], "big") % 10 == 9:
@@ -143,13 +148,12 @@ def test_error_verdict_drop_and_bad_return(lab: Lab, queue_num: int) -> None:
 
 def test_detach_and_lab_down_leave_nothing_even_when_the_body_raises(queue_num: int) -> None:
     names: list[str] = []
-    with pytest.raises(ZeroDivisionError):
-        with Lab("router") as lab:
-            names = [h.netns for h in lab.hosts.values()]
-            pktlab.attach(queue_num, rule="-p udp", hook="FORWARD", netns=lab.router)
-            pktlab.attach(queue_num + 1, rule="-p udp", hook="PREROUTING", netns=lab.server)
-            assert any("pktlab" in line for line in pktlab_rules(lab.router.netns))
-            1 / 0
+    with pytest.raises(ZeroDivisionError), Lab("router") as lab:
+        names = [h.netns for h in lab.hosts.values()]
+        pktlab.attach(queue_num, rule="-p udp", hook="FORWARD", netns=lab.router)
+        pktlab.attach(queue_num + 1, rule="-p udp", hook="PREROUTING", netns=lab.server)
+        assert any("pktlab" in line for line in pktlab_rules(lab.router.netns))
+        raise ZeroDivisionError("the test body fails")
     assert names and not [n for n in names if n in netns.list_names()]
     assert not pktlab_rules(None)
     assert not [t for t in threading.enumerate() if t.name.startswith("pktlab-queue")]
@@ -172,8 +176,25 @@ def test_detach_removes_exactly_its_rules(lab: Lab, queue_num: int) -> None:
 def test_rules_of_a_dead_session_are_swept(lab: Lab, queue_num: int) -> None:
     # a rule tagged with a PID that cannot exist, without --queue-bypass: it would black-hole port 9000
     dead = "pktlab:4194999:q-dead"
-    lab.server.run(["iptables", "-I", "INPUT", "-p", "udp", "--dport", "9000", "-m", "comment",
-                    "--comment", dead, "-j", "NFQUEUE", "--queue-num", str(queue_num + 500)])
+    lab.server.run(
+        [
+            "iptables",
+            "-I",
+            "INPUT",
+            "-p",
+            "udp",
+            "--dport",
+            "9000",
+            "-m",
+            "comment",
+            "--comment",
+            dead,
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            str(queue_num + 500),
+        ]
+    )
     assert lab.udp(5, idle=0.5).received == 0
     s = pktlab.attach(queue_num, rule="-p udp --dport 9001", netns=lab.server)
     try:
@@ -218,6 +239,7 @@ def test_host_attach_on_loopback(queue_num: int) -> None:
 
     s = pktlab.attach(queue_num, rule="-i lo -p udp --dport 39517", hook="INPUT", allow_host=True)
     try:
+
         @s.handler
         def drop_odd(pkt):
             return pkt.drop() if pkt.udp.payload[0] % 2 else None

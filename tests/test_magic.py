@@ -1,0 +1,104 @@
+"""The magics through a real IPython InteractiveShell, on a real lab."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from pktlab import netns
+from tests.conftest import needs_root, pktlab_rules
+
+
+@pytest.fixture
+def shell():
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "pktlab")
+    try:
+        yield sh
+    finally:
+        sh.run_line_magic("unload_ext", "pktlab")
+        InteractiveShell.clear_instance()
+
+
+def run(shell, src: str):
+    """Run a cell; return (result, error message or None)."""
+    r = shell.run_cell(src, silent=False)
+    err = r.error_in_exec or r.error_before_exec
+    return r.result, (str(err) if err else None)
+
+
+def test_wrong_arguments_are_one_clear_sentence(shell) -> None:
+    cases = {
+        "%pktlab attach x": "invalid int value",
+        "%pktlab frobnicate": "unknown command 'frobnicate'",
+        "%pktlab attach 1": "no lab is up; run %pktlab lab up first",
+        "%pktlab status": "no session is attached",
+        "%pktlab detach": "nothing to detach",
+        "%pktlab lab up --topology mesh": "invalid choice",
+        "%pktlab attach 1 --hook SIDEWAYS --host": "invalid choice",
+        "%pktlab attach 1 --host": "would queue all of the host's traffic",
+        "%pktlab attach 1 --rule '-p udp -j DROP' --host": "may only hold match options",
+        "%pktlab attach 1 --rule 'unterminated --host": "check the quotes",
+    }
+    for line, expected in cases.items():
+        result, err = run(shell, line)
+        assert err is not None and expected in err, (line, err)
+        assert "\n" not in err, (line, err)
+
+
+def test_handler_cell_needs_a_session_and_valid_code(shell) -> None:
+    _, err = run(shell, "%%pktlab handler h\nreturn pkt.drop()\n")
+    assert "no session is attached" in err
+
+
+@needs_root
+def test_full_cycle_through_magics(shell) -> None:
+    lab, err = run(shell, "%pktlab lab up")
+    assert err is None
+    try:
+        s, err = run(shell, '%pktlab attach 21 --rule "-p udp --dport 9000"')
+        assert err is None and s.attached and s.netns == lab.server.netns
+        shell.user_ns["LIMIT"] = 500
+        _, err = run(shell, "%%pktlab handler drop_big\nif len(pkt) > LIMIT:\n    return pkt.drop()\n")
+        assert err is None
+        assert lab.udp(20, size=600, idle=0.5).received == 0
+        assert lab.udp(20, size=100).unique == 20
+
+        # re-running the cell with new code swaps the handler in place
+        _, err = run(shell, "%%pktlab handler drop_big\nif len(pkt) > 5000:\n    return pkt.drop()\n")
+        assert err is None and s.handlers == ["drop_big"]
+        assert lab.udp(20, size=600).unique == 20
+
+        _, err = run(shell, "%%pktlab handler broken\nif len(pkt) >:\n    pass\n")
+        assert "syntax error on line 1" in err and s.handlers == ["drop_big"]
+
+        _, err = run(shell, "%%pktlab handler oops\nreturn undefined_name\n")
+        assert err is None
+        assert lab.udp(5).unique == 5
+        assert "NameError" in s.errors[-1].error and "<pktlab handler oops>" in s.errors[-1].traceback
+
+        status, err = run(shell, "%pktlab status")
+        assert err is None and "drop_big" in str(status) and "packets" in str(status)
+        _, err = run(shell, "%pktlab handler off oops")
+        assert err is None and s.chain["oops"].enabled is False
+
+        _, err = run(shell, '%pktlab attach 21 --rule "-p udp --dport 9001"')
+        assert "already bound" in err
+
+        _, err = run(shell, "%pktlab detach")
+        assert err is None and not s.attached
+        assert not pktlab_rules(lab.server.netns)
+    finally:
+        _, err = run(shell, "%pktlab lab down")
+    assert err is None
+    assert not [h.netns for h in lab.hosts.values() if h.netns in netns.list_names()]
+
+
+@needs_root
+def test_unload_tears_everything_down(shell) -> None:
+    lab, _ = run(shell, "%pktlab lab up --topology router")
+    s, err = run(shell, '%pktlab attach 22 --on router --hook FORWARD --rule "-p udp"')
+    assert err is None and s.netns == lab.router.netns
+    shell.run_line_magic("unload_ext", "pktlab")
+    assert not s.attached and lab.closed
+    shell.run_line_magic("load_ext", "pktlab")
