@@ -216,7 +216,7 @@ class Packet:
         return self._upper()[0]
 
     def _layer(self, proto: int, cls: type) -> Any:
-        p, off, frag = self._upper()
+        p, off, frag = self._l4 or self._upper()
         if p != proto:
             return None
         if frag and self._buf[0] >> 4 == 4 and int.from_bytes(self._buf[6:8], "big") & 0x1FFF:

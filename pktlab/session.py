@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from time import perf_counter_ns
+from time import time as _now
 from typing import TYPE_CHECKING, Any
 
 from . import rules as _rules
@@ -26,7 +27,7 @@ from .kernel import QueueCounters
 from .packet import Packet
 from .record import Record
 from .source import QueueSource
-from .verdicts import ACCEPT, DROP, Verdict
+from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 
 if TYPE_CHECKING:
     from .lab import Host, Lab
@@ -42,6 +43,7 @@ class Status:
     queue: int
     netns: str | None
     attached: bool
+    paused: bool
     rules: list[str]
     handlers: list[tuple[str, bool, int]]
     counters: dict[str, int]
@@ -52,7 +54,8 @@ class Status:
 
     def lines(self) -> list[str]:
         where = self.netns or "host namespace"
-        out = [f"session {self.name}: queue {self.queue} in {where}, {'attached' if self.attached else 'detached'}"]
+        state = ("attached, PAUSED" if self.paused else "attached") if self.attached else "detached"
+        out = [f"session {self.name}: queue {self.queue} in {where}, {state}"]
         c = self.counters
         out.append(
             f"  packets {c['packets']}  accept {c['accept']}  drop {c['drop']}  repeat {c['repeat']}  "
@@ -106,6 +109,7 @@ class Session:
         max_len: int = 4096,
         copy_range: int = 65535,
         sock_bytes: int = 8 << 20,
+        batch: int = 64,
         record_size: int = 100_000,
         snaplen: int = 256,
         name: str | None = None,
@@ -142,6 +146,8 @@ class Session:
         self.rules = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
         self._attached = False
         self._snaplen = snaplen
+        self._append = self.record.append
+        self._batch = self.source.batch
 
     # -- lifecycle -------------------------------------------------------------
     @property
@@ -181,6 +187,22 @@ class Session:
             self.rules.remove()
         finally:
             self.source.stop(drain=drain)
+
+    def pause(self) -> None:
+        """Stop reading: packets wait in the kernel queue (``status()`` shows how many) until :meth:`resume`.
+
+        The kernel holds at most ``max_len`` packets; beyond that it drops new
+        ones (``queue_dropped`` in ``status()``).
+        """
+        self.source.pause()
+
+    def resume(self) -> None:
+        """Read again; the packets that waited go through the chain first, in order."""
+        self.source.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self.source.paused
 
     def __enter__(self) -> Session:
         return self
@@ -222,72 +244,106 @@ class Session:
 
     # -- the hot path ------------------------------------------------------------
     def _on_packet(self, nf: Any) -> None:
-        """Called by the reader for every packet; gives exactly one verdict."""
+        """Called by the reader for every packet; gives exactly one verdict.
+
+        Kept deliberately flat: no Packet is built when no handler is enabled,
+        and the record entry is a plain tuple.
+        """
+        chain = self.chain.active
+        if not chain:
+            verdict = self.default
+            data = b""
+            try:
+                data = nf.get_payload()
+                batch = self._batch
+                if batch is not None and verdict is not REPEAT:
+                    batch.add(nf.id, verdict.code)
+                else:
+                    self._give(nf, verdict)
+            except BaseException as exc:
+                verdict = self._internal_failure(nf, exc)
+            self._append((_now(), nf.id, nf.hook, len(data), data[: self._snaplen], verdict, None, 0, None, False))
+            return
+        self._run_chain(nf, chain)
+
+    def _give(self, nf: Any, verdict: Verdict) -> None:
+        """One verdict for one packet, after any batched ones before it."""
+        batch = self._batch
+        if batch is not None and batch.count:
+            batch.flush()
+        if verdict is ACCEPT:
+            nf.accept()
+        elif verdict is DROP:
+            nf.drop()
+        else:
+            nf.repeat()
+
+    def _run_chain(self, nf: Any, chain: tuple[Handler, ...]) -> None:
         verdict = None
         given = False
         by = None
         err = None
-        ns = 0
         data = b""
         pkt = None
+        t0 = perf_counter_ns()
+        now = _now()
         try:
             data = nf.get_payload()
-            pkt = Packet(nf, data)
-            chain = self.chain.active
-            if chain:
-                t0 = perf_counter_ns()
-                for h in chain:
-                    try:
-                        v = h.fn(pkt)
-                    except BaseException as exc:
-                        h.errors += 1
-                        err = str(self.chain.record_failure(h, pkt, exc))
-                        verdict, by = self.on_error, h.name
-                        break
-                    if v is not None:
-                        if v.__class__ is not Verdict:
-                            v, err = self._bad_return(h, pkt, v)
-                        verdict, by = v, h.name
-                        break
-                ns = perf_counter_ns() - t0
+            pkt = Packet(nf, data, now)
+            for h in chain:
+                try:
+                    v = h.fn(pkt)
+                except BaseException as exc:
+                    h.errors += 1
+                    err = str(self.chain.record_failure(h, pkt, exc))
+                    verdict, by = self.on_error, h.name
+                    break
+                if v is not None:
+                    if v.__class__ is not Verdict:
+                        v, err = self._bad_return(h, pkt, v)
+                    verdict, by = v, h.name
+                    break
             if verdict is None:
                 verdict = self.default
-            if pkt._mark is not None:
-                nf.set_mark(pkt._mark)
-            if pkt._modified:
-                if pkt._dirty:
-                    pkt._fixup()
-                nf.set_payload(bytes(pkt._buf))
-            if verdict is ACCEPT:
-                nf.accept()
-            elif verdict is DROP:
-                nf.drop()
+            if pkt._mark is None and not pkt._modified and verdict is not REPEAT and self._batch is not None:
+                self._batch.add(nf.id, verdict.code)
             else:
-                nf.repeat()
+                if pkt._mark is not None:
+                    nf.set_mark(pkt._mark)
+                if pkt._modified:
+                    if pkt._dirty:
+                        pkt._fixup()
+                    nf.set_payload(bytes(pkt._buf))
+                self._give(nf, verdict)
             given = True
-        except BaseException as exc:  # pktlab's own failure: still exactly one verdict
-            self.source.internal_errors += 1
-            self.source.last_internal_error = f"{type(exc).__name__}: {exc}"
+        except BaseException as exc:
             if not given:
-                verdict = self.on_error
-                try:
-                    nf.drop() if verdict is DROP else nf.accept()
-                except BaseException:
-                    pass
-        self.record.append(
+                verdict = self._internal_failure(nf, exc)
+        self._append(
             (
-                time.time(),
+                _now(),
                 nf.id,
                 nf.hook,
                 len(data),
                 data[: self._snaplen],
                 verdict,
                 by,
-                ns,
+                perf_counter_ns() - t0,
                 err,
                 pkt._modified if pkt is not None else False,
             )
         )
+
+    def _internal_failure(self, nf: Any, exc: BaseException) -> Verdict:
+        """pktlab's own failure on a packet: count it, and still give exactly one verdict."""
+        self.source.internal_errors += 1
+        self.source.last_internal_error = f"{type(exc).__name__}: {exc}"
+        verdict = self.on_error
+        try:
+            self._give(nf, DROP if verdict is DROP else ACCEPT)
+        except BaseException:
+            pass  # already verdicted or the queue is gone; nothing more can be done for it
+        return verdict
 
     def _bad_return(self, h: Handler, pkt: Packet, value: object) -> tuple[Verdict, str | None]:
         try:
@@ -330,6 +386,7 @@ class Session:
             queue=self.queue,
             netns=self.netns,
             attached=self._attached,
+            paused=self.paused,
             rules=self.rules.installed() if self._attached else [],
             handlers=[(h.name, h.enabled, h.errors) for h in self.chain],
             counters=self.record.counters(),

@@ -98,13 +98,18 @@ def udp_recv(port: int, count: int, timeout: float, idle: float, keep: int, bind
                 seen.add(seq)
             if len(kept) < keep:
                 kept.append(data.hex())
-    missing = sorted(set(range(count)) - seen)
+    missing: list[int] = []
+    seq = 0
+    while len(missing) < 100 and seq < count and len(missing) < count - len(seen):
+        if seq not in seen:
+            missing.append(seq)
+        seq += 1
     return {
         "received": received,
         "unique": len(seen),
         "duplicates": duplicates,
-        "missing": missing[:100],
-        "missing_count": len(missing),
+        "missing": missing,
+        "missing_count": count - len(seen),
         "payloads": kept,
         "seconds": (last or start) - (first or start),
     }

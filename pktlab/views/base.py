@@ -9,6 +9,7 @@ fixed once, when the verdict is given.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PacketFormatError
@@ -24,7 +25,7 @@ class Field:
     (addresses as strings), ``"mac"`` or ``bytes``.
     """
 
-    __slots__ = ("name", "bit", "bits", "kind", "_byte", "_nbytes", "_shift", "_mask", "_aligned")
+    __slots__ = ("name", "bit", "bits", "kind", "_byte", "_nbytes", "_shift", "_mask", "_aligned", "_unpack")
 
     def __init__(self, bit: int, bits: int, kind: Any = int) -> None:
         self.bit, self.bits, self.kind = bit, bits, kind
@@ -34,25 +35,39 @@ class Field:
         self._shift = end * 8 - (bit + bits)
         self._mask = (1 << bits) - 1
         self._aligned = bit % 8 == 0 and bits % 8 == 0
+        fmt = {1: "!B", 2: "!H", 4: "!I", 8: "!Q"}.get(self._nbytes) if kind is int else None
+        self._unpack = struct.Struct(fmt).unpack_from if fmt else None
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
+    def _short(self, view: View) -> PacketFormatError:
+        n = len(view._pkt._buf)
+        start = view._off + self._byte
+        return PacketFormatError(
+            f"{type(view).__name__.lower()}.{self.name} lies past the end of the "
+            f"{n}-byte packet (needs bytes {start}..{start + self._nbytes - 1}); "
+            "the packet is truncated or its header lengths are wrong"
+        )
+
     def _span(self, view: View) -> tuple[bytes | bytearray, int]:
         buf = view._pkt._buf
         start = view._off + self._byte
         if start + self._nbytes > len(buf):
-            raise PacketFormatError(
-                f"{type(view).__name__.lower()}.{self.name} lies past the end of the "
-                f"{len(buf)}-byte packet (needs bytes {start}..{start + self._nbytes - 1}); "
-                "the packet is truncated or its header lengths are wrong"
-            )
+            raise self._short(view)
         return buf, start
 
     def __get__(self, view: View | None, owner: type) -> Any:
         if view is None:
             return self
+        unpack = self._unpack
+        if unpack is not None:  # the common case: an integer of 1, 2, 4 or 8 bytes
+            try:
+                v = unpack(view._pkt._buf, view._off + self._byte)[0]
+            except struct.error:
+                raise self._short(view) from None
+            return v if self._aligned else (v >> self._shift) & self._mask
         buf, start = self._span(view)
         raw = buf[start : start + self._nbytes]
         kind = self.kind

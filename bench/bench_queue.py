@@ -1,0 +1,199 @@
+"""Packets per second through NFQUEUE: bare NetfilterQueue vs pktlab, same run.
+
+Method (drain): the reader is bound but not reading; the lab client sends N
+64-byte UDP datagrams, which all wait in the kernel queue (checked: nothing
+dropped); then the reader starts, alone on its own CPU, and the time until it
+has verdicted all N gives its packets/s.  The sender is done before the clock
+starts, so the figure is the reader's own capacity, not a share of two cores.
+
+Configurations, measured REPEATS times in alternation, median reported:
+  (a) bare: NetfilterQueue callback that only accepts (plus a counter);
+  (b) pktlab with no handler;
+  (c) pktlab with one handler that reads the UDP destination port;
+  (b1), (c1) the same with batch verdicts off (one verdict message per packet,
+  as the bare callback sends), to show what the batching buys.
+Both readers use the same poll + run(block=False) loop, so the difference is
+the per-packet work only.  Run: `make bench` (as root).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pktlab
+from pktlab import kernel, netns, rules
+
+N = int(os.environ.get("BENCH_PACKETS", "40000"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+QUEUE = 1
+MAX_LEN = 1 << 17
+SOCK_BYTES = 128 << 20
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+@dataclass
+class Result:
+    pps: float  # packets the reader verdicted per second while draining the backlog
+    cpu_us: float  # reader thread CPU (user + kernel) per packet
+    queued: int  # packets waiting in the kernel when the reader started
+    received: int  # datagrams the receiver got
+
+
+def cpu_ns(tid: int) -> int:
+    """CPU time a thread has used so far (kernel + user), from its schedstat."""
+    with open(f"/proc/{os.getpid()}/task/{tid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+class BareReader:
+    """NetfilterQueue with an accept-only callback, in the lab namespace, reading once started."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self.count = [0]
+        self._stop = False
+        self._ready = threading.Event()
+        self._go = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self.rules = rules.RuleSet(rules.make_tag("bench-bare"), ns)
+
+    def _run(self) -> None:
+        from netfilterqueue import NetfilterQueue
+
+        netns.enter(self.ns)
+        count = self.count
+
+        def cb(p) -> None:
+            p.accept()
+            count[0] += 1
+
+        q = NetfilterQueue()
+        q.bind(QUEUE, cb, max_len=MAX_LEN, sock_len=SOCK_BYTES)
+        self._ready.set()
+        self._go.wait()
+        poller = select.poll()
+        poller.register(q.get_fd(), select.POLLIN)
+        while not self._stop:
+            poller.poll(100)
+            q.run(block=False)
+        q.unbind()
+
+    @property
+    def tid(self) -> int:
+        assert self._t.native_id is not None
+        return self._t.native_id
+
+    def start_reading(self) -> None:
+        self._go.set()
+
+    def __enter__(self) -> BareReader:
+        self._t.start()
+        self._ready.wait(5)
+        self.rules.install([rules.QueueRule(QUEUE, "INPUT", ("-p", "udp", "--dport", "9000"))])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.rules.remove()
+        self._stop = True
+        self._go.set()
+        self._t.join(5)
+
+
+def drain(lab: pktlab.Lab, start: Callable[[], None], counter: Callable[[], int], tid: int) -> Result:
+    flow = lab.start_udp(N, size=64 - 28, rate=0, timeout=30, idle=1.0)
+    flow._sender.wait(30)
+    deadline = time.monotonic() + 5
+    waiting = 0
+    while time.monotonic() < deadline:
+        c = kernel.queue_counters(lab.server.netns).get(QUEUE)
+        waiting = c.queue_total if c else 0
+        if waiting >= N:
+            break
+        time.sleep(0.05)
+    if len(CPUS) > 1:  # the reader alone on the last CPU; the receiver elsewhere
+        os.sched_setaffinity(tid, {CPUS[-1]})
+        os.sched_setaffinity(flow._receiver.pid, set(CPUS[:-1]))
+    c0, u0, t0 = counter(), cpu_ns(tid), time.perf_counter()
+    start()
+    end = time.monotonic() + 30
+    while counter() - c0 < waiting and time.monotonic() < end:
+        time.sleep(0.0002)
+    t1, u1 = time.perf_counter(), cpu_ns(tid)
+    done = counter() - c0
+    r = flow.wait()
+    return Result(done / (t1 - t0), (u1 - u0) / max(done, 1) / 1000.0, waiting, r.received)
+
+
+def run_bare(lab: pktlab.Lab) -> Result:
+    with BareReader(lab.server.netns) as b:
+        return drain(lab, b.start_reading, lambda: b.count[0], b.tid)
+
+
+def run_pktlab(lab: pktlab.Lab, with_handler: bool, batch: int = 64) -> Result:
+    s = pktlab.attach(
+        QUEUE,
+        rule="-p udp --dport 9000",
+        netns=lab.server,
+        batch=batch,
+        max_len=MAX_LEN,
+        sock_bytes=SOCK_BYTES,
+        record_size=1 << 16,
+    )
+    s.pause()
+    if with_handler:
+
+        @s.handler
+        def read_dport(pkt):
+            pkt.udp.dport  # noqa: B018 - the read is the point
+            return None
+
+    try:
+        assert s.source._thread is not None and s.source._thread.native_id is not None
+        return drain(lab, s.resume, lambda: s.record.n, s.source._thread.native_id)
+    finally:
+        s.detach()
+
+
+CONFIGS: dict[str, Callable[[pktlab.Lab], Result]] = {
+    "(a) bare NetfilterQueue accept": run_bare,
+    "(b) pktlab, no handler": lambda lab: run_pktlab(lab, False),
+    "(c) pktlab, handler reads udp.dport": lambda lab: run_pktlab(lab, True),
+    "(b1) as (b), batch verdicts off": lambda lab: run_pktlab(lab, False, batch=0),
+    "(c1) as (c), batch verdicts off": lambda lab: run_pktlab(lab, True, batch=0),
+}
+
+
+def main() -> int:
+    results: dict[str, list[Result]] = {k: [] for k in CONFIGS}
+    with pktlab.Lab() as lab:
+        for _ in range(REPEATS):
+            for name, fn in CONFIGS.items():
+                results[name].append(fn(lab))
+    base = results["(a) bare NetfilterQueue accept"]
+    base_pps = statistics.median(r.pps for r in base)
+    print(f"64-byte UDP, NFQUEUE {QUEUE}, drain of {N:,} queued packets, median of {REPEATS}, {len(CPUS)} CPUs")
+    print()
+    print(
+        "| configuration | reader pkt/s | ratio to (a) | reader CPU µs/pkt | runs (pkt/s) "
+        "| queued / received (last run) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, rs in results.items():
+        pps = statistics.median(r.pps for r in rs)
+        cpu = statistics.median(r.cpu_us for r in rs)
+        runs = ", ".join(f"{r.pps:,.0f}" for r in rs)
+        last = rs[-1]
+        tail = f"{last.queued:,} / {last.received:,}"
+        print(f"| {name} | {pps:,.0f} | {pps / base_pps:.1%} | {cpu:.2f} | {runs} | {tail} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
