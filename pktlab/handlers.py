@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import HandlerError
+from .verdicts import Verdict
 
 HandlerFn = Callable[[Any], Any]
 
@@ -151,6 +152,22 @@ class HandlerChain:
     @property
     def names(self) -> list[str]:
         return [h.name for h in self._handlers]
+
+    # -- called by the dispatcher when a handler misbehaves (the slow exits of the hot path) --
+    def failed(self, handler: Handler, pkt: Any, exc: BaseException) -> str:
+        """A handler raised: keep the exception with the packet; return the record's error text."""
+        handler.errors += 1
+        return str(self.record_failure(handler, pkt, exc))
+
+    def bad_return(self, handler: Handler, pkt: Any, value: object) -> tuple[Verdict | None, str | None]:
+        """A handler returned a non-Verdict: a verdict name is fine, anything else is an error."""
+        try:
+            return Verdict.parse(value), None
+        except ValueError:
+            exc = HandlerError(
+                f"handler {handler.name!r} returned {value!r}; return pkt.accept(), pkt.drop(), pkt.repeat() or None"
+            )
+            return None, self.failed(handler, pkt, exc)
 
     def record_failure(self, handler: Handler, pkt: Any, exc: BaseException) -> HandlerFailure:
         """Keep an exception a handler raised, with a trimmed traceback."""

@@ -15,6 +15,7 @@ import ipaddress
 import struct
 from typing import Any, Protocol
 
+from ._hot import PacketCore, set_view_classes
 from .checksum import finish, inet_sum
 from .errors import PacketFormatError
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
@@ -64,6 +65,7 @@ class RawBytes:
         buf = self._pkt._writable()
         buf[key] = value
         self._pkt._dirty = True
+        self._pkt._l4 = None
 
     def __len__(self) -> int:
         return len(self._pkt._buf)
@@ -75,19 +77,15 @@ class RawBytes:
         return f"<raw {len(self)} bytes {bytes(self._pkt._buf[:32]).hex(' ')}{' …' if len(self) > 32 else ''}>"
 
 
-class Packet:
-    """One packet held by the kernel until its verdict."""
+class Packet(PacketCore):
+    """One packet held by the kernel until its verdict: ``Packet(meta, data, time)``.
 
-    __slots__ = ("_meta", "_buf", "_dirty", "_modified", "_mark", "_l4", "time", "__weakref__")
+    The buffer, flags and the layer properties ``ip``, ``ipv6``, ``udp``,
+    ``tcp``, ``icmp`` and ``icmpv6`` live in the compiled core; ``time`` is
+    when the reader got the packet (seconds since the epoch).
+    """
 
-    def __init__(self, meta: Meta | None, data: bytes, time: float = 0.0) -> None:
-        self._meta = meta
-        self._buf: bytes | bytearray = data
-        self._dirty = False
-        self._modified = False
-        self._mark: int | None = None
-        self._l4: tuple[int, int, bool] | None = None
-        self.time = time
+    __slots__ = ()
 
     # -- metadata -------------------------------------------------------------
     @property
@@ -121,9 +119,6 @@ class Packet:
         return ":".join(f"{b:02x}" for b in raw[:6]) if raw else None
 
     # -- bytes ----------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self._buf)
-
     def __bytes__(self) -> bytes:
         if self._dirty:
             self._fixup()
@@ -132,13 +127,6 @@ class Packet:
     @property
     def raw(self) -> RawBytes:
         return RawBytes(self)
-
-    def _writable(self) -> bytearray:
-        buf = self._buf
-        if not isinstance(buf, bytearray):
-            buf = self._buf = bytearray(buf)
-        self._modified = True
-        return buf
 
     def _replace(self, start: int, end: int, data: bytes) -> None:
         buf = self._writable()
@@ -186,64 +174,17 @@ class Packet:
         return self._buf[0] >> 4 if self._buf else 0
 
     @property
-    def ip(self) -> IPv4 | None:
-        """The IPv4 header, or None for other packets."""
-        return IPv4(self, 0) if self._buf and self._buf[0] >> 4 == 4 else None
-
-    @property
-    def ipv6(self) -> IPv6 | None:
-        return IPv6(self, 0) if self._buf and self._buf[0] >> 4 == 6 else None
-
-    def _upper(self) -> tuple[int, int, bool]:
-        l4 = self._l4
-        if l4 is None:
-            buf = self._buf
-            if len(buf) >= 20 and buf[0] >> 4 == 4:
-                ihl = (buf[0] & 15) * 4
-                if ihl < 20:
-                    raise PacketFormatError(f"IPv4 header length field says {ihl} bytes, less than 20")
-                l4 = (buf[9], ihl, bool(int.from_bytes(buf[6:8], "big") & 0x3FFF))
-            elif len(buf) >= 40 and buf[0] >> 4 == 6:
-                l4 = IPv6(self, 0).upper()
-            else:
-                l4 = (-1, 0, False)
-            self._l4 = l4
-        return l4
-
-    @property
     def proto(self) -> int:
         """The transport protocol number (6 TCP, 17 UDP ...), -1 when not IP."""
         return self._upper()[0]
 
-    def _layer(self, proto: int, cls: type) -> Any:
-        p, off, frag = self._l4 or self._upper()
-        if p != proto:
-            return None
-        if frag and self._buf[0] >> 4 == 4 and int.from_bytes(self._buf[6:8], "big") & 0x1FFF:
-            return None  # a non-first fragment has no transport header
-        return cls(self, off)
-
-    @property
-    def udp(self) -> UDP | None:
-        return self._layer(17, UDP)
-
-    @property
-    def tcp(self) -> TCP | None:
-        return self._layer(6, TCP)
-
-    @property
-    def icmp(self) -> ICMP | None:
-        return self._layer(1, ICMP)
-
-    @property
-    def icmpv6(self) -> ICMPv6 | None:
-        return self._layer(58, ICMPv6)
-
     @property
     def transport(self) -> UDP | TCP | ICMP | None:
+        """The TCP, UDP, ICMP or ICMPv6 layer, whichever the packet has."""
         p = self._upper()[0]
-        cls = {6: TCP, 17: UDP, 1: ICMP, 58: ICMPv6}.get(p)
-        return self._layer(p, cls) if cls else None
+        return (
+            self.tcp if p == 6 else self.udp if p == 17 else self.icmp if p == 1 else self.icmpv6 if p == 58 else None
+        )
 
     @property
     def payload(self) -> bytes | None:
@@ -361,3 +302,6 @@ def summarize(head: bytes) -> dict[str, Any]:
     except (IndexError, ValueError, struct.error):
         pass
     return out
+
+
+set_view_classes(IPv4, IPv6, UDP, TCP, ICMP, ICMPv6)

@@ -7,17 +7,18 @@ asked, away from the hot path.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ._hot import Ring
 from .packet import HOOK_NAMES, summarize
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 
 # entry layout (kept as a plain tuple for speed)
 T, ID, HOOK, SIZE, HEAD, VERDICT, BY, NS, ERROR, MODIFIED = range(10)
+_BY_CODE = {v.code: v for v in (ACCEPT, DROP, REPEAT)}
 COLUMNS = [
     "time",
     "id",
@@ -53,40 +54,44 @@ class Entry:
 
 
 class Record:
-    """A ring of the last ``capacity`` packets plus running counters."""
+    """A ring of the last ``capacity`` packets plus running counters.
+
+    The ring itself (:class:`pktlab._hot.Ring`) is filled by the compiled
+    dispatcher; this class reads it.
+    """
 
     def __init__(self, capacity: int = 100_000, snaplen: int = 256) -> None:
         if capacity < 1:
             raise ValueError("record capacity must be at least 1")
         self.capacity = capacity
         self.snaplen = snaplen
-        self._ring: list[tuple[Any, ...] | None] = [None] * capacity
-        self.n = 0
-        self.counts: dict[Verdict, int] = {ACCEPT: 0, DROP: 0, REPEAT: 0}
-        self.errors = 0
+        self.ring = Ring(capacity, snaplen)
         self.started = time.time()
-        self._lock = threading.Lock()
 
     def append(self, entry: tuple[Any, ...]) -> None:
-        """Add one entry (called by the reader thread only)."""
-        n = self.n
-        self._ring[n % self.capacity] = entry
-        self.n = n + 1
-        self.counts[entry[VERDICT]] += 1
-        if entry[ERROR] is not None:
-            self.errors += 1
+        """Add one entry (the layout is ``COLUMNS`` less the derived fields; see ``Entry``)."""
+        self.ring.append(entry)
+
+    @property
+    def n(self) -> int:
+        """Packets recorded since the start (also those the ring no longer holds)."""
+        return self.ring.n
+
+    @property
+    def counts(self) -> dict[Verdict, int]:
+        r = self.ring
+        return {ACCEPT: r.accepted, DROP: r.dropped, REPEAT: r.repeated}
+
+    @property
+    def errors(self) -> int:
+        return self.ring.errors
 
     def __len__(self) -> int:
         return min(self.n, self.capacity)
 
     def raw_entries(self) -> list[tuple[Any, ...]]:
-        """Entries still in the ring, oldest first (a consistent copy)."""
-        n, cap = self.n, self.capacity
-        ring = list(self._ring)
-        if n <= cap:
-            return [e for e in ring[:n] if e is not None]
-        i = n % cap
-        return [e for e in ring[i:] + ring[:i] if e is not None]
+        """Entries still in the ring, oldest first (a copy)."""
+        return self.ring.snapshot(_BY_CODE)
 
     def __iter__(self) -> Iterator[Entry]:
         for e in self.raw_entries():

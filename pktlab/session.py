@@ -16,18 +16,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html import escape
-from time import perf_counter_ns
-from time import time as _now
 from typing import TYPE_CHECKING, Any
 
 from . import rules as _rules
-from .errors import HandlerError, SessionError
+from ._hot import Dispatcher
+from .errors import SessionError
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .kernel import QueueCounters
 from .packet import Packet
 from .record import Record
-from .source import QueueSource
-from .verdicts import ACCEPT, DROP, REPEAT, Verdict
+from .source import QueueSource, batch_verdict_prefix
+from .verdicts import ACCEPT, DROP, Verdict
 
 if TYPE_CHECKING:
     from .lab import Host, Lab
@@ -134,8 +133,8 @@ class Session:
                 )
         self.rule = _rules.QueueRule(queue, hook, tuple(match), table, bypass, family)
         try:
-            self.default = Verdict.parse(default)
-            self.on_error = Verdict.parse(on_error)
+            self._default = Verdict.parse(default)
+            self._on_error = Verdict.parse(on_error)
         except ValueError as exc:
             raise SessionError(str(exc)) from None
         self.chain = HandlerChain()
@@ -145,9 +144,38 @@ class Session:
         )
         self.rules = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
         self._attached = False
-        self._snaplen = snaplen
-        self._append = self.record.append
-        self._batch = self.source.batch
+        self._dispatch = Dispatcher(
+            self.chain,
+            self.record.ring,
+            self._default,
+            self._on_error,
+            Packet,
+            Verdict,
+            ACCEPT,
+            DROP,
+            batch_verdict_prefix(queue),
+            batch,
+        )
+
+    @property
+    def default(self) -> Verdict:
+        """The verdict of a packet no handler decided on."""
+        return self._default
+
+    @default.setter
+    def default(self, value: str | Verdict) -> None:
+        self._default = Verdict.parse(value)
+        self._dispatch.set_verdicts(self._default, self._on_error)
+
+    @property
+    def on_error(self) -> Verdict:
+        """The verdict of a packet whose handler raised."""
+        return self._on_error
+
+    @on_error.setter
+    def on_error(self, value: str | Verdict) -> None:
+        self._on_error = Verdict.parse(value)
+        self._dispatch.set_verdicts(self._default, self._on_error)
 
     # -- lifecycle -------------------------------------------------------------
     @property
@@ -163,7 +191,7 @@ class Session:
         if self.netns is None:
             print(f"pktlab: queueing in the HOST namespace: {self.rule.describe()}")
         _rules.sweep_stale(self.netns)
-        self.source.start(self._on_packet)
+        self.source.start(self._dispatch, on_bound=self._bind_fd, after_read=self._dispatch.flush)
         try:
             self.rules.install([self.rule])
         except BaseException:
@@ -174,6 +202,9 @@ class Session:
         if self._lab is not None:
             self._lab._sessions.append(self)
         return self
+
+    def _bind_fd(self, fd: int) -> None:
+        self._dispatch.fd = fd
 
     def detach(self, drain: float = 2.0) -> None:
         """Remove the rule, give every queued packet its verdict, unbind. Safe to call twice."""
@@ -242,119 +273,6 @@ class Session:
     def handlers(self) -> list[str]:
         return self.chain.names
 
-    # -- the hot path ------------------------------------------------------------
-    def _on_packet(self, nf: Any) -> None:
-        """Called by the reader for every packet; gives exactly one verdict.
-
-        Kept deliberately flat: no Packet is built when no handler is enabled,
-        and the record entry is a plain tuple.
-        """
-        chain = self.chain.active
-        if not chain:
-            verdict = self.default
-            data = b""
-            try:
-                data = nf.get_payload()
-                batch = self._batch
-                if batch is not None and verdict is not REPEAT:
-                    batch.add(nf.id, verdict.code)
-                else:
-                    self._give(nf, verdict)
-            except BaseException as exc:
-                verdict = self._internal_failure(nf, exc)
-            self._append((_now(), nf.id, nf.hook, len(data), data[: self._snaplen], verdict, None, 0, None, False))
-            return
-        self._run_chain(nf, chain)
-
-    def _give(self, nf: Any, verdict: Verdict) -> None:
-        """One verdict for one packet, after any batched ones before it."""
-        batch = self._batch
-        if batch is not None and batch.count:
-            batch.flush()
-        if verdict is ACCEPT:
-            nf.accept()
-        elif verdict is DROP:
-            nf.drop()
-        else:
-            nf.repeat()
-
-    def _run_chain(self, nf: Any, chain: tuple[Handler, ...]) -> None:
-        verdict = None
-        given = False
-        by = None
-        err = None
-        data = b""
-        pkt = None
-        t0 = perf_counter_ns()
-        now = _now()
-        try:
-            data = nf.get_payload()
-            pkt = Packet(nf, data, now)
-            for h in chain:
-                try:
-                    v = h.fn(pkt)
-                except BaseException as exc:
-                    h.errors += 1
-                    err = str(self.chain.record_failure(h, pkt, exc))
-                    verdict, by = self.on_error, h.name
-                    break
-                if v is not None:
-                    if v.__class__ is not Verdict:
-                        v, err = self._bad_return(h, pkt, v)
-                    verdict, by = v, h.name
-                    break
-            if verdict is None:
-                verdict = self.default
-            if pkt._mark is None and not pkt._modified and verdict is not REPEAT and self._batch is not None:
-                self._batch.add(nf.id, verdict.code)
-            else:
-                if pkt._mark is not None:
-                    nf.set_mark(pkt._mark)
-                if pkt._modified:
-                    if pkt._dirty:
-                        pkt._fixup()
-                    nf.set_payload(bytes(pkt._buf))
-                self._give(nf, verdict)
-            given = True
-        except BaseException as exc:
-            if not given:
-                verdict = self._internal_failure(nf, exc)
-        self._append(
-            (
-                _now(),
-                nf.id,
-                nf.hook,
-                len(data),
-                data[: self._snaplen],
-                verdict,
-                by,
-                perf_counter_ns() - t0,
-                err,
-                pkt._modified if pkt is not None else False,
-            )
-        )
-
-    def _internal_failure(self, nf: Any, exc: BaseException) -> Verdict:
-        """pktlab's own failure on a packet: count it, and still give exactly one verdict."""
-        self.source.internal_errors += 1
-        self.source.last_internal_error = f"{type(exc).__name__}: {exc}"
-        verdict = self.on_error
-        try:
-            self._give(nf, DROP if verdict is DROP else ACCEPT)
-        except BaseException:
-            pass  # already verdicted or the queue is gone; nothing more can be done for it
-        return verdict
-
-    def _bad_return(self, h: Handler, pkt: Packet, value: object) -> tuple[Verdict, str | None]:
-        try:
-            return Verdict.parse(value), None
-        except ValueError:
-            exc = HandlerError(
-                f"handler {h.name!r} returned {value!r}; return pkt.accept(), pkt.drop(), pkt.repeat() or None"
-            )
-            h.errors += 1
-            return self.on_error, str(self.chain.record_failure(h, pkt, exc))
-
     # -- looking at what happened -------------------------------------------------
     @property
     def errors(self) -> list[HandlerFailure]:
@@ -393,7 +311,7 @@ class Session:
             kernel=self.kernel_counters(),
             rate_pps=self.rate(),
             last_errors=self.errors[-3:],
-            internal_errors=self.source.internal_errors,
+            internal_errors=self.source.internal_errors + self._dispatch.internal_errors,
         )
 
     def __repr__(self) -> str:

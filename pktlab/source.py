@@ -27,56 +27,22 @@ NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_VERDICT_BATCH = 3  # enum nfqnl_msg_types: PACKET, VERDICT, CONFIG, VERDICT_BATCH
 NFQA_VERDICT_HDR = 2
 NLM_F_REQUEST = 1
-_NLMSG = struct.Struct("=IHHII")  # nlmsghdr, host order
-_NFGEN = struct.Struct("!BBH")  # nfgenmsg: family, version, queue number (big endian)
-_NLA = struct.Struct("=HH")
-_VERDICT = struct.Struct("!II")  # nfqnl_msg_verdict_hdr: verdict, packet id
 
 
-class VerdictBatch:
-    """Gives runs of equal verdicts in one NFQNL_MSG_VERDICT_BATCH message.
+def batch_verdict_prefix(queue: int) -> bytes:
+    """The first 24 bytes of an NFQNL_MSG_VERDICT_BATCH message for ``queue``.
 
-    A batch verdict applies to every packet still queued whose id is at most
-    the one named, so consecutive packets with the same plain verdict
-    (accept or drop, no mark, no new payload) cost one ``write`` instead of
-    one ``sendmsg`` each.  The reader flushes whenever the socket is empty,
-    before any verdict given one by one, and every ``limit`` packets, so a
-    packet waits at most for the rest of the burst it arrived in.
-    NetfilterQueue has no batch call; the message is built here and written
-    to the queue's own netlink socket (``get_fd()``).
+    nlmsghdr (host order), nfgenmsg (queue number big-endian) and the
+    NFQA_VERDICT_HDR attribute header; the dispatcher appends the verdict and
+    the highest packet id (both big-endian).
     """
-
-    __slots__ = ("fd", "limit", "code", "last_id", "count", "messages", "_prefix")
-
-    def __init__(self, queue: int, limit: int) -> None:
-        self.fd = -1
-        self.limit = limit
-        self.code = -1
-        self.last_id = 0
-        self.count = 0
-        self.messages = 0
-        total = _NLMSG.size + _NFGEN.size + _NLA.size + _VERDICT.size
-        self._prefix = (
-            _NLMSG.pack(total, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST, 0, 0)
-            + _NFGEN.pack(socket.AF_UNSPEC, 0, queue)
-            + _NLA.pack(_NLA.size + _VERDICT.size, NFQA_VERDICT_HDR)
-        )
-
-    def add(self, packet_id: int, code: int) -> None:
-        """Give verdict ``code`` to ``packet_id`` (now or with the next flush)."""
-        if code != self.code and self.count:
-            self.flush()
-        self.code = code
-        self.last_id = packet_id
-        self.count += 1
-        if self.count >= self.limit:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.count:
-            os.write(self.fd, self._prefix + _VERDICT.pack(self.code, self.last_id))
-            self.count = 0
-            self.messages += 1
+    nlmsg, nfgen, nla, verdict = struct.Struct("=IHHII"), struct.Struct("!BBH"), struct.Struct("=HH"), 8
+    total = nlmsg.size + nfgen.size + nla.size + verdict
+    return (
+        nlmsg.pack(total, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST, 0, 0)
+        + nfgen.pack(socket.AF_UNSPEC, 0, queue)
+        + nla.pack(nla.size + verdict, NFQA_VERDICT_HDR)
+    )
 
 
 def _import_nfq() -> Any:
@@ -101,10 +67,8 @@ class QueueSource:
         max_len: int = 4096,
         copy_range: int = 65535,
         sock_bytes: int = 8 << 20,
-        batch: int = 64,
     ) -> None:
         self.queue = queue
-        self.batch = VerdictBatch(queue, batch) if batch > 1 else None
         self.netns = netns
         self.max_len = max_len
         self.copy_range = copy_range
@@ -114,6 +78,8 @@ class QueueSource:
         self._stop = False
         self._drain_until = 0.0
         self._paused = False
+        self._on_bound: Callable[[int], None] | None = None
+        self._after_read: Callable[[], None] | None = None
         self.internal_errors = 0
         self.last_internal_error: str | None = None
 
@@ -121,8 +87,20 @@ class QueueSource:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, callback: Callable[[Any], None], timeout: float = 10.0) -> None:
-        """Bind the queue and start reading; raises if the bind fails."""
+    def start(
+        self,
+        callback: Callable[[Any], None],
+        *,
+        on_bound: Callable[[int], None] | None = None,
+        after_read: Callable[[], None] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Bind the queue and start reading; raises if the bind fails.
+
+        ``on_bound(fd)`` is called with the queue's netlink socket once bound;
+        ``after_read()`` each time the socket has been read empty.
+        """
+        self._on_bound, self._after_read = on_bound, after_read
         nfq_mod = _import_nfq()
         kernel.require_net_admin(f"bind NFQUEUE {self.queue}")
         self._wake_r, self._wake_w = os.pipe()
@@ -167,8 +145,8 @@ class QueueSource:
             ready.set()
             return
         fd = q.get_fd()
-        if self.batch is not None:
-            self.batch.fd = fd
+        if self._on_bound is not None:
+            self._on_bound(fd)
         ready.set()
         reading = select.poll()
         reading.register(fd, select.POLLIN)
@@ -195,8 +173,8 @@ class QueueSource:
     def _read(self, q: Any) -> None:
         try:
             q.run(block=False)
-            if self.batch is not None:
-                self.batch.flush()
+            if self._after_read is not None:
+                self._after_read()
         except Exception as exc:  # the callback guards user code; this is pktlab's own failure
             self.internal_errors += 1
             self.last_internal_error = f"{type(exc).__name__}: {exc}"

@@ -25,12 +25,16 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.pktlab-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py pktlab/_hot.pyx | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: installing pktlab and its dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip
-    # NetfilterQueue is built from source against Debian's libnetfilter-queue-dev
-    .venv/bin/pip install -q --no-binary netfilterqueue -e '.[dev]'
+    # NetfilterQueue is built from source against Debian's libnetfilter-queue-dev; pktlab's
+    # compiled hot path (pktlab/_hot.pyx) is built against that same NetfilterQueue, so the
+    # build tools go into the venv and pktlab is built without an isolated build environment.
+    .venv/bin/pip install -q "setuptools>=77" "Cython>=3.0" wheel
+    .venv/bin/pip install -q --no-binary netfilterqueue "NetfilterQueue==1.1.0"
+    .venv/bin/pip install -q --no-build-isolation -e '.[dev]'
     echo "$want" > "$stamp"
 fi
 .venv/bin/python -c "import netfilterqueue, pyroute2, scapy, pktlab" || { echo "setup: import check failed" >&2; exit 1; }

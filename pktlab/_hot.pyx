@@ -1,0 +1,603 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The per-packet path, compiled.
+
+Everything a packet touches on its way from NetfilterQueue to its verdict is
+here: the dispatcher called by the reader, the ring the record lives in, the
+core of ``Packet`` (its buffer, flags and layer lookup) and the ``Field``
+descriptor that views are made of.  The Python modules around it
+(``packet``, ``views``, ``record``, ``session``) hold the rest: anything that
+runs per packet in Python costs as much as the kernel's own work, so only
+user code (the handlers) should.
+
+The dispatcher also batches verdicts: consecutive packets with the same
+plain verdict (accept or drop, no mark, no new payload) are verdicted with
+one NFQNL_MSG_VERDICT_BATCH message written to the queue's netlink socket,
+which applies to every queued packet with an id up to the one named.
+NetfilterQueue has no call for it, so the message is built here.
+"""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.errno cimport errno
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+from posix.unistd cimport write
+
+from netfilterqueue._impl cimport Packet as NfPacket
+
+from pktlab.errors import PacketFormatError
+
+cdef extern from "<arpa/inet.h>":
+    unsigned int htonl(unsigned int)
+
+cdef enum:
+    NF_DROP = 0
+    NF_ACCEPT = 1
+    NF_REPEAT = 4
+
+# view classes, set by pktlab.packet once the views are defined (they build on this module)
+cdef object _IPv4 = None
+cdef object _IPv6 = None
+cdef object _UDP = None
+cdef object _TCP = None
+cdef object _ICMP = None
+cdef object _ICMPv6 = None
+
+
+def set_view_classes(ipv4, ipv6, udp, tcp, icmp, icmpv6):
+    global _IPv4, _IPv6, _UDP, _TCP, _ICMP, _ICMPv6
+    _IPv4, _IPv6, _UDP, _TCP, _ICMP, _ICMPv6 = ipv4, ipv6, udp, tcp, icmp, icmpv6
+
+
+cdef inline double wall_time():
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline long long mono_ns():
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec
+
+
+cdef inline const unsigned char* buf_ptr(object buf, Py_ssize_t* n) except NULL:
+    if type(buf) is bytes:
+        n[0] = PyBytes_GET_SIZE(buf)
+        return <const unsigned char*>PyBytes_AS_STRING(buf)
+    if type(buf) is bytearray:
+        n[0] = PyByteArray_GET_SIZE(buf)
+        return <const unsigned char*>PyByteArray_AS_STRING(buf)
+    raise TypeError(f"packet buffer must be bytes or bytearray, not {type(buf).__name__}")
+
+
+# ---------------------------------------------------------------------------
+# Packet core
+# ---------------------------------------------------------------------------
+
+cdef class PacketCore:
+    """Buffer, flags and layer lookup of a packet (``pktlab.Packet`` adds the rest)."""
+
+    cdef public object _meta
+    cdef public object _buf
+    cdef public bint _dirty
+    cdef public bint _modified
+    cdef public object _mark
+    cdef public object _l4
+    cdef public double time
+    cdef object __weakref__
+
+    def __init__(self, meta, data, double time=0.0):
+        self._meta = meta
+        self._buf = data
+        self._mark = None
+        self._l4 = None
+        self.time = time
+
+    cpdef object _writable(self):
+        """The buffer as a bytearray (copied once), marking the packet modified."""
+        if type(self._buf) is not bytearray:
+            self._buf = bytearray(self._buf)
+        self._modified = True
+        return self._buf
+
+    cpdef tuple _upper(self):
+        """(transport protocol, its offset, is a fragment); (-1, 0, False) when not IP."""
+        cdef Py_ssize_t n
+        cdef const unsigned char* p
+        cdef int ihl
+        if self._l4 is not None:
+            return self._l4
+        p = buf_ptr(self._buf, &n)
+        if n >= 20 and p[0] >> 4 == 4:
+            ihl = (p[0] & 15) * 4
+            if ihl < 20:
+                raise PacketFormatError(f"IPv4 header length field says {ihl} bytes, less than 20")
+            self._l4 = (p[9], ihl, ((p[6] << 8) | p[7]) & 0x3FFF != 0)
+        elif n >= 40 and p[0] >> 4 == 6:
+            self._l4 = _IPv6(self, 0).upper()
+        else:
+            self._l4 = (-1, 0, False)
+        return self._l4
+
+    cdef object _layer(self, int proto, object cls):
+        cdef tuple l4 = self._l4 if self._l4 is not None else self._upper()
+        cdef Py_ssize_t n
+        cdef const unsigned char* p
+        cdef ViewCore v
+        if <int>l4[0] != proto:
+            return None
+        if l4[2]:
+            p = buf_ptr(self._buf, &n)
+            if p[0] >> 4 == 4 and (((p[6] << 8) | p[7]) & 0x1FFF) != 0:
+                return None  # a non-first fragment has no transport header
+        v = ViewCore.__new__(cls)
+        v._pkt = self
+        v._off = l4[1]
+        return v
+
+    @property
+    def ip(self):
+        """The IPv4 header, or None for other packets."""
+        cdef Py_ssize_t n
+        cdef const unsigned char* p = buf_ptr(self._buf, &n)
+        cdef ViewCore v
+        if n and p[0] >> 4 == 4:
+            v = ViewCore.__new__(_IPv4)
+            v._pkt = self
+            v._off = 0
+            return v
+        return None
+
+    @property
+    def ipv6(self):
+        """The IPv6 header, or None for other packets."""
+        cdef Py_ssize_t n
+        cdef const unsigned char* p = buf_ptr(self._buf, &n)
+        cdef ViewCore v
+        if n and p[0] >> 4 == 6:
+            v = ViewCore.__new__(_IPv6)
+            v._pkt = self
+            v._off = 0
+            return v
+        return None
+
+    @property
+    def udp(self):
+        """The UDP header and payload, or None."""
+        return self._layer(17, _UDP)
+
+    @property
+    def tcp(self):
+        """The TCP header and payload, or None."""
+        return self._layer(6, _TCP)
+
+    @property
+    def icmp(self):
+        """The ICMP (v4) message, or None."""
+        return self._layer(1, _ICMP)
+
+    @property
+    def icmpv6(self):
+        """The ICMPv6 message, or None."""
+        return self._layer(58, _ICMPv6)
+
+    def __len__(self):
+        return len(self._buf)
+
+
+# ---------------------------------------------------------------------------
+# Views and fields
+# ---------------------------------------------------------------------------
+
+cdef class ViewCore:
+    """A layer seen at offset ``_off`` of packet ``_pkt``."""
+
+    cdef public PacketCore _pkt
+    cdef public Py_ssize_t _off
+
+    def __init__(self, PacketCore pkt, Py_ssize_t offset):
+        self._pkt = pkt
+        self._off = offset
+
+
+cdef class Field:
+    """A field ``bits`` wide, ``bit`` bits into its view.
+
+    ``kind`` is ``int`` (unsigned, network order; any width), ``"ipv4"``,
+    ``"ipv6"`` (addresses as text), ``"mac"`` or ``bytes``.
+    """
+
+    cdef public str name
+    cdef public int bit
+    cdef public int bits
+    cdef public object kind
+    cdef Py_ssize_t _byte
+    cdef Py_ssize_t _nbytes
+    cdef int _shift
+    cdef unsigned long long _mask
+    cdef bint _small_int  # an int of at most 64 bits: read and written in C
+
+    def __init__(self, int bit, int bits, kind=int):
+        if bit < 0 or bits < 1:
+            raise ValueError("a field needs bit >= 0 and bits >= 1")
+        self.bit = bit
+        self.bits = bits
+        self.kind = kind
+        self.name = ""
+        self._byte = bit // 8
+        end = (bit + bits + 7) // 8
+        self._nbytes = end - self._byte
+        self._shift = end * 8 - (bit + bits)
+        self._small_int = kind is int and self._nbytes <= 8
+        self._mask = (1ULL << bits) - 1 if bits < 64 else 0xFFFFFFFFFFFFFFFFULL
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    @property
+    def nbytes(self):
+        return self._nbytes
+
+    cdef object _short(self, ViewCore v, Py_ssize_t n):
+        start = v._off + self._byte
+        return PacketFormatError(
+            f"{type(v).__name__.lower()}.{self.name} lies past the end of the {n}-byte packet "
+            f"(needs bytes {start}..{start + self._nbytes - 1}); the packet is truncated or its "
+            "header lengths are wrong"
+        )
+
+    def __get__(self, instance, owner):
+        if instance is None:
+            return self
+        cdef ViewCore v = <ViewCore?>instance
+        cdef Py_ssize_t n, i
+        cdef const unsigned char* p = buf_ptr(v._pkt._buf, &n)
+        cdef Py_ssize_t start = v._off + self._byte
+        cdef unsigned long long val = 0
+        if start < 0 or start + self._nbytes > n:
+            raise self._short(v, n)
+        if self._small_int:
+            for i in range(self._nbytes):
+                val = (val << 8) | p[start + i]
+            return (val >> self._shift) & self._mask
+        raw = PyBytes_FromStringAndSize(<const char*>p + start, self._nbytes)
+        if self.kind is int:
+            return (int.from_bytes(raw, "big") >> self._shift) & ((1 << self.bits) - 1)
+        from pktlab.views.codec import decode
+
+        return decode(self.kind, raw)
+
+    def __set__(self, instance, value):
+        cdef ViewCore v = <ViewCore?>instance
+        cdef PacketCore pkt = v._pkt
+        cdef Py_ssize_t n, i
+        cdef Py_ssize_t start = v._off + self._byte
+        cdef unsigned long long val, old
+        cdef unsigned char* p
+        buf_ptr(pkt._buf, &n)
+        if start < 0 or start + self._nbytes > n:
+            raise self._short(v, n)
+        if self.kind is int:
+            if value < 0 or value >> self.bits:
+                raise ValueError(f"{self.name} is {self.bits} bits wide; {value} does not fit")
+        buf = pkt._writable()
+        p = <unsigned char*>PyByteArray_AS_STRING(buf)
+        if self._small_int:
+            val = value
+            old = 0
+            for i in range(self._nbytes):
+                old = (old << 8) | p[start + i]
+            old = (old & ~(self._mask << self._shift)) | (val << self._shift)
+            for i in range(self._nbytes - 1, -1, -1):
+                p[start + i] = old & 0xFF
+                old >>= 8
+        elif self.kind is int:
+            cur = int.from_bytes(bytes(buf[start:start + self._nbytes]), "big")
+            mask = ((1 << self.bits) - 1) << self._shift
+            cur = (cur & ~mask) | (int(value) << self._shift)
+            buf[start:start + self._nbytes] = cur.to_bytes(self._nbytes, "big")
+        else:
+            from pktlab.views.codec import encode
+
+            buf[start:start + self._nbytes] = encode(self.kind, value, self._nbytes, self.name)
+        pkt._dirty = True
+
+
+# ---------------------------------------------------------------------------
+# The record's ring
+# ---------------------------------------------------------------------------
+
+cdef struct Slot:
+    double time
+    long long ns
+    unsigned int id
+    unsigned int size
+    unsigned short keep
+    unsigned char hook
+    unsigned char code
+    unsigned char flags  # 1 modified, 2 error, 4 has a handler name or error text in the lists
+
+
+cdef class Ring:
+    """The last ``capacity`` packets in preallocated memory, and counters over all of them.
+
+    A packet's entry is a fixed-size slot plus its first ``snaplen`` bytes in
+    one big buffer: recording allocates nothing and touches two cache lines,
+    where a ring of Python tuples allocated four objects per packet and freed
+    four cold ones.  Entries become tuples only when read (:meth:`snapshot`).
+    """
+
+    cdef public Py_ssize_t capacity
+    cdef public Py_ssize_t snaplen
+    cdef public long long n
+    cdef public long long accepted
+    cdef public long long dropped
+    cdef public long long repeated
+    cdef public long long errors
+    cdef Slot* slots
+    cdef unsigned char* heads
+    cdef list by
+    cdef list err
+
+    def __cinit__(self, Py_ssize_t capacity, Py_ssize_t snaplen=256):
+        if capacity < 1:
+            raise ValueError("record capacity must be at least 1")
+        if snaplen < 0 or snaplen > 65535:
+            raise ValueError("snaplen must be 0..65535")
+        self.capacity = capacity
+        self.snaplen = snaplen
+        self.slots = <Slot*>calloc(capacity, sizeof(Slot))
+        self.heads = <unsigned char*>malloc(capacity * snaplen if snaplen else 1)
+        if self.slots == NULL or self.heads == NULL:
+            raise MemoryError(f"cannot allocate a record of {capacity} packets x {snaplen} bytes")
+        # touch every page now, so the reader does not take a page fault every 16 packets later
+        memset(self.heads, 0, capacity * snaplen if snaplen else 1)
+        self.by = [None] * capacity
+        self.err = [None] * capacity
+
+    def __dealloc__(self):
+        free(self.slots)
+        free(self.heads)
+
+    cdef inline Slot* _next(self):
+        cdef Py_ssize_t i = self.n % self.capacity
+        cdef Slot* s = &self.slots[i]
+        if s.flags & 4:  # forget the objects of the entry this slot held
+            self.by[i] = None
+            self.err[i] = None
+        self.n += 1
+        return s
+
+    cdef inline void _count(self, int code, bint error):
+        if code == NF_ACCEPT:
+            self.accepted += 1
+        elif code == NF_DROP:
+            self.dropped += 1
+        else:
+            self.repeated += 1
+        if error:
+            self.errors += 1
+
+    cdef void push(self, double t, unsigned int pid, unsigned char hook, Py_ssize_t size,
+                   const unsigned char* head, Py_ssize_t avail, int code, long long ns,
+                   object by, object err, bint modified):
+        cdef Py_ssize_t i = self.n % self.capacity
+        cdef Slot* s = self._next()
+        cdef Py_ssize_t keep = avail if avail < self.snaplen else self.snaplen
+        s.time = t
+        s.ns = ns
+        s.id = pid
+        s.size = <unsigned int>size
+        s.keep = <unsigned short>keep
+        s.hook = hook
+        s.code = <unsigned char>code
+        s.flags = (1 if modified else 0) | (2 if err is not None else 0)
+        if keep:
+            memcpy(self.heads + i * self.snaplen, head, keep)
+        if by is not None or err is not None:
+            self.by[i] = by
+            self.err[i] = err
+            s.flags |= 4
+        self._count(code, err is not None)
+
+    def append(self, tuple entry):
+        """Add an entry given as (time, id, hook, size, head, verdict, handler, ns, error, modified)."""
+        cdef bytes head = bytes(entry[4])
+        self.push(entry[0], entry[1], entry[2], entry[3], <const unsigned char*>PyBytes_AS_STRING(head),
+                  len(head), entry[5].code, entry[7], entry[6], entry[8], entry[9])
+
+    def snapshot(self, verdicts):
+        """The entries still held, oldest first, as tuples; ``verdicts`` maps a code to its Verdict."""
+        cdef long long n = self.n
+        cdef Py_ssize_t cap = self.capacity
+        cdef Py_ssize_t count = n if n < cap else cap
+        cdef Py_ssize_t start = 0 if n <= cap else n % cap
+        cdef Py_ssize_t k, i
+        cdef Slot* s
+        out = []
+        for k in range(count):
+            i = (start + k) % cap
+            s = &self.slots[i]
+            out.append((
+                s.time, s.id, s.hook, s.size,
+                PyBytes_FromStringAndSize(<const char*>self.heads + i * self.snaplen, s.keep),
+                verdicts[s.code], self.by[i], s.ns, self.err[i], bool(s.flags & 1),
+            ))
+        return out
+
+
+# ---------------------------------------------------------------------------
+# The dispatcher: NetfilterQueue's callback
+# ---------------------------------------------------------------------------
+
+cdef class Dispatcher:
+    """Runs the handler chain on each packet and gives exactly one verdict."""
+
+    cdef object chain
+    cdef Ring ring
+    cdef object _default
+    cdef object _on_error
+    cdef int default_code
+    cdef int error_code
+    cdef object packet_cls
+    cdef object verdict_cls
+    cdef object ACCEPT
+    cdef object DROP
+    # batch verdicts
+    cdef public int fd
+    cdef public int batch_limit
+    cdef int b_code
+    cdef unsigned int b_last
+    cdef int b_count
+    cdef unsigned char msg[32]
+    cdef public long long batch_messages
+    cdef public long long internal_errors
+    cdef public object last_internal_error
+
+    def __init__(self, chain, Ring ring, default, on_error, packet_cls,
+                 verdict_cls, accept, drop, bytes batch_prefix, int batch_limit):
+        self.chain = chain
+        self.ring = ring
+        self.packet_cls = packet_cls
+        self.verdict_cls = verdict_cls
+        self.ACCEPT = accept
+        self.DROP = drop
+        self.set_verdicts(default, on_error)
+        if len(batch_prefix) != 24:
+            raise ValueError("batch prefix must be 24 bytes")
+        memcpy(self.msg, PyBytes_AS_STRING(batch_prefix), 24)
+        self.batch_limit = batch_limit
+        self.fd = -1
+        self.b_code = -1
+
+    def set_verdicts(self, default, on_error):
+        self._default = default
+        self._on_error = on_error
+        self.default_code = default.code
+        self.error_code = on_error.code
+
+    # -- verdicts --------------------------------------------------------------
+    cdef int _batch_add(self, unsigned int pid, int code) except -1:
+        if self.b_count and code != self.b_code:
+            self._flush()
+        self.b_code = code
+        self.b_last = pid
+        self.b_count += 1
+        if self.b_count >= self.batch_limit:
+            self._flush()
+        return 0
+
+    cdef int _flush(self) except -1:
+        cdef unsigned int v
+        if not self.b_count:
+            return 0
+        v = htonl(self.b_code)
+        memcpy(self.msg + 24, &v, 4)
+        v = htonl(self.b_last)
+        memcpy(self.msg + 28, &v, 4)
+        self.b_count = 0
+        self.batch_messages += 1
+        if write(self.fd, self.msg, 32) != 32:
+            raise OSError(errno, "batch verdict write failed")
+        return 0
+
+    def flush(self):
+        """Send the pending batch verdict (the reader calls this whenever its socket is empty)."""
+        self._flush()
+
+    cdef int _give(self, NfPacket nf, int code, bint plain) except -1:
+        if plain and code != NF_REPEAT and self.batch_limit > 1 and self.fd >= 0:
+            self._batch_add(nf.id, code)
+            return 0
+        if self.b_count:
+            self._flush()
+        if code == NF_ACCEPT:
+            nf.accept()
+        elif code == NF_DROP:
+            nf.drop()
+        else:
+            nf.repeat()
+        return 0
+
+    cdef object _internal(self, NfPacket nf, exc):
+        """pktlab's own failure on a packet: count it and still give one verdict."""
+        self.internal_errors += 1
+        self.last_internal_error = f"{type(exc).__name__}: {exc}"
+        try:
+            self._give(nf, NF_DROP if self.error_code == NF_DROP else NF_ACCEPT, False)
+        except BaseException:
+            pass  # the verdict was already given or the queue is gone
+        return self._on_error
+
+    # -- per packet -------------------------------------------------------------
+    def __call__(self, NfPacket nf):
+        chain = self.chain.active
+        if not chain:
+            self._fast(nf)
+        else:
+            self._run(nf, chain)
+
+    cdef void _fast(self, NfPacket nf):
+        cdef int code = self.default_code
+        cdef Py_ssize_t n = nf.payload_len if nf.payload != NULL else 0
+        try:
+            self._give(nf, code, True)
+        except BaseException as exc:
+            code = self._internal(nf, exc).code
+        self.ring.push(wall_time(), nf.id, nf.hook, n, nf.payload, n, code, 0, None, None, False)
+
+    cdef void _run(self, NfPacket nf, tuple chain):
+        cdef long long t0 = mono_ns()
+        cdef double now = wall_time()
+        cdef PacketCore pkt = None
+        cdef int code
+        cdef bint given = False
+        verdict = None
+        by = None
+        err = None
+        data = b""
+        try:
+            data = nf.get_payload()
+            pkt = PacketCore.__new__(self.packet_cls)
+            pkt._meta = nf
+            pkt._buf = data
+            pkt._mark = None
+            pkt._l4 = None
+            pkt.time = now
+            for h in chain:
+                try:
+                    v = h.fn(pkt)
+                except BaseException as exc:
+                    err = self.chain.failed(h, pkt, exc)
+                    verdict = self._on_error
+                    by = h.name
+                    break
+                if v is not None:
+                    if type(v) is not self.verdict_cls:
+                        v, err = self.chain.bad_return(h, pkt, v)
+                        if v is None:
+                            v = self._on_error
+                    verdict = v
+                    by = h.name
+                    break
+            if verdict is None:
+                verdict = self._default
+            code = verdict.code
+            if pkt._mark is None and not pkt._modified:
+                self._give(nf, code, True)
+            else:
+                if pkt._mark is not None:
+                    nf.set_mark(pkt._mark)
+                if pkt._modified:
+                    if pkt._dirty:
+                        pkt._fixup()
+                    nf.set_payload(bytes(pkt._buf))
+                self._give(nf, code, False)
+            given = True
+        except BaseException as exc:
+            if not given:
+                verdict = self._internal(nf, exc)
+        self.ring.push(now, nf.id, nf.hook, len(data), <const unsigned char*>PyBytes_AS_STRING(data), len(data),
+                       verdict.code, mono_ns() - t0, by, err, pkt._modified if pkt is not None else False)

@@ -1,0 +1,16 @@
+"""Builds the compiled hot path (pktlab/_hot.pyx); everything else is in pyproject.toml.
+
+_hot cimports NetfilterQueue's Packet type, so it is compiled against the
+installed NetfilterQueue (pinned in pyproject.toml) and Debian's
+libnetfilter-queue-dev headers.
+"""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=cythonize(
+        [Extension("pktlab._hot", ["pktlab/_hot.pyx"], extra_compile_args=["-O2"])],
+        compiler_directives={"language_level": "3"},
+    )
+)
