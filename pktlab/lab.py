@@ -39,7 +39,7 @@ def sweep_stale() -> list[str]:
     for name in netns.list_names():
         m = _NAME_RE.match(name)
         if m and not pid_alive(int(m.group(1))):
-            _remove_netns(name)
+            netns.in_thread(_remove_netns, name)
             removed.append(name)
     return removed
 
@@ -192,7 +192,7 @@ class Lab:
         self._lock = threading.Lock()
         atexit.register(self.down)
         try:
-            self._build()
+            netns.in_thread(self._build)
         except BaseException:
             self.down()
             raise
@@ -398,7 +398,7 @@ class Lab:
         errors = []
         for host in reversed(list(self.hosts.values())):
             try:
-                _remove_netns(host.netns)
+                netns.in_thread(_remove_netns, host.netns)
             except OSError as exc:
                 errors.append(f"{host.netns}: {exc}")
         atexit.unregister(self.down)

@@ -24,6 +24,7 @@ USAGE = """\
 %pktlab attach N [--rule MATCH] [--hook HOOK] [--on HOST] [--host] [options]
 %pktlab detach [NAME] [--all]
 %pktlab status [NAME]
+%pktlab pause | resume                                  hold packets in the kernel queue / let them through
 %pktlab handlers | handler off|on|remove NAME
 %%pktlab handler NAME [--before H] [--after H]          the cell is the body of NAME(pkt)"""
 
@@ -129,6 +130,10 @@ class PktlabMagicState:
         if cmd == "status":
             a = self.parsers["status"].parse_args(rest)
             return self.session(a.name).status()
+        if cmd in ("pause", "resume"):
+            s = self.session(rest[0] if rest else None)
+            s.pause() if cmd == "pause" else s.resume()
+            return None
         if cmd == "handlers":
             s = self.session()
             return [(h.name, h.enabled, h.errors) for h in s.chain]

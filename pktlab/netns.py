@@ -37,9 +37,18 @@ def enter(name: str | None) -> None:
     _netns.setns(name, flags=0)
 
 
-def call_in(name: str | None, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` in a short-lived thread inside namespace ``name``."""
-    if name is None:
+def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` in a short-lived thread of its own and return its result.
+
+    pyroute2 drives an asyncio loop of its own; a thread keeps it away from the
+    loop already running in a Jupyter kernel's main thread.
+    """
+    return call_in(None, fn, *args, thread=True)
+
+
+def call_in(name: str | None, fn: Callable[..., T], *args: Any, thread: bool = False) -> T:
+    """Run ``fn(*args)`` inside namespace ``name``, in a short-lived thread unless ``name`` is None."""
+    if name is None and not thread:
         return fn(*args)
     box: dict[str, Any] = {}
 
@@ -50,7 +59,7 @@ def call_in(name: str | None, fn: Callable[..., T], *args: Any) -> T:
         except BaseException as exc:  # handed back to the caller below
             box["error"] = exc
 
-    t = threading.Thread(target=body, name=f"pktlab-netns-{name}", daemon=True)
+    t = threading.Thread(target=body, name=f"pktlab-netns-{name or 'worker'}", daemon=True)
     t.start()
     t.join()
     if "error" in box:

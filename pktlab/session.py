@@ -22,7 +22,7 @@ from . import rules as _rules
 from ._hot import Dispatcher
 from .errors import SessionError
 from .handlers import Handler, HandlerChain, HandlerFailure
-from .kernel import QueueCounters
+from .kernel import QueueCounters, require_net_admin
 from .packet import Packet
 from .record import Record
 from .source import QueueSource, batch_verdict_prefix
@@ -186,6 +186,7 @@ class Session:
         """Bind the queue and install the rule; returns self."""
         if self._attached:
             raise SessionError(f"session {self.name} is already attached; detach() it first")
+        require_net_admin(f"attach NFQUEUE {self.queue}")
         if self._lab is not None and self._lab.closed:
             raise SessionError("the lab this session was made for is down; bring a new lab up")
         if self.netns is None:

@@ -79,6 +79,11 @@ def test_full_cycle_through_magics(shell) -> None:
 
         status, err = run(shell, "%pktlab status")
         assert err is None and "drop_big" in str(status) and "packets" in str(status)
+        _, err = run(shell, "%pktlab pause")
+        assert err is None and s.paused and "PAUSED" in str(s.status())
+        _, err = run(shell, "%pktlab resume")
+        assert err is None and not s.paused
+
         _, err = run(shell, "%pktlab handler off oops")
         assert err is None and s.chain["oops"].enabled is False
 

@@ -298,3 +298,88 @@ def test_to_pcap_round_trips(lab: Lab, queue_num: int, tmp_path) -> None:
     pkts = rdpcap(str(tmp_path / "seen.pcap"))
     assert n == 7 and len(pkts) == 7
     assert all(p[UDP].dport == 9000 for p in pkts)
+
+
+def test_pause_holds_packets_in_the_kernel_and_resume_releases_them(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+        s.pause()
+        flow = lab.start_udp(300, rate=3000, timeout=20, idle=3.0)
+        assert pktlab.lab.wait_until(lambda: (c := s.kernel_counters()) is not None and c.queue_total == 300, timeout=5)
+        assert s.record.n == 0 and "PAUSED" in str(s.status())
+        s.resume()
+        r = flow.wait()
+        assert r.unique == 300 and s.record.n == 300
+    finally:
+        s.detach()
+
+
+def test_detach_while_paused_gives_every_packet_its_verdict(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    s.pause()
+    flow = lab.start_udp(200, rate=4000, timeout=20, idle=1.0)
+    assert pktlab.lab.wait_until(lambda: (c := s.kernel_counters()) is not None and c.queue_total == 200, timeout=5)
+    s.detach()
+    assert flow.wait().unique == 200  # drained with the default verdict, none dropped by the unbind
+    assert s.record.n == 200
+
+
+def test_interpreter_exit_tears_down_labs_and_sessions(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave.py"
+    script.write_text(
+        "import pktlab\n"
+        "lab = pktlab.Lab()\n"
+        "s = pktlab.attach(3, rule='-p udp', netns=lab.server)\n"
+        "print(lab.server.netns)\n"
+        "# no detach, no down: atexit must do both\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True)
+    ns = out.stdout.strip()
+    assert ns.startswith("pktlab-") and ns not in netns.list_names()
+
+
+def test_killed_process_leftovers_are_swept_by_the_next_lab(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "die.py"
+    script.write_text(
+        "import os, pktlab\n"
+        "lab = pktlab.Lab()\n"
+        "s = pktlab.attach(3, rule='-p udp', netns=lab.server)\n"
+        "print(lab.server.netns, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    ns = out.stdout.strip()
+    assert out.returncode == -9 and ns in netns.list_names()
+    with Lab():
+        assert ns not in netns.list_names()
+
+
+def test_no_privileges_is_one_clear_sentence(tmp_path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop privileges")
+    code = (
+        "import pktlab\n"
+        "try:\n"
+        "    pktlab.attach(1, rule='-p udp', netns='pktlab-nowhere')\n"
+        "except pktlab.PrivilegeError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    out = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.stdout.startswith("ERR ") and "root or CAP_NET_ADMIN" in out.stdout, out.stderr
+    assert out.stdout.count("\n") == 1
