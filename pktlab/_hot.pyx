@@ -137,31 +137,26 @@ cdef class PacketCore:
         v._off = l4[1]
         return v
 
-    @property
-    def ip(self):
-        """The IPv4 header, or None for other packets."""
+    cdef object _whole(self, int version, object cls):
         cdef Py_ssize_t n
         cdef const unsigned char* p = buf_ptr(self._buf, &n)
         cdef ViewCore v
-        if n and p[0] >> 4 == 4:
-            v = ViewCore.__new__(_IPv4)
-            v._pkt = self
-            v._off = 0
-            return v
-        return None
+        if n == 0 or p[0] >> 4 != version:
+            return None
+        v = ViewCore.__new__(cls)
+        v._pkt = self
+        v._off = 0
+        return v
+
+    @property
+    def ip(self):
+        """The IPv4 header, or None for other packets."""
+        return self._whole(4, _IPv4)
 
     @property
     def ipv6(self):
         """The IPv6 header, or None for other packets."""
-        cdef Py_ssize_t n
-        cdef const unsigned char* p = buf_ptr(self._buf, &n)
-        cdef ViewCore v
-        if n and p[0] >> 4 == 6:
-            v = ViewCore.__new__(_IPv6)
-            v._pkt = self
-            v._off = 0
-            return v
-        return None
+        return self._whole(6, _IPv6)
 
     @property
     def udp(self):
@@ -407,6 +402,19 @@ cdef class Ring:
         cdef bytes head = bytes(entry[4])
         self.push(entry[0], entry[1], entry[2], entry[3], <const unsigned char*>PyBytes_AS_STRING(head),
                   len(head), entry[5].code, entry[7], entry[6], entry[8], entry[9])
+
+    def count_since(self, double t):
+        """How many of the packets held arrived at or after time ``t`` (newest first, stops early)."""
+        cdef long long n = self.n
+        cdef Py_ssize_t cap = self.capacity
+        cdef Py_ssize_t held = n if n < cap else cap
+        cdef Py_ssize_t k
+        cdef long long c = 0
+        for k in range(held):
+            if self.slots[(n - 1 - k) % cap].time < t:
+                break
+            c += 1
+        return c
 
     def snapshot(self, verdicts):
         """The entries still held, oldest first, as tuples; ``verdicts`` maps a code to its Verdict."""

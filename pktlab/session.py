@@ -294,10 +294,7 @@ class Session:
 
     def rate(self, window: float = 1.0) -> float:
         """Packets per second over the last ``window`` seconds."""
-        now = time.time()
-        entries = self.record.raw_entries()[-200_000:]
-        recent = sum(1 for e in reversed(entries[-100_000:]) if e[0] >= now - window)
-        return recent / window
+        return self.record.ring.count_since(time.time() - window) / window
 
     def status(self) -> Status:
         return Status(

@@ -51,3 +51,12 @@ def test_pcap_keeps_wire_length(tmp_path) -> None:
     r.to_pcap(str(tmp_path / "p.pcap"))
     p = rdpcap(str(tmp_path / "p.pcap"))[0]
     assert p.wirelen == 1500 and p[UDP].dport == 9000
+
+
+def test_count_since_counts_the_newest_entries() -> None:
+    r = Record(capacity=4)
+    for i in range(6):  # times 1700000000 .. +5; the ring holds the last four
+        r.append(entry(i))
+    assert r.ring.count_since(1700000000.0 + 3) == 3
+    assert r.ring.count_since(0) == 4
+    assert r.ring.count_since(1800000000.0) == 0

@@ -69,3 +69,11 @@ def test_bad_match_reports_iptables_message(lab: Lab) -> None:
     with pytest.raises(RuleError, match="unknown option"):
         rs.install([QueueRule(5, "INPUT", ("-p", "udp", "--dprt", "1"))])
     assert pktlab_rules(lab.server.netns) == []
+
+
+def test_missing_iptables_is_one_clear_sentence(monkeypatch, tmp_path) -> None:
+    from pktlab import MissingToolError
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(MissingToolError, match=r"iptables(-save|-restore)? is not installed; run `make setup`"):
+        RuleSet(make_tag("t4"), None).install([QueueRule(5, "INPUT", ("-p", "udp"))])
