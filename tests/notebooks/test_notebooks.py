@@ -30,7 +30,9 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path) -> None:
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "\n".join(
         o.get("text", "") if o.get("output_type") == "stream" else str(o.get("data", {}).get("text/plain", ""))
-        for c in nb.cells if c.cell_type == "code" for o in c.outputs
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
     )
     assert "Traceback" not in text
     nbformat.write(nb, tmp_path / path.name)  # the executed copy, for a person to look at
