@@ -10,7 +10,7 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("pktlab._hot", ["pktlab/_hot.pyx"], extra_compile_args=["-O2"])],
+        [Extension("pktlab._hot", ["pktlab/_hot.pyx"], libraries=["netfilter_queue"], extra_compile_args=["-O2"])],
         compiler_directives={"language_level": "3"},
     )
 )

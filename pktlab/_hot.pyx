@@ -24,12 +24,32 @@ from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 from posix.unistd cimport write
 
+from netfilterqueue._impl cimport NetfilterQueue as NfQueue
 from netfilterqueue._impl cimport Packet as NfPacket
+from netfilterqueue._impl cimport nfq_handle_packet, nfq_q_handle, nfq_set_mode
 
 from pktlab.errors import PacketFormatError
 
 cdef extern from "<arpa/inet.h>":
     unsigned int htonl(unsigned int)
+
+cdef extern from "<sys/socket.h>":
+    ssize_t recv(int fd, void* buf, size_t n, int flags) nogil
+    int MSG_DONTWAIT
+
+cdef extern from "<errno.h>":
+    int EAGAIN
+    int EINTR
+    int ENOBUFS
+
+cdef extern from "libnetfilter_queue/libnetfilter_queue.h":
+    int nfq_set_queue_flags(nfq_q_handle* qh, unsigned int mask, unsigned int flags)
+
+cdef extern from "libnetfilter_queue/linux_nfnetlink_queue.h":
+    int NFQA_CFG_F_FAIL_OPEN
+    int NFQNL_COPY_PACKET
+
+DEF READ_BUFFER = 262144  # one netlink message: a 64 KiB packet and its attributes fit with room
 
 cdef enum:
     NF_DROP = 0
@@ -70,6 +90,72 @@ cdef inline const unsigned char* buf_ptr(object buf, Py_ssize_t* n) except NULL:
         n[0] = PyByteArray_GET_SIZE(buf)
         return <const unsigned char*>PyByteArray_AS_STRING(buf)
     raise TypeError(f"packet buffer must be bytes or bytearray, not {type(buf).__name__}")
+
+
+# ---------------------------------------------------------------------------
+# Reading the queue
+# ---------------------------------------------------------------------------
+
+def configure_queue(NfQueue q, unsigned int copy_range, bint fail_open):
+    """Set what NetfilterQueue's ``bind`` cannot: the full copy range and the fail-open flag.
+
+    NetfilterQueue caps the copy range at 4016 bytes (its receive buffer is
+    4 KiB) and never sets queue flags; pktlab reads with its own buffer
+    (:class:`QueueReader`), so it can ask for whole packets, and it sets
+    NFQA_CFG_F_FAIL_OPEN (an NFQNL_MSG_CONFIG message on the queue's own
+    socket, through libnetfilter_queue) so that a full queue passes packets
+    instead of dropping them.  Call right after ``bind`` in the reading thread.
+    """
+    if q.qh == NULL:
+        raise RuntimeError("the queue is not bound")
+    if nfq_set_mode(q.qh, NFQNL_COPY_PACKET, copy_range) < 0:
+        raise OSError(errno, f"cannot set the copy range to {copy_range}")
+    if nfq_set_queue_flags(q.qh, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN if fail_open else 0) < 0:
+        raise OSError(errno, "cannot set the queue's fail-open flag (kernel older than 3.6?)")
+
+
+cdef class QueueReader:
+    """Reads every message waiting on a queue's socket and hands it to libnetfilter_queue.
+
+    Unlike NetfilterQueue's ``run()``, it counts ENOBUFS (the kernel could not
+    deliver a packet to the socket: it was dropped, or passed if fail-open)
+    instead of ignoring it, and its buffer takes whole 64 KiB packets.
+    """
+
+    cdef char* buf
+    cdef public long long enobufs
+    cdef public long long messages
+
+    def __cinit__(self):
+        self.buf = <char*>malloc(READ_BUFFER)
+        if self.buf == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    def read(self, NfQueue q, int fd):
+        """Handle everything waiting on ``fd`` without blocking; return how many messages."""
+        cdef ssize_t rv
+        cdef int err
+        cdef long long n = 0
+        while True:
+            with nogil:
+                rv = recv(fd, self.buf, READ_BUFFER, MSG_DONTWAIT)
+                err = errno
+            if rv < 0:
+                if err == EAGAIN:
+                    break
+                if err == ENOBUFS:
+                    self.enobufs += 1
+                    continue
+                if err == EINTR:
+                    continue
+                raise OSError(err, "reading the queue's socket failed")
+            n += 1
+            nfq_handle_packet(q.h, self.buf, <int>rv)
+        self.messages += n
+        return n
 
 
 # ---------------------------------------------------------------------------

@@ -51,7 +51,9 @@ def _parsers() -> dict[str, _Parser]:
     att.add_argument("--lab", default=None, help="lab name (default: the current lab)")
     att.add_argument("--host", action="store_true", help="attach in the host's own namespace")
     att.add_argument("--all", action="store_true", help="allow a rule with no match on the host")
-    att.add_argument("--fail-closed", action="store_true", help="drop instead of pass when no reader is bound")
+    att.add_argument(
+        "--fail-closed", action="store_true", help="drop instead of pass when no reader is bound or the queue is full"
+    )
     att.add_argument("--default", default="accept")
     att.add_argument("--on-error", default="accept")
     att.add_argument("--max-len", type=int, default=4096)
@@ -186,6 +188,7 @@ class PktlabMagicState:
             allow_host=a.host,
             allow_all=a.all,
             bypass=not a.fail_closed,
+            fail_open=not a.fail_closed,
             default=a.default,
             on_error=a.on_error,
             max_len=a.max_len,

@@ -220,6 +220,20 @@ class RuleSet:
         tools = {t for r in self.rules for t in FAMILIES[r.family]} or {"iptables"}
         return [shlex.join(tok) for tool in sorted(tools) for _, tok in self._mine(tool)]
 
+    def hits(self) -> int:
+        """Packets that reached this session's rules so far (iptables' own counters)."""
+        total = 0
+        tools = {t for r in self.rules for t in FAMILIES[r.family]}
+        for tool in sorted(tools):
+            proc = netns.run(self.netns, [f"{tool}-save", "-c"], check=False)
+            for line in proc.stdout.splitlines():
+                if not line.startswith("[") or "-A " not in line:
+                    continue
+                counters, rest = line.split(" ", 1)
+                if _tag_of(shlex.split(rest)) == self.tag:
+                    total += int(counters[1:-1].split(":")[0])
+        return total
+
     def remove(self) -> int:
         """Delete every rule carrying this session's tag; return how many."""
         n = 0

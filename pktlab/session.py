@@ -50,6 +50,10 @@ class Status:
     rate_pps: float
     last_errors: list[HandlerFailure] = field(default_factory=list)
     internal_errors: int = 0
+    rule_hits: int = 0
+    passed_unseen: int = 0
+    enobufs: int = 0
+    fail_open: bool = True
 
     def lines(self) -> list[str]:
         where = self.netns or "host namespace"
@@ -65,6 +69,11 @@ class Status:
             out.append(
                 f"  kernel: waiting {k.queue_total}  queue_dropped {k.queue_dropped}  "
                 f"user_dropped {k.user_dropped}  copy_range {k.copy_range}"
+            )
+            mode = "fail-open: a full queue passes packets" if self.fail_open else "fail-closed: a full queue drops"
+            out.append(
+                f"  rule hits {self.rule_hits}  passed unseen {self.passed_unseen}  "
+                f"socket overruns (ENOBUFS) {self.enobufs}  ({mode})"
             )
         for r in self.rules:
             out.append(f"  rule: {r}")
@@ -103,6 +112,7 @@ class Session:
         allow_host: bool = False,
         allow_all: bool = False,
         bypass: bool = True,
+        fail_open: bool = True,
         default: str | Verdict = "accept",
         on_error: str | Verdict = "accept",
         max_len: int = 4096,
@@ -140,7 +150,7 @@ class Session:
         self.chain = HandlerChain()
         self.record = Record(record_size, snaplen)
         self.source = QueueSource(
-            queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes
+            queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes, fail_open=fail_open
         )
         self.rules = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
         self._attached = False
@@ -297,6 +307,13 @@ class Session:
         return self.record.ring.count_since(time.time() - window) / window
 
     def status(self) -> Status:
+        k = self.kernel_counters()
+        hits = self.rules.hits() if self._attached else 0
+        unseen = 0
+        if k is not None:
+            # packets that hit the rule but never reached the reader: passed by the kernel (fail-open,
+            # or --queue-bypass while no reader was bound) beyond those it counted as dropped
+            unseen = max(0, hits - k.queue_dropped - k.user_dropped - k.queue_total - self.record.n)
         return Status(
             name=self.name,
             queue=self.queue,
@@ -306,10 +323,14 @@ class Session:
             rules=self.rules.installed() if self._attached else [],
             handlers=[(h.name, h.enabled, h.errors) for h in self.chain],
             counters=self.record.counters(),
-            kernel=self.kernel_counters(),
+            kernel=k,
             rate_pps=self.rate(),
             last_errors=self.errors[-3:],
             internal_errors=self.source.internal_errors + self._dispatch.internal_errors,
+            rule_hits=hits,
+            passed_unseen=unseen,
+            enobufs=self.source.enobufs,
+            fail_open=self.source.fail_open,
         )
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import kernel, netns
+from ._hot import QueueReader, configure_queue
 from .errors import MissingToolError, PktlabError, PrivilegeError, QueueBusyError
 
 NFNL_SUBSYS_QUEUE = 3
@@ -67,8 +68,14 @@ class QueueSource:
         max_len: int = 4096,
         copy_range: int = 65535,
         sock_bytes: int = 8 << 20,
+        fail_open: bool = True,
     ) -> None:
+        if not 0 < copy_range <= 65535:
+            raise PktlabError(f"copy range {copy_range} is out of range; use 1..65535 bytes")
         self.queue = queue
+        self.fail_open = fail_open
+        self._reader = QueueReader()
+        self._fd = -1
         self.netns = netns
         self.max_len = max_len
         self.copy_range = copy_range
@@ -135,6 +142,13 @@ class QueueSource:
                     f"queue {self.queue} is already bound by another reader{who} in {where}; "
                     "detach that session (%pktlab detach / s.detach()) or pick another queue number"
                 ) from None
+        try:
+            configure_queue(q, self.copy_range, self.fail_open)
+        except OSError as exc:
+            q.unbind()
+            raise PktlabError(
+                f"queue {self.queue} was bound but could not be configured ({exc}); detach and retry"
+            ) from None
         return q
 
     def _run(self, nfq_mod: Any, callback: Callable[[Any], None], ready: threading.Event, box: dict) -> None:
@@ -144,7 +158,7 @@ class QueueSource:
             box["error"] = exc
             ready.set()
             return
-        fd = q.get_fd()
+        fd = self._fd = q.get_fd()
         if self._on_bound is not None:
             self._on_bound(fd)
         ready.set()
@@ -172,7 +186,7 @@ class QueueSource:
 
     def _read(self, q: Any) -> None:
         try:
-            q.run(block=False)
+            self._reader.read(q, self._fd)
             if self._after_read is not None:
                 self._after_read()
         except Exception as exc:  # the callback guards user code; this is pktlab's own failure
@@ -228,6 +242,11 @@ class QueueSource:
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
+
+    @property
+    def enobufs(self) -> int:
+        """How often the socket reported ENOBUFS: packets the kernel could not hand to the reader."""
+        return self._reader.enobufs
 
     def counters(self) -> kernel.QueueCounters | None:
         """The kernel's counters for this queue (None when not bound)."""
