@@ -20,4 +20,4 @@ bench: setup
 	$(PY) bench/bench_queue.py
 
 clean:
-	-$(PY) -m pktlab.cli clean
+	-$(PY) -m pktlab.cli doctor --clean

@@ -61,15 +61,15 @@ def demo(count: int = 2000) -> int:
     return 0 if not left and not still else 1
 
 
-def clean() -> int:
-    """Remove namespaces and host rules left behind by pktlab processes that died."""
-    from . import lab, rules
+def doctor(clean: bool) -> int:
+    """Say whether live mode works here and why not; with ``clean``, remove leftovers of dead processes."""
+    from . import doctor as _doctor
 
-    ns = lab.sweep_stale()
-    tags = rules.sweep_stale(None)
-    print(f"removed {len(ns)} stale namespaces{': ' + ', '.join(ns) if ns else ''}")
-    print(f"removed {len(tags)} stale host rules{': ' + ', '.join(sorted(set(tags))) if tags else ''}")
-    return 0
+    report = _doctor.run(clean=clean)
+    print(report)
+    if clean and not report.cleaned:
+        print("cleaned: nothing was left behind")
+    return 0 if report.live else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="headless end-to-end demo on a lab (needs root)")
     d.add_argument("--count", type=int, default=2000)
-    sub.add_parser("clean", help="remove namespaces and rules left by dead pktlab processes")
+    doc = sub.add_parser("doctor", help="check what this machine allows; --clean removes leftovers")
+    doc.add_argument("--clean", action="store_true", help="remove namespaces and rules left by dead pktlab processes")
     a = p.parse_args(argv)
     try:
         if a.cmd == "demo":
             return demo(a.count)
-        return clean()
+        return doctor(a.clean)
     except PktlabError as exc:
         print(f"pktlab: {exc}", file=sys.stderr)
         return 2

@@ -41,8 +41,8 @@ def require_net_admin(action: str) -> None:
     """Raise :class:`PrivilegeError` unless this process may ``action``."""
     if not has_net_admin():
         raise PrivilegeError(
-            f"to {action} pktlab needs root or CAP_NET_ADMIN; run the kernel as root "
-            "(sudo), or use pktlab.replay() which needs no privileges"
+            f"to {action} pktlab needs root or CAP_NET_ADMIN; start Python or the Jupyter server as root "
+            "(sudo), then try again"
         )
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from .kernel import pid_alive, require_net_admin
 _LAB_SEQ = itertools.count(1)
 _NAME_RE = re.compile(r"^pktlab-(\d+)-(\d+)-([a-z]+)$")
 TOPOLOGIES = ("pair", "router")
+IFA_F_NODAD = 0x02  # usable at once: no duplicate address detection in a lab
 
 
 def sweep_stale() -> list[str]:
@@ -64,12 +66,18 @@ class Host:
     role: str
     netns: str
     addrs: dict[str, str] = field(default_factory=dict)  # ifname -> IPv4 address
+    addrs6: dict[str, str] = field(default_factory=dict)  # ifname -> IPv6 address (fd77:...)
     lab: Lab | None = field(default=None, repr=False)
 
     @property
     def addr(self) -> str:
         """The host's first IPv4 address."""
         return next(iter(self.addrs.values()))
+
+    @property
+    def addr6(self) -> str:
+        """The host's first IPv6 address."""
+        return next(iter(self.addrs6.values()))
 
     def run(
         self, cmd: str | list[str], *, timeout: float = 30.0, check: bool = True, input: str | None = None
@@ -127,6 +135,7 @@ class UdpResult:
     missing: list[int]
     payloads: list[bytes]
     seconds: float
+    max_gap: float = 0.0  # longest silence between two datagrams at the receiver, in seconds
 
 
 class UdpFlow:
@@ -152,6 +161,7 @@ class UdpFlow:
             missing=r["missing"],
             payloads=[bytes.fromhex(h) for h in r["payloads"]],
             seconds=r["seconds"],
+            max_gap=r["max_gap"],
         )
 
 
@@ -171,19 +181,21 @@ def _wait_ready(proc: subprocess.Popen[str], what: str, timeout: float = 10.0) -
 class Lab:
     """Network namespaces joined by veth links.
 
-    ``Lab()`` makes ``client`` (10.77.1.1) — ``server`` (10.77.1.2);
-    ``Lab("router")`` makes ``client`` (10.77.1.1) — ``router``
-    (10.77.1.2 / 10.77.2.1, forwarding) — ``server`` (10.77.2.2).  Every lab
-    lives in its own namespaces, so labs with the same addresses coexist.
+    ``Lab()`` makes ``client`` (10.77.1.1, fd77:1::1) — ``server``
+    (10.77.1.2, fd77:1::2); ``Lab("router")`` makes ``client`` (10.77.1.1) —
+    ``router`` (10.77.1.2 / 10.77.2.1, forwarding) — ``server`` (10.77.2.2),
+    with fd77:1::/64 and fd77:2::/64 alongside.  Every lab lives in its own
+    namespaces, so labs with the same addresses coexist.
     """
 
-    def __init__(self, topology: str = "pair", *, subnet: str = "10.77") -> None:
+    def __init__(self, topology: str = "pair", *, subnet: str = "10.77", subnet6: str = "fd77") -> None:
         if topology not in TOPOLOGIES:
             raise LabError(f"unknown topology {topology!r}; use one of {', '.join(TOPOLOGIES)}")
         require_net_admin("create a lab")
         sweep_stale()
         self.topology = topology
         self.subnet = subnet
+        self.subnet6 = subnet6
         self.id = f"{os.getpid()}-{next(_LAB_SEQ)}"
         self.hosts: dict[str, Host] = {}
         self._procs: list[subprocess.Popen[str]] = []
@@ -206,6 +218,8 @@ class Lab:
         host = Host(role=role, netns=name, lab=self)
         self.hosts[role] = host
         netns.call_in(name, self._loopback_up)
+        # no duplicate address detection: IPv6 (link-local included) works as soon as a link is up
+        host.run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])
         return host
 
     @staticmethod
@@ -215,39 +229,44 @@ class Lab:
         with IPRoute() as ip:
             ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
 
-    def _link(self, a: Host, a_if: str, a_addr: str, b: Host, b_if: str, b_addr: str) -> None:
+    def _link(self, net: int, a: Host, a_if: str, b: Host, b_if: str) -> None:
+        """A veth link on subnet ``net``: ``a`` gets host number 1, ``b`` 2 (IPv4 /24 and IPv6 /64)."""
         from pyroute2 import NetNS
 
         with NetNS(a.netns) as ns:
             ns.link("add", ifname=a_if, kind="veth", peer={"ifname": b_if, "net_ns_fd": b.netns})
-        for host, ifname, addr in ((a, a_if, a_addr), (b, b_if, b_addr)):
+        for host, ifname, num in ((a, a_if, 1), (b, b_if, 2)):
+            v4, v6 = f"{self.subnet}.{net}.{num}", f"{self.subnet6}:{net}::{num}"
             with NetNS(host.netns) as ns:
                 idx = ns.link_lookup(ifname=ifname)[0]
-                ns.addr("add", index=idx, address=addr, prefixlen=24)
+                ns.addr("add", index=idx, address=v4, prefixlen=24)
+                ns.addr("add", index=idx, address=v6, prefixlen=64, flags=IFA_F_NODAD)
                 ns.link("set", index=idx, state="up")
-            host.addrs[ifname] = addr
+            host.addrs[ifname] = v4
+            host.addrs6[ifname] = v6
 
     @staticmethod
-    def _route(host: Host, gateway: str) -> None:
+    def _route(host: Host, gateway: str, gateway6: str) -> None:
         from pyroute2 import NetNS
 
         with NetNS(host.netns) as ns:
             ns.route("add", dst="default", gateway=gateway)
+            ns.route("add", dst="default", gateway=gateway6, family=socket.AF_INET6)
 
     def _build(self) -> None:
-        n = self.subnet
+        n, n6 = self.subnet, self.subnet6
         client = self._host("client")
         if self.topology == "pair":
             server = self._host("server")
-            self._link(client, "eth0", f"{n}.1.1", server, "eth0", f"{n}.1.2")
+            self._link(1, client, "eth0", server, "eth0")
             return
         router = self._host("router")
         server = self._host("server")
-        self._link(client, "eth0", f"{n}.1.1", router, "eth0", f"{n}.1.2")
-        self._link(router, "eth1", f"{n}.2.1", server, "eth0", f"{n}.2.2")
-        self._route(client, f"{n}.1.2")
-        self._route(server, f"{n}.2.1")
-        router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        self._link(1, client, "eth0", router, "eth0")
+        self._link(2, router, "eth1", server, "eth0")
+        self._route(client, f"{n}.1.2", f"{n6}:1::2")
+        self._route(server, f"{n}.2.1", f"{n6}:2::1")
+        router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
 
     # -- access -----------------------------------------------------------
     @property

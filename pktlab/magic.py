@@ -24,6 +24,7 @@ USAGE = """\
 %pktlab attach N [--rule MATCH] [--hook HOOK] [--on HOST] [--host] [options]
 %pktlab detach [NAME] [--all]
 %pktlab status [NAME]
+%pktlab doctor [--clean]                                what this machine allows; --clean removes leftovers
 %pktlab pause | resume                                  hold packets in the kernel queue / let them through
 %pktlab handlers | handler off|on|remove NAME
 %%pktlab handler NAME [--before H] [--after H]          the cell is the body of NAME(pkt)"""
@@ -132,6 +133,10 @@ class PktlabMagicState:
         if cmd == "status":
             a = self.parsers["status"].parse_args(rest)
             return self.session(a.name).status()
+        if cmd == "doctor":
+            from . import doctor
+
+            return doctor.run(clean="--clean" in rest)
         if cmd in ("pause", "resume"):
             s = self.session(rest[0] if rest else None)
             s.pause() if cmd == "pause" else s.resume()

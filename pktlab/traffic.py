@@ -71,6 +71,7 @@ def udp_recv(port: int, count: int, timeout: float, idle: float, keep: int, bind
     received = duplicates = 0
     kept: list[str] = []
     first = last = None
+    max_gap = 0.0
     while received < count:
         now = time.monotonic()
         limit = end if last is None else min(end, last + idle)
@@ -87,7 +88,10 @@ def udp_recv(port: int, count: int, timeout: float, idle: float, keep: int, bind
                 data = sock.recv(65535)
             except BlockingIOError:
                 break
-            last = time.monotonic()
+            now = time.monotonic()
+            if last is not None and now - last > max_gap:
+                max_gap = now - last
+            last = now
             if first is None:
                 first = last
             received += 1
@@ -112,6 +116,7 @@ def udp_recv(port: int, count: int, timeout: float, idle: float, keep: int, bind
         "missing_count": count - len(seen),
         "payloads": kept,
         "seconds": (last or start) - (first or start),
+        "max_gap": max_gap,
     }
 
 

@@ -175,3 +175,40 @@ def test_payload_rewrite_checksum_matches_scapy(sport: int, dport: int, before: 
     p.payload = after
     ref = IP(src="10.1.1.1", dst="10.2.2.2") / UDP(sport=sport, dport=dport) / Raw(after)
     assert bytes(p) == bytes(ref)
+
+
+REAL = [
+    bytes(IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=5, dport=9000) / b"payload"),
+    bytes(IP(src="10.77.1.1", dst="10.77.1.2", options=b"\x94\x04\x00\x00") / TCP(flags="S", options=[("MSS", 1460)])),
+    bytes(IP(src="10.77.1.1", dst="10.77.1.2") / ICMP() / b"ping"),
+    bytes(IPv6(src="fd77::1", dst="fd77::2") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / UDP(dport=53) / b"q"),
+    bytes(IPv6(src="fd77::1", dst="fd77::2") / TCP(flags="PA") / b"GET / HTTP/1.1\r\n\r\n"),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(REAL),
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+    st.integers(0, 120),
+)
+def test_mutated_real_packets_only_raise_packet_format_error(base, flips, cut) -> None:
+    data = bytearray(base)
+    for at, value in flips:
+        if at < len(data):
+            data[at] = value
+    data = bytes(data[: max(1, len(data) - cut)])
+    p = Packet(None, data)
+    for name in ("ip", "ipv6", "udp", "tcp", "icmp", "icmpv6", "transport"):
+        try:
+            layer = getattr(p, name)
+            if layer is None:
+                continue
+            layer.as_dict()
+            layer.payload  # noqa: B018
+            if hasattr(type(layer), "options"):
+                layer.options  # noqa: B018
+        except PacketFormatError:
+            pass
+    repr(p)
+    assert bytes(p) == data  # reading never changes the bytes

@@ -41,7 +41,15 @@ class View(ViewCore):
 
     @property
     def payload_offset(self) -> int:
-        return self._off + self.header_len
+        """Where the layer's payload starts; raises if its header claims more bytes than the packet has."""
+        end = self._off + self.header_len
+        n = len(self._pkt._buf)
+        if end > n:
+            raise PacketFormatError(
+                f"the {type(self).__name__} header at offset {self._off} claims {end - self._off} bytes but the "
+                f"packet ends after {n - self._off}; it is truncated or its length field is wrong"
+            )
+        return end
 
     @property
     def payload(self) -> bytes:

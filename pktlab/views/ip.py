@@ -36,7 +36,8 @@ class IPv4(View):
 
     @property
     def options(self) -> bytes:
-        return bytes(self._pkt._buf[self._off + 20 : self._off + self.header_len])
+        """The header's option bytes (raises if the header runs past the end of the packet)."""
+        return bytes(self._pkt._buf[self._off + 20 : self.payload_offset])
 
     @property
     def is_fragment(self) -> bool:

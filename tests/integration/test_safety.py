@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pktlab
 from pktlab import Lab
 from pktlab.lab import wait_until
-from tests.conftest import needs_root
+from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = needs_root
 
@@ -88,3 +90,139 @@ def test_whole_packets_beyond_4016_bytes_are_copied(lab: Lab, queue_num: int) ->
         assert set(s.df["size"]) == {8028}
     finally:
         s.detach()
+
+
+def test_kill_9_of_the_reader_process_leaves_traffic_flowing(lab: Lab, queue_num: int, tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    mine = pktlab.attach(queue_num + 1, rule="-p udp --dport 9001", netns=lab.server)  # a live session's rule
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pktlab\n"
+            f"s = pktlab.attach({queue_num}, rule='-p udp --dport 9000', netns='{lab.server.netns}')\n"
+            "s.add_handler(lambda pkt: None, 'slow_reader')\n"
+            "print(s.rules.tag, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        tag = child.stdout.readline().strip()
+        assert tag.startswith("pktlab:")
+        flow = lab.start_udp(3000, rate=1000, timeout=20, idle=1.5)
+        time.sleep(1.0)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(5)
+        r = flow.wait()
+        # the dead reader's rule is still there (a kill -9 runs no cleanup), and bypass keeps traffic flowing
+        print(f"kill -9: longest silence {r.max_gap * 1000:.0f} ms, {r.missing_count} of 3000 datagrams lost")
+        assert r.max_gap < 1.0, f"traffic stopped for {r.max_gap:.2f} s"
+        assert r.unique >= 3000 - 1000
+        assert any(tag in line for line in pktlab_rules(lab.server.netns))
+        # the next attach sweeps the dead process's rules, and only those
+        nxt = pktlab.attach(queue_num + 2, rule="-p udp --dport 9002", netns=lab.server)
+        left = pktlab_rules(lab.server.netns)
+        assert not any(tag in line for line in left)
+        assert any(mine.rules.tag in line for line in left) and any(nxt.rules.tag in line for line in left)
+        nxt.detach()
+    finally:
+        if child.poll() is None:
+            child.kill()
+        mine.detach()
+
+
+CRAFT = r"""
+import socket, sys
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
+from scapy.packet import Raw
+
+d4, d6 = sys.argv[1], sys.argv[2]
+v4 = [
+    IP(dst=d4, proto=6) / Raw(b"\x12\x34\x00\x50\x00"),          # TCP header cut after 5 bytes
+    IP(dst=d4) / TCP(dport=80, dataofs=15),                      # TCP claims 40 option bytes it does not have
+    IP(dst=d4) / TCP(dport=80, dataofs=2),                       # TCP data offset below the minimum
+    IP(dst=d4) / UDP(dport=9000, len=0) / b"zero",               # UDP length zero
+    IP(dst=d4) / UDP(dport=9000, len=60000) / b"huge",           # UDP length far beyond the packet
+    IP(dst=d4, proto=17),                                        # UDP with no header at all
+    IP(dst=d4, proto=1) / Raw(b"\x08"),                          # ICMP cut after its type
+    IP(dst=d4, options=b"\x07\x28\x04\x00") / UDP(dport=9000),   # record-route option claiming 40 bytes
+    IP(dst=d4, frag=10, proto=6) / Raw(b"x" * 16),               # a later fragment of a TCP segment
+]
+v6 = [
+    IPv6(dst=d6, nh=60) / ((b"\x3c\x00" + bytes(6)) * 20),        # 20 chained destination-options headers
+    IPv6(dst=d6) / IPv6ExtHdrHopByHop() / Raw(b"\x11"),            # hop-by-hop header cut short
+    IPv6(dst=d6, nh=17) / Raw(b"\x00\x01"),                        # UDP header cut after 2 bytes
+]
+s4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+sent = 0
+for p in v4:
+    s4.sendto(bytes(p), (d4, 0)); sent += 1
+for p in v6:
+    s6.sendto(bytes(p), (d6, 0)); sent += 1
+print(sent)
+"""
+
+
+def test_malformed_packets_through_the_queue_never_break_the_reader(lab: Lab, queue_num: int, tmp_path) -> None:
+    import sys
+
+    from pktlab import PacketFormatError
+
+    outcomes: list[tuple[str, str]] = []
+
+    def poke(pkt):
+        """Read every view of the packet; note what each read raised."""
+        for name in ("ip", "ipv6", "udp", "tcp", "icmp", "icmpv6"):
+            try:
+                layer = getattr(pkt, name)
+                if layer is None:
+                    continue
+                layer.as_dict()
+                layer.payload  # noqa: B018
+                if hasattr(type(layer), "options"):
+                    layer.options  # noqa: B018
+                outcomes.append(("ok", name))
+            except PacketFormatError:
+                outcomes.append(("PacketFormatError", name))
+            except Exception as exc:  # anything else is a bug in the views
+                outcomes.append((f"{type(exc).__name__}: {exc}", name))
+        repr(pkt)
+        return None
+
+    def careless(pkt):
+        """Reads without looking: its PacketFormatError must not hurt the reader."""
+        if pkt.tcp is not None:
+            return pkt.accept() if pkt.tcp.window >= 0 else None
+        return None
+
+    v4 = pktlab.attach(queue_num, rule="-d 10.77.1.2", hook="OUTPUT", netns=lab.client)
+    v6 = pktlab.attach(queue_num + 1, rule="-d fd77:1::2", hook="OUTPUT", family="ipv6", netns=lab.client)
+    try:
+        for s in (v4, v6):
+            s.add_handler(poke, "poke")
+            s.add_handler(careless, "careless")
+        script = tmp_path / "craft.py"
+        script.write_text(CRAFT)
+        sent = int(lab.client.run([sys.executable, str(script), "10.77.1.2", "fd77:1::2"]).stdout)
+        assert wait_until(lambda: v4.record.n + v6.record.n >= sent, timeout=5)
+        print("\nrecorded", v4.record.n, v6.record.n, "outcomes", sorted(set(outcomes)))
+        assert v4.record.n + v6.record.n == sent  # every crafted packet reached the reader and got a verdict
+        bugs = [o for o in outcomes if o[0] not in ("ok", "PacketFormatError")]
+        assert not bugs, bugs
+        assert sum(1 for o in outcomes if o[0] == "PacketFormatError") >= 6
+        assert any("PacketFormatError" in e.error for e in v4.errors)  # careless' failure kept, packet accepted
+        assert all((c := s.kernel_counters()) is not None and c.queue_total == 0 for s in (v4, v6))
+        # the reader is alive and well: ordinary traffic still flows through the same session
+        assert lab.udp(50).unique == 50
+        assert v4.source.running and v4.source.internal_errors == 0 and v4._dispatch.internal_errors == 0
+    finally:
+        v4.detach()
+        v6.detach()
