@@ -11,7 +11,9 @@ Configurations, measured REPEATS times in alternation, median reported:
   (b) pktlab with no handler;
   (c) pktlab with one handler that reads the UDP destination port;
   (b1), (c1) the same with batch verdicts off (one verdict message per packet,
-  as the bare callback sends), to show what the batching buys.
+  as the bare callback sends), to show what the batching buys;
+  (c2) as (c) with the hung-handler watchdog off (deadline=None), to show what
+  the deadline costs.
 Both readers use the same poll + run(block=False) loop, so the difference is
 the per-packet work only.  Each measurement runs in a fresh process with its
 own lab.  Run: `make bench` (as root).
@@ -140,9 +142,10 @@ def run_bare(lab: pktlab.Lab) -> Result:
         return drain(lab, b.start_reading, lambda: b.count[0], b.tid)
 
 
-def run_pktlab(lab: pktlab.Lab, with_handler: bool, batch: int = 64) -> Result:
+def run_pktlab(lab: pktlab.Lab, with_handler: bool, batch: int = 64, deadline: float | None = 0.05) -> Result:
     s = pktlab.attach(
         QUEUE,
+        deadline=deadline,
         rule="-p udp --dport 9000",
         netns=lab.server,
         batch=batch,
@@ -171,6 +174,7 @@ CONFIGS: dict[str, Callable[[pktlab.Lab], Result]] = {
     "(c) pktlab, handler reads udp.dport": lambda lab: run_pktlab(lab, True),
     "(b1) as (b), batch verdicts off": lambda lab: run_pktlab(lab, False, batch=0),
     "(c1) as (c), batch verdicts off": lambda lab: run_pktlab(lab, True, batch=0),
+    "(c2) as (c), hung-handler watchdog off": lambda lab: run_pktlab(lab, True, deadline=None),
 }
 
 

@@ -125,6 +125,7 @@ cdef class QueueReader:
     cdef char* buf
     cdef public long long enobufs
     cdef public long long messages
+    cdef public bint retired  # a successor reads the queue now; this one stops after its current message
 
     def __cinit__(self):
         self.buf = <char*>malloc(READ_BUFFER)
@@ -154,6 +155,8 @@ cdef class QueueReader:
                 raise OSError(err, "reading the queue's socket failed")
             n += 1
             nfq_handle_packet(q.h, self.buf, <int>rv)
+            if self.retired:
+                break
         self.messages += n
         return n
 
@@ -549,6 +552,16 @@ cdef class Dispatcher:
     cdef public long long batch_messages
     cdef public long long internal_errors
     cdef public object last_internal_error
+    # the handler call in progress, for the watchdog (see rescue())
+    cdef long long busy_t0
+    cdef unsigned long long busy_seq
+    cdef unsigned long long seq
+    cdef object busy_nf
+    cdef object busy_handler
+    cdef double busy_time
+    cdef object busy_data
+    cdef set stolen
+    cdef public long long rescued
 
     def __init__(self, chain, Ring ring, default, on_error, packet_cls,
                  verdict_cls, accept, drop, bytes batch_prefix, int batch_limit):
@@ -565,6 +578,7 @@ cdef class Dispatcher:
         self.batch_limit = batch_limit
         self.fd = -1
         self.b_code = -1
+        self.stolen = set()
 
     def set_verdicts(self, default, on_error):
         self._default = default
@@ -625,6 +639,47 @@ cdef class Dispatcher:
             pass  # the verdict was already given or the queue is gone
         return self._on_error
 
+    # -- hung handlers -------------------------------------------------------------
+    cdef void _returned(self, unsigned long long my_seq, object h):
+        """A handler whose packet the watchdog already verdicted has returned: it rejoins the chain."""
+        self.stolen.discard(my_seq)
+        try:
+            self.chain.unstick(h)
+        except BaseException:
+            pass
+
+    def rescue(self, long long deadline_ns):
+        """Called by the watchdog: if a handler has run longer than the deadline, verdict its packet now.
+
+        The handler's packet gets the error verdict and a record entry, the
+        handler is returned so the caller can mark it stuck and start a new
+        reader; when the handler finally returns, its thread finds the packet
+        taken and gives no second verdict.  Runs holding the GIL, so the
+        reader thread is inside handler code, never half-way through a verdict.
+        """
+        cdef long long t0 = self.busy_t0
+        cdef long long now = mono_ns()
+        cdef NfPacket nf
+        if t0 == 0 or now - t0 < deadline_ns or self.busy_nf is None:
+            return None
+        nf = self.busy_nf
+        h = self.busy_handler
+        data = self.busy_data
+        self.stolen.add(self.busy_seq)
+        self.busy_t0 = 0
+        self.busy_nf = None
+        self.busy_data = None
+        err = f"handler {h.name!r} did not return within {deadline_ns / 1e6:.0f} ms; the packet got the error verdict"
+        code = self.error_code
+        try:
+            self._give(nf, NF_DROP if code == NF_DROP else NF_ACCEPT, False)
+        except BaseException as exc:
+            code = self._internal(nf, exc).code
+        self.rescued += 1
+        self.ring.push(self.busy_time, nf.id, nf.hook, len(data), <const unsigned char*>PyBytes_AS_STRING(data),
+                       len(data), code, now - t0, h.name, err, False)
+        return h
+
     # -- per packet -------------------------------------------------------------
     def __call__(self, NfPacket nf):
         chain = self.chain.active
@@ -660,14 +715,30 @@ cdef class Dispatcher:
             pkt._mark = None
             pkt._l4 = None
             pkt.time = now
+            self.seq += 1
+            my_seq = self.seq
+            self.busy_nf = nf
+            self.busy_time = now
+            self.busy_data = data
             for h in chain:
+                self.busy_handler = h
+                self.busy_seq = my_seq
+                self.busy_t0 = mono_ns()
                 try:
                     v = h.fn(pkt)
                 except BaseException as exc:
+                    self.busy_t0 = 0
+                    if self.stolen and my_seq in self.stolen:
+                        self._returned(my_seq, h)
+                        return
                     err = self.chain.failed(h, pkt, exc)
                     verdict = self._on_error
                     by = h.name
                     break
+                self.busy_t0 = 0
+                if self.stolen and my_seq in self.stolen:
+                    self._returned(my_seq, h)
+                    return
                 if v is not None:
                     if type(v) is not self.verdict_cls:
                         v, err = self.chain.bad_return(h, pkt, v)
@@ -676,6 +747,8 @@ cdef class Dispatcher:
                     verdict = v
                     by = h.name
                     break
+            self.busy_nf = None
+            self.busy_data = None
             if verdict is None:
                 verdict = self._default
             code = verdict.code

@@ -30,10 +30,9 @@ class Handler:
     name: str
     fn: HandlerFn
     enabled: bool = True
-    calls: int = 0
     errors: int = 0
-    decided: int = 0
-    total_ns: int = 0
+    stuck_since: float | None = None  # set while a call is past the session's deadline
+    rescued: int = 0  # packets the watchdog verdicted because this handler did not return in time
     source: str | None = field(default=None, repr=False)
 
     def __call__(self, pkt: Any) -> Any:
@@ -88,7 +87,7 @@ class HandlerChain:
         self.failures: deque[HandlerFailure] = deque(maxlen=max_failures)
 
     def _publish(self) -> None:
-        self.active = tuple(h for h in self._handlers if h.enabled)
+        self.active = tuple(h for h in self._handlers if h.enabled and h.stuck_since is None)
 
     def add(
         self,
@@ -152,6 +151,24 @@ class HandlerChain:
     @property
     def names(self) -> list[str]:
         return [h.name for h in self._handlers]
+
+    def mark_stuck(self, handler: Handler) -> None:
+        """Skip ``handler`` until its stuck call returns (the watchdog calls this)."""
+        with self._lock:
+            handler.rescued += 1
+            if handler.stuck_since is None:
+                handler.stuck_since = time.time()
+            self._publish()
+
+    def unstick(self, handler: Handler) -> None:
+        """The stuck call returned: the handler rejoins the chain where it was."""
+        with self._lock:
+            handler.stuck_since = None
+            self._publish()
+
+    @property
+    def stuck(self) -> list[Handler]:
+        return [h for h in self._handlers if h.stuck_since is not None]
 
     # -- called by the dispatcher when a handler misbehaves (the slow exits of the hot path) --
     def failed(self, handler: Handler, pkt: Any, exc: BaseException) -> str:

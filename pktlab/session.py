@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ class Status:
     passed_unseen: int = 0
     enobufs: int = 0
     fail_open: bool = True
+    stuck: list[tuple[str, float, int]] = field(default_factory=list)
+    rescued: int = 0
+    stuck_threads: int = 0
 
     def lines(self) -> list[str]:
         where = self.netns or "host namespace"
@@ -84,6 +88,15 @@ class Status:
             )
         else:
             out.append("  handlers: none (every packet gets the default verdict)")
+        for name, secs, n in self.stuck:
+            out.append(
+                f"  STUCK: handler {name} has not returned for {secs:.1f} s; it is skipped until it does "
+                f"({n} packet(s) given the error verdict at the deadline)"
+            )
+        if self.rescued and not self.stuck:
+            out.append(f"  {self.rescued} packet(s) got the error verdict because a handler missed the deadline")
+        if self.stuck_threads:
+            out.append(f"  {self.stuck_threads} reading thread(s) still inside a stuck handler call")
         for f in self.last_errors:
             out.append(f"  error: {f}")
         if self.internal_errors:
@@ -121,6 +134,7 @@ class Session:
         batch: int = 64,
         record_size: int = 100_000,
         snaplen: int = 256,
+        deadline: float | None = 0.05,
         name: str | None = None,
     ) -> None:
         if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue <= 65535:
@@ -153,6 +167,13 @@ class Session:
             queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes, fail_open=fail_open
         )
         self.rules = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
+        if deadline is not None and not 0.001 <= deadline <= 60:
+            raise SessionError(
+                f"deadline {deadline!r} s is out of range; use 0.001..60 seconds, or None for no deadline"
+            )
+        self.deadline = deadline
+        self._watchdog: threading.Thread | None = None
+        self._watching = threading.Event()
         self._attached = False
         self._dispatch = Dispatcher(
             self.chain,
@@ -209,10 +230,46 @@ class Session:
             self.source.stop(drain=0.5)
             raise
         self._attached = True
+        self._start_watchdog()
         atexit.register(self.detach)
         if self._lab is not None:
             self._lab._sessions.append(self)
         return self
+
+    # -- hung handlers -----------------------------------------------------------------
+    def _start_watchdog(self) -> None:
+        if self.deadline is None:
+            return
+        self._watching.set()
+        self._watchdog = threading.Thread(target=self._watch, name=f"pktlab-watchdog-{self.queue}", daemon=True)
+        self._watchdog.start()
+
+    def _stop_watchdog(self) -> None:
+        self._watching.clear()
+        if self._watchdog is not None:
+            self._watchdog.join(5)
+            self._watchdog = None
+
+    def _watch(self) -> None:
+        """Every deadline/4: if a handler call is past the deadline, verdict its packet and read on without it."""
+        assert self.deadline is not None
+        deadline_ns = int(self.deadline * 1e9)
+        period = max(self.deadline / 4, 0.002)
+        while self._watching.is_set():
+            time.sleep(period)
+            try:
+                h = self._dispatch.rescue(deadline_ns)
+                if h is not None:
+                    self.chain.mark_stuck(h)
+                    self.source.replace_reader()
+            except Exception as exc:  # pktlab's own failure; keep watching
+                self.source.internal_errors += 1
+                self.source.last_internal_error = f"watchdog: {type(exc).__name__}: {exc}"
+
+    @property
+    def stuck(self) -> list[Handler]:
+        """Handlers skipped because a call of theirs is past the deadline and has not returned."""
+        return self.chain.stuck
 
     def _bind_fd(self, fd: int) -> None:
         self._dispatch.fd = fd
@@ -228,7 +285,10 @@ class Session:
         try:
             self.rules.remove()
         finally:
-            self.source.stop(drain=drain)
+            try:
+                self.source.stop(drain=drain)  # the watchdog still rescues a stuck handler meanwhile
+            finally:
+                self._stop_watchdog()
 
     def pause(self) -> None:
         """Stop reading: packets wait in the kernel queue (``status()`` shows how many) until :meth:`resume`.
@@ -322,6 +382,9 @@ class Session:
             paused=self.paused,
             rules=self.rules.installed() if self._attached else [],
             handlers=[(h.name, h.enabled, h.errors) for h in self.chain],
+            stuck=[(h.name, time.time() - (h.stuck_since or time.time()), h.rescued) for h in self.chain.stuck],
+            rescued=self._dispatch.rescued,
+            stuck_threads=len(self.source.stuck_threads),
             counters=self.record.counters(),
             kernel=k,
             rate_pps=self.rate(),

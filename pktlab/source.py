@@ -76,6 +76,8 @@ class QueueSource:
         self.fail_open = fail_open
         self._reader = QueueReader()
         self._fd = -1
+        self._q: Any = None
+        self.retired_threads: list[threading.Thread] = []
         self.netns = netns
         self.max_len = max_len
         self.copy_range = copy_range
@@ -111,6 +113,7 @@ class QueueSource:
         nfq_mod = _import_nfq()
         kernel.require_net_admin(f"bind NFQUEUE {self.queue}")
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
         ready = threading.Event()
         box: dict[str, BaseException] = {}
         self._thread = threading.Thread(
@@ -159,34 +162,70 @@ class QueueSource:
             ready.set()
             return
         fd = self._fd = q.get_fd()
+        self._q = q
         if self._on_bound is not None:
             self._on_bound(fd)
         ready.set()
+        self._serve(q, self._reader)
+
+    def _successor(self, reader: QueueReader) -> None:
+        netns.enter(self.netns)
+        self._serve(self._q, reader)
+
+    def _serve(self, q: Any, reader: QueueReader) -> None:
+        """Read until stopped; a reader retired by :meth:`replace_reader` returns and leaves the queue bound."""
         reading = select.poll()
-        reading.register(fd, select.POLLIN)
+        reading.register(self._fd, select.POLLIN)
         reading.register(self._wake_r, select.POLLIN)
         waiting = select.poll()  # while paused: only the wake pipe, packets stay in the kernel
         waiting.register(self._wake_r, select.POLLIN)
         try:
-            while True:
+            while not reader.retired:
                 if self._paused and not self._stop:
                     events = waiting.poll(250)
                 else:
                     events = reading.poll(250 if not self._stop else 10)
                 if any(efd == self._wake_r for efd, _ in events):
-                    os.read(self._wake_r, 64)
+                    try:
+                        os.read(self._wake_r, 64)
+                    except BlockingIOError:
+                        pass  # another reading thread took the wake-up
                 if self._paused and not self._stop:
                     continue
-                self._read(q)
-                if self._stop and self._drained():
+                self._read(q, reader)
+                if self._stop and not reader.retired and self._drained():
                     break
         finally:
-            q.unbind()
-            del q
+            if not reader.retired:
+                q.unbind()
 
-    def _read(self, q: Any) -> None:
+    def replace_reader(self) -> None:
+        """Hand the queue to a new reading thread; the current one is stuck in a handler.
+
+        Called by the session's watchdog (holding the GIL).  The old thread
+        finishes the message it is in when its handler returns, then exits
+        without touching the queue.
+        """
+        old = self._thread
+        self._reader.retired = True
+        self._reader = QueueReader()
+        if old is not None:
+            self.retired_threads.append(old)
+        t = threading.Thread(
+            target=self._successor, args=(self._reader,), name=f"pktlab-queue-{self.queue}", daemon=True
+        )
+        self._thread = t
+        t.start()
+
+    @property
+    def stuck_threads(self) -> list[threading.Thread]:
+        """Reading threads replaced while stuck in a handler that has not returned yet."""
+        self.retired_threads = [t for t in self.retired_threads if t.is_alive()]
+        return list(self.retired_threads)
+
+    def _read(self, q: Any, reader: QueueReader) -> None:
         try:
-            self._reader.read(q, self._fd)
+            reader.read(q, self._fd)
             if self._after_read is not None:
                 self._after_read()
         except Exception as exc:  # the callback guards user code; this is pktlab's own failure
@@ -229,12 +268,19 @@ class QueueSource:
         self._drain_until = time.monotonic() + drain
         self._stop = True  # a paused reader drains too: detach gives every packet its verdict
         self._wake()
-        t.join(timeout)
-        if t.is_alive():
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            t = self._thread
+            assert t is not None
+            t.join(0.05)
+            if not t.is_alive() and t is self._thread:
+                break
+        else:
             raise PktlabError(
                 f"the reader of queue {self.queue} did not stop within {timeout} s; a handler may be stuck"
             )
         self._thread = None
+        self._q = None  # closes the queue's socket once no stuck thread holds it
         self._close_pipe()
 
     def _close_pipe(self) -> None:

@@ -12,6 +12,7 @@ def test_all_is_exactly_the_public_api() -> None:
     public = {n for n in dir(pktlab) if not n.startswith("_")} - {
         # submodules show up as attributes once imported
         "checksum",
+        "doctor",
         "errors",
         "handlers",
         "kernel",

@@ -226,3 +226,72 @@ def test_malformed_packets_through_the_queue_never_break_the_reader(lab: Lab, qu
     finally:
         v4.detach()
         v6.detach()
+
+
+def test_a_sleeping_handler_does_not_stall_traffic_and_rejoins(lab: Lab, queue_num: int) -> None:
+    import threading
+
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, deadline=0.05)
+    release = threading.Event()
+    calls: list[int] = []
+    try:
+
+        @s.handler
+        def sleepy(pkt):
+            seq = int.from_bytes(pkt.udp.payload[:4], "big")
+            calls.append(seq)
+            if seq == 20:
+                release.wait(10)  # stuck, as at a breakpoint, until the test lets go
+            return None
+
+        @s.handler
+        def drop_odd(pkt):
+            return pkt.drop() if int.from_bytes(pkt.udp.payload[:4], "big") % 2 else None
+
+        flow = lab.start_udp(400, rate=1000, timeout=20, idle=1.5)
+        assert wait_until(lambda: s.stuck, timeout=5)
+        st = str(s.status())
+        assert "STUCK: handler sleepy" in st
+        time.sleep(0.2)
+        release.set()  # the stuck call returns: sleepy rejoins
+        r = flow.wait()
+        assert not s.stuck and s.chain.active[0].name == "sleepy"
+        # every even datagram arrived: the stuck one by the error verdict at the deadline, the others
+        # through the rest of the chain (drop_odd) while sleepy was skipped, and through both after
+        assert r.unique == 200 and r.max_gap < 0.5, (r.unique, r.max_gap)
+        assert s.record.n == 400  # exactly one record entry (and verdict) per packet
+        ids = [e[1] for e in s.record.raw_entries()]
+        assert len(set(ids)) == 400
+        rescued = [e for e in s.record.raw_entries() if e[8] and "did not return within 50 ms" in e[8]]
+        assert len(rescued) == 1 and s.chain["sleepy"].rescued == 1
+        assert max(calls) == 399  # sleepy saw packets again after it rejoined
+    finally:
+        release.set()
+        s.detach()
+
+
+def test_an_endless_loop_handler_is_skipped_and_detach_still_works(lab: Lab, queue_num: int) -> None:
+    import threading
+
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, deadline=0.03)
+    stop = threading.Event()
+    try:
+
+        @s.handler
+        def spin(pkt):
+            if int.from_bytes(pkt.udp.payload[:4], "big") == 3:
+                while not stop.is_set():  # a busy loop: holds the GIL but for the interpreter's switches
+                    pass
+            return None
+
+        r = lab.udp(300, rate=1000, timeout=20)
+        assert r.unique == 300 and r.max_gap < 0.5
+        assert [h.name for h in s.stuck] == ["spin"]
+        assert s.status().stuck_threads == 1
+        s.detach()  # the successor reader drains and unbinds; the spinning thread is left alone
+        assert not s.attached and not pktlab_rules(lab.server.netns)
+    finally:
+        stop.set()
+        s.detach()
+    assert wait_until(lambda: not s.source.stuck_threads, timeout=5)
+    assert s.record.n == 300
