@@ -35,11 +35,11 @@ from dataclasses import asdict, dataclass
 import pktlab
 from pktlab import kernel, netns, rules
 
-N = int(os.environ.get("BENCH_PACKETS", "60000"))
-REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
+N = int(os.environ.get("BENCH_PACKETS", "65000"))  # the kernel held at most 65,536 here
+REPEATS = int(os.environ.get("BENCH_REPEATS", "7"))
 QUEUE = 1
-MAX_LEN = 1 << 17
-SOCK_BYTES = 128 << 20
+MAX_LEN = 1 << 18
+SOCK_BYTES = 512 << 20
 CPUS = sorted(os.sched_getaffinity(0))
 
 

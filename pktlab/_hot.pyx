@@ -720,10 +720,10 @@ cdef class Dispatcher:
             self.busy_nf = nf
             self.busy_time = now
             self.busy_data = data
+            self.busy_seq = my_seq
+            self.busy_t0 = t0  # the deadline runs from the packet's start in the chain
             for h in chain:
                 self.busy_handler = h
-                self.busy_seq = my_seq
-                self.busy_t0 = mono_ns()
                 try:
                     v = h.fn(pkt)
                 except BaseException as exc:
@@ -735,11 +735,11 @@ cdef class Dispatcher:
                     verdict = self._on_error
                     by = h.name
                     break
-                self.busy_t0 = 0
                 if self.stolen and my_seq in self.stolen:
                     self._returned(my_seq, h)
                     return
                 if v is not None:
+                    self.busy_t0 = 0  # before any Python code of pktlab's own: no rescue from here on
                     if type(v) is not self.verdict_cls:
                         v, err = self.chain.bad_return(h, pkt, v)
                         if v is None:
@@ -747,6 +747,7 @@ cdef class Dispatcher:
                     verdict = v
                     by = h.name
                     break
+            self.busy_t0 = 0
             self.busy_nf = None
             self.busy_data = None
             if verdict is None:

@@ -60,6 +60,7 @@ def _parsers() -> dict[str, _Parser]:
     att.add_argument("--max-len", type=int, default=4096)
     att.add_argument("--copy-range", type=int, default=65535)
     att.add_argument("--sock-bytes", type=int, default=8 << 20)
+    att.add_argument("--deadline", default="0.05", help="seconds a handler may take before its packet is rescued")
     att.add_argument("--name", default=None)
 
     det = _Parser(prog="%pktlab detach", add_help=False)
@@ -199,6 +200,7 @@ class PktlabMagicState:
             max_len=a.max_len,
             copy_range=a.copy_range,
             sock_bytes=a.sock_bytes,
+            deadline=_deadline(a.deadline),
             name=a.name,
         )
         self.sessions[s.name] = s
@@ -239,6 +241,15 @@ class PktlabMagicState:
             lab.down()
         self.sessions.clear()
         self.labs.clear()
+
+
+def _deadline(text: str) -> float | None:
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise PktlabError(f"--deadline {text!r} is not a number of seconds; use e.g. 0.05, or none") from None
 
 
 def compile_handler(name: str, body: str, user_ns: dict[str, Any]) -> Any:

@@ -39,6 +39,7 @@ def test_wrong_arguments_are_one_clear_sentence(shell) -> None:
         "%pktlab attach 1 --host": "would queue all of the host's traffic",
         "%pktlab attach 1 --rule '-p udp -j DROP' --host": "may only hold match options",
         "%pktlab attach 1 --rule 'unterminated --host": "check the quotes",
+        "%pktlab attach 1 --host --rule '-p udp --dport 9' --deadline soon": "not a number of seconds",
     }
     for line, expected in cases.items():
         result, err = run(shell, line)
