@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -255,6 +256,7 @@ class Session:
         assert self.deadline is not None
         deadline_ns = int(self.deadline * 1e9)
         period = max(self.deadline / 4, 0.002)
+        stuck: set[str] = set()
         while self._watching.is_set():
             time.sleep(period)
             try:
@@ -262,9 +264,22 @@ class Session:
                 if h is not None:
                     self.chain.mark_stuck(h)
                     self.source.replace_reader()
+                    self._say(
+                        f"handler {h.name!r} did not return within {self.deadline * 1000:.0f} ms: its packet got the "
+                        f"error verdict ({self.on_error}) and it is skipped until it returns"
+                    )
+                    stuck.add(h.name)
+                now_stuck = {x.name for x in self.chain.stuck}
+                for name in sorted(stuck - now_stuck):
+                    self._say(f"handler {name!r} returned and is back in the chain")
+                stuck = now_stuck
             except Exception as exc:  # pktlab's own failure; keep watching
                 self.source.internal_errors += 1
                 self.source.last_internal_error = f"watchdog: {type(exc).__name__}: {exc}"
+
+    def _say(self, message: str) -> None:
+        """A note for the person at the notebook (stderr shows in the running cell's output)."""
+        print(f"pktlab [{self.name}]: {message}", file=sys.stderr, flush=True)
 
     @property
     def stuck(self) -> list[Handler]:

@@ -108,3 +108,9 @@ def test_unload_tears_everything_down(shell) -> None:
     shell.run_line_magic("unload_ext", "pktlab")
     assert not s.attached and lab.closed
     shell.run_line_magic("load_ext", "pktlab")
+
+
+@needs_root
+def test_doctor_magic(shell) -> None:
+    report, err = run(shell, "%pktlab doctor")
+    assert err is None and report.live and "live mode" in str(report)

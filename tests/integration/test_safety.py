@@ -228,7 +228,7 @@ def test_malformed_packets_through_the_queue_never_break_the_reader(lab: Lab, qu
         v6.detach()
 
 
-def test_a_sleeping_handler_does_not_stall_traffic_and_rejoins(lab: Lab, queue_num: int) -> None:
+def test_a_sleeping_handler_does_not_stall_traffic_and_rejoins(lab: Lab, queue_num: int, capsys) -> None:
     import threading
 
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, deadline=0.05)
@@ -265,6 +265,9 @@ def test_a_sleeping_handler_does_not_stall_traffic_and_rejoins(lab: Lab, queue_n
         rescued = [e for e in s.record.raw_entries() if e[8] and "did not return within 50 ms" in e[8]]
         assert len(rescued) == 1 and s.chain["sleepy"].rescued == 1
         assert max(calls) == 399  # sleepy saw packets again after it rejoined
+        said = capsys.readouterr().err
+        assert "handler 'sleepy' did not return within 50 ms" in said
+        assert "handler 'sleepy' returned and is back in the chain" in said
     finally:
         release.set()
         s.detach()
