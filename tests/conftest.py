@@ -33,6 +33,33 @@ def my_namespaces() -> list[str]:
     return [n for n in netns.list_names() if n.startswith(f"pktlab-{os.getpid()}-")]
 
 
+def read_every_view(pkt) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """Read every layer, field, payload and option block of a packet.
+
+    Returns (outcome, layer) pairs: "ok", "PacketFormatError", or the text of any
+    other exception, which would be a bug in the views.
+    """
+    from pktlab import PacketFormatError
+
+    outcomes = []
+    for name in ("ip", "ipv6", "udp", "tcp", "icmp", "icmpv6", "transport"):
+        try:
+            layer = getattr(pkt, name)
+            if layer is None:
+                continue
+            layer.as_dict()
+            layer.payload  # noqa: B018
+            if hasattr(type(layer), "options"):
+                layer.options  # noqa: B018
+            outcomes.append(("ok", name))
+        except PacketFormatError:
+            outcomes.append(("PacketFormatError", name))
+        except Exception as exc:
+            outcomes.append((f"{type(exc).__name__}: {exc}", name))
+    repr(pkt)
+    return outcomes
+
+
 @pytest.fixture
 def queue_num() -> int:
     """A queue number no other test in this run uses."""
