@@ -257,6 +257,7 @@ class Session:
         deadline_ns = int(self.deadline * 1e9)
         period = max(self.deadline / 4, 0.002)
         stuck: set[str] = set()
+        said: dict[str, float] = {}  # at most one note per handler per 10 s: a busy kernel can make many
         while self._watching.is_set():
             time.sleep(period)
             try:
@@ -264,14 +265,18 @@ class Session:
                 if h is not None:
                     self.chain.mark_stuck(h)
                     self.source.replace_reader()
-                    self._say(
-                        f"handler {h.name!r} did not return within {self.deadline * 1000:.0f} ms: its packet got the "
-                        f"error verdict ({self.on_error}) and it is skipped until it returns"
-                    )
                     stuck.add(h.name)
+                    if time.monotonic() - said.get(h.name, -1e9) > 10:
+                        said[h.name] = time.monotonic()
+                        self._say(
+                            f"handler {h.name!r} did not return within {self.deadline * 1000:.0f} ms: its packet got "
+                            f"the error verdict ({self.on_error}) and it is skipped until it returns "
+                            f"({h.rescued} packet(s) so far; see status())"
+                        )
                 now_stuck = {x.name for x in self.chain.stuck}
                 for name in sorted(stuck - now_stuck):
-                    self._say(f"handler {name!r} returned and is back in the chain")
+                    if said.get(name, 0) >= time.monotonic() - 10:
+                        self._say(f"handler {name!r} returned and is back in the chain")
                 stuck = now_stuck
             except Exception as exc:  # pktlab's own failure; keep watching
                 self.source.internal_errors += 1
