@@ -244,6 +244,9 @@ class Lab:
                 ns.link("set", index=idx, state="up")
             host.addrs[ifname] = v4
             host.addrs6[ifname] = v6
+            # neighbour solicitations retried after 100 ms, not 1 s: the first one can leave before the
+            # other end of a new veth answers, and a fresh lab's first IPv6 datagrams would wait a second
+            host.run(["sysctl", "-qw", f"net.ipv6.neigh.{ifname}.retrans_time_ms=100"])
 
     @staticmethod
     def _route(host: Host, gateway: str, gateway6: str) -> None:
@@ -254,6 +257,26 @@ class Lab:
             ns.route("add", dst="default", gateway=gateway6, family=socket.AF_INET6)
 
     def _build(self) -> None:
+        self._build_hosts()
+        self._wait_links_up()
+
+    def _wait_links_up(self, timeout: float = 3.0) -> None:
+        """Wait until the kernel reports every lab link UP (carrier changes reach IPv6 with a delay)."""
+        from pyroute2 import NetNS
+
+        end = time.monotonic() + timeout
+        for host in self.hosts.values():
+            with NetNS(host.netns) as ns:
+                for ifname in host.addrs:
+                    while True:
+                        link = ns.link("get", index=ns.link_lookup(ifname=ifname)[0])[0]
+                        if link.get("state") == "up" and link.get_attr("IFLA_OPERSTATE") == "UP":
+                            break
+                        if time.monotonic() > end:
+                            raise LabError(f"link {ifname} of {host.role} did not come up within {timeout} s")
+                        time.sleep(0.01)
+
+    def _build_hosts(self) -> None:
         n, n6 = self.subnet, self.subnet6
         client = self._host("client")
         if self.topology == "pair":
@@ -317,6 +340,7 @@ class Lab:
         timeout: float = 30.0,
         idle: float = 1.0,
         keep: int = 0,
+        ipv6: bool = False,
     ) -> UdpFlow:
         """Start ``count`` numbered UDP datagrams from ``src`` to ``dst``; see :meth:`udp`."""
         s = src if isinstance(src, Host) else self[src]
@@ -325,6 +349,8 @@ class Lab:
         recv = self._traffic(
             d,
             "udp-recv",
+            "--bind",
+            "::" if ipv6 else "0.0.0.0",
             "--port",
             str(port),
             "--count",
@@ -341,7 +367,7 @@ class Lab:
             s,
             "udp-send",
             "--dst",
-            d.addr,
+            d.addr6 if ipv6 else d.addr,
             "--port",
             str(port),
             "--count",
@@ -360,7 +386,8 @@ class Lab:
 
         Bounded: at most ``count`` datagrams, at ``rate`` per second, for at most
         ``timeout`` seconds; the receiver stops ``idle`` seconds after the last one.
-        ``keep=N`` returns the first N payloads as the receiver saw them.
+        ``keep=N`` returns the first N payloads as the receiver saw them; ``ipv6=True``
+        sends to the destination's IPv6 address.
         """
         return self.start_udp(count, **kwargs).wait()
 

@@ -128,6 +128,17 @@ class QueueRule:
         )
 
 
+def restore_join(tokens: Sequence[str]) -> str:
+    """One rule line for iptables-restore, whose own tokenizer knows double quotes only."""
+    out = []
+    for tok in tokens:
+        if tok and not any(c.isspace() or c in "\"'\\" for c in tok):
+            out.append(tok)
+        else:
+            out.append('"' + tok.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return " ".join(out)
+
+
 def _restore(netns_name: str | None, tool: str, tables: dict[str, list[str]]) -> subprocess.CompletedProcess[str]:
     text = "".join(f"*{t}\n" + "".join(line + "\n" for line in lines) + "COMMIT\n" for t, lines in tables.items())
     return netns.run(netns_name, [f"{tool}-restore", "--noflush"], input=text, check=False)
@@ -167,7 +178,7 @@ def _delete(netns_name: str | None, tool: str, rules: Iterable[tuple[str, list[s
     tables: dict[str, list[str]] = defaultdict(list)
     n = 0
     for table, tokens in rules:
-        tables[table].append(shlex.join(["-D", *tokens[1:]]))
+        tables[table].append(restore_join(["-D", *tokens[1:]]))
         n += 1
     if tables:
         proc = _restore(netns_name, tool, tables)
@@ -198,7 +209,7 @@ class RuleSet:
         by_tool: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for rule in rules:
             for tool in FAMILIES[rule.family]:
-                by_tool[tool][rule.table or ""].append(shlex.join(["-I", rule.hook, *rule.spec(self.tag)]))
+                by_tool[tool][rule.table or ""].append(restore_join(["-I", rule.hook, *rule.spec(self.tag)]))
         _check_tools(by_tool)
         done: list[str] = []
         for tool, tables in by_tool.items():
@@ -218,7 +229,7 @@ class RuleSet:
     def installed(self) -> list[str]:
         """The session's rules as the kernel has them now (iptables-save lines)."""
         tools = {t for r in self.rules for t in FAMILIES[r.family]} or {"iptables"}
-        return [shlex.join(tok) for tool in sorted(tools) for _, tok in self._mine(tool)]
+        return [restore_join(tok) for tool in sorted(tools) for _, tok in self._mine(tool)]
 
     def hits(self) -> int:
         """Packets that reached this session's rules so far (iptables' own counters)."""

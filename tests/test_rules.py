@@ -77,3 +77,19 @@ def test_missing_iptables_is_one_clear_sentence(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(MissingToolError, match=r"iptables(-save|-restore)? is not installed; run `make setup`"):
         RuleSet(make_tag("t4"), None).install([QueueRule(5, "INPUT", ("-p", "udp"))])
+
+
+def test_restore_join_quotes_the_way_iptables_restore_reads() -> None:
+    from pktlab.rules import restore_join
+
+    assert restore_join(["-A", "INPUT", "-m", "mark", "!", "--mark", "5"]) == "-A INPUT -m mark ! --mark 5"
+    assert restore_join(["--comment", "a b", 'say "hi"']) == '--comment "a b" "say \\"hi\\""'
+
+
+def test_negated_and_quoted_matches_install_and_remove(lab: Lab) -> None:
+    rs = RuleSet(make_tag("t5"), lab.server.netns)
+    rs.install(
+        [QueueRule(5, "INPUT", tuple(parse_match('-p udp -m mark ! --mark 5 -m comment --comment "two words"')))]
+    )
+    assert len(rs.installed()) == 1 and "! --mark 0x5" in rs.installed()[0]
+    assert rs.remove() == 1 and pktlab_rules(lab.server.netns) == []

@@ -383,3 +383,36 @@ def test_no_privileges_is_one_clear_sentence(tmp_path) -> None:
     )
     assert out.stdout.startswith("ERR ") and "root or CAP_NET_ADMIN" in out.stdout, out.stderr
     assert out.stdout.count("\n") == 1
+
+
+def test_repeat_reinjects_and_a_mark_ends_the_loop(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000 -m mark ! --mark 5", netns=lab.server)
+    try:
+
+        @s.handler
+        def again(pkt):
+            return pkt.repeat(mark=5)  # back to the start of INPUT, where the rule no longer matches
+
+        r = lab.udp(30)
+        assert r.unique == 30
+        assert s.record.counts[pktlab.REPEAT] == 30 and s.record.n == 30
+    finally:
+        s.detach()
+
+
+def test_ipv6_udp_rewrite_through_the_queue(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, family="ipv6")
+    try:
+
+        @s.handler
+        def rewrite6(pkt):
+            assert pkt.ipv6 is not None and pkt.ip is None
+            pkt.udp.payload = pkt.udp.payload[:4] + b"over IPv6, checksum fixed"
+            return pkt.accept()
+
+        r = lab.udp(10, ipv6=True, keep=10)
+        # IPv6 UDP checksums are mandatory: the receiver's kernel drops a wrong one
+        assert r.unique == 10 and all(p[4:] == b"over IPv6, checksum fixed" for p in r.payloads)
+        assert set(s.df["src"]) == {"fd77:1::1"}
+    finally:
+        s.detach()
