@@ -30,6 +30,8 @@ from .errors import (
 from .handlers import Handler, HandlerFailure
 from .lab import Host, Lab, PingResult, UdpFlow, UdpResult
 from .packet import Packet
+from .protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
+from .protocols import registry as protocols
 from .record import Record
 from .session import Session, Status, attach
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
@@ -61,8 +63,18 @@ __all__ = [
     "UdpFlow",
     "UdpResult",
     "Verdict",
+    "addr4",
+    "addr6",
     "attach",
+    "bits",
     "load_ipython_extension",
+    "mac",
+    "protocol",
+    "protocols",
+    "raw",
+    "text",
+    "uint",
+    "varbytes",
     "unload_ipython_extension",
     "__version__",
 ]

@@ -289,8 +289,9 @@ cdef class ViewCore:
 cdef class Field:
     """A field ``bits`` wide, ``bit`` bits into its view.
 
-    ``kind`` is ``int`` (unsigned, network order; any width), ``"ipv4"``,
-    ``"ipv6"`` (addresses as text), ``"mac"`` or ``bytes``.
+    ``kind`` is ``int`` (unsigned, network order; any width), ``"le"``
+    (unsigned, little-endian, whole bytes), ``"text"`` (fixed width, NUL
+    padded), ``"ipv4"``, ``"ipv6"`` (addresses as text), ``"mac"`` or ``bytes``.
     """
 
     cdef public str name
@@ -363,9 +364,14 @@ cdef class Field:
         buf_ptr(pkt._buf, &n)
         if start < 0 or start + self._nbytes > n:
             raise self._short(v, n)
+        encoded = None
         if self.kind is int:
             if value < 0 or value >> self.bits:
                 raise ValueError(f"{self.name} is {self.bits} bits wide; {value} does not fit")
+        else:
+            from pktlab.views.codec import encode
+
+            encoded = encode(self.kind, value, self._nbytes, self.name)  # raises before anything changes
         buf = pkt._writable()
         p = <unsigned char*>PyByteArray_AS_STRING(buf)
         if self._small_int:
@@ -383,9 +389,7 @@ cdef class Field:
             cur = (cur & ~mask) | (int(value) << self._shift)
             buf[start:start + self._nbytes] = cur.to_bytes(self._nbytes, "big")
         else:
-            from pktlab.views.codec import encode
-
-            buf[start:start + self._nbytes] = encode(self.kind, value, self._nbytes, self.name)
+            buf[start:start + self._nbytes] = encoded
         pkt._dirty = True
 
 

@@ -87,6 +87,20 @@ class Packet(PacketCore):
 
     __slots__ = ()
 
+    def __getattr__(self, name: str) -> Any:
+        """``pkt.<protocol>`` for user-defined protocols (see :func:`pktlab.protocol`)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from .protocols import registry
+
+        try:
+            return registry.lookup(self, name)
+        except AttributeError:
+            raise AttributeError(
+                f"a packet has no attribute or protocol {name!r}; user-defined protocols: "
+                f"{', '.join(registry.names) or 'none'} (define one with @pktlab.protocol)"
+            ) from None
+
     # -- metadata -------------------------------------------------------------
     @property
     def id(self) -> int:

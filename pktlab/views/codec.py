@@ -7,6 +7,10 @@ from typing import Any
 
 
 def decode(kind: Any, raw: bytes) -> Any:
+    if kind == "le":
+        return int.from_bytes(raw, "little")
+    if kind == "text":
+        return raw.rstrip(b"\0").decode("latin-1")
     if kind == "ipv4":
         return str(ipaddress.IPv4Address(raw))
     if kind == "ipv6":
@@ -17,6 +21,16 @@ def decode(kind: Any, raw: bytes) -> Any:
 
 
 def encode(kind: Any, value: Any, nbytes: int, name: str) -> bytes:
+    if kind == "le":
+        v = int(value)
+        if not 0 <= v < 1 << (8 * nbytes):
+            raise ValueError(f"{name} is {8 * nbytes} bits wide; {v} does not fit")
+        return v.to_bytes(nbytes, "little")
+    if kind == "text":
+        b = value.encode("latin-1") if isinstance(value, str) else bytes(value)
+        if len(b) > nbytes:
+            raise ValueError(f"{name} holds {nbytes} bytes of text; {value!r} is {len(b)}")
+        return b.ljust(nbytes, b"\0")
     if kind == "ipv4":
         return ipaddress.IPv4Address(value).packed
     if kind == "ipv6":
