@@ -286,6 +286,12 @@ class Packet(PacketCore):
         to = f"{s['dst']}:{s['dport']}" if s["dport"] is not None else str(s["dst"])
         return f"{s['proto']} {where} > {to} len={len(self)}"
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the layers and their fields beside a hex dump, each field's bytes marked."""
+        from .display import packet_html
+
+        return packet_html(self)
+
     def __repr__(self) -> str:
         return f"<Packet #{self.id} {self.hook} {self.summary()}{' modified' if self._modified else ''}>"
 

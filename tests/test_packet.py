@@ -203,3 +203,13 @@ def test_mutated_real_packets_only_raise_packet_format_error(base, flips, cut) -
     bugs = [o for o in read_every_view(p) if o[0] not in ("ok", "PacketFormatError")]
     assert not bugs, bugs
     assert bytes(p) == data  # reading never changes the bytes
+
+
+def test_html_view_shows_layers_fields_and_marked_bytes() -> None:
+    p = P(IP(src="10.77.1.1", dst="10.77.1.2", ttl=33) / UDP(sport=5, dport=9000) / b"hi")
+    html = p._repr_html_()
+    for text in (">ip<", ">udp<", ">ttl<", ">33<", "title='ip.ttl = 33'", "title='udp.dport = 9000'"):
+        assert text in html, text
+    assert html.count("<span") >= len(p)  # one span per byte of the dump
+    broken = Packet(None, bytes(IP(dst="10.0.0.1") / TCP())[:30])
+    assert "(past the end)" in broken._repr_html_()  # a truncated packet still renders
