@@ -34,6 +34,12 @@ def _layers(pkt: Any) -> list[Any]:
         t = None
     if t is not None:
         out.append(t)
+    try:
+        d = pkt.dns
+    except PacketFormatError:
+        d = None
+    if d is not None:
+        out.append(d)
     for name in registry.names:
         try:
             v = registry.lookup(pkt, name)

@@ -20,6 +20,7 @@ from .checksum import finish, inet_sum
 from .errors import PacketFormatError
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 from .views import ICMP, TCP, UDP, ICMPv6, IPv4, IPv6
+from .views.dns import DNS
 
 HOOK_NAMES = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 47: "gre", 50: "esp", 132: "sctp"}
@@ -199,6 +200,18 @@ class Packet(PacketCore):
         return (
             self.tcp if p == 6 else self.udp if p == 17 else self.icmp if p == 1 else self.icmpv6 if p == 58 else None
         )
+
+    @property
+    def dns(self) -> DNS | None:
+        """The DNS message of UDP port 53 (either direction), or of TCP port 53 after its length prefix."""
+        u = self.udp
+        if u is not None:
+            return DNS(self, u.payload_offset) if 53 in (u.sport, u.dport) else None
+        t = self.tcp
+        if t is not None and 53 in (t.sport, t.dport):
+            off = t.payload_offset
+            return DNS(self, off + 2) if len(self._buf) >= off + 2 + 12 else None
+        return None
 
     @property
     def payload(self) -> bytes | None:
