@@ -16,6 +16,8 @@ Heavy libraries (pandas, scapy, bokeh, IPython) load only when used.
 
 from __future__ import annotations
 
+from .custom import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
+from .custom import registry as protocols
 from .errors import (
     HandlerError,
     LabError,
@@ -30,8 +32,6 @@ from .errors import (
 from .handlers import Handler, HandlerFailure
 from .lab import Host, Lab, PingResult, UdpFlow, UdpResult
 from .packet import Packet
-from .protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
-from .protocols import registry as protocols
 from .record import Record
 from .session import Session, Status, attach
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict

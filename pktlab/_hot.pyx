@@ -32,6 +32,11 @@ from pktlab.errors import PacketFormatError
 
 cdef extern from "<arpa/inet.h>":
     unsigned int htonl(unsigned int)
+    const char* inet_ntop(int af, const void* src, char* dst, unsigned int size)
+
+cdef extern from "<sys/socket.h>":
+    int AF_INET
+    int AF_INET6
 
 cdef extern from "<sys/socket.h>":
     ssize_t recv(int fd, void* buf, size_t n, int flags) nogil
@@ -159,6 +164,92 @@ cdef class QueueReader:
                 break
         self.messages += n
         return n
+
+
+# ---------------------------------------------------------------------------
+# Lengths and checksums after a rewrite
+# ---------------------------------------------------------------------------
+
+cdef inline unsigned long long csum_add(const unsigned char* p, Py_ssize_t n, unsigned long long s) nogil:
+    """Add ``n`` bytes to a one's-complement sum as big-endian 16-bit words."""
+    cdef Py_ssize_t i = 0
+    while i + 1 < n:
+        s += (p[i] << 8) | p[i + 1]
+        i += 2
+    if i < n:
+        s += p[i] << 8
+    return s
+
+
+cdef inline unsigned int csum_fold(unsigned long long s) nogil:
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return (~s) & 0xFFFF
+
+
+cdef inline void put16(unsigned char* p, unsigned int v) nogil:
+    p[0] = (v >> 8) & 0xFF
+    p[1] = v & 0xFF
+
+
+cdef void fix_l4(unsigned char* p, Py_ssize_t n, int proto, Py_ssize_t off, unsigned long long pseudo, bint v4):
+    cdef Py_ssize_t at
+    cdef unsigned int c
+    if proto == 6 and n >= off + 20:
+        at = off + 16
+    elif proto == 17 and n >= off + 8:
+        put16(p + off + 4, <unsigned int>(n - off))
+        at = off + 6
+        if v4 and p[at] == 0 and p[at + 1] == 0:
+            return  # IPv4 UDP without a checksum stays without
+    elif proto == 1 and v4 and n >= off + 4:
+        at = off + 2
+        pseudo = 0
+    elif proto == 58 and n >= off + 4:
+        at = off + 2
+    else:
+        return
+    put16(p + at, 0)
+    c = csum_fold(csum_add(p + off, n - off, pseudo))
+    if c == 0 and proto == 17:
+        c = 0xFFFF
+    put16(p + at, c)
+
+
+def fix_packet(PacketCore pkt):
+    """Recompute IP lengths and the IPv4, TCP, UDP, ICMP and ICMPv6 checksums after writes.
+
+    Fragments keep their transport checksum (it spans all fragments).
+    """
+    cdef object buf = pkt._writable()
+    cdef unsigned char* p = <unsigned char*>PyByteArray_AS_STRING(buf)
+    cdef Py_ssize_t n = PyByteArray_GET_SIZE(buf)
+    cdef Py_ssize_t ihl, off
+    cdef unsigned long long pseudo
+    cdef int proto
+    pkt._dirty = False
+    if n >= 20 and p[0] >> 4 == 4:
+        ihl = (p[0] & 15) * 4
+        if ihl < 20 or ihl > n or n > 0xFFFF:
+            return
+        put16(p + 2, <unsigned int>n)
+        put16(p + 10, 0)
+        put16(p + 10, csum_fold(csum_add(p, ihl, 0)))
+        if ((p[6] << 8) | p[7]) & 0x3FFF:
+            return
+        pseudo = csum_add(p + 12, 8, 0) + p[9] + <unsigned long long>(n - ihl)
+        fix_l4(p, n, p[9], ihl, pseudo, True)
+    elif n >= 40 and p[0] >> 4 == 6:
+        put16(p + 4, <unsigned int>((n - 40) & 0xFFFF))
+        pkt._l4 = None
+        try:
+            proto, off, frag = pkt._upper()
+        except PacketFormatError:
+            return
+        if frag:
+            return
+        pseudo = csum_add(p + 8, 32, 0) + ((n - off) >> 16) + ((n - off) & 0xFFFF) + proto
+        fix_l4(p, n, proto, off, pseudo, False)
 
 
 # ---------------------------------------------------------------------------
@@ -303,6 +394,7 @@ cdef class Field:
     cdef int _shift
     cdef unsigned long long _mask
     cdef bint _small_int  # an int of at most 64 bits: read and written in C
+    cdef int _addr  # 4 or 6 for an address field of whole bytes: formatted in C
 
     def __init__(self, int bit, int bits, kind=int):
         if bit < 0 or bits < 1:
@@ -316,6 +408,9 @@ cdef class Field:
         self._nbytes = end - self._byte
         self._shift = end * 8 - (bit + bits)
         self._small_int = kind is int and self._nbytes <= 8
+        self._addr = 0
+        if bit % 8 == 0 and ((kind == "ipv4" and bits == 32) or (kind == "ipv6" and bits == 128)):
+            self._addr = 4 if kind == "ipv4" else 6
         self._mask = (1ULL << bits) - 1 if bits < 64 else 0xFFFFFFFFFFFFFFFFULL
 
     def __set_name__(self, owner, name):
@@ -341,12 +436,17 @@ cdef class Field:
         cdef const unsigned char* p = buf_ptr(v._pkt._buf, &n)
         cdef Py_ssize_t start = v._off + self._byte
         cdef unsigned long long val = 0
+        cdef char text[48]
         if start < 0 or start + self._nbytes > n:
             raise self._short(v, n)
         if self._small_int:
             for i in range(self._nbytes):
                 val = (val << 8) | p[start + i]
             return (val >> self._shift) & self._mask
+        if self._addr:
+            if inet_ntop(AF_INET if self._addr == 4 else AF_INET6, p + start, text, sizeof(text)) == NULL:
+                raise PacketFormatError(f"{self.name} cannot be read as an IPv{self._addr} address")
+            return text.decode("ascii")
         raw = PyBytes_FromStringAndSize(<const char*>p + start, self._nbytes)
         if self.kind is int:
             return (int.from_bytes(raw, "big") >> self._shift) & ((1 << self.bits) - 1)

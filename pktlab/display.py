@@ -18,7 +18,7 @@ SHADES = ["#bfdbfe", "#bbf7d0", "#fde68a", "#fbcfe8", "#ddd6fe", "#bae6fd"]
 
 
 def _layers(pkt: Any) -> list[Any]:
-    from .protocols import registry
+    from .custom import registry
 
     out = []
     for name in ("ip", "ipv6"):
@@ -52,7 +52,7 @@ def _layers(pkt: Any) -> list[Any]:
 
 def _fields(view: Any) -> list[tuple[str, int, int, str]]:
     """(name, first byte, end byte, value text) of each field of a view, in order."""
-    from .protocols import VarField
+    from .custom import VarField
 
     rows = []
     for klass in reversed(type(view).__mro__):

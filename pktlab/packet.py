@@ -15,8 +15,7 @@ import ipaddress
 import struct
 from typing import Any, Protocol
 
-from ._hot import PacketCore, set_view_classes
-from .checksum import finish, inet_sum
+from ._hot import PacketCore, fix_packet, set_view_classes
 from .errors import PacketFormatError
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 from .views import ICMP, TCP, UDP, ICMPv6, IPv4, IPv6
@@ -92,7 +91,7 @@ class Packet(PacketCore):
         """``pkt.<protocol>`` for user-defined protocols (see :func:`pktlab.protocol`)."""
         if name.startswith("_"):
             raise AttributeError(name)
-        from .protocols import registry
+        from .custom import registry
 
         try:
             return registry.lookup(self, name)
@@ -243,54 +242,8 @@ class Packet(PacketCore):
 
     # -- verdict-time fix-ups ---------------------------------------------------
     def _fixup(self) -> None:
-        """Recompute IP lengths and checksums after writes (once, before the verdict)."""
-        buf = self._writable()
-        self._dirty = False
-        n = len(buf)
-        if n >= 20 and buf[0] >> 4 == 4:
-            ihl = (buf[0] & 15) * 4
-            if ihl < 20 or ihl > n:
-                return
-            buf[2:4] = n.to_bytes(2, "big")
-            buf[10:12] = b"\0\0"
-            buf[10:12] = finish(inet_sum(buf[:ihl])).to_bytes(2, "big")
-            if int.from_bytes(buf[6:8], "big") & 0x3FFF:
-                return  # fragments: the transport checksum spans all of them
-            pseudo = inet_sum(bytes(buf[12:20]) + struct.pack("!BBH", 0, buf[9], n - ihl))
-            self._fix_l4(buf, buf[9], ihl, pseudo, v4=True)
-        elif n >= 40 and buf[0] >> 4 == 6:
-            buf[4:6] = (n - 40).to_bytes(2, "big")
-            self._l4 = None
-            try:
-                proto, off, frag = self._upper()
-            except PacketFormatError:
-                return
-            if frag:
-                return
-            pseudo = inet_sum(bytes(buf[8:40]) + struct.pack("!IxxxB", n - off, proto))
-            self._fix_l4(buf, proto, off, pseudo, v4=False)
-
-    @staticmethod
-    def _fix_l4(buf: bytearray, proto: int, off: int, pseudo: int, *, v4: bool) -> None:
-        n = len(buf)
-        if proto == 6 and n >= off + 20:
-            at = off + 16
-        elif proto == 17 and n >= off + 8:
-            buf[off + 4 : off + 6] = (n - off).to_bytes(2, "big")
-            at = off + 6
-            if v4 and buf[at : at + 2] == b"\0\0":
-                return  # IPv4 UDP without checksum stays without
-        elif proto == 1 and v4 and n >= off + 4:
-            at, pseudo = off + 2, 0
-        elif proto == 58 and n >= off + 4:
-            at = off + 2
-        else:
-            return
-        buf[at : at + 2] = b"\0\0"
-        c = finish(inet_sum(memoryview(buf)[off:], pseudo))
-        if c == 0 and proto == 17:
-            c = 0xFFFF
-        buf[at : at + 2] = c.to_bytes(2, "big")
+        """Recompute IP lengths and checksums after writes (once, before the verdict; in C)."""
+        fix_packet(self)
 
     # -- display --------------------------------------------------------------
     def summary(self) -> str:

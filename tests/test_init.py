@@ -11,7 +11,7 @@ import pktlab
 def test_all_is_exactly_the_public_api() -> None:
     public = {n for n in dir(pktlab) if not n.startswith("_")} - {
         # submodules show up as attributes once imported
-        "checksum",
+        "display",
         "doctor",
         "errors",
         "handlers",
@@ -19,6 +19,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "lab",
         "netns",
         "packet",
+        "custom",
         "record",
         "rules",
         "session",

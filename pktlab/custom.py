@@ -1,4 +1,4 @@
-"""User-defined protocols: a class of declared fields becomes a view reachable as ``pkt.<name>``.
+"""User-defined protocols (``pktlab.protocol``): a class of declared fields becomes a view reachable as ``pkt.<name>``.
 
     @pktlab.protocol(over="udp", port=9999)
     class Ticker:
