@@ -17,6 +17,7 @@ Configurations, measured REPEATS times in alternation, median reported:
   (d) a handler reading ip.src, ip.dst and udp.dport through the views, (e) the
   same through scapy (deadline off: scapy's first parse imports a lot), (f) a
   handler rewriting ip.dst, so every packet is rebuilt with its checksums.
+BENCH_CONFIGS=c,c2 measures only those (and the baseline).
 Both readers use the same poll + run(block=False) loop, so the difference is
 the per-packet work only.  Each measurement runs in a fresh process with its
 own lab.  Run: `make bench` (as root).
@@ -219,9 +220,11 @@ def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--one":
         return run_one(sys.argv[2])
     # every measurement in a fresh process, configurations alternating: no state carries over
-    results: dict[str, list[Result]] = {k: [] for k in CONFIGS}
+    only = [x.strip() for x in os.environ.get("BENCH_CONFIGS", "").split(",") if x.strip()]
+    names = [k for k in CONFIGS if k.startswith("(a)") or not only or any(k.startswith(f"({o})") for o in only)]
+    results: dict[str, list[Result]] = {k: [] for k in names}
     for _ in range(REPEATS):
-        for name in CONFIGS:
+        for name in names:
             out = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, check=True)
             results[name].append(Result(**json.loads(out.stdout.strip().splitlines()[-1])))
     base = results["(a) bare NetfilterQueue accept"]

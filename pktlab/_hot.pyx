@@ -21,7 +21,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.errno cimport errno
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
-from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, nanosleep, timespec
 from posix.unistd cimport write
 
 from netfilterqueue._impl cimport NetfilterQueue as NfQueue
@@ -81,7 +81,7 @@ cdef inline double wall_time():
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
-cdef inline long long mono_ns():
+cdef inline long long mono_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec * 1000000000LL + ts.tv_nsec
@@ -666,6 +666,7 @@ cdef class Dispatcher:
     cdef object busy_data
     cdef set stolen
     cdef public long long rescued
+    cdef public bint watch_stop
 
     def __init__(self, chain, Ring ring, default, on_error, packet_cls,
                  verdict_cls, accept, drop, bytes batch_prefix, int batch_limit):
@@ -751,6 +752,34 @@ cdef class Dispatcher:
             self.chain.unstick(h)
         except BaseException:
             pass
+
+    def wait_overdue(self, long long deadline_ns, long long period_ns, long long max_wait_ns):
+        """Sleep until a handler call is past the deadline (1), ``max_wait_ns`` passed (2) or stop (0).
+
+        Runs without the GIL: the watchdog does not take the interpreter from
+        the reader thread every period, only when there is something to do.
+        """
+        cdef long long start = mono_ns()
+        cdef long long t0, now
+        cdef int result = 0
+        cdef timespec ts
+        ts.tv_sec = period_ns // 1000000000
+        ts.tv_nsec = period_ns % 1000000000
+        with nogil:
+            while True:
+                nanosleep(&ts, NULL)
+                if self.watch_stop:
+                    result = 0
+                    break
+                t0 = self.busy_t0
+                now = mono_ns()
+                if t0 != 0 and now - t0 >= deadline_ns:
+                    result = 1
+                    break
+                if now - start >= max_wait_ns:
+                    result = 2
+                    break
+        return result
 
     def rescue(self, long long deadline_ns):
         """Called by the watchdog: if a handler has run longer than the deadline, verdict its packet now.

@@ -241,12 +241,14 @@ class Session:
     def _start_watchdog(self) -> None:
         if self.deadline is None:
             return
+        self._dispatch.watch_stop = False
         self._watching.set()
         self._watchdog = threading.Thread(target=self._watch, name=f"pktlab-watchdog-{self.queue}", daemon=True)
         self._watchdog.start()
 
     def _stop_watchdog(self) -> None:
         self._watching.clear()
+        self._dispatch.watch_stop = True
         if self._watchdog is not None:
             self._watchdog.join(5)
             self._watchdog = None
@@ -255,12 +257,14 @@ class Session:
         """Every deadline/4: if a handler call is past the deadline, verdict its packet and read on without it."""
         assert self.deadline is not None
         deadline_ns = int(self.deadline * 1e9)
-        period = max(self.deadline / 4, 0.002)
+        period_ns = int(max(self.deadline / 4, 0.002) * 1e9)
         stuck: set[str] = set()
         said: dict[str, float] = {}  # at most one note per handler per 10 s: a busy kernel can make many
         while self._watching.is_set():
-            time.sleep(period)
             try:
+                # sleeps without the GIL; comes back when a call is overdue, or once a second
+                if self._dispatch.wait_overdue(deadline_ns, period_ns, 1_000_000_000) == 0:
+                    break
                 h = self._dispatch.rescue(deadline_ns)
                 if h is not None:
                     self.chain.mark_stuck(h)

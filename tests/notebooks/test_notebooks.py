@@ -40,3 +40,6 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path) -> None:
         assert "namespaces left: []" in text
         assert "600-byte datagrams received: 0; 100-byte datagrams received: 50" in text
         assert "received 100 of 100; 10 errors kept" in text
+    if path.stem == "02-protocol-views":
+        assert "received 5 of 5" in text and "PKTLAB" in text and "10.77.1.9" in text
+        assert "lab down: True" in text
