@@ -20,6 +20,8 @@ from .errors import PacketFormatError
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 from .views import ICMP, TCP, UDP, ICMPv6, IPv4, IPv6
 from .views.dns import DNS
+from .views.http import HTTP
+from .views.http import find as find_http
 
 HOOK_NAMES = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 47: "gre", 50: "esp", 132: "sctp"}
@@ -211,6 +213,11 @@ class Packet(PacketCore):
             off = t.payload_offset
             return DNS(self, off + 2) if len(self._buf) >= off + 2 + 12 else None
         return None
+
+    @property
+    def http(self) -> HTTP | None:
+        """The HTTP/1.x head at the start of a TCP payload on port 80, 8000 or 8080 (either direction)."""
+        return find_http(self)
 
     @property
     def payload(self) -> bytes | None:
