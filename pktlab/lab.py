@@ -341,6 +341,7 @@ class Lab:
         idle: float = 1.0,
         keep: int = 0,
         ipv6: bool = False,
+        to: str | None = None,
     ) -> UdpFlow:
         """Start ``count`` numbered UDP datagrams from ``src`` to ``dst``; see :meth:`udp`."""
         s = src if isinstance(src, Host) else self[src]
@@ -367,7 +368,7 @@ class Lab:
             s,
             "udp-send",
             "--dst",
-            d.addr6 if ipv6 else d.addr,
+            to or (d.addr6 if ipv6 else d.addr),
             "--port",
             str(port),
             "--count",
@@ -387,7 +388,8 @@ class Lab:
         Bounded: at most ``count`` datagrams, at ``rate`` per second, for at most
         ``timeout`` seconds; the receiver stops ``idle`` seconds after the last one.
         ``keep=N`` returns the first N payloads as the receiver saw them; ``ipv6=True``
-        sends to the destination's IPv6 address.
+        sends to the destination's IPv6 address, ``to=`` to another address (a NAT's, say)
+        while the receiver still runs in ``dst``.
         """
         return self.start_udp(count, **kwargs).wait()
 
@@ -399,20 +401,47 @@ class Lab:
         src: str = "client",
         dst: str = "server",
         timeout: float = 30.0,
+        to: str | None = None,
     ) -> dict[str, Any]:
-        """Send ``nbytes`` over one TCP connection; return bytes received and seconds."""
+        """Send ``nbytes`` over one TCP connection (to ``dst``, or to address ``to``); return bytes received."""
         self._check_open()
         s, d = self[src], self[dst]
         recv = self._traffic(d, "tcp-recv", "--port", str(port), "--timeout", str(timeout))
         _wait_ready(recv, f"TCP receiver in {d.role}")
         send = self._traffic(
-            s, "tcp-send", "--dst", d.addr, "--port", str(port), "--bytes", str(nbytes), "--timeout", str(timeout)
+            s, "tcp-send", "--dst", to or d.addr, "--port", str(port), "--bytes", str(nbytes), "--timeout", str(timeout)
         )
         s_out, s_err = send.communicate(timeout=timeout + 10)
         r_out, r_err = recv.communicate(timeout=timeout + 10)
         if not r_out.strip():
             raise LabError(f"TCP flow failed: receiver said {r_err.strip()[-300:]!r}, sender {s_err.strip()[-300:]!r}")
         return json.loads(r_out.strip().splitlines()[-1])
+
+    def dns(
+        self,
+        name: str = "lab.example.",
+        *,
+        answer: str = "10.77.2.53",
+        src: str = "client",
+        dst: str = "server",
+        to: str | None = None,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        """One DNS query for ``name`` from ``src`` to a one-shot responder in ``dst`` that answers ``answer``.
+
+        Returns what the querying side saw: the reply's source address, its id check,
+        rcode and the A addresses in it.
+        """
+        self._check_open()
+        s, d = self[src], self[dst]
+        server = self._traffic(d, "dns-serve", "--answer", answer, "--count", "1", "--timeout", str(timeout))
+        _wait_ready(server, f"DNS responder in {d.role}")
+        query = self._traffic(s, "dns-query", "--server", to or d.addr, "--name", name, "--timeout", str(timeout))
+        q_out, q_err = query.communicate(timeout=timeout + 10)
+        server.communicate(timeout=timeout + 10)
+        if not q_out.strip():
+            raise LabError(f"DNS query failed: {q_err.strip()[-300:]!r}")
+        return json.loads(q_out.strip().splitlines()[-1])
 
     def ping(self, count: int = 3, *, src: str = "client", dst: str = "server", **kwargs: Any) -> PingResult:
         """Ping ``dst`` from ``src`` ``count`` times."""

@@ -164,6 +164,51 @@ def tcp_recv(port: int, timeout: float, bind: str) -> dict:
     return {"received": total, "seconds": time.monotonic() - start, "timeout": False}
 
 
+def dns_serve(answer: str, count: int, timeout: float, port: int) -> dict:
+    """Answer up to ``count`` DNS queries (A records of ``answer`` for any name), then stop."""
+    from scapy.layers.dns import DNS, DNSRR
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    sock.settimeout(timeout)
+    _ready()
+    answered = 0
+    while answered < count:
+        try:
+            data, peer = sock.recvfrom(4096)
+        except TimeoutError:
+            break
+        q = DNS(data)
+        if q.qr != 0 or not q.qd:
+            continue
+        name = q.qd[0].qname
+        reply = DNS(
+            id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=q.qd, an=[DNSRR(rrname=name, type="A", ttl=60, rdata=answer)]
+        )
+        sock.sendto(bytes(reply), peer)
+        answered += 1
+    return {"answered": answered}
+
+
+def dns_query(server: str, name: str, timeout: float, port: int) -> dict:
+    """Send one A query to ``server`` and report the answer and who it came from."""
+    import random
+
+    from scapy.layers.dns import DNS, DNSQR
+
+    qid = random.randrange(1, 65535)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    sock.sendto(bytes(DNS(id=qid, rd=1, qd=DNSQR(qname=name))), (server, port))
+    try:
+        data, peer = sock.recvfrom(4096)
+    except TimeoutError:
+        return {"answered": False}
+    r = DNS(data)
+    addrs = [rr.rdata for rr in (r.an or []) if rr.type == 1]
+    return {"answered": True, "from": peer[0], "id_ok": r.id == qid, "rcode": int(r.rcode), "addresses": addrs}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pktlab.traffic")
     sub = p.add_subparsers(dest="kind", required=True)
@@ -190,8 +235,22 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--port", type=int, default=9001)
     u.add_argument("--timeout", type=float, default=30.0)
     u.add_argument("--bind", default="0.0.0.0")
+    ds = sub.add_parser("dns-serve")
+    ds.add_argument("--answer", required=True)
+    ds.add_argument("--count", type=int, default=1)
+    ds.add_argument("--timeout", type=float, default=10.0)
+    ds.add_argument("--port", type=int, default=53)
+    dq = sub.add_parser("dns-query")
+    dq.add_argument("--server", required=True)
+    dq.add_argument("--name", required=True)
+    dq.add_argument("--timeout", type=float, default=10.0)
+    dq.add_argument("--port", type=int, default=53)
     a = p.parse_args(argv)
-    if a.kind == "udp-send":
+    if a.kind == "dns-serve":
+        out = dns_serve(a.answer, a.count, a.timeout, a.port)
+    elif a.kind == "dns-query":
+        out = dns_query(a.server, a.name, a.timeout, a.port)
+    elif a.kind == "udp-send":
         out = udp_send(a.dst, a.port, a.count, a.size, a.rate, a.timeout)
     elif a.kind == "udp-recv":
         out = udp_recv(a.port, a.count, a.timeout, a.idle, a.keep, a.bind)
