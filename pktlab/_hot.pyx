@@ -33,6 +33,7 @@ from pktlab.errors import PacketFormatError
 cdef extern from "<arpa/inet.h>":
     unsigned int htonl(unsigned int)
     const char* inet_ntop(int af, const void* src, char* dst, unsigned int size)
+    int inet_pton(int af, const char* src, void* dst)
 
 cdef extern from "<sys/socket.h>":
     int AF_INET
@@ -461,6 +462,7 @@ cdef class Field:
         cdef Py_ssize_t start = v._off + self._byte
         cdef unsigned long long val, old
         cdef unsigned char* p
+        cdef unsigned char addr[16]
         buf_ptr(pkt._buf, &n)
         if start < 0 or start + self._nbytes > n:
             raise self._short(v, n)
@@ -468,6 +470,10 @@ cdef class Field:
         if self.kind is int:
             if value < 0 or value >> self.bits:
                 raise ValueError(f"{self.name} is {self.bits} bits wide; {value} does not fit")
+        elif self._addr:
+            text_b = (value if isinstance(value, str) else str(value)).encode("ascii", "replace")
+            if inet_pton(AF_INET if self._addr == 4 else AF_INET6, text_b, addr) != 1:
+                raise ValueError(f"{self.name} takes an IPv{self._addr} address; {value!r} is not one")
         else:
             from pktlab.views.codec import encode
 
@@ -483,6 +489,8 @@ cdef class Field:
             for i in range(self._nbytes - 1, -1, -1):
                 p[start + i] = old & 0xFF
                 old >>= 8
+        elif self._addr:
+            memcpy(p + start, addr, self._nbytes)
         elif self.kind is int:
             cur = int.from_bytes(bytes(buf[start:start + self._nbytes]), "big")
             mask = ((1 << self.bits) - 1) << self._shift
@@ -893,7 +901,7 @@ cdef class Dispatcher:
                     nf.set_mark(pkt._mark)
                 if pkt._modified:
                     if pkt._dirty:
-                        pkt._fixup()
+                        fix_packet(pkt)
                     nf.set_payload(bytes(pkt._buf))
                 self._give(nf, code, False)
             given = True
