@@ -18,35 +18,19 @@ SHADES = ["#bfdbfe", "#bbf7d0", "#fde68a", "#fbcfe8", "#ddd6fe", "#bae6fd"]
 
 
 def _layers(pkt: Any) -> list[Any]:
+    """The views present in a packet, outermost first; a layer that cannot be parsed is left out."""
     from .custom import registry
 
+    getters = [lambda n=n: getattr(pkt, n) for n in ("ip", "ipv6", "transport", "dns")]
+    getters += [lambda n=n: registry.lookup(pkt, n) for n in registry.names]
     out = []
-    for name in ("ip", "ipv6"):
+    for get in getters:
         try:
-            v = getattr(pkt, name)
+            view = get()
         except PacketFormatError:
-            v = None
-        if v is not None:
-            out.append(v)
-    try:
-        t = pkt.transport
-    except PacketFormatError:
-        t = None
-    if t is not None:
-        out.append(t)
-    try:
-        d = pkt.dns
-    except PacketFormatError:
-        d = None
-    if d is not None:
-        out.append(d)
-    for name in registry.names:
-        try:
-            v = registry.lookup(pkt, name)
-        except PacketFormatError:
-            v = None
-        if v is not None:
-            out.append(v)
+            continue
+        if view is not None:
+            out.append(view)
     return out
 
 

@@ -5,18 +5,13 @@ from __future__ import annotations
 import pktlab
 from pktlab import Lab
 from tests.conftest import needs_root
+from tests.test_protocols import define_ticker
 
 pytestmark = needs_root
 
 
 def test_user_protocol_rewrite_reaches_the_receiver(lab: Lab, queue_num: int) -> None:
-    @pktlab.protocol(over="udp", port=9999)
-    class Ticker:
-        version: pktlab.bits(4)
-        kind: pktlab.bits(4)
-        seq: pktlab.uint(16)
-        symbol: pktlab.text(8)
-
+    define_ticker()
     s = pktlab.attach(queue_num, rule="-p udp --dport 9999", netns=lab.server)
     try:
 
