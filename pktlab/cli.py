@@ -21,25 +21,25 @@ def demo(count: int = 2000) -> int:
         r = lab.udp(count, rate=10000)
         print(f"1. no handler:           sent {r.sent}, received {r.unique} (missing {r.missing_count})")
 
-        @s.handler
+        @s.handler(name="filter")  # one slot in the chain, hot-swapped three times below
         def drop_odd(pkt):  # type: ignore[no-untyped-def]
             if pkt.udp and int.from_bytes(pkt.udp.payload[:4], "big") % 2:
                 return pkt.drop()
             return None
 
         r = lab.udp(count, rate=10000)
-        print(f"2. drop_odd:             sent {r.sent}, received {r.unique} (expected {count // 2})")
+        print(f"2. filter = drop_odd:    sent {r.sent}, received {r.unique} (expected {count // 2})")
 
-        @s.handler(name="drop_odd")
+        @s.handler(name="filter")
         def stamp(pkt):  # type: ignore[no-untyped-def]
             if pkt.udp:
                 pkt.udp.payload = pkt.udp.payload[:4] + b"pktlab was here"
             return pkt.accept()
 
         r = lab.udp(5, keep=1)
-        print(f"3. hot-swapped to stamp: received {r.unique}, payload {r.payloads[0][4:]!r} (checksums fixed)")
+        print(f"3. filter = stamp:       received {r.unique}, payload {r.payloads[0][4:]!r} (checksums fixed)")
 
-        @s.handler(name="drop_odd")
+        @s.handler(name="filter")
         def flaky(pkt):  # type: ignore[no-untyped-def]
             if pkt.id % 10 == 0:
                 raise ValueError("every tenth packet")
