@@ -47,7 +47,7 @@ def demo(count: int = 2000) -> int:
 
         r = lab.udp(count, rate=10000)
         print(
-            f"4. raising handler:      received {r.unique} of {r.sent}; {len(s.errors)} errors kept, e.g. {s.errors[0]}"
+            f"4. filter = flaky:       received {r.unique} of {r.sent}; {len(s.errors)} errors kept, e.g. {s.errors[0]}"
         )
         print(s.status())
         df = s.df
