@@ -49,3 +49,93 @@ def test_every_file_is_in_the_manifest_and_small() -> None:
     files = {p.name for p in DATA.glob("*.pcap")}
     assert files == {e["file"] for e in MANIFEST}
     assert all(e["bytes"] <= 1 << 20 for e in MANIFEST)
+
+
+def _same(view, layer, pairs: dict[str, str]) -> None:
+    for ours, theirs in pairs.items():
+        a, b = getattr(view, ours), getattr(layer, theirs)
+        assert a == (int(b) if isinstance(a, int) and not isinstance(b, str) else b), (ours, a, b)
+
+
+def test_every_view_field_matches_scapy_on_the_captures() -> None:
+    from scapy.layers.dns import DNS
+    from scapy.layers.http import HTTPRequest, HTTPResponse
+    from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
+
+    seen = set()
+    for entry in MANIFEST:
+        for sp in load(entry["name"]):
+            p = Packet(None, bytes(sp))
+            if IP in sp:
+                seen.add("ip")
+                _same(
+                    p.ip,
+                    sp[IP],
+                    {
+                        f: f
+                        for f in ("version", "ihl", "tos", "len", "id", "frag", "ttl", "proto", "chksum", "src", "dst")
+                    },
+                )
+                assert p.ip.flags == int(sp[IP].flags)
+            if IPv6 in sp:
+                seen.add("ipv6")
+                _same(p.ipv6, sp[IPv6], {f: f for f in ("version", "tc", "fl", "plen", "nh", "hlim", "src", "dst")})
+            if TCP in sp:
+                seen.add("tcp")
+                _same(
+                    p.tcp,
+                    sp[TCP],
+                    {f: f for f in ("sport", "dport", "seq", "ack", "dataofs", "window", "chksum", "urgptr")},
+                )
+                assert int(p.tcp.flags) == int(sp[TCP].flags)
+                assert p.payload == bytes(sp[TCP].payload)
+            if UDP in sp:
+                seen.add("udp")
+                _same(p.udp, sp[UDP], {f: f for f in ("sport", "dport", "len", "chksum")})
+            if ICMP in sp:
+                seen.add("icmp")
+                _same(p.icmp, sp[ICMP], {f: f for f in ("type", "code", "chksum", "id", "seq")})
+            if DNS in sp:
+                seen.add("dns")
+                d, ref = p.dns, sp[DNS]
+                _same(
+                    d,
+                    ref,
+                    {
+                        f: f
+                        for f in (
+                            "id",
+                            "qr",
+                            "opcode",
+                            "aa",
+                            "tc",
+                            "rd",
+                            "ra",
+                            "rcode",
+                            "qdcount",
+                            "ancount",
+                            "nscount",
+                            "arcount",
+                        )
+                    },
+                )
+                assert d.qname == ref.qd[0].qname.decode()
+                assert [a.address for a in d.answers] == [rr.rdata for rr in (ref.an or [])]
+            if TCP in sp and b"HTTP/1." in bytes(sp[TCP].payload).split(b"\r\n", 1)[0]:
+                raw = bytes(sp[TCP].payload)
+                h = p.http
+                if raw.startswith(b"HTTP/"):
+                    seen.add("http response")
+                    ref = HTTPResponse(raw)
+                    assert (h.status, h.reason) == (int(ref.Status_Code), ref.Reason_Phrase.decode())
+                else:
+                    seen.add("http request")
+                    ref = HTTPRequest(raw)
+                    assert (h.method, h.target, h.version) == (
+                        ref.Method.decode(),
+                        ref.Path.decode(),
+                        ref.Http_Version.decode(),
+                    )
+                    assert h.headers["Host"] == ref.Host.decode()
+    assert seen == {"ip", "ipv6", "tcp", "udp", "icmp", "dns", "http request", "http response"}
