@@ -26,7 +26,7 @@ from posix.unistd cimport write
 
 from netfilterqueue._impl cimport NetfilterQueue as NfQueue
 from netfilterqueue._impl cimport Packet as NfPacket
-from netfilterqueue._impl cimport nfq_handle_packet, nfq_q_handle, nfq_set_mode
+from netfilterqueue._impl cimport nfq_handle_packet, nfq_q_handle, nfq_set_mode, nfq_set_verdict
 
 from pktlab.errors import PacketFormatError
 
@@ -742,6 +742,22 @@ cdef class Dispatcher:
             nf.repeat()
         return 0
 
+    cdef int _give_payload(self, NfPacket nf, int code, object buf) except -1:
+        """Verdict with a new payload straight from the packet's bytearray (no copy to bytes)."""
+        cdef const unsigned char* p
+        cdef Py_ssize_t n
+        if self.b_count:
+            self._flush()
+        if nf._verdict_is_set:
+            raise RuntimeError("verdict already given for this packet")
+        if nf._queue.qh == NULL:
+            raise RuntimeError("the queue has been unbound")
+        p = buf_ptr(buf, &n)
+        if nfq_set_verdict(nf._queue.qh, nf.id, code, <unsigned int>n, <unsigned char*>p) < 0:
+            raise OSError(errno, "verdict with payload failed")
+        nf._verdict_is_set = True
+        return 0
+
     cdef object _internal(self, NfPacket nf, exc):
         """pktlab's own failure on a packet: count it and still give one verdict."""
         self.internal_errors += 1
@@ -902,8 +918,13 @@ cdef class Dispatcher:
                 if pkt._modified:
                     if pkt._dirty:
                         fix_packet(pkt)
-                    nf.set_payload(bytes(pkt._buf))
-                self._give(nf, code, False)
+                    if pkt._mark is None and code != NF_REPEAT:
+                        self._give_payload(nf, code, pkt._buf)
+                    else:
+                        nf.set_payload(bytes(pkt._buf))
+                        self._give(nf, code, False)
+                else:
+                    self._give(nf, code, False)
             given = True
         except BaseException as exc:
             if not given:
