@@ -220,15 +220,21 @@ cdef void fix_l4(unsigned char* p, Py_ssize_t n, int proto, Py_ssize_t off, unsi
 def fix_packet(PacketCore pkt):
     """Recompute IP lengths and the IPv4, TCP, UDP, ICMP and ICMPv6 checksums after writes.
 
-    Fragments keep their transport checksum (it spans all fragments).
+    Fragments keep their transport checksum (it spans all fragments).  A link
+    header in front (Ethernet) is left as it is.
     """
     cdef object buf = pkt._writable()
+    cdef Py_ssize_t l3 = pkt._l3
     cdef unsigned char* p = <unsigned char*>PyByteArray_AS_STRING(buf)
     cdef Py_ssize_t n = PyByteArray_GET_SIZE(buf)
     cdef Py_ssize_t ihl, off
     cdef unsigned long long pseudo
     cdef int proto
     pkt._dirty = False
+    if l3 < 0 or l3 >= n:
+        return
+    p += l3
+    n -= l3
     if n >= 20 and p[0] >> 4 == 4:
         ihl = (p[0] & 15) * 4
         if ihl < 20 or ihl > n or n > 0xFFFF:
@@ -249,6 +255,7 @@ def fix_packet(PacketCore pkt):
             return
         if frag:
             return
+        off -= l3
         pseudo = csum_add(p + 8, 32, 0) + ((n - off) >> 16) + ((n - off) & 0xFFFF) + proto
         fix_l4(p, n, proto, off, pseudo, False)
 
@@ -267,14 +274,35 @@ cdef class PacketCore:
     cdef public object _mark
     cdef public object _l4
     cdef public double time
+    cdef public Py_ssize_t _l3  # where the IP header starts: 0 from a queue, 14/18 after Ethernet, -1 none
+    cdef public bint _eth
     cdef object __weakref__
 
-    def __init__(self, meta, data, double time=0.0):
+    def __init__(self, meta, data, double time=0.0, str link="ip"):
+        cdef Py_ssize_t n
+        cdef const unsigned char* p
+        cdef unsigned int etype
         self._meta = meta
         self._buf = data
         self._mark = None
         self._l4 = None
         self.time = time
+        if link == "ethernet":
+            self._eth = True
+            p = buf_ptr(data, &n)
+            self._l3 = -1
+            if n >= 14:
+                etype = (p[12] << 8) | p[13]
+                off = 14
+                while etype in (0x8100, 0x88A8) and n >= off + 4:  # VLAN tags (at most a few)
+                    etype = (p[off + 2] << 8) | p[off + 3]
+                    off += 4
+                    if off > 26:
+                        break
+                if etype in (0x0800, 0x86DD):
+                    self._l3 = off
+        elif link != "ip":
+            raise ValueError(f"link {link!r} is not 'ip' (what a queue gives) or 'ethernet'")
 
     cpdef object _writable(self):
         """The buffer as a bytearray (copied once), marking the packet modified."""
@@ -287,17 +315,23 @@ cdef class PacketCore:
         """(transport protocol, its offset, is a fragment); (-1, 0, False) when not IP."""
         cdef Py_ssize_t n
         cdef const unsigned char* p
+        cdef Py_ssize_t l3 = self._l3
         cdef int ihl
         if self._l4 is not None:
             return self._l4
         p = buf_ptr(self._buf, &n)
+        if l3 < 0:
+            self._l4 = (-1, 0, False)
+            return self._l4
+        p += l3
+        n -= l3
         if n >= 20 and p[0] >> 4 == 4:
             ihl = (p[0] & 15) * 4
             if ihl < 20:
                 raise PacketFormatError(f"IPv4 header length field says {ihl} bytes, less than 20")
-            self._l4 = (p[9], ihl, ((p[6] << 8) | p[7]) & 0x3FFF != 0)
+            self._l4 = (p[9], l3 + ihl, ((p[6] << 8) | p[7]) & 0x3FFF != 0)
         elif n >= 40 and p[0] >> 4 == 6:
-            self._l4 = _IPv6(self, 0).upper()
+            self._l4 = _IPv6(self, l3).upper()
         else:
             self._l4 = (-1, 0, False)
         return self._l4
@@ -310,7 +344,7 @@ cdef class PacketCore:
         if <int>l4[0] != proto:
             return None
         if l4[2]:
-            p = buf_ptr(self._buf, &n)
+            p = buf_ptr(self._buf, &n) + self._l3
             if p[0] >> 4 == 4 and (((p[6] << 8) | p[7]) & 0x1FFF) != 0:
                 return None  # a non-first fragment has no transport header
         v = ViewCore.__new__(cls)
@@ -322,11 +356,11 @@ cdef class PacketCore:
         cdef Py_ssize_t n
         cdef const unsigned char* p = buf_ptr(self._buf, &n)
         cdef ViewCore v
-        if n == 0 or p[0] >> 4 != version:
+        if self._l3 < 0 or n <= self._l3 or p[self._l3] >> 4 != version:
             return None
         v = ViewCore.__new__(cls)
         v._pkt = self
-        v._off = 0
+        v._off = self._l3
         return v
 
     @property

@@ -21,7 +21,7 @@ def _layers(pkt: Any) -> list[Any]:
     """The views present in a packet, outermost first; a layer that cannot be parsed is left out."""
     from .custom import registry
 
-    getters = [lambda n=n: getattr(pkt, n) for n in ("ip", "ipv6", "transport", "dns")]
+    getters = [lambda n=n: getattr(pkt, n) for n in ("eth", "ip", "ipv6", "transport", "dns")]
     getters += [lambda n=n: registry.lookup(pkt, n) for n in registry.names]
     out = []
     for get in getters:

@@ -20,6 +20,7 @@ from .errors import PacketFormatError
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 from .views import ICMP, TCP, UDP, ICMPv6, IPv4, IPv6
 from .views.dns import DNS
+from .views.ethernet import Ethernet
 from .views.http import HTTP
 from .views.http import find as find_http
 
@@ -80,7 +81,10 @@ class RawBytes:
 
 
 class Packet(PacketCore):
-    """One packet held by the kernel until its verdict: ``Packet(meta, data, time)``.
+    """One packet held by the kernel until its verdict: ``Packet(meta, data, time, link="ip")``.
+
+    ``link="ethernet"`` reads ``data`` as an Ethernet frame (from a capture file):
+    ``pkt.eth`` is then its header and the IP views start after it.
 
     The buffer, flags and the layer properties ``ip``, ``ipv6``, ``udp``,
     ``tcp``, ``icmp`` and ``icmpv6`` live in the compiled core; ``time`` is
@@ -186,8 +190,15 @@ class Packet(PacketCore):
 
     # -- layers ---------------------------------------------------------------
     @property
+    def eth(self) -> Ethernet | None:
+        """The Ethernet header of a frame read with ``link="ethernet"`` (None for packets from a queue)."""
+        return Ethernet(self, 0) if self._eth and len(self._buf) >= 14 else None
+
+    @property
     def version(self) -> int:
-        return self._buf[0] >> 4 if self._buf else 0
+        """The IP version (4 or 6), 0 when the packet carries no IP."""
+        l3 = self._l3
+        return self._buf[l3] >> 4 if 0 <= l3 < len(self._buf) else 0
 
     @property
     def proto(self) -> int:
@@ -240,6 +251,10 @@ class Packet(PacketCore):
         from scapy.packet import Raw
 
         data = bytes(self)
+        if self._eth:
+            from scapy.layers.l2 import Ether
+
+            return Ether(data)
         v = data[0] >> 4 if data else 0
         return IP(data) if v == 4 else ScapyIPv6(data) if v == 6 else Raw(data)
 
@@ -254,7 +269,10 @@ class Packet(PacketCore):
 
     # -- display --------------------------------------------------------------
     def summary(self) -> str:
-        s = summarize(bytes(self._buf[:128]))
+        l3 = self._l3
+        if l3 < 0:
+            return f"non-IP frame (type {self.eth.type:#06x}) len={len(self)}" if self.eth else f"raw len={len(self)}"
+        s = summarize(bytes(self._buf[l3 : l3 + 128]))
         where = f"{s['src']}:{s['sport']}" if s["sport"] is not None else str(s["src"])
         to = f"{s['dst']}:{s['dport']}" if s["dport"] is not None else str(s["dst"])
         return f"{s['proto']} {where} > {to} len={len(self)}"

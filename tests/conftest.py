@@ -42,7 +42,7 @@ def read_every_view(pkt) -> list[tuple[str, str]]:  # type: ignore[no-untyped-de
     from pktlab import PacketFormatError
 
     outcomes = []
-    for name in ("ip", "ipv6", "udp", "tcp", "icmp", "icmpv6", "transport"):
+    for name in ("eth", "ip", "ipv6", "udp", "tcp", "icmp", "icmpv6", "transport", "dns"):
         try:
             layer = getattr(pkt, name)
             if layer is None:
