@@ -686,8 +686,6 @@ cdef class Dispatcher:
     cdef int error_code
     cdef object packet_cls
     cdef object verdict_cls
-    cdef object ACCEPT
-    cdef object DROP
     # batch verdicts
     cdef public int fd
     cdef public int batch_limit
@@ -711,13 +709,11 @@ cdef class Dispatcher:
     cdef public bint watch_stop
 
     def __init__(self, chain, Ring ring, default, on_error, packet_cls,
-                 verdict_cls, accept, drop, bytes batch_prefix, int batch_limit):
+                 verdict_cls, bytes batch_prefix, int batch_limit):
         self.chain = chain
         self.ring = ring
         self.packet_cls = packet_cls
         self.verdict_cls = verdict_cls
-        self.ACCEPT = accept
-        self.DROP = drop
         self.set_verdicts(default, on_error)
         if len(batch_prefix) != 24:
             raise ValueError("batch prefix must be 24 bytes")

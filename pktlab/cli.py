@@ -53,7 +53,7 @@ def demo(count: int = 2000) -> int:
         df = s.df
         print(df.groupby(["handler", "verdict"], dropna=False).size().to_string())
         s.detach()
-        left = [line for line in rules.saved_rules(lab.server.netns) if "pktlab" in " ".join(line[1])]
+        left = [r for r in rules.saved_rules(lab.server.netns) if "pktlab" in " ".join(r.tokens)]
         print(f"detached: {len(left)} pktlab rules left in {lab.server.netns}")
         names = [h.netns for h in lab.hosts.values()]
     still = [n for n in names if n in _netns.list_names()]

@@ -35,9 +35,6 @@ class Handler:
     rescued: int = 0  # packets the watchdog verdicted because this handler did not return in time
     source: str | None = field(default=None, repr=False)
 
-    def __call__(self, pkt: Any) -> Any:
-        return self.fn(pkt)
-
 
 @dataclass(frozen=True)
 class HandlerFailure:

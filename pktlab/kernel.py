@@ -87,5 +87,5 @@ def parse_queue_proc(text: str) -> dict[int, QueueCounters]:
 
 
 def queue_counters(netns_name: str | None = None) -> dict[int, QueueCounters]:
-    """Kernel counters of every bound queue in a namespace (``None``: this one)."""
+    """Kernel counters of every bound queue in a namespace (``None``: the calling thread's)."""
     return parse_queue_proc(netns.call_in(netns_name, _read_queue_proc))

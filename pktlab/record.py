@@ -7,7 +7,6 @@ asked, away from the hot path.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +65,6 @@ class Record:
         self.capacity = capacity
         self.snaplen = snaplen
         self.ring = Ring(capacity, snaplen)
-        self.started = time.time()
 
     def append(self, entry: tuple[Any, ...]) -> None:
         """Add one entry (the layout is ``COLUMNS`` less the derived fields; see ``Entry``)."""

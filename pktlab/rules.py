@@ -18,6 +18,7 @@ import subprocess
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import netns
 from .errors import MissingToolError, RuleError
@@ -152,9 +153,17 @@ def _explain(netns_name: str | None, tool: str, table: str, hook: str, spec: lis
     return (useful[0] if useful else fallback).strip()
 
 
-def saved_rules(netns_name: str | None, tool: str = "iptables") -> list[tuple[str, list[str]]]:
-    """(table, tokens) of every rule in ``iptables-save`` output of a namespace."""
-    proc = netns.run(netns_name, [f"{tool}-save"], check=False)
+class SavedRule(NamedTuple):
+    """One rule as ``iptables-save -c`` prints it."""
+
+    table: str
+    tokens: list[str]  # "-A", chain, matches..., target
+    packets: int  # how many packets have matched it
+
+
+def saved_rules(netns_name: str | None, tool: str = "iptables") -> list[SavedRule]:
+    """Every rule of a namespace, with its packet counter, from ``iptables-save -c``."""
+    proc = netns.run(netns_name, [f"{tool}-save", "-c"], check=False)
     if proc.returncode != 0:
         raise RuleError(f"{tool}-save failed: {proc.stderr.strip()}; is {tool} installed and are you root?")
     table = ""
@@ -162,8 +171,9 @@ def saved_rules(netns_name: str | None, tool: str = "iptables") -> list[tuple[st
     for line in proc.stdout.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
-        elif line.startswith("-A "):
-            out.append((table, shlex.split(line)))
+        elif line.startswith("[") and " -A " in line:
+            counters, rest = line.split(" ", 1)
+            out.append(SavedRule(table, shlex.split(rest), int(counters[1:-1].split(":")[0])))
     return out
 
 
@@ -174,10 +184,10 @@ def _tag_of(tokens: list[str]) -> str | None:
     return None
 
 
-def _delete(netns_name: str | None, tool: str, rules: Iterable[tuple[str, list[str]]]) -> int:
+def _delete(netns_name: str | None, tool: str, rules: Iterable[SavedRule]) -> int:
     tables: dict[str, list[str]] = defaultdict(list)
     n = 0
-    for table, tokens in rules:
+    for table, tokens, _ in rules:
         tables[table].append(restore_join(["-D", *tokens[1:]]))
         n += 1
     if tables:
@@ -223,27 +233,19 @@ class RuleSet:
             done.append(tool)
         self.rules.extend(rules)
 
-    def _mine(self, tool: str) -> list[tuple[str, list[str]]]:
-        return [(t, tok) for t, tok in saved_rules(self.netns, tool) if _tag_of(tok) == self.tag]
+    def _mine(self, tool: str) -> list[SavedRule]:
+        return [r for r in saved_rules(self.netns, tool) if _tag_of(r.tokens) == self.tag]
+
+    def _tools(self) -> list[str]:
+        return sorted({t for r in self.rules for t in FAMILIES[r.family]} or {"iptables"})
 
     def installed(self) -> list[str]:
         """The session's rules as the kernel has them now (iptables-save lines)."""
-        tools = {t for r in self.rules for t in FAMILIES[r.family]} or {"iptables"}
-        return [restore_join(tok) for tool in sorted(tools) for _, tok in self._mine(tool)]
+        return [restore_join(r.tokens) for tool in self._tools() for r in self._mine(tool)]
 
     def hits(self) -> int:
         """Packets that reached this session's rules so far (iptables' own counters)."""
-        total = 0
-        tools = {t for r in self.rules for t in FAMILIES[r.family]}
-        for tool in sorted(tools):
-            proc = netns.run(self.netns, [f"{tool}-save", "-c"], check=False)
-            for line in proc.stdout.splitlines():
-                if not line.startswith("[") or "-A " not in line:
-                    continue
-                counters, rest = line.split(" ", 1)
-                if _tag_of(shlex.split(rest)) == self.tag:
-                    total += int(counters[1:-1].split(":")[0])
-        return total
+        return sum(r.packets for tool in self._tools() for r in self._mine(tool))
 
     def remove(self) -> int:
         """Delete every rule carrying this session's tag; return how many."""
@@ -266,11 +268,11 @@ def sweep_stale(netns_name: str | None = None) -> list[str]:
         except (RuleError, MissingToolError):
             continue
         stale = []
-        for table, tokens in rules:
-            tag = _tag_of(tokens)
+        for rule in rules:
+            tag = _tag_of(rule.tokens)
             m = _TAG_RE.match(tag or "")
             if m and not pid_alive(int(m.group(1))):
-                stale.append((table, tokens))
+                stale.append(rule)
                 removed.append(tag or "")
         _delete(netns_name, tool, stale)
     return removed

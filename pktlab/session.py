@@ -28,7 +28,7 @@ from .kernel import QueueCounters, require_net_admin
 from .packet import Packet
 from .record import Record
 from .source import QueueSource, batch_verdict_prefix
-from .verdicts import ACCEPT, DROP, Verdict
+from .verdicts import Verdict
 
 if TYPE_CHECKING:
     from .lab import Host, Lab
@@ -183,8 +183,6 @@ class Session:
             self._on_error,
             Packet,
             Verdict,
-            ACCEPT,
-            DROP,
             batch_verdict_prefix(queue),
             batch,
         )

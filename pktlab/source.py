@@ -138,7 +138,7 @@ class QueueSource:
             try:
                 q.bind(self.queue, callback, max_len=self.max_len, range=self.copy_range, sock_len=self.sock_bytes)
             except OSError:
-                other = kernel.parse_queue_proc(kernel._read_queue_proc()).get(self.queue)
+                other = kernel.queue_counters().get(self.queue)
                 where = f"namespace {self.netns}" if self.netns else "the host namespace"
                 who = f" (netlink port {other.portid})" if other else ""
                 raise QueueBusyError(
@@ -236,7 +236,7 @@ class QueueSource:
         """True when the kernel holds no more packets for us, or the drain deadline passed."""
         if time.monotonic() > self._drain_until:
             return True
-        c = kernel.parse_queue_proc(kernel._read_queue_proc()).get(self.queue)
+        c = kernel.queue_counters().get(self.queue)
         return c is None or c.queue_total == 0
 
     @property

@@ -87,10 +87,12 @@ def test_rewrites_fix_lengths_and_checksums_like_scapy(pkt) -> None:
 
 def test_ipv4_udp_zero_checksum_stays_zero() -> None:
     raw = bytearray(bytes(IP(dst="10.0.0.1") / UDP(dport=9) / b"abc"))
-    raw[26:28] = b"\0\0"
+    raw[26:28] = b"\0\0"  # "no checksum", allowed for UDP over IPv4
     p = Packet(None, bytes(raw))
     p.payload = b"abcd"
-    assert p.udp.chksum == 0 or bytes(p)[26:28] == b"\0\0"
+    out = bytes(p)
+    assert out[28:] == b"abcd" and out[24:26] == (12).to_bytes(2, "big")  # length fixed...
+    assert out[26:28] == b"\0\0"  # ...but no checksum invented
 
 
 def test_raw_slices_read_and_write() -> None:

@@ -63,7 +63,7 @@ class HTTP:
         """True when the whole head (up to the blank line) is in this segment."""
         return b"\r\n\r\n" in self._text()
 
-    def _part(self, index: int, kind: str) -> str:
+    def _part(self, index: int) -> str:
         parts = self._start_parts()
         if len(parts) < 3:
             raise PacketFormatError(f"the HTTP start line has {len(parts)} parts, not 3")
@@ -71,28 +71,28 @@ class HTTP:
 
     @property
     def method(self) -> str | None:
-        return self._part(0, "method") if self.is_request else None
+        return self._part(0) if self.is_request else None
 
     @property
     def target(self) -> str | None:
-        return self._part(1, "target") if self.is_request else None
+        return self._part(1) if self.is_request else None
 
     @property
     def version(self) -> str:
-        return self._part(2 if self.is_request else 0, "version")
+        return self._part(2 if self.is_request else 0)
 
     @property
     def status(self) -> int | None:
         if self.is_request:
             return None
         try:
-            return int(self._part(1, "status"))
+            return int(self._part(1))
         except ValueError:
-            raise PacketFormatError(f"the HTTP status {self._part(1, 'status')!r} is not a number") from None
+            raise PacketFormatError(f"the HTTP status {self._part(1)!r} is not a number") from None
 
     @property
     def reason(self) -> str | None:
-        return None if self.is_request else self._part(2, "reason")
+        return None if self.is_request else self._part(2)
 
     @property
     def headers(self) -> Headers:

@@ -49,7 +49,7 @@ def test_soak(lab: Lab, queue_num: int) -> None:
         return dropper
 
     swaps = 0
-    sent = received = expected = 0
+    sent = received = expected = raised = 0
     rss_start = None
     start = time.monotonic()
     try:
@@ -69,6 +69,7 @@ def test_soak(lab: Lab, queue_num: int) -> None:
             # every tenth (seq 0, 10, ...) is dropped by verdict, but for those flaky raises on first
             # (seq divisible by 970): they get the error verdict, accept
             expected += r.sent - ((r.sent + 9) // 10 - (r.sent + 969) // 970)
+            raised += (r.sent + 96) // 97  # seq 0, 97, 194 ...
             if rss_start is None:
                 rss_start = rss_kib()  # after the first flow: the ring and the caches are warm
         elapsed = time.monotonic() - start
@@ -84,7 +85,7 @@ def test_soak(lab: Lab, queue_num: int) -> None:
         assert received == expected  # every datagram accounted for: received + dropped by verdict = sent
         assert s.record.n + st.passed_unseen == sent
         assert s.record.counts[pktlab.DROP] == sent - expected
-        assert s.record.errors == len(s.chain.failures) or s.record.errors > len(s.chain.failures)
+        assert s.record.errors == raised  # every raise counted (the ring keeps only the newest)
         assert len(s.record) <= s.record.capacity
         assert rss_start is not None and rss_end - rss_start < 30 * 1024, "resident memory grew by more than 30 MiB"
     finally:
