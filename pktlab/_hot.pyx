@@ -11,9 +11,12 @@ user code (the handlers) should.
 
 The dispatcher also batches verdicts: consecutive packets with the same
 plain verdict (accept or drop, no mark, no new payload) are verdicted with
-one NFQNL_MSG_VERDICT_BATCH message written to the queue's netlink socket,
-which applies to every queued packet with an id up to the one named.
-NetfilterQueue has no call for it, so the message is built here.
+one NFQNL_MSG_VERDICT_BATCH message, which applies to every queued packet
+with an id up to the one named; verdicts with a new payload or a mark are
+NFQNL_MSG_VERDICT messages.  All of them wait in one buffer and are written
+to the queue's netlink socket with one system call whenever the socket has
+been read empty (or 64 messages wait).  NetfilterQueue has no call for
+either, so the messages are built here.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -61,6 +64,11 @@ cdef enum:
     NF_DROP = 0
     NF_ACCEPT = 1
     NF_REPEAT = 4
+    NFNL_SUBSYS_QUEUE = 3
+    NFQNL_MSG_VERDICT = 1
+    NFQA_MARK = 3
+    NFQA_PAYLOAD = 10
+    OUT_CAP = 196608  # waiting verdict messages; below the socket's default send buffer (212,992)
 
 # view classes, set by pktlab.packet once the views are defined (they build on this module)
 cdef object _IPv4 = None
@@ -694,6 +702,11 @@ cdef class Dispatcher:
     cdef int b_count
     cdef unsigned char msg[32]
     cdef public long long batch_messages
+    # verdict messages waiting to be written together (see _queue_verdict)
+    cdef unsigned char* out
+    cdef Py_ssize_t out_len
+    cdef int out_count
+    cdef public long long writes
     cdef public long long internal_errors
     cdef public object last_internal_error
     # the handler call in progress, for the watchdog (see rescue())
@@ -722,6 +735,12 @@ cdef class Dispatcher:
         self.fd = -1
         self.b_code = -1
         self.stolen = set()
+        self.out = <unsigned char*>malloc(OUT_CAP)
+        if self.out == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.out)
 
     def set_verdicts(self, default, on_error):
         self._default = default
@@ -740,18 +759,89 @@ cdef class Dispatcher:
             self._flush()
         return 0
 
-    cdef int _flush(self) except -1:
+    cdef int _close_run(self) except -1:
+        """Append the pending batch verdict (if any) to the outgoing messages."""
         cdef unsigned int v
         if not self.b_count:
             return 0
+        if self.out_len + 32 > OUT_CAP:
+            self._write()
         v = htonl(self.b_code)
         memcpy(self.msg + 24, &v, 4)
         v = htonl(self.b_last)
         memcpy(self.msg + 28, &v, 4)
+        memcpy(self.out + self.out_len, self.msg, 32)
+        self.out_len += 32
+        self.out_count += 1
         self.b_count = 0
         self.batch_messages += 1
-        if write(self.fd, self.msg, 32) != 32:
-            raise OSError(errno, "batch verdict write failed")
+        return 0
+
+    cdef int _write(self) except -1:
+        """Write every waiting verdict message with one system call.
+
+        The kernel's netlink receive loop handles each message of the buffer in
+        order, exactly as if they had been sent one by one.
+        """
+        cdef Py_ssize_t n = self.out_len
+        if not n:
+            return 0
+        self.out_len = 0
+        self.out_count = 0
+        self.writes += 1
+        if write(self.fd, self.out, n) != n:
+            raise OSError(errno, "verdict write failed")
+        return 0
+
+    cdef int _flush(self) except -1:
+        self._close_run()
+        self._write()
+        return 0
+
+    cdef int _queue_verdict(self, unsigned int pid, int code, object mark, object buf) except -1:
+        """Queue one NFQNL_MSG_VERDICT (with a mark and/or a new payload) behind the waiting messages."""
+        cdef const unsigned char* p = NULL
+        cdef Py_ssize_t n = 0
+        cdef Py_ssize_t size
+        cdef unsigned char* m
+        cdef unsigned int v
+        cdef unsigned short a
+        if buf is not None:
+            p = buf_ptr(buf, &n)
+            if n > 0xFFFF - 4:
+                raise ValueError(f"a packet of {n} bytes cannot be given back to the kernel (at most 65531)")
+        size = 32 + (8 if mark is not None else 0) + ((4 + ((n + 3) & ~3)) if buf is not None else 0)
+        self._close_run()
+        if self.out_len + size > OUT_CAP or self.out_count >= self.batch_limit:
+            self._write()
+        m = self.out + self.out_len
+        memcpy(m, self.msg, 24)
+        v = <unsigned int>size
+        memcpy(m, &v, 4)  # nlmsg_len (host order)
+        a = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
+        memcpy(m + 4, &a, 2)  # nlmsg_type (host order)
+        v = htonl(code)
+        memcpy(m + 24, &v, 4)
+        v = htonl(pid)
+        memcpy(m + 28, &v, 4)
+        m += 32
+        if mark is not None:
+            a = 8
+            memcpy(m, &a, 2)
+            a = NFQA_MARK
+            memcpy(m + 2, &a, 2)
+            v = htonl(<unsigned int>(mark & 0xFFFFFFFF))
+            memcpy(m + 4, &v, 4)
+            m += 8
+        if buf is not None:
+            a = <unsigned short>(4 + n)
+            memcpy(m, &a, 2)
+            a = NFQA_PAYLOAD
+            memcpy(m + 2, &a, 2)
+            memcpy(m + 4, p, n)
+            memset(m + 4 + n, 0, ((n + 3) & ~3) - n)
+        self.out_len += size
+        self.out_count += 1
         return 0
 
     def flush(self):
@@ -772,16 +862,31 @@ cdef class Dispatcher:
             nf.repeat()
         return 0
 
-    cdef int _give_payload(self, NfPacket nf, int code, object buf) except -1:
-        """Verdict with a new payload straight from the packet's bytearray (no copy to bytes)."""
+    cdef int _give_payload(self, NfPacket nf, int code, object buf, object mark) except -1:
+        """Verdict with a new payload and/or mark straight from the packet's bytearray (no copy to bytes).
+
+        With batching on, the message joins the waiting ones (one write for
+        many packets); otherwise it goes out at once through libnetfilter_queue.
+        """
         cdef const unsigned char* p
         cdef Py_ssize_t n
-        if self.b_count:
-            self._flush()
         if nf._verdict_is_set:
             raise RuntimeError("verdict already given for this packet")
         if nf._queue.qh == NULL:
             raise RuntimeError("the queue has been unbound")
+        if self.batch_limit > 1 and self.fd >= 0:
+            self._queue_verdict(nf.id, code, mark, buf)
+            nf._verdict_is_set = True
+            return 0
+        self._flush()
+        if mark is not None:
+            nf.set_mark(mark)
+            if buf is None:
+                self._give(nf, code, False)
+                return 0
+            nf.set_payload(bytes(buf))
+            self._give(nf, code, False)
+            return 0
         p = buf_ptr(buf, &n)
         if nfq_set_verdict(nf._queue.qh, nf.id, code, <unsigned int>n, <unsigned char*>p) < 0:
             raise OSError(errno, "verdict with payload failed")
@@ -943,18 +1048,16 @@ cdef class Dispatcher:
             if pkt._mark is None and not pkt._modified:
                 self._give(nf, code, True)
             else:
-                if pkt._mark is not None:
-                    nf.set_mark(pkt._mark)
-                if pkt._modified:
-                    if pkt._dirty:
-                        fix_packet(pkt)
-                    if pkt._mark is None and code != NF_REPEAT:
-                        self._give_payload(nf, code, pkt._buf)
-                    else:
+                if pkt._modified and pkt._dirty:
+                    fix_packet(pkt)
+                if code == NF_REPEAT:
+                    if pkt._mark is not None:
+                        nf.set_mark(pkt._mark)
+                    if pkt._modified:
                         nf.set_payload(bytes(pkt._buf))
-                        self._give(nf, code, False)
-                else:
                     self._give(nf, code, False)
+                else:
+                    self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
             given = True
         except BaseException as exc:
             if not given:

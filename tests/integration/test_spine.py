@@ -83,6 +83,48 @@ def test_mark_is_set_with_the_verdict(lab: Lab, queue_num: int) -> None:
         s.detach()
 
 
+def test_rewrites_marks_drops_and_accepts_interleaved_in_one_write(lab: Lab, queue_num: int) -> None:
+    # packets queue up while paused, so the reader drains them in bursts and the dispatcher
+    # writes verdicts of all four kinds back in shared buffers: each must still act on its own packet
+    lab.server.run(
+        ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "9000", "-m", "mark", "--mark", "5", "-j", "DROP"]
+    )
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", hook="PREROUTING", netns=lab.server)
+    try:
+
+        @s.handler
+        def mixed(pkt):
+            seq = int.from_bytes(pkt.udp.payload[:4], "big")
+            kind = seq % 4
+            if kind == 0:
+                pkt.udp.payload = pkt.udp.payload[:4] + b"grown:" + bytes(seq % 50)
+                return pkt.accept()
+            if kind == 1:
+                return pkt.drop()
+            if kind == 2:
+                return pkt.accept(mark=5)
+            return None
+
+        s.pause()
+        count = 2000
+        flow = lab.start_udp(count, rate=20000, idle=1.0, keep=count)
+        deadline = time.monotonic() + 10
+        while s.kernel_counters().queue_total < count and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.05)
+        writes_before = s._dispatch.writes
+        s.resume()
+        r = flow.wait()
+        assert sorted(int.from_bytes(p[:4], "big") % 4 for p in r.payloads) == [0] * 500 + [3] * 500
+        for p in r.payloads:
+            seq = int.from_bytes(p[:4], "big")
+            if seq % 4 == 0:
+                assert p[4:] == b"grown:" + bytes(seq % 50)
+        assert len(s.record) == count
+        assert s._dispatch.writes - writes_before < count // 4  # verdicts really were written together
+    finally:
+        s.detach()
+
+
 def test_hot_swap_50_times_under_20000_datagrams_loses_none(lab: Lab, queue_num: int) -> None:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     try:
