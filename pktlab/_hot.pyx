@@ -257,6 +257,8 @@ def fix_packet(PacketCore pkt):
     elif n >= 40 and p[0] >> 4 == 6:
         put16(p + 4, <unsigned int>((n - 40) & 0xFFFF))
         pkt._l4 = None
+        pkt._ipv = None
+        pkt._l4v = None
         try:
             proto, off, frag = pkt._upper()
         except PacketFormatError:
@@ -281,6 +283,8 @@ cdef class PacketCore:
     cdef public bint _modified
     cdef public object _mark
     cdef public object _l4
+    cdef public object _ipv  # the IPv4/IPv6 view, made once (reset with _l4 when the layout may change)
+    cdef public object _l4v  # the transport view, likewise
     cdef public double time
     cdef public Py_ssize_t _l3  # where the IP header starts: 0 from a queue, 14/18 after Ethernet, -1 none
     cdef public bint _eth
@@ -294,6 +298,8 @@ cdef class PacketCore:
         self._buf = data
         self._mark = None
         self._l4 = None
+        self._ipv = None
+        self._l4v = None
         self.time = time
         if link == "ethernet":
             self._eth = True
@@ -345,6 +351,8 @@ cdef class PacketCore:
         return self._l4
 
     cdef object _layer(self, int proto, object cls):
+        if self._l4v is not None and type(self._l4v) is cls:
+            return self._l4v
         cdef tuple l4 = self._l4 if self._l4 is not None else self._upper()
         cdef Py_ssize_t n
         cdef const unsigned char* p
@@ -358,17 +366,22 @@ cdef class PacketCore:
         v = ViewCore.__new__(cls)
         v._pkt = self
         v._off = l4[1]
+        self._l4v = v
         return v
 
     cdef object _whole(self, int version, object cls):
         cdef Py_ssize_t n
-        cdef const unsigned char* p = buf_ptr(self._buf, &n)
+        cdef const unsigned char* p
         cdef ViewCore v
+        if self._ipv is not None and type(self._ipv) is cls:
+            return self._ipv
+        p = buf_ptr(self._buf, &n)
         if self._l3 < 0 or n <= self._l3 or p[self._l3] >> 4 != version:
             return None
         v = ViewCore.__new__(cls)
         v._pkt = self
         v._off = self._l3
+        self._ipv = v
         return v
 
     @property
@@ -418,6 +431,10 @@ cdef class ViewCore:
     def __init__(self, PacketCore pkt, Py_ssize_t offset):
         self._pkt = pkt
         self._off = offset
+
+
+# IPv4 addresses already formatted (a packet stream has few distinct ones); bounded
+cdef dict _ADDR4 = {}
 
 
 cdef class Field:
@@ -486,6 +503,18 @@ cdef class Field:
             for i in range(self._nbytes):
                 val = (val << 8) | p[start + i]
             return (val >> self._shift) & self._mask
+        if self._addr == 4:
+            key = (<unsigned int>p[start] << 24) | (p[start + 1] << 16) | (p[start + 2] << 8) | p[start + 3]
+            out = _ADDR4.get(key)
+            if out is not None:
+                return out
+            if inet_ntop(AF_INET, p + start, text, sizeof(text)) == NULL:
+                raise PacketFormatError(f"{self.name} cannot be read as an IPv4 address")
+            out = text.decode("ascii")
+            if len(_ADDR4) >= 65536:
+                _ADDR4.clear()
+            _ADDR4[key] = out
+            return out
         if self._addr:
             if inet_ntop(AF_INET if self._addr == 4 else AF_INET6, p + start, text, sizeof(text)) == NULL:
                 raise PacketFormatError(f"{self.name} cannot be read as an IPv{self._addr} address")
@@ -1006,6 +1035,8 @@ cdef class Dispatcher:
             pkt._buf = data
             pkt._mark = None
             pkt._l4 = None
+            pkt._ipv = None
+            pkt._l4v = None
             pkt.time = now
             self.seq += 1
             my_seq = self.seq
@@ -1062,5 +1093,9 @@ cdef class Dispatcher:
         except BaseException as exc:
             if not given:
                 verdict = self._internal(nf, exc)
+        if pkt is not None:
+            # the cached views point back at the packet: break the cycle so it is freed now, not by the GC
+            pkt._ipv = None
+            pkt._l4v = None
         self.ring.push(now, nf.id, nf.hook, len(data), <const unsigned char*>PyBytes_AS_STRING(data), len(data),
                        verdict.code, mono_ns() - t0, by, err, pkt._modified if pkt is not None else False)

@@ -69,6 +69,8 @@ class RawBytes:
         buf[key] = value
         self._pkt._dirty = True
         self._pkt._l4 = None
+        self._pkt._ipv = None
+        self._pkt._l4v = None
 
     def __len__(self) -> int:
         return len(self._pkt._buf)
@@ -153,6 +155,8 @@ class Packet(PacketCore):
         buf[start:end] = data
         self._dirty = True
         self._l4 = None
+        self._ipv = None
+        self._l4v = None
 
     def set_payload(self, data: bytes, *, fix_checksums: bool = False) -> None:
         """Replace the whole packet (IP header onward) with ``data``."""
@@ -160,6 +164,8 @@ class Packet(PacketCore):
         self._modified = True
         self._dirty = fix_checksums
         self._l4 = None
+        self._ipv = None
+        self._l4v = None
 
     def set_mark(self, mark: int) -> None:
         """Set the packet's netfilter mark (given with the verdict)."""

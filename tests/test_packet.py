@@ -215,3 +215,23 @@ def test_html_view_shows_layers_fields_and_marked_bytes() -> None:
     assert html.count("<span") >= len(p)  # one span per byte of the dump
     broken = Packet(None, bytes(IP(dst="10.0.0.1") / TCP())[:30])
     assert "(past the end)" in broken._repr_html_()  # a truncated packet still renders
+
+
+def test_views_follow_a_replaced_packet() -> None:
+    # views are made once per packet; replacing the bytes (or the IP header through raw) must not leave stale ones
+    p = P(IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=1, dport=9000) / b"x")
+    assert p.ip.dst == "10.77.1.2" and p.udp.dport == 9000
+    p.set_payload(bytes(IPv6(src="fd77::1", dst="fd77::2") / TCP(sport=5, dport=80)))
+    assert p.ip is None and p.udp is None
+    assert p.ipv6.dst == "fd77::2" and p.tcp.dport == 80
+    q = P(IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=1, dport=9000) / b"x")
+    assert q.udp.dport == 9000
+    q.raw[9:10] = b"\x06"  # the protocol byte now says TCP
+    assert q.udp is None and q.tcp is not None
+
+
+def test_address_strings_are_right_for_many_addresses() -> None:
+    # formatted IPv4 addresses are remembered; every one must still be the packet's own
+    for i in range(0, 1 << 16, 257):
+        a = f"10.{i >> 8}.{i & 255}.{(i * 7) & 255}"
+        assert P(IP(src=a, dst="10.77.1.2") / UDP()).ip.src == a
