@@ -20,6 +20,7 @@ either, so the messages are built here.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport errno
 from libc.stdlib cimport calloc, free, malloc
@@ -433,8 +434,11 @@ cdef class ViewCore:
         self._off = offset
 
 
-# IPv4 addresses already formatted (a packet stream has few distinct ones); bounded
-cdef dict _ADDR4 = {}
+# IPv4 addresses already formatted (a packet stream has few distinct ones): a direct-mapped
+# table of 4096 entries, looked up without allocating; a collision just formats again
+DEF ADDR4_BITS = 12
+cdef unsigned int _ADDR4_KEYS[1 << ADDR4_BITS]
+cdef list _ADDR4_TEXT = [None] * (1 << ADDR4_BITS)
 
 
 cdef class Field:
@@ -497,6 +501,7 @@ cdef class Field:
         cdef Py_ssize_t start = v._off + self._byte
         cdef unsigned long long val = 0
         cdef char text[48]
+        cdef unsigned int key, slot
         if start < 0 or start + self._nbytes > n:
             raise self._short(v, n)
         if self._small_int:
@@ -505,15 +510,15 @@ cdef class Field:
             return (val >> self._shift) & self._mask
         if self._addr == 4:
             key = (<unsigned int>p[start] << 24) | (p[start + 1] << 16) | (p[start + 2] << 8) | p[start + 3]
-            out = _ADDR4.get(key)
-            if out is not None:
+            slot = (key * 2654435761U) >> (32 - ADDR4_BITS)
+            out = <object>PyList_GET_ITEM(_ADDR4_TEXT, slot)
+            if out is not None and _ADDR4_KEYS[slot] == key:
                 return out
             if inet_ntop(AF_INET, p + start, text, sizeof(text)) == NULL:
                 raise PacketFormatError(f"{self.name} cannot be read as an IPv4 address")
             out = text.decode("ascii")
-            if len(_ADDR4) >= 65536:
-                _ADDR4.clear()
-            _ADDR4[key] = out
+            _ADDR4_TEXT[slot] = out
+            _ADDR4_KEYS[slot] = key
             return out
         if self._addr:
             if inet_ntop(AF_INET if self._addr == 4 else AF_INET6, p + start, text, sizeof(text)) == NULL:

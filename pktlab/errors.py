@@ -6,6 +6,7 @@ Every message names the cause and the fix, in one sentence where possible::
     ├── PrivilegeError               not root / no CAP_NET_ADMIN
     ├── MissingToolError             iptables, NetfilterQueue or another dependency is absent
     ├── RuleError                    iptables refused a rule (its own message is kept)
+    ├── FilterError                  libpcap cannot compile a tcpdump filter (its message is kept)
     ├── QueueBusyError               the queue number is already bound by another reader
     ├── LabError                     a namespace or link could not be made or found
     ├── SessionError                 misuse of a session (detached, no session, bad option)
@@ -30,6 +31,10 @@ class MissingToolError(PktlabError):
 
 class RuleError(PktlabError):
     """iptables refused a rule."""
+
+
+class FilterError(PktlabError, ValueError):
+    """A tcpdump filter expression cannot be compiled or used."""
 
 
 class QueueBusyError(PktlabError):

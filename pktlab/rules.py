@@ -62,6 +62,7 @@ _NOT_IN_MATCH = {
     "-Z",
 }
 TAG_PREFIX = "pktlab:"
+FRONT_SEP = ":front:"  # tag of a rule in front of a session's queue rule: <session tag>:front:<key>
 _TAG_RE = re.compile(r"^pktlab:(\d+):(.+)$")
 
 
@@ -127,6 +128,13 @@ class QueueRule:
         return f"{self.family} {self.table}/{self.hook} {m} -> NFQUEUE {self.queue}" + (
             " bypass" if self.bypass else " fail-closed"
         )
+
+
+def _tagged(args: Sequence[str], tag: str) -> list[str]:
+    """``args`` (matches, then ``-j TARGET ...``) with the tag's comment match put before the target."""
+    args = list(args)
+    j = args.index("-j")
+    return [*args[:j], "-m", "comment", "--comment", tag, *args[j:]]
 
 
 def restore_join(tokens: Sequence[str]) -> str:
@@ -248,15 +256,86 @@ class RuleSet:
         return sum(r.packets for tool in self._tools() for r in self._mine(tool))
 
     def remove(self) -> int:
-        """Delete every rule carrying this session's tag; return how many."""
+        """Delete every rule carrying this session's tag (offloads first); return how many."""
         n = 0
         for tool in ("iptables", "ip6tables"):
             try:
+                n += _delete(self.netns, tool, self._front(tool))
                 n += _delete(self.netns, tool, self._mine(tool))
             except MissingToolError:
                 continue
         self.rules.clear()
         return n
+
+    # -- rules in front of the queue rules (offloaded verdicts) ---------------------------
+    def front_tag(self, key: str) -> str:
+        return f"{self.tag}{FRONT_SEP}{key}"
+
+    def _front(self, tool: str, key: str | None = None) -> list[SavedRule]:
+        want = self.front_tag(key) if key is not None else None
+        out = []
+        for r in saved_rules(self.netns, tool):
+            tag = _tag_of(r.tokens) or ""
+            if (tag == want) if want is not None else tag.startswith(self.tag + FRONT_SEP):
+                out.append(r)
+        return out
+
+    def put_front(self, key: str, lines: Sequence[tuple[QueueRule, Sequence[str]]]) -> None:
+        """Install the rules of ``key`` just in front of their queue rule, replacing its old ones atomically.
+
+        ``lines`` pairs each queue rule with the arguments of one rule to put in
+        front of it (matches and target, without the tag).  Old rules of the
+        same key are deleted and the new ones inserted at their place in one
+        ``iptables-restore`` transaction per table, so no packet ever meets
+        neither (or both).
+        """
+        by_tool: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        tag = self.front_tag(key)
+        for tool in sorted({t for rule, _ in lines for t in FAMILIES[rule.family]}):
+            _check_tools([tool])
+            saved = saved_rules(self.netns, tool)
+            pos: dict[tuple[str, str], int] = {}
+            seen: dict[tuple[str, str], int] = defaultdict(int)
+            old: list[SavedRule] = []
+            for r in saved:  # chain order: the first old rule of the key, else the first queue rule, is the place
+                where = (r.table, r.tokens[1])
+                seen[where] += 1
+                t = _tag_of(r.tokens)
+                if t == tag:
+                    old.append(r)
+                    pos.setdefault(where, seen[where])
+                elif t == self.tag and where not in pos:
+                    pos[where] = seen[where]
+            for r in old:
+                by_tool[tool][r.table].append(restore_join(["-D", *r.tokens[1:]]))
+            offset: dict[tuple[str, str], int] = defaultdict(int)
+            for rule, args in lines:
+                if tool not in FAMILIES[rule.family]:
+                    continue
+                where = (rule.table or "", rule.hook)
+                at = pos.get(where)
+                if at is None:
+                    raise RuleError(f"the queue rule in {rule.table}/{rule.hook} is gone; attach the session again")
+                spec = _tagged(args, tag)
+                by_tool[tool][where[0]].append(restore_join(["-I", rule.hook, str(at + offset[where]), *spec]))
+                offset[where] += 1
+        for tool, tables in by_tool.items():
+            proc = _restore(self.netns, tool, tables)
+            if proc.returncode != 0:
+                raise RuleError(f"iptables refused the rule: {proc.stderr.strip()}; check the filter and target")
+
+    def drop_front(self, key: str) -> int:
+        """Delete the rules of ``key``; return how many."""
+        return sum(_delete(self.netns, tool, self._front(tool, key)) for tool in self._tools())
+
+    def front_hits(self, key: str) -> int:
+        """Packets that met the first rule of ``key`` in each family (iptables' counters)."""
+        total = 0
+        for tool in self._tools():
+            rules = self._front(tool, key)
+            if rules:
+                total += rules[0].packets
+        return total
 
 
 def sweep_stale(netns_name: str | None = None) -> list[str]:

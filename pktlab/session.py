@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import TYPE_CHECKING, Any
 
+from . import bpf as _bpf
+from . import offload as _offload
 from . import rules as _rules
 from ._hot import Dispatcher
 from .errors import SessionError
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .kernel import QueueCounters, require_net_admin
+from .offload import Offload
 from .packet import Packet
 from .record import Record
 from .source import QueueSource, batch_verdict_prefix
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from .lab import Host, Lab
 
 _SESSION_SEQ = itertools.count(1)
+_OFFLOAD_SEQ = itertools.count(1)
 
 
 @dataclass
@@ -59,6 +63,8 @@ class Status:
     stuck: list[tuple[str, float, int]] = field(default_factory=list)
     rescued: int = 0
     stuck_threads: int = 0
+    filter: str | None = None
+    offloads: list[tuple[str, int]] = field(default_factory=list)  # description, packets decided
 
     def lines(self) -> list[str]:
         where = self.netns or "host namespace"
@@ -80,6 +86,10 @@ class Status:
                 f"  rule hits {self.rule_hits}  passed unseen {self.passed_unseen}  "
                 f"socket overruns (ENOBUFS) {self.enobufs}  ({mode})"
             )
+        if self.filter:
+            out.append(f"  filter (in the kernel): {self.filter}")
+        for desc, hits in self.offloads:
+            out.append(f"  offload: {desc}  ({hits} packets decided in the kernel)")
         for r in self.rules:
             out.append(f"  rule: {r}")
         if self.handlers:
@@ -137,6 +147,7 @@ class Session:
         snaplen: int = 256,
         deadline: float | None = 0.05,
         name: str | None = None,
+        filter: str | None = None,  # noqa: A002 - the word users know from tcpdump
     ) -> None:
         if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue <= 65535:
             raise SessionError(f"queue number {queue!r} is not valid; use an integer 0..65535")
@@ -156,7 +167,10 @@ class Session:
                     "a rule with no match would queue all of the host's traffic; give rule= (--rule) "
                     "or pass allow_all=True (--all) as well"
                 )
-        self.rule = _rules.QueueRule(queue, hook, tuple(match), table, bypass, family)
+        self.filter = _bpf.compile(filter) if filter else None
+        prefix = tuple(self.filter.match_args()) if self.filter is not None else ()
+        self.rule = _rules.QueueRule(queue, hook, tuple(match), table, bypass, family, prefix)
+        self._offloads: dict[str, Offload] = {}
         try:
             self._default = Verdict.parse(default)
             self._on_error = Verdict.parse(on_error)
@@ -304,6 +318,7 @@ class Session:
         atexit.unregister(self.detach)
         if self._lab is not None and self in self._lab._sessions:
             self._lab._sessions.remove(self)
+        self._offloads.clear()
         try:
             self.rules.remove()
         finally:
@@ -311,6 +326,47 @@ class Session:
                 self.source.stop(drain=drain)  # the watchdog still rescues a stuck handler meanwhile
             finally:
                 self._stop_watchdog()
+
+    # -- offloaded verdicts --------------------------------------------------------
+    def offload(self, expr: str, verdict: str | Verdict = "drop", *, mark: int | None = None) -> Offload:
+        """Let the kernel give ``verdict`` to packets matching ``expr`` (tcpdump syntax) by itself.
+
+        The rule goes in front of the session's queue rule, so matching packets
+        never reach the queue; offloading the same expression again replaces it
+        atomically.  ``verdict`` is ``"accept"``, ``"drop"`` or ``"mark"``
+        (``mark=N`` sets the mark and lets the packet go on to the queue);
+        ``accept`` with ``mark=N`` marks and accepts.
+        """
+        if not self._attached:
+            raise SessionError(f"session {self.name} is not attached; offloads live in its rules, attach first")
+        name, mark = _offload.parse_verdict(verdict, mark)
+        expr = " ".join(str(expr).split())
+        old = self._offloads.get(expr)
+        key = old.key if old is not None else f"o{next(_OFFLOAD_SEQ)}"
+        off = Offload(expr, name, mark, _bpf.compile(expr), key)
+        self.rules.put_front(key, [(self.rule, line) for line in off.lines(self.rule)])
+        self._offloads[expr] = off
+        return off
+
+    def remove_offload(self, expr: str) -> None:
+        """Take an offloaded verdict away: its packets go to the queue again."""
+        expr = " ".join(str(expr).split())
+        off = self._offloads.pop(expr, None)
+        if off is None:
+            raise SessionError(f"no offload for {expr!r}; the session has {sorted(self._offloads) or 'none'}")
+        if self._attached:
+            self.rules.drop_front(off.key)
+
+    @property
+    def offloads(self) -> list[Offload]:
+        return list(self._offloads.values())
+
+    def offload_hits(self, expr: str) -> int:
+        """Packets the kernel decided for this offload so far (its rule's counter)."""
+        off = self._offloads.get(" ".join(str(expr).split()))
+        if off is None:
+            raise SessionError(f"no offload for {expr!r}")
+        return self.rules.front_hits(off.key) if self._attached else 0
 
     def pause(self) -> None:
         """Stop reading: packets wait in the kernel queue (``status()`` shows how many) until :meth:`resume`.
@@ -416,6 +472,10 @@ class Session:
             passed_unseen=unseen,
             enobufs=self.source.enobufs,
             fail_open=self.source.fail_open,
+            filter=self.filter.expr if self.filter is not None else None,
+            offloads=[(o.describe(), self.rules.front_hits(o.key)) for o in self._offloads.values()]
+            if self._attached
+            else [],
         )
 
     def __repr__(self) -> str:
