@@ -16,9 +16,12 @@ Heavy libraries (pandas, scapy, bokeh, IPython) load only when used.
 
 from __future__ import annotations
 
+from . import bpf
+from .bpf import BpfProgram
 from .custom import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
 from .custom import registry as protocols
 from .errors import (
+    FilterError,
     HandlerError,
     LabError,
     MissingToolError,
@@ -31,6 +34,7 @@ from .errors import (
 )
 from .handlers import Handler, HandlerFailure
 from .lab import Host, Lab, PingResult, UdpFlow, UdpResult
+from .offload import Offload
 from .packet import Packet
 from .record import Record
 from .session import Session, Status, attach
@@ -40,7 +44,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACCEPT",
+    "BpfProgram",
     "DROP",
+    "FilterError",
+    "Offload",
     "REPEAT",
     "HandlerError",
     "Handler",
@@ -67,6 +74,7 @@ __all__ = [
     "addr6",
     "attach",
     "bits",
+    "bpf",
     "load_ipython_extension",
     "mac",
     "protocol",

@@ -21,7 +21,9 @@ from .session import Session, attach
 USAGE = """\
 %pktlab lab up [--topology pair|router] [--name NAME]   make a lab (client/server namespaces)
 %pktlab lab down [NAME] | lab status
-%pktlab attach N [--rule MATCH] [--hook HOOK] [--on HOST] [--host] [options]
+%pktlab attach N [--rule MATCH] [--filter TCPDUMP] [--hook HOOK] [--on HOST] [--host] [options]
+%pktlab offload "EXPR" accept|drop|mark [--mark N] | offload remove "EXPR" | offload list
+%pktlab bpf "EXPR"                                      the BPF program of a tcpdump filter (like tcpdump -d)
 %pktlab detach [NAME] [--all]
 %pktlab status [NAME]
 %pktlab doctor [--clean]                                what this machine allows; --clean removes leftovers
@@ -45,6 +47,7 @@ def _parsers() -> dict[str, _Parser]:
     att = _Parser(prog="%pktlab attach", add_help=False)
     att.add_argument("queue", type=int)
     att.add_argument("--rule", default=None, help="iptables match, e.g. '-p udp --dport 9000'")
+    att.add_argument("--filter", default=None, help="tcpdump filter run in the kernel, e.g. 'udp and dst port 53'")
     att.add_argument("--hook", default="INPUT", type=str.upper, choices=HOOKS)
     att.add_argument("--table", default=None)
     att.add_argument("--family", default="ipv4", choices=["ipv4", "ipv6", "both"])
@@ -80,7 +83,20 @@ def _parsers() -> dict[str, _Parser]:
     hl.add_argument("action", choices=["on", "off", "remove"])
     hl.add_argument("name")
     hl.add_argument("--session", default=None)
-    return {"lab": lab, "attach": att, "detach": det, "status": st, "handler-cell": hd, "handler": hl}
+    off = _Parser(prog="%pktlab offload", add_help=False)
+    off.add_argument("expr", help="tcpdump filter, or 'remove'/'list'")
+    off.add_argument("verdict", nargs="?", default=None)
+    off.add_argument("--mark", type=lambda x: int(x, 0), default=None)
+    off.add_argument("--session", default=None)
+    return {
+        "lab": lab,
+        "attach": att,
+        "detach": det,
+        "status": st,
+        "handler-cell": hd,
+        "handler": hl,
+        "offload": off,
+    }
 
 
 class PktlabMagicState:
@@ -134,6 +150,14 @@ class PktlabMagicState:
         if cmd == "status":
             a = self.parsers["status"].parse_args(rest)
             return self.session(a.name).status()
+        if cmd == "offload":
+            return self.cmd_offload(self.parsers["offload"].parse_args(rest))
+        if cmd == "bpf":
+            from . import bpf
+
+            if len(rest) != 1:
+                raise PktlabError('%pktlab bpf takes one quoted tcpdump expression: %pktlab bpf "udp and port 53"')
+            return bpf.compile(rest[0])
         if cmd == "doctor":
             from . import doctor
 
@@ -202,10 +226,24 @@ class PktlabMagicState:
             sock_bytes=a.sock_bytes,
             deadline=_deadline(a.deadline),
             name=a.name,
+            filter=a.filter,
         )
         self.sessions[s.name] = s
         self.current_session = s.name
         return s
+
+    def cmd_offload(self, a: argparse.Namespace) -> Any:
+        s = self.session(a.session)
+        if a.expr == "list" and a.verdict is None:
+            return [o.describe() for o in s.offloads]
+        if a.expr == "remove":
+            if a.verdict is None:
+                raise PktlabError('%pktlab offload remove needs the filter: %pktlab offload remove "tcp dst port 22"')
+            s.remove_offload(a.verdict)
+            return None
+        if a.verdict is None:
+            raise PktlabError('%pktlab offload needs a verdict: %pktlab offload "tcp dst port 22" drop')
+        return s.offload(a.expr, a.verdict, mark=a.mark)
 
     def cmd_detach(self, a: argparse.Namespace) -> None:
         names = list(self.sessions) if a.all else [a.name or self.current_session]

@@ -27,6 +27,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "verdicts",
         "views",
         "magic",
+        "offload",
         "traffic",
         "cli",
         "annotations",
