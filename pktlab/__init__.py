@@ -38,6 +38,7 @@ from .offload import Offload
 from .packet import Packet
 from .record import Record
 from .session import Session, Status, attach
+from .tracing import Trace, Tracer, trace
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 
 __version__ = "0.1.0"
@@ -67,6 +68,8 @@ __all__ = [
     "Session",
     "SessionError",
     "Status",
+    "Trace",
+    "Tracer",
     "UdpFlow",
     "UdpResult",
     "Verdict",
@@ -81,6 +84,7 @@ __all__ = [
     "protocols",
     "raw",
     "text",
+    "trace",
     "uint",
     "varbytes",
     "unload_ipython_extension",

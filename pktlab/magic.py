@@ -23,6 +23,8 @@ USAGE = """\
 %pktlab lab down [NAME] | lab status
 %pktlab attach N [--rule MATCH] [--filter TCPDUMP] [--hook HOOK] [--on HOST] [--host] [options]
 %pktlab offload "EXPR" accept|drop|mark [--mark N] | offload remove "EXPR" | offload list
+%pktlab trace [--filter EXPR] [--count N] [--timeout S] [--on HOSTS] [--background]
+                                                        follow packets hook by hook through the lab's hosts
 %pktlab bpf "EXPR"                                      the BPF program of a tcpdump filter (like tcpdump -d)
 %pktlab detach [NAME] [--all]
 %pktlab status [NAME]
@@ -88,7 +90,15 @@ def _parsers() -> dict[str, _Parser]:
     off.add_argument("verdict", nargs="?", default=None)
     off.add_argument("--mark", type=lambda x: int(x, 0), default=None)
     off.add_argument("--session", default=None)
+    tr = _Parser(prog="%pktlab trace", add_help=False)
+    tr.add_argument("--filter", default="", help="tcpdump filter of the packets to trace")
+    tr.add_argument("--count", type=int, default=5)
+    tr.add_argument("--timeout", type=float, default=10.0)
+    tr.add_argument("--on", default=None, help="comma-separated lab hosts (default: all)")
+    tr.add_argument("--lab", default=None)
+    tr.add_argument("--background", action="store_true", help="return at once; .wait() gives the trace")
     return {
+        "trace": tr,
         "lab": lab,
         "attach": att,
         "detach": det,
@@ -152,6 +162,8 @@ class PktlabMagicState:
             return self.session(a.name).status()
         if cmd == "offload":
             return self.cmd_offload(self.parsers["offload"].parse_args(rest))
+        if cmd == "trace":
+            return self.cmd_trace(self.parsers["trace"].parse_args(rest))
         if cmd == "bpf":
             from . import bpf
 
@@ -244,6 +256,17 @@ class PktlabMagicState:
         if a.verdict is None:
             raise PktlabError('%pktlab offload needs a verdict: %pktlab offload "tcp dst port 22" drop')
         return s.offload(a.expr, a.verdict, mark=a.mark)
+
+    def cmd_trace(self, a: argparse.Namespace) -> Any:
+        from .tracing import Tracer
+
+        lab = self.lab(a.lab)
+        hosts = [lab[h.strip()] for h in a.on.split(",")] if a.on else lab
+        try:
+            tracer = Tracer(hosts, a.filter, a.count, a.timeout).start()
+        except ValueError as exc:
+            raise PktlabError(f"%pktlab trace: {exc}") from None
+        return tracer if a.background else tracer.wait()
 
     def cmd_detach(self, a: argparse.Namespace) -> None:
         names = list(self.sessions) if a.all else [a.name or self.current_session]

@@ -28,6 +28,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "views",
         "magic",
         "offload",
+        "tracing",
         "traffic",
         "cli",
         "annotations",

@@ -114,3 +114,39 @@ def test_unload_tears_everything_down(shell) -> None:
 def test_doctor_magic(shell) -> None:
     report, err = run(shell, "%pktlab doctor")
     assert err is None and report.live and "live mode" in str(report)
+
+
+@needs_root
+def test_filter_offload_and_trace_magics(shell) -> None:
+    _, err = run(shell, '%pktlab attach 1 --filter "udp and dst prot 53"')
+    assert "no lab is up" in err  # the lab is checked first; the filter next
+    _, err = run(shell, "%pktlab lab up --topology router")
+    assert err is None
+    try:
+        _, err = run(shell, '%pktlab attach 22 --rule "-p udp" --filter "udp and dst prot 53"')
+        assert err is not None and "libpcap cannot compile the filter" in err and "\n" not in err
+        s, err = run(shell, '%pktlab attach 22 --rule "-p udp" --filter "udp and dst port 9000"')
+        assert err is None and s.filter.expr == "udp and dst port 9000"
+        _, err = run(shell, '%pktlab offload "udp[8:4] < 3"')
+        assert "needs a verdict" in err
+        _, err = run(shell, '%pktlab offload "udp[8:4] < 3" reject')
+        assert "accept, drop or mark" in err
+        off, err = run(shell, '%pktlab offload "udp[8:4] < 3" drop')
+        assert err is None and off.verdict == "drop"
+        lab = s._lab
+        assert lab.udp(6, idle=0.5).unique == 3
+        listed, _ = run(shell, "%pktlab offload list")
+        assert listed == ["udp[8:4] < 3 -> drop"]
+        _, err = run(shell, '%pktlab offload remove "udp[8:4] < 3"')
+        assert err is None and s.offloads == []
+        prog, err = run(shell, '%pktlab bpf "icmp"')
+        assert err is None and "ret" in prog.dump()
+        tr, err = run(shell, '%pktlab trace --filter "icmp" --count 1 --background --on client,router')
+        assert err is None and "send traffic" in repr(tr)
+        lab.ping(1)
+        t = tr.wait()
+        assert len(t) == 1 and [h for h, _ in t.packets[0].passes] == ["client", "router"]
+        _, err = run(shell, '%pktlab trace --count 0')
+        assert "count must be a positive number" in err
+    finally:
+        run(shell, "%pktlab lab down")
