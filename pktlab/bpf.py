@@ -126,6 +126,15 @@ class BpfProgram:
             )
         return ["-m", "bpf", "--bytecode", self.bytecode]
 
+    def tagged(self, words: tuple[int, ...]) -> BpfProgram:
+        """The same filter preceded by loads of ``words`` (constants the next instruction overwrites).
+
+        Used to name a kernel rule by its program (see ``rules.front_id``);
+        jumps are relative, so the program's meaning does not change.
+        """
+        tag = tuple(Instruction(0x00, 0, 0, w & 0xFFFFFFFF) for w in words)  # BPF_LD | BPF_W | BPF_IMM
+        return BpfProgram(self.expr, self.link, tag + self.instructions)
+
     def dump(self) -> str:
         """The program as ``tcpdump -d`` lists it (libpcap's ``bpf_image``)."""
         lib = _libpcap()

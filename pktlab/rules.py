@@ -62,7 +62,12 @@ _NOT_IN_MATCH = {
     "-Z",
 }
 TAG_PREFIX = "pktlab:"
-FRONT_SEP = ":front:"  # tag of a rule in front of a session's queue rule: <session tag>:front:<key>
+# Rules in front of a queue rule (offloaded verdicts) run for every packet they see, so they
+# carry no comment match (through iptables-nft a comment is a compat match that costs ~4 % of
+# the kernel's packet rate here).  Their tag is in their BPF program instead: it starts with
+# three loads of constants that the next instruction overwrites, FRONT_MAGIC, the owner's PID
+# and the rule's number (see bpf.BpfProgram.tagged).
+FRONT_MAGIC = 0x706B746C  # "pktl"
 _TAG_RE = re.compile(r"^pktlab:(\d+):(.+)$")
 
 
@@ -130,11 +135,20 @@ class QueueRule:
         )
 
 
-def _tagged(args: Sequence[str], tag: str) -> list[str]:
-    """``args`` (matches, then ``-j TARGET ...``) with the tag's comment match put before the target."""
-    args = list(args)
-    j = args.index("-j")
-    return [*args[:j], "-m", "comment", "--comment", tag, *args[j:]]
+def front_id(tokens: Sequence[str]) -> tuple[int, int] | None:
+    """(pid, number) of a pktlab front rule, from the tag at the start of its BPF program."""
+    for i, tok in enumerate(tokens[:-1]):
+        if tok == "--bytecode":
+            insns = tokens[i + 1].split(",")[1:4]
+            try:
+                words = [tuple(int(x) for x in ins.split()) for ins in insns]
+            except ValueError:
+                return None
+            tagged = len(words) == 3 and all(len(w) == 4 and w[:3] == (0, 0, 0) for w in words)
+            if tagged and words[0][3] == FRONT_MAGIC:
+                return words[1][3], words[2][3]
+            return None
+    return None
 
 
 def restore_join(tokens: Sequence[str]) -> str:
@@ -221,6 +235,7 @@ class RuleSet:
         self.tag = tag
         self.netns = netns_name
         self.rules: list[QueueRule] = []
+        self.front_keys: set[int] = set()
 
     def install(self, rules: Sequence[QueueRule]) -> None:
         """Insert ``rules`` at the top of their chains, all at once per table."""
@@ -265,46 +280,42 @@ class RuleSet:
             except MissingToolError:
                 continue
         self.rules.clear()
+        self.front_keys.clear()
         return n
 
     # -- rules in front of the queue rules (offloaded verdicts) ---------------------------
-    def front_tag(self, key: str) -> str:
-        return f"{self.tag}{FRONT_SEP}{key}"
-
-    def _front(self, tool: str, key: str | None = None) -> list[SavedRule]:
-        want = self.front_tag(key) if key is not None else None
+    def _front(self, tool: str, key: int | None = None) -> list[SavedRule]:
+        pid = os.getpid()
         out = []
         for r in saved_rules(self.netns, tool):
-            tag = _tag_of(r.tokens) or ""
-            if (tag == want) if want is not None else tag.startswith(self.tag + FRONT_SEP):
+            fid = front_id(r.tokens)
+            if fid is not None and fid[0] == pid and (fid[1] == key if key is not None else fid[1] in self.front_keys):
                 out.append(r)
         return out
 
-    def put_front(self, key: str, lines: Sequence[tuple[QueueRule, Sequence[str]]]) -> None:
+    def put_front(self, key: int, lines: Sequence[tuple[QueueRule, Sequence[str]]]) -> None:
         """Install the rules of ``key`` just in front of their queue rule, replacing its old ones atomically.
 
         ``lines`` pairs each queue rule with the arguments of one rule to put in
-        front of it (matches and target, without the tag).  Old rules of the
-        same key are deleted and the new ones inserted at their place in one
-        ``iptables-restore`` transaction per table, so no packet ever meets
-        neither (or both).
+        front of it (matches, with a BPF program tagged ``(pid, key)``, and the
+        target).  Old rules of the same key are deleted and the new ones
+        inserted at their place in one ``iptables-restore`` transaction per
+        table, so no packet ever meets neither (or both).
         """
         by_tool: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-        tag = self.front_tag(key)
+        me = (os.getpid(), key)
         for tool in sorted({t for rule, _ in lines for t in FAMILIES[rule.family]}):
             _check_tools([tool])
-            saved = saved_rules(self.netns, tool)
             pos: dict[tuple[str, str], int] = {}
             seen: dict[tuple[str, str], int] = defaultdict(int)
             old: list[SavedRule] = []
-            for r in saved:  # chain order: the first old rule of the key, else the first queue rule, is the place
+            for r in saved_rules(self.netns, tool):  # in chain order: the first old rule, else the queue rule
                 where = (r.table, r.tokens[1])
                 seen[where] += 1
-                t = _tag_of(r.tokens)
-                if t == tag:
+                if front_id(r.tokens) == me:
                     old.append(r)
                     pos.setdefault(where, seen[where])
-                elif t == self.tag and where not in pos:
+                elif _tag_of(r.tokens) == self.tag and where not in pos:
                     pos[where] = seen[where]
             for r in old:
                 by_tool[tool][r.table].append(restore_join(["-D", *r.tokens[1:]]))
@@ -316,19 +327,21 @@ class RuleSet:
                 at = pos.get(where)
                 if at is None:
                     raise RuleError(f"the queue rule in {rule.table}/{rule.hook} is gone; attach the session again")
-                spec = _tagged(args, tag)
-                by_tool[tool][where[0]].append(restore_join(["-I", rule.hook, str(at + offset[where]), *spec]))
+                by_tool[tool][where[0]].append(restore_join(["-I", rule.hook, str(at + offset[where]), *args]))
                 offset[where] += 1
         for tool, tables in by_tool.items():
             proc = _restore(self.netns, tool, tables)
             if proc.returncode != 0:
                 raise RuleError(f"iptables refused the rule: {proc.stderr.strip()}; check the filter and target")
+        self.front_keys.add(key)
 
-    def drop_front(self, key: str) -> int:
+    def drop_front(self, key: int) -> int:
         """Delete the rules of ``key``; return how many."""
-        return sum(_delete(self.netns, tool, self._front(tool, key)) for tool in self._tools())
+        n = sum(_delete(self.netns, tool, self._front(tool, key)) for tool in self._tools())
+        self.front_keys.discard(key)
+        return n
 
-    def front_hits(self, key: str) -> int:
+    def front_hits(self, key: int) -> int:
         """Packets that met the first rule of ``key`` in each family (iptables' counters)."""
         total = 0
         for tool in self._tools():
@@ -350,8 +363,12 @@ def sweep_stale(netns_name: str | None = None) -> list[str]:
         for rule in rules:
             tag = _tag_of(rule.tokens)
             m = _TAG_RE.match(tag or "")
+            fid = front_id(rule.tokens)
             if m and not pid_alive(int(m.group(1))):
                 stale.append(rule)
                 removed.append(tag or "")
+            elif fid is not None and not pid_alive(fid[0]):
+                stale.append(rule)
+                removed.append(f"{TAG_PREFIX}{fid[0]}: offload {fid[1]}")
         _delete(netns_name, tool, stale)
     return removed

@@ -342,7 +342,7 @@ class Session:
         name, mark = _offload.parse_verdict(verdict, mark)
         expr = " ".join(str(expr).split())
         old = self._offloads.get(expr)
-        key = old.key if old is not None else f"o{next(_OFFLOAD_SEQ)}"
+        key = old.key if old is not None else next(_OFFLOAD_SEQ)
         off = Offload(expr, name, mark, _bpf.compile(expr), key)
         self.rules.put_front(key, [(self.rule, line) for line in off.lines(self.rule)])
         self._offloads[expr] = off

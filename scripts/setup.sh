@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iptables nftables libnetfilter-queue-dev libpcap-dev netpipe-tcp iputils-ping tcpdump iproute2 procps build-essential)
+APT_PACKAGES=(iptables nftables libnetfilter-queue-dev libpcap-dev netpipe-tcp iperf3 iputils-ping tcpdump iproute2 procps coreutils build-essential)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,7 +17,7 @@ if ((${#missing[@]})); then
 fi
 
 # the NFQUEUE target and the queue itself (built in on some kernels, modules on others)
-for m in nfnetlink_queue xt_NFQUEUE xt_comment; do modprobe -q "$m" 2>/dev/null || true; done
+for m in nfnetlink_queue xt_NFQUEUE xt_comment xt_bpf xt_TRACE nft_compat; do modprobe -q "$m" 2>/dev/null || true; done
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -21,11 +21,13 @@ needs_root = pytest.mark.skipif(not _is_root(), reason="needs root: namespaces, 
 
 
 def pktlab_rules(ns: str | None) -> list[str]:
-    """Every line of iptables-save / ip6tables-save in ``ns`` that mentions pktlab."""
+    """Every line of iptables-save / ip6tables-save in ``ns`` that is pktlab's (tagged by comment or BPF program)."""
+    from pktlab.rules import FRONT_MAGIC
+
     out = []
     for tool in ("iptables-save", "ip6tables-save"):
         proc = subprocess.run(netns.argv_in(ns, [tool]), capture_output=True, text=True, check=False)
-        out += [line for line in proc.stdout.splitlines() if "pktlab" in line]
+        out += [line for line in proc.stdout.splitlines() if "pktlab" in line or f",0 0 0 {FRONT_MAGIC}," in line]
     return out
 
 

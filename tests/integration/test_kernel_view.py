@@ -99,3 +99,37 @@ def test_offloaded_mark_goes_on_to_the_queue(lab: Lab, queue_num: int) -> None:
         assert marks == [0x42] * 5 + [0] * 5
     finally:
         s.detach()
+
+
+def test_offload_rules_of_a_killed_process_are_swept(lab: Lab, queue_num: int) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pktlab import rules
+
+    code = (
+        "import os, sys, pktlab\n"
+        f"s = pktlab.attach({queue_num}, rule='-p udp --dport 9000', netns={lab.server.netns!r})\n"
+        "s.offload('udp and dst port 9000', 'drop')\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        os.kill(child.pid, signal.SIGKILL)  # no atexit, no detach
+        child.wait(10)
+        fronts = [rules.front_id(r.tokens) for r in rules.saved_rules(lab.server.netns)]
+        assert [f[0] for f in fronts if f is not None] == [child.pid]
+        assert len(pktlab_rules(lab.server.netns)) == 2  # the queue rule and the offload, both left behind
+        assert lab.udp(10, idle=0.3).received == 0  # the dead process's offload still drops
+        removed = rules.sweep_stale(lab.server.netns)
+        assert len(removed) == 2 and any("offload" in r for r in removed)
+        assert pktlab_rules(lab.server.netns) == []
+        assert lab.udp(10).unique == 10
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(10)
