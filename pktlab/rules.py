@@ -136,18 +136,17 @@ class QueueRule:
 
 
 def front_id(tokens: Sequence[str]) -> tuple[int, int] | None:
-    """(pid, number) of a pktlab front rule, from the tag at the start of its BPF program."""
+    """(pid, number) of a pktlab front rule, from the tag at the start of one of its BPF programs."""
     for i, tok in enumerate(tokens[:-1]):
-        if tok == "--bytecode":
-            insns = tokens[i + 1].split(",")[1:4]
-            try:
-                words = [tuple(int(x) for x in ins.split()) for ins in insns]
-            except ValueError:
-                return None
-            tagged = len(words) == 3 and all(len(w) == 4 and w[:3] == (0, 0, 0) for w in words)
-            if tagged and words[0][3] == FRONT_MAGIC:
-                return words[1][3], words[2][3]
-            return None
+        if tok != "--bytecode":
+            continue
+        try:
+            words = [tuple(int(x) for x in ins.split()) for ins in tokens[i + 1].split(",")[1:4]]
+        except ValueError:
+            continue
+        tagged = len(words) == 3 and all(len(w) == 4 and w[:3] == (0, 0, 0) for w in words)
+        if tagged and words[0][3] == FRONT_MAGIC:
+            return words[1][3], words[2][3]
     return None
 
 

@@ -133,3 +133,16 @@ def test_offload_rules_of_a_killed_process_are_swept(lab: Lab, queue_num: int) -
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
             child.wait(10)
+
+
+def test_offload_on_a_filtered_session_is_found_swapped_and_removed(lab: Lab, queue_num: int) -> None:
+    # the offload rule then holds two BPF programs: the session's filter and its own, tagged
+    s = pktlab.attach(queue_num, rule="-p udp", filter="udp and dst port 9000", netns=lab.server)
+    try:
+        s.offload("udp[8:4] < 10", "drop")
+        assert lab.udp(30, idle=0.5).unique == 20 and s.offload_hits("udp[8:4] < 10") == 10
+        s.offload("udp[8:4] < 10", "accept")
+        assert lab.udp(30).unique == 30 and len(pktlab_rules(lab.server.netns)) == 2
+    finally:
+        s.detach()
+    assert pktlab_rules(lab.server.netns) == []

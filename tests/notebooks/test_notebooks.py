@@ -40,6 +40,12 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path) -> None:
         assert "namespaces left: []" in text
         assert "600-byte datagrams received: 0; 100-byte datagrams received: 50" in text
         assert "received 100 of 100; 10 errors kept" in text
+    if path.stem == "05-kernel-view":
+        assert "port 9000: 20 delivered; port 9001: 20 delivered; the handler saw 20 packets, ports [9000]" in text
+        assert "libpcap cannot compile the filter" in text
+        assert "delivered 20 of 30; queued 20; decided in the kernel 10" in text
+        assert "after the swap: delivered 30 of 30" in text
+        assert "pktlab queue 2" in text and "FORWARD" in text and "lab down: True" in text
     if path.stem == "02-protocol-views":
         assert "received 5 of 5" in text and "PKTLAB" in text and "10.77.1.9" in text
         assert "lab down: True" in text
