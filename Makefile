@@ -18,6 +18,7 @@ test: setup lint
 
 bench: setup
 	$(PY) bench/bench_queue.py
+	$(PY) bench/bench_offload.py
 
 clean:
 	-$(PY) -m pktlab.cli doctor --clean
