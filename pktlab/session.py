@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from . import bpf as _bpf
 from . import offload as _offload
 from . import rules as _rules
 from ._hot import Dispatcher
+from .chainowner import ChainOwner
 from .errors import SessionError
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .kernel import QueueCounters, require_net_admin
@@ -121,7 +121,7 @@ class Status:
         return "<pre>" + escape(str(self)) + "</pre>"
 
 
-class Session:
+class Session(ChainOwner):
     """One queue bound to one handler chain. Use :func:`attach` to make one."""
 
     def __init__(
@@ -201,24 +201,7 @@ class Session:
             batch,
         )
 
-    @property
-    def default(self) -> Verdict:
-        """The verdict of a packet no handler decided on."""
-        return self._default
-
-    @default.setter
-    def default(self, value: str | Verdict) -> None:
-        self._default = Verdict.parse(value)
-        self._dispatch.set_verdicts(self._default, self._on_error)
-
-    @property
-    def on_error(self) -> Verdict:
-        """The verdict of a packet whose handler raised."""
-        return self._on_error
-
-    @on_error.setter
-    def on_error(self, value: str | Verdict) -> None:
-        self._on_error = Verdict.parse(value)
+    def _verdicts_changed(self) -> None:
         self._dispatch.set_verdicts(self._default, self._on_error)
 
     # -- lifecycle -------------------------------------------------------------
@@ -389,53 +372,6 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
-
-    # -- handlers --------------------------------------------------------------
-    def handler(
-        self,
-        fn: Callable[[Packet], Any] | None = None,
-        *,
-        name: str | None = None,
-        before: str | None = None,
-        after: str | None = None,
-    ) -> Any:
-        """Decorator: ``@s.handler`` adds (or, same name, replaces) a handler."""
-
-        def register(f: Callable[[Packet], Any]) -> Callable[[Packet], Any]:
-            self.chain.add(f, name, before=before, after=after)
-            return f
-
-        return register(fn) if fn is not None else register
-
-    def add_handler(self, fn: Callable[[Packet], Any], name: str | None = None, **kwargs: Any) -> Handler:
-        """Add or replace a handler; see :meth:`HandlerChain.add`."""
-        return self.chain.add(fn, name, **kwargs)
-
-    def remove_handler(self, name: str) -> None:
-        self.chain.remove(name)
-
-    def enable(self, name: str, on: bool = True) -> None:
-        """Switch a handler on or off without removing it."""
-        self.chain.enable(name, on)
-
-    @property
-    def handlers(self) -> list[str]:
-        return self.chain.names
-
-    # -- looking at what happened -------------------------------------------------
-    @property
-    def errors(self) -> list[HandlerFailure]:
-        """Handler exceptions kept with the packet they failed on (newest last)."""
-        return list(self.chain.failures)
-
-    @property
-    def df(self) -> Any:
-        """The record as a pandas DataFrame (one row per packet)."""
-        return self.record.df()
-
-    def to_pcap(self, path: str | os.PathLike[str]) -> int:
-        """Write the packets seen (up to ``snaplen`` bytes each) to a pcap file."""
-        return self.record.to_pcap(str(path))
 
     def kernel_counters(self) -> QueueCounters | None:
         return self.source.counters() if self.source.running else None

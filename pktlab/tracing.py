@@ -503,8 +503,16 @@ class Tracer:
                     t_ns, text, verdict = hit
                     out.append(
                         TraceEvent(
-                            host.role, e.trace_id, max(t_ns, e.t_ns), e.family, "pktlab", "queue", e.hook,
-                            "pktlab", text, verdict,
+                            host.role,
+                            e.trace_id,
+                            max(t_ns, e.t_ns),
+                            e.family,
+                            "pktlab",
+                            "queue",
+                            e.hook,
+                            "pktlab",
+                            text,
+                            verdict,
                         )  # fmt: skip
                     )
         return out

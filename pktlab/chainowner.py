@@ -1,0 +1,97 @@
+"""What a live session and a replay share: the handler chain, its verdicts, the record.
+
+``Session`` (a kernel queue) and ``ReplaySession`` (a capture file) both run
+packets through a :class:`~pktlab.handlers.HandlerChain` and keep a
+:class:`~pktlab.record.Record`; the methods a person uses on either live here,
+so a handler cell works the same on both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .handlers import Handler, HandlerChain, HandlerFailure
+from .packet import Packet
+from .record import Record
+from .verdicts import Verdict
+
+
+class ChainOwner:
+    """Handler management, default and error verdicts, and the record of a session."""
+
+    chain: HandlerChain
+    record: Record
+    _default: Verdict
+    _on_error: Verdict
+
+    def _verdicts_changed(self) -> None:
+        """Called after ``default`` or ``on_error`` changed (a live session tells its dispatcher)."""
+
+    @property
+    def default(self) -> Verdict:
+        """The verdict of a packet no handler decided on."""
+        return self._default
+
+    @default.setter
+    def default(self, value: str | Verdict) -> None:
+        self._default = Verdict.parse(value)
+        self._verdicts_changed()
+
+    @property
+    def on_error(self) -> Verdict:
+        """The verdict of a packet whose handler raised."""
+        return self._on_error
+
+    @on_error.setter
+    def on_error(self, value: str | Verdict) -> None:
+        self._on_error = Verdict.parse(value)
+        self._verdicts_changed()
+
+    # -- handlers --------------------------------------------------------------
+    def handler(
+        self,
+        fn: Callable[[Packet], Any] | None = None,
+        *,
+        name: str | None = None,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> Any:
+        """Decorator: ``@s.handler`` adds (or, same name, replaces) a handler."""
+
+        def register(f: Callable[[Packet], Any]) -> Callable[[Packet], Any]:
+            self.chain.add(f, name, before=before, after=after)
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def add_handler(self, fn: Callable[[Packet], Any], name: str | None = None, **kwargs: Any) -> Handler:
+        """Add or replace a handler; see :meth:`HandlerChain.add`."""
+        return self.chain.add(fn, name, **kwargs)
+
+    def remove_handler(self, name: str) -> None:
+        self.chain.remove(name)
+
+    def enable(self, name: str, on: bool = True) -> None:
+        """Switch a handler on or off without removing it."""
+        self.chain.enable(name, on)
+
+    @property
+    def handlers(self) -> list[str]:
+        return self.chain.names
+
+    # -- looking at what happened -------------------------------------------------
+    @property
+    def errors(self) -> list[HandlerFailure]:
+        """Handler exceptions kept with the packet they failed on (newest last)."""
+        return list(self.chain.failures)
+
+    @property
+    def df(self) -> Any:
+        """The record as a pandas DataFrame (one row per packet)."""
+        return self.record.df()
+
+    def to_pcap(self, path: str | os.PathLike[str]) -> int:
+        """Write the packets seen (up to ``snaplen`` bytes each) to a pcap file."""
+        return self.record.to_pcap(str(path))
