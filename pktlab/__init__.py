@@ -16,7 +16,7 @@ Heavy libraries (pandas, scapy, bokeh, IPython) load only when used.
 
 from __future__ import annotations
 
-from . import bpf
+from . import bpf, datasets
 from .bpf import BpfProgram
 from .custom import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
 from .custom import registry as protocols
@@ -37,6 +37,7 @@ from .lab import Host, Lab, PingResult, UdpFlow, UdpResult
 from .offload import Offload
 from .packet import Packet
 from .record import Record
+from .replay import ReplaySession, replay
 from .session import Session, Status, attach
 from .tracing import Trace, Tracer, trace
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
@@ -64,6 +65,7 @@ __all__ = [
     "PrivilegeError",
     "QueueBusyError",
     "Record",
+    "ReplaySession",
     "RuleError",
     "Session",
     "SessionError",
@@ -78,11 +80,13 @@ __all__ = [
     "attach",
     "bits",
     "bpf",
+    "datasets",
     "load_ipython_extension",
     "mac",
     "protocol",
     "protocols",
     "raw",
+    "replay",
     "text",
     "trace",
     "uint",

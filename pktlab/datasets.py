@@ -1,0 +1,82 @@
+"""The small captures in ``datasets/``: ``pktlab.datasets.load("lab-dns")``.
+
+Each was made from real lab traffic by ``scripts/make_datasets.py`` and is
+listed in ``datasets/MANIFEST.json`` with what it shows, its packet count and
+its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import PktlabError
+
+DATA_DIR = Path(os.environ.get("PKTLAB_DATASETS", Path(__file__).resolve().parents[1] / "datasets"))
+
+
+def manifest() -> list[dict[str, Any]]:
+    """The manifest's entries (name, file, description, packets, bytes, sha256, linktype)."""
+    path = DATA_DIR / "MANIFEST.json"
+    if not path.exists():
+        raise PktlabError(f"no dataset manifest at {path}; set PKTLAB_DATASETS to the repository's datasets/ folder")
+    return json.loads(path.read_text())
+
+
+def names() -> list[str]:
+    return [e["name"] for e in manifest()]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One capture: its manifest entry and file."""
+
+    name: str
+    path: Path
+    description: str
+    packets_expected: int
+    sha256: str
+
+    def verify(self) -> None:
+        """Raise unless the file is the one the manifest describes."""
+        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        if digest != self.sha256:
+            raise PktlabError(f"{self.path.name} differs from its manifest (sha256 {digest[:12]}...); regenerate it")
+
+    def packets(self) -> list[Any]:
+        """The packets as :class:`pktlab.Packet` objects (IP views ready), capture time in ``time``."""
+        from .packet import Packet
+        from .replay import read_capture
+
+        return [Packet(None, p.data, p.time, p.link) for p in read_capture(self.path)]
+
+    def scapy(self) -> Any:
+        """The packets as scapy parsed them (``rdpcap``)."""
+        from scapy.utils import rdpcap
+
+        return rdpcap(str(self.path))
+
+    def __repr__(self) -> str:
+        return f"<Dataset {self.name}: {self.packets_expected} packets, {self.description}>"
+
+
+def load(name: str) -> Dataset:
+    """The dataset called ``name`` (see :func:`names`)."""
+    for e in manifest():
+        if e["name"] == name:
+            return Dataset(e["name"], DATA_DIR / e["file"], e["description"], e["packets"], e["sha256"])
+    raise PktlabError(f"no dataset named {name!r}; the datasets are {', '.join(names())}")
+
+
+def resolve(source: str | os.PathLike[str]) -> Path:
+    """A capture path from a path or a dataset name."""
+    p = Path(source)
+    if p.exists():
+        return p
+    if isinstance(source, str) and os.sep not in source and not source.endswith((".pcap", ".pcapng")):
+        return load(source).path
+    raise PktlabError(f"no capture file {str(source)!r}; give a pcap/pcapng path or one of: {', '.join(names())}")
