@@ -443,6 +443,24 @@ class Lab:
             raise LabError(f"DNS query failed: {q_err.strip()[-300:]!r}")
         return json.loads(q_out.strip().splitlines()[-1])
 
+    def tftp(
+        self, size: int = 1300, *, src: str = "client", dst: str = "server", timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """One TFTP read (RFC 1350) of a ``size``-byte file from a one-shot server in ``dst``.
+
+        Returns what the reading side got: ``complete``, ``bytes`` and ``ok`` (content as served).
+        """
+        self._check_open()
+        s, d = self[src], self[dst]
+        server = self._traffic(d, "tftp-serve", "--size", str(size), "--timeout", str(timeout))
+        _wait_ready(server, f"TFTP server in {d.role}")
+        get = self._traffic(s, "tftp-get", "--server", d.addr, "--timeout", str(timeout))
+        g_out, g_err = get.communicate(timeout=timeout + 10)
+        server.communicate(timeout=timeout + 10)
+        if not g_out.strip():
+            raise LabError(f"TFTP read failed: {g_err.strip()[-300:]!r}")
+        return json.loads(g_out.strip().splitlines()[-1])
+
     def ping(self, count: int = 3, *, src: str = "client", dst: str = "server", **kwargs: Any) -> PingResult:
         """Ping ``dst`` from ``src`` ``count`` times."""
         self._check_open()

@@ -209,6 +209,71 @@ def dns_query(server: str, name: str, timeout: float, port: int) -> dict:
     return {"answered": True, "from": peer[0], "id_ok": r.id == qid, "rcode": int(r.rcode), "addresses": addrs}
 
 
+TFTP_BLOCK = 512
+
+
+def tftp_content(size: int) -> bytes:
+    """The file a lab TFTP server serves: ``size`` deterministic bytes."""
+    return bytes((i * 7 + 3) % 251 for i in range(size))
+
+
+def tftp_serve(size: int, timeout: float, port: int) -> dict:
+    """Serve one read request (RFC 1350, octet mode) of a ``size``-byte file, then stop."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    sock.settimeout(timeout)
+    _ready()
+    try:
+        req, peer = sock.recvfrom(1024)
+    except TimeoutError:
+        return {"served": False, "reason": "no request"}
+    if req[:2] != b"\x00\x01":
+        return {"served": False, "reason": f"opcode {req[:2].hex()} is not a read request"}
+    filename = req[2:].split(b"\x00")[0].decode(errors="replace")
+    data = tftp_content(size)
+    xfer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a new transfer id (port), as RFC 1350 says
+    xfer.bind(("0.0.0.0", 0))
+    xfer.settimeout(1.0)
+    block, sent, deadline = 1, 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chunk = data[(block - 1) * TFTP_BLOCK : block * TFTP_BLOCK]
+        xfer.sendto(struct.pack("!HH", 3, block) + chunk, peer)
+        try:
+            ack, _ = xfer.recvfrom(1024)
+        except TimeoutError:
+            continue  # resend the block
+        if ack[:2] == b"\x00\x04" and struct.unpack("!H", ack[2:4])[0] == block:
+            sent += len(chunk)
+            if len(chunk) < TFTP_BLOCK:
+                return {"served": True, "file": filename, "bytes": sent, "blocks": block}
+            block += 1
+    return {"served": False, "reason": "timeout", "bytes": sent}
+
+
+def tftp_get(server: str, filename: str, timeout: float, port: int) -> dict:
+    """Read ``filename`` from a TFTP server (octet mode) and report what arrived."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    sock.sendto(b"\x00\x01" + filename.encode() + b"\x00octet\x00", (server, port))
+    got = bytearray()
+    expect = 1
+    while True:
+        try:
+            pkt, peer = sock.recvfrom(TFTP_BLOCK + 4)
+        except TimeoutError:
+            return {"complete": False, "bytes": len(got)}
+        op, block = struct.unpack("!HH", pkt[:4])
+        if op != 3:
+            return {"complete": False, "bytes": len(got), "opcode": op}
+        if block == expect:
+            got += pkt[4:]
+            expect += 1
+        sock.sendto(struct.pack("!HH", 4, block), peer)
+        if len(pkt) - 4 < TFTP_BLOCK:
+            break
+    return {"complete": True, "bytes": len(got), "ok": bytes(got) == tftp_content(len(got))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pktlab.traffic")
     sub = p.add_subparsers(dest="kind", required=True)
@@ -245,8 +310,21 @@ def main(argv: list[str] | None = None) -> int:
     dq.add_argument("--name", required=True)
     dq.add_argument("--timeout", type=float, default=10.0)
     dq.add_argument("--port", type=int, default=53)
+    ts = sub.add_parser("tftp-serve")
+    ts.add_argument("--size", type=int, default=1300)
+    ts.add_argument("--timeout", type=float, default=10.0)
+    ts.add_argument("--port", type=int, default=69)
+    tg = sub.add_parser("tftp-get")
+    tg.add_argument("--server", required=True)
+    tg.add_argument("--file", default="lab.bin")
+    tg.add_argument("--timeout", type=float, default=10.0)
+    tg.add_argument("--port", type=int, default=69)
     a = p.parse_args(argv)
-    if a.kind == "dns-serve":
+    if a.kind == "tftp-serve":
+        out = tftp_serve(a.size, a.timeout, a.port)
+    elif a.kind == "tftp-get":
+        out = tftp_get(a.server, a.file, a.timeout, a.port)
+    elif a.kind == "dns-serve":
         out = dns_serve(a.answer, a.count, a.timeout, a.port)
     elif a.kind == "dns-query":
         out = dns_query(a.server, a.name, a.timeout, a.port)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pktlab
 
-OUT = Path(__file__).resolve().parents[1] / "datasets"
+OUT = Path(os.environ.get("PKTLAB_DATASETS_OUT", Path(__file__).resolve().parents[1] / "datasets"))
 
 
 def capture(  # type: ignore[no-untyped-def]
@@ -37,16 +39,134 @@ def capture(  # type: ignore[no-untyped-def]
             s.detach()
         path = OUT / f"{name}.pcap"
         n = s.to_pcap(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return entry(name, path, n, description)
+
+
+def entry(name: str, path: Path, n: int, description: str) -> dict:
     return {
         "name": name,
         "file": path.name,
         "description": description,
         "packets": n,
         "bytes": path.stat().st_size,
-        "sha256": digest,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "linktype": "raw IPv4/IPv6 (101)",
     }
+
+
+def write_raw(path: Path, packets: list[tuple[float, bytes, int]]) -> None:
+    """A raw-IP pcap of (time, bytes, original length) triples."""
+    from scapy.utils import RawPcapWriter
+
+    w = RawPcapWriter(str(path), linktype=101, snaplen=65535, sync=False)
+    try:
+        w._write_header(None)
+        for t, data, wirelen in packets:
+            w.write_packet(data, sec=int(t), usec=int((t % 1) * 1e6), wirelen=wirelen)
+    finally:
+        w.close()
+
+
+def read_raw(path: Path) -> list[tuple[float, bytes]]:
+    from pktlab.replay import read_capture
+
+    return [(p.time, p.data) for p in read_capture(path)]
+
+
+def merged(name: str, parts: list[str], description: str) -> dict:
+    """One capture of several others, in time order."""
+    pkts = sorted((p for part in parts for p in read_raw(OUT / f"{part}.pcap")), key=lambda p: p[0])
+    path = OUT / f"{name}.pcap"
+    write_raw(path, [(t, d, len(d)) for t, d in pkts])
+    return entry(name, path, len(pkts), description)
+
+
+def malformed(name: str, description: str) -> dict:
+    """Real lab packets cut short or with broken headers, each kind once (see MALFORMED)."""
+    udp = read_raw(OUT / "lab-udp.pcap")[0]
+    tcp = read_raw(OUT / "lab-tcp.pcap")[0]
+    udp6 = read_raw(OUT / "lab-udp6.pcap")[0]
+    t = udp[0]
+    out = []
+    for i, (_what, data) in enumerate(_malformed(udp[1], tcp[1], udp6[1])):
+        out.append((t + i * 0.001, data, len(data)))
+    path = OUT / f"{name}.pcap"
+    write_raw(path, out)
+    return entry(name, path, len(out), description)
+
+
+def _malformed(udp: bytes, tcp: bytes, udp6: bytes) -> list[tuple[str, bytes]]:
+    def put(b: bytes, off: int, val: bytes) -> bytes:
+        return b[:off] + val + b[off + len(val) :]
+
+    return [
+        ("IPv4 header cut at 10 bytes", udp[:10]),
+        ("IPv4 header length field 3 (less than 20 bytes)", put(udp, 0, b"\x43")),
+        ("IPv4 total length larger than the packet", put(udp, 2, b"\x05\xdc")),
+        ("UDP length field larger than the datagram", put(udp, 24, b"\x04\x00")),
+        ("UDP header cut after 4 bytes", udp[:24]),
+        ("TCP data offset 15 (60 bytes) in a shorter segment", put(tcp, 32, b"\xf0")),
+        ("TCP header cut after 12 bytes", tcp[:32]),
+        ("IPv4 header checksum wrong", put(udp, 10, b"\xde\xad")),
+        ("IPv6 payload length larger than the packet", put(udp6, 4, b"\x10\x00")),
+        ("IPv6 header cut at 30 bytes", udp6[:30]),
+        ("IP version 7", put(udp, 0, b"\x75")),
+        ("one byte", udp[:1]),
+    ]
+
+
+MALFORMED = [what for what, _ in _malformed(bytes(64), bytes(64), bytes(64))]
+
+
+def tftp_read(lab: pktlab.Lab) -> None:
+    r = lab.tftp(1300)
+    if not r.get("ok"):
+        raise RuntimeError(f"the TFTP read in the lab failed: {r}")
+
+
+def content(path: Path) -> list[Any]:
+    """What a capture shows at the protocol level, without what changes from run to run.
+
+    Addresses, protocols, well-known ports, ICMP types, UDP payloads (DNS as
+    name/answers, TFTP as opcode/block), TCP as one line per connection (the
+    flags seen and the bytes carried: segment boundaries depend on timing).
+    Kernel-chosen ports, IP ids, TCP sequence numbers, times and checksums
+    are left out.
+    """
+    from scapy.layers.dns import DNS
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+
+    out: list[Any] = []
+    tcp: dict[tuple[str, str], list[Any]] = {}
+    for _, data in read_raw(path):
+        if not data or data[0] >> 4 not in (4, 6) or len(data) < 20:
+            out.append(("other", data.hex()))
+            continue
+        ip = IP(data) if data[0] >> 4 == 4 else IPv6(data)
+        src, dst = ip.src, ip.dst
+        if TCP in ip:
+            flow = tcp.setdefault((src, dst), [set(), 0])
+            flow[0].add(str(ip[TCP].flags))
+            flow[1] += len(ip[TCP].payload)
+        elif DNS in ip:
+            d = ip[DNS]
+            out.append(("dns", src, dst, int(d.qr), d.qd[0].qname if d.qd else None,
+                        sorted(str(rr.rdata) for rr in (d.an or []))))  # fmt: skip
+        elif UDP in ip:
+            u = ip[UDP]
+            port = min(u.sport, u.dport)
+            payload = bytes(u.payload)
+            if 69 in (u.sport, u.dport) or port > 1024 and payload[:2] in (b"\x00\x03", b"\x00\x04"):
+                out.append(("tftp", src, dst, payload[:4].hex() if payload[:2] != b"\x00\x01" else payload))
+            else:
+                out.append(("udp", src, dst, port if port < 1024 else u.dport, payload))
+        elif ICMP in ip:
+            out.append(("icmp", src, dst, int(ip[ICMP].type), int(ip[ICMP].seq)))
+        else:
+            out.append(("ip", src, dst, data.hex()))
+    out += [("tcp", s, d, sorted(f), n) for (s, d), (f, n) in sorted(tcp.items())]
+    return out
 
 
 def http_get(lab: pktlab.Lab) -> None:
@@ -117,6 +237,31 @@ def main() -> int:
             family="ipv6",
         ),
     ]
+    entries.append(
+        capture(
+            "lab-tftp",
+            "-p udp",
+            tftp_read,
+            "one TFTP read (RFC 1350, octet mode) of a 1,300-byte file: the request to port 69, three "
+            "DATA blocks from the server's transfer port and their ACKs, seen forwarded by the router",
+            topology="router",
+            on="router",
+            hook="FORWARD",
+        )
+    )
+    entries.append(
+        merged(
+            "dns-and-http",
+            ["lab-dns", "lab-http"],
+            "lab-dns and lab-http in one capture, in time order: a DNS exchange and an HTTP/1.1 connection",
+        )
+    )
+    entries.append(
+        malformed(
+            "lab-malformed",
+            "12 real lab packets cut short or with broken headers, one of each: " + "; ".join(MALFORMED),
+        )
+    )
     manifest = OUT / "MANIFEST.json"
     manifest.write_text(json.dumps(entries, indent=2) + "\n")
     for e in entries:
