@@ -20,6 +20,7 @@ from . import bpf, datasets
 from .bpf import BpfProgram
 from .custom import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
 from .custom import registry as protocols
+from .doctor import mode
 from .errors import (
     FilterError,
     HandlerError,
@@ -83,6 +84,7 @@ __all__ = [
     "datasets",
     "load_ipython_extension",
     "mac",
+    "mode",
     "protocol",
     "protocols",
     "raw",

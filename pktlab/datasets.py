@@ -75,8 +75,11 @@ def load(name: str) -> Dataset:
 def resolve(source: str | os.PathLike[str]) -> Path:
     """A capture path from a path or a dataset name."""
     p = Path(source)
-    if p.exists():
-        return p
+    try:
+        if p.exists():
+            return p
+    except OSError:  # a relative path under a directory this process may not read
+        pass
     if isinstance(source, str) and os.sep not in source and not source.endswith((".pcap", ".pcapng")):
         return load(source).path
     raise PktlabError(f"no capture file {str(source)!r}; give a pcap/pcapng path or one of: {', '.join(names())}")

@@ -23,19 +23,34 @@ class Check:
 class Report:
     checks: list[Check]
     cleaned: list[str]
+    replay: Check | None = None
 
     @property
     def live(self) -> bool:
         """True when labs and live queues work here."""
         return all(c.ok for c in self.checks)
 
+    @property
+    def mode(self) -> str:
+        """``"live"``, ``"replay"`` (captures only) or ``"none"``."""
+        if self.live:
+            return "live"
+        return "replay" if self.replay is not None and self.replay.ok else "none"
+
     def __str__(self) -> str:
         lines = [str(c) for c in self.checks]
-        if self.live:
-            lines.append("=> live mode: labs and NFQUEUE sessions work on this machine")
+        if self.replay is not None:
+            lines.append(str(self.replay))
+        failed = ", ".join(c.name for c in self.checks if not c.ok)
+        if self.mode == "live":
+            lines.append("=> live mode: labs and NFQUEUE sessions work on this machine (replay too)")
+        elif self.mode == "replay":
+            lines.append(
+                f"=> replay only: no live queue here ({failed}); handlers run on captures with "
+                "pktlab.replay(...); fix the FAIL lines above for live mode"
+            )
         else:
-            failed = ", ".join(c.name for c in self.checks if not c.ok)
-            lines.append(f"=> no live mode here ({failed}); fix the FAIL lines above")
+            lines.append(f"=> neither live nor replay mode works here ({failed}); fix the FAIL lines above")
         lines += [f"cleaned: {c}" for c in self.cleaned]
         return "\n".join(lines)
 
@@ -59,10 +74,45 @@ def _tools() -> str:
     return "iptables, iptables-save, iptables-restore and ip are installed"
 
 
+def _kernel() -> str:
+    for path in ("/proc/self/net/netfilter/nfnetlink_queue", "/proc/net/netfilter/nfnetlink_queue"):
+        if os.path.exists(path):
+            return "the kernel's NFQUEUE support (nfnetlink_queue) is loaded"
+    raise RuntimeError("the kernel shows no NFQUEUE support (no /proc/net/netfilter/nfnetlink_queue)")
+
+
+def _replay() -> str:
+    from .replay import replay
+
+    s = replay("lab-udp")
+    s.add_handler(lambda p: p.drop() if p.udp and p.udp.dport == 9000 else None, "check")
+    st = s.run()
+    if st.counters["drop"] != st.packets:
+        raise RuntimeError(f"a replay of lab-udp dropped {st.counters['drop']} of {st.packets} packets, not all")
+    return f"scapy reads captures and a replay of lab-udp ran its {st.packets} packets through a handler"
+
+
+def mode() -> str:
+    """``"live"`` when this process can make labs and bind queues, else ``"replay"``; quick, no lab made.
+
+    ``PKTLAB_REPLAY=1`` in the environment forces ``"replay"`` (notebooks use it to test their replay path).
+    """
+    if os.environ.get("PKTLAB_REPLAY", "").lower() in ("1", "true", "yes"):
+        return "replay"
+    try:
+        _tools()
+        _kernel()
+        _privileges()
+        _nfq()
+    except Exception:
+        return "replay"
+    return "live"
+
+
 def _privileges() -> str:
     if not kernel.has_net_admin():
         raise RuntimeError(f"running as uid {os.geteuid()} without CAP_NET_ADMIN")
-    return "root" if os.geteuid() == 0 else "CAP_NET_ADMIN"
+    return "CAP_NET_ADMIN" + (" (root)" if os.geteuid() == 0 else "")
 
 
 def _nfq() -> str:
@@ -92,15 +142,17 @@ def _live_queue() -> str:
 def run(clean: bool = False) -> Report:
     """Check this machine; with ``clean``, also remove what dead pktlab processes left."""
     checks = [
+        _try("kernel", _kernel, "load it as root: modprobe nfnetlink_queue xt_NFQUEUE"),
         _try("tools", _tools, "run `make setup` (apt-get install iptables iproute2)"),
         _try("privileges", _privileges, "run as root (sudo)"),
         _try("python packages", _nfq, "run `make setup` (it builds NetfilterQueue and pktlab._hot)"),
     ]
     cleaned: list[str] = []
-    if clean and checks[1].ok:  # before the live check, whose lab would sweep silently
+    if clean and checks[2].ok:  # before the live check, whose lab would sweep silently
         from . import lab, rules
 
         cleaned = [f"namespace {n}" for n in lab.sweep_stale()] + [f"host rule {t}" for t in rules.sweep_stale(None)]
     if all(c.ok for c in checks):
         checks.append(_try("live queue", _live_queue, "see the message; `pktlab doctor --clean` removes leftovers"))
-    return Report(checks, cleaned)
+    replay = _try("replay", _replay, "run `make setup` (scapy) and keep the repository's datasets/ folder")
+    return Report(checks, cleaned, replay)

@@ -24,9 +24,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def has_net_admin() -> bool:
-    """True when this process may change netfilter state (root or CAP_NET_ADMIN)."""
-    if os.geteuid() == 0:
-        return True
+    """True when this process may change netfilter state: CAP_NET_ADMIN in its effective set.
+
+    uid 0 alone is not enough (a container or ``setpriv`` can take the capability away).
+    """
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -34,7 +35,7 @@ def has_net_admin() -> bool:
                     return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
     except OSError:
         pass
-    return False
+    return os.geteuid() == 0
 
 
 def require_net_admin(action: str) -> None:

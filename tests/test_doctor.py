@@ -17,8 +17,25 @@ pytestmark = needs_root
 def test_doctor_says_live_mode_works_here() -> None:
     report = doctor.run()
     assert report.live, str(report)
-    assert [c.name for c in report.checks] == ["tools", "privileges", "python packages", "live queue"]
-    assert "live mode: labs and NFQUEUE sessions work" in str(report)
+    assert [c.name for c in report.checks] == ["kernel", "tools", "privileges", "python packages", "live queue"]
+    assert "live mode: labs and NFQUEUE sessions work" in str(report) and report.mode == "live"
+    assert report.replay is not None and report.replay.ok
+
+
+def test_without_cap_net_admin_doctor_says_replay_only_and_why() -> None:
+    # root without CAP_NET_ADMIN (the capability removed from the bounding set): the kernel refuses, doctor explains
+    out = subprocess.run(
+        ["setpriv", "--bounding-set=-net_admin", "--", sys.executable, "-m", "pktlab.cli", "doctor"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "FAIL  privileges: running as uid 0 without CAP_NET_ADMIN; run as root (sudo)" in out.stdout
+    assert "=> replay only: no live queue here (privileges)" in out.stdout
+    assert "ok    replay:" in out.stdout
+    code = "import pktlab; print(pktlab.mode())"
+    mode = subprocess.run(["setpriv", "--bounding-set=-net_admin", "--", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert mode.stdout.strip() == "replay"
 
 
 def test_doctor_clean_removes_only_dead_processes_leftovers() -> None:
@@ -78,4 +95,4 @@ def test_doctor_without_privileges_names_the_fix(tmp_path) -> None:
     )
     assert out.returncode == 1
     assert "FAIL  privileges: running as uid 65534 without CAP_NET_ADMIN; run as root (sudo)" in out.stdout
-    assert "no live mode here (privileges)" in out.stdout
+    assert "=> replay only: no live queue here (privileges)" in out.stdout and "ok    replay:" in out.stdout
