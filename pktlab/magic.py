@@ -26,6 +26,8 @@ USAGE = """\
 %pktlab trace [--filter EXPR] [--count N] [--timeout S] [--on HOSTS] [--background]
                                                         follow packets hook by hook through the lab's hosts
 %pktlab bpf "EXPR"                                      the BPF program of a tcpdump filter (like tcpdump -d)
+%pktlab replay SOURCE [--filter EXPR] [--name N]         a capture (path or dataset name) as the current session
+%pktlab run [--pace X] [--limit N]                      run the current replay through its handlers
 %pktlab detach [NAME] [--all]
 %pktlab status [NAME]
 %pktlab doctor [--clean]                                what this machine allows; --clean removes leftovers
@@ -90,6 +92,17 @@ def _parsers() -> dict[str, _Parser]:
     off.add_argument("verdict", nargs="?", default=None)
     off.add_argument("--mark", type=lambda x: int(x, 0), default=None)
     off.add_argument("--session", default=None)
+    rp = _Parser(prog="%pktlab replay", add_help=False)
+    rp.add_argument("source", help="pcap/pcapng path or dataset name (pktlab.datasets.names())")
+    rp.add_argument("--filter", default=None)
+    rp.add_argument("--name", default=None)
+    rp.add_argument("--default", default="accept")
+    rp.add_argument("--on-error", default="accept")
+    rp.add_argument("--deadline", default="1.0")
+    run = _Parser(prog="%pktlab run", add_help=False)
+    run.add_argument("--pace", type=float, default=None, help="1.0 = real time; default: as fast as possible")
+    run.add_argument("--limit", type=int, default=None)
+    run.add_argument("--session", default=None)
     tr = _Parser(prog="%pktlab trace", add_help=False)
     tr.add_argument("--filter", default="", help="tcpdump filter of the packets to trace")
     tr.add_argument("--count", type=int, default=5)
@@ -98,6 +111,8 @@ def _parsers() -> dict[str, _Parser]:
     tr.add_argument("--lab", default=None)
     tr.add_argument("--background", action="store_true", help="return at once; .wait() gives the trace")
     return {
+        "replay": rp,
+        "run": run,
         "trace": tr,
         "lab": lab,
         "attach": att,
@@ -115,7 +130,7 @@ class PktlabMagicState:
     def __init__(self, shell: Any) -> None:
         self.shell = shell
         self.labs: dict[str, Lab] = {}
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, Any] = {}  # Session or ReplaySession
         self.current_lab: str | None = None
         self.current_session: str | None = None
         self.parsers = _parsers()
@@ -162,6 +177,21 @@ class PktlabMagicState:
             return self.session(a.name).status()
         if cmd == "offload":
             return self.cmd_offload(self.parsers["offload"].parse_args(rest))
+        if cmd == "replay":
+            a = self.parsers["replay"].parse_args(rest)
+            from .replay import replay
+
+            r = replay(a.source, filter=a.filter, name=a.name, default=a.default, on_error=a.on_error,
+                       deadline=_deadline(a.deadline))  # fmt: skip
+            self.sessions[r.name] = r
+            self.current_session = r.name
+            return r
+        if cmd == "run":
+            a = self.parsers["run"].parse_args(rest)
+            r = self.session(a.session)
+            if not hasattr(r, "run"):
+                raise PktlabError(f"session {r.name} reads a live queue; %pktlab run replays a capture session")
+            return r.run(pace=a.pace, limit=a.limit)
         if cmd == "trace":
             return self.cmd_trace(self.parsers["trace"].parse_args(rest))
         if cmd == "bpf":
@@ -176,6 +206,8 @@ class PktlabMagicState:
             return doctor.run(clean="--clean" in rest)
         if cmd in ("pause", "resume"):
             s = self.session(rest[0] if rest else None)
+            if not hasattr(s, "pause"):
+                raise PktlabError(f"{s.name} replays a capture; there is no queue to {cmd} (run it with %pktlab run)")
             s.pause() if cmd == "pause" else s.resume()
             return None
         if cmd == "handlers":
@@ -205,7 +237,7 @@ class PktlabMagicState:
             lab = self.lab(name)
             key = name or self.current_lab
             for sname, s in list(self.sessions.items()):
-                if s._lab is lab:
+                if getattr(s, "_lab", None) is lab:
                     s.detach()
                     self._forget_session(sname)
             lab.down()
@@ -273,7 +305,9 @@ class PktlabMagicState:
         if names == [None]:
             raise PktlabError("no session is attached; nothing to detach")
         for n in names:
-            self.session(n).detach()
+            s = self.session(n)
+            if hasattr(s, "detach"):
+                s.detach()
             self._forget_session(n)  # type: ignore[arg-type]
 
     def _forget_session(self, name: str) -> None:
@@ -297,7 +331,8 @@ class PktlabMagicState:
 
     def close(self) -> None:
         for s in list(self.sessions.values()):
-            s.detach()
+            if hasattr(s, "detach"):
+                s.detach()
         for lab in list(self.labs.values()):
             lab.down()
         self.sessions.clear()

@@ -239,6 +239,15 @@ def main() -> int:
     ]
     entries.append(
         capture(
+            "lab-udp-sizes",
+            "-p udp --dport 9000",
+            lambda lab: (lab.udp(20, size=600), lab.udp(20, size=100)),
+            "20 numbered 600-byte UDP datagrams, then 20 of 100 bytes, client -> server port 9000 "
+            "(the quickstart's traffic in replay mode)",
+        )
+    )
+    entries.append(
+        capture(
             "lab-tftp",
             "-p udp",
             tftp_read,

@@ -150,3 +150,19 @@ def test_filter_offload_and_trace_magics(shell) -> None:
         assert "count must be a positive number" in err
     finally:
         run(shell, "%pktlab lab down")
+
+
+def test_replay_through_magics_needs_no_root(shell) -> None:
+    r, err = run(shell, "%pktlab replay lab-udp --filter 'udp[8:4] < 10'")
+    assert err is None and r.filter
+    cell = "%%pktlab handler odd\nif int.from_bytes(pkt.udp.payload[:4], 'big') % 2:\n    return pkt.drop()\n"
+    _, err = run(shell, cell)
+    assert err is None and r.handlers == ["odd"]
+    st, err = run(shell, "%pktlab run")
+    assert err is None and st.counters["drop"] == 5 and st.passed_unseen == 10
+    _, err = run(shell, "%pktlab pause")
+    assert "there is no queue to pause" in err
+    _, err = run(shell, "%pktlab replay nope")
+    assert "no dataset named 'nope'" in err and "\n" not in err
+    _, err = run(shell, "%pktlab detach")
+    assert err is None

@@ -20,12 +20,12 @@ def test_notebooks_are_committed_without_outputs() -> None:
         assert not dirty, f"{path.name}: clear the outputs of cells {dirty}"
 
 
-@needs_root
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path) -> None:
+def _run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> str:
     import nbformat
     from nbclient import NotebookClient
 
+    if mode == "replay":
+        monkeypatch.setenv("PKTLAB_REPLAY", "1")  # the kernel inherits it: pktlab.mode() says "replay"
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "\n".join(
@@ -35,10 +35,19 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path) -> None:
         for o in c.outputs
     )
     assert "Traceback" not in text
+    assert f"mode: {mode}" in text
     nbformat.write(nb, tmp_path / path.name)  # the executed copy, for a person to look at
+    return text
+
+
+@needs_root
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom_live(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PKTLAB_REPLAY", raising=False)
+    text = _run(path, tmp_path, monkeypatch, "live")
     if path.stem == "01-quickstart":
         assert "namespaces left: []" in text
-        assert "600-byte datagrams received: 0; 100-byte datagrams received: 50" in text
+        assert "600-byte datagrams passed: 0; 100-byte datagrams passed: 50" in text
         assert "received 100 of 100; 10 errors kept" in text
     if path.stem == "05-kernel-view":
         assert "port 9000: 20 delivered; port 9001: 20 delivered; the handler saw 20 packets, ports [9000]" in text
@@ -49,3 +58,20 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path) -> None:
     if path.stem == "02-protocol-views":
         assert "received 5 of 5" in text and "PKTLAB" in text and "10.77.1.9" in text
         assert "lab down: True" in text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom_in_replay_mode(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = _run(path, tmp_path, monkeypatch, "replay")
+    if path.stem == "01-quickstart":
+        assert "replayed 40, accepted 40" in text
+        assert "600-byte datagrams passed: 0; 100-byte datagrams passed: 20" in text
+        assert "trimmed by pktlab" in text and "replayed 40; 2 errors kept" in text  # big ones: trimmed first
+    if path.stem == "02-protocol-views":
+        assert "received 5 of 5; UDP checksums right: 5" in text and "PKTLAB" in text
+    if path.stem == "05-kernel-view":
+        assert "lab-udp-sizes: 40 packets, 40 matched the filter" in text
+        assert "lab-tftp: 7 packets, 0 matched the filter" in text
+        assert "live mode only" in text
