@@ -38,7 +38,7 @@ from .lab import Host, Lab, PingResult, UdpFlow, UdpResult
 from .offload import Offload
 from .packet import Packet
 from .record import Record
-from .replay import ReplaySession, replay
+from .replayer import ReplaySession, replay
 from .session import Session, Status, attach
 from .tracing import Trace, Tracer, trace
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict

@@ -72,6 +72,29 @@ def doctor(clean: bool) -> int:
     return 0 if report.live else 1
 
 
+def grade(paths: list[str], *, as_json: bool, live: bool | None) -> int:
+    """Grade each notebook (folders: every .ipynb in them); a notebook that cannot be graded is reported, not fatal."""
+    import json
+    from pathlib import Path
+
+    from .grading import grade as _grade
+
+    notebooks: list[Path] = []
+    for p in map(Path, paths):
+        notebooks += sorted(p.glob("*.ipynb")) if p.is_dir() else [p]
+    failed = 0
+    for nb in notebooks:
+        try:
+            report = _grade(nb, live=live)
+        except PktlabError as exc:
+            failed += 1
+            err = {"notebook": nb.name, "error": str(exc)}
+            print(json.dumps(err) if as_json else f"{nb.name}: cannot grade: {exc}")
+            continue
+        print(json.dumps(report.as_dict()) if as_json else report)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pktlab", description="a Jupyter-first interactive packet lab")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -79,10 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--count", type=int, default=2000)
     doc = sub.add_parser("doctor", help="check what this machine allows; --clean removes leftovers")
     doc.add_argument("--clean", action="store_true", help="remove namespaces and rules left by dead pktlab processes")
+    g = sub.add_parser("grade", help="grade student notebooks of a pktlab assignment")
+    g.add_argument("notebooks", nargs="+", help="student notebooks, or folders of them")
+    g.add_argument("--json", action="store_true", help="one JSON object per notebook instead of text")
+    g.add_argument("--no-live", action="store_true", help="skip the live checks (they need root)")
     a = p.parse_args(argv)
     try:
         if a.cmd == "demo":
             return demo(a.count)
+        if a.cmd == "grade":
+            return grade(a.notebooks, as_json=a.json, live=False if a.no_live else None)
         return doctor(a.clean)
     except PktlabError as exc:
         print(f"pktlab: {exc}", file=sys.stderr)

@@ -50,7 +50,7 @@ class Dataset:
     def packets(self) -> list[Any]:
         """The packets as :class:`pktlab.Packet` objects (IP views ready), capture time in ``time``."""
         from .packet import Packet
-        from .replay import read_capture
+        from .replayer import read_capture
 
         return [Packet(None, p.data, p.time, p.link) for p in read_capture(self.path)]
 

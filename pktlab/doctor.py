@@ -82,7 +82,7 @@ def _kernel() -> str:
 
 
 def _replay() -> str:
-    from .replay import replay
+    from .replayer import replay
 
     s = replay("lab-udp")
     s.add_handler(lambda p: p.drop() if p.udp and p.udp.dport == 9000 else None, "check")

@@ -179,7 +179,7 @@ class PktlabMagicState:
             return self.cmd_offload(self.parsers["offload"].parse_args(rest))
         if cmd == "replay":
             a = self.parsers["replay"].parse_args(rest)
-            from .replay import replay
+            from .replayer import replay
 
             r = replay(a.source, filter=a.filter, name=a.name, default=a.default, on_error=a.on_error,
                        deadline=_deadline(a.deadline))  # fmt: skip
@@ -348,13 +348,15 @@ def _deadline(text: str) -> float | None:
         raise PktlabError(f"--deadline {text!r} is not a number of seconds; use e.g. 0.05, or none") from None
 
 
+def handler_source(name: str, body: str) -> str:
+    """The source of ``def name(pkt): <body>`` (what a ``%%pktlab handler`` cell defines)."""
+    body = textwrap.indent(textwrap.dedent(body).rstrip() or "pass", "    ")
+    return f"def {name}(pkt):\n{body}\n    return None\n"
+
+
 def compile_handler(name: str, body: str, user_ns: dict[str, Any]) -> Any:
     """Make ``def name(pkt): <body>`` with the notebook's globals."""
-    src = (
-        f"def {name}(pkt):\n"
-        + textwrap.indent(textwrap.dedent(body).rstrip() or "pass", "    ")
-        + "\n    return None\n"
-    )
+    src = handler_source(name, body)
     filename = f"<pktlab handler {name}>"
     try:
         code = compile(src, filename, "exec")

@@ -30,6 +30,8 @@ def test_all_is_exactly_the_public_api() -> None:
         "offload",
         "tracing",
         "chainowner",
+        "grading",
+        "replayer",
         "traffic",
         "cli",
         "annotations",

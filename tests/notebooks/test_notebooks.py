@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import needs_root
 
-NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").rglob("*.ipynb"))  # assignments/ too
 
 
 def test_notebooks_are_committed_without_outputs() -> None:
@@ -41,7 +41,7 @@ def _run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str)
 
 
 @needs_root
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[f"{p.parent.name}-{p.stem}" for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom_live(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PKTLAB_REPLAY", raising=False)
     text = _run(path, tmp_path, monkeypatch, "live")
@@ -60,7 +60,7 @@ def test_notebook_runs_top_to_bottom_live(path: Path, tmp_path: Path, monkeypatc
         assert "lab down: True" in text
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[f"{p.parent.name}-{p.stem}" for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom_in_replay_mode(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
