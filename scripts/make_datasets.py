@@ -146,9 +146,13 @@ def content(path: Path) -> list[Any]:
         ip = IP(data) if data[0] >> 4 == 4 else IPv6(data)
         src, dst = ip.src, ip.dst
         if TCP in ip:
-            flow = tcp.setdefault((src, dst), [set(), 0])
+            flow = tcp.setdefault((src, dst), [set(), None, None])
             flow[0].add(str(ip[TCP].flags))
-            flow[1] += len(ip[TCP].payload)
+            n = len(ip[TCP].payload)
+            if n:  # the sequence space covered, so a retransmitted segment does not count twice
+                start = ip[TCP].seq
+                flow[1] = start if flow[1] is None else min(flow[1], start)
+                flow[2] = start + n if flow[2] is None else max(flow[2], start + n)
         elif DNS in ip:
             d = ip[DNS]
             out.append(("dns", src, dst, int(d.qr), d.qd[0].qname if d.qd else None,
@@ -166,7 +170,8 @@ def content(path: Path) -> list[Any]:
         else:
             out.append(("ip", src, dst, data.hex()))
     # the flag letters seen (whether a FIN rides on the last data segment depends on timing)
-    out += [("tcp", s, d, sorted(set("".join(f))), n) for (s, d), (f, n) in sorted(tcp.items())]
+    out += [("tcp", s, d, sorted(set("".join(f))), (hi - lo) if lo is not None else 0)
+            for (s, d), (f, lo, hi) in sorted(tcp.items())]  # fmt: skip
     return out
 
 
