@@ -14,7 +14,8 @@ import itertools
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -350,6 +351,23 @@ class Session(ChainOwner):
         if off is None:
             raise SessionError(f"no offload for {expr!r}")
         return self.rules.front_hits(off.key) if self._attached else 0
+
+    @contextmanager
+    def out_of_path(self) -> Iterator[None]:
+        """Take the session's rules out for a while (packets flow past the queue), then put them back.
+
+        The reader stays bound and the handlers stay; offloads come back too.
+        """
+        if not self._attached:
+            raise SessionError(f"session {self.name} is not attached; there is no rule to take out")
+        offloads = list(self._offloads.values())
+        self.rules.remove()
+        try:
+            yield
+        finally:
+            self.rules.install([self.rule])
+            for off in offloads:
+                self.rules.put_front(off.key, [(self.rule, line) for line in off.lines(self.rule)])
 
     def pause(self) -> None:
         """Stop reading: packets wait in the kernel queue (``status()`` shows how many) until :meth:`resume`.

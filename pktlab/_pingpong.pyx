@@ -1,0 +1,115 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""NetPIPE's ping-pong, compiled: the timed loops run in C without the GIL.
+
+A round trip is: the client writes ``size`` bytes, the server reads them all and
+writes ``size`` bytes back, the client reads them all.  Python would add several
+microseconds per message to both ends, which is the same order as the latency
+being measured; NPtcp (C) is the reference, so the loop is C too.
+"""
+
+from libc.errno cimport errno, EINTR
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+
+
+cdef int _send_all(int fd, const char* buf, long n) noexcept nogil:
+    cdef long done = 0
+    cdef ssize_t r
+    while done < n:
+        r = send(fd, buf + done, n - done, MSG_NOSIGNAL)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return -1
+        done += r
+    return 0
+
+
+cdef int _recv_all(int fd, char* buf, long n) noexcept nogil:
+    cdef long done = 0
+    cdef ssize_t r
+    while done < n:
+        r = recv(fd, buf + done, n - done, 0)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return -1
+        if r == 0:
+            return -2  # the peer closed
+        done += r
+    return 0
+
+
+# one buffer per process, grown as needed: a fresh allocation per call would page-fault
+# through every large block once per trial (glibc maps big blocks anew each time)
+cdef char* _buf = NULL
+cdef long _cap = 0
+
+
+cdef char* _buffer(long size) except NULL:
+    global _buf, _cap
+    cdef char* p
+    if size > _cap:
+        p = <char*>malloc(size)
+        if p == NULL:
+            raise MemoryError()
+        memset(p, 0x5A, size)
+        free(_buf)
+        _buf = p
+        _cap = size
+    return _buf
+
+
+cdef double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+def round_trips(int fd, long size, long count):
+    """Time ``count`` round trips of ``size`` bytes on a connected socket; return the seconds taken."""
+    cdef char* buf = _buffer(size if size > 0 else 1)
+    cdef double t0, t1
+    cdef long i
+    cdef int err = 0
+    with nogil:
+        t0 = _now()
+        for i in range(count):
+            if _send_all(fd, buf, size) != 0:
+                err = 1
+                break
+            err = _recv_all(fd, buf, size)
+            if err != 0:
+                break
+        t1 = _now()
+    if err == -2:
+        raise ConnectionError("the ping-pong server closed the connection")
+    if err != 0:
+        raise OSError(errno, "ping-pong send/recv failed")
+    return t1 - t0
+
+
+def echo(int fd, long size, long count):
+    """The server's half: ``count`` times, read ``size`` bytes and send them back."""
+    cdef char* buf = _buffer(size if size > 0 else 1)
+    cdef long i
+    cdef int err = 0
+    with nogil:
+        for i in range(count):
+            err = _recv_all(fd, buf, size)
+            if err != 0:
+                break
+            if _send_all(fd, buf, size) != 0:
+                err = 1
+                break
+    if err == -2:
+        raise ConnectionError("the ping-pong client closed the connection")
+    if err != 0:
+        raise OSError(errno, "ping-pong echo failed")
