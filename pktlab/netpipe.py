@@ -8,8 +8,9 @@ TRIALS) of enough round trips to take a steady time; the one-way time of a block
 trip.  It stops at ``max_bytes`` or when a transfer takes more than a second.
 
 Each entry of ``through`` is a configuration: ``None`` (no queue: every
-session given is taken out of the path), or a :class:`~pktlab.Session` (that
-session in the path, the others out).  Taking a session out of the path
+session given, and every session attached in the lab, is taken out of the
+path), or a :class:`~pktlab.Session` (that session in the path, the others
+out).  Taking a session out of the path
 removes its iptables rules and puts them back afterwards; the reader stays
 bound, so nothing is lost.  The timed loop runs in C on both ends
 (``pktlab._pingpong``), in processes started inside the lab's namespaces.
@@ -224,7 +225,13 @@ def _cpu_args(cpu: int | None) -> list[str]:
 
 
 def _measure(
-    lab: Lab, sizes: list[int], label: str, point_seconds: float, trials: int, pin: tuple[int, int] | None
+    lab: Lab,
+    sizes: list[int],
+    label: str,
+    point_seconds: float,
+    trials: int,
+    pin: tuple[int, int] | None,
+    repeats: int | None,
 ) -> list[Point]:
     from .lab import _wait_ready
 
@@ -235,7 +242,8 @@ def _measure(
     try:
         _wait_ready(server, "ping-pong server in the lab server")
         args = ["run", "--host", lab.server.addr, "--port", str(PORT), "--sizes", ",".join(map(str, sizes)),
-                "--point-seconds", str(point_seconds), "--trials", str(trials), *_cpu_args(c_cpu)]  # fmt: skip
+                "--point-seconds", str(point_seconds), "--trials", str(trials), *_cpu_args(c_cpu),
+                *(["--repeats", str(repeats)] if repeats else [])]  # fmt: skip
         client = lab.client.popen([sys.executable, "-m", "pktlab.netpipe", *args])
         progress = _progress(len(sizes), label)
         points: list[Point] = []
@@ -265,16 +273,20 @@ def netpipe(
     point_seconds: float = 0.05,
     trials: int = 7,
     pin: tuple[int, int] | None = (0, -1),
+    repeats: int | None = None,
 ) -> NetpipeResult:
     """Measure every configuration of ``through`` between the lab's client and server; see the module docstring.
 
-    ``pin`` puts the client and the server on these CPUs (indexes into the CPUs this process may
-    use; the default: first and last), so a run does not depend on where the scheduler puts
+    ``repeats`` fixes the round trips per trial (NPtcp's ``-n``) instead of deriving them
+    from ``point_seconds``.  ``pin`` puts the client and the server on these CPUs (indexes
+    into the CPUs this process may use; the default: first and last), so a run does not
+    depend on where the scheduler puts
     them — on a machine with few CPUs, waking a process on another CPU costs more than the
     network path.  ``None`` leaves them to the scheduler.
     """
     sizes = schedule(max_bytes)
     sessions = [s for s in through if s is not None]
+    sessions += [s for s in getattr(lab, "_sessions", []) if s not in sessions and s.attached]  # the lab's own
     for s in sessions:
         if not s.attached:
             raise SessionError(f"session {s.name} is not attached; attach it before measuring through it")
@@ -282,7 +294,7 @@ def netpipe(
     for c in through:
         label = _label(c)
         with _out_of_path(s for s in sessions if s is not c):
-            result.points += _measure(lab, sizes, label, point_seconds, trials, pin)
+            result.points += _measure(lab, sizes, label, point_seconds, trials, pin, repeats)
         result.configs.append(label)
     return result
 
@@ -313,7 +325,7 @@ def _serve(port: int) -> None:
         echo(conn.fileno(), size, count)
 
 
-def _run(host: str, port: int, sizes: list[int], point_seconds: float, trials: int) -> None:
+def _run(host: str, port: int, sizes: list[int], point_seconds: float, trials: int, fixed: int | None) -> None:
     import socket
     import struct
 
@@ -325,7 +337,7 @@ def _run(host: str, port: int, sizes: list[int], point_seconds: float, trials: i
     fd = conn.fileno()
     last = 1e-4  # seconds per round trip of the previous size: sets the repeat count
     for size in sizes:
-        repeats = max(3, min(100_000, int(point_seconds / trials / max(last, 1e-7))))  # NetPIPE: RUNTM / tlast
+        repeats = fixed or max(3, min(100_000, int(point_seconds / trials / max(last, 1e-7))))  # NetPIPE: RUNTM/tlast
         best = math.inf
         for _ in range(trials):
             conn.sendall(struct.pack("!QQ", size, repeats))
@@ -351,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--sizes", required=True)
     r.add_argument("--point-seconds", type=float, default=0.05)
     r.add_argument("--trials", type=int, default=7)
+    r.add_argument("--repeats", type=int, default=None)
     for q in (s, r):
         q.add_argument("--cpu", type=int, default=None)
     a = p.parse_args(argv)
@@ -359,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "serve":
         _serve(a.port)
     else:
-        _run(a.host, a.port, [int(x) for x in a.sizes.split(",")], a.point_seconds, a.trials)
+        _run(a.host, a.port, [int(x) for x in a.sizes.split(",")], a.point_seconds, a.trials, a.repeats)
     return 0
 
 
