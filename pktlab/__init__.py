@@ -40,6 +40,7 @@ from .packet import Packet
 from .record import Record
 from .replayer import ReplaySession, replay
 from .session import Session, Status, attach
+from .throughput import NetpipeResult, netpipe
 from .tracing import Trace, Tracer, trace
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 
@@ -58,6 +59,7 @@ __all__ = [
     "Host",
     "Lab",
     "LabError",
+    "NetpipeResult",
     "MissingToolError",
     "Packet",
     "PacketFormatError",
@@ -85,6 +87,7 @@ __all__ = [
     "load_ipython_extension",
     "mac",
     "mode",
+    "netpipe",
     "protocol",
     "protocols",
     "raw",

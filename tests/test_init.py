@@ -32,6 +32,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "chainowner",
         "grading",
         "replayer",
+        "throughput",
         "traffic",
         "cli",
         "annotations",

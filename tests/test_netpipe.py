@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pktlab.netpipe import NetpipeResult, Point, saturation_point, schedule
+from pktlab.throughput import NetpipeResult, Point, saturation_point, schedule
 
 
 def test_schedule_follows_netpipe() -> None:

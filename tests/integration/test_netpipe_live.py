@@ -10,7 +10,7 @@ import pytest
 
 import pktlab
 from pktlab import Lab
-from pktlab.netpipe import netpipe, schedule
+from pktlab.throughput import netpipe, schedule
 from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = [needs_root, pytest.mark.skipif(shutil.which("NPtcp") is None, reason="netpipe-tcp is not installed")]
@@ -35,7 +35,7 @@ def test_agrees_with_nptcp_on_the_same_path(lab: Lab, tmp_path: Path) -> None:
     # the same method on both sides (NetPIPE's 7 trials of 30 round trips, the ends pinned alike),
     # three runs of each in alternation: a single run of either spreads by +-20 % on this machine
     ref: list[tuple[int, float, float]] = []
-    ours: list[pktlab.netpipe.Point] = []
+    ours: list[pktlab.throughput.Point] = []
     for i in range(3):
         ref += nptcp(lab, tmp_path / f"np{i}.out")
         r = netpipe(lab, [None], max_bytes=MAX, repeats=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def _run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str)
 
     if mode == "replay":
         monkeypatch.setenv("PKTLAB_REPLAY", "1")  # the kernel inherits it: pktlab.mode() says "replay"
+    monkeypatch.setenv("PKTLAB_NETPIPE_MAX", "65536")  # 04-netpipe-nat: the reduced run
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "\n".join(
@@ -49,6 +51,10 @@ def test_notebook_runs_top_to_bottom_live(path: Path, tmp_path: Path, monkeypatc
         assert "namespaces left: []" in text
         assert "600-byte datagrams passed: 0; 100-byte datagrams passed: 50" in text
         assert "received 100 of 100; 10 errors kept" in text
+    if path.stem == "04-netpipe-nat":
+        m = re.search(r"pktlab NAT / scapy NAT: (\d+)x", text)
+        assert m and int(m.group(1)) >= 10 and "handler errors: 0" in text
+        assert "same bytes out of both: True" in text
     if path.stem == "05-kernel-view":
         assert "port 9000: 20 delivered; port 9001: 20 delivered; the handler saw 20 packets, ports [9000]" in text
         assert "libpcap cannot compile the filter" in text
@@ -71,6 +77,11 @@ def test_notebook_runs_top_to_bottom_in_replay_mode(
         assert "trimmed by pktlab" in text and "replayed 40; 2 errors kept" in text  # big ones: trimmed first
     if path.stem == "02-protocol-views":
         assert "received 5 of 5; UDP checksums right: 5" in text and "PKTLAB" in text
+    if path.stem == "04-netpipe-nat":
+        import pktlab
+
+        n = pktlab.datasets.load("lab-tcp").packets_expected  # every packet of the capture goes to the server
+        assert "live mode only" in text and f"packets rewritten: {n} | same bytes out of both: True" in text
     if path.stem == "05-kernel-view":
         assert "lab-udp-sizes: 40 packets, 40 matched the filter" in text
         assert "lab-tftp: 7 packets, 0 matched the filter" in text

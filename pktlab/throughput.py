@@ -105,6 +105,16 @@ class NetpipeResult:
     points: list[Point] = field(default_factory=list)
     configs: list[str] = field(default_factory=list)
 
+    def __add__(self, other: NetpipeResult) -> NetpipeResult:
+        """Both results in one (configurations measured in separate runs, compared in one table and plot)."""
+        return NetpipeResult(self.points + other.points, self.configs + [c for c in other.configs
+                                                                          if c not in self.configs])  # fmt: skip
+
+    def relabel(self, names: dict[str, str]) -> NetpipeResult:
+        """The same points with configurations renamed (``{"no queue": "kernel NAT"}``)."""
+        pts = [Point(names.get(p.config, p.config), p.bytes, p.repeats, p.seconds) for p in self.points]
+        return NetpipeResult(pts, [names.get(c, c) for c in self.configs])
+
     def of(self, config: str) -> list[Point]:
         return [p for p in self.points if p.config == config]
 
@@ -232,19 +242,20 @@ def _measure(
     trials: int,
     pin: tuple[int, int] | None,
     repeats: int | None,
+    to: str | None,
 ) -> list[Point]:
     from .lab import _wait_ready
 
     cpus = sorted(os.sched_getaffinity(0))
     c_cpu, s_cpu = (cpus[pin[0]], cpus[pin[1]]) if pin is not None else (None, None)
-    server = lab.server.popen([sys.executable, "-m", "pktlab.netpipe", "serve", "--port", str(PORT),
+    server = lab.server.popen([sys.executable, "-m", "pktlab.throughput", "serve", "--port", str(PORT),
                                *_cpu_args(s_cpu)])  # fmt: skip
     try:
         _wait_ready(server, "ping-pong server in the lab server")
-        args = ["run", "--host", lab.server.addr, "--port", str(PORT), "--sizes", ",".join(map(str, sizes)),
+        args = ["run", "--host", to or lab.server.addr, "--port", str(PORT), "--sizes", ",".join(map(str, sizes)),
                 "--point-seconds", str(point_seconds), "--trials", str(trials), *_cpu_args(c_cpu),
                 *(["--repeats", str(repeats)] if repeats else [])]  # fmt: skip
-        client = lab.client.popen([sys.executable, "-m", "pktlab.netpipe", *args])
+        client = lab.client.popen([sys.executable, "-m", "pktlab.throughput", *args])
         progress = _progress(len(sizes), label)
         points: list[Point] = []
         assert client.stdout is not None
@@ -274,9 +285,11 @@ def netpipe(
     trials: int = 7,
     pin: tuple[int, int] | None = (0, -1),
     repeats: int | None = None,
+    to: str | None = None,
 ) -> NetpipeResult:
     """Measure every configuration of ``through`` between the lab's client and server; see the module docstring.
 
+    ``to`` is the address the client connects to (a NAT's, say; default: the server's).
     ``repeats`` fixes the round trips per trial (NPtcp's ``-n``) instead of deriving them
     from ``point_seconds``.  ``pin`` puts the client and the server on these CPUs (indexes
     into the CPUs this process may use; the default: first and last), so a run does not
@@ -294,12 +307,12 @@ def netpipe(
     for c in through:
         label = _label(c)
         with _out_of_path(s for s in sessions if s is not c):
-            result.points += _measure(lab, sizes, label, point_seconds, trials, pin, repeats)
+            result.points += _measure(lab, sizes, label, point_seconds, trials, pin, repeats, to)
         result.configs.append(label)
     return result
 
 
-# -- the two ends, run inside lab namespaces: python -m pktlab.netpipe serve|run ----------------
+# -- the two ends, run inside lab namespaces: python -m pktlab.throughput serve|run ----------------
 def _serve(port: int) -> None:
     import socket
     import struct
@@ -353,7 +366,7 @@ def _run(host: str, port: int, sizes: list[int], point_seconds: float, trials: i
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m pktlab.netpipe")
+    p = argparse.ArgumentParser(prog="python -m pktlab.throughput")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, default=PORT)
