@@ -64,8 +64,9 @@ def cpu_ns(tid: int) -> int:
 class BareReader:
     """NetfilterQueue with an accept-only callback, in the lab namespace, reading once started."""
 
-    def __init__(self, ns: str) -> None:
+    def __init__(self, ns: str, match: tuple[str, ...] = ("-p", "udp", "--dport", "9000")) -> None:
         self.ns = ns
+        self.match = match
         self.count = [0]
         self._stop = False
         self._ready = threading.Event()
@@ -105,7 +106,7 @@ class BareReader:
     def __enter__(self) -> BareReader:
         self._t.start()
         self._ready.wait(5)
-        self.rules.install([rules.QueueRule(QUEUE, "INPUT", ("-p", "udp", "--dport", "9000"))])
+        self.rules.install([rules.QueueRule(QUEUE, "INPUT", self.match)])
         return self
 
     def __exit__(self, *exc: object) -> None:

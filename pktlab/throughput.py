@@ -80,22 +80,17 @@ class Point:
 
 
 def saturation_point(points: Sequence[tuple[int, float]], fraction: float = 0.9) -> int | None:
-    """The smallest block size from which throughput stays at or above ``fraction`` of its maximum.
+    """The smallest block size whose throughput reaches ``fraction`` of the maximum.
 
-    ``points`` are (bytes, Mbps) in increasing block size.  NetPIPE's saturation graph shows
-    it as the size after which the transfer time grows linearly with the block.
+    ``points`` are (bytes, Mbps) in increasing block size.  Past it, NetPIPE's saturation
+    graph (time against block size) runs straight: more bytes cost proportionally more time.
     """
     if not points:
         return None
     top = max(m for _, m in points)
     if top <= 0:
         return None
-    sat = None
-    for size, mbps in reversed(points):
-        if mbps < fraction * top:
-            break
-        sat = size
-    return sat
+    return next(size for size, mbps in points if mbps >= fraction * top)
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""NetPIPE through the queue, and the NAT experiment: figures for BENCHMARKS.md.
+
+(1) Max TCP throughput NPtcp measures between a lab's client and server with every packet to
+    the server going through NFQUEUE 1, read by (a) a bare NetfilterQueue accept-only reader
+    (bench_queue's BareReader), (b) a pktlab session with no handler.  NPtcp's ends are pinned
+    as pktlab.netpipe pins its own (client CPU 0, server the last CPU); runs alternate, median
+    of REPEATS.  Goal (issue 4): (b) >= 90 % of (a).
+(2) The NAT experiment of notebooks/04-netpipe-nat.ipynb at full size: kernel DNAT, the pktlab
+    NAT handler (views) and the same NAT with scapy, each measured with pktlab.netpipe in a
+    client-router-server lab.  Goal: pktlab NAT >= 50x the scapy NAT.
+Run: `.venv/bin/python bench/bench_netpipe.py` (as root).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_queue import BareReader  # noqa: E402
+
+import pktlab  # noqa: E402
+
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+MAX = int(os.environ.get("BENCH_NETPIPE_MAX", str(1 << 20)))
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+def nptcp_max(lab: pktlab.Lab) -> float:
+    """The highest throughput (Mbps) of one NPtcp run from the client to the server."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "np.out"
+        server = lab.server.popen(["taskset", "-c", str(CPUS[-1]), "NPtcp"], stdout=subprocess.DEVNULL)
+        time.sleep(0.3)
+        lab.client.run(["taskset", "-c", str(CPUS[0]), "NPtcp", "-h", lab.server.addr, "-o", str(out),
+                        "-u", str(MAX), "-n", "30"], timeout=300)  # fmt: skip
+        server.wait(10)
+        return max(float(line.split()[1]) for line in out.read_text().splitlines())
+
+
+def through_bare(lab: pktlab.Lab) -> float:
+    with BareReader(lab.server.netns, ("-p", "tcp")) as r:
+        r.start_reading()
+        return nptcp_max(lab)
+
+
+def through_pktlab(lab: pktlab.Lab) -> float:
+    s = pktlab.attach(1, rule="-p tcp", netns=lab.server)
+    try:
+        return nptcp_max(lab)
+    finally:
+        s.detach()
+
+
+def queue_table() -> None:
+    names = ("(0) no queue", "(a) bare NetfilterQueue accept", "(b) pktlab, no handler")
+    runs: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(REPEATS):
+        for name, fn in (("(0) no queue", nptcp_max), ("(a) bare NetfilterQueue accept", through_bare),
+                         ("(b) pktlab, no handler", through_pktlab)):  # fmt: skip
+            with pktlab.Lab() as lab:
+                runs[name].append(fn(lab))
+            print(f"  {name}: {runs[name][-1]:,.0f} Mbps", file=sys.stderr)
+    base = statistics.median(runs["(a) bare NetfilterQueue accept"])
+    print(f"\n### NPtcp max throughput through NFQUEUE (up to {MAX:,} bytes, median of {REPEATS})\n")
+    print("| configuration | max Mbps | ratio to (a) | runs (Mbps) |\n|---|---|---|---|")
+    for name, rs in runs.items():
+        med = statistics.median(rs)
+        print(f"| {name} | {med:,.0f} | {med / base:.1%} | {', '.join(f'{x:,.0f}' for x in rs)} |")
+
+
+def nat_table() -> None:
+    vip = "10.77.2.100"
+    with pktlab.Lab("router") as lab:
+        real, client = lab.server.addr, lab.client.addr
+        views, scapy_nat = _nats(vip, real, client)
+        lab.router.run(["iptables", "-t", "nat", "-A", "PREROUTING", "-d", vip, "-j", "DNAT", "--to-destination", real])
+        res = pktlab.netpipe(lab, [None], max_bytes=MAX, to=vip).relabel({"no queue": "kernel NAT"})
+        lab.router.run(["iptables", "-t", "nat", "-F"])
+        s = pktlab.attach(1, rule="-s 10.77.0.0/16", hook="PREROUTING", netns=lab.router)
+        try:
+            s.add_handler(views, "nat")
+            res = res + pktlab.netpipe(lab, [s], max_bytes=MAX, to=vip).relabel({"queue 1 (nat)": "pktlab NAT"})
+            s.add_handler(scapy_nat, "nat")
+            res = res + pktlab.netpipe(lab, [s], max_bytes=MAX, to=vip, trials=3).relabel(
+                {"queue 1 (nat)": "NAT with scapy"}
+            )
+            errors = len(s.errors)
+        finally:
+            s.detach()
+    table = res.summary().set_index("config")
+    sc = table.loc["NAT with scapy", "max Mbps"]
+    print(f"\n### NAT experiment (pktlab.netpipe, up to {MAX:,} bytes; handler errors: {errors})\n")
+    print("| NAT | max Mbps | latency µs | saturation bytes | ratio to scapy NAT |\n|---|---|---|---|---|")
+    for c, row in table.iterrows():
+        print(f"| {c} | {row['max Mbps']:,.1f} | {row['latency us']:.1f} | {row['saturation bytes']} | "
+              f"{row['max Mbps'] / sc:,.0f}x |")  # fmt: skip
+
+
+def _nats(vip: str, real: str, client: str):  # type: ignore[no-untyped-def]
+    from scapy.layers.inet import IP, TCP
+
+    def nat_views(pkt):  # type: ignore[no-untyped-def]
+        ip = pkt.ip
+        if ip is None:
+            return None
+        if ip.dst == vip:
+            ip.dst = real
+        elif ip.src == real and ip.dst == client:
+            ip.src = vip
+        return None
+
+    def nat_scapy(pkt):  # type: ignore[no-untyped-def]
+        p = IP(bytes(pkt))
+        if p.dst == vip:
+            p.dst = real
+        elif p.src == real and p.dst == client:
+            p.src = vip
+        else:
+            return None
+        del p.chksum
+        if TCP in p:
+            del p[TCP].chksum
+        pkt.set_payload(bytes(p))
+        return pkt.accept()
+
+    return nat_views, nat_scapy
+
+
+if __name__ == "__main__":
+    queue_table()
+    nat_table()
