@@ -134,5 +134,8 @@ def _nats(vip: str, real: str, client: str):  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    queue_table()
-    nat_table()
+    parts = sys.argv[1:] or ["queue", "nat"]
+    if "queue" in parts:
+        queue_table()
+    if "nat" in parts:
+        nat_table()

@@ -2061,6 +2061,41 @@ static void __Pyx_Raise(PyObject *type, PyObject *value, PyObject *tb, PyObject 
 /* PyOSError_Check.proto */
 #define __Pyx_PyExc_OSError_Check(obj)  __Pyx_TypeCheck(obj, PyExc_OSError)
 
+/* PyTimeoutError_Check.proto */
+#define __Pyx_PyExc_TimeoutError_Check(obj)  __Pyx_TypeCheck(obj, PyExc_TimeoutError)
+
+/* BuildPyUnicode.proto (used by COrdinalToPyUnicode) */
+static PyObject* __Pyx_PyUnicode_BuildFromAscii(Py_ssize_t ulength, const char* chars, int clength,
+                                                int prepend_sign, char padding_char);
+
+/* COrdinalToPyUnicode.proto (used by CIntToPyUnicode) */
+static CYTHON_INLINE int __Pyx_CheckUnicodeValue(int value);
+static CYTHON_INLINE PyObject* __Pyx_PyUnicode_FromOrdinal_Padded(int value, Py_ssize_t width, char padding_char);
+
+/* GCCDiagnostics.proto (used by CIntToPyUnicode) */
+#if !defined(__INTEL_COMPILER) && defined(__GNUC__) && (__GNUC__ > 4 || (__GNUC__ == 4 && __GNUC_MINOR__ >= 6))
+#define __Pyx_HAS_GCC_DIAGNOSTIC
+#endif
+
+/* IncludeStdlibH.proto (used by CIntToPyUnicode) */
+#include <stdlib.h>
+
+/* CIntToPyUnicode.proto */
+#define __Pyx_PyUnicode_From_long(value, width, padding_char, format_char) (\
+    ((format_char) == ('c')) ?\
+        __Pyx_uchar___Pyx_PyUnicode_From_long(value, width, padding_char) :\
+        __Pyx____Pyx_PyUnicode_From_long(value, width, padding_char, format_char)\
+    )
+static CYTHON_INLINE PyObject* __Pyx_uchar___Pyx_PyUnicode_From_long(long value, Py_ssize_t width, char padding_char);
+static CYTHON_INLINE PyObject* __Pyx____Pyx_PyUnicode_From_long(long value, Py_ssize_t width, char padding_char, char format_char);
+
+/* JoinPyUnicode.proto */
+#define __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH\
+    (!CYTHON_COMPILING_IN_GRAAL && !CYTHON_COMPILING_IN_PYPY && !CYTHON_COMPILING_IN_LIMITED_API)
+
+/* JoinPyUnicode.export */
+static PyObject* __Pyx_PyUnicode_Join(PyObject** values, Py_ssize_t value_count, Py_ssize_t result_ulength, int kind);
+
 /* dict_setdefault.proto (used by FetchCommonType) */
 static CYTHON_INLINE PyObject *__Pyx_PyDict_SetDefault(PyObject *d, PyObject *key, PyObject *default_value);
 
@@ -2300,11 +2335,6 @@ static void __pyx_insert_code_object(int code_line, __Pyx_CachedCodeObjectType* 
 static void __Pyx_AddTraceback(const char *funcname, int c_line,
                                int py_line, const char *filename);
 
-/* GCCDiagnostics.proto */
-#if !defined(__INTEL_COMPILER) && defined(__GNUC__) && (__GNUC__ > 4 || (__GNUC__ == 4 && __GNUC_MINOR__ >= 6))
-#define __Pyx_HAS_GCC_DIAGNOSTIC
-#endif
-
 /* CIntFromPy.proto */
 static CYTHON_INLINE int __Pyx_PyLong_As_int(PyObject *);
 
@@ -2366,6 +2396,9 @@ static int __Pyx_check_binary_version(unsigned long ct_version, unsigned long rt
 
 /* DecompressString.proto */
 static PyObject *__Pyx_DecompressString(const char *s, Py_ssize_t length, int algo);
+
+/* DecompressString_LZSS.proto */
+static PyObject *__Pyx_DecompressString_LZSS(const char *s, size_t compressed_length, size_t uncompressed_length);
 
 /* MultiPhaseInitModuleState.proto */
 #if CYTHON_PEP489_MULTI_PHASE_INIT && CYTHON_USE_MODULE_STATE
@@ -2472,6 +2505,8 @@ static const char __pyx_k_NetPIPE_s_ping_pong_compiled_the[] = "NetPIPE\047s pin
 /* #### Code section: decls ### */
 static PyObject *__pyx_pf_6pktlab_9_pingpong_round_trips(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_fd, long __pyx_v_size, long __pyx_v_count); /* proto */
 static PyObject *__pyx_pf_6pktlab_9_pingpong_2echo(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_fd, long __pyx_v_size, long __pyx_v_count); /* proto */
+static PyObject *__pyx_pf_6pktlab_9_pingpong_4round_trips_dgram(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_fd, long __pyx_v_size, long __pyx_v_count); /* proto */
+static PyObject *__pyx_pf_6pktlab_9_pingpong_6echo_dgram(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_fd, long __pyx_v_size, long __pyx_v_count); /* proto */
 /* #### Code section: late_includes ### */
 /* #### Code section: module_state ### */
 /* SmallCodeConfig */
@@ -2498,8 +2533,8 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_items;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
-    PyObject *__pyx_codeobj_tab[2];
-    PyObject *__pyx_string_tab[34];
+    PyObject *__pyx_codeobj_tab[4];
+    PyObject *__pyx_string_tab[44];
 /* #### Code section: module_state_contents ### */
 /* CommonTypesMetaclass.module_state_decls */
 PyTypeObject *__pyx_CommonTypesMetaclassType;
@@ -2543,40 +2578,50 @@ static __pyx_mstatetype __pyx_mstate_global_static =
 static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_static;
 #endif
 /* #### Code section: constant_name_defines ### */
-#define __pyx_kp_u_ __pyx_string_tab[0]
-#define __pyx_kp_u_ping_pong_echo_failed __pyx_string_tab[1]
-#define __pyx_kp_u_ping_pong_send_recv_failed __pyx_string_tab[2]
-#define __pyx_kp_u_pktlab__pingpong_pyx __pyx_string_tab[3]
-#define __pyx_kp_u_the_ping_pong_client_closed_the __pyx_string_tab[4]
-#define __pyx_kp_u_the_ping_pong_server_closed_the __pyx_string_tab[5]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[6]
-#define __pyx_n_u_annotate __pyx_string_tab[7]
-#define __pyx_n_u_func __pyx_string_tab[8]
-#define __pyx_n_u_main __pyx_string_tab[9]
-#define __pyx_n_u_module __pyx_string_tab[10]
-#define __pyx_n_u_name __pyx_string_tab[11]
-#define __pyx_n_u_qualname __pyx_string_tab[12]
-#define __pyx_n_u_test __pyx_string_tab[13]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[14]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[15]
-#define __pyx_n_u_buf __pyx_string_tab[16]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[17]
-#define __pyx_n_u_count __pyx_string_tab[18]
-#define __pyx_n_u_echo __pyx_string_tab[19]
-#define __pyx_n_u_err __pyx_string_tab[20]
-#define __pyx_n_u_fd __pyx_string_tab[21]
-#define __pyx_n_u_i __pyx_string_tab[22]
-#define __pyx_n_u_items __pyx_string_tab[23]
-#define __pyx_n_u_pktlab__pingpong __pyx_string_tab[24]
-#define __pyx_n_u_pop __pyx_string_tab[25]
-#define __pyx_n_u_round_trips __pyx_string_tab[26]
-#define __pyx_n_u_setdefault __pyx_string_tab[27]
-#define __pyx_n_u_size __pyx_string_tab[28]
-#define __pyx_n_u_t0 __pyx_string_tab[29]
-#define __pyx_n_u_t1 __pyx_string_tab[30]
-#define __pyx_n_u_values __pyx_string_tab[31]
-#define __pyx_kp_b_iso88591_WAXU_G1_1_E_aq_1D_Q_t3a_y_U_1_a __pyx_string_tab[32]
-#define __pyx_kp_b_iso88591_WAXU_G1_1_T_E_aq_y_U_1_a_1D_Q_t __pyx_string_tab[33]
+#define __pyx_kp_u_bytes __pyx_string_tab[0]
+#define __pyx_kp_u_byte_datagram_or_its_echo_was_l __pyx_string_tab[1]
+#define __pyx_kp_u_ __pyx_string_tab[2]
+#define __pyx_kp_u_UDP_echo_failed_the_client_s_dat __pyx_string_tab[3]
+#define __pyx_kp_u_UDP_ping_pong_failed_at __pyx_string_tab[4]
+#define __pyx_kp_u_a __pyx_string_tab[5]
+#define __pyx_kp_u_ping_pong_echo_failed __pyx_string_tab[6]
+#define __pyx_kp_u_ping_pong_send_recv_failed __pyx_string_tab[7]
+#define __pyx_kp_u_pktlab__pingpong_pyx __pyx_string_tab[8]
+#define __pyx_kp_u_the_ping_pong_client_closed_the __pyx_string_tab[9]
+#define __pyx_kp_u_the_ping_pong_server_closed_the __pyx_string_tab[10]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[11]
+#define __pyx_n_u_annotate __pyx_string_tab[12]
+#define __pyx_n_u_func __pyx_string_tab[13]
+#define __pyx_n_u_main __pyx_string_tab[14]
+#define __pyx_n_u_module __pyx_string_tab[15]
+#define __pyx_n_u_name __pyx_string_tab[16]
+#define __pyx_n_u_qualname __pyx_string_tab[17]
+#define __pyx_n_u_test __pyx_string_tab[18]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[19]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[20]
+#define __pyx_n_u_buf __pyx_string_tab[21]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[22]
+#define __pyx_n_u_count __pyx_string_tab[23]
+#define __pyx_n_u_echo __pyx_string_tab[24]
+#define __pyx_n_u_echo_dgram __pyx_string_tab[25]
+#define __pyx_n_u_err __pyx_string_tab[26]
+#define __pyx_n_u_fd __pyx_string_tab[27]
+#define __pyx_n_u_i __pyx_string_tab[28]
+#define __pyx_n_u_items __pyx_string_tab[29]
+#define __pyx_n_u_pktlab__pingpong __pyx_string_tab[30]
+#define __pyx_n_u_pop __pyx_string_tab[31]
+#define __pyx_n_u_r __pyx_string_tab[32]
+#define __pyx_n_u_round_trips __pyx_string_tab[33]
+#define __pyx_n_u_round_trips_dgram __pyx_string_tab[34]
+#define __pyx_n_u_setdefault __pyx_string_tab[35]
+#define __pyx_n_u_size __pyx_string_tab[36]
+#define __pyx_n_u_t0 __pyx_string_tab[37]
+#define __pyx_n_u_t1 __pyx_string_tab[38]
+#define __pyx_n_u_values __pyx_string_tab[39]
+#define __pyx_kp_b_iso88591_WAXU_G1_1_E_aq_1D_Q_t3a_y_U_1_a __pyx_string_tab[40]
+#define __pyx_kp_b_iso88591_WAXU_G1_Q_1_E_aq_AT_fA_r_1_a_t1 __pyx_string_tab[41]
+#define __pyx_kp_b_iso88591_WAXU_G1_1_T_E_aq_y_U_1_a_1D_Q_t __pyx_string_tab[42]
+#define __pyx_kp_b_iso88591_WAXU_G1_Q_1_T_E_aq_t1D_V_A_a_AT __pyx_string_tab[43]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
 static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
@@ -2594,8 +2639,8 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<2; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<34; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<4; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<44; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
 Py_CLEAR(clear_module_state->__pyx_CommonTypesMetaclassType);
@@ -2621,8 +2666,8 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<2; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<34; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<4; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<44; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
 Py_VISIT(traverse_module_state->__pyx_CommonTypesMetaclassType);
@@ -3932,6 +3977,7 @@ static PyObject *__pyx_pf_6pktlab_9_pingpong_2echo(CYTHON_UNUSED PyObject *__pyx
  *         raise ConnectionError("the ping-pong client closed the connection")
  *     if err != 0:             # <<<<<<<<<<<<<<
  *         raise OSError(errno, "ping-pong echo failed")
+ * 
 */
   __pyx_t_2 = (__pyx_v_err != 0);
 
@@ -3942,6 +3988,8 @@ static PyObject *__pyx_pf_6pktlab_9_pingpong_2echo(CYTHON_UNUSED PyObject *__pyx
  *         raise ConnectionError("the ping-pong client closed the connection")
  *     if err != 0:
  *         raise OSError(errno, "ping-pong echo failed")             # <<<<<<<<<<<<<<
+ * 
+ * 
 */
     __pyx_t_7 = NULL;
     __pyx_t_9 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 115, __pyx_L1_error)
@@ -3964,6 +4012,7 @@ static PyObject *__pyx_pf_6pktlab_9_pingpong_2echo(CYTHON_UNUSED PyObject *__pyx
  *         raise ConnectionError("the ping-pong client closed the connection")
  *     if err != 0:             # <<<<<<<<<<<<<<
  *         raise OSError(errno, "ping-pong echo failed")
+ * 
 */
   }
 
@@ -3985,6 +4034,893 @@ static PyObject *__pyx_pf_6pktlab_9_pingpong_2echo(CYTHON_UNUSED PyObject *__pyx
   __Pyx_AddTraceback("pktlab._pingpong.echo", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
+
+
+
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "pktlab/_pingpong.pyx":119
+ * 
+ * # -- UDP: one datagram each way per round trip (connected sockets; a lost datagram times out) --
+ * def round_trips_dgram(int fd, long size, long count):             # <<<<<<<<<<<<<<
+ *     """Time ``count`` round trips of one ``size``-byte datagram on a connected UDP socket."""
+ *     cdef char* buf = _buffer(size if size > 0 else 1)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6pktlab_9_pingpong_5round_trips_dgram(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6pktlab_9_pingpong_4round_trips_dgram, "Time ``count`` round trips of one ``size``-byte datagram on a connected UDP socket.");
+static PyMethodDef __pyx_mdef_6pktlab_9_pingpong_5round_trips_dgram = {"round_trips_dgram", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6pktlab_9_pingpong_5round_trips_dgram, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6pktlab_9_pingpong_4round_trips_dgram};
+static PyObject *__pyx_pw_6pktlab_9_pingpong_5round_trips_dgram(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  int __pyx_v_fd;
+  long __pyx_v_size;
+  long __pyx_v_count;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[3] = {0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("round_trips_dgram (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_fd,&__pyx_mstate_global->__pyx_n_u_size,&__pyx_mstate_global->__pyx_n_u_count,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 119, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 119, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 119, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 119, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "round_trips_dgram", 0) < (0)) __PYX_ERR(0, 119, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("round_trips_dgram", 1, 3, 3, i); __PYX_ERR(0, 119, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 3)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 119, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 119, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 119, __pyx_L3_error)
+    }
+    __pyx_v_fd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 119, __pyx_L3_error)
+    __pyx_v_size = __Pyx_PyLong_As_long(values[1]); if (unlikely((__pyx_v_size == (long)-1) && PyErr_Occurred())) __PYX_ERR(0, 119, __pyx_L3_error)
+    __pyx_v_count = __Pyx_PyLong_As_long(values[2]); if (unlikely((__pyx_v_count == (long)-1) && PyErr_Occurred())) __PYX_ERR(0, 119, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("round_trips_dgram", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 119, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("pktlab._pingpong.round_trips_dgram", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_6pktlab_9_pingpong_4round_trips_dgram(__pyx_self, __pyx_v_fd, __pyx_v_size, __pyx_v_count);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+
+
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6pktlab_9_pingpong_4round_trips_dgram(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_fd, long __pyx_v_size, long __pyx_v_count) {
+  char *__pyx_v_buf;
+  double __pyx_v_t0;
+  double __pyx_v_t1;
+  CYTHON_UNUSED long __pyx_v_i;
+  Py_ssize_t __pyx_v_r;
+  int __pyx_v_err;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  long __pyx_t_1;
+  int __pyx_t_2;
+  char *__pyx_t_3;
+  long __pyx_t_4;
+  long __pyx_t_5;
+  int __pyx_t_6;
+  PyObject *__pyx_t_7 = NULL;
+  PyObject *__pyx_t_8 = NULL;
+  PyObject *__pyx_t_9 = NULL;
+  PyObject *__pyx_t_10[3];
+  Py_ssize_t __pyx_t_11;
+  int __pyx_t_12;
+  PyObject *__pyx_t_13 = NULL;
+  size_t __pyx_t_14;
+  PyObject *__pyx_t_15 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("round_trips_dgram", 0);
+
+  /* "pktlab/_pingpong.pyx":121
+ * def round_trips_dgram(int fd, long size, long count):
+ *     """Time ``count`` round trips of one ``size``-byte datagram on a connected UDP socket."""
+ *     cdef char* buf = _buffer(size if size > 0 else 1)             # <<<<<<<<<<<<<<
+ *     cdef double t0, t1
+ *     cdef long i
+*/
+  __pyx_t_2 = (__pyx_v_size > 0);
+
+  if (__pyx_t_2) {
+
+    __pyx_t_1 = __pyx_v_size;
+  } else {
+
+    __pyx_t_1 = 1;
+  }
+
+  __pyx_t_3 = __pyx_f_6pktlab_9_pingpong__buffer(__pyx_t_1); if (unlikely(__pyx_t_3 == ((void *)NULL))) __PYX_ERR(0, 121, __pyx_L1_error)
+  __pyx_v_buf = __pyx_t_3;
+
+
+  /* "pktlab/_pingpong.pyx":124
+ *     cdef double t0, t1
+ *     cdef long i
+ *     cdef ssize_t r = 0             # <<<<<<<<<<<<<<
+ *     cdef int err = 0
+ *     with nogil:
+*/
+  __pyx_v_r = 0;
+
+  /* "pktlab/_pingpong.pyx":125
+ *     cdef long i
+ *     cdef ssize_t r = 0
+ *     cdef int err = 0             # <<<<<<<<<<<<<<
+ *     with nogil:
+ *         t0 = _now()
+*/
+  __pyx_v_err = 0;
+
+  /* "pktlab/_pingpong.pyx":126
+ *     cdef ssize_t r = 0
+ *     cdef int err = 0
+ *     with nogil:             # <<<<<<<<<<<<<<
+ *         t0 = _now()
+ *         for i in range(count):
+*/
+  {
+      PyThreadState * _save;
+      _save = PyEval_SaveThread();
+      __Pyx_FastGIL_Remember();
+      /*try:*/ {
+
+        /* "pktlab/_pingpong.pyx":127
+ *     cdef int err = 0
+ *     with nogil:
+ *         t0 = _now()             # <<<<<<<<<<<<<<
+ *         for i in range(count):
+ *             if send(fd, buf, size, MSG_NOSIGNAL) != size:
+*/
+        __pyx_v_t0 = __pyx_f_6pktlab_9_pingpong__now();
+
+        /* "pktlab/_pingpong.pyx":128
+ *     with nogil:
+ *         t0 = _now()
+ *         for i in range(count):             # <<<<<<<<<<<<<<
+ *             if send(fd, buf, size, MSG_NOSIGNAL) != size:
+ *                 err = 1
+*/
+
+        __pyx_t_1 = __pyx_v_count;
+        __pyx_t_4 = __pyx_t_1;
+
+        for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
+          __pyx_v_i = __pyx_t_5;
+
+          /* "pktlab/_pingpong.pyx":129
+ *         t0 = _now()
+ *         for i in range(count):
+ *             if send(fd, buf, size, MSG_NOSIGNAL) != size:             # <<<<<<<<<<<<<<
+ *                 err = 1
+ *                 break
+*/
+          __pyx_t_2 = (send(__pyx_v_fd, __pyx_v_buf, __pyx_v_size, MSG_NOSIGNAL) != __pyx_v_size);
+
+          if (__pyx_t_2) {
+
+
+            /* "pktlab/_pingpong.pyx":130
+ *         for i in range(count):
+ *             if send(fd, buf, size, MSG_NOSIGNAL) != size:
+ *                 err = 1             # <<<<<<<<<<<<<<
+ *                 break
+ *             r = recv(fd, buf, size, 0)
+*/
+            __pyx_v_err = 1;
+
+            /* "pktlab/_pingpong.pyx":131
+ *             if send(fd, buf, size, MSG_NOSIGNAL) != size:
+ *                 err = 1
+ *                 break             # <<<<<<<<<<<<<<
+ *             r = recv(fd, buf, size, 0)
+ *             if r != size:
+*/
+            goto __pyx_L7_break;
+
+            /* "pktlab/_pingpong.pyx":129
+ *         t0 = _now()
+ *         for i in range(count):
+ *             if send(fd, buf, size, MSG_NOSIGNAL) != size:             # <<<<<<<<<<<<<<
+ *                 err = 1
+ *                 break
+*/
+          }
+
+          /* "pktlab/_pingpong.pyx":132
+ *                 err = 1
+ *                 break
+ *             r = recv(fd, buf, size, 0)             # <<<<<<<<<<<<<<
+ *             if r != size:
+ *                 err = 2
+*/
+          __pyx_v_r = recv(__pyx_v_fd, __pyx_v_buf, __pyx_v_size, 0);
+
+          /* "pktlab/_pingpong.pyx":133
+ *                 break
+ *             r = recv(fd, buf, size, 0)
+ *             if r != size:             # <<<<<<<<<<<<<<
+ *                 err = 2
+ *                 break
+*/
+          __pyx_t_2 = (__pyx_v_r != __pyx_v_size);
+
+          if (__pyx_t_2) {
+
+
+            /* "pktlab/_pingpong.pyx":134
+ *             r = recv(fd, buf, size, 0)
+ *             if r != size:
+ *                 err = 2             # <<<<<<<<<<<<<<
+ *                 break
+ *         t1 = _now()
+*/
+            __pyx_v_err = 2;
+
+            /* "pktlab/_pingpong.pyx":135
+ *             if r != size:
+ *                 err = 2
+ *                 break             # <<<<<<<<<<<<<<
+ *         t1 = _now()
+ *     if err == 2 and r < 0:
+*/
+            goto __pyx_L7_break;
+
+            /* "pktlab/_pingpong.pyx":133
+ *                 break
+ *             r = recv(fd, buf, size, 0)
+ *             if r != size:             # <<<<<<<<<<<<<<
+ *                 err = 2
+ *                 break
+*/
+          }
+        }
+        __pyx_L7_break:;
+
+
+        /* "pktlab/_pingpong.pyx":136
+ *                 err = 2
+ *                 break
+ *         t1 = _now()             # <<<<<<<<<<<<<<
+ *     if err == 2 and r < 0:
+ *         raise TimeoutError(f"a {size}-byte datagram or its echo was lost (no answer within the socket timeout)")
+*/
+        __pyx_v_t1 = __pyx_f_6pktlab_9_pingpong__now();
+      }
+
+      /* "pktlab/_pingpong.pyx":126
+ *     cdef ssize_t r = 0
+ *     cdef int err = 0
+ *     with nogil:             # <<<<<<<<<<<<<<
+ *         t0 = _now()
+ *         for i in range(count):
+*/
+      /*finally:*/ {
+        /*normal exit:*/{
+          __Pyx_FastGIL_Forget();
+          PyEval_RestoreThread(_save);
+          goto __pyx_L5;
+        }
+        __pyx_L5:;
+      }
+  }
+
+  /* "pktlab/_pingpong.pyx":137
+ *                 break
+ *         t1 = _now()
+ *     if err == 2 and r < 0:             # <<<<<<<<<<<<<<
+ *         raise TimeoutError(f"a {size}-byte datagram or its echo was lost (no answer within the socket timeout)")
+ *     if err != 0:
+*/
+  __pyx_t_6 = (__pyx_v_err == 2);
+
+  if (__pyx_t_6) {
+
+  } else {
+
+    __pyx_t_2 = __pyx_t_6;
+
+    goto __pyx_L11_bool_binop_done;
+  }
+  __pyx_t_6 = (__pyx_v_r < 0);
+
+
+  __pyx_t_2 = __pyx_t_6;
+
+  __pyx_L11_bool_binop_done:;
+  if (unlikely(__pyx_t_2)) {
+
+
+    /* "pktlab/_pingpong.pyx":138
+ *         t1 = _now()
+ *     if err == 2 and r < 0:
+ *         raise TimeoutError(f"a {size}-byte datagram or its echo was lost (no answer within the socket timeout)")             # <<<<<<<<<<<<<<
+ *     if err != 0:
+ *         raise OSError(errno, f"UDP ping-pong failed at {size} bytes")
+*/
+    __pyx_t_8 = NULL;
+    __pyx_t_9 = __Pyx_PyUnicode_From_long(__pyx_v_size, 0, ' ', 'd'); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 138, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_9);
+    __pyx_t_10[0] = __pyx_mstate_global->__pyx_kp_u_a;
+    __pyx_t_10[1] = __pyx_t_9;
+    __pyx_t_10[2] = __pyx_mstate_global->__pyx_kp_u_byte_datagram_or_its_echo_was_l;
+    __pyx_t_11 = 75;
+    #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
+    __pyx_t_11 += __Pyx_PyUnicode_GET_LENGTH(__pyx_t_10[1]);
+    #endif
+    __pyx_t_12 = 0;
+    __pyx_t_13 = __Pyx_PyUnicode_Join(__pyx_t_10, 3, __pyx_t_11, __pyx_t_12);
+    if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 138, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_13);
+    __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
+    __pyx_t_14 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_t_13};
+      __pyx_t_7 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TimeoutError)), __pyx_callargs+__pyx_t_14, (2-__pyx_t_14) | (__pyx_t_14*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+      __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 138, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
+    }
+    __Pyx_Raise(__pyx_t_7, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    __PYX_ERR(0, 138, __pyx_L1_error)
+
+    /* "pktlab/_pingpong.pyx":137
+ *                 break
+ *         t1 = _now()
+ *     if err == 2 and r < 0:             # <<<<<<<<<<<<<<
+ *         raise TimeoutError(f"a {size}-byte datagram or its echo was lost (no answer within the socket timeout)")
+ *     if err != 0:
+*/
+  }
+
+  /* "pktlab/_pingpong.pyx":139
+ *     if err == 2 and r < 0:
+ *         raise TimeoutError(f"a {size}-byte datagram or its echo was lost (no answer within the socket timeout)")
+ *     if err != 0:             # <<<<<<<<<<<<<<
+ *         raise OSError(errno, f"UDP ping-pong failed at {size} bytes")
+ *     return t1 - t0
+*/
+  __pyx_t_2 = (__pyx_v_err != 0);
+
+  if (unlikely(__pyx_t_2)) {
+
+
+    /* "pktlab/_pingpong.pyx":140
+ *         raise TimeoutError(f"a {size}-byte datagram or its echo was lost (no answer within the socket timeout)")
+ *     if err != 0:
+ *         raise OSError(errno, f"UDP ping-pong failed at {size} bytes")             # <<<<<<<<<<<<<<
+ *     return t1 - t0
+ * 
+*/
+    __pyx_t_13 = NULL;
+    __pyx_t_8 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 140, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_8);
+    __pyx_t_9 = __Pyx_PyUnicode_From_long(__pyx_v_size, 0, ' ', 'd'); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 140, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_9);
+    __pyx_t_10[0] = __pyx_mstate_global->__pyx_kp_u_UDP_ping_pong_failed_at;
+    __pyx_t_10[1] = __pyx_t_9;
+    __pyx_t_10[2] = __pyx_mstate_global->__pyx_kp_u_bytes;
+    __pyx_t_11 = 30;
+    #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
+    __pyx_t_11 += __Pyx_PyUnicode_GET_LENGTH(__pyx_t_10[1]);
+    #endif
+    __pyx_t_12 = 0;
+    __pyx_t_15 = __Pyx_PyUnicode_Join(__pyx_t_10, 3, __pyx_t_11, __pyx_t_12);
+    if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 140, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_15);
+    __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
+    __pyx_t_14 = 1;
+    {
+      PyObject *__pyx_callargs[3] = {__pyx_t_13, __pyx_t_8, __pyx_t_15};
+      __pyx_t_7 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_14, (3-__pyx_t_14) | (__pyx_t_14*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_13); __pyx_t_13 = 0;
+      __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+      __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 140, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
+    }
+    __Pyx_Raise(__pyx_t_7, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    __PYX_ERR(0, 140, __pyx_L1_error)
+
+    /* "pktlab/_pingpong.pyx":139
+ *     if err == 2 and r < 0:
+ *         raise TimeoutError(f"a {size}-byte datagram or its echo was lost (no answer within the socket timeout)")
+ *     if err != 0:             # <<<<<<<<<<<<<<
+ *         raise OSError(errno, f"UDP ping-pong failed at {size} bytes")
+ *     return t1 - t0
+*/
+  }
+
+  /* "pktlab/_pingpong.pyx":141
+ *     if err != 0:
+ *         raise OSError(errno, f"UDP ping-pong failed at {size} bytes")
+ *     return t1 - t0             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __pyx_t_7 = PyFloat_FromDouble((__pyx_v_t1 - __pyx_v_t0)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_7);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_7;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_7 = 0;
+  goto __pyx_L0;
+
+  /* "pktlab/_pingpong.pyx":119
+ * 
+ * # -- UDP: one datagram each way per round trip (connected sockets; a lost datagram times out) --
+ * def round_trips_dgram(int fd, long size, long count):             # <<<<<<<<<<<<<<
+ *     """Time ``count`` round trips of one ``size``-byte datagram on a connected UDP socket."""
+ *     cdef char* buf = _buffer(size if size > 0 else 1)
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_7);
+  __Pyx_XDECREF(__pyx_t_8);
+  __Pyx_XDECREF(__pyx_t_9);
+  __Pyx_XDECREF(__pyx_t_13);
+  __Pyx_XDECREF(__pyx_t_15);
+  __Pyx_AddTraceback("pktlab._pingpong.round_trips_dgram", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+
+
+
+
+
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "pktlab/_pingpong.pyx":144
+ * 
+ * 
+ * def echo_dgram(int fd, long size, long count):             # <<<<<<<<<<<<<<
+ *     """The UDP server's half: ``count`` times, receive a datagram and send it back."""
+ *     cdef char* buf = _buffer(size if size > 0 else 1)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6pktlab_9_pingpong_7echo_dgram(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6pktlab_9_pingpong_6echo_dgram, "The UDP server\047s half: ``count`` times, receive a datagram and send it back.");
+static PyMethodDef __pyx_mdef_6pktlab_9_pingpong_7echo_dgram = {"echo_dgram", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6pktlab_9_pingpong_7echo_dgram, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6pktlab_9_pingpong_6echo_dgram};
+static PyObject *__pyx_pw_6pktlab_9_pingpong_7echo_dgram(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  int __pyx_v_fd;
+  long __pyx_v_size;
+  long __pyx_v_count;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[3] = {0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("echo_dgram (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_fd,&__pyx_mstate_global->__pyx_n_u_size,&__pyx_mstate_global->__pyx_n_u_count,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 144, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 144, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 144, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 144, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "echo_dgram", 0) < (0)) __PYX_ERR(0, 144, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("echo_dgram", 1, 3, 3, i); __PYX_ERR(0, 144, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 3)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 144, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 144, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 144, __pyx_L3_error)
+    }
+    __pyx_v_fd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 144, __pyx_L3_error)
+    __pyx_v_size = __Pyx_PyLong_As_long(values[1]); if (unlikely((__pyx_v_size == (long)-1) && PyErr_Occurred())) __PYX_ERR(0, 144, __pyx_L3_error)
+    __pyx_v_count = __Pyx_PyLong_As_long(values[2]); if (unlikely((__pyx_v_count == (long)-1) && PyErr_Occurred())) __PYX_ERR(0, 144, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("echo_dgram", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 144, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("pktlab._pingpong.echo_dgram", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_6pktlab_9_pingpong_6echo_dgram(__pyx_self, __pyx_v_fd, __pyx_v_size, __pyx_v_count);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+
+
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6pktlab_9_pingpong_6echo_dgram(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_fd, long __pyx_v_size, long __pyx_v_count) {
+  char *__pyx_v_buf;
+  CYTHON_UNUSED long __pyx_v_i;
+  Py_ssize_t __pyx_v_r;
+  int __pyx_v_err;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  long __pyx_t_1;
+  int __pyx_t_2;
+  char *__pyx_t_3;
+  long __pyx_t_4;
+  long __pyx_t_5;
+  PyObject *__pyx_t_6 = NULL;
+  PyObject *__pyx_t_7 = NULL;
+  PyObject *__pyx_t_8 = NULL;
+  size_t __pyx_t_9;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("echo_dgram", 0);
+
+  /* "pktlab/_pingpong.pyx":146
+ * def echo_dgram(int fd, long size, long count):
+ *     """The UDP server's half: ``count`` times, receive a datagram and send it back."""
+ *     cdef char* buf = _buffer(size if size > 0 else 1)             # <<<<<<<<<<<<<<
+ *     cdef long i
+ *     cdef ssize_t r = 0
+*/
+  __pyx_t_2 = (__pyx_v_size > 0);
+
+  if (__pyx_t_2) {
+
+    __pyx_t_1 = __pyx_v_size;
+  } else {
+
+    __pyx_t_1 = 1;
+  }
+
+  __pyx_t_3 = __pyx_f_6pktlab_9_pingpong__buffer(__pyx_t_1); if (unlikely(__pyx_t_3 == ((void *)NULL))) __PYX_ERR(0, 146, __pyx_L1_error)
+  __pyx_v_buf = __pyx_t_3;
+
+
+  /* "pktlab/_pingpong.pyx":148
+ *     cdef char* buf = _buffer(size if size > 0 else 1)
+ *     cdef long i
+ *     cdef ssize_t r = 0             # <<<<<<<<<<<<<<
+ *     cdef int err = 0
+ *     with nogil:
+*/
+  __pyx_v_r = 0;
+
+  /* "pktlab/_pingpong.pyx":149
+ *     cdef long i
+ *     cdef ssize_t r = 0
+ *     cdef int err = 0             # <<<<<<<<<<<<<<
+ *     with nogil:
+ *         for i in range(count):
+*/
+  __pyx_v_err = 0;
+
+  /* "pktlab/_pingpong.pyx":150
+ *     cdef ssize_t r = 0
+ *     cdef int err = 0
+ *     with nogil:             # <<<<<<<<<<<<<<
+ *         for i in range(count):
+ *             r = recv(fd, buf, size, 0)
+*/
+  {
+      PyThreadState * _save;
+      _save = PyEval_SaveThread();
+      __Pyx_FastGIL_Remember();
+      /*try:*/ {
+
+        /* "pktlab/_pingpong.pyx":151
+ *     cdef int err = 0
+ *     with nogil:
+ *         for i in range(count):             # <<<<<<<<<<<<<<
+ *             r = recv(fd, buf, size, 0)
+ *             if r < 0:
+*/
+
+        __pyx_t_1 = __pyx_v_count;
+        __pyx_t_4 = __pyx_t_1;
+
+        for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
+          __pyx_v_i = __pyx_t_5;
+
+          /* "pktlab/_pingpong.pyx":152
+ *     with nogil:
+ *         for i in range(count):
+ *             r = recv(fd, buf, size, 0)             # <<<<<<<<<<<<<<
+ *             if r < 0:
+ *                 err = 1
+*/
+          __pyx_v_r = recv(__pyx_v_fd, __pyx_v_buf, __pyx_v_size, 0);
+
+          /* "pktlab/_pingpong.pyx":153
+ *         for i in range(count):
+ *             r = recv(fd, buf, size, 0)
+ *             if r < 0:             # <<<<<<<<<<<<<<
+ *                 err = 1
+ *                 break
+*/
+          __pyx_t_2 = (__pyx_v_r < 0);
+
+          if (__pyx_t_2) {
+
+
+            /* "pktlab/_pingpong.pyx":154
+ *             r = recv(fd, buf, size, 0)
+ *             if r < 0:
+ *                 err = 1             # <<<<<<<<<<<<<<
+ *                 break
+ *             if send(fd, buf, r, MSG_NOSIGNAL) != r:
+*/
+            __pyx_v_err = 1;
+
+            /* "pktlab/_pingpong.pyx":155
+ *             if r < 0:
+ *                 err = 1
+ *                 break             # <<<<<<<<<<<<<<
+ *             if send(fd, buf, r, MSG_NOSIGNAL) != r:
+ *                 err = 1
+*/
+            goto __pyx_L7_break;
+
+            /* "pktlab/_pingpong.pyx":153
+ *         for i in range(count):
+ *             r = recv(fd, buf, size, 0)
+ *             if r < 0:             # <<<<<<<<<<<<<<
+ *                 err = 1
+ *                 break
+*/
+          }
+
+          /* "pktlab/_pingpong.pyx":156
+ *                 err = 1
+ *                 break
+ *             if send(fd, buf, r, MSG_NOSIGNAL) != r:             # <<<<<<<<<<<<<<
+ *                 err = 1
+ *                 break
+*/
+          __pyx_t_2 = (send(__pyx_v_fd, __pyx_v_buf, __pyx_v_r, MSG_NOSIGNAL) != __pyx_v_r);
+
+          if (__pyx_t_2) {
+
+
+            /* "pktlab/_pingpong.pyx":157
+ *                 break
+ *             if send(fd, buf, r, MSG_NOSIGNAL) != r:
+ *                 err = 1             # <<<<<<<<<<<<<<
+ *                 break
+ *     if err != 0:
+*/
+            __pyx_v_err = 1;
+
+            /* "pktlab/_pingpong.pyx":158
+ *             if send(fd, buf, r, MSG_NOSIGNAL) != r:
+ *                 err = 1
+ *                 break             # <<<<<<<<<<<<<<
+ *     if err != 0:
+ *         raise OSError(errno, "UDP echo failed (the client's datagram did not come)")
+*/
+            goto __pyx_L7_break;
+
+            /* "pktlab/_pingpong.pyx":156
+ *                 err = 1
+ *                 break
+ *             if send(fd, buf, r, MSG_NOSIGNAL) != r:             # <<<<<<<<<<<<<<
+ *                 err = 1
+ *                 break
+*/
+          }
+        }
+        __pyx_L7_break:;
+
+      }
+
+      /* "pktlab/_pingpong.pyx":150
+ *     cdef ssize_t r = 0
+ *     cdef int err = 0
+ *     with nogil:             # <<<<<<<<<<<<<<
+ *         for i in range(count):
+ *             r = recv(fd, buf, size, 0)
+*/
+      /*finally:*/ {
+        /*normal exit:*/{
+          __Pyx_FastGIL_Forget();
+          PyEval_RestoreThread(_save);
+          goto __pyx_L5;
+        }
+        __pyx_L5:;
+      }
+  }
+
+  /* "pktlab/_pingpong.pyx":159
+ *                 err = 1
+ *                 break
+ *     if err != 0:             # <<<<<<<<<<<<<<
+ *         raise OSError(errno, "UDP echo failed (the client's datagram did not come)")
+*/
+  __pyx_t_2 = (__pyx_v_err != 0);
+
+  if (unlikely(__pyx_t_2)) {
+
+
+    /* "pktlab/_pingpong.pyx":160
+ *                 break
+ *     if err != 0:
+ *         raise OSError(errno, "UDP echo failed (the client's datagram did not come)")             # <<<<<<<<<<<<<<
+*/
+    __pyx_t_7 = NULL;
+    __pyx_t_8 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 160, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_8);
+    __pyx_t_9 = 1;
+    {
+      PyObject *__pyx_callargs[3] = {__pyx_t_7, __pyx_t_8, __pyx_mstate_global->__pyx_kp_u_UDP_echo_failed_the_client_s_dat};
+      __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_9, (3-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 160, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
+    }
+    __Pyx_Raise(__pyx_t_6, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+    __PYX_ERR(0, 160, __pyx_L1_error)
+
+    /* "pktlab/_pingpong.pyx":159
+ *                 err = 1
+ *                 break
+ *     if err != 0:             # <<<<<<<<<<<<<<
+ *         raise OSError(errno, "UDP echo failed (the client's datagram did not come)")
+*/
+  }
+
+  /* "pktlab/_pingpong.pyx":144
+ * 
+ * 
+ * def echo_dgram(int fd, long size, long count):             # <<<<<<<<<<<<<<
+ *     """The UDP server's half: ``count`` times, receive a datagram and send it back."""
+ *     cdef char* buf = _buffer(size if size > 0 else 1)
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_XDECREF(__pyx_t_7);
+  __Pyx_XDECREF(__pyx_t_8);
+  __Pyx_AddTraceback("pktlab._pingpong.echo_dgram", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
 
 
 
@@ -4394,6 +5330,36 @@ __Pyx_RefNannySetupContext("PyInit__pingpong", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_echo, __pyx_t_2) < (0)) __PYX_ERR(0, 99, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
+  /* "pktlab/_pingpong.pyx":119
+ * 
+ * # -- UDP: one datagram each way per round trip (connected sockets; a lost datagram times out) --
+ * def round_trips_dgram(int fd, long size, long count):             # <<<<<<<<<<<<<<
+ *     """Time ``count`` round trips of one ``size``-byte datagram on a connected UDP socket."""
+ *     cdef char* buf = _buffer(size if size > 0 else 1)
+*/
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6pktlab_9_pingpong_5round_trips_dgram, 0, __pyx_mstate_global->__pyx_n_u_round_trips_dgram, NULL, __pyx_mstate_global->__pyx_n_u_pktlab__pingpong, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 119, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_round_trips_dgram, __pyx_t_2) < (0)) __PYX_ERR(0, 119, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "pktlab/_pingpong.pyx":144
+ * 
+ * 
+ * def echo_dgram(int fd, long size, long count):             # <<<<<<<<<<<<<<
+ *     """The UDP server's half: ``count`` times, receive a datagram and send it back."""
+ *     cdef char* buf = _buffer(size if size > 0 else 1)
+*/
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6pktlab_9_pingpong_7echo_dgram, 0, __pyx_mstate_global->__pyx_n_u_echo_dgram, NULL, __pyx_mstate_global->__pyx_n_u_pktlab__pingpong, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 144, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_echo_dgram, __pyx_t_2) < (0)) __PYX_ERR(0, 144, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
   /* "pktlab/_pingpong.pyx":1
  * # cython: language_level=3, boundscheck=False, wraparound=False             # <<<<<<<<<<<<<<
  * """NetPIPE's ping-pong, compiled: the timed loops run in C without the GIL.
@@ -4467,32 +5433,41 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 6; } str_length_index[] = {{1},{21},{26},{20},{42},{42},{20},{12},{8},{8},{10},{8},{12},{8},{13},{18},{3},{18},{5},{4},{3},{2},{1},{5},{16},{3},{11},{10},{4},{2},{2},{6}};
-    const struct { const unsigned int length: 8; } bytes_length_index[] = {{126},{151}};
+    const struct { const unsigned int length: 7; } str_length_index[] = {{6},{73},{1},{52},{24},{2},{21},{26},{20},{42},{42},{20},{12},{8},{8},{10},{8},{12},{8},{13},{18},{3},{18},{5},{4},{10},{3},{2},{1},{5},{16},{3},{1},{11},{17},{10},{4},{2},{2},{6}};
+    const struct { const unsigned int length: 8; } bytes_length_index[] = {{126},{122},{151},{182}};
     #ifndef CYTHON_COMPRESS_STRINGS
-      #define CYTHON_COMPRESS_STRINGS 0
+      #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (381 bytes) */
-static const char cstring[] = "x\332\215P=K\003A\0205\030\277\343\267\261\016\026\202\205\321#\366\"D\354\304\210A\273e\2637\027\027/\263\227\333\271\220XY^\271\345\226)S\372s\256\314O\360\047\270\227\030E0\340\302\362\206\367\336\314<\3462\222\330>\215\024\266+ \236U%\3402\004\377\207\324\200\376Y\014\2427S^(\344\2553\226;rC5\032\364\351\031*?\035\"\224\200\344@i\360+\271&\024\"\010\222\n\177;5\304=\210\377v2v7\350\273_\227\202\330-\364\351\036\002\3068\242\"N\300\334\013\022\0249v\270\304\t*?\t\047\n\362\316\004\273\t\017g5\201&\007R3\241b\225\220D\340z\200B\252\3527\241[I\340\322#07\221b.\240\305\305\213P\tR~\033\210\343\300\227\222\240\243\247W\250~_!R\221\233\201\276\353\222\221\326@>\004<\tI\313W\240s\362z<L@\277\025\306\305\262y\264W\366i\330\034\035\215n\336\275qq\337x\331\332z\266ZJ\257M\331p\323\315J{\346\304z\266>\\\0326\262\322vJ\246fx\266\263\233\327\003[\260\007\2669<\036-\216\274l\347p*\024W\336(\275H\273\331\352V\252l\303\362)SKy\316\264M\303\264m\343\217\355\037\313\013K\007_\3737\323\007\263\373+\306\274ms\363}\315\370W\232\254\270\341\230\226)|\002g\351\371\234";
-    PyObject *data = __Pyx_DecompressString(cstring, 381, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (581 bytes) */
+static const char cstring[] = "x\332\215\221=o\023A\020\206\261p @\010v\034\247CZ( .\362a%\022\035\310\310\210\016\305\020\003\335i\2757g\257r\336\265o\347\374A\225\362\312-\267\274\322\245K~\006\345\225\371\t\374\004v\3558v\204#8\351nV\2633\363>\363\036i\215\021\324\201\373\022\237\"mG\264KdD8*\002\254#\311\220*\022J\205d_HB\205\032BD\206\034;\\\020\354\000Q\222]\000\022\344]\2201V\3365\353g\363\276\200\362\020|\262\357\212X\310A\340k\265T\360\271O\204D\302d\027*\256\247\307E\373\240\047E{\321H\221\320\225\354\312\314eR\201\360\217\"`\203\305\315\005\206\264u\344\271\nWp\330\033\217\234\376\262cNb\203TVc\306&\205\000\206\\\212\333\225\n\242\201]um\245\347\235\215G\366\255s\206\336\047\030\341g\010<\217\n\273\021E\360\354\023\304\202\271\330\245\\\314\242\364\343pv#hw\026\3731\r\027g\373\007\320\006\256<&#k#\027@\325X0.\017o\022\252\025\007\226^\200g\047bD\031\264(\273`2\026\350\274q\257\347;o!\212\002\237s\204\256\232\373qx\343GO\366\";N\370v\000\357\251\225\343\274U\001\372\020\3208D\305\177\000\036cu@\303\030\324e\356*_\326\337L\315|O\233\223\227\223\217\323\352U\276\244\253\331\243\307\331\346V\362A\2275\325\375lkGWL\325\324\323\215\264\221m=KP\237h\232\025\212\356<69\263k\232\351\253\311\375I5+\354\315/\362\017/19M\372\331\346v\"M\303\320y\346$\241.\323\326\r\3356\215\265\352e\335\310\326!\024t^\327\364\271)\233 \2559\341H\357\350\245\340\214\252\252\353f\303|I\267\047lZ\274\315\362O\345\337\017\356m\354^\313>M\316u\361\226\372]{\336\351\314\365\214\377\362!\313?\261\231\226\316\335\201\265\267j\311:\266\305\346_\323\267\323\322\264\266\244[cZI/\357W!\035@^\277\327-\223sh\241yaNM?\315\375\r\374\353\371\233i\377g\356\206\372\017\0255\260\267";
+    PyObject *data = __Pyx_DecompressString(cstring, 581, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (641 bytes) */
-static const char bytes[] = "?ping-pong echo failedping-pong send/recv failedpktlab/_pingpong.pyxthe ping-pong client closed the connectionthe ping-pong server closed the connection__Pyx_PyDict_NextRef__annotate____func____main____module____name____qualname____test___is_coroutineasyncio.coroutinesbufcline_in_tracebackcountechoerrfdiitemspktlab._pingpongpopround_tripssetdefaultsizet0t1values\200\001\340\004\025\220W\230A\230X\240U\250\"\250G\2601\340\004\023\2201\330\t\n\330\010\014\210E\220\025\220a\220q\330\014\022\220)\2301\230D\240\005\240Q\330\014\017\210t\2203\220a\330\020\021\330\014\017\210y\230\001\230\024\230U\240&\250\003\2501\330\020\026\220a\330\020\021\330\004\007\200t\2104\210q\330\010\016\210o\230Q\230a\330\004\007\200t\2103\210a\330\010\016\210g\220Q\220g\230Q\200\001\340\004\025\220W\230A\230X\240U\250\"\250G\2601\360\006\000\005\024\2201\330\t\n\330\010\r\210T\220\021\330\010\014\210E\220\025\220a\220q\330\014\017\210y\230\001\230\024\230U\240&\250\003\2501\330\020\026\220a\330\020\021\330\014\022\220)\2301\230D\240\005\240Q\330\014\017\210t\2203\220a\330\020\021\330\010\r\210T\220\021\330\004\007\200t\2104\210q\330\010\016\210o\230Q\230a\330\004\007\200t\2103\210a\330\010\016\210g\220Q\220g\230Q\330\004\013\2103\210b\220\001";
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (712 bytes) */
+static const char cstring[] = "\177 bytes-\002\001\377 datagra\377m or its\377 echo wa\377s lost (\377no answe\377r within\377 the soc\377ket time\377out)?UDP\3762\003failed \375(!\001client\373\047sX\007did n\377ot come)\3760\001ping-po\367ng 2\004at a\341 \014\007\207\002N\003!\007sen\277d/recv.\004p\177ktlab/_I\001\036H\001.pyx\241\001S\007\204\003\343 c\317\000\232\000\227\002onn\277ection\034\013s\347erv\350\000\025\022__P\373yx\001\000Dict_\377NextRef_\367_an\317\000ate_\177___func\004\001\357main\003\002odu\335l\025\002nam\035\002qu\323al\004\005\377 t3\000is\357_cor\304 ine\377asyncio.\336\010\006sbuf\305 ne\375_O\000traceb\377ackcount\354\244A\250A_d\272Aerr\377fdiitemsz\212#.\207&popr]\000\377nd_trips\374\000\0105\003setdef\377aultsize\377t0t1valu\377es\200\001\340\004\025\220\377W\230A\230X\240U\250\377\"\250G\2601\340\004\023\377\2201\330\t\n\330\010\014\377\210E\220\025\220a\220q\377\330\014\022\220)\2301\230\377D\240\005\240Q\330\014\017\377\210t\2203\220a\330\020\375\021\010\001y\230\001\230\024\230\377U\240&\250\003\2501\330\373\020\026\023\003\004\007\200t\210\3774\210q\330\010\016\210o\337\230Q\230a\330\r\0023\210\375a\016\001g\220Q\220g\230\275Qi\022\025\220Q\330o\021\020\377\220\004\220A\220T\230\025\357\230f\240A\201\001r\220\022\371\220g\007\221\0021\220D\230\005\377\230S\240\016\250c\260\021|~\013Y\036\360\006\000\005\024\363\004\337\r\210T\220\021\364\n\017\210\344\322\023\2016\010>\003\343\200\"\330\004\013?\2103\210b\220\001\3740\223\001\331\026\207)\210\021t\220\364\003V\240_>\260\023\260A\375&\014\2420\343\023\220\026\007\231\t}\001\004\220B\357\220b\230\001\261Al\230!\277\2304\230q\240\001\247O\320?\0357\260q\270\001\255\006";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 712, 1130);
+    #define __Pyx_DecompressString_UNUSED
+    if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
+    const char* const bytes = __Pyx_PyBytes_AsString(data);
+    #if !CYTHON_ASSUME_SAFE_MACROS
+    if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
+    #endif
+    #else /* compression: none (1130 bytes) */
+static const char bytes[] = " bytes-byte datagram or its echo was lost (no answer within the socket timeout)?UDP echo failed (the client\047s datagram did not come)UDP ping-pong failed at a ping-pong echo failedping-pong send/recv failedpktlab/_pingpong.pyxthe ping-pong client closed the connectionthe ping-pong server closed the connection__Pyx_PyDict_NextRef__annotate____func____main____module____name____qualname____test___is_coroutineasyncio.coroutinesbufcline_in_tracebackcountechoecho_dgramerrfdiitemspktlab._pingpongpoprround_tripsround_trips_dgramsetdefaultsizet0t1values\200\001\340\004\025\220W\230A\230X\240U\250\"\250G\2601\340\004\023\2201\330\t\n\330\010\014\210E\220\025\220a\220q\330\014\022\220)\2301\230D\240\005\240Q\330\014\017\210t\2203\220a\330\020\021\330\014\017\210y\230\001\230\024\230U\240&\250\003\2501\330\020\026\220a\330\020\021\330\004\007\200t\2104\210q\330\010\016\210o\230Q\230a\330\004\007\200t\2103\210a\330\010\016\210g\220Q\220g\230Q\200\001\340\004\025\220W\230A\230X\240U\250\"\250G\2601\340\004\025\220Q\330\004\023\2201\330\t\n\330\010\014\210E\220\025\220a\220q\330\014\020\220\004\220A\220T\230\025\230f\240A\330\014\017\210r\220\022\2201\330\020\026\220a\330\020\021\330\014\017\210t\2201\220D\230\005\230S\240\016\250c\260\021\330\020\026\220a\330\020\021\330\004\007\200t\2103\210a\330\010\016\210g\220Q\220g\230Q\200\001\340\004\025\220W\230A\230X\240U\250\"\250G\2601\360\006\000\005\024\2201\330\t\n\330\010\r\210T\220\021\330\010\014\210E\220\025\220a\220q\330\014\017\210y\230\001\230\024\230U\240&\250\003\2501\330\020\026\220a\330\020\021\330\014\022\220)\2301\230D\240\005\240Q\330\014\017\210t\2203\220a\330\020\021\330\010\r\210T\220\021\330\004\007\200t\2104\210q\330\010\016\210o\230Q\230a\330\004\007\200t\2103\210a\330\010\016\210g\220Q\220g\230Q\330\004\013\2103\210b\220\001\200\001\340\004\025\220W\230A\230X\240U\250\"\250G\2601\360\006\000\005\026\220Q\330\004\023\2201\330\t\n\330\010\r\210T\220\021\330\010\014\210E\220\025\220a\220q\330\014\017\210t\2201""\220D\230\005\230V\240>\260\023\260A\330\020\026\220a\330\020\021\330\014\020\220\004\220A\220T\230\025\230f\240A\330\014\017\210r\220\023\220A\330\020\026\220a\330\020\021\330\010\r\210T\220\021\330\004\007\200t\2103\210b\220\004\220B\220b\230\001\330\010\016\210l\230!\2304\230q\240\001\330\004\007\200t\2103\210a\330\010\016\210g\220Q\220g\320\0357\260q\270\001\330\004\013\2103\210b\220\001";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 32; i++) {
+    for (int i = 0; i < 40; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
-      if (likely(string) && i >= 6) PyUnicode_InternInPlace(&string);
+      if (likely(string) && i >= 11) PyUnicode_InternInPlace(&string);
       if (unlikely(!string)) {
         Py_XDECREF(data);
         __PYX_ERR(0, 1, __pyx_L1_error)
@@ -4500,8 +5475,8 @@ static const char bytes[] = "?ping-pong echo failedping-pong send/recv failedpkt
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 32; i < 34; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-32].length;
+    for (int i = 40; i < 44; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-40].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -4511,15 +5486,15 @@ static const char bytes[] = "?ping-pong echo failedping-pong send/recv failedpkt
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 34; i++) {
+    for (Py_ssize_t i = 0; i < 44; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 32;
-      for (Py_ssize_t i=0; i<2; ++i) {
+      PyObject **table = stringtab + 40;
+      for (Py_ssize_t i=0; i<4; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -4554,7 +5529,7 @@ typedef struct {
     unsigned int num_kwonly_args : 1;
     unsigned int nlocals : 4;
     unsigned int flags : 10;
-    unsigned int first_line : 7;
+    unsigned int first_line : 8;
 } __Pyx_PyCode_New_function_description;
 #ifdef __cplusplus
 } /* anonymous namespace */
@@ -4582,6 +5557,16 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 99};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_size, __pyx_mstate->__pyx_n_u_count, __pyx_mstate->__pyx_n_u_buf, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_err};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pktlab__pingpong_pyx, __pyx_mstate->__pyx_n_u_echo, __pyx_mstate->__pyx_kp_b_iso88591_WAXU_G1_1_E_aq_1D_Q_t3a_y_U_1_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 9, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 119};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_size, __pyx_mstate->__pyx_n_u_count, __pyx_mstate->__pyx_n_u_buf, __pyx_mstate->__pyx_n_u_t0, __pyx_mstate->__pyx_n_u_t1, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_r, __pyx_mstate->__pyx_n_u_err};
+    __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pktlab__pingpong_pyx, __pyx_mstate->__pyx_n_u_round_trips_dgram, __pyx_mstate->__pyx_kp_b_iso88591_WAXU_G1_Q_1_T_E_aq_t1D_V_A_a_AT, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 144};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_size, __pyx_mstate->__pyx_n_u_count, __pyx_mstate->__pyx_n_u_buf, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_r, __pyx_mstate->__pyx_n_u_err};
+    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pktlab__pingpong_pyx, __pyx_mstate->__pyx_n_u_echo_dgram, __pyx_mstate->__pyx_kp_b_iso88591_WAXU_G1_Q_1_E_aq_AT_fA_r_1_a_t1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;
@@ -5826,6 +6811,327 @@ static void __Pyx_Raise(PyObject *type, PyObject *value, PyObject *tb, PyObject 
 bad:
     Py_XDECREF(owned_instance);
     return;
+}
+
+/* CIntToDigits (used by CIntToPyUnicode) */
+static const char DIGIT_PAIRS_10[2*10*10+1] = {
+    "00010203040506070809"
+    "10111213141516171819"
+    "20212223242526272829"
+    "30313233343536373839"
+    "40414243444546474849"
+    "50515253545556575859"
+    "60616263646566676869"
+    "70717273747576777879"
+    "80818283848586878889"
+    "90919293949596979899"
+};
+static const char DIGIT_PAIRS_8[2*8*8+1] = {
+    "0001020304050607"
+    "1011121314151617"
+    "2021222324252627"
+    "3031323334353637"
+    "4041424344454647"
+    "5051525354555657"
+    "6061626364656667"
+    "7071727374757677"
+};
+static const char DIGITS_HEX[2*16+1] = {
+    "0123456789abcdef"
+    "0123456789ABCDEF"
+};
+
+/* BuildPyUnicode (used by COrdinalToPyUnicode) */
+static PyObject* __Pyx_PyUnicode_BuildFromAscii(Py_ssize_t ulength, const char* chars, int clength,
+                                                int prepend_sign, char padding_char) {
+    PyObject *uval;
+    Py_ssize_t uoffset = ulength - clength;
+#if CYTHON_USE_UNICODE_INTERNALS
+    Py_ssize_t i;
+    void *udata;
+    uval = PyUnicode_New(ulength, 127);
+    if (unlikely(!uval)) return NULL;
+    udata = PyUnicode_DATA(uval);
+    if (uoffset > 0) {
+        i = 0;
+        if (prepend_sign) {
+            __Pyx_PyUnicode_WRITE(PyUnicode_1BYTE_KIND, udata, 0, '-');
+            i++;
+        }
+        for (; i < uoffset; i++) {
+            __Pyx_PyUnicode_WRITE(PyUnicode_1BYTE_KIND, udata, i, padding_char);
+        }
+    }
+    for (i=0; i < clength; i++) {
+        __Pyx_PyUnicode_WRITE(PyUnicode_1BYTE_KIND, udata, uoffset+i, chars[i]);
+    }
+#else
+    {
+        PyObject *sign = NULL, *padding = NULL;
+        uval = NULL;
+        if (uoffset > 0) {
+            prepend_sign = !!prepend_sign;
+            if (uoffset > prepend_sign) {
+                padding = PyUnicode_FromOrdinal(padding_char);
+                if (likely(padding) && uoffset > prepend_sign + 1) {
+                    PyObject *tmp = PySequence_Repeat(padding, uoffset - prepend_sign);
+                    Py_DECREF(padding);
+                    padding = tmp;
+                }
+                if (unlikely(!padding)) goto done_or_error;
+            }
+            if (prepend_sign) {
+                sign = PyUnicode_FromOrdinal('-');
+                if (unlikely(!sign)) goto done_or_error;
+            }
+        }
+        uval = PyUnicode_DecodeASCII(chars, clength, NULL);
+        if (likely(uval) && padding) {
+            PyObject *tmp = PyUnicode_Concat(padding, uval);
+            Py_DECREF(uval);
+            uval = tmp;
+        }
+        if (likely(uval) && sign) {
+            PyObject *tmp = PyUnicode_Concat(sign, uval);
+            Py_DECREF(uval);
+            uval = tmp;
+        }
+done_or_error:
+        Py_XDECREF(padding);
+        Py_XDECREF(sign);
+    }
+#endif
+    return uval;
+}
+
+/* COrdinalToPyUnicode (used by CIntToPyUnicode) */
+static CYTHON_INLINE int __Pyx_CheckUnicodeValue(int value) {
+    return value <= 1114111;
+}
+static PyObject* __Pyx_PyUnicode_FromOrdinal_Padded(int value, Py_ssize_t ulength, char padding_char) {
+    Py_ssize_t padding_length = ulength - 1;
+    if (likely((padding_length <= 250) && (value < 0xD800 || value > 0xDFFF))) {
+        char chars[256];
+        if (value <= 255) {
+            memset(chars, padding_char, (size_t) padding_length);
+            chars[ulength-1] = (char) value;
+            return PyUnicode_DecodeLatin1(chars, ulength, NULL);
+        }
+        char *cpos = chars + sizeof(chars);
+        if (value < 0x800) {
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0xc0 | (value & 0x1f));
+        } else if (value < 0x10000) {
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0xe0 | (value & 0x0f));
+        } else {
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0xf0 | (value & 0x07));
+        }
+        cpos -= padding_length;
+        memset(cpos, padding_char, (size_t) padding_length);
+        return PyUnicode_DecodeUTF8(cpos, chars + sizeof(chars) - cpos, NULL);
+    }
+    if (value <= 127 && CYTHON_USE_UNICODE_INTERNALS) {
+        const char chars[1] = {(char) value};
+        return __Pyx_PyUnicode_BuildFromAscii(ulength, chars, 1, 0, padding_char);
+    }
+    {
+        PyObject *uchar, *padding_uchar, *padding, *result;
+        padding_uchar = PyUnicode_FromOrdinal(padding_char);
+        if (unlikely(!padding_uchar)) return NULL;
+        padding = PySequence_Repeat(padding_uchar, padding_length);
+        Py_DECREF(padding_uchar);
+        if (unlikely(!padding)) return NULL;
+        uchar = PyUnicode_FromOrdinal(value);
+        if (unlikely(!uchar)) {
+            Py_DECREF(padding);
+            return NULL;
+        }
+        result = PyUnicode_Concat(padding, uchar);
+        Py_DECREF(padding);
+        Py_DECREF(uchar);
+        return result;
+    }
+}
+
+/* CIntToPyUnicode */
+static CYTHON_INLINE PyObject* __Pyx_uchar___Pyx_PyUnicode_From_long(long value, Py_ssize_t width, char padding_char) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const long neg_one = (long) -1, const_zero = (long) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (unlikely(!(is_unsigned || value == 0 || value > 0) ||
+                    !(sizeof(value) <= 2 || value & ~ (long) 0x01fffff || __Pyx_CheckUnicodeValue((int) value)))) {
+        PyErr_SetString(PyExc_OverflowError, "%c arg not in range(0x110000)");
+        return NULL;
+    }
+    if (width <= 1) {
+        return PyUnicode_FromOrdinal((int) value);
+    }
+    return __Pyx_PyUnicode_FromOrdinal_Padded((int) value, width, padding_char);
+}
+static CYTHON_INLINE PyObject* __Pyx____Pyx_PyUnicode_From_long(long value, Py_ssize_t width, char padding_char, char format_char) {
+    char digits[sizeof(long)*3+2];
+    char *dpos, *end = digits + sizeof(long)*3+2;
+    const char *hex_digits = DIGITS_HEX;
+    Py_ssize_t length, ulength;
+    int prepend_sign, last_one_off;
+    long remaining;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const long neg_one = (long) -1, const_zero = (long) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (format_char == 'X') {
+        hex_digits += 16;
+        format_char = 'x';
+    }
+    remaining = value;
+    last_one_off = 0;
+    dpos = end;
+    do {
+        int digit_pos;
+        switch (format_char) {
+        case 'o':
+            digit_pos = abs((int)(remaining % (8*8)));
+            remaining = (long) (remaining / (8*8));
+            dpos -= 2;
+            memcpy(dpos, DIGIT_PAIRS_8 + digit_pos * 2, 2);
+            last_one_off = (digit_pos < 8);
+            break;
+        case 'd':
+            digit_pos = abs((int)(remaining % (10*10)));
+            remaining = (long) (remaining / (10*10));
+            dpos -= 2;
+            memcpy(dpos, DIGIT_PAIRS_10 + digit_pos * 2, 2);
+            last_one_off = (digit_pos < 10);
+            break;
+        case 'x':
+            *(--dpos) = hex_digits[abs((int)(remaining % 16))];
+            remaining = (long) (remaining / 16);
+            break;
+        default:
+            assert(0);
+            break;
+        }
+    } while (unlikely(remaining != 0));
+    assert(!last_one_off || *dpos == '0');
+    dpos += last_one_off;
+    length = end - dpos;
+    ulength = length;
+    prepend_sign = 0;
+    if (!is_unsigned && value <= neg_one) {
+        if (padding_char == ' ' || width <= length + 1) {
+            *(--dpos) = '-';
+            ++length;
+        } else {
+            prepend_sign = 1;
+        }
+        ++ulength;
+    }
+    if (width > ulength) {
+        ulength = width;
+    }
+    if (ulength == 1) {
+        return PyUnicode_FromOrdinal(*dpos);
+    }
+    return __Pyx_PyUnicode_BuildFromAscii(ulength, dpos, (int) length, prepend_sign, padding_char);
+}
+
+/* JoinPyUnicode */
+static PyObject* __Pyx_PyUnicode_Join(PyObject** values, Py_ssize_t value_count, Py_ssize_t result_ulength, int kind) {
+#if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH && CYTHON_USE_UNICODE_INTERNALS
+    PyObject *result_uval;
+    int result_ukind, kind_shift;
+    Py_ssize_t i, char_pos;
+    void *result_udata;
+    static const Py_UCS4 max_char[5] = {0x7fU, 0xffU, 0xffffU, 0xffffU, 0x10ffffU};
+    assert (kind >= 0);
+    if (kind > PyUnicode_4BYTE_KIND) kind = PyUnicode_4BYTE_KIND;
+    result_uval = PyUnicode_New(result_ulength, max_char[kind]);
+    if (unlikely(!result_uval)) return NULL;
+    kind_shift = kind >> 1;  // 0, 1, 2
+    result_ukind = 1 << kind_shift;  // 1, 2, 4
+    result_udata = PyUnicode_DATA(result_uval);
+    assert(kind_shift == 2 || kind_shift == 1 || kind_shift == 0);
+    if (unlikely((PY_SSIZE_T_MAX >> kind_shift) - result_ulength < 0))
+        goto overflow;
+    char_pos = 0;
+    for (i=0; i < value_count; i++) {
+        int ukind;
+        Py_ssize_t ulength;
+        void *udata;
+        PyObject *uval = values[i];
+        if (__Pyx_PyUnicode_READY(uval) == (-1))
+            goto bad;
+        ulength = __Pyx_PyUnicode_GET_LENGTH(uval);
+        #if !CYTHON_ASSUME_SAFE_SIZE
+        if (unlikely(ulength < 0)) goto bad;
+        #endif
+        if (unlikely(!ulength))
+            continue;
+        if (unlikely((PY_SSIZE_T_MAX >> kind_shift) - ulength < char_pos))
+            goto overflow;
+        ukind = __Pyx_PyUnicode_KIND(uval);
+        udata = __Pyx_PyUnicode_DATA(uval);
+        if (ukind == result_ukind) {
+            memcpy((char *)result_udata + (char_pos << kind_shift), udata, (size_t) (ulength << kind_shift));
+        } else {
+            #if PY_VERSION_HEX >= 0x030d0000
+            if (unlikely(PyUnicode_CopyCharacters(result_uval, char_pos, uval, 0, ulength) < 0)) goto bad;
+            #elif CYTHON_COMPILING_IN_CPYTHON || defined(_PyUnicode_FastCopyCharacters)
+            _PyUnicode_FastCopyCharacters(result_uval, char_pos, uval, 0, ulength);
+            #else
+            Py_ssize_t j;
+            for (j=0; j < ulength; j++) {
+                Py_UCS4 uchar = __Pyx_PyUnicode_READ(ukind, udata, j);
+                __Pyx_PyUnicode_WRITE(result_ukind, result_udata, char_pos+j, uchar);
+            }
+            #endif
+        }
+        char_pos += ulength;
+    }
+    return result_uval;
+overflow:
+    PyErr_SetString(PyExc_OverflowError, "join() result is too long for a Python string");
+bad:
+    Py_DECREF(result_uval);
+    return NULL;
+#else
+    Py_ssize_t i;
+    PyObject *result = NULL;
+    PyObject *value_tuple = PyTuple_New(value_count);
+    if (unlikely(!value_tuple)) return NULL;
+    CYTHON_UNUSED_VAR(kind);
+    CYTHON_UNUSED_VAR(result_ulength);
+    for (i=0; i<value_count; i++) {
+        Py_INCREF(values[i]);
+        if (__Pyx_PyTuple_SET_ITEM(value_tuple, i, values[i]) != (0)) goto bad;
+    }
+    result = PyUnicode_Join(__pyx_mstate_global->__pyx_empty_unicode, value_tuple);
+bad:
+    Py_DECREF(value_tuple);
+    return result;
+#endif
 }
 
 /* dict_setdefault (used by FetchCommonType) */
@@ -8906,6 +10212,65 @@ import_failed:
 bad:
     Py_XDECREF(module);
     Py_DECREF(methodname);
+    return NULL;
+#endif
+}
+
+/* DecompressString_LZSS */
+#ifndef __Pyx_DecompressString_LZSS_UNUSED
+CYTHON_UNUSED
+static CYTHON_SMALL_CODE size_t __pyx_lzss_decompress(const uint8_t* src, uint8_t* dst, size_t dst_len) {
+    size_t pos = 0, out_pos = 0;
+    while (1) {
+        uint32_t flags = src[pos++] | 0xFF00;
+        while (flags & 0x100) {
+            if (flags & 1) {
+                dst[out_pos++] = src[pos++];
+            } else {
+                uint32_t lo = src[pos++], hi = src[pos++];
+                uint32_t end_offset_of_last_occurrence, match_length;
+                if (!(lo & 0x80)) {
+                    end_offset_of_last_occurrence = lo;
+                    match_length = hi;
+                } else if (!(hi & 0x80)) {
+                    end_offset_of_last_occurrence = 0x80 + (((hi << 2) & 0x180) | (lo & 0x7F));
+                    match_length = hi & 0x1F;
+                } else {
+                    end_offset_of_last_occurrence = 0x80 + ((hi & 0x7F) << 7 | (lo & 0x7F));
+                    match_length = src[pos++];
+                }
+                match_length += 3;
+                size_t ref_pos = out_pos - end_offset_of_last_occurrence - match_length;
+                memcpy(dst + out_pos, dst + ref_pos, match_length);
+                out_pos += match_length;
+            }
+            if (out_pos >= dst_len) return pos;
+            flags >>= 1;
+        }
+    }
+}
+#endif
+static CYTHON_SMALL_CODE PyObject *__Pyx_DecompressString_LZSS(const char *s, size_t compressed_length, size_t uncompressed_length) {
+#ifdef __Pyx_DecompressString_LZSS_UNUSED
+    CYTHON_UNUSED_VAR(s);
+    CYTHON_UNUSED_VAR(compressed_length);
+    CYTHON_UNUSED_VAR(uncompressed_length);
+    return NULL;
+#else
+    PyObject *result;
+    unsigned char *result_data;
+    size_t src_length;
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t) uncompressed_length);
+    if (unlikely(!result)) return NULL;
+    result_data = __Pyx_PyBytes_AsWritableUString(result);
+    if (unlikely(!result_data)) goto bad;
+    src_length = __pyx_lzss_decompress((const uint8_t*) s, result_data, uncompressed_length);
+    if (unlikely(src_length != compressed_length)) goto decompression_failed;
+    return result;
+decompression_failed:
+    PyErr_SetString(PyExc_RuntimeError, "LZSS string data decompression failed");
+bad:
+    Py_DECREF(result);
     return NULL;
 #endif
 }

@@ -113,3 +113,48 @@ def echo(int fd, long size, long count):
         raise ConnectionError("the ping-pong client closed the connection")
     if err != 0:
         raise OSError(errno, "ping-pong echo failed")
+
+
+# -- UDP: one datagram each way per round trip (connected sockets; a lost datagram times out) --
+def round_trips_dgram(int fd, long size, long count):
+    """Time ``count`` round trips of one ``size``-byte datagram on a connected UDP socket."""
+    cdef char* buf = _buffer(size if size > 0 else 1)
+    cdef double t0, t1
+    cdef long i
+    cdef ssize_t r = 0
+    cdef int err = 0
+    with nogil:
+        t0 = _now()
+        for i in range(count):
+            if send(fd, buf, size, MSG_NOSIGNAL) != size:
+                err = 1
+                break
+            r = recv(fd, buf, size, 0)
+            if r != size:
+                err = 2
+                break
+        t1 = _now()
+    if err == 2 and r < 0:
+        raise TimeoutError(f"a {size}-byte datagram or its echo was lost (no answer within the socket timeout)")
+    if err != 0:
+        raise OSError(errno, f"UDP ping-pong failed at {size} bytes")
+    return t1 - t0
+
+
+def echo_dgram(int fd, long size, long count):
+    """The UDP server's half: ``count`` times, receive a datagram and send it back."""
+    cdef char* buf = _buffer(size if size > 0 else 1)
+    cdef long i
+    cdef ssize_t r = 0
+    cdef int err = 0
+    with nogil:
+        for i in range(count):
+            r = recv(fd, buf, size, 0)
+            if r < 0:
+                err = 1
+                break
+            if send(fd, buf, r, MSG_NOSIGNAL) != r:
+                err = 1
+                break
+    if err != 0:
+        raise OSError(errno, "UDP echo failed (the client's datagram did not come)")

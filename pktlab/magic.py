@@ -25,6 +25,7 @@ USAGE = """\
 %pktlab offload "EXPR" accept|drop|mark [--mark N] | offload remove "EXPR" | offload list
 %pktlab trace [--filter EXPR] [--count N] [--timeout S] [--on HOSTS] [--background]
                                                         follow packets hook by hook through the lab's hosts
+%pktlab netpipe [--max BYTES] [--udp] [--to ADDR]         NetPIPE client -> server, without and with each queue
 %pktlab bpf "EXPR"                                      the BPF program of a tcpdump filter (like tcpdump -d)
 %pktlab replay SOURCE [--filter EXPR] [--name N]         a capture (path or dataset name) as the current session
 %pktlab run [--pace X] [--limit N]                      run the current replay through its handlers
@@ -103,6 +104,11 @@ def _parsers() -> dict[str, _Parser]:
     run.add_argument("--pace", type=float, default=None, help="1.0 = real time; default: as fast as possible")
     run.add_argument("--limit", type=int, default=None)
     run.add_argument("--session", default=None)
+    npp = _Parser(prog="%pktlab netpipe", add_help=False)
+    npp.add_argument("--max", type=int, default=1 << 20, help="largest block, bytes")
+    npp.add_argument("--udp", action="store_true", help="ping-pong datagrams instead of TCP")
+    npp.add_argument("--to", default=None, help="address the client talks to (default: the server's)")
+    npp.add_argument("--lab", default=None)
     tr = _Parser(prog="%pktlab trace", add_help=False)
     tr.add_argument("--filter", default="", help="tcpdump filter of the packets to trace")
     tr.add_argument("--count", type=int, default=5)
@@ -111,6 +117,7 @@ def _parsers() -> dict[str, _Parser]:
     tr.add_argument("--lab", default=None)
     tr.add_argument("--background", action="store_true", help="return at once; .wait() gives the trace")
     return {
+        "netpipe": npp,
         "replay": rp,
         "run": run,
         "trace": tr,
@@ -192,6 +199,13 @@ class PktlabMagicState:
             if not hasattr(r, "run"):
                 raise PktlabError(f"session {r.name} reads a live queue; %pktlab run replays a capture session")
             return r.run(pace=a.pace, limit=a.limit)
+        if cmd == "netpipe":
+            from .throughput import netpipe
+
+            a = self.parsers["netpipe"].parse_args(rest)
+            lab = self.lab(a.lab)
+            mine = [s for s in lab._sessions if s.attached]
+            return netpipe(lab, [None, *mine], max_bytes=a.max, proto="udp" if a.udp else "tcp", to=a.to)
         if cmd == "trace":
             return self.cmd_trace(self.parsers["trace"].parse_args(rest))
         if cmd == "bpf":

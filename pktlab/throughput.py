@@ -110,6 +110,13 @@ class NetpipeResult:
         pts = [Point(names.get(p.config, p.config), p.bytes, p.repeats, p.seconds) for p in self.points]
         return NetpipeResult(pts, [names.get(c, c) for c in self.configs])
 
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        n = len(self.points)
+        return (f"<div>NetPIPE: {n} points, configurations {escape(', '.join(self.configs))}; "
+                f".plot() draws the three graphs, .df has every point</div>" + self.summary().to_html())  # fmt: skip
+
     def of(self, config: str) -> list[Point]:
         return [p for p in self.points if p.config == config]
 
@@ -238,18 +245,19 @@ def _measure(
     pin: tuple[int, int] | None,
     repeats: int | None,
     to: str | None,
+    proto: str,
 ) -> list[Point]:
     from .lab import _wait_ready
 
     cpus = sorted(os.sched_getaffinity(0))
     c_cpu, s_cpu = (cpus[pin[0]], cpus[pin[1]]) if pin is not None else (None, None)
     server = lab.server.popen([sys.executable, "-m", "pktlab.throughput", "serve", "--port", str(PORT),
-                               *_cpu_args(s_cpu)])  # fmt: skip
+                               "--proto", proto, *_cpu_args(s_cpu)])  # fmt: skip
     try:
         _wait_ready(server, "ping-pong server in the lab server")
         args = ["run", "--host", to or lab.server.addr, "--port", str(PORT), "--sizes", ",".join(map(str, sizes)),
                 "--point-seconds", str(point_seconds), "--trials", str(trials), *_cpu_args(c_cpu),
-                *(["--repeats", str(repeats)] if repeats else [])]  # fmt: skip
+                *(["--repeats", str(repeats)] if repeats else []), "--proto", proto]  # fmt: skip
         client = lab.client.popen([sys.executable, "-m", "pktlab.throughput", *args])
         progress = _progress(len(sizes), label)
         points: list[Point] = []
@@ -281,10 +289,13 @@ def netpipe(
     pin: tuple[int, int] | None = (0, -1),
     repeats: int | None = None,
     to: str | None = None,
+    proto: str = "tcp",
 ) -> NetpipeResult:
     """Measure every configuration of ``through`` between the lab's client and server; see the module docstring.
 
-    ``to`` is the address the client connects to (a NAT's, say; default: the server's).
+    ``proto="udp"`` ping-pongs single datagrams instead (blocks up to 65,507 bytes; a lost
+    datagram ends the run with an error).  ``to`` is the address the client connects to
+    (a NAT's, say; default: the server's).
     ``repeats`` fixes the round trips per trial (NPtcp's ``-n``) instead of deriving them
     from ``point_seconds``.  ``pin`` puts the client and the server on these CPUs (indexes
     into the CPUs this process may use; the default: first and last), so a run does not
@@ -292,6 +303,10 @@ def netpipe(
     them — on a machine with few CPUs, waking a process on another CPU costs more than the
     network path.  ``None`` leaves them to the scheduler.
     """
+    if proto not in ("tcp", "udp"):
+        raise SessionError(f"proto must be 'tcp' or 'udp', not {proto!r}")
+    if proto == "udp" and max_bytes > UDP_MAX:
+        max_bytes = UDP_MAX  # one datagram per message
     sizes = schedule(max_bytes)
     sessions = [s for s in through if s is not None]
     sessions += [s for s in getattr(lab, "_sessions", []) if s not in sessions and s.attached]  # the lab's own
@@ -302,18 +317,52 @@ def netpipe(
     for c in through:
         label = _label(c)
         with _out_of_path(s for s in sessions if s is not c):
-            result.points += _measure(lab, sizes, label, point_seconds, trials, pin, repeats, to)
+            result.points += _measure(lab, sizes, label, point_seconds, trials, pin, repeats, to, proto)
         result.configs.append(label)
     return result
 
 
 # -- the two ends, run inside lab namespaces: python -m pktlab.throughput serve|run ----------------
-def _serve(port: int) -> None:
+UDP_MAX = 65507  # the largest UDP payload over IPv4
+
+
+def _blocking_with_timeout(sock: Any, seconds: float) -> None:
+    """A blocking socket whose receives give up after ``seconds`` (SO_RCVTIMEO).
+
+    Python's own ``settimeout`` makes the descriptor non-blocking and waits in Python,
+    which the C loops of ``pktlab._pingpong`` would see as an immediate EAGAIN.
+    """
     import socket
     import struct
 
-    from ._pingpong import echo
+    sock.settimeout(None)
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
+
+def _serve(port: int, proto: str) -> None:
+    import socket
+    import struct
+
+    from ._pingpong import echo, echo_dgram
+
+    if proto == "udp":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("0.0.0.0", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.settimeout(30)
+        print("ready", flush=True)
+        while True:
+            head, peer = sock.recvfrom(16)
+            sock.connect(peer)
+            size, count = struct.unpack("!QQ", head[:16])
+            if size == 0:
+                return
+            sock.send(b"ok")
+            _blocking_with_timeout(sock, 5.0)  # echo_dgram waits in C: SO_RCVTIMEO bounds each wait
+            echo_dgram(sock.fileno(), size, count)
+            sock.settimeout(30)
+        return
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind(("0.0.0.0", port))
@@ -333,15 +382,25 @@ def _serve(port: int) -> None:
         echo(conn.fileno(), size, count)
 
 
-def _run(host: str, port: int, sizes: list[int], point_seconds: float, trials: int, fixed: int | None) -> None:
+def _run(
+    host: str, port: int, sizes: list[int], point_seconds: float, trials: int, fixed: int | None, proto: str
+) -> None:
     import socket
     import struct
 
-    from ._pingpong import round_trips
+    from ._pingpong import round_trips, round_trips_dgram
 
-    conn = socket.create_connection((host, port), timeout=10)
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    conn.settimeout(None)
+    if proto == "udp":
+        conn = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        conn.connect((host, port))
+        _blocking_with_timeout(conn, 2.0)  # a lost datagram ends the run instead of hanging it
+        trip = round_trips_dgram
+    else:
+        conn = socket.create_connection((host, port), timeout=10)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(None)
+        trip = round_trips
     fd = conn.fileno()
     last = 1e-4  # seconds per round trip of the previous size: sets the repeat count
     for size in sizes:
@@ -349,7 +408,9 @@ def _run(host: str, port: int, sizes: list[int], point_seconds: float, trials: i
         best = math.inf
         for _ in range(trials):
             conn.sendall(struct.pack("!QQ", size, repeats))
-            best = min(best, round_trips(fd, size, repeats) / repeats)
+            if proto == "udp":
+                conn.recv(16)  # the server is ready for this trial
+            best = min(best, trip(fd, size, repeats) / repeats)
         last = best
         print(json.dumps({"bytes": size, "repeats": repeats, "seconds": best / 2}), flush=True)
         if best / 2 > STOP_SECONDS:
@@ -365,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, default=PORT)
+    s.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
     r = sub.add_parser("run")
     r.add_argument("--host", required=True)
     r.add_argument("--port", type=int, default=PORT)
@@ -372,15 +434,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--point-seconds", type=float, default=0.05)
     r.add_argument("--trials", type=int, default=7)
     r.add_argument("--repeats", type=int, default=None)
+    r.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
     for q in (s, r):
         q.add_argument("--cpu", type=int, default=None)
     a = p.parse_args(argv)
     if a.cpu is not None:
         os.sched_setaffinity(0, {a.cpu})
     if a.cmd == "serve":
-        _serve(a.port)
+        _serve(a.port, a.proto)
     else:
-        _run(a.host, a.port, [int(x) for x in a.sizes.split(",")], a.point_seconds, a.trials, a.repeats)
+        _run(a.host, a.port, [int(x) for x in a.sizes.split(",")], a.point_seconds, a.trials, a.repeats, a.proto)
     return 0
 
 

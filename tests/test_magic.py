@@ -166,3 +166,19 @@ def test_replay_through_magics_needs_no_root(shell) -> None:
     assert "no dataset named 'nope'" in err and "\n" not in err
     _, err = run(shell, "%pktlab detach")
     assert err is None
+
+
+@needs_root
+def test_netpipe_magic_measures_without_and_with_the_queue(shell) -> None:
+    _, err = run(shell, "%pktlab lab up")
+    assert err is None
+    try:
+        s, err = run(shell, '%pktlab attach 23 --rule "-p tcp"')
+        assert err is None
+        r, err = run(shell, "%pktlab netpipe --max 512")
+        assert err is None and r.configs == ["no queue", "queue 23 (no handler)"]
+        assert s.record.n > 0 and "NetPIPE" in r._repr_html_()
+        _, err = run(shell, "%pktlab netpipe --max lots")
+        assert "invalid int value" in err
+    finally:
+        run(shell, "%pktlab lab down")

@@ -83,3 +83,11 @@ def test_the_no_queue_configuration_really_has_no_queue(lab: Lab, queue_num: int
         assert s.record.n == 0
     finally:
         s.detach()
+
+
+def test_udp_ping_pong(lab: Lab) -> None:
+    r = netpipe(lab, [None], max_bytes=1 << 17, proto="udp", point_seconds=0.005, trials=2)
+    assert [p.bytes for p in r.points] == schedule(65507)  # one datagram per message: capped at 65,507 bytes
+    assert all(p.mbps > 0 for p in r.points)
+    with pytest.raises(pktlab.SessionError, match="proto must be"):
+        netpipe(lab, [None], proto="sctp")
