@@ -88,7 +88,7 @@ def nat_table() -> None:
             s.add_handler(views, "nat")
             res = res + pktlab.netpipe(lab, [s], max_bytes=MAX, to=vip).relabel({"queue 1 (nat)": "pktlab NAT"})
             s.add_handler(scapy_nat, "nat")
-            res = res + pktlab.netpipe(lab, [s], max_bytes=MAX, to=vip, trials=3).relabel(
+            res = res + pktlab.netpipe(lab, [s], max_bytes=MAX, to=vip).relabel(
                 {"queue 1 (nat)": "NAT with scapy"}
             )
             errors = len(s.errors)

@@ -150,12 +150,12 @@ cdef class QueueReader:
     def __dealloc__(self):
         free(self.buf)
 
-    def read(self, NfQueue q, int fd):
-        """Handle everything waiting on ``fd`` without blocking; return how many messages."""
+    def read(self, NfQueue q, int fd, long long limit=-1):
+        """Handle everything waiting on ``fd`` (at most ``limit`` messages) without blocking; return how many."""
         cdef ssize_t rv
         cdef int err
         cdef long long n = 0
-        while True:
+        while limit < 0 or n < limit:
             with nogil:
                 rv = recv(fd, self.buf, READ_BUFFER, MSG_DONTWAIT)
                 err = errno
@@ -417,6 +417,19 @@ cdef class PacketCore:
 
     def __len__(self):
         return len(self._buf)
+
+
+cdef PacketCore Packet_from(object cls, object meta, object data, double now):
+    """A packet of class ``cls`` on ``data`` (the dispatcher's construction, without __init__)."""
+    cdef PacketCore pkt = PacketCore.__new__(cls)
+    pkt._meta = meta
+    pkt._buf = data
+    pkt._mark = None
+    pkt._l4 = None
+    pkt._ipv = None
+    pkt._l4v = None
+    pkt.time = now
+    return pkt
 
 
 # ---------------------------------------------------------------------------
@@ -754,6 +767,10 @@ cdef class Dispatcher:
     cdef set stolen
     cdef public long long rescued
     cdef public bint watch_stop
+    # holding: packets a predicate picks wait for a verdict given later (Session.hold)
+    cdef public object hold_fn
+    cdef public object on_hold
+    cdef public long long held_count
 
     def __init__(self, chain, Ring ring, default, on_error, packet_cls,
                  verdict_cls, bytes batch_prefix, int batch_limit):
@@ -883,7 +900,7 @@ cdef class Dispatcher:
         self._flush()
 
     cdef int _give(self, NfPacket nf, int code, bint plain) except -1:
-        if plain and code != NF_REPEAT and self.batch_limit > 1 and self.fd >= 0:
+        if plain and code != NF_REPEAT and self.batch_limit > 1 and self.fd >= 0 and self.held_count == 0:
             self._batch_add(nf.id, code)
             return 0
         if self.b_count:
@@ -908,7 +925,7 @@ cdef class Dispatcher:
             raise RuntimeError("verdict already given for this packet")
         if nf._queue.qh == NULL:
             raise RuntimeError("the queue has been unbound")
-        if self.batch_limit > 1 and self.fd >= 0:
+        if self.batch_limit > 1 and self.fd >= 0:  # an NFQNL_MSG_VERDICT names its packet: safe while holding
             self._queue_verdict(nf.id, code, mark, buf)
             nf._verdict_is_set = True
             return 0
@@ -1008,11 +1025,57 @@ cdef class Dispatcher:
 
     # -- per packet -------------------------------------------------------------
     def __call__(self, NfPacket nf):
+        if self.hold_fn is not None and self._hold(nf):
+            return
         chain = self.chain.active
         if not chain:
             self._fast(nf)
         else:
             self._run(nf, chain)
+
+    # -- holding ---------------------------------------------------------------------
+    cdef bint _hold(self, NfPacket nf):
+        """Keep the packet without a verdict if the hold predicate picks it; True when held."""
+        cdef PacketCore pkt
+        try:
+            pkt = Packet_from(self.packet_cls, nf, nf.get_payload(), wall_time())
+            if not self.hold_fn(pkt):
+                return False
+            self._flush()  # verdicts for the packets before it go first
+            self.on_hold(nf, pkt)
+            self.held_count += 1  # from now on no batch verdict (it would cover the held id too)
+            return True
+        except BaseException as exc:  # a predicate that fails holds nothing; the packet goes on
+            self.last_internal_error = f"hold predicate: {type(exc).__name__}: {exc}"
+            return False
+
+    def give_held(self, NfPacket nf, PacketCore pkt, verdict, str by):
+        """The verdict of a held packet, given now (from any thread); recorded like any other."""
+        cdef int code = verdict.code
+        cdef bytes data = bytes(pkt._buf)
+        if nf._verdict_is_set:
+            raise RuntimeError("this packet already has its verdict")
+        try:
+            self._flush()
+            if pkt._mark is None and not pkt._modified:
+                self._give(nf, code, False)
+            elif code == NF_REPEAT:
+                if pkt._mark is not None:
+                    nf.set_mark(pkt._mark)
+                if pkt._modified:
+                    if pkt._dirty:
+                        fix_packet(pkt)
+                    nf.set_payload(bytes(pkt._buf))
+                self._give(nf, code, False)
+            else:
+                if pkt._modified and pkt._dirty:
+                    fix_packet(pkt)
+                self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
+                self._flush()  # the reader may be idle: send it now
+        finally:
+            self.held_count -= 1
+        self.ring.push(pkt.time, nf.id, nf.hook, len(data), <const unsigned char*>PyBytes_AS_STRING(data),
+                       len(data), code, 0, by, None, pkt._modified)
 
     cdef void _fast(self, NfPacket nf):
         cdef int code = self.default_code

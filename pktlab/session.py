@@ -14,7 +14,7 @@ import itertools
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html import escape
@@ -27,6 +27,7 @@ from ._hot import Dispatcher
 from .chainowner import ChainOwner
 from .errors import SessionError
 from .handlers import Handler, HandlerChain, HandlerFailure
+from .holding import HeldPackets
 from .kernel import QueueCounters, require_net_admin
 from .offload import Offload
 from .packet import Packet
@@ -191,6 +192,7 @@ class Session(ChainOwner):
         self._watchdog: threading.Thread | None = None
         self._watching = threading.Event()
         self._attached = False
+        self.held = HeldPackets(self)
         self._dispatch = Dispatcher(
             self.chain,
             self.record.ring,
@@ -201,6 +203,7 @@ class Session(ChainOwner):
             batch_verdict_prefix(queue),
             batch,
         )
+        self._dispatch.on_hold = self.held._add
 
     def _verdicts_changed(self) -> None:
         self._dispatch.set_verdicts(self._default, self._on_error)
@@ -303,8 +306,10 @@ class Session(ChainOwner):
         if self._lab is not None and self in self._lab._sessions:
             self._lab._sessions.remove(self)
         self._offloads.clear()
+        self._dispatch.hold_fn = None
         try:
             self.rules.remove()
+            self.held.release()  # every held packet gets the default verdict before the queue goes
         finally:
             try:
                 self.source.stop(drain=drain)  # the watchdog still rescues a stuck handler meanwhile
@@ -351,6 +356,28 @@ class Session(ChainOwner):
         if off is None:
             raise SessionError(f"no offload for {expr!r}")
         return self.rules.front_hits(off.key) if self._attached else 0
+
+    # -- holding and stepping ------------------------------------------------------------
+    def hold(self, predicate: Callable[[Packet], Any] | None) -> HeldPackets:
+        """Keep the packets ``predicate`` picks for the notebook to decide; ``hold(None)`` stops picking.
+
+        Returns the live list of held packets (``held[0].accept()``); see :mod:`pktlab.holding`.
+        Packets already held stay held until given a verdict or released.
+        """
+        if predicate is not None and not callable(predicate):
+            raise SessionError(f"hold() takes a function of the packet (or None), not {type(predicate).__name__}")
+        self._dispatch.hold_fn = predicate
+        return self.held
+
+    def step(self, timeout: float = 5.0) -> bool:
+        """While paused: let exactly one waiting packet through the chain; True if one came.
+
+        The packet is read from the kernel queue and handled like any other (or held,
+        if a hold predicate picks it); the rest keep waiting.
+        """
+        if not self.paused:
+            raise SessionError("step() lets one packet through a paused session; pause() it first")
+        return self.source.step(timeout)
 
     @contextmanager
     def out_of_path(self) -> Iterator[None]:

@@ -87,6 +87,8 @@ class QueueSource:
         self._stop = False
         self._drain_until = 0.0
         self._paused = False
+        self._steps = 0  # packets to let through while paused (step())
+        self._stepped = threading.Condition()
         self._on_bound: Callable[[int], None] | None = None
         self._after_read: Callable[[], None] | None = None
         self.internal_errors = 0
@@ -181,7 +183,7 @@ class QueueSource:
         waiting.register(self._wake_r, select.POLLIN)
         try:
             while not reader.retired:
-                if self._paused and not self._stop:
+                if self._paused and not self._stop and self._steps == 0:
                     events = waiting.poll(250)
                 else:
                     events = reading.poll(250 if not self._stop else 10)
@@ -191,6 +193,11 @@ class QueueSource:
                     except BlockingIOError:
                         pass  # another reading thread took the wake-up
                 if self._paused and not self._stop:
+                    if self._steps > 0 and events and any(efd == self._fd for efd, _ in events):
+                        self._read(q, reader, limit=1)
+                        with self._stepped:
+                            self._steps -= 1
+                            self._stepped.notify_all()
                     continue
                 self._read(q, reader)
                 if self._stop and not reader.retired and self._drained():
@@ -223,9 +230,9 @@ class QueueSource:
         self.retired_threads = [t for t in self.retired_threads if t.is_alive()]
         return list(self.retired_threads)
 
-    def _read(self, q: Any, reader: QueueReader) -> None:
+    def _read(self, q: Any, reader: QueueReader, limit: int = -1) -> None:
         try:
-            reader.read(q, self._fd)
+            reader.read(q, self._fd, limit)
             if self._after_read is not None:
                 self._after_read()
         except Exception as exc:  # the callback guards user code; this is pktlab's own failure
@@ -247,6 +254,17 @@ class QueueSource:
         """Stop reading; packets wait in the kernel queue (up to ``max_len``) until :meth:`resume`."""
         self._paused = True
         self._wake()
+
+    def step(self, timeout: float = 5.0) -> bool:
+        """While paused, read exactly one packet (waiting up to ``timeout`` s for one); True if one was read."""
+        with self._stepped:
+            self._steps += 1
+            target = self._steps - 1
+            self._wake()
+            done = self._stepped.wait_for(lambda: self._steps <= target, timeout)
+            if not done:
+                self._steps -= 1  # nothing came: take the step back
+            return done
 
     def resume(self) -> None:
         """Read again, starting with the packets that waited."""

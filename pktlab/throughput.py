@@ -3,8 +3,8 @@
 ``pktlab.netpipe(lab, through=[None, s])`` measures a TCP ping-pong from the
 lab's client to its server the way NetPIPE (NPtcp) does: block sizes from 1
 byte up, the increment doubling every other step, each size also perturbed
-by ±3 bytes, and for every size the fastest of seven trials (NetPIPE's
-TRIALS) of enough round trips to take a steady time; the one-way time of a block is half a round
+by ±3 bytes, and for every size the fastest of three trials (NetPIPE's
+TRIALS as Debian builds NPtcp) of enough round trips to take a steady time; the one-way time of a block is half a round
 trip.  It stops at ``max_bytes`` or when a transfer takes more than a second.
 
 Each entry of ``through`` is a configuration: ``None`` (no queue: every
@@ -285,7 +285,7 @@ def netpipe(
     *,
     max_bytes: int = 1 << 20,
     point_seconds: float = 0.05,
-    trials: int = 7,
+    trials: int = 3,
     pin: tuple[int, int] | None = (0, -1),
     repeats: int | None = None,
     to: str | None = None,
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--port", type=int, default=PORT)
     r.add_argument("--sizes", required=True)
     r.add_argument("--point-seconds", type=float, default=0.05)
-    r.add_argument("--trials", type=int, default=7)
+    r.add_argument("--trials", type=int, default=3)
     r.add_argument("--repeats", type=int, default=None)
     r.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
     for q in (s, r):

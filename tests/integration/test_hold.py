@@ -1,0 +1,85 @@
+"""Holding packets for the notebook to decide, and stepping a paused queue one packet at a time."""
+
+from __future__ import annotations
+
+import time
+
+import pktlab
+from pktlab import Lab, SessionError
+from tests.conftest import needs_root
+
+pytestmark = needs_root
+
+
+def wait_for(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def seq(p) -> int:  # type: ignore[no-untyped-def]
+    return int.from_bytes(p.udp.payload[:4], "big")
+
+
+def test_held_packets_wait_until_the_notebook_decides(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+        held = s.hold(lambda p: seq(p) % 10 == 0)  # every tenth datagram
+        flow = lab.start_udp(100, rate=2000, idle=3.0, keep=100)
+        assert wait_for(lambda: len(held) == 10)
+        assert wait_for(lambda: s.record.n == 90)  # the others went through, batching or not
+        k = s.kernel_counters()
+        assert k is not None and k.queue_total == 10  # the kernel still holds exactly those
+        assert sorted(seq(h) for h in held) == list(range(0, 100, 10)) and held[0].age >= 0
+        first = held[0]
+        first.packet.udp.payload = first.packet.udp.payload[:4] + b"decided in the notebook"
+        first.accept()
+        held[0].drop()  # seq 10: the list shrank
+        try:
+            first.accept()
+            raise AssertionError("a second verdict must be refused")
+        except SessionError as exc:  # each packet gets exactly one verdict
+            assert "already got its verdict" in str(exc)
+        s.hold(None)
+        assert s.held.release("drop") == 8
+        r = flow.wait()
+        got = {int.from_bytes(p[:4], "big"): p for p in r.payloads}
+        assert 0 in got and got[0][4:] == b"decided in the notebook"  # rewritten, checksums fixed
+        assert 10 not in got and all(x not in got for x in range(30, 100, 10))
+        assert len(got) == 91 and s.record.n == 100
+        assert s.kernel_counters().queue_total == 0
+    finally:
+        s.detach()
+
+
+def test_detach_gives_held_packets_the_default_verdict(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    held = s.hold(lambda p: True)
+    flow = lab.start_udp(5, rate=100, idle=2.0)
+    assert wait_for(lambda: len(held) == 5)
+    s.detach()  # default accept: all five arrive, nothing stays in the kernel
+    assert flow.wait().unique == 5 and len(held) == 0
+
+
+def test_step_lets_exactly_one_packet_through(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+        s.pause()
+        flow = lab.start_udp(5, rate=100, idle=3.0, keep=5)
+        assert wait_for(lambda: s.kernel_counters().queue_total == 5)
+        assert s.step() and s.record.n == 1
+        assert wait_for(lambda: s.kernel_counters().queue_total == 4)
+        assert s.step() and s.record.n == 2
+        s.resume()
+        r = flow.wait()
+        assert r.unique == 5 and [int.from_bytes(p[:4], "big") for p in r.payloads] == list(range(5))
+        try:
+            s.step()
+            raise AssertionError("step() on a running session must refuse")
+        except SessionError as exc:
+            assert "pause() it first" in str(exc)
+    finally:
+        s.detach()
