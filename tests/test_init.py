@@ -33,6 +33,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "grading",
         "replayer",
         "throughput",
+        "holding",
         "traffic",
         "cli",
         "annotations",
