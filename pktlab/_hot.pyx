@@ -706,12 +706,15 @@ cdef class Ring:
             c += 1
         return c
 
-    def snapshot(self, verdicts):
-        """The entries still held, oldest first, as tuples; ``verdicts`` maps a code to its Verdict."""
+    def snapshot(self, verdicts, Py_ssize_t last=-1):
+        """The entries still held (the newest ``last`` if >= 0), oldest first; ``verdicts`` maps code -> Verdict."""
         cdef long long n = self.n
         cdef Py_ssize_t cap = self.capacity
         cdef Py_ssize_t count = n if n < cap else cap
         cdef Py_ssize_t start = 0 if n <= cap else n % cap
+        if 0 <= last < count:
+            start = (start + count - last) % cap
+            count = last
         cdef Py_ssize_t k, i
         cdef Slot* s
         out = []

@@ -26,8 +26,25 @@ class ChainOwner:
     _default: Verdict
     _on_error: Verdict
 
+    _monitor: Any = None
+    _table_filter: Any = None  # a BpfProgram the dashboard's packet table shows matches of (controls set it)
+
     def _verdicts_changed(self) -> None:
         """Called after ``default`` or ``on_error`` changed (a live session tells its dispatcher)."""
+
+    def _live_monitor(self, period: float = 0.5, window: float = 300.0) -> Any:
+        """The session's one statistics thread (made on first use)."""
+        from .livestats import Monitor
+
+        if self._monitor is None:
+            self._monitor = Monitor(self, period, window)
+        return self._monitor
+
+    def dashboard(self, period: float = 0.5, window: float = 300.0) -> Any:
+        """Live plots of this session, updated every ``period`` s (see :mod:`pktlab.dashboard`)."""
+        from .dashboard import Dashboard
+
+        return Dashboard(self, period, window)
 
     @property
     def default(self) -> Verdict:

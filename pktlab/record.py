@@ -91,6 +91,10 @@ class Record:
         """Entries still in the ring, oldest first (a copy)."""
         return self.ring.snapshot(_BY_CODE)
 
+    def tail(self, count: int) -> list[tuple[Any, ...]]:
+        """The newest ``count`` entries still in the ring, oldest first."""
+        return self.ring.snapshot(_BY_CODE, count)
+
     def __iter__(self) -> Iterator[Entry]:
         for e in self.raw_entries():
             yield self._entry(e)

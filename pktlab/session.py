@@ -315,6 +315,8 @@ class Session(ChainOwner):
                 self.source.stop(drain=drain)  # the watchdog still rescues a stuck handler meanwhile
             finally:
                 self._stop_watchdog()
+                if self._monitor is not None:
+                    self._monitor.stop()
 
     # -- offloaded verdicts --------------------------------------------------------
     def offload(self, expr: str, verdict: str | Verdict = "drop", *, mark: int | None = None) -> Offload:
@@ -356,6 +358,12 @@ class Session(ChainOwner):
         if off is None:
             raise SessionError(f"no offload for {expr!r}")
         return self.rules.front_hits(off.key) if self._attached else 0
+
+    def controls(self, period: float = 0.5) -> Any:
+        """Pause, step, inspect, toggle handlers, set verdicts (see :mod:`pktlab.controls`)."""
+        from .controls import Controls
+
+        return Controls(self, period)
 
     # -- holding and stepping ------------------------------------------------------------
     def hold(self, predicate: Callable[[Packet], Any] | None) -> HeldPackets:
