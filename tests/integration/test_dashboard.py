@@ -1,0 +1,78 @@
+"""Dashboard and controls on a real queue, driven without a browser (the browser test drives the page)."""
+
+from __future__ import annotations
+
+import time
+
+import pktlab
+from pktlab import Lab
+from tests.conftest import needs_root
+
+
+def wait_for(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@needs_root
+def test_dashboard_updates_at_2_hz_and_stops_on_detach(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    d = s.dashboard()
+    try:
+        flow = lab.start_udp(3000, rate=1000, idle=1.0)
+        time.sleep(2.2)
+        assert d.updates >= 4  # at least twice a second
+        assert max(d.rates.data["pps"]) > 500 and d.table.data["dport"][:1] == [9000]
+        assert "pktlab-packets" in d.counter.text and str(s.record.n)[:1] in d.counter.text
+        flow.wait()
+        assert len(d.rates.data["t"]) <= d.keep  # bounded
+    finally:
+        s.detach()
+    n = d.updates
+    time.sleep(1.2)
+    assert d.updates == n and not d.running  # stopped with the session
+
+
+@needs_root
+def test_controls_pause_step_inspect_and_resume(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    s.add_handler(lambda p: None, "look")
+    c = s.controls()
+    try:
+        c.pause.click()
+        assert s.paused and "PAUSED" in c.state.value
+        flow = lab.start_udp(5, rate=100, idle=3.0, keep=5)
+        assert wait_for(lambda: s.kernel_counters().queue_total == 5)
+        c.refresh(None)
+        assert "waiting in the kernel: <span class='pktlab-waiting'>5</span>" in c.depth.value
+        c.step.click()
+        assert "udp" in c.inspector.value and not c.accept.disabled and len(s.held) == 1
+        c.accept.click()
+        assert len(s.held) == 0 and c.accept.disabled and s.record.n == 1
+        c.toggles.children[0].value = False
+        assert not s.chain["look"].enabled
+        c.default.value = "drop"
+        assert str(s.default) == "drop"
+        c.default.value = "accept"
+        c.filter.value = "udp and dst prot 9"
+        assert "libpcap cannot compile" in c.filter_msg.value
+        c.filter.value = "udp"
+        assert s._table_filter is not None
+        c.resume.click()
+        r = flow.wait()
+        assert r.unique == 5 and s.record.n == 5
+    finally:
+        s.detach()
+
+
+def test_replay_has_a_dashboard_too() -> None:
+    s = pktlab.replay("lab-udp-sizes")
+    d = s.dashboard(period=0.05)
+    s.run(pace=10.0)
+    assert wait_for(lambda: d.updates >= 3)
+    d.close()
+    assert sum(d.table.data["size"]) > 0 and d.kernel.data["t"] == []
