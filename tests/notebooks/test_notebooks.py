@@ -51,6 +51,12 @@ def test_notebook_runs_top_to_bottom_live(path: Path, tmp_path: Path, monkeypatc
         assert "namespaces left: []" in text
         assert "600-byte datagrams passed: 0; 100-byte datagrams passed: 50" in text
         assert "received 100 of 100; 10 errors kept" in text
+    if path.stem == "03-live-firewall":
+        m = re.search(r"verdicts: \{'accept': (\d+), 'drop': (\d+)\}", text)
+        assert m and int(m.group(1)) > int(m.group(2)) > 0  # all accepted first, then odd ones dropped
+        assert "sent 3000, received " + m.group(1) in text
+        assert "flags S" in text and "bytes received by the server: 2048" in text
+        assert "lab down: True | dashboard running: False" in text
     if path.stem == "04-netpipe-nat":
         m = re.search(r"pktlab NAT / scapy NAT: (\d+)x", text)
         assert m and int(m.group(1)) >= 10 and "handler errors: 0" in text
