@@ -18,6 +18,18 @@ from typing import Any
 from .livestats import HIST_EDGES_US, VERDICT_NAMES, Sample
 
 COLOURS = {"accept": "#2ca02c", "drop": "#d62728", "repeat": "#1f77b4"}
+_bokehjs_loaded = False
+
+
+def _load_bokehjs() -> None:
+    """BokehJS into the page once per kernel (BokehModel needs it), from this install: no CDN, no network."""
+    global _bokehjs_loaded
+    if not _bokehjs_loaded:
+        from bokeh.io import output_notebook
+        from bokeh.resources import INLINE
+
+        output_notebook(INLINE, hide_banner=True)
+        _bokehjs_loaded = True
 
 
 class Dashboard:
@@ -25,7 +37,7 @@ class Dashboard:
 
     def __init__(self, session: Any, period: float = 0.5, window: float = 300.0) -> None:
         from bokeh.layouts import column, row
-        from bokeh.models import ColumnDataSource, DataTable, Div, TableColumn
+        from bokeh.models import ColumnDataSource, DataTable, DateFormatter, Div, TableColumn
         from bokeh.plotting import figure
 
         self.session = session
@@ -57,7 +69,8 @@ class Dashboard:
         ker.line("t", "depth", source=self.kernel, legend_label="waiting", color="#8c564b")
         ker.line("t", "drops", source=self.kernel, legend_label="dropped (total)", color="#d62728")
         ker.legend.location = "top_left"
-        cols = [TableColumn(field=c, title=c) for c in self.table.data]
+        cols = [TableColumn(field=c, title=c, formatter=DateFormatter(format="%H:%M:%S.%3N")) if c == "time"
+                else TableColumn(field=c, title=c) for c in self.table.data]  # fmt: skip
         tbl = DataTable(source=self.table, columns=cols, width=860, height=260, index_position=None)
         self.layout = column(self.counter, row(pps, ver), row(hist, ker), tbl, name="pktlab-dashboard")
         self._monitor = session._live_monitor(period, window)
@@ -127,6 +140,7 @@ class Dashboard:
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
+        _load_bokehjs()
         display(self.widget())
 
     def close(self) -> None:

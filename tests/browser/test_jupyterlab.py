@@ -1,0 +1,229 @@
+"""The dashboard and controls in a real JupyterLab, driven by headless Chromium (Playwright).
+
+The test makes a lab, counts what the server's socket receives, and sends a bounded
+stream of numbered datagrams; a notebook in JupyterLab attaches to the lab's server and
+shows the dashboard and the controls.  In the page: the packet counter rises; Pause
+stops it while the kernel queue grows; Step + Accept delivers exactly one datagram;
+Resume delivers the rest, none lost.  Screenshots go to test-output/browser/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from pktlab import Lab, netns
+from tests.conftest import needs_root
+
+pytestmark = [
+    needs_root,
+    pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed"),
+]
+OUT = Path(__file__).resolve().parents[2] / "test-output" / "browser"
+
+
+class Receiver:
+    """A UDP socket in the lab's server namespace, counting numbered datagrams."""
+
+    def __init__(self, ns: str, port: int = 9000) -> None:
+        self.sock: socket.socket = netns.call_in(ns, self._bind, port)
+        self.seen: set[int] = set()
+        self.total = 0
+        self._stop = False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    @staticmethod
+    def _bind(port: int) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", port))
+        s.settimeout(0.2)
+        return s
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(2048)
+            except TimeoutError:
+                continue
+            self.total += 1
+            self.seen.add(int.from_bytes(data[:4], "big"))
+
+    def close(self) -> None:
+        self._stop = True
+        self._t.join(2)
+        self.sock.close()
+
+
+class Sender:
+    """Numbered datagrams from the lab's client, ``rate`` per second, at most ``limit``, until stopped."""
+
+    def __init__(self, ns: str, dst: str, rate: float = 100.0, limit: int = 3000) -> None:
+        self.sock: socket.socket = netns.call_in(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        self.dst, self.rate, self.limit = dst, rate, limit
+        self.sent = 0
+        self._stop = False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop and self.sent < self.limit:
+            self.sock.sendto(self.sent.to_bytes(4, "big") + bytes(28), (self.dst, 9000))
+            self.sent += 1
+            ahead = self.sent / self.rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._t.join(2)
+        self.sock.close()
+
+
+def wait_until(cond, timeout: float = 20.0, every: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(every)
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_notebook(root: Path, server_ns: str) -> Path:
+    cells = [
+        nbformat.v4.new_code_cell(
+            "import pktlab\n"
+            f"s = pktlab.attach(1, rule='-p udp --dport 9000', netns={server_ns!r})\n"
+            "d = s.dashboard()\nd"
+        ),
+        nbformat.v4.new_code_cell("c = s.controls()\nc"),
+    ]
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                         "language": "python"}})  # fmt: skip
+    path = root / "live.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def jupyterlab(tmp_path: Path):  # type: ignore[no-untyped-def]
+    port, token = free_port(), secrets.token_hex(16)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    with open(tmp_path / "jupyter.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}", "--allow-root",
+             "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )  # fmt: skip
+        try:
+            assert wait_until(up, 60), (tmp_path / "jupyter.log").read_text()[-2000:]
+            yield base, token, tmp_path
+        finally:
+            proc.terminate()  # our own child, by PID; it shuts its kernels down
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    base, token, root = jupyterlab
+    write_notebook(root, lab.server.netns)
+    OUT.mkdir(parents=True, exist_ok=True)
+    receiver = Receiver(lab.server.netns)
+    sender: Sender | None = None
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"], headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 2000})
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        try:
+            page.goto(f"{base}/lab/tree/live.ipynb?token={token}")
+            page.wait_for_selector(".jp-Notebook", timeout=60_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar", timeout=60_000)
+            page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
+            page.click("li.lm-Menu-item:has-text('Run All Cells')")
+            page.wait_for_selector(".pktlab-packets", timeout=30_000)
+            page.wait_for_selector("button:has-text('Pause')", timeout=60_000)
+
+            def packets() -> int:
+                return int(page.locator(".pktlab-packets").first.inner_text())
+
+            def waiting() -> int:
+                return int(page.locator(".pktlab-waiting").first.inner_text())
+
+            sender = Sender(lab.client.netns, lab.server.addr)
+            assert wait_until(lambda: packets() >= 50), "the dashboard's counter did not rise"
+            first = packets()
+            assert wait_until(lambda: packets() > first + 50)
+            page.screenshot(path=str(OUT / "1-running.png"), full_page=True)
+
+            page.click("button:has-text('Pause')")
+            time.sleep(1.0)  # packets in flight land; the page's counter settles
+            got, shown = receiver.total, packets()
+            time.sleep(1.5)
+            assert receiver.total == got, "the receiver still got datagrams while paused"
+            assert packets() == shown, "the page's counter moved while paused"
+            assert wait_until(lambda: waiting() >= 100), "the kernel queue did not grow while paused"
+            page.screenshot(path=str(OUT / "2-paused.png"), full_page=True)
+
+            page.click("button:has-text('Step')")
+            page.wait_for_selector("button:has-text('Accept'):not([disabled])", timeout=10_000)
+            page.screenshot(path=str(OUT / "3-inspector.png"), full_page=True)
+            page.click("button:has-text('Accept')")
+            assert wait_until(lambda: receiver.total == got + 1, 5)
+            time.sleep(1.0)
+            assert receiver.total == got + 1, "Step + Accept must deliver exactly one datagram"
+
+            sender.stop()
+            sent = sender.sent
+            page.click("button:has-text('Resume')")
+            assert wait_until(lambda: receiver.total >= sent, 20), f"{receiver.total} of {sent} after Resume"
+            time.sleep(0.5)
+            assert receiver.total == sent and receiver.seen == set(range(sent)), "lost or duplicated datagrams"
+            assert wait_until(lambda: packets() >= sent - 1)
+            page.screenshot(path=str(OUT / "4-resumed.png"), full_page=True)
+            (OUT / "result.json").write_text(json.dumps({"sent": sent, "received": receiver.total}))
+        except BaseException:
+            page.screenshot(path=str(OUT / "failure.png"), full_page=True)
+            (OUT / "console.txt").write_text("\n".join(console))
+            raise
+        finally:
+            if sender is not None:
+                sender.stop()
+            receiver.close()
+            browser.close()
+    assert re.search(r"\d", (OUT / "result.json").read_text())
+    os.sync()
