@@ -49,6 +49,7 @@ class Receiver:
     @staticmethod
     def _bind(port: int) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE (root): the burst after Resume must fit
         s.bind(("0.0.0.0", port))
         s.settimeout(0.2)
         return s
