@@ -20,6 +20,7 @@ bench: setup
 	$(PY) bench/bench_queue.py
 	$(PY) bench/bench_offload.py
 	$(PY) bench/bench_netpipe.py
+	$(PY) bench/bench_dashboard.py
 
 clean:
 	-$(PY) -m pktlab.cli doctor --clean
