@@ -33,6 +33,7 @@ USAGE = """\
 %pktlab status [NAME]
 %pktlab doctor [--clean]                                what this machine allows; --clean removes leftovers
 %pktlab pause | resume                                  hold packets in the kernel queue / let them through
+%pktlab dashboard [NAME] | controls [NAME]               live plots / pause, step, inspect, toggle (a session)
 %pktlab handlers | handler off|on|remove NAME
 %%pktlab handler NAME [--before H] [--after H]          the cell is the body of NAME(pkt)"""
 
@@ -218,6 +219,11 @@ class PktlabMagicState:
             from . import doctor
 
             return doctor.run(clean="--clean" in rest)
+        if cmd in ("dashboard", "controls"):
+            s = self.session(rest[0] if rest else None)
+            if cmd == "controls" and not hasattr(s, "controls"):
+                raise PktlabError(f"{s.name} replays a capture; controls act on a live queue (the dashboard works)")
+            return s.dashboard() if cmd == "dashboard" else s.controls()
         if cmd in ("pause", "resume"):
             s = self.session(rest[0] if rest else None)
             if not hasattr(s, "pause"):

@@ -182,3 +182,13 @@ def test_netpipe_magic_measures_without_and_with_the_queue(shell) -> None:
         assert "invalid int value" in err
     finally:
         run(shell, "%pktlab lab down")
+
+
+def test_dashboard_magic_on_a_replay_and_controls_refused(shell) -> None:
+    _, err = run(shell, "%pktlab replay lab-udp")
+    assert err is None
+    d, err = run(shell, "%pktlab dashboard")
+    assert err is None and hasattr(d, "layout")
+    d.close()
+    _, err = run(shell, "%pktlab controls")
+    assert "controls act on a live queue" in err
