@@ -1028,20 +1028,23 @@ cdef class Dispatcher:
 
     # -- per packet -------------------------------------------------------------
     def __call__(self, NfPacket nf):
-        if self.hold_fn is not None and self._hold(nf):
-            return
+        cdef PacketCore pkt = None
+        cdef bytes data = None
+        if self.hold_fn is not None:
+            data = nf.get_payload()
+            pkt = Packet_from(self.packet_cls, nf, data, wall_time())
+            if self._hold(nf, pkt):
+                return
         chain = self.chain.active
         if not chain:
             self._fast(nf)
         else:
-            self._run(nf, chain)
+            self._run(nf, chain, pkt, data)  # the packet the predicate saw goes on through the chain
 
     # -- holding ---------------------------------------------------------------------
-    cdef bint _hold(self, NfPacket nf):
+    cdef bint _hold(self, NfPacket nf, PacketCore pkt):
         """Keep the packet without a verdict if the hold predicate picks it; True when held."""
-        cdef PacketCore pkt
         try:
-            pkt = Packet_from(self.packet_cls, nf, nf.get_payload(), wall_time())
             if not self.hold_fn(pkt):
                 return False
             self._flush()  # verdicts for the packets before it go first
@@ -1049,36 +1052,43 @@ cdef class Dispatcher:
             self.held_count += 1  # from now on no batch verdict (it would cover the held id too)
             return True
         except BaseException as exc:  # a predicate that fails holds nothing; the packet goes on
+            self.internal_errors += 1
             self.last_internal_error = f"hold predicate: {type(exc).__name__}: {exc}"
             return False
 
-    def give_held(self, NfPacket nf, PacketCore pkt, verdict, str by):
-        """The verdict of a held packet, given now (from any thread); recorded like any other."""
+    def give_held(self, NfPacket nf, PacketCore pkt, verdict, str by, bytes original):
+        """The verdict of a held packet, given now (from any thread); recorded like any other.
+
+        ``original`` is the packet as it arrived (the record keeps packets as they came).
+        """
         cdef int code = verdict.code
-        cdef bytes data = bytes(pkt._buf)
         if nf._verdict_is_set:
             raise RuntimeError("this packet already has its verdict")
         try:
             self._flush()
-            if pkt._mark is None and not pkt._modified:
-                self._give(nf, code, False)
-            elif code == NF_REPEAT:
-                if pkt._mark is not None:
-                    nf.set_mark(pkt._mark)
-                if pkt._modified:
-                    if pkt._dirty:
-                        fix_packet(pkt)
-                    nf.set_payload(bytes(pkt._buf))
-                self._give(nf, code, False)
-            else:
-                if pkt._modified and pkt._dirty:
-                    fix_packet(pkt)
-                self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
-                self._flush()  # the reader may be idle: send it now
+            self._give_packet(nf, pkt, code, False)
+            self._flush()  # the reader may be idle: send it now
         finally:
             self.held_count -= 1
-        self.ring.push(pkt.time, nf.id, nf.hook, len(data), <const unsigned char*>PyBytes_AS_STRING(data),
-                       len(data), code, 0, by, None, pkt._modified)
+        self.ring.push(pkt.time, nf.id, nf.hook, len(original), <const unsigned char*>PyBytes_AS_STRING(original),
+                       len(original), code, 0, by, None, pkt._modified)
+
+    cdef int _give_packet(self, NfPacket nf, PacketCore pkt, int code, bint plain) except -1:
+        """The verdict of one packet with what the handlers did to it: a mark, a rewrite (fixed up here)."""
+        if pkt._mark is None and not pkt._modified:
+            self._give(nf, code, plain)
+            return 0
+        if pkt._modified and pkt._dirty:
+            fix_packet(pkt)
+        if code == NF_REPEAT:
+            if pkt._mark is not None:
+                nf.set_mark(pkt._mark)
+            if pkt._modified:
+                nf.set_payload(bytes(pkt._buf))
+            self._give(nf, code, False)
+        else:
+            self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
+        return 0
 
     cdef void _fast(self, NfPacket nf):
         cdef int code = self.default_code
@@ -1089,26 +1099,23 @@ cdef class Dispatcher:
             code = self._internal(nf, exc).code
         self.ring.push(wall_time(), nf.id, nf.hook, n, nf.payload, n, code, 0, None, None, False)
 
-    cdef void _run(self, NfPacket nf, tuple chain):
+    cdef void _run(self, NfPacket nf, tuple chain, PacketCore pkt=None, bytes data=None):
+        """The chain on one packet (``pkt`` and its ``data`` already made when a hold predicate saw it)."""
         cdef long long t0 = mono_ns()
         cdef double now = wall_time()
-        cdef PacketCore pkt = None
         cdef int code
         cdef bint given = False
         verdict = None
         by = None
         err = None
-        data = b""
+        if data is None:
+            data = b""
         try:
-            data = nf.get_payload()
-            pkt = PacketCore.__new__(self.packet_cls)
-            pkt._meta = nf
-            pkt._buf = data
-            pkt._mark = None
-            pkt._l4 = None
-            pkt._ipv = None
-            pkt._l4v = None
-            pkt.time = now
+            if pkt is None:
+                data = nf.get_payload()
+                pkt = Packet_from(self.packet_cls, nf, data, now)
+            else:
+                now = pkt.time
             self.seq += 1
             my_seq = self.seq
             self.busy_nf = nf
@@ -1147,19 +1154,7 @@ cdef class Dispatcher:
             if verdict is None:
                 verdict = self._default
             code = verdict.code
-            if pkt._mark is None and not pkt._modified:
-                self._give(nf, code, True)
-            else:
-                if pkt._modified and pkt._dirty:
-                    fix_packet(pkt)
-                if code == NF_REPEAT:
-                    if pkt._mark is not None:
-                        nf.set_mark(pkt._mark)
-                    if pkt._modified:
-                        nf.set_payload(bytes(pkt._buf))
-                    self._give(nf, code, False)
-                else:
-                    self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
+            self._give_packet(nf, pkt, code, True)
             given = True
         except BaseException as exc:
             if not given:

@@ -32,6 +32,7 @@ class HeldPacket:
         self._owner = owner
         self._nf = nf
         self.packet = pkt
+        self._original = pkt._buf  # bytes as the packet arrived (a write through the views copies first)
         self.since = time.monotonic()
         self.verdict: Verdict | None = None
 
@@ -86,7 +87,7 @@ class HeldPackets:
         with self._lock:
             if h not in self._items:
                 raise SessionError("this packet is no longer held (the session was detached?)")
-            self._session._dispatch.give_held(h._nf, h.packet, verdict, by)
+            self._session._dispatch.give_held(h._nf, h.packet, verdict, by, h._original)
             h.verdict = verdict
             self._items.remove(h)
             self.released += 1

@@ -24,6 +24,7 @@ import nbformat
 import pytest
 
 from pktlab import Lab, netns
+from pktlab.lab import wait_until
 from tests.conftest import needs_root
 
 pytestmark = [
@@ -93,15 +94,6 @@ class Sender:
         self.sock.close()
 
 
-def wait_until(cond, timeout: float = 20.0, every: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(every)
-    return False
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -147,7 +139,7 @@ def jupyterlab(request, tmp_path: Path):  # type: ignore[no-untyped-def]
             stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
         )  # fmt: skip
         try:
-            assert wait_until(up, 60), (tmp_path / "jupyter.log").read_text()[-2000:]
+            assert wait_until(up, 60, 0.1), (tmp_path / "jupyter.log").read_text()[-2000:]
             yield base, token, tmp_path, app
         finally:
             proc.terminate()  # our own child, by PID; it shuts its kernels down
@@ -198,9 +190,9 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
                 return int(page.locator(".pktlab-waiting").first.inner_text())
 
             sender = Sender(lab.client.netns, lab.server.addr)
-            assert wait_until(lambda: packets() >= 50), "the dashboard's counter did not rise"
+            assert wait_until(lambda: packets() >= 50, 20, 0.1), "the dashboard's counter did not rise"
             first = packets()
-            assert wait_until(lambda: packets() > first + 50)
+            assert wait_until(lambda: packets() > first + 50, 20, 0.1)
             page.screenshot(path=str(out / "1-running.png"), full_page=True)
 
             page.click("button:has-text('Pause')")
@@ -209,7 +201,7 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
             time.sleep(1.5)
             assert receiver.total == got, "the receiver still got datagrams while paused"
             assert packets() == shown, "the page's counter moved while paused"
-            assert wait_until(lambda: waiting() >= 100), "the kernel queue did not grow while paused"
+            assert wait_until(lambda: waiting() >= 100, 20, 0.1), "the kernel queue did not grow while paused"
             page.screenshot(path=str(out / "2-paused.png"), full_page=True)
 
             page.click("button:has-text('Step')")
@@ -226,7 +218,7 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
             assert wait_until(lambda: receiver.total >= sent, 20), f"{receiver.total} of {sent} after Resume"
             time.sleep(0.5)
             assert receiver.total == sent and receiver.seen == set(range(sent)), "lost or duplicated datagrams"
-            assert wait_until(lambda: packets() >= sent - 1)
+            assert wait_until(lambda: packets() >= sent - 1, 20, 0.1)
             page.screenshot(path=str(out / "4-resumed.png"), full_page=True)
             (out / "result.json").write_text(json.dumps({"sent": sent, "received": receiver.total}))
         except BaseException:

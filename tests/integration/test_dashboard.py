@@ -6,16 +6,8 @@ import time
 
 import pktlab
 from pktlab import Lab
+from pktlab.lab import wait_until
 from tests.conftest import needs_root
-
-
-def wait_for(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @needs_root
@@ -46,7 +38,7 @@ def test_controls_pause_step_inspect_and_resume(lab: Lab, queue_num: int) -> Non
         c.pause.click()
         assert s.paused and "PAUSED" in c.state.value
         flow = lab.start_udp(5, rate=100, idle=3.0, keep=5)
-        assert wait_for(lambda: s.kernel_counters().queue_total == 5)
+        assert wait_until(lambda: s.kernel_counters().queue_total == 5)
         c.refresh(None)
         assert "waiting in the kernel: <span class='pktlab-waiting'>5</span>" in c.depth.value
         c.step.click()
@@ -73,6 +65,6 @@ def test_replay_has_a_dashboard_too() -> None:
     s = pktlab.replay("lab-udp-sizes")
     d = s.dashboard(period=0.05)
     s.run(pace=10.0)
-    assert wait_for(lambda: d.updates >= 3)
+    assert wait_until(lambda: d.updates >= 3)
     d.close()
     assert sum(d.table.data["size"]) > 0 and d.kernel.data["t"] == []

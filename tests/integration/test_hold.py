@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pktlab
 from pktlab import Lab, SessionError
+from pktlab.lab import wait_until
 from tests.conftest import needs_root
 
 pytestmark = needs_root
-
-
-def wait_for(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def seq(p) -> int:  # type: ignore[no-untyped-def]
@@ -29,8 +19,8 @@ def test_held_packets_wait_until_the_notebook_decides(lab: Lab, queue_num: int) 
     try:
         held = s.hold(lambda p: seq(p) % 10 == 0)  # every tenth datagram
         flow = lab.start_udp(100, rate=2000, idle=3.0, keep=100)
-        assert wait_for(lambda: len(held) == 10)
-        assert wait_for(lambda: s.record.n == 90)  # the others went through, batching or not
+        assert wait_until(lambda: len(held) == 10)
+        assert wait_until(lambda: s.record.n == 90)  # the others went through, batching or not
         k = s.kernel_counters()
         assert k is not None and k.queue_total == 10  # the kernel still holds exactly those
         assert sorted(seq(h) for h in held) == list(range(0, 100, 10)) and held[0].age >= 0
@@ -59,7 +49,7 @@ def test_detach_gives_held_packets_the_default_verdict(lab: Lab, queue_num: int)
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     held = s.hold(lambda p: True)
     flow = lab.start_udp(5, rate=100, idle=2.0)
-    assert wait_for(lambda: len(held) == 5)
+    assert wait_until(lambda: len(held) == 5)
     s.detach()  # default accept: all five arrive, nothing stays in the kernel
     assert flow.wait().unique == 5 and len(held) == 0
 
@@ -69,9 +59,9 @@ def test_step_lets_exactly_one_packet_through(lab: Lab, queue_num: int) -> None:
     try:
         s.pause()
         flow = lab.start_udp(5, rate=100, idle=3.0, keep=5)
-        assert wait_for(lambda: s.kernel_counters().queue_total == 5)
+        assert wait_until(lambda: s.kernel_counters().queue_total == 5)
         assert s.step() and s.record.n == 1
-        assert wait_for(lambda: s.kernel_counters().queue_total == 4)
+        assert wait_until(lambda: s.kernel_counters().queue_total == 4)
         assert s.step() and s.record.n == 2
         s.resume()
         r = flow.wait()
