@@ -21,6 +21,8 @@ either, so the messages are built here.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_REFCNT
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport errno
 from libc.stdlib cimport calloc, free, malloc
@@ -34,6 +36,15 @@ from netfilterqueue._impl cimport nfq_handle_packet, nfq_q_handle, nfq_set_mode,
 
 from pktlab.errors import PacketFormatError
 
+cdef extern from *:
+    """
+    static int pktlab_has_weakrefs(PyObject* o) {
+        Py_ssize_t off = Py_TYPE(o)->tp_weaklistoffset;
+        return off > 0 && *(PyObject**)((char*)o + off) != NULL;
+    }
+    """
+    bint has_weakrefs "pktlab_has_weakrefs"(PyObject* o)
+
 cdef extern from "<arpa/inet.h>":
     unsigned int htonl(unsigned int)
     const char* inet_ntop(int af, const void* src, char* dst, unsigned int size)
@@ -43,14 +54,32 @@ cdef extern from "<sys/socket.h>":
     int AF_INET
     int AF_INET6
 
+cdef extern from "<sys/uio.h>":
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+
 cdef extern from "<sys/socket.h>":
-    ssize_t recv(int fd, void* buf, size_t n, int flags) nogil
+    struct msghdr:
+        void* msg_name
+        unsigned int msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int fd, mmsghdr* msgs, unsigned int vlen, int flags, timespec* timeout) nogil
     int MSG_DONTWAIT
+    int MSG_TRUNC
 
 cdef extern from "<errno.h>":
     int EAGAIN
     int EINTR
     int ENOBUFS
+    int EMSGSIZE
 
 cdef extern from "libnetfilter_queue/libnetfilter_queue.h":
     int nfq_set_queue_flags(nfq_q_handle* qh, unsigned int mask, unsigned int flags)
@@ -59,7 +88,8 @@ cdef extern from "libnetfilter_queue/linux_nfnetlink_queue.h":
     int NFQA_CFG_F_FAIL_OPEN
     int NFQNL_COPY_PACKET
 
-DEF READ_BUFFER = 262144  # one netlink message: a 64 KiB packet and its attributes fit with room
+DEF READ_SLOTS = 16  # messages taken per recvmmsg call
+DEF READ_SLOT_BYTES = 73728  # one netlink message: a 64 KiB packet and its attributes (< 1 KiB) fit
 
 cdef enum:
     NF_DROP = 0
@@ -134,46 +164,119 @@ cdef class QueueReader:
 
     Unlike NetfilterQueue's ``run()``, it counts ENOBUFS (the kernel could not
     deliver a packet to the socket: it was dropped, or passed if fail-open)
-    instead of ignoring it, and its buffer takes whole 64 KiB packets.
+    instead of ignoring it, its buffers take whole 64 KiB packets, and it
+    takes up to 16 messages per system call (``recvmmsg``), releasing the GIL
+    once per call rather than once per packet.
+
+    A reader retired while a handler is stuck (:meth:`retire`) hands the
+    messages it has taken from the socket but not yet dispatched to its
+    successor, which dispatches them before reading the socket again: every
+    packet still gets exactly one verdict.
     """
 
     cdef char* buf
+    cdef mmsghdr msgs[READ_SLOTS]
+    cdef iovec iov[READ_SLOTS]
+    cdef int batch_n  # messages in the slots from the last recvmmsg
+    cdef int next_i  # the next of them to dispatch
+    cdef list pending  # messages handed over by a retired predecessor, dispatched first
+    cdef public QueueReader successor
     cdef public long long enobufs
     cdef public long long messages
+    cdef public long long calls  # recvmmsg calls that returned messages
     cdef public bint retired  # a successor reads the queue now; this one stops after its current message
 
     def __cinit__(self):
-        self.buf = <char*>malloc(READ_BUFFER)
+        cdef int i
+        self.buf = <char*>malloc(READ_SLOTS * READ_SLOT_BYTES)
         if self.buf == NULL:
             raise MemoryError()
+        memset(self.msgs, 0, sizeof(self.msgs))
+        for i in range(READ_SLOTS):
+            self.iov[i].iov_base = self.buf + i * READ_SLOT_BYTES
+            self.iov[i].iov_len = READ_SLOT_BYTES
+            self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
+            self.msgs[i].msg_hdr.msg_iovlen = 1
+        self.pending = []
 
     def __dealloc__(self):
         free(self.buf)
 
+    def retire(self, QueueReader successor):
+        """Hand the queue over: ``successor`` gets every message taken but not dispatched yet.
+
+        Called holding the GIL while this reader's thread is inside a handler
+        (or asleep in ``recvmmsg``); that thread stops after its current
+        message and hands over anything it reads later.
+        """
+        successor.enobufs += self.enobufs
+        self.successor = successor
+        self.retired = True
+        self._hand_over()
+
+    @property
+    def waiting(self):
+        """Messages handed over by a retired reader and not dispatched yet."""
+        return len(self.pending)
+
+    cdef int _hand_over(self) except -1:
+        """Move the pending messages and the undispatched slots to the successor."""
+        cdef int i
+        left = self.pending
+        self.pending = []
+        for i in range(self.next_i, self.batch_n):
+            left.append(PyBytes_FromStringAndSize(<char*>self.iov[i].iov_base, self.msgs[i].msg_len))
+        self.next_i = self.batch_n
+        if left:
+            self.successor.pending.extend(left)
+        return 0
+
     def read(self, NfQueue q, int fd, long long limit=-1):
         """Handle everything waiting on ``fd`` (at most ``limit`` messages) without blocking; return how many."""
-        cdef ssize_t rv
-        cdef int err
+        cdef int got, i, err
+        cdef unsigned int want
         cdef long long n = 0
-        while limit < 0 or n < limit:
-            with nogil:
-                rv = recv(fd, self.buf, READ_BUFFER, MSG_DONTWAIT)
-                err = errno
-            if rv < 0:
-                if err == EAGAIN:
-                    break
-                if err == ENOBUFS:
-                    self.enobufs += 1
-                    continue
-                if err == EINTR:
-                    continue
-                raise OSError(err, "reading the queue's socket failed")
-            n += 1
-            nfq_handle_packet(q.h, self.buf, <int>rv)
-            if self.retired:
-                break
-        self.messages += n
-        return n
+        cdef bytes msg
+        try:
+            while self.pending and (limit < 0 or n < limit):
+                if self.retired:
+                    self._hand_over()
+                    return n
+                msg = self.pending.pop(0)
+                n += 1
+                nfq_handle_packet(q.h, PyBytes_AS_STRING(msg), <int>PyBytes_GET_SIZE(msg))
+            while (limit < 0 or n < limit) and not self.retired:
+                want = READ_SLOTS if limit < 0 or limit - n >= READ_SLOTS else <unsigned int>(limit - n)
+                with nogil:
+                    got = recvmmsg(fd, self.msgs, want, MSG_DONTWAIT, NULL)
+                    err = errno
+                if got < 0:
+                    if err == EAGAIN:
+                        break
+                    if err == ENOBUFS:
+                        self.enobufs += 1
+                        continue
+                    if err == EINTR:
+                        continue
+                    raise OSError(err, "reading the queue's socket failed")
+                self.calls += 1
+                self.batch_n = got
+                self.next_i = 0
+                while self.next_i < self.batch_n:
+                    if self.retired:
+                        self._hand_over()
+                        return n
+                    i = self.next_i
+                    self.next_i = i + 1
+                    if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                        raise OSError(EMSGSIZE, f"a queue message was longer than {READ_SLOT_BYTES} bytes")
+                    n += 1
+                    nfq_handle_packet(q.h, <char*>self.iov[i].iov_base, <int>self.msgs[i].msg_len)
+                if <unsigned int>got < want:
+                    break  # the socket is empty now: no need to ask again
+            return n
+        finally:
+            self.messages += n
 
 
 # ---------------------------------------------------------------------------
@@ -257,9 +360,7 @@ def fix_packet(PacketCore pkt):
         fix_l4(p, n, p[9], ihl, pseudo, True)
     elif n >= 40 and p[0] >> 4 == 6:
         put16(p + 4, <unsigned int>((n - 40) & 0xFFFF))
-        pkt._l4 = None
-        pkt._ipv = None
-        pkt._l4v = None
+        pkt._relayout()
         try:
             proto, off, frag = pkt._upper()
         except PacketFormatError:
@@ -283,9 +384,14 @@ cdef class PacketCore:
     cdef public bint _dirty
     cdef public bint _modified
     cdef public object _mark
-    cdef public object _l4
-    cdef public object _ipv  # the IPv4/IPv6 view, made once (reset with _l4 when the layout may change)
+    cdef int _l4proto  # transport protocol (-1 none), its offset and whether the packet is a fragment:
+    cdef Py_ssize_t _l4off  # found once per layout (see _relayout), kept in C: no tuple per packet
+    cdef bint _l4frag
+    cdef bint _l4known
+    cdef public object _ipv  # the IPv4/IPv6 view, made once (reset by _relayout when the layout may change)
     cdef public object _l4v  # the transport view, likewise
+    cdef ViewCore _ipv_spare  # views of an earlier packet this (reused) packet object may take again
+    cdef ViewCore _l4v_spare
     cdef public double time
     cdef public Py_ssize_t _l3  # where the IP header starts: 0 from a queue, 14/18 after Ethernet, -1 none
     cdef public bint _eth
@@ -298,7 +404,6 @@ cdef class PacketCore:
         self._meta = meta
         self._buf = data
         self._mark = None
-        self._l4 = None
         self._ipv = None
         self._l4v = None
         self.time = time
@@ -326,47 +431,63 @@ cdef class PacketCore:
         self._modified = True
         return self._buf
 
-    cpdef tuple _upper(self):
-        """(transport protocol, its offset, is a fragment); (-1, 0, False) when not IP."""
+    cpdef void _relayout(self):
+        """Forget the layers found so far: the bytes were changed in a way that may move them."""
+        self._l4known = False
+        self._ipv = None
+        self._l4v = None
+
+    cdef int _find_l4(self) except -1:
         cdef Py_ssize_t n
         cdef const unsigned char* p
         cdef Py_ssize_t l3 = self._l3
         cdef int ihl
-        if self._l4 is not None:
-            return self._l4
+        self._l4proto = -1
+        self._l4off = 0
+        self._l4frag = False
         p = buf_ptr(self._buf, &n)
-        if l3 < 0:
-            self._l4 = (-1, 0, False)
-            return self._l4
-        p += l3
-        n -= l3
-        if n >= 20 and p[0] >> 4 == 4:
-            ihl = (p[0] & 15) * 4
-            if ihl < 20:
-                raise PacketFormatError(f"IPv4 header length field says {ihl} bytes, less than 20")
-            self._l4 = (p[9], l3 + ihl, ((p[6] << 8) | p[7]) & 0x3FFF != 0)
-        elif n >= 40 and p[0] >> 4 == 6:
-            self._l4 = _IPv6(self, l3).upper()
-        else:
-            self._l4 = (-1, 0, False)
-        return self._l4
+        if l3 >= 0:
+            p += l3
+            n -= l3
+            if n >= 20 and p[0] >> 4 == 4:
+                ihl = (p[0] & 15) * 4
+                if ihl < 20:
+                    raise PacketFormatError(f"IPv4 header length field says {ihl} bytes, less than 20")
+                self._l4proto = p[9]
+                self._l4off = l3 + ihl
+                self._l4frag = ((p[6] << 8) | p[7]) & 0x3FFF != 0
+            elif n >= 40 and p[0] >> 4 == 6:
+                self._l4proto, self._l4off, self._l4frag = _IPv6(self, l3).upper()
+        self._l4known = True
+        return 0
+
+    cpdef tuple _upper(self):
+        """(transport protocol, its offset, is a fragment); (-1, 0, False) when not IP."""
+        if not self._l4known:
+            self._find_l4()
+        return (self._l4proto, self._l4off, self._l4frag)
 
     cdef object _layer(self, int proto, object cls):
         if self._l4v is not None and type(self._l4v) is cls:
             return self._l4v
-        cdef tuple l4 = self._l4 if self._l4 is not None else self._upper()
         cdef Py_ssize_t n
         cdef const unsigned char* p
         cdef ViewCore v
-        if <int>l4[0] != proto:
+        if not self._l4known:
+            self._find_l4()
+        if self._l4proto != proto:
             return None
-        if l4[2]:
+        if self._l4frag:
             p = buf_ptr(self._buf, &n) + self._l3
             if p[0] >> 4 == 4 and (((p[6] << 8) | p[7]) & 0x1FFF) != 0:
                 return None  # a non-first fragment has no transport header
-        v = ViewCore.__new__(cls)
+        if self._l4v_spare is not None and type(self._l4v_spare) is cls:
+            v = self._l4v_spare
+            self._l4v_spare = None
+        else:
+            v = ViewCore.__new__(cls)
         v._pkt = self
-        v._off = l4[1]
+        v._off = self._l4off
         self._l4v = v
         return v
 
@@ -379,7 +500,11 @@ cdef class PacketCore:
         p = buf_ptr(self._buf, &n)
         if self._l3 < 0 or n <= self._l3 or p[self._l3] >> 4 != version:
             return None
-        v = ViewCore.__new__(cls)
+        if self._ipv_spare is not None and type(self._ipv_spare) is cls:
+            v = self._ipv_spare
+            self._ipv_spare = None
+        else:
+            v = ViewCore.__new__(cls)
         v._pkt = self
         v._off = self._l3
         self._ipv = v
@@ -425,11 +550,54 @@ cdef PacketCore Packet_from(object cls, object meta, object data, double now):
     pkt._meta = meta
     pkt._buf = data
     pkt._mark = None
-    pkt._l4 = None
     pkt._ipv = None
     pkt._l4v = None
     pkt.time = now
     return pkt
+
+
+cdef void packet_done(PacketCore pkt):
+    """Break the packet <-> view cycle once its verdict is given, so it is freed at once, not by the GC."""
+    pkt._ipv = None
+    pkt._l4v = None
+
+
+cdef bint packet_recycle(PacketCore pkt, Py_ssize_t refs):
+    """Empty a packet that nothing but the dispatcher references, for reuse by the next packet.
+
+    Allocating and freeing a packet and its two views is a fair share of a
+    handler's cost per packet; a packet nobody kept (the usual case) is
+    reused instead, with its views kept aside (detached) for the next one.
+    ``refs`` is how many references the caller holds.  Anything else that
+    references the packet (a handler that kept it or one of its views, a
+    weak reference, a failure record) makes this return False, having only
+    broken the packet <-> view cycle.
+    """
+    cdef ViewCore ipv = pkt._ipv
+    cdef ViewCore l4v = pkt._l4v
+    cdef Py_ssize_t expect = refs
+    if ipv is not None and ipv._pkt is pkt:
+        expect += 1
+    if l4v is not None and l4v._pkt is pkt:
+        expect += 1
+    if Py_REFCNT(pkt) != expect or has_weakrefs(<PyObject*>pkt):
+        packet_done(pkt)
+        return False
+    if ipv is not None and Py_REFCNT(ipv) == 2:  # the packet's reference and ``ipv``
+        ipv._pkt = None
+        pkt._ipv_spare = ipv
+    if l4v is not None and Py_REFCNT(l4v) == 2:
+        l4v._pkt = None
+        pkt._l4v_spare = l4v
+    pkt._ipv = None
+    pkt._l4v = None
+    pkt._meta = None
+    pkt._buf = None
+    pkt._mark = None
+    pkt._dirty = False
+    pkt._modified = False
+    pkt._l4known = False
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -744,6 +912,8 @@ cdef class Dispatcher:
     cdef int error_code
     cdef object packet_cls
     cdef object verdict_cls
+    cdef PacketCore spare  # the last packet, emptied, when no handler kept it: the next one reuses it
+    cdef public long long reused
     # batch verdicts
     cdef public int fd
     cdef public int batch_limit
@@ -1105,15 +1275,25 @@ cdef class Dispatcher:
         cdef double now = wall_time()
         cdef int code
         cdef bint given = False
+        cdef bint own = pkt is None
+        cdef bint modified = False
         verdict = None
         by = None
         err = None
         if data is None:
             data = b""
         try:
-            if pkt is None:
+            if own:
                 data = nf.get_payload()
-                pkt = Packet_from(self.packet_cls, nf, data, now)
+                if self.spare is not None:
+                    pkt = self.spare
+                    self.spare = None
+                    pkt._meta = nf
+                    pkt._buf = data
+                    pkt.time = now
+                    self.reused += 1
+                else:
+                    pkt = Packet_from(self.packet_cls, nf, data, now)
             else:
                 now = pkt.time
             self.seq += 1
@@ -1160,8 +1340,11 @@ cdef class Dispatcher:
             if not given:
                 verdict = self._internal(nf, exc)
         if pkt is not None:
-            # the cached views point back at the packet: break the cycle so it is freed now, not by the GC
-            pkt._ipv = None
-            pkt._l4v = None
+            modified = pkt._modified
+            # only this frame references a packet the dispatcher made and no handler kept: reuse it
+            if own and packet_recycle(pkt, 1):
+                self.spare = pkt
+            else:
+                packet_done(pkt)
         self.ring.push(now, nf.id, nf.hook, len(data), <const unsigned char*>PyBytes_AS_STRING(data), len(data),
-                       verdict.code, mono_ns() - t0, by, err, pkt._modified if pkt is not None else False)
+                       verdict.code, mono_ns() - t0, by, err, modified)

@@ -68,9 +68,7 @@ class RawBytes:
         buf = self._pkt._writable()
         buf[key] = value
         self._pkt._dirty = True
-        self._pkt._l4 = None
-        self._pkt._ipv = None
-        self._pkt._l4v = None
+        self._pkt._relayout()
 
     def __len__(self) -> int:
         return len(self._pkt._buf)
@@ -154,18 +152,14 @@ class Packet(PacketCore):
         buf = self._writable()
         buf[start:end] = data
         self._dirty = True
-        self._l4 = None
-        self._ipv = None
-        self._l4v = None
+        self._relayout()
 
     def set_payload(self, data: bytes, *, fix_checksums: bool = False) -> None:
         """Replace the whole packet (IP header onward) with ``data``."""
         self._buf = bytearray(data)
         self._modified = True
         self._dirty = fix_checksums
-        self._l4 = None
-        self._ipv = None
-        self._l4v = None
+        self._relayout()
 
     def set_mark(self, mark: int) -> None:
         """Set the packet's netfilter mark (given with the verdict)."""

@@ -185,6 +185,8 @@ class QueueSource:
             while not reader.retired:
                 if self._paused and not self._stop and self._steps == 0:
                     events = waiting.poll(250)
+                elif reader.waiting:
+                    events = []  # messages handed over by a retired reader: dispatch them first
                 else:
                     events = reading.poll(250 if not self._stop else 10)
                 if any(efd == self._wake_r for efd, _ in events):
@@ -205,17 +207,21 @@ class QueueSource:
         finally:
             if not reader.retired:
                 q.unbind()
+            elif reader.successor is not None and reader.successor.waiting:
+                self._wake()  # the successor may be asleep in poll with messages handed to it
 
     def replace_reader(self) -> None:
         """Hand the queue to a new reading thread; the current one is stuck in a handler.
 
-        Called by the session's watchdog (holding the GIL).  The old thread
-        finishes the message it is in when its handler returns, then exits
-        without touching the queue.
+        Called by the session's watchdog (holding the GIL).  The messages the
+        old thread had taken from the socket but not dispatched go to the new
+        reader; the old thread finishes the message it is in when its handler
+        returns, then exits without touching the queue.
         """
         old = self._thread
-        self._reader.retired = True
-        self._reader = QueueReader()
+        successor = QueueReader()
+        self._reader.retire(successor)
+        self._reader = successor
         if old is not None:
             self.retired_threads.append(old)
         t = threading.Thread(

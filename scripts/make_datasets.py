@@ -186,8 +186,10 @@ def http_get(lab: pktlab.Lab) -> None:
 
         if not wait_until(lambda: ":8080" in lab.server.run("ss -ltn").stdout, timeout=10):
             raise RuntimeError("the HTTP server in the lab did not start listening")
+        # the body is read before exit: closing with unread data would make the client's kernel send a RST
         fetch = (
-            f"import urllib.request; print(urllib.request.urlopen('http://{lab.server.addr}:8080/index.html').status)"
+            "import urllib.request; "
+            f"r = urllib.request.urlopen('http://{lab.server.addr}:8080/index.html'); r.read(); print(r.status)"
         )
         lab.client.run([sys.executable, "-c", fetch], timeout=20)
 
