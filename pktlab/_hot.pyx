@@ -576,17 +576,22 @@ cdef bint packet_recycle(PacketCore pkt, Py_ssize_t refs):
     cdef ViewCore ipv = pkt._ipv
     cdef ViewCore l4v = pkt._l4v
     cdef Py_ssize_t expect = refs
+    cdef bint seen = False
+    # a cached view references the packet; one that anybody else references (the packet's
+    # field and ``ipv``/``l4v`` here make two) keeps the packet visible through it
     if ipv is not None and ipv._pkt is pkt:
         expect += 1
+        seen = seen or Py_REFCNT(ipv) != 2
     if l4v is not None and l4v._pkt is pkt:
         expect += 1
-    if Py_REFCNT(pkt) != expect or has_weakrefs(<PyObject*>pkt):
+        seen = seen or Py_REFCNT(l4v) != 2
+    if seen or Py_REFCNT(pkt) != expect or has_weakrefs(<PyObject*>pkt):
         packet_done(pkt)
         return False
-    if ipv is not None and Py_REFCNT(ipv) == 2:  # the packet's reference and ``ipv``
+    if ipv is not None and ipv._pkt is pkt:
         ipv._pkt = None
         pkt._ipv_spare = ipv
-    if l4v is not None and Py_REFCNT(l4v) == 2:
+    if l4v is not None and l4v._pkt is pkt:
         l4v._pkt = None
         pkt._l4v_spare = l4v
     pkt._ipv = None

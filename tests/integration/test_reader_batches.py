@@ -1,0 +1,101 @@
+"""The reader takes up to 16 messages per system call and reuses packet objects: nothing is lost by either.
+
+A reader stuck in a handler holds the rest of its batch; those messages must
+go to its successor (every packet one verdict).  A packet object is reused
+only when nothing but the dispatcher can see it: packets, views and weak
+references a handler kept must keep showing their own packet.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+
+import pytest
+
+import pktlab
+from pktlab import Lab
+from pktlab.lab import wait_until
+from tests.conftest import needs_root
+
+pytestmark = needs_root
+
+
+def _seq(data: bytes) -> int:
+    return int.from_bytes(data[:4], "big")
+
+
+@pytest.mark.parametrize("stuck_at", [0, 5])
+def test_a_stuck_reader_hands_its_batch_to_the_successor(lab: Lab, queue_num: int, stuck_at: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, deadline=0.05)
+    release = threading.Event()
+    seen: list[int] = []
+    try:
+
+        @s.handler
+        def stall(pkt):
+            seq = _seq(pkt.udp.payload)
+            seen.append(seq)
+            if seq == stuck_at:
+                release.wait(20)  # stuck until the test ends: its batch must not wait with it
+            return None
+
+        s.pause()
+        flow = lab.start_udp(100, rate=0, timeout=20, idle=1.0)
+        assert wait_until(lambda: (s.kernel_counters() or object()) and s.kernel_counters().queue_total == 100, 5)
+        reader = s.source._reader
+        s.resume()  # the reader takes 16 messages at once and blocks on packet ``stuck_at`` of them
+        assert wait_until(lambda: s.record.n == 100, timeout=5), s.record.n
+        r = flow.wait()
+        assert r.unique == 100 and r.received == 100  # the stuck one by the error verdict, the rest by the chain
+        assert reader.retired and reader.successor is s.source._reader
+        # the stuck reader dispatched up to the stuck packet; the successor the rest, handed over or read
+        assert reader.successor.messages == 100 - (stuck_at + 1) and reader.successor.waiting == 0
+        ids = [e[1] for e in s.record.raw_entries()]
+        assert len(set(ids)) == 100
+        assert seen == list(range(stuck_at + 1))  # once stuck, the handler is skipped until it returns
+    finally:
+        release.set()
+        s.detach()
+
+
+def test_packets_are_reused_only_when_nothing_kept_them(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    kept: list[tuple[int, pktlab.Packet]] = []
+    views: list[tuple[int, object]] = []
+    refs: list[tuple[int, weakref.ref]] = []
+    wrong: list[str] = []
+    try:
+
+        @s.handler
+        def keep_some(pkt):
+            seq = _seq(pkt.udp.payload)
+            for old_seq, ref in refs[-3:]:  # a weak reference never shows another packet
+                old = ref()
+                if old is not None and _seq(old.udp.payload) != old_seq:
+                    wrong.append(f"weakref {old_seq} shows {_seq(old.udp.payload)}")
+            if seq % 10 == 0:
+                kept.append((seq, pkt))
+            elif seq % 10 == 1:
+                views.append((seq, pkt.udp))  # a view keeps its packet
+            elif seq % 10 == 2:
+                refs.append((seq, weakref.ref(pkt)))
+            else:
+                pkt.ip.src, pkt.ip.dst, pkt.udp.dport  # noqa: B018 - views made, then left behind
+            return None
+
+        r = lab.udp(300, rate=3000, timeout=20)
+        assert r.unique == 300
+        assert wait_until(lambda: s.record.n == 300, timeout=5)
+        time.sleep(0.1)
+    finally:
+        s.detach()
+    assert not wrong, wrong[:5]
+    assert [seq for seq, _ in kept] == list(range(0, 300, 10))
+    for seq, pkt in kept:
+        assert _seq(pkt.udp.payload) == seq and pkt.ip.dst == lab.server.addr and pkt.udp.dport == 9000
+    for seq, view in views:
+        assert _seq(view.payload) == seq and view.dport == 9000
+    # 270 packets nobody kept: all but the first reuse the one before (weak references prevent reuse too)
+    assert s._dispatch.reused >= 300 - 30 - 30 - 30 - 30
