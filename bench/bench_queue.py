@@ -5,6 +5,11 @@ Method (drain): the reader is bound but not reading; the lab client sends N
 dropped); then the reader starts, alone on its own CPU, and the time until it
 has verdicted all N gives its packets/s.  The sender is done before the clock
 starts, so the figure is the reader's own capacity, not a share of two cores.
+The delivered datagrams wait, unread, in a large socket buffer in the server
+namespace and are counted (and checked in order) after the clock stops
+(BENCH_RECEIVER=process: a receiving process reads them during the drain
+instead, the method before 2026-11-24, whose wake-up interrupts made single
+runs bimodal; see BENCHMARKS.md).
 
 Configurations, measured REPEATS times in alternation, median reported:
   (a) bare: NetfilterQueue callback that only accepts (plus a counter);
@@ -18,8 +23,9 @@ Configurations, measured REPEATS times in alternation, median reported:
   same through scapy (deadline off: scapy's first parse imports a lot), (f) a
   handler rewriting ip.dst, so every packet is rebuilt with its checksums.
 BENCH_CONFIGS=c,c2 measures only those (and the baseline).
-Both readers use the same poll + run(block=False) loop, so the difference is
-the per-packet work only.  Each measurement runs in a fresh process with its
+The bare reader is NetfilterQueue's own loop (poll + run(block=False), one
+recv per packet); pktlab's reader polls the same socket and reads up to 16
+messages per recvmmsg call.  Each measurement runs in a fresh process with its
 own lab.  Run: `make bench` (as root).
 """
 
@@ -48,6 +54,11 @@ SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python does not name it
 MAX_LEN = 1 << 18
 SOCK_BYTES = 512 << 20
 CPUS = sorted(os.sched_getaffinity(0))
+# "parked" (default): the datagrams wait in a socket nobody reads until the clock stops;
+# "process": a receiving process reads them during the drain (the method before 2026-11-24)
+RECEIVER = os.environ.get("BENCH_RECEIVER", "parked")
+if RECEIVER not in ("parked", "process"):
+    sys.exit(f"BENCH_RECEIVER={RECEIVER!r}: use 'parked' or 'process'")
 
 
 @dataclass
@@ -156,7 +167,43 @@ def count_parked(sock: socket.socket, expected: int) -> int:
     return got
 
 
-def drain(lab: pktlab.Lab, start: Callable[[], None], counter: Callable[[], int], tid: int) -> Result:
+def wait_queued(lab: pktlab.Lab) -> int:
+    """How many packets wait in the kernel queue, once all N are there (or after 5 s)."""
+    deadline = time.monotonic() + 5
+    waiting = 0
+    while time.monotonic() < deadline:
+        c = kernel.queue_counters(lab.server.netns).get(QUEUE)
+        waiting = c.queue_total if c else 0
+        if waiting >= N:
+            break
+        time.sleep(0.05)
+    return waiting
+
+
+def timed_drain(
+    waiting: int, start: Callable[[], None], counter: Callable[[], int], tid: int
+) -> tuple[float, float, int]:
+    """Start the reader and time it until it has verdicted ``waiting`` packets: (pkt/s, CPU µs/pkt, done)."""
+    c0, u0, t0 = counter(), cpu_ns(tid), time.perf_counter()
+    start()
+    end = time.monotonic() + 30
+    while counter() - c0 < waiting and time.monotonic() < end:
+        time.sleep(0.002)  # coarse on purpose: each look takes the GIL from the reader
+    t1, u1 = time.perf_counter(), cpu_ns(tid)
+    done = counter() - c0
+    return done / (t1 - t0), (u1 - u0) / max(done, 1) / 1000.0, done
+
+
+def pin(tid: int, others: list[int]) -> None:
+    """The reader alone on the last CPU; this process's other threads and ``others`` elsewhere."""
+    if len(CPUS) > 1:
+        os.sched_setaffinity(tid, {CPUS[-1]})
+        for pid in others:
+            os.sched_setaffinity(pid, set(CPUS[:-1]))
+        os.sched_setaffinity(0, set(CPUS[:-1]))
+
+
+def drain_parked(lab: pktlab.Lab, start: Callable[[], None], counter: Callable[[], int], tid: int) -> Result:
     with parked_socket(lab) as sock:
         send = lab.client.popen(
             [sys.executable, "-m", "pktlab.traffic", "udp-send", "--dst", lab.server.addr, "--port", str(PORT),
@@ -165,27 +212,29 @@ def drain(lab: pktlab.Lab, start: Callable[[], None], counter: Callable[[], int]
         out, err = send.communicate(timeout=60)
         if send.returncode != 0:
             raise RuntimeError(f"sender failed: {err.strip()}")
-        deadline = time.monotonic() + 5
-        waiting = 0
-        while time.monotonic() < deadline:
-            c = kernel.queue_counters(lab.server.netns).get(QUEUE)
-            waiting = c.queue_total if c else 0
-            if waiting >= N:
-                break
-            time.sleep(0.05)
-        if len(CPUS) > 1:  # the reader alone on the last CPU; this thread elsewhere
-            os.sched_setaffinity(tid, {CPUS[-1]})
-            os.sched_setaffinity(0, set(CPUS[:-1]))
-        c0, u0, t0 = counter(), cpu_ns(tid), time.perf_counter()
-        start()
-        end = time.monotonic() + 30
-        while counter() - c0 < waiting and time.monotonic() < end:
-            time.sleep(0.002)  # coarse on purpose: each look takes the GIL from the reader
-        t1, u1 = time.perf_counter(), cpu_ns(tid)
-        done = counter() - c0
+        waiting = wait_queued(lab)
+        pin(tid, [])
+        pps, cpu, done = timed_drain(waiting, start, counter, tid)
         time.sleep(0.05)  # the last batch verdict
         received = count_parked(sock, N)
-    return Result(done / (t1 - t0), (u1 - u0) / max(done, 1) / 1000.0, waiting, received)
+    return Result(pps, cpu, waiting, received)
+
+
+def drain_receiver(lab: pktlab.Lab, start: Callable[[], None], counter: Callable[[], int], tid: int) -> Result:
+    """The earlier method: a receiving process in the server namespace reads while the reader drains."""
+    flow = lab.start_udp(N, size=64 - 28, rate=0, timeout=30, idle=1.0)
+    flow._sender.wait(30)
+    waiting = wait_queued(lab)
+    pin(tid, [flow._receiver.pid])
+    pps, cpu, _ = timed_drain(waiting, start, counter, tid)
+    r = flow.wait()
+    return Result(pps, cpu, waiting, r.received)
+
+
+def drain(lab: pktlab.Lab, start: Callable[[], None], counter: Callable[[], int], tid: int) -> Result:
+    if RECEIVER == "process":
+        return drain_receiver(lab, start, counter, tid)
+    return drain_parked(lab, start, counter, tid)
 
 
 def run_bare(lab: pktlab.Lab) -> Result:
@@ -276,7 +325,8 @@ def main() -> int:
             results[name].append(Result(**json.loads(out.stdout.strip().splitlines()[-1])))
     base = results["(a) bare NetfilterQueue accept"]
     base_pps = statistics.median(r.pps for r in base)
-    print(f"64-byte UDP, NFQUEUE {QUEUE}, drain of {N:,} queued packets, median of {REPEATS}, ", end="")
+    receiver = "datagrams parked in an unread socket" if RECEIVER == "parked" else "a receiving process reading"
+    print(f"64-byte UDP, NFQUEUE {QUEUE}, drain of {N:,} queued packets ({receiver}), median of {REPEATS}, ", end="")
     print(f"{len(CPUS)} CPUs (reader pinned alone)")
     print()
     print(
