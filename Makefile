@@ -11,7 +11,7 @@ demo: setup
 	$(PY) -m pktlab.cli demo
 
 lint: setup
-	.venv/bin/ruff check pktlab tests bench scripts
+	.venv/bin/ruff check pktlab tests bench scripts notebooks
 
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -62,7 +62,7 @@ def test_notebook_runs_top_to_bottom_live(path: Path, tmp_path: Path, monkeypatc
         assert m and int(m.group(1)) >= 10 and "handler errors: 0" in text
         assert "same bytes out of both: True" in text
     if path.stem == "05-kernel-view":
-        assert "port 9000: 20 delivered; port 9001: 20 delivered; the handler saw 20 packets, ports [9000]" in text
+        assert "port 9000: 20 delivered; port 9001: 20 delivered\nthe handler saw 20 packets, ports [9000]" in text
         assert "libpcap cannot compile the filter" in text
         assert "delivered 20 of 30; queued 20; decided in the kernel 10" in text
         assert "after the swap: delivered 30 of 30" in text
