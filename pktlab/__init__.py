@@ -32,6 +32,7 @@ from .errors import (
     QueueBusyError,
     RuleError,
     SessionError,
+    TeardownError,
 )
 from .handlers import Handler, HandlerFailure
 from .lab import Host, Lab, PingResult, UdpFlow, UdpResult
@@ -72,6 +73,7 @@ __all__ = [
     "RuleError",
     "Session",
     "SessionError",
+    "TeardownError",
     "Status",
     "Trace",
     "Tracer",

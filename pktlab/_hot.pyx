@@ -386,7 +386,7 @@ cdef class PacketCore:
     cdef public object _mark
     cdef int _l4proto  # transport protocol (-1 none), its offset and whether the packet is a fragment:
     cdef Py_ssize_t _l4off  # found once per layout (see _relayout), kept in C: no tuple per packet
-    cdef bint _l4frag
+    cdef int _l4frag  # 0 not a fragment, 1 the first fragment, 2 a later one (no transport header)
     cdef bint _l4known
     cdef public object _ipv  # the IPv4/IPv6 view, made once (reset by _relayout when the layout may change)
     cdef public object _l4v  # the transport view, likewise
@@ -444,7 +444,7 @@ cdef class PacketCore:
         cdef int ihl
         self._l4proto = -1
         self._l4off = 0
-        self._l4frag = False
+        self._l4frag = 0
         p = buf_ptr(self._buf, &n)
         if l3 >= 0:
             p += l3
@@ -455,14 +455,17 @@ cdef class PacketCore:
                     raise PacketFormatError(f"IPv4 header length field says {ihl} bytes, less than 20")
                 self._l4proto = p[9]
                 self._l4off = l3 + ihl
-                self._l4frag = ((p[6] << 8) | p[7]) & 0x3FFF != 0
+                if ((p[6] << 8) | p[7]) & 0x1FFF:
+                    self._l4frag = 2
+                elif p[6] & 0x20:
+                    self._l4frag = 1
             elif n >= 40 and p[0] >> 4 == 6:
                 self._l4proto, self._l4off, self._l4frag = _IPv6(self, l3).upper()
         self._l4known = True
         return 0
 
     cpdef tuple _upper(self):
-        """(transport protocol, its offset, is a fragment); (-1, 0, False) when not IP."""
+        """(transport protocol, its offset, fragment: 0 none, 1 the first, 2 a later one); (-1, 0, 0) when not IP."""
         if not self._l4known:
             self._find_l4()
         return (self._l4proto, self._l4off, self._l4frag)
@@ -477,10 +480,8 @@ cdef class PacketCore:
             self._find_l4()
         if self._l4proto != proto:
             return None
-        if self._l4frag:
-            p = buf_ptr(self._buf, &n) + self._l3
-            if p[0] >> 4 == 4 and (((p[6] << 8) | p[7]) & 0x1FFF) != 0:
-                return None  # a non-first fragment has no transport header
+        if self._l4frag == 2:
+            return None  # a non-first fragment has no transport header
         if self._l4v_spare is not None and type(self._l4v_spare) is cls:
             v = self._l4v_spare
             self._l4v_spare = None

@@ -41,6 +41,7 @@ class Dashboard:
         from bokeh.plotting import figure
 
         self.session = session
+        self.period = period  # seconds between updates
         self._lock = threading.Lock()
         self.keep = max(2, int(window / period))
         self.rates = ColumnDataSource({"t": [], "pps": [], "mbps": [], "errors": []})

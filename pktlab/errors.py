@@ -9,6 +9,7 @@ Every message names the cause and the fix, in one sentence where possible::
     ├── FilterError                  libpcap cannot compile a tcpdump filter (its message is kept)
     ├── QueueBusyError               the queue number is already bound by another reader
     ├── LabError                     a namespace or link could not be made or found
+    ├── TeardownError                some steps of a teardown failed (the others ran; each failure is listed)
     ├── SessionError                 misuse of a session (detached, no session, bad option)
     ├── HandlerError                 a handler is not callable / returned a non-verdict
     └── PacketFormatError            a view read past the end of a packet or met a bad length
@@ -43,6 +44,14 @@ class QueueBusyError(PktlabError):
 
 class LabError(PktlabError):
     """A lab namespace or link could not be created, found or removed."""
+
+
+class TeardownError(PktlabError):
+    """A teardown ran every step it could, and some failed; ``failures`` lists them."""
+
+    def __init__(self, message: str, failures: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.failures = list(failures or [])
 
 
 class SessionError(PktlabError):

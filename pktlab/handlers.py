@@ -97,6 +97,10 @@ class HandlerChain:
     ) -> Handler:
         """Add ``fn`` under ``name``; an existing handler of that name is replaced in place."""
         name = name or getattr(fn, "__name__", None) or f"handler{len(self._handlers) + 1}"
+        if before is not None and after is not None:
+            raise HandlerError(
+                f"handler {name!r} was given both before={before!r} and after={after!r}; give one of them"
+            )
         _check_fn(fn, name)
         with self._lock:
             for i, h in enumerate(self._handlers):

@@ -28,6 +28,7 @@ from typing import Any
 from . import netns
 from .errors import LabError
 from .kernel import pid_alive, require_net_admin
+from .teardown import Teardown
 
 _LAB_SEQ = itertools.count(1)
 _NAME_RE = re.compile(r"^pktlab-(\d+)-(\d+)-([a-z]+)$")
@@ -136,6 +137,7 @@ class UdpResult:
     payloads: list[bytes]
     seconds: float
     max_gap: float = 0.0  # longest silence between two datagrams at the receiver, in seconds
+    socket_drops: int = 0  # datagrams the receiving socket's full buffer made its kernel drop (/proc/net/udp)
 
 
 class UdpFlow:
@@ -162,6 +164,7 @@ class UdpFlow:
             payloads=[bytes.fromhex(h) for h in r["payloads"]],
             seconds=r["seconds"],
             max_gap=r["max_gap"],
+            socket_drops=r.get("socket_drops", 0),
         )
 
 
@@ -313,6 +316,24 @@ class Lab:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def sessions(self) -> list[Any]:
+        """The sessions attached in this lab (detached by :meth:`down`)."""
+        with self._lock:
+            return list(self._sessions)
+
+    def track_session(self, session: Any) -> None:
+        """Remember an attached session, so that :meth:`down` detaches it first."""
+        with self._lock:
+            if session not in self._sessions:
+                self._sessions.append(session)
+
+    def forget_session(self, session: Any) -> None:
+        """Stop tracking a session (it detached by itself)."""
+        with self._lock:
+            if session in self._sessions:
+                self._sessions.remove(session)
 
     def __repr__(self) -> str:
         state = "down" if self._closed else "up"
@@ -472,37 +493,44 @@ class Lab:
 
     # -- teardown -----------------------------------------------------------
     def down(self) -> None:
-        """Kill the lab's processes and remove its namespaces. Safe to call twice."""
+        """Detach the lab's sessions, kill its processes and remove its namespaces.
+
+        Every step runs even when an earlier one fails; the failures are raised
+        together at the end (:class:`~pktlab.errors.TeardownError`).  Safe to call
+        again: a second call retries whatever is still there.
+        """
         with self._lock:
-            if self._closed:
-                return
             self._closed = True
             procs, self._procs = self._procs, []
             sessions, self._sessions = list(self._sessions), []
+        td = Teardown(f"lab {self.id}")
         for s in sessions:
-            s.detach()
+            td.step(f"detaching session {s.name}", s.detach)
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-        errors = []
+            td.step(f"stopping process {p.pid}", _kill_and_reap, p)
+        present = set(netns.list_names())
         for host in reversed(list(self.hosts.values())):
-            try:
-                netns.in_thread(_remove_netns, host.netns)
-            except OSError as exc:
-                errors.append(f"{host.netns}: {exc}")
-        atexit.unregister(self.down)
-        if errors:
-            raise LabError("could not remove " + "; ".join(errors) + "; run `pktlab doctor --clean`")
+            if host.netns in present:
+                td.step(f"removing namespace {host.netns}", netns.in_thread, _remove_netns, host.netns)
+        if not td.failures:
+            atexit.unregister(self.down)
+        td.finish("call lab.down() again, or run `pktlab doctor --clean`")
 
     def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+
+def _kill_and_reap(p: subprocess.Popen[str]) -> None:
+    """Kill a lab process by PID (if it still runs) and wait for it."""
+    if p.poll() is None:
+        p.kill()
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"process {p.pid} did not end within 5 s of SIGKILL") from None
 
 
 def wait_until(pred: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:

@@ -17,6 +17,7 @@ from .errors import PktlabError
 from .lab import TOPOLOGIES, Lab
 from .rules import HOOKS
 from .session import Session, attach
+from .teardown import Teardown
 
 USAGE = """\
 %pktlab lab up [--topology pair|router] [--name NAME]   make a lab (client/server namespaces)
@@ -205,7 +206,7 @@ class PktlabMagicState:
 
             a = self.parsers["netpipe"].parse_args(rest)
             lab = self.lab(a.lab)
-            mine = [s for s in lab._sessions if s.attached]
+            mine = [s for s in lab.sessions if s.attached]
             return netpipe(lab, [None, *mine], max_bytes=a.max, proto="udp" if a.udp else "tcp", to=a.to)
         if cmd == "trace":
             return self.cmd_trace(self.parsers["trace"].parse_args(rest))
@@ -256,14 +257,16 @@ class PktlabMagicState:
         if a.action == "down":
             lab = self.lab(name)
             key = name or self.current_lab
+            td = Teardown(f"lab {key}")
             for sname, s in list(self.sessions.items()):
-                if getattr(s, "_lab", None) is lab:
-                    s.detach()
+                if getattr(s, "lab", None) is lab:
+                    td.step(f"detaching session {sname}", s.detach)
                     self._forget_session(sname)
-            lab.down()
+            td.step("removing its namespaces", lab.down)
             del self.labs[key]  # type: ignore[arg-type]
             if self.current_lab == key:
                 self.current_lab = next(iter(self.labs), None)
+            td.finish("run %pktlab doctor --clean to remove what is left")
             return None
         return {n: lab for n, lab in self.labs.items()}
 
@@ -350,13 +353,17 @@ class PktlabMagicState:
         return None
 
     def close(self) -> None:
-        for s in list(self.sessions.values()):
+        """Detach every session and take every lab down; every step runs, failures are raised together."""
+        td = Teardown("the notebook's pktlab state")
+        for name, s in list(self.sessions.items()):
             if hasattr(s, "detach"):
-                s.detach()
-        for lab in list(self.labs.values()):
-            lab.down()
+                td.step(f"detaching session {name}", s.detach)
+        for name, lab in list(self.labs.items()):
+            td.step(f"taking lab {name} down", lab.down)
         self.sessions.clear()
         self.labs.clear()
+        self.current_session = self.current_lab = None
+        td.finish("run %pktlab doctor --clean to remove what is left")
 
 
 def _deadline(text: str) -> float | None:

@@ -23,6 +23,7 @@ from .views.dns import DNS
 from .views.ethernet import Ethernet
 from .views.http import HTTP
 from .views.http import find as find_http
+from .views.ip import LATER_FRAGMENT, ipv6_upper
 
 HOOK_NAMES = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 47: "gre", 50: "esp", 132: "sctp"}
@@ -155,7 +156,27 @@ class Packet(PacketCore):
         self._relayout()
 
     def set_payload(self, data: bytes, *, fix_checksums: bool = False) -> None:
-        """Replace the whole packet (IP header onward) with ``data``."""
+        """Replace the IP packet (IP header onward) with ``data``.
+
+        A link header in front (a packet of an Ethernet capture) stays, with its
+        EtherType set for the new IP version, so the IP header is found where it was.
+        """
+        data = bytes(data)
+        if not data:
+            raise PacketFormatError("set_payload() got no bytes; an empty packet cannot be sent; use drop() instead")
+        if self._eth:
+            if self._l3 < 0:
+                raise PacketFormatError(
+                    "this frame carries no IP packet, so set_payload() has no IP header to replace; "
+                    "write the frame's bytes with pkt.raw[...] instead"
+                )
+            etype = {4: b"\x08\x00", 6: b"\x86\xdd"}.get(data[0] >> 4)
+            if etype is None:
+                raise PacketFormatError(
+                    f"set_payload() got bytes that are not an IPv4 or IPv6 packet (version {data[0] >> 4}); "
+                    "an Ethernet frame here carries IP"
+                )
+            data = bytes(self._buf[: self._l3 - 2]) + etype + data
         self._buf = bytearray(data)
         self._modified = True
         self._dirty = fix_checksums
@@ -300,10 +321,13 @@ def summarize(head: bytes) -> dict[str, Any]:
             off = ihl
             frag = int.from_bytes(head[6:8], "big") & 0x1FFF
         elif v == 6 and len(head) >= 40:
-            p, off = head[6], 40
             out["src"] = str(ipaddress.IPv6Address(head[8:24]))
             out["dst"] = str(ipaddress.IPv6Address(head[24:40]))
-            frag = 0
+            try:
+                p, off, frag6 = ipv6_upper(head, 0)
+            except PacketFormatError:  # extension headers beyond the recorded bytes: protocol unknown ("?")
+                return out
+            frag = frag6 == LATER_FRAGMENT
         else:
             out["proto"] = "raw"
             return out

@@ -33,6 +33,7 @@ from .offload import Offload
 from .packet import Packet
 from .record import Record
 from .source import QueueSource, batch_verdict_prefix
+from .teardown import Teardown
 from .verdicts import Verdict
 
 if TYPE_CHECKING:
@@ -213,6 +214,11 @@ class Session(ChainOwner):
     def attached(self) -> bool:
         return self._attached
 
+    @property
+    def lab(self) -> Lab | None:
+        """The lab this session was attached in (None for a namespace given by name)."""
+        return self._lab
+
     def attach(self) -> Session:
         """Bind the queue and install the rule; returns self."""
         if self._attached:
@@ -233,7 +239,7 @@ class Session(ChainOwner):
         self._start_watchdog()
         atexit.register(self.detach)
         if self._lab is not None:
-            self._lab._sessions.append(self)
+            self._lab.track_session(self)
         return self
 
     # -- hung handlers -----------------------------------------------------------------
@@ -298,25 +304,28 @@ class Session(ChainOwner):
         self._dispatch.fd = fd
 
     def detach(self, drain: float = 2.0) -> None:
-        """Remove the rule, give every queued packet its verdict, unbind. Safe to call twice."""
+        """Remove the rule, give every queued and held packet its verdict, unbind. Safe to call twice.
+
+        Every step runs even when an earlier one fails (a rule iptables will not
+        delete does not keep held packets from their verdict); the failures are
+        raised together at the end as a :class:`~pktlab.errors.TeardownError`.
+        """
         if not self._attached:
             return
         self._attached = False
         atexit.unregister(self.detach)
-        if self._lab is not None and self in self._lab._sessions:
-            self._lab._sessions.remove(self)
+        if self._lab is not None:
+            self._lab.forget_session(self)
         self._offloads.clear()
         self._dispatch.hold_fn = None
-        try:
-            self.rules.remove()
-            self.held.release()  # every held packet gets the default verdict before the queue goes
-        finally:
-            try:
-                self.source.stop(drain=drain)  # the watchdog still rescues a stuck handler meanwhile
-            finally:
-                self._stop_watchdog()
-                if self._monitor is not None:
-                    self._monitor.stop()
+        td = Teardown(f"session {self.name}")
+        td.step("removing its rules", self.rules.remove)
+        td.step("releasing held packets", self.held.release)  # the default verdict, before the queue goes
+        td.step("stopping the reader", self.source.stop, drain=drain)  # the watchdog still rescues meanwhile
+        td.step("stopping the watchdog", self._stop_watchdog)
+        if self._monitor is not None:
+            td.step("stopping the live monitor", self._monitor.stop)
+        td.finish("run `pktlab doctor --clean` to remove what is left")
 
     # -- offloaded verdicts --------------------------------------------------------
     def offload(self, expr: str, verdict: str | Verdict = "drop", *, mark: int | None = None) -> Offload:

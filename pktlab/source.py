@@ -78,6 +78,7 @@ class QueueSource:
         self._fd = -1
         self._q: Any = None
         self.retired_threads: list[threading.Thread] = []
+        self._enobufs_before = 0  # counted by the readers of earlier runs (start() after stop())
         self.netns = netns
         self.max_len = max_len
         self.copy_range = copy_range
@@ -111,7 +112,15 @@ class QueueSource:
         ``on_bound(fd)`` is called with the queue's netlink socket once bound;
         ``after_read()`` each time the socket has been read empty.
         """
+        if self.running:
+            raise PktlabError(f"the reader of queue {self.queue} is already running; stop() it first")
         self._on_bound, self._after_read = on_bound, after_read
+        # a source can be started again after stop(): a fresh reader, nothing left of the last run's state
+        self._stop = False
+        self._paused = False
+        self._steps = 0
+        self._enobufs_before += self._reader.enobufs
+        self._reader = QueueReader()
         nfq_mod = _import_nfq()
         kernel.require_net_admin(f"bind NFQUEUE {self.queue}")
         self._wake_r, self._wake_w = os.pipe()
@@ -220,7 +229,7 @@ class QueueSource:
         """
         old = self._thread
         successor = QueueReader()
-        self._reader.retire(successor)
+        self._reader.retire(successor)  # hands its ENOBUFS count on too
         self._reader = successor
         if old is not None:
             self.retired_threads.append(old)
@@ -316,7 +325,7 @@ class QueueSource:
     @property
     def enobufs(self) -> int:
         """How often the socket reported ENOBUFS: packets the kernel could not hand to the reader."""
-        return self._reader.enobufs
+        return self._enobufs_before + self._reader.enobufs
 
     def counters(self) -> kernel.QueueCounters | None:
         """The kernel's counters for this queue (None when not bound)."""

@@ -225,11 +225,22 @@ def _progress(total: int, label: str) -> Callable[[int, Point], None]:
 
         return update
 
-    def line(i: int, p: Point) -> None:
-        print(f"\r{label}: {i}/{total} points, {p.bytes} bytes {p.mbps:9.1f} Mbps {p.usec:9.1f} µs",
-              end="\n" if i == total else "", file=sys.stderr, flush=True)  # fmt: skip
+    def text(i: int, p: Point) -> str:
+        return f"{label}: {i}/{total} points, {p.bytes} bytes {p.mbps:9.1f} Mbps {p.usec:9.1f} µs"
 
-    return line
+    if sys.stderr.isatty():
+
+        def line(i: int, p: Point) -> None:  # one line, redrawn in place
+            print("\r" + text(i, p), end="\n" if i == total else "", file=sys.stderr, flush=True)
+
+        return line
+    every = max(1, total // 8)  # logs, CI, a pipe: whole lines, about eight per configuration
+
+    def logged(i: int, p: Point) -> None:
+        if i == 1 or i == total or i % every == 0:
+            print(text(i, p), file=sys.stderr, flush=True)
+
+    return logged
 
 
 def _cpu_args(cpu: int | None) -> list[str]:
@@ -309,7 +320,7 @@ def netpipe(
         max_bytes = UDP_MAX  # one datagram per message
     sizes = schedule(max_bytes)
     sessions = [s for s in through if s is not None]
-    sessions += [s for s in getattr(lab, "_sessions", []) if s not in sessions and s.attached]  # the lab's own
+    sessions += [s for s in getattr(lab, "sessions", []) if s not in sessions and s.attached]  # the lab's own
     for s in sessions:
         if not s.attached:
             raise SessionError(f"session {s.name} is not attached; attach it before measuring through it")

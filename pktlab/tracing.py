@@ -384,7 +384,7 @@ class Tracer:
         self.count = count
         self.timeout = timeout
         self.program = _bpf.compile(filter)
-        self.sessions = list(sessions) or (list(lab._sessions) if lab is not None else [])
+        self.sessions = list(sessions) or (lab.sessions if lab is not None else [])
         n = next(_SEQ)
         tag = _rules.make_tag(f"trace-{n}")
         self._hosts = [_HostTrace(h, self.program, tag, f"pktlab_trace_{os.getpid()}_{n}") for h in host_list]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import select
 import socket
 import struct
@@ -17,10 +18,23 @@ import sys
 import time
 
 SEQ = struct.Struct("!I")
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; named in the socket module from Python 3.12
 
 
 def _ready() -> None:
     print("ready", flush=True)
+
+
+def socket_drops(sock: socket.socket) -> int:
+    """Datagrams the kernel dropped for this UDP socket (its buffer was full): the ``drops`` column of /proc/net/udp."""
+    inode = str(os.fstat(sock.fileno()).st_ino)
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[9] == inode:
+                    return int(cols[-1])
+    return 0
 
 
 def udp_send(dst: str, port: int, count: int, size: int, rate: float, timeout: float) -> dict:
@@ -60,7 +74,10 @@ def udp_recv(port: int, count: int, timeout: float, idle: float, keep: int, bind
     """
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    try:  # as root, past net.core.rmem_max: a receiver that falls behind for a moment loses nothing
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sock.bind((bind, port))
     sock.setblocking(False)
     _ready()
@@ -102,6 +119,7 @@ def udp_recv(port: int, count: int, timeout: float, idle: float, keep: int, bind
                 seen.add(seq)
             if len(kept) < keep:
                 kept.append(data.hex())
+    drops = socket_drops(sock)
     missing: list[int] = []
     seq = 0
     while len(missing) < 100 and seq < count and len(missing) < count - len(seen):
@@ -117,6 +135,7 @@ def udp_recv(port: int, count: int, timeout: float, idle: float, keep: int, bind
         "payloads": kept,
         "seconds": (last or start) - (first or start),
         "max_gap": max_gap,
+        "socket_drops": drops,
     }
 
 

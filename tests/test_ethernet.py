@@ -57,3 +57,30 @@ def test_arbitrary_frames_only_raise_packet_format_error(data: bytes) -> None:
     if p.eth is not None:
         p.eth.as_dict()
     assert bytes(p) == data
+
+
+def test_set_payload_replaces_the_ip_packet_and_keeps_the_link_header() -> None:
+    p = frame(Dot1Q(vlan=7) / IP(src="10.77.1.1", dst="10.77.1.2") / UDP(dport=9000) / b"old")
+    new = IPv6(src="fd77:1::1", dst="fd77:1::2") / UDP(sport=1, dport=53) / b"new payload"
+    p.set_payload(bytes(new))
+    out = Ether(bytes(p))
+    assert out.src == MAC_A and out[Dot1Q].vlan == 7 and out[Dot1Q].type == 0x86DD  # EtherType follows the version
+    assert p.ip is None and p.ipv6.dst == "fd77:1::2" and p.udp.dport == 53 and p.payload == b"new payload"
+    assert bytes(p)[18:] == bytes(new)
+    p.udp.dport = 54  # writes land in the new IP packet, after the link header
+    assert Ether(bytes(p))[UDP].dport == 54
+
+
+def test_set_payload_refuses_what_a_frame_cannot_carry() -> None:
+    import pytest
+
+    from pktlab import PacketFormatError
+
+    p = frame(IP(dst="10.77.1.2") / UDP(dport=9000))
+    with pytest.raises(PacketFormatError, match="not an IPv4 or IPv6 packet"):
+        p.set_payload(b"\x00\x01\x02")
+    with pytest.raises(PacketFormatError, match="no bytes"):
+        p.set_payload(b"")
+    arp = frame(ARP(psrc="10.77.1.1", pdst="10.77.1.2"))
+    with pytest.raises(PacketFormatError, match="no IP packet"):
+        arp.set_payload(bytes(IP(dst="10.77.1.2")))

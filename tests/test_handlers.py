@@ -88,3 +88,12 @@ def test_failures_are_kept_with_trimmed_traceback() -> None:
         raise KeyError("k")
     except KeyError as exc:
         assert trim_traceback(exc).endswith("KeyError: 'k'")
+
+
+def test_before_and_after_together_are_refused() -> None:
+    c = HandlerChain()
+    c.add(lambda p: None, "a")
+    c.add(lambda p: None, "b")
+    with pytest.raises(HandlerError, match="both before='a' and after='b'"):
+        c.add(lambda p: None, "x", before="a", after="b")
+    assert c.names == ["a", "b"]

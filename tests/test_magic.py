@@ -146,7 +146,7 @@ def test_filter_offload_and_trace_magics(shell) -> None:
         lab.ping(1)
         t = tr.wait()
         assert len(t) == 1 and [h for h, _ in t.packets[0].passes] == ["client", "router"]
-        _, err = run(shell, '%pktlab trace --count 0')
+        _, err = run(shell, "%pktlab trace --count 0")
         assert "count must be a positive number" in err
     finally:
         run(shell, "%pktlab lab down")

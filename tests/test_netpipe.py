@@ -50,3 +50,17 @@ def test_np_out_format_and_summary(tmp_path: Path) -> None:
     summary = r.summary()
     assert summary["latency us"][0] == pytest.approx(30.001, rel=1e-3)
     assert r.plot() is not None
+
+
+def test_progress_outside_a_terminal_prints_whole_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from pktlab.throughput import _progress
+
+    total = 40
+    show = _progress(total, "no queue")  # pytest's captured stderr is not a terminal
+    for i in range(1, total + 1):
+        show(i, Point("no queue", i * 100, 10, 1e-5))
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and err.endswith("\n")
+    assert 2 <= len(lines) <= 10 and lines[-1].startswith("no queue: 40/40 points")
+    assert all(line.startswith("no queue: ") for line in lines)

@@ -235,3 +235,33 @@ def test_address_strings_are_right_for_many_addresses() -> None:
     for i in range(0, 1 << 16, 257):
         a = f"10.{i >> 8}.{i & 255}.{(i * 7) & 255}"
         assert P(IP(src=a, dst="10.77.1.2") / UDP()).ip.src == a
+
+
+def test_summary_walks_ipv6_extension_headers() -> None:
+    from scapy.layers.inet6 import IPv6ExtHdrRouting
+
+    for ext in (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting()):
+        head = bytes(IPv6(src="fd77:1::1", dst="fd77:1::2") / ext / UDP(sport=5353, dport=9000) / b"x")
+        s = summarize(head)
+        assert (s["proto"], s["sport"], s["dport"]) == ("udp", 5353, 9000), ext.summary()
+    # extension headers that run past the recorded bytes: protocol unknown, no ports made up
+    head = bytes(IPv6(src="fd77:1::1", dst="fd77:1::2") / IPv6ExtHdrDestOpt(options=[]) / UDP())[:44]
+    assert summarize(head)["sport"] is None and summarize(head)["proto"] == "?"
+
+
+def test_later_fragments_have_no_transport_view() -> None:
+    from scapy.layers.inet import fragment
+    from scapy.layers.inet6 import IPv6ExtHdrFragment, fragment6
+
+    big6 = IPv6(src="fd77:1::1", dst="fd77:1::2") / IPv6ExtHdrFragment() / UDP(sport=7, dport=9000) / bytes(3000)
+    frags6 = [Packet(None, bytes(f)) for f in fragment6(big6, 1280)]
+    big4 = IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=7, dport=9000) / bytes(3000)
+    frags4 = [Packet(None, bytes(f)) for f in fragment(big4, 1280)]
+    for frags in (frags6, frags4):
+        assert len(frags) >= 3
+        assert frags[0].udp is not None and frags[0].udp.dport == 9000  # the first fragment has the header
+        assert summarize(bytes(frags[0]))["dport"] == 9000
+        for later in frags[1:]:
+            assert later.udp is None and later.transport is None and later.proto == 17
+            s = summarize(bytes(later))
+            assert s["proto"] == "udp" and s["sport"] is None and s["dport"] is None

@@ -6,6 +6,41 @@ from ..errors import PacketFormatError
 from .base import Field, View
 
 EXT_HEADERS = {0, 43, 44, 51, 60}  # hop-by-hop, routing, fragment, AH, destination options
+NOT_FRAGMENT, FIRST_FRAGMENT, LATER_FRAGMENT = 0, 1, 2
+
+
+def ipv6_upper(buf: bytes | bytearray, off: int) -> tuple[int, int, int]:
+    """Walk the extension headers of the IPv6 packet at ``buf[off:]``.
+
+    Returns (protocol, offset, fragment): the first header that is not an
+    extension header, where it starts, and whether the packet is a fragment
+    (``NOT_FRAGMENT``, ``FIRST_FRAGMENT``, or ``LATER_FRAGMENT``: a fragment at a
+    non-zero offset, whose payload holds no transport header).
+    """
+    if len(buf) < off + 40:
+        raise PacketFormatError(f"IPv6 header needs 40 bytes, the packet has {max(0, len(buf) - off)}")
+    nh = buf[off + 6]
+    off += 40
+    frag = NOT_FRAGMENT
+    for _ in range(16):
+        if nh not in EXT_HEADERS:
+            return nh, off, frag
+        if off + 8 > len(buf):
+            raise PacketFormatError("IPv6 extension header runs past the end of the packet")
+        nxt = buf[off]
+        if nh == 44:
+            field = int.from_bytes(buf[off + 2 : off + 4], "big")
+            if field & 0xFFF8:  # fragment offset
+                frag = LATER_FRAGMENT
+            elif field & 1 and frag == NOT_FRAGMENT:  # more fragments follow
+                frag = FIRST_FRAGMENT
+            size = 8
+        elif nh == 51:
+            size = (buf[off + 1] + 2) * 4
+        else:
+            size = (buf[off + 1] + 1) * 8
+        nh, off = nxt, off + size
+    raise PacketFormatError("IPv6 packet has more than 16 extension headers; refusing to walk further")
 
 
 class IPv4(View):
@@ -59,27 +94,9 @@ class IPv6(View):
     src = Field(64, 128, "ipv6")
     dst = Field(192, 128, "ipv6")
 
-    def upper(self) -> tuple[int, int, bool]:
-        """(protocol, offset, is_fragment) of the first non-extension header."""
-        buf = self._pkt._buf
-        nh = self.nh
-        off = self._off + 40
-        frag = False
-        for _ in range(16):
-            if nh not in EXT_HEADERS:
-                return nh, off, frag
-            if off + 8 > len(buf):
-                raise PacketFormatError("IPv6 extension header runs past the end of the packet")
-            nxt = buf[off]
-            if nh == 44:
-                frag = frag or (int.from_bytes(buf[off + 2 : off + 4], "big") & 0xFFF9) != 0
-                size = 8
-            elif nh == 51:
-                size = (buf[off + 1] + 2) * 4
-            else:
-                size = (buf[off + 1] + 1) * 8
-            nh, off = nxt, off + size
-        raise PacketFormatError("IPv6 packet has more than 16 extension headers; refusing to walk further")
+    def upper(self) -> tuple[int, int, int]:
+        """(protocol, offset, fragment) of the first non-extension header; see :func:`ipv6_upper`."""
+        return ipv6_upper(self._pkt._buf, self._off)
 
     @property
     def header_len(self) -> int:

@@ -15,12 +15,15 @@ def test_dashboard_updates_at_2_hz_and_stops_on_detach(lab: Lab, queue_num: int)
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     d = s.dashboard()
     try:
+        assert d.period == 0.5  # 2 Hz; that the thread keeps it under load is measured in bench/, not asserted here
         flow = lab.start_udp(3000, rate=1000, idle=1.0)
-        time.sleep(2.2)
-        assert d.updates >= 4  # at least twice a second
-        assert max(d.rates.data["pps"]) > 500 and d.table.data["dport"][:1] == [9000]
-        assert "pktlab-packets" in d.counter.text and str(s.record.n)[:1] in d.counter.text
-        flow.wait()
+        assert wait_until(lambda: s.record.n > 0 and d.updates >= 4, timeout=30)
+        assert flow.wait().unique == 3000 and s.record.n == 3000
+        # synchronise on the monitor: the first update that starts after the last packet shows all of them
+        seen = d.updates
+        assert wait_until(lambda: d.updates >= seen + 2, timeout=30)
+        assert f"<span class='pktlab-packets'>{s.record.n}</span>" in d.counter.text
+        assert max(d.rates.data["pps"]) > 0 and d.table.data["dport"][:1] == [9000]
         assert len(d.rates.data["t"]) <= d.keep  # bounded
     finally:
         s.detach()

@@ -1,0 +1,138 @@
+"""Attach, detach, re-attach and teardown on the real kernel: never a half state, nothing left behind."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+import pktlab
+from pktlab import Lab, TeardownError, netns
+from pktlab.lab import wait_until
+from tests.conftest import needs_root, pktlab_rules
+
+pytestmark = needs_root
+
+
+def test_reattach_reads_again(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, default="drop")
+    try:
+        assert lab.udp(20, idle=0.3).received == 0 and s.record.n == 20
+        s.detach()
+        assert not pktlab_rules(lab.server.netns) and s.kernel_counters() is None
+        s.attach()
+        assert s.status().attached and len(pktlab_rules(lab.server.netns)) == 1
+        # a reader that exits at once would leave --queue-bypass to pass all 50 unseen
+        r = lab.udp(50, idle=0.3)
+        assert r.received == 0, "re-attached session let datagrams through: its reader is not reading"
+        assert s.record.n == 70 and s.record.counts[pktlab.DROP] == 70
+        assert s.status().passed_unseen == 0
+    finally:
+        s.detach()
+    assert not pktlab_rules(lab.server.netns)
+
+
+def test_attach_twice_is_refused_and_changes_nothing(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+        with pytest.raises(pktlab.SessionError, match="already attached"):
+            s.attach()
+        assert lab.udp(10).unique == 10 and s.record.n == 10
+    finally:
+        s.detach()
+
+
+def test_detach_releases_held_packets_even_when_removing_rules_fails(
+    lab: Lab, queue_num: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    s.hold(lambda pkt: True)
+    flow = lab.start_udp(5, idle=1.0)
+    assert wait_until(lambda: len(s.held) == 5)
+
+    def refuse() -> int:
+        raise pktlab.RuleError("iptables refused (injected)")
+
+    monkeypatch.setattr(s.rules, "remove", refuse)
+    with pytest.raises(TeardownError, match="removing its rules: iptables refused") as err:
+        s.detach()
+    assert len(err.value.failures) == 1
+    r = flow.wait()
+    assert r.unique == 5, "held packets were not given the default verdict"  # not dropped at unbind
+    assert s.held.released == 5 and not s.attached and s.kernel_counters() is None
+
+
+def test_lab_down_removes_everything_it_can_when_a_detach_fails(queue_num: int) -> None:
+    lab = Lab()
+    names = [h.netns for h in lab.hosts.values()]
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    real_detach = s.detach
+
+    def failing_detach() -> None:
+        real_detach()
+        raise RuntimeError("detach failed (injected)")
+
+    s.detach = failing_detach  # type: ignore[method-assign]
+    receiver = lab.server.popen(["sleep", "30"])
+    with pytest.raises(TeardownError, match="detaching session .*detach failed") as err:
+        lab.down()
+    assert len(err.value.failures) == 1
+    assert not [n for n in names if n in netns.list_names()], "namespaces kept after a failed detach"
+    assert receiver.poll() is not None, "the lab's process still runs"
+    lab.down()  # again: nothing left to do, no error
+    assert lab.closed
+
+
+def test_magic_close_takes_every_lab_down_when_a_detach_fails(queue_num: int) -> None:
+    from pktlab.magic import PktlabMagicState
+
+    state = PktlabMagicState(None)
+    lab = state.run_line("lab up")
+    names = [h.netns for h in lab.hosts.values()]
+    s = state.run_line(f"attach {queue_num} --rule '-p udp --dport 9000'")
+    real_detach = s.detach
+
+    def failing_detach() -> None:
+        real_detach()
+        raise RuntimeError("detach failed (injected)")
+
+    s.detach = failing_detach  # type: ignore[method-assign]
+    with pytest.raises(TeardownError, match="detach failed"):
+        state.close()
+    assert not [n for n in names if n in netns.list_names()]
+    assert state.sessions == {} and state.labs == {}
+
+
+def test_ipv6_extension_headers_and_fragments_in_the_record(lab: Lab, queue_num: int) -> None:
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, fragment6
+
+    def send_raw(packets: list) -> None:  # IPv6 header included (IPPROTO_RAW), from the client's namespace
+        with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+            for p in packets:
+                sock.sendto(bytes(p), (dst, 0))
+
+    src, dst = lab.client.addr6, lab.server.addr6
+    s = pktlab.attach(queue_num, rule="-p udp", family="ipv6", netns=lab.server)  # ip6tables walks the ext headers
+    seen: list[tuple[int | None, int]] = []
+
+    @s.handler
+    def look(pkt):
+        seen.append((pkt.udp.dport if pkt.udp is not None else None, len(pkt)))
+
+    try:
+        with_ext = IPv6(src=src, dst=dst) / IPv6ExtHdrDestOpt() / UDP(sport=4000, dport=9000) / b"ext"
+        big = IPv6(src=src, dst=dst) / IPv6ExtHdrFragment() / UDP(sport=4001, dport=9001) / bytes(3000)
+        frags = fragment6(big, 1280)
+        assert len(frags) >= 3
+        netns.call_in(lab.client.netns, send_raw, [with_ext, *frags])
+        assert wait_until(lambda: s.record.n >= 1 + len(frags))
+        df = s.df
+        udp = df[df["proto"] == "udp"]
+        assert list(udp["dport"].iloc[:2]) == [9000, 9001], df[["proto", "sport", "dport", "size"]]
+        assert list(udp["sport"].iloc[:2]) == [4000, 4001]
+        later = udp.iloc[2:]
+        assert len(later) == len(frags) - 1 and later["dport"].isna().all() and later["sport"].isna().all()
+        assert [d for d, _ in seen if d is not None] == [9000, 9001]  # later fragments: pkt.udp is None
+    finally:
+        s.detach()
