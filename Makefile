@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (main job) and `make test` (tests).
 # Both run the idempotent set-up first.
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean lab binder-check
 
 PY := .venv/bin/python
 
@@ -21,6 +21,15 @@ bench: setup
 	$(PY) bench/bench_offload.py
 	$(PY) bench/bench_netpipe.py
 	$(PY) bench/bench_dashboard.py
+
+# JupyterLab from the project's venv on the notebooks (root: the live mode needs it); it prints the URL with its token
+LAB_PORT ?= 8888
+lab: setup
+	.venv/bin/jupyter lab --allow-root --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --ServerApp.root_dir=notebooks
+
+# the Binder path as far as this machine can check it (also run by make test)
+binder-check:
+	bash scripts/binder_check.sh
 
 clean:
 	-$(PY) -m pktlab.cli doctor --clean

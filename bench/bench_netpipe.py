@@ -8,17 +8,15 @@
 (2) The NAT experiment of notebooks/04-netpipe-nat.ipynb at full size: kernel DNAT, the pktlab
     NAT handler (views) and the same NAT with scapy, each measured with pktlab.netpipe in a
     client-router-server lab.  Goal: pktlab NAT >= 50x the scapy NAT.
-Run: `.venv/bin/python bench/bench_netpipe.py` (as root).
+(0) pktlab.netpipe against NPtcp on the same path, per block size above 64 KiB (issue 21).
+Run: `.venv/bin/python bench/bench_netpipe.py [agree] [queue] [nat]` (as root; all three by default).
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,22 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_queue import BareReader  # noqa: E402
 
 import pktlab  # noqa: E402
+from pktlab.throughput import nptcp, schedule  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 MAX = int(os.environ.get("BENCH_NETPIPE_MAX", str(1 << 20)))
-CPUS = sorted(os.sched_getaffinity(0))
+AGREE_RUNS = int(os.environ.get("BENCH_AGREE_RUNS", "5"))
 
 
 def nptcp_max(lab: pktlab.Lab) -> float:
     """The highest throughput (Mbps) of one NPtcp run from the client to the server."""
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "np.out"
-        server = lab.server.popen(["taskset", "-c", str(CPUS[-1]), "NPtcp"], stdout=subprocess.DEVNULL)
-        time.sleep(0.3)
-        lab.client.run(["taskset", "-c", str(CPUS[0]), "NPtcp", "-h", lab.server.addr, "-o", str(out),
-                        "-u", str(MAX), "-n", "30"], timeout=300)  # fmt: skip
-        server.wait(10)
-        return max(float(line.split()[1]) for line in out.read_text().splitlines())
+    return max(p.mbps for p in nptcp(lab, max_bytes=MAX, repeats=30).points)
 
 
 def through_bare(lab: pktlab.Lab) -> float:
@@ -73,6 +65,34 @@ def queue_table() -> None:
     for name, rs in runs.items():
         med = statistics.median(rs)
         print(f"| {name} | {med:,.0f} | {med / base:.1%} | {', '.join(f'{x:,.0f}' for x in rs)} |")
+
+
+def agreement_table() -> None:
+    """pktlab.netpipe against NPtcp at every block size above 64 KiB: AGREE_RUNS interleaved runs each, one lab."""
+    ours: dict[int, list[float]] = {}
+    ref: dict[int, list[float]] = {}
+    with pktlab.Lab() as lab:
+        for i in range(AGREE_RUNS):
+            for p in nptcp(lab, max_bytes=MAX, repeats=30).points:
+                ref.setdefault(p.bytes, []).append(p.mbps)
+            for p in pktlab.netpipe(lab, [None], max_bytes=MAX, repeats=30).points:
+                ours.setdefault(p.bytes, []).append(p.mbps)
+            print(f"  agreement run {i + 1}/{AGREE_RUNS}", file=sys.stderr)
+    head = f"{AGREE_RUNS} interleaved runs, no queue, up to {MAX:,} bytes"
+    print(f"\n### pktlab.netpipe / NPtcp per block size ({head})\n")
+    print("| block (bytes) | NPtcp Mbps (median) | pktlab Mbps (median) | ratio of medians | ratio of fastest "
+          "| ratio per run (min-max) |\n|---|---|---|---|---|---|")  # fmt: skip
+    med_ratios = []
+    for b in schedule(MAX):
+        if b <= 64 * 1024:
+            continue
+        r, o = ref[b], ours[b]
+        per_run = [x / y for x, y in zip(o, r, strict=True)]
+        med_ratios.append(statistics.median(o) / statistics.median(r))
+        print(f"| {b:,} | {statistics.median(r):,.0f} | {statistics.median(o):,.0f} | {med_ratios[-1]:.2f} | "
+              f"{max(o) / max(r):.2f} | {min(per_run):.2f}-{max(per_run):.2f} |")  # fmt: skip
+    print(f"\nratio of medians over the sizes: median {statistics.median(med_ratios):.2f}, "
+          f"min {min(med_ratios):.2f}, max {max(med_ratios):.2f}")
 
 
 def nat_table() -> None:
@@ -134,7 +154,9 @@ def _nats(vip: str, real: str, client: str):  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    parts = sys.argv[1:] or ["queue", "nat"]
+    parts = sys.argv[1:] or ["agree", "queue", "nat"]
+    if "agree" in parts:
+        agreement_table()
     if "queue" in parts:
         queue_table()
     if "nat" in parts:

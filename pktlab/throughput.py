@@ -21,13 +21,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import LabError, SessionError
+from .errors import LabError, MissingToolError, SessionError
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -331,6 +335,59 @@ def netpipe(
             result.points += _measure(lab, sizes, label, point_seconds, trials, pin, repeats, to, proto)
         result.configs.append(label)
     return result
+
+
+NPTCP_PORT = 5002  # NPtcp's default
+
+
+def nptcp(
+    lab: Lab,
+    *,
+    max_bytes: int = 1 << 20,
+    repeats: int | None = 30,
+    pin: tuple[int, int] | None = (0, -1),
+    label: str = "NPtcp",
+    timeout: float = 300.0,
+) -> NetpipeResult:
+    """Debian's NPtcp from the lab's client to its server, pinned as :func:`netpipe` pins its own ends.
+
+    The reference ``netpipe`` is checked against: the same block sizes (NetPIPE's schedule),
+    ``repeats`` round trips per trial (``-n``; None: NPtcp picks them), the fastest of its trials.
+    The client starts once the server's socket listens (no fixed sleep).
+    """
+    from .lab import wait_until
+
+    if shutil.which("NPtcp") is None:
+        raise MissingToolError("NPtcp is not installed; run `make setup` (or apt-get install netpipe-tcp)")
+    cpus = sorted(os.sched_getaffinity(0))
+    c_cpu, s_cpu = (cpus[pin[0]], cpus[pin[1]]) if pin is not None else (None, None)
+
+    def taskset(cpu: int | None) -> list[str]:
+        return [] if cpu is None else ["taskset", "-c", str(cpu)]
+
+    def listening() -> bool:
+        out = lab.server.run(["ss", "-Hltn", f"sport = :{NPTCP_PORT}"], timeout=10).stdout
+        return bool(out.strip())
+
+    with tempfile.TemporaryDirectory(prefix="pktlab-nptcp-") as d:
+        out = Path(d) / "np.out"
+        server = lab.server.popen([*taskset(s_cpu), "NPtcp"], stdout=subprocess.DEVNULL)
+        try:
+            if not wait_until(lambda: listening() or server.poll() is not None, timeout=10) or server.poll():
+                raise LabError("NPtcp's server did not start listening in the lab server within 10 s")
+            argv = [*taskset(c_cpu), "NPtcp", "-h", lab.server.addr, "-o", str(out), "-u", str(max_bytes)]
+            lab.client.run([*argv, *(["-n", str(repeats)] if repeats else [])], timeout=timeout)
+            server.wait(10)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait(5)
+        points = []
+        for line in out.read_text().splitlines():
+            size, _mbps, secs, *_ = line.split()
+            if int(size) <= max_bytes:  # NPtcp also runs the +3 perturbation of its last size
+                points.append(Point(label, int(size), repeats or 0, float(secs)))
+    return NetpipeResult(points, [label])
 
 
 # -- the two ends, run inside lab namespaces: python -m pktlab.throughput serve|run ----------------

@@ -10,6 +10,7 @@ Resume delivers the rest, none lost.  Screenshots go to test-output/browser/.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -94,6 +95,19 @@ class Sender:
         self.sock.close()
 
 
+def kernel_ready(base: str, token: str) -> bool:
+    """True once the server has a session for live.ipynb whose kernel is idle with a browser connected."""
+    try:
+        with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=2) as r:
+            sessions = json.load(r)
+    except OSError:
+        return False
+    return any(
+        s["path"].endswith("live.ipynb") and s["kernel"]["execution_state"] == "idle" and s["kernel"]["connections"]
+        for s in sessions
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,13 +144,25 @@ def jupyterlab(request, tmp_path: Path):  # type: ignore[no-untyped-def]
         except OSError:
             return False
 
+    # a server of its own: settings, workspaces and runtime files in tmp_path, not the user's ~/.jupyter, so no
+    # workspace of an earlier run is restored and no first-run prompt (news, updates) opens over the page
+    env = dict(os.environ)
+    for var, sub in (("JUPYTERLAB_SETTINGS_DIR", "settings"), ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+                     ("JUPYTER_RUNTIME_DIR", "runtime")):  # fmt: skip
+        env[var] = str(tmp_path / sub)
+        (tmp_path / sub).mkdir()
+    quiet = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
+    quiet.mkdir(parents=True)
+    (quiet / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
     with open(tmp_path / "jupyter.log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter", app, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}", "--allow-root",
              *(["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
                if app == "lab" else [])],
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
         )  # fmt: skip
         try:
             assert wait_until(up, 60, 0.1), (tmp_path / "jupyter.log").read_text()[-2000:]
@@ -166,20 +192,21 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         try:
             path = "lab/tree" if app == "lab" else "notebooks"
-            page.goto(f"{base}/{path}/live.ipynb?token={token}")
+            page.goto(f"{base}/{path}/live.ipynb?token={token}{'&reset' if app == 'lab' else ''}")
             page.wait_for_selector(".jp-Notebook", timeout=60_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            # the page's kernel connection is up (the server says so), so Run All is not lost on the way
+            assert wait_until(lambda: kernel_ready(base, token), 60, 0.2), "the notebook's kernel did not connect"
 
-            def run_all() -> None:
-                page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
-                page.click("li.lm-Menu-item:has-text('Run All Cells')")
+            def click(selector: str) -> None:
+                """Click, failing at once with the dialog's text if a dialog covers the page."""
+                dialog = page.locator(".jp-Dialog")
+                if dialog.count():
+                    raise AssertionError(f"a JupyterLab dialog is open over the page: {dialog.first.inner_text()!r}")
+                page.click(selector, timeout=30_000)
 
-            run_all()
-            try:  # a page still wiring its kernel up can drop the first request: ask again once
-                page.wait_for_selector(".jp-InputPrompt:has-text('[*]'), .jp-InputPrompt:has-text('[1]')",
-                                       timeout=15_000)  # fmt: skip
-            except Exception:
-                run_all()
+            click("div.lm-MenuBar-itemLabel:text-is('Run')")
+            click("li.lm-Menu-item:has-text('Run All Cells')")
             page.wait_for_selector(".pktlab-packets", timeout=60_000)
             page.wait_for_selector("button:has-text('Pause')", timeout=60_000)
 
@@ -195,26 +222,28 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
             assert wait_until(lambda: packets() > first + 50, 20, 0.1)
             page.screenshot(path=str(out / "1-running.png"), full_page=True)
 
-            page.click("button:has-text('Pause')")
-            time.sleep(1.0)  # packets in flight land; the page's counter settles
-            got, shown = receiver.total, packets()
-            time.sleep(1.5)
-            assert receiver.total == got, "the receiver still got datagrams while paused"
-            assert packets() == shown, "the page's counter moved while paused"
+            click("button:has-text('Pause')")
+            # synchronise on the pause itself: the kernel has stopped reading once packets wait in its queue
+            page.wait_for_selector("text=PAUSED", timeout=20_000)
+            assert wait_until(lambda: waiting() >= 10, 20, 0.1), "packets did not start waiting after Pause"
+            got = receiver.total
             assert wait_until(lambda: waiting() >= 100, 20, 0.1), "the kernel queue did not grow while paused"
+            assert receiver.total == got, "the receiver still got datagrams while paused"
+            # every packet the chain passed was delivered: the page's counter settles on exactly that number
+            assert wait_until(lambda: packets() == got, 10, 0.1), f"page shows {packets()}, delivered {got}"
             page.screenshot(path=str(out / "2-paused.png"), full_page=True)
 
-            page.click("button:has-text('Step')")
+            click("button:has-text('Step')")
             page.wait_for_selector("button:has-text('Accept'):not([disabled])", timeout=10_000)
             page.screenshot(path=str(out / "3-inspector.png"), full_page=True)
-            page.click("button:has-text('Accept')")
+            click("button:has-text('Accept')")
             assert wait_until(lambda: receiver.total == got + 1, 5)
             time.sleep(1.0)
             assert receiver.total == got + 1, "Step + Accept must deliver exactly one datagram"
 
             sender.stop()
             sent = sender.sent
-            page.click("button:has-text('Resume')")
+            click("button:has-text('Resume')")
             assert wait_until(lambda: receiver.total >= sent, 20), f"{receiver.total} of {sent} after Resume"
             time.sleep(0.5)
             assert receiver.total == sent and receiver.seen == set(range(sent)), "lost or duplicated datagrams"

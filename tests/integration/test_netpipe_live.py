@@ -10,50 +10,53 @@ import pytest
 
 import pktlab
 from pktlab import Lab
-from pktlab.throughput import netpipe, schedule
+from pktlab.throughput import netpipe, nptcp, schedule
 from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = [needs_root, pytest.mark.skipif(shutil.which("NPtcp") is None, reason="netpipe-tcp is not installed")]
-MAX = 1 << 19
+MAX = 1 << 20
+RUNS = 5
 
 
-def nptcp(lab: Lab, out: Path) -> list[tuple[int, float, float]]:
-    """NPtcp between the lab's hosts, pinned as pktlab.netpipe pins its ends; (bytes, Mbps, seconds) per point."""
-    import subprocess
-    import time
+def test_agrees_with_nptcp_at_every_block_size(lab: Lab, tmp_path: Path) -> None:
+    """pktlab.netpipe and NPtcp, alternating on the same path: the same sizes, and no collapse at any of them.
 
-    server = lab.server.popen(["taskset", "-c", "1", "NPtcp"], stdout=subprocess.DEVNULL)
-    time.sleep(0.3)
-    lab.client.run(
-        ["taskset", "-c", "0", "NPtcp", "-h", lab.server.addr, "-o", str(out), "-u", str(MAX), "-n", "30"], timeout=120
-    )
-    server.wait(10)
-    return [(int(a), float(b), float(c)) for a, b, c, *_ in (line.split() for line in out.read_text().splitlines())]
-
-
-def test_agrees_with_nptcp_on_the_same_path(lab: Lab, tmp_path: Path) -> None:
-    # the same method on both sides (3 trials of 30 round trips, as Debian's NPtcp does with -n 30; the
-    # ends pinned alike),
-    # four runs of each in alternation: a single run of either spreads by +-20 % on this machine
-    ref: list[tuple[int, float, float]] = []
-    ours: list[pktlab.throughput.Point] = []
-    for i in range(4):
-        ref += nptcp(lab, tmp_path / f"np{i}.out")
+    A busy machine only ever slows a run down, so, as NetPIPE keeps the fastest of its
+    trials, each block size compares the fastest of RUNS interleaved runs of each tool.
+    Even so, single sizes of either tool fall between two modes here (~10 or ~35 Gbps with
+    another process on a core; NPtcp as much as pktlab), so one size can be off by 2x: the
+    check is on the whole curve above 64 KiB.  It fails on a collapse like issue 21's
+    (pktlab at 0.25-0.42 of NPtcp from 256 KiB on) or a factor of two from confusing one-way
+    and round-trip times; the per-size agreement is measured, with its spread, in
+    bench/bench_netpipe.py (BENCHMARKS.md).
+    """
+    ref: dict[int, list[float]] = {}
+    ours: dict[int, list[float]] = {}
+    lat_ref: list[float] = []
+    lat: list[float] = []
+    sizes = schedule(MAX)
+    for _ in range(RUNS):
+        n = nptcp(lab, max_bytes=MAX, repeats=30)
         r = netpipe(lab, [None], max_bytes=MAX, repeats=30)
-        assert [p.bytes for p in r.points] == schedule(MAX)
-        ours += r.points
-    assert sorted({b for b, _, _ in ref if b <= MAX}) == schedule(MAX)  # NPtcp used the same block sizes
-    big = 64 * 1024
-    ratio = statistics.median(p.mbps for p in ours if p.bytes >= big) / statistics.median(
-        m for b, m, _ in ref if big <= b <= MAX
-    )
-    assert 0.85 <= ratio <= 1.15, f"throughput for blocks >= 64 KiB: pktlab/NPtcp {ratio:.2f}"
-    lat_ref = statistics.median(t for b, _, t in ref if b <= 64)
-    lat = statistics.median(p.seconds for p in ours if p.bytes <= 64)
-    print(f"\npktlab/NPtcp: throughput >= 64 KiB {ratio:.3f}, latency {lat * 1e6:.1f} vs {lat_ref * 1e6:.1f} µs")
-    assert 0.75 <= lat / lat_ref <= 1.25, f"small-block latency {lat * 1e6:.1f} µs vs NPtcp {lat_ref * 1e6:.1f} µs"
+        assert [p.bytes for p in n.points] == sizes, f"NPtcp's sizes: {[p.bytes for p in n.points]}"
+        assert [p.bytes for p in r.points] == sizes, f"pktlab's sizes: {[p.bytes for p in r.points]}"
+        for p in n.points:
+            ref.setdefault(p.bytes, []).append(p.mbps)
+        for p in r.points:
+            ours.setdefault(p.bytes, []).append(p.mbps)
+        lat_ref += [p.seconds for p in n.points if p.bytes <= 64]
+        lat += [p.seconds for p in r.points if p.bytes <= 64]
+    ratios = {b: max(ours[b]) / max(ref[b]) for b in sizes if b > 64 * 1024}
+    print("\npktlab/NPtcp per block size: " + ", ".join(f"{b}: {x:.2f}" for b, x in ratios.items()))
+    low = {b: round(x, 2) for b, x in ratios.items() if x < 0.5}
+    assert len(low) <= len(ratios) // 5, f"pktlab.netpipe below half of NPtcp at {low}"
+    middle = statistics.median(ratios.values())
+    assert 0.7 <= middle <= 1.4, f"pktlab.netpipe / NPtcp above 64 KiB: median over the sizes {middle:.2f}"
+    latency = min(lat) / min(lat_ref)
+    print(f"median ratio above 64 KiB {middle:.2f}; small-block latency pktlab/NPtcp {latency:.2f}")
+    assert 0.6 <= latency <= 1.6, f"small-block latency {latency:.2f} x NPtcp's"
     r.to_netpipe(tmp_path / "pktlab.out")
-    assert len((tmp_path / "pktlab.out").read_text().splitlines()) == len(schedule(MAX))
+    assert len((tmp_path / "pktlab.out").read_text().splitlines()) == len(sizes)
 
 
 def test_configurations_put_the_queue_in_and_out_of_the_path(lab: Lab, queue_num: int) -> None:
