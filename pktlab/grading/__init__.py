@@ -2,13 +2,13 @@
 
 An assignment (``pktlab.grading.assignments``) names the handlers a student
 writes and the checks that grade them: replay checks run the handlers on a
-held-back capture, live checks on a lab.  Every check runs student code in a
-separate worker process (:mod:`pktlab.grading.worker`) with a time limit, so
-code that raises, loops forever or exits makes that check fail with a reason
-instead of stopping the grader.  Replay workers run without any privilege
-(``setpriv`` to ``nobody``) when the grader is root; live workers run inside
-the lab's router namespace, and a worker whose threads left that namespace
-fails its check.
+held-back capture, live checks on a lab.  The grader keeps everything
+privileged (the lab, the queue, the capture) to itself; the student's code runs
+in a sandbox process (:mod:`pktlab.grading.sandbox`: nobody, no capabilities,
+new PID, network and mount namespaces, the grading folders hidden) that gets
+each packet and answers with a verdict, a fresh one per check.  Code that
+raises, hangs, exits, forks or reaches outside makes that check fail with a
+reason instead of stopping the grader.
 """
 
 from .grader import CheckResult, GradeReport, extract_solution, grade

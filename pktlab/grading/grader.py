@@ -1,22 +1,16 @@
-"""Grade a student notebook: extract the solution, run every check in a worker, report."""
+"""Grade a student notebook: extract the solution, run every check with it in a sandbox, report."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import PktlabError
-from .assignments import ASSIGNMENTS, Assignment, LiveCheck
-
-REPLAY_TIMEOUT = 30.0  # seconds a replay check may take, student code included
-LIVE_TIMEOUT = 60.0
+from .assignments import ASSIGNMENTS, Assignment, LiveCheck, ReplayCheck
+from .sandbox import Sandbox, SandboxError
 
 
 @dataclass
@@ -25,10 +19,11 @@ class CheckResult:
     points: int
     passed: bool
     reason: str
+    skipped: bool = False  # not run (live checks with --no-live or without live mode): counts neither way
 
     @property
     def score(self) -> int:
-        return self.points if self.passed else 0
+        return self.points if self.passed and not self.skipped else 0
 
 
 @dataclass
@@ -43,11 +38,15 @@ class GradeReport:
 
     @property
     def total(self) -> int:
-        return sum(r.points for r in self.results)
+        """Points of the checks that ran (skipped checks do not count)."""
+        return sum(r.points for r in self.results if not r.skipped)
 
     def __str__(self) -> str:
         lines = [f"{self.notebook}: assignment {self.assignment}"]
         for r in self.results:
+            if r.skipped:
+                lines.append(f"  SKIP {r.name}: {r.reason}")
+                continue
             mark = "PASS" if r.passed else "FAIL"
             lines.append(f"  {mark} {r.score}/{r.points}  {r.name}" + ("" if r.passed else f": {r.reason}"))
         lines.append(f"  score {self.score}/{self.total}")
@@ -86,112 +85,99 @@ def extract_solution(path: str | os.PathLike[str]) -> tuple[str, str]:
         src = cell.source
         if src.lstrip().startswith("%%pktlab handler"):
             first, _, body = src.lstrip().partition("\n")
-            parts.append(handler_source(first.split()[2], body))
+            words = first.split()
+            if len(words) < 3 or not words[2].isidentifier():
+                raise PktlabError(
+                    f"{Path(path).name}: a %%pktlab handler cell has no valid handler name ({first.strip()!r}); "
+                    "the cell must start with %%pktlab handler NAME"
+                )
+            parts.append(handler_source(words[2], body))
         elif "solution" in cell.metadata.get("tags", []):
             parts.append("\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("%", "!"))))
     return name, "\n\n".join(parts) + "\n"
 
 
-def _python() -> list[str]:
-    return [sys.executable, "-m", "pktlab.grading.worker"]
+CALL_TIMEOUT = 1.0  # seconds one handler call in the sandbox may take
 
 
-def _unprivileged() -> list[str]:
-    """Drop to nobody without capabilities for replay checks, when we can."""
-    if os.geteuid() == 0 and shutil.which("setpriv"):
-        return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                "--bounding-set=-all", "--"]  # fmt: skip
-    return []
+def _hidden() -> list[Path]:
+    """What the solution must not see: every assignment's grading folder (held-back captures, references)."""
+    return [a.heldback.parent for a in ASSIGNMENTS.values()]
 
 
-def _result_of(out: str) -> dict[str, Any] | None:
-    for line in reversed(out.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    return None
+def _explain(text: str) -> str:
+    """A solution's failure in the words of what it tried."""
+    if "PermissionError" in text or "Read-only file system" in text or "Operation not permitted" in text:
+        return f"the solution tried to reach outside its sandbox ({text})"
+    if "Network is unreachable" in text or "Cannot assign requested address" in text:
+        return f"the solution tried to use the network, which its sandbox does not have ({text})"
+    return text
 
 
-def _run_replay(a: Assignment, i: int, src: Path) -> tuple[bool, str]:
+def _handler_failures(s: Any) -> str | None:
+    """Why the chain failed on the graded traffic (raised, stuck, answered garbage), or None."""
+    if not s.errors:
+        return None
+    first = str(s.errors[0])
+    if "did not return" in first:
+        return f"{first} (does the solution loop forever?)"
+    return _explain(f"the handler failed on {s.record.errors} packet(s), first: {first}")
+
+
+def _sandboxed(a: Assignment, code: str, run: Callable[[Sandbox], tuple[bool, str]]) -> tuple[bool, str]:
+    """Load the solution in a fresh sandbox, run one check with it, and judge what the solution did."""
     try:
-        proc = subprocess.run(
-            [*_unprivileged(), *_python(), "replay", a.name, str(i), str(src)],
-            capture_output=True, text=True, timeout=REPLAY_TIMEOUT, cwd=src.parent,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return False, f"the check did not finish within {REPLAY_TIMEOUT:g} s (does the solution loop forever?)"
-    r = _result_of(proc.stdout)
-    if r is None:
-        return False, f"the solution ended the check's process (exit code {proc.returncode}) without a result"
-    return bool(r["passed"]), str(r["reason"])
-
-
-def _run_live(a: Assignment, i: int, check: LiveCheck, src: Path) -> tuple[bool, str]:
-    from ..lab import Lab
-    from ..netns import argv_in
-
-    with Lab("router") as lab:
-        worker = subprocess.Popen(
-            argv_in(lab.router.netns, [*_python(), "live", a.name, str(i), str(src)]),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=src.parent,
-        )  # fmt: skip
-        try:
-            assert worker.stdout is not None and worker.stdin is not None
-            seen = _wait_ready(worker, 30.0)
-            if seen is not None:
-                out, _ = _finish(worker)
-                r = _result_of(seen + "\n" + out)
-                return False, str(r.get("reason", "the solution did not start")) if r else "the solution did not start"
-            try:
-                passed, reason = check.traffic(lab)
-            except Exception as exc:  # the traffic itself failed (a flow that never completed)
-                passed, reason = False, f"the lab traffic failed: {exc}"
-            out, _ = _finish(worker)  # closes the worker's stdin: it detaches and reports
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait(5)
-    r = _result_of(out)
-    if r is None:
-        return False, "the solution's process ended without a report"
-    if r.get("left_netns"):
-        return False, "a handler moved a thread out of the lab's network namespace; that is not allowed"
-    # code that raises or does not return on the graded traffic fails the check, whatever the traffic did
-    if r.get("crashed"):
-        return False, str(r.get("reason"))
-    if r.get("stuck") or r.get("rescued"):
-        return False, f"handler {(r.get('stuck') or ['?'])[0]} did not return in time on {r.get('rescued')} packet(s)"
-    if r.get("errors"):
-        return False, f"the handler raised: {r['errors'][0]}"
+        box = Sandbox(code, a.handlers, hidden=_hidden(), timeout=CALL_TIMEOUT)
+    except SandboxError as exc:
+        return False, _explain(str(exc))
+    except TimeoutError:
+        return False, "the solution did not finish loading within 10 s (does it loop at module level?)"
+    try:
+        passed, reason = run(box)
+    finally:
+        left = box.close()
+    if left:
+        return False, f"the solution started a process that outlived the check ({', '.join(left)}); it was killed"
     return passed, reason
 
 
-def _wait_ready(proc: subprocess.Popen[str], timeout: float) -> str | None:
-    """None once the worker said ``ready``; else what it printed before ending or the timeout."""
-    import select
-    import time
+def _run_replay(a: Assignment, check: ReplayCheck, code: str) -> tuple[bool, str]:
+    from ..replayer import replay
 
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break  # the worker ended
-        if line.strip() == "ready":
-            return None
-        lines.append(line.strip())
-    return "\n".join(lines)
+    def run(box: Sandbox) -> tuple[bool, str]:
+        s = replay(a.heldback, deadline=None)  # each sandbox call has its own time limit
+        for i, name in enumerate(a.handlers):
+            s.add_handler(box.handler(i), name)
+        s.run(stop_on_error=True)
+        failed = _handler_failures(s)
+        if failed is not None:
+            return False, failed
+        return check.judge(s)
+
+    return _sandboxed(a, code, run)
 
 
-def _finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=LIVE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.communicate(timeout=5)
+def _run_live(a: Assignment, check: LiveCheck, code: str) -> tuple[bool, str]:
+    from ..lab import Lab
+    from ..session import attach
+
+    def run(box: Sandbox) -> tuple[bool, str]:
+        with Lab("router") as lab:
+            s = attach(7, rule=check.rule, hook="FORWARD", netns=lab.router, deadline=None, name="grader")
+            try:
+                for i, name in enumerate(a.handlers):
+                    s.add_handler(box.handler(i), name)
+                try:
+                    passed, reason = check.traffic(lab)
+                except Exception as exc:  # the traffic itself failed (a flow that never completed)
+                    passed, reason = False, f"the lab traffic failed: {exc}"
+            finally:
+                s.detach()
+            # code that raises or does not return on the graded traffic fails the check, whatever the traffic did
+            failed = _handler_failures(s)
+            return (False, failed) if failed is not None else (passed, reason)
+
+    return _sandboxed(a, code, run)
 
 
 def grade(path: str | os.PathLike[str], *, live: bool | None = None) -> GradeReport:
@@ -204,18 +190,18 @@ def grade(path: str | os.PathLike[str], *, live: bool | None = None) -> GradeRep
         raise PktlabError(f"the held-back capture {a.heldback} is missing; run scripts/make_grading_data.py")
     run_live = mode() == "live" if live is None else live
     report = GradeReport(Path(path).name, name)
-    with tempfile.TemporaryDirectory(prefix="pktlab-grade-") as tmp:
-        os.chmod(tmp, 0o755)  # the unprivileged replay worker reads the solution from here
-        src = Path(tmp) / "solution.py"
-        src.write_text(code)
-        src.chmod(0o644)
-        for i, check in enumerate(a.checks):
-            if isinstance(check, LiveCheck):
-                if not run_live:
-                    passed, reason = False, "live check not run: this machine has no live mode (pktlab doctor)"
-                else:
-                    passed, reason = _run_live(a, i, check, src)
-            else:
-                passed, reason = _run_replay(a, i, src)
-            report.results.append(CheckResult(check.name, check.points, passed, reason))
+    for check in a.checks:
+        if isinstance(check, LiveCheck) and not run_live:
+            why = (
+                "live checks were turned off (--no-live)"
+                if live is False
+                else "this machine has no live mode (pktlab doctor says why)"
+            )
+            report.results.append(CheckResult(check.name, check.points, False, f"skipped: {why}", skipped=True))
+            continue
+        if isinstance(check, LiveCheck):
+            passed, reason = _run_live(a, check, code)
+        else:
+            passed, reason = _run_replay(a, check, code)
+        report.results.append(CheckResult(check.name, check.points, passed, reason))
     return report

@@ -64,7 +64,8 @@ def test_replay_checks_without_root(tmp_path: Path, assignment: str) -> None:
     report = grade(notebook(tmp_path, assignment, ref, "ref"), live=False)
     replay = [r for r in report.results if not r.name.startswith("live")]
     assert all(r.passed for r in replay), str(report)
-    assert all("live check not run" in r.reason for r in report.results if r.name.startswith("live"))
+    assert all(r.skipped and "skipped" in r.reason for r in report.results if r.name.startswith("live"))
+    assert report.total == 7 and "SKIP" in str(report)
 
 
 @needs_root
@@ -108,3 +109,119 @@ def test_cli_grades_a_folder_and_reports_notebooks_it_cannot_grade(tmp_path: Pat
     assert lines[0]["notebook"] == "broken.ipynb" and "not a notebook" in lines[0]["error"]
     assert lines[1]["notebook"] == "dns-rewriter-ref.ipynb"
     assert lines[1]["score"] == (10 if _is_root() else 7)
+
+
+# -- the sandbox: what a hostile or careless solution cannot do (each failed before the sandbox) -------------
+def _nobody_processes() -> list[str]:
+    import os
+
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                running = f.read().rpartition(")")[2].split()[0] != "Z"  # a zombie has ended (its reaping is init's)
+            if running and os.stat(f"/proc/{pid}").st_uid == 65534:
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+@needs_root
+def test_a_solution_cannot_touch_the_teachers_files(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for i in range(3):
+        (victim / f"grades-{i}.csv").write_text("alice,10\n")
+    victim.chmod(0o777)  # even a folder anyone may write: the sandbox has no view of it
+    code = (
+        f"import os\nVICTIM = {str(victim)!r}\n"
+        "[os.remove(os.path.join(VICTIM, f)) for f in os.listdir(VICTIM)]\n"
+        "def firewall(pkt):\n    return None\n"
+    )
+    report = grade(notebook(tmp_path, "firewall", code, "victim"))
+    assert sorted(p.name for p in victim.iterdir()) == [f"grades-{i}.csv" for i in range(3)]
+    assert report.score == 0 and "tried to reach outside its sandbox" in str(report), str(report)
+
+
+@needs_root
+def test_a_solution_cannot_read_the_reference_or_the_heldback_capture(tmp_path: Path) -> None:
+    code = (
+        "import pktlab.grading.assignments as A\nexec(open(A.ROOT / 'firewall' / 'grading' / 'reference.py').read())\n"
+    )
+    report = grade(notebook(tmp_path, "firewall", code, "copy"), live=False)
+    assert report.score == 0 and "tried to reach outside its sandbox" in str(report), str(report)
+    peek = "import pktlab.grading.assignments as A\nopen(A.ASSIGNMENTS['firewall'].heldback, 'rb').read()\n"
+    report = grade(notebook(tmp_path, "firewall", peek + BUGGY["firewall"], "peek"), live=False)
+    assert report.score == 0 and "PermissionError" in str(report), str(report)
+
+
+@needs_root
+def test_a_solution_cannot_change_the_firewall(tmp_path: Path) -> None:
+    code = (
+        "import subprocess\n"
+        "subprocess.run(['iptables', '-I', 'FORWARD', '-p', 'tcp', '--dport', '9002', '-j', 'DROP'])\n"
+        "def firewall(pkt):\n    return None\n"
+    )
+    report = grade(notebook(tmp_path, "firewall", code, "iptables"))
+    blocked = next(r for r in report.results if "9002 is blocked" in r.name)
+    assert not blocked.passed, str(report)  # the rule went nowhere: the SYN crossed the router
+    assert my_namespaces() == [] and pktlab_rules(None) == []
+
+
+@needs_root
+def test_a_solution_cannot_reach_the_network(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.settimeout(0.2)
+    accepted: list[object] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept())
+            except TimeoutError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    code = (
+        f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'answers?')\n"
+        "def firewall(pkt):\n    return None\n"
+    )
+    try:
+        report = grade(notebook(tmp_path, "firewall", code, "net"), live=False)
+    finally:
+        stop.set()
+        t.join(2)
+        listener.close()
+    assert accepted == [] and report.score == 0, str(report)
+    assert "network" in str(report) or "outside its sandbox" in str(report), str(report)
+
+
+@needs_root
+def test_a_solution_that_forks_is_told_so_and_leaves_nothing(tmp_path: Path) -> None:
+    ref = (ROOT / "firewall" / "grading" / "reference.py").read_text()
+    code = "import os, time\nif os.fork() == 0:\n    time.sleep(75)\n    os._exit(0)\n" + ref
+    report = grade(notebook(tmp_path, "firewall", code, "fork"))
+    assert report.score == 0, str(report)
+    assert all("started a process that outlived the check" in r.reason for r in report.results), str(report)
+    assert _nobody_processes() == [], "a sandboxed process outlived the grader"
+    assert my_namespaces() == [] and pktlab_rules(None) == []
+
+
+def test_a_nameless_handler_cell_is_reported_and_the_folder_graded(tmp_path: Path) -> None:
+    nb = nbformat.read(ROOT / "firewall" / "student.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("%%pktlab handler\nreturn None"))
+    nbformat.write(nb, tmp_path / "a-nameless.ipynb")
+    ref = (ROOT / "dns-rewriter" / "grading" / "reference.py").read_text()
+    notebook(tmp_path, "dns-rewriter", ref, "ref")
+    out = subprocess.run([sys.executable, "-m", "pktlab.cli", "grade", str(tmp_path), "--json", "--no-live"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert lines[0]["notebook"] == "a-nameless.ipynb" and "no valid handler name" in lines[0]["error"], out.stderr
+    assert lines[1]["notebook"] == "dns-rewriter-ref.ipynb" and lines[1]["score"] == lines[1]["total"] == 7
