@@ -283,6 +283,14 @@ cdef class QueueReader:
 # Lengths and checksums after a rewrite
 # ---------------------------------------------------------------------------
 
+def too_big(Py_ssize_t size):
+    """The error of a rewrite that made a packet larger than an IP packet can be."""
+    return PacketFormatError(
+        f"the rewritten packet is {size:,} bytes; an IP packet holds at most 65,535, so it was not sent "
+        "and the packet got the error verdict as it arrived"
+    )
+
+
 cdef inline unsigned long long csum_add(const unsigned char* p, Py_ssize_t n, unsigned long long s) nogil:
     """Add ``n`` bytes to a one's-complement sum as big-endian 16-bit words."""
     cdef Py_ssize_t i = 0
@@ -713,7 +721,8 @@ cdef class Field:
             return text.decode("ascii")
         raw = PyBytes_FromStringAndSize(<const char*>p + start, self._nbytes)
         if self.kind is int:
-            return (int.from_bytes(raw, "big") >> self._shift) & ((1 << self.bits) - 1)
+            width = <object>self.bits  # a Python int: a mask wider than 64 bits must not be a C shift
+            return (int.from_bytes(raw, "big") >> self._shift) & ((1 << width) - 1)
         from pktlab.views.codec import decode
 
         return decode(self.kind, raw)
@@ -756,7 +765,8 @@ cdef class Field:
             memcpy(p + start, addr, self._nbytes)
         elif self.kind is int:
             cur = int.from_bytes(bytes(buf[start:start + self._nbytes]), "big")
-            mask = ((1 << self.bits) - 1) << self._shift
+            width = <object>self.bits
+            mask = ((1 << width) - 1) << self._shift
             cur = (cur & ~mask) | (int(value) << self._shift)
             buf[start:start + self._nbytes] = cur.to_bytes(self._nbytes, "big")
         else:
@@ -1309,6 +1319,7 @@ cdef class Dispatcher:
             self.busy_data = data
             self.busy_seq = my_seq
             self.busy_t0 = t0  # the deadline runs from the packet's start in the chain
+            h = None
             for h in chain:
                 self.busy_handler = h
                 try:
@@ -1321,6 +1332,8 @@ cdef class Dispatcher:
                     err = self.chain.failed(h, pkt, exc)
                     verdict = self._on_error
                     by = h.name
+                    pkt._modified = False  # the error verdict applies to the packet as it arrived
+                    pkt._mark = None
                     break
                 if self.stolen and my_seq in self.stolen:
                     self._returned(my_seq, h)
@@ -1331,6 +1344,8 @@ cdef class Dispatcher:
                         v, err = self.chain.bad_return(h, pkt, v)
                         if v is None:
                             v = self._on_error
+                            pkt._modified = False  # as it arrived, as for a handler that raised
+                            pkt._mark = None
                     verdict = v
                     by = h.name
                     break
@@ -1339,6 +1354,12 @@ cdef class Dispatcher:
             self.busy_data = None
             if verdict is None:
                 verdict = self._default
+            if pkt._modified and h is not None and len(pkt._buf) > 65535:
+                err = self.chain.failed(h, pkt, too_big(len(pkt._buf)))
+                verdict = self._on_error
+                by = h.name
+                pkt._modified = False
+                pkt._mark = None
             code = verdict.code
             self._give_packet(nf, pkt, code, True)
             given = True

@@ -271,6 +271,15 @@ def protocol(
         attr = name or cls.__name__.lower()
         if not attr.isidentifier() or attr in _BUILTIN_PARENTS or hasattr(_packet_class(), attr):
             raise PktlabError(f"{attr!r} cannot name a protocol: it is not an identifier or pkt.{attr} exists")
+        chain, parent = [attr], over
+        while parent in registry:  # the layers under the new one: reading it must not come back to it
+            chain.append(parent)
+            if parent == attr:
+                raise PktlabError(
+                    f"protocol {attr!r} over {over!r} would sit on itself ({' over '.join(chain)}); "
+                    "put it over a layer that does not rest on it"
+                )
+            parent = registry[parent].binding.over
         body: dict[str, Any] = {"__slots__": (), "layer": attr, "__module__": cls.__module__}
         bit = 0
         var_seen = None

@@ -66,6 +66,14 @@ class RawBytes:
         return bytes(v) if isinstance(key, slice) else v
 
     def __setitem__(self, key: int | slice, value: Any) -> None:
+        if isinstance(key, slice):
+            n = len(self._pkt._buf)
+            past = [i for i in (key.start, key.stop) if i is not None and not -n <= i <= n]
+            if past:
+                raise IndexError(
+                    f"raw[{key.start}:{key.stop}] reaches past the end of the {n}-byte packet; write within it "
+                    "(a longer packet: set_payload(), or a view's payload)"
+                )
         buf = self._pkt._writable()
         buf[key] = value
         self._pkt._dirty = True

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from . import bpf as _bpf
+from ._hot import too_big
 from .chainowner import ChainOwner
 from .errors import PacketFormatError, PktlabError, SessionError
-from .handlers import HandlerChain
+from .handlers import Handler, HandlerChain
 from .packet import HOOK_NAMES, Packet, fix_packet
 from .record import Record
 from .verdicts import DROP, Verdict
@@ -218,15 +219,18 @@ class ReplaySession(ChainOwner):
     def _one(self, n: int, hook: int, cp: CapturedPacket, watch: _Watchdog | None) -> None:
         t0 = time.perf_counter_ns()
         pkt = Packet(ReplayMeta(n, hook), cp.data, cp.time, "ethernet" if cp.link == "ethernet" else "ip")
-        verdict, by, err = self._decide(pkt, watch)
-        modified = bool(pkt._modified)
+        verdict, by, err, last = self._decide(pkt, watch)
+        modified = bool(pkt._modified) and err is None  # an error verdict applies to the packet as it arrived
+        l3 = max(pkt._l3, 0)  # the record keeps packets from their IP header, as a live session does
+        if modified and last is not None and len(pkt._buf) - l3 > 65535:
+            verdict, by, modified = self._on_error, last.name, False
+            err = self.chain.failed(last, pkt, too_big(len(pkt._buf) - l3))
         try:
             if modified and pkt._dirty:
                 fix_packet(pkt)
         except PacketFormatError as exc:  # a rewrite that left the packet unreadable
-            verdict, err = self._on_error, f"the rewritten packet cannot be fixed up: {exc}"
-        out = bytes(pkt._buf)
-        l3 = max(pkt._l3, 0)  # the record keeps packets from their IP header, as a live session does
+            verdict, err, modified = self._on_error, f"the rewritten packet cannot be fixed up: {exc}", False
+        out = bytes(pkt._buf) if modified else cp.data
         self.record.append(
             (cp.time, n, hook, len(cp.data) - l3, cp.data[l3 : l3 + self.record.snaplen], verdict, by,
              time.perf_counter_ns() - t0, err, modified)
@@ -234,8 +238,12 @@ class ReplaySession(ChainOwner):
         if verdict is not DROP:
             self.outputs.append((cp.time, out, cp.link))
 
-    def _decide(self, pkt: Packet, watch: _Watchdog | None) -> tuple[Verdict, str | None, str | None]:
-        """The live dispatcher's chain semantics (pktlab/_hot.pyx, Dispatcher._run), in Python."""
+    def _decide(self, pkt: Packet, watch: _Watchdog | None) -> tuple[Verdict, str | None, str | None, Handler | None]:
+        """The live dispatcher's chain semantics (pktlab/_hot.pyx, Dispatcher._run), in Python.
+
+        Returns the verdict, the deciding handler's name, the error (None if none) and the last handler run.
+        """
+        h = None
         for h in self.chain.active:
             try:
                 if watch is not None:
@@ -253,13 +261,13 @@ class ReplaySession(ChainOwner):
                         f"handler {h.name!r} did not return within {self.deadline:g} s; "
                         "the packet got the error verdict"
                     )
-                return self._on_error, h.name, self.chain.failed(h, pkt, exc)
+                return self._on_error, h.name, self.chain.failed(h, pkt, exc), h
             if v is not None:
                 if type(v) is not Verdict:
                     v2, err = self.chain.bad_return(h, pkt, v)
-                    return (v2 or self._on_error), h.name, err
-                return v, h.name, None
-        return self._default, None, None
+                    return (v2 or self._on_error), h.name, err, h
+                return v, h.name, None, h
+        return self._default, None, None, h
 
     # -- results ---------------------------------------------------------------------
     def write_pcap(self, path: str | os.PathLike[str], *, dropped: bool = False) -> int:

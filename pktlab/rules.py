@@ -71,6 +71,10 @@ FRONT_MAGIC = 0x706B746C  # "pktl"
 _TAG_RE = re.compile(r"^pktlab:(\d+):(.+)$")
 
 
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
 def make_tag(session: str, pid: int | None = None) -> str:
     """The comment that marks a session's rules."""
     return f"{TAG_PREFIX}{pid or os.getpid()}:{session}"
@@ -84,6 +88,9 @@ def parse_match(match: str | Sequence[str] | None) -> list[str]:
         tokens = shlex.split(match) if isinstance(match, str) else list(match)
     except ValueError as exc:
         raise RuleError(f"cannot read the rule {match!r} ({exc}); check its quotes") from None
+    ctl = [t for t in tokens if _has_control(t)]
+    if ctl:
+        raise RuleError(f"the rule {match!r} holds a control character (a line break?); write it on one line")
     bad = [t for t in tokens if t in _NOT_IN_MATCH]
     if bad:
         raise RuleError(
@@ -151,9 +158,15 @@ def front_id(tokens: Sequence[str]) -> tuple[int, int] | None:
 
 
 def restore_join(tokens: Sequence[str]) -> str:
-    """One rule line for iptables-restore, whose own tokenizer knows double quotes only."""
+    """One rule line for iptables-restore, whose own tokenizer knows double quotes only.
+
+    iptables-restore reads one rule per line, so a token holding a line break (or any
+    other control character) could start a rule of its own: such tokens are refused.
+    """
     out = []
     for tok in tokens:
+        if _has_control(tok):
+            raise RuleError(f"{tok!r} holds a control character (a line break?); rules cannot contain one")
         if tok and not any(c.isspace() or c in "\"'\\" for c in tok):
             out.append(tok)
         else:
@@ -243,6 +256,13 @@ class RuleSet:
             for tool in FAMILIES[rule.family]:
                 by_tool[tool][rule.table or ""].append(restore_join(["-I", rule.hook, *rule.spec(self.tag)]))
         _check_tools(by_tool)
+        taken = [t for t in by_tool if self._mine(t)]
+        if taken:
+            where = f"namespace {self.netns}" if self.netns else "the host namespace"
+            raise RuleError(
+                f"rules tagged {self.tag!r} are already installed in {where}: another session of this process "
+                "has the same name; give this one another name (name=, --name)"
+            )
         done: list[str] = []
         for tool, tables in by_tool.items():
             proc = _restore(self.netns, tool, tables)

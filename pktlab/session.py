@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import re
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from .lab import Host, Lab
 
 _SESSION_SEQ = itertools.count(1)
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
 _OFFLOAD_SEQ = itertools.count(1)
 
 
@@ -155,6 +157,11 @@ class Session(ChainOwner):
         if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue <= 65535:
             raise SessionError(f"queue number {queue!r} is not valid; use an integer 0..65535")
         self.queue = queue
+        if name is not None and not _NAME_RE.fullmatch(str(name)):
+            raise SessionError(
+                f"session name {name!r} is not allowed; use 1-48 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit (it goes into the session's firewall rules)"
+            )
         self.name = name or f"q{queue}-{next(_SESSION_SEQ)}"
         self._lab, self.netns = _resolve_netns(netns)
         match = _rules.parse_match(rule)

@@ -265,3 +265,16 @@ def test_later_fragments_have_no_transport_view() -> None:
             assert later.udp is None and later.transport is None and later.proto == 17
             s = summarize(bytes(later))
             assert s["proto"] == "udp" and s["sport"] is None and s["dport"] is None
+
+
+def test_raw_slice_writes_past_the_end_are_refused() -> None:
+    p = P(IP(dst="10.77.1.2") / UDP(dport=9000) / bytes(64))
+    before = bytes(p)
+    for key in (slice(5000, 5002), slice(90, 95), slice(-200, 3)):
+        with pytest.raises(IndexError, match="past the end of the 92-byte packet"):
+            p.raw[key] = b"hi"
+    assert bytes(p) == before and not p.modified
+    p.raw[28:30] = b"hi"  # inside: fine
+    assert bytes(p)[28:30] == b"hi" and len(p) == 92
+    with pytest.raises(PacketFormatError, match="no bytes"):
+        p.set_payload(b"")

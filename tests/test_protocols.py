@@ -136,3 +136,53 @@ def test_declaration_mistakes_are_clear() -> None:
         @pktlab.protocol(over="udp", port=1, name="payload")
         class Clash:
             a: pktlab.uint(8)
+
+
+@pytest.mark.parametrize("offset", [0, 3, 8, 13])
+@pytest.mark.parametrize("width", [1, 7, 31, 32, 33, 63, 64, 65, 72, 96, 128, 200])
+def test_fields_of_any_width_at_any_bit_read_and_write_the_right_bits(offset: int, width: int) -> None:
+    import random
+
+    pad = (-(offset + width)) % 8
+
+    fields = {"before": pktlab.bits(offset)} if offset else {}
+    fields["value"] = pktlab.uint(width)
+    if pad:
+        fields["after"] = pktlab.bits(pad)
+    pktlab.protocol(over="udp", port=9999, name="wide")(type("Wide", (), {"__annotations__": fields}))
+
+    nbytes = (offset + width + pad) // 8
+    rnd = random.Random(width * 100 + offset)
+    data = bytes(rnd.getrandbits(8) for _ in range(nbytes))
+    p = Packet(None, bytes(IP() / UDP(dport=9999) / data))
+    whole = int.from_bytes(data, "big")
+    shift = nbytes * 8 - offset - width
+    assert p.wide.value == (whole >> shift) & ((1 << width) - 1)
+    new = rnd.getrandbits(width)
+    p.wide.value = new
+    after = int.from_bytes(p.udp.payload, "big")
+    mask = ((1 << width) - 1) << shift
+    assert after & ~mask == whole & ~mask  # the bits around it are untouched
+    assert (after >> shift) & ((1 << width) - 1) == new == p.wide.value
+    with pytest.raises(ValueError, match="does not fit"):
+        p.wide.value = 1 << width
+
+
+def test_a_protocol_over_itself_is_refused() -> None:
+    @pktlab.protocol(over="udp", port=9999, name="inner")
+    class Inner:
+        a: pktlab.bits(8)
+
+    @pktlab.protocol(over="inner", name="outer")
+    class Outer:
+        b: pktlab.bits(8)
+
+    for over, name in (("inner", "inner"), ("outer", "inner")):
+        with pytest.raises(PktlabError, match="would sit on itself"):
+
+            @pktlab.protocol(over=over, name=name)
+            class Loop:
+                c: pktlab.bits(8)
+
+    p = Packet(None, bytes(IP() / UDP(dport=9999) / b"\x01\x02"))
+    assert p.inner.a == 1 and p.outer.b == 2  # the refused definitions changed nothing
