@@ -17,11 +17,14 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,11 +40,16 @@ IFA_F_NODAD = 0x02  # usable at once: no duplicate address detection in a lab
 
 
 def sweep_stale() -> list[str]:
-    """Remove lab namespaces whose creating process is dead; return their names."""
+    """Remove lab namespaces whose creating process is dead, and kill what still runs in them; return their names."""
     removed = []
     for name in netns.list_names():
         m = _NAME_RE.match(name)
         if m and not pid_alive(int(m.group(1))):
+            for pid in netns.pids_in(name):  # what the dead process started in its lab (a sender, say)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             netns.in_thread(_remove_netns, name)
             removed.append(name)
     return removed
@@ -147,8 +155,9 @@ class UdpFlow:
         self._receiver, self._sender, self._timeout = receiver, sender, timeout
 
     def wait(self) -> UdpResult:
-        s_out, s_err = self._sender.communicate(timeout=self._timeout + 10)
-        r_out, r_err = self._receiver.communicate(timeout=self._timeout + 10)  # closes its stdin: sender done
+        with _stopped_on_error([self._sender, self._receiver]):
+            s_out, s_err = self._sender.communicate(timeout=self._timeout + 10)
+            r_out, r_err = self._receiver.communicate(timeout=self._timeout + 10)  # closes its stdin: sender done
         try:
             s = json.loads(s_out.strip().splitlines()[-1])
             r = json.loads(r_out.strip().splitlines()[-1])
@@ -194,6 +203,7 @@ class Lab:
     def __init__(self, topology: str = "pair", *, subnet: str = "10.77", subnet6: str = "fd77") -> None:
         if topology not in TOPOLOGIES:
             raise LabError(f"unknown topology {topology!r}; use one of {', '.join(TOPOLOGIES)}")
+        _check_subnets(subnet, subnet6)
         require_net_admin("create a lab")
         sweep_stale()
         self.topology = topology
@@ -368,39 +378,44 @@ class Lab:
         s = src if isinstance(src, Host) else self[src]
         d = dst if isinstance(dst, Host) else self[dst]
         self._check_open()
-        recv = self._traffic(
-            d,
-            "udp-recv",
-            "--bind",
-            "::" if ipv6 else "0.0.0.0",
-            "--port",
-            str(port),
-            "--count",
-            str(count),
-            "--timeout",
-            str(timeout),
-            "--idle",
-            str(idle),
-            "--keep",
-            str(keep),
-        )
-        _wait_ready(recv, f"UDP receiver in {d.role}")
-        send = self._traffic(
-            s,
-            "udp-send",
-            "--dst",
-            to or (d.addr6 if ipv6 else d.addr),
-            "--port",
-            str(port),
-            "--count",
-            str(count),
-            "--size",
-            str(size),
-            "--rate",
-            str(rate),
-            "--timeout",
-            str(timeout),
-        )
+        _check_udp(count, size, rate, timeout, ipv6)
+        started: list[subprocess.Popen[str]] = []
+        with _stopped_on_error(started):
+            recv = self._traffic(
+                d,
+                "udp-recv",
+                "--bind",
+                "::" if ipv6 else "0.0.0.0",
+                "--port",
+                str(port),
+                "--count",
+                str(count),
+                "--timeout",
+                str(timeout),
+                "--idle",
+                str(idle),
+                "--keep",
+                str(keep),
+            )
+            started.append(recv)
+            _wait_ready(recv, f"UDP receiver in {d.role}")
+            send = self._traffic(
+                s,
+                "udp-send",
+                "--dst",
+                to or (d.addr6 if ipv6 else d.addr),
+                "--port",
+                str(port),
+                "--count",
+                str(count),
+                "--size",
+                str(size),
+                "--rate",
+                str(rate),
+                "--timeout",
+                str(timeout),
+            )
+            started.append(send)
         return UdpFlow(recv, send, timeout)
 
     def udp(self, count: int = 100, **kwargs: Any) -> UdpResult:
@@ -427,13 +442,15 @@ class Lab:
         """Send ``nbytes`` over one TCP connection (to ``dst``, or to address ``to``); return bytes received."""
         self._check_open()
         s, d = self[src], self[dst]
-        recv = self._traffic(d, "tcp-recv", "--port", str(port), "--timeout", str(timeout))
-        _wait_ready(recv, f"TCP receiver in {d.role}")
-        send = self._traffic(
-            s, "tcp-send", "--dst", to or d.addr, "--port", str(port), "--bytes", str(nbytes), "--timeout", str(timeout)
-        )
-        s_out, s_err = send.communicate(timeout=timeout + 10)
-        r_out, r_err = recv.communicate(timeout=timeout + 10)
+        with _stopped_on_error([]) as started:
+            recv = self._traffic(d, "tcp-recv", "--port", str(port), "--timeout", str(timeout))
+            started.append(recv)
+            _wait_ready(recv, f"TCP receiver in {d.role}")
+            send = self._traffic(s, "tcp-send", "--dst", to or d.addr, "--port", str(port), "--bytes", str(nbytes),
+                                 "--timeout", str(timeout))  # fmt: skip
+            started.append(send)
+            s_out, s_err = send.communicate(timeout=timeout + 10)
+            r_out, r_err = recv.communicate(timeout=timeout + 10)
         if not r_out.strip():
             raise LabError(f"TCP flow failed: receiver said {r_err.strip()[-300:]!r}, sender {s_err.strip()[-300:]!r}")
         return json.loads(r_out.strip().splitlines()[-1])
@@ -455,11 +472,14 @@ class Lab:
         """
         self._check_open()
         s, d = self[src], self[dst]
-        server = self._traffic(d, "dns-serve", "--answer", answer, "--count", "1", "--timeout", str(timeout))
-        _wait_ready(server, f"DNS responder in {d.role}")
-        query = self._traffic(s, "dns-query", "--server", to or d.addr, "--name", name, "--timeout", str(timeout))
-        q_out, q_err = query.communicate(timeout=timeout + 10)
-        server.communicate(timeout=timeout + 10)
+        with _stopped_on_error([]) as started:
+            server = self._traffic(d, "dns-serve", "--answer", answer, "--count", "1", "--timeout", str(timeout))
+            started.append(server)
+            _wait_ready(server, f"DNS responder in {d.role}")
+            query = self._traffic(s, "dns-query", "--server", to or d.addr, "--name", name, "--timeout", str(timeout))
+            started.append(query)
+            q_out, q_err = query.communicate(timeout=timeout + 10)
+            server.communicate(timeout=timeout + 10)
         if not q_out.strip():
             raise LabError(f"DNS query failed: {q_err.strip()[-300:]!r}")
         return json.loads(q_out.strip().splitlines()[-1])
@@ -473,11 +493,14 @@ class Lab:
         """
         self._check_open()
         s, d = self[src], self[dst]
-        server = self._traffic(d, "tftp-serve", "--size", str(size), "--timeout", str(timeout))
-        _wait_ready(server, f"TFTP server in {d.role}")
-        get = self._traffic(s, "tftp-get", "--server", d.addr, "--timeout", str(timeout))
-        g_out, g_err = get.communicate(timeout=timeout + 10)
-        server.communicate(timeout=timeout + 10)
+        with _stopped_on_error([]) as started:
+            server = self._traffic(d, "tftp-serve", "--size", str(size), "--timeout", str(timeout))
+            started.append(server)
+            _wait_ready(server, f"TFTP server in {d.role}")
+            get = self._traffic(s, "tftp-get", "--server", d.addr, "--timeout", str(timeout))
+            started.append(get)
+            g_out, g_err = get.communicate(timeout=timeout + 10)
+            server.communicate(timeout=timeout + 10)
         if not g_out.strip():
             raise LabError(f"TFTP read failed: {g_err.strip()[-300:]!r}")
         return json.loads(g_out.strip().splitlines()[-1])
@@ -521,6 +544,49 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+
+@contextmanager
+def _stopped_on_error(procs: list[subprocess.Popen[str]]) -> Iterator[list[subprocess.Popen[str]]]:
+    """Kill (by PID) every program appended to ``procs`` if the block ends in an exception, Ctrl-C included.
+
+    An interrupted ``lab.udp(...)`` must not leave its sender sending and its receiver holding
+    the port for the next cell.
+    """
+    try:
+        yield procs
+    except BaseException:
+        for p in procs:
+            try:
+                _kill_and_reap(p)
+            except Exception:  # the first exception is the one to report
+                pass
+        raise
+
+
+def _check_subnets(subnet: str, subnet6: str) -> None:
+    """Refuse prefixes that do not make addresses (``subnet`` "10.77" gives 10.77.1.1 ...)."""
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(f"{subnet}.255.255")
+    except ValueError:
+        raise LabError(f"subnet {subnet!r} is not the first two numbers of an IPv4 address (like '10.77')") from None
+    try:
+        ipaddress.IPv6Address(f"{subnet6}:ffff::ffff")
+    except ValueError:
+        raise LabError(f"subnet6 {subnet6!r} is not the first group of an IPv6 address (like 'fd77')") from None
+
+
+def _check_udp(count: Any, size: Any, rate: Any, timeout: Any, ipv6: bool) -> None:
+    """Refuse a UDP flow that could not do what it says (before anything starts)."""
+    most = 65527 if ipv6 else 65507  # the largest UDP payload in one IPv6 / IPv4 packet
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise LabError(f"count {count!r} is not a number of datagrams; give an integer of at least 1")
+    if not isinstance(size, int) or isinstance(size, bool) or not 4 <= size <= most:
+        raise LabError(f"size {size!r} does not fit a datagram; give 4..{most:,} bytes (4 hold the sequence number)")
+    if not rate >= 0 or not timeout > 0:
+        raise LabError(f"rate {rate!r} must be >= 0 (0: as fast as possible) and timeout {timeout!r} s above 0")
 
 
 def _kill_and_reap(p: subprocess.Popen[str]) -> None:

@@ -339,7 +339,10 @@ class PktlabMagicState:
             self.current_session = next(reversed(self.sessions), None) if self.sessions else None
 
     def run_cell(self, line: str, cell: str) -> Any:
-        argv = shlex.split(line)
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise PktlabError(f"cannot read the arguments ({exc}); check the quotes") from None
         if not argv or argv[0] != "handler":
             raise PktlabError("the cell magic is %%pktlab handler NAME; the cell is the handler's body")
         a = self.parsers["handler-cell"].parse_args(argv[1:])

@@ -97,6 +97,23 @@ def run(
     return proc
 
 
+def pids_in(name: str) -> list[int]:
+    """The processes whose network namespace is the named one (found through /proc)."""
+    try:
+        target = os.stat(os.path.join(NETNS_DIR, name))
+    except FileNotFoundError:
+        return []
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            st = os.stat(f"/proc/{pid}/ns/net")
+        except OSError:  # ended meanwhile, or not ours to look at
+            continue
+        if (st.st_ino, st.st_dev) == (target.st_ino, target.st_dev):
+            out.append(int(pid))
+    return out
+
+
 def list_names() -> list[str]:
     """Names of the namespaces under /var/run/netns."""
     try:

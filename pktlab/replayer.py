@@ -151,6 +151,11 @@ class ReplaySession(ChainOwner):
     ) -> None:
         from . import datasets
 
+        if not isinstance(source, str | os.PathLike):
+            raise SessionError(
+                f"replay() takes a capture's path or a dataset name ({', '.join(datasets.names())}), "
+                f"not {type(source).__name__} {source!r}"
+            )
         path = datasets.resolve(source)
         self.source = str(path)
         self.name = name or f"replay-{next(_SEQ)}"
@@ -187,6 +192,8 @@ class ReplaySession(ChainOwner):
         ends the run at the first packet a handler failed on (a grader does not
         wait for a looping handler to time out on every packet).
         """
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise SessionError(f"limit {limit!r} must be a number of packets, 0 or more (None: all of them)")
         if pace is not None and pace <= 0:
             raise SessionError(f"pace {pace!r} must be > 0 (1.0 is real time), or None for as fast as possible")
         self.record = Record(self.record.capacity, self.record.snaplen)

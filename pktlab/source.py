@@ -72,6 +72,15 @@ class QueueSource:
     ) -> None:
         if not 0 < copy_range <= 65535:
             raise PktlabError(f"copy range {copy_range} is out of range; use 1..65535 bytes")
+        if not 1 <= max_len <= 0xFFFFFFFF:
+            raise PktlabError(
+                f"max_len {max_len} is out of range; the kernel queue must hold 1 to 4,294,967,295 packets "
+                "(the default is 4096)"
+            )
+        if not 4096 <= sock_bytes <= 0x7FFFFFFF:
+            raise PktlabError(
+                f"sock_bytes {sock_bytes} is out of range; use 4096 .. 2,147,483,647 bytes (default 8 MiB)"
+            )
         self.queue = queue
         self.fail_open = fail_open
         self._reader = QueueReader()

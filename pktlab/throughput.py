@@ -320,6 +320,8 @@ def netpipe(
     """
     if proto not in ("tcp", "udp"):
         raise SessionError(f"proto must be 'tcp' or 'udp', not {proto!r}")
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+        raise SessionError(f"max_bytes {max_bytes!r} must be a block size of at least 1 byte (default 1 MiB)")
     if proto == "udp" and max_bytes > UDP_MAX:
         max_bytes = UDP_MAX  # one datagram per message
     sizes = schedule(max_bytes)

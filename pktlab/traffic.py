@@ -339,6 +339,18 @@ def main(argv: list[str] | None = None) -> int:
     tg.add_argument("--timeout", type=float, default=10.0)
     tg.add_argument("--port", type=int, default=69)
     a = p.parse_args(argv)
+    try:
+        out = _run(a)
+    except OSError as exc:  # one line the caller shows, not a traceback cut at 300 characters
+        where = f" (port {a.port})" if hasattr(a, "port") else ""
+        hint = "; a flow from an earlier, interrupted cell may still hold it" if exc.errno == 98 else ""
+        print(f"pktlab.traffic {a.kind}{where}: {exc.strerror or exc}{hint}", file=sys.stderr, flush=True)
+        return 1
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+def _run(a: argparse.Namespace) -> dict:
     if a.kind == "tftp-serve":
         out = tftp_serve(a.size, a.timeout, a.port)
     elif a.kind == "tftp-get":
@@ -355,8 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         out = tcp_send(a.dst, a.port, a.bytes, a.timeout)
     else:
         out = tcp_recv(a.port, a.timeout, a.bind)
-    print(json.dumps(out), flush=True)
-    return 0
+    return out
 
 
 if __name__ == "__main__":

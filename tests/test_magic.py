@@ -41,10 +41,31 @@ def test_wrong_arguments_are_one_clear_sentence(shell) -> None:
         "%pktlab attach 1 --rule 'unterminated --host": "check the quotes",
         "%pktlab attach 1 --host --rule '-p udp --dport 9' --deadline soon": "not a number of seconds",
     }
+    cases.update(
+        {
+            "%pktlab attach 1 --rule '-p udp' --host --max-len -5": "max_len -5 is out of range",
+            "%pktlab attach 1 --rule '-p udp' --host --max-len 0": "max_len 0 is out of range",
+            "%pktlab attach 1 --rule '-p udp' --host --sock-bytes -1": "sock_bytes -1 is out of range",
+            "%%pktlab handler 'x\nreturn None": "cannot read the arguments",
+        }
+    )
     for line, expected in cases.items():
-        result, err = run(shell, line)
+        if line.startswith("%%"):
+            first, _, body = line.partition("\n")
+            result, err = run(shell, f"{first}\n{body}")
+        else:
+            result, err = run(shell, line)
         assert err is not None and expected in err, (line, err)
         assert "\n" not in err, (line, err)
+
+
+def test_replay_run_limit_must_not_be_negative(shell) -> None:
+    _, err = run(shell, "%pktlab replay lab-udp")
+    assert err is None, err
+    _, err = run(shell, "%pktlab run --limit -5")
+    assert err is not None and "limit -5 must be a number of packets" in err and "\n" not in err
+    r, err = run(shell, "%pktlab run --limit 3")
+    assert err is None and r.packets == 20 and r.counters["accept"] == 3
 
 
 def test_handler_cell_needs_a_session_and_valid_code(shell) -> None:

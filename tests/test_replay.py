@@ -124,3 +124,12 @@ def test_datasets_load() -> None:
     pkts = d.packets()
     assert len(pkts) == d.packets_expected and pkts[0].dns is not None
     assert "lab-dns" in pktlab.datasets.names()
+
+
+def test_replay_of_something_that_is_not_a_capture_is_one_sentence() -> None:
+    import pytest
+
+    import pktlab
+
+    with pytest.raises(pktlab.SessionError, match="replay\\(\\) takes a capture's path or a dataset name"):
+        pktlab.replay(42)  # type: ignore[arg-type]

@@ -136,3 +136,82 @@ def test_ipv6_extension_headers_and_fragments_in_the_record(lab: Lab, queue_num:
         assert [d for d, _ in seen if d is not None] == [9000, 9001]  # later fragments: pkt.udp is None
     finally:
         s.detach()
+
+
+def test_ctrl_c_during_a_flow_stops_its_programs(lab: Lab) -> None:
+    import signal
+    import threading
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    timer = threading.Timer(0.5, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM))
+    timer.start()  # Ctrl-C half a second into a flow that would take 100 s
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lab.udp(100_000, rate=1000)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGALRM, old)
+    assert netns.pids_in(lab.client.netns) == [] and netns.pids_in(lab.server.netns) == []
+    assert lab.udp(10).unique == 10  # the port is free again: running the cell again works
+
+
+def test_cleaning_kills_what_a_killed_process_left_running_in_its_lab(tmp_path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import pktlab, sys\n"
+        "lab = pktlab.Lab()\n"
+        "lab.start_udp(10**6, rate=1000, timeout=300)\n"
+        "print(lab.client.netns, lab.server.netns, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    names = proc.stdout.readline().split()
+    assert len(names) == 2
+    assert wait_until(lambda: all(netns.pids_in(n) for n in names)), "no sender and receiver in the lab"
+    proc.kill()  # kill -9: no atexit, no teardown
+    proc.wait(10)
+    out = subprocess.run([sys.executable, "-m", "pktlab", "doctor", "--clean"], capture_output=True, text=True)
+    assert all(n not in netns.list_names() for n in names), out.stdout
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _traffic_of(proc.pid):
+        time.sleep(0.05)
+    assert _traffic_of(proc.pid) == [], "the killed lab's sender or receiver still runs"
+
+
+def _traffic_of(parent: int) -> list[int]:
+    """pktlab.traffic programs that ran under ``parent`` (now orphans), by /proc."""
+    import os
+
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if b"pktlab.traffic" in cmd and state != "Z":
+            out.append(int(pid))
+    return out
+
+
+def test_bad_lab_and_traffic_arguments_are_one_sentence() -> None:
+    with pytest.raises(pktlab.LabError, match="subnet '999.1' is not"):
+        Lab(subnet="999.1")
+    with pytest.raises(pktlab.LabError, match="subnet6 'xyz!' is not"):
+        Lab(subnet6="xyz!")
+    with Lab() as lab:
+        with pytest.raises(pktlab.LabError, match="count -5 is not a number of datagrams"):
+            lab.udp(-5)
+        with pytest.raises(pktlab.LabError, match="size 70000 does not fit a datagram"):
+            lab.udp(5, size=70000)
+        with pytest.raises(pktlab.SessionError, match="max_bytes 0 must be a block size"):
+            pktlab.netpipe(lab, max_bytes=0)
+        assert netns.pids_in(lab.client.netns) == [] and lab.udp(3).unique == 3
