@@ -32,6 +32,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -90,8 +91,10 @@ class Sandbox:
         self.calls = 0
         env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/nonexistent", "LANG": "C.UTF-8",
                "PKTLAB_SANDBOX_PYTHON": sys.executable}  # fmt: skip
+        # what the solution prints goes to a file: a pipe nobody reads would fill up and stall it mid-packet
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close(), with the process
         self._proc = subprocess.Popen(
-            _unshare_argv(hidden), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            _unshare_argv(hidden), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             cwd="/", env=env, start_new_session=True,
         )  # fmt: skip
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -137,10 +140,16 @@ class Sandbox:
 
     def _ended(self) -> str:
         code = self._proc.wait(5) if self._proc.poll() is None else self._proc.returncode
-        err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
+        err = self.printed()[-300:]
         if code == 97:
-            return f"the sandbox could not be set up: {err[-300:]}"
-        return f"the solution ended the check's process (exit code {code})" + (f": {err[-300:]}" if err else "")
+            return f"the sandbox could not be set up: {err}"
+        return f"the solution ended the check's process (exit code {code})" + (f": {err}" if err else "")
+
+    def printed(self) -> str:
+        """What the solution wrote to its standard output and error so far (the last 64 KiB)."""
+        self._log.seek(0, os.SEEK_END)
+        self._log.seek(max(0, self._log.tell() - 65536))
+        return self._log.read().decode(errors="replace").strip()
 
     # -- handler calls -------------------------------------------------------------
     def call(self, index: int, pkt: Any) -> Any:
@@ -215,9 +224,10 @@ class Sandbox:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait(10)
-        for f in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+        for f in (self._proc.stdin, self._proc.stdout):
             if f is not None:
                 f.close()
+        self._log.close()
         return left
 
     def __enter__(self) -> Sandbox:

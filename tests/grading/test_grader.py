@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,18 +113,19 @@ def test_cli_grades_a_folder_and_reports_notebooks_it_cannot_grade(tmp_path: Pat
 
 
 # -- the sandbox: what a hostile or careless solution cannot do (each failed before the sandbox) -------------
-def _nobody_processes() -> list[str]:
-    import os
-
+def _running_with_cmdline(cmdline: str) -> list[str]:
+    """PIDs of running (not zombie) processes with exactly this command line."""
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
+            with open(f"/proc/{pid}/cmdline") as f:
+                cmd = f.read()
             with open(f"/proc/{pid}/stat") as f:
-                running = f.read().rpartition(")")[2].split()[0] != "Z"  # a zombie has ended (its reaping is init's)
-            if running and os.stat(f"/proc/{pid}").st_uid == 65534:
-                out.append(pid)
+                running = f.read().rpartition(")")[2].split()[0] != "Z"  # a zombie has ended (init reaps it)
         except OSError:
             continue
+        if running and cmd == cmdline:
+            out.append(pid)
     return out
 
 
@@ -206,11 +208,12 @@ def test_a_solution_cannot_reach_the_network(tmp_path: Path) -> None:
 @needs_root
 def test_a_solution_that_forks_is_told_so_and_leaves_nothing(tmp_path: Path) -> None:
     ref = (ROOT / "firewall" / "grading" / "reference.py").read_text()
-    code = "import os, time\nif os.fork() == 0:\n    time.sleep(75)\n    os._exit(0)\n" + ref
+    marker = f"75.{os.getpid()}"  # a command line no other process has (other graders may run as nobody too)
+    code = f"import os\nif os.fork() == 0:\n    os.execvp('sleep', ['sleep', '{marker}'])\n" + ref
     report = grade(notebook(tmp_path, "firewall", code, "fork"))
     assert report.score == 0, str(report)
     assert all("started a process that outlived the check" in r.reason for r in report.results), str(report)
-    assert _nobody_processes() == [], "a sandboxed process outlived the grader"
+    assert _running_with_cmdline(f"sleep\0{marker}\0") == [], "a sandboxed process outlived the grader"
     assert my_namespaces() == [] and pktlab_rules(None) == []
 
 
@@ -225,3 +228,11 @@ def test_a_nameless_handler_cell_is_reported_and_the_folder_graded(tmp_path: Pat
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert lines[0]["notebook"] == "a-nameless.ipynb" and "no valid handler name" in lines[0]["error"], out.stderr
     assert lines[1]["notebook"] == "dns-rewriter-ref.ipynb" and lines[1]["score"] == lines[1]["total"] == 7
+
+
+def test_a_solution_that_prints_a_lot_is_graded_like_a_quiet_one(tmp_path: Path) -> None:
+    ref = (ROOT / "firewall" / "grading" / "reference.py").read_text()
+    chatty = ref.replace("def firewall(pkt):\n", "def firewall(pkt):\n    print('packet', pkt, 'x' * 2000)\n")
+    assert chatty != ref
+    report = grade(notebook(tmp_path, "firewall", chatty, "chatty"), live=False)
+    assert report.score == report.total == 7, str(report)  # no pipe fills up and stalls it
