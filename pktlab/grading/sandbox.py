@@ -95,7 +95,7 @@ class Sandbox:
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close(), with the process
         self._proc = subprocess.Popen(
             _unshare_argv(hidden), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            cwd="/", env=env, start_new_session=True,
+            cwd="/", env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )  # fmt: skip
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._in, self._out = self._proc.stdin.fileno(), self._proc.stdout.fileno()
@@ -251,6 +251,18 @@ class HandlerRaised(Exception):
     """The solution's handler raised in the sandbox; the message is its exception, as ``Type: message``."""
 
 
+def _die_with_parent() -> None:
+    """In the forked ``unshare``, before exec: be killed when the grader's thread ends, however it ends.
+
+    ``unshare --kill-child`` then kills the sandbox's process 1, and the kernel the rest of its
+    PID namespace: a grader killed mid-check leaves no solution running (one stuck in a loop included).
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def _child_of(pid: int) -> int | None:
     """The process ``unshare --fork`` started (the sandbox's process 1), by its host PID."""
     try:
@@ -272,7 +284,12 @@ def _child_of(pid: int) -> int | None:
 
 # -- the sandbox's side: python -m pktlab.grading.sandbox ------------------------------------------
 def _serve() -> int:
+    import ctypes
     import io
+
+    # die with unshare, our parent (it dies with the grader): setpriv's change of user cleared the
+    # parent-death signal that unshare --kill-child had set, so set it again, as the user we now are
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
     wire_in = os.fdopen(os.dup(0), "rb", buffering=0)
     wire_out = os.dup(1)

@@ -236,3 +236,30 @@ def test_a_solution_that_prints_a_lot_is_graded_like_a_quiet_one(tmp_path: Path)
     assert chatty != ref
     report = grade(notebook(tmp_path, "firewall", chatty, "chatty"), live=False)
     assert report.score == report.total == 7, str(report)  # no pipe fills up and stalls it
+
+
+@needs_root
+def test_a_grader_killed_mid_check_leaves_no_solution_running() -> None:
+    import time
+
+    marker = f"76.{os.getpid()}"
+    code = (
+        "import pktlab\nfrom pktlab.grading.sandbox import Sandbox\n"
+        f'src = \'import os\\nif os.fork() == 0:\\n    os.execvp("sleep", ["sleep", "{marker}"])\\n'
+        "def firewall(pkt):\\n    while True:\\n        pass\\n'\n"
+        "box = Sandbox(src, ['firewall'])\n"
+        "print('loaded', flush=True)\n"
+        "box.call(0, pktlab.Packet(None, bytes(20)))\n"
+    )
+    grader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert grader.stdout is not None and grader.stdout.readline().strip() == "loaded"
+    started = time.monotonic() + 10
+    while not _running_with_cmdline(f"sleep\0{marker}\0") and time.monotonic() < started:
+        time.sleep(0.02)
+    assert _running_with_cmdline(f"sleep\0{marker}\0"), "the solution's child did not start"
+    grader.kill()  # kill -9 while the solution spins in its handler
+    grader.wait(10)
+    deadline = time.monotonic() + 10
+    while _running_with_cmdline(f"sleep\0{marker}\0") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _running_with_cmdline(f"sleep\0{marker}\0") == [], "the sandbox outlived its grader"
