@@ -221,9 +221,14 @@ class Sandbox:
                 os.kill(init, signal.SIGKILL)  # process 1 of its PID namespace: the kernel ends the rest
             except ProcessLookupError:
                 pass
-        if self._proc.poll() is None:
+        # unshare ends once it has reaped process 1, whose exit waits until every other process of the
+        # namespace is gone: so wait for unshare, and kill it only if it does not end (killing it at once
+        # would return before the namespace's processes are gone)
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
             self._proc.kill()
-        self._proc.wait(10)
+            self._proc.wait(10)
         for f in (self._proc.stdin, self._proc.stdout):
             if f is not None:
                 f.close()
