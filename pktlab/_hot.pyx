@@ -1144,8 +1144,13 @@ cdef class Dispatcher:
         return self._on_error
 
     # -- hung handlers -------------------------------------------------------------
-    cdef void _returned(self, unsigned long long my_seq, object h):
-        """A handler whose packet the watchdog already verdicted has returned: it rejoins the chain."""
+    cdef void _returned(self, unsigned long long my_seq, object h, PacketCore pkt):
+        """A handler whose packet the watchdog already verdicted has returned: it rejoins the chain.
+
+        The packet is done as after any verdict: left in its packet <-> view cycle it would keep the
+        queue (and its socket) alive after detach until the cyclic collector ran.
+        """
+        packet_done(pkt)
         self.stolen.discard(my_seq)
         try:
             self.chain.unstick(h)
@@ -1256,6 +1261,7 @@ cdef class Dispatcher:
             self._flush()  # the reader may be idle: send it now
         finally:
             self.held_count -= 1
+        packet_done(pkt)  # as after any verdict: no packet <-> view cycle keeping the queue alive
         self.ring.push(pkt.time, nf.id, nf.hook, len(original), <const unsigned char*>PyBytes_AS_STRING(original),
                        len(original), code, 0, by, None, pkt._modified)
 
@@ -1327,7 +1333,7 @@ cdef class Dispatcher:
                 except BaseException as exc:
                     self.busy_t0 = 0
                     if self.stolen and my_seq in self.stolen:
-                        self._returned(my_seq, h)
+                        self._returned(my_seq, h, pkt)
                         return
                     err = self.chain.failed(h, pkt, exc)
                     verdict = self._on_error
@@ -1336,7 +1342,7 @@ cdef class Dispatcher:
                     pkt._mark = None
                     break
                 if self.stolen and my_seq in self.stolen:
-                    self._returned(my_seq, h)
+                    self._returned(my_seq, h, pkt)
                     return
                 if v is not None:
                     self.busy_t0 = 0  # before any Python code of pktlab's own: no rescue from here on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pktlab
@@ -282,3 +283,54 @@ def test_an_endless_loop_handler_is_skipped_and_detach_still_works(lab: Lab, que
         s.detach()
     assert wait_until(lambda: not s.source.stuck_threads, timeout=5)
     assert s.record.n == 300
+
+
+def _sockets() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out
+
+
+def test_detach_closes_the_queue_socket_after_a_rescue_without_the_cyclic_collector(lab: Lab, queue_num: int) -> None:
+    """A handler the watchdog rescued returns later; its packet must not outlive it in a reference cycle.
+
+    The packet references the queue (through NetfilterQueue's packet), so a packet left in a cycle kept the
+    queue's netlink socket open after detach until the cyclic collector happened to run (seen once in a soak).
+    """
+    import gc
+    import threading
+
+    before = _sockets()
+    gc.collect()
+    gc.disable()  # what closes must close by reference counting, at detach, not whenever the collector runs
+    release = threading.Event()
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, deadline=0.05)
+    try:
+        queue_sockets = _sockets() - before
+        assert queue_sockets, "attach opened no socket"
+
+        @s.handler
+        def sleepy(pkt):
+            seq = int.from_bytes(pkt.udp.payload[:4], "big")  # makes the packet <-> view cycle
+            if seq == 5:
+                release.wait(10)
+            return None
+
+        flow = lab.start_udp(50, rate=1000, timeout=20, idle=1.0)
+        assert wait_until(lambda: s.stuck, timeout=5)
+        release.set()
+        assert flow.wait().unique == 50
+        assert wait_until(lambda: not s.stuck and not s.source.stuck_threads, timeout=5)
+        assert s.chain["sleepy"].rescued == 1
+        s.detach()
+        assert not (_sockets() & queue_sockets), "the queue's socket is still open after detach"
+    finally:
+        gc.enable()
+        release.set()
+        s.detach()
