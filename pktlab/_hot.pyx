@@ -32,8 +32,9 @@ from posix.unistd cimport write
 
 from netfilterqueue._impl cimport NetfilterQueue as NfQueue
 from netfilterqueue._impl cimport Packet as NfPacket
-from netfilterqueue._impl cimport nfq_handle_packet, nfq_q_handle, nfq_set_mode, nfq_set_verdict
+from netfilterqueue._impl cimport nfq_handle_packet, nfq_q_handle, nfq_set_mode, nfq_set_verdict, u_int8_t
 
+from pktlab._capture cimport CapturedPacket
 from pktlab.errors import PacketFormatError
 
 cdef extern from *:
@@ -830,6 +831,15 @@ cdef class Ring:
         free(self.slots)
         free(self.heads)
 
+    def clear(self):
+        """Forget every entry and counter (a capture read again starts a fresh record)."""
+        cdef Py_ssize_t i
+        self.n = self.accepted = self.dropped = self.repeated = self.errors = 0
+        memset(self.slots, 0, self.capacity * sizeof(Slot))
+        for i in range(self.capacity):
+            self.by[i] = None
+            self.err[i] = None
+
     cdef inline Slot* _next(self):
         cdef Py_ssize_t i = self.n % self.capacity
         cdef Slot* s = &self.slots[i]
@@ -917,8 +927,22 @@ cdef class Ring:
 # The dispatcher: NetfilterQueue's callback
 # ---------------------------------------------------------------------------
 
+cdef inline Py_ssize_t record_offset(NfPacket nf):
+    """Where the record's copy of a packet starts: its IP header (a capture's link header is left out)."""
+    cdef CapturedPacket cp
+    if nf._queue is not None:
+        return 0
+    cp = <CapturedPacket>nf
+    return cp.l3 if cp.l3 > 0 else 0
+
+
 cdef class Dispatcher:
-    """Runs the handler chain on each packet and gives exactly one verdict."""
+    """Runs the handler chain on each packet and gives exactly one verdict.
+
+    One runner for every source: packets from the kernel queue (NetfilterQueue's
+    packets; verdicts batched to the queue's socket) and packets from a capture
+    (:class:`CapturedPacket`; verdicts to the capture source's output).
+    """
 
     cdef object chain
     cdef Ring ring
@@ -1112,6 +1136,13 @@ cdef class Dispatcher:
         cdef Py_ssize_t n
         if nf._verdict_is_set:
             raise RuntimeError("verdict already given for this packet")
+        if nf._queue is None:  # a captured packet: the verdict carries its payload and mark to the output
+            if mark is not None:
+                nf.set_mark(mark)
+            if buf is not None:
+                nf.set_payload(bytes(buf))
+            self._give(nf, code, False)
+            return 0
         if nf._queue.qh == NULL:
             raise RuntimeError("the queue has been unbound")
         if self.batch_limit > 1 and self.fd >= 0:  # an NFQNL_MSG_VERDICT names its packet: safe while holding
@@ -1197,6 +1228,7 @@ cdef class Dispatcher:
         cdef long long t0 = self.busy_t0
         cdef long long now = mono_ns()
         cdef NfPacket nf
+        cdef Py_ssize_t off
         if t0 == 0 or now - t0 < deadline_ns or self.busy_nf is None:
             return None
         nf = self.busy_nf
@@ -1213,8 +1245,10 @@ cdef class Dispatcher:
         except BaseException as exc:
             code = self._internal(nf, exc).code
         self.rescued += 1
-        self.ring.push(self.busy_time, nf.id, nf.hook, len(data), <const unsigned char*>PyBytes_AS_STRING(data),
-                       len(data), code, now - t0, h.name, err, False)
+        off = record_offset(nf)
+        self.ring.push(self.busy_time, nf.id, nf.hook, len(data) - off,
+                       <const unsigned char*>PyBytes_AS_STRING(data) + off, len(data) - off, code, now - t0, h.name,
+                       err, False)
         return h
 
     # -- per packet -------------------------------------------------------------
@@ -1223,7 +1257,7 @@ cdef class Dispatcher:
         cdef bytes data = None
         if self.hold_fn is not None:
             data = nf.get_payload()
-            pkt = Packet_from(self.packet_cls, nf, data, wall_time())
+            pkt = self._packet(nf, data, None)
             if self._hold(nf, pkt):
                 return
         chain = self.chain.active
@@ -1253,6 +1287,7 @@ cdef class Dispatcher:
         ``original`` is the packet as it arrived (the record keeps packets as they came).
         """
         cdef int code = verdict.code
+        cdef Py_ssize_t off
         if nf._verdict_is_set:
             raise RuntimeError("this packet already has its verdict")
         try:
@@ -1262,8 +1297,10 @@ cdef class Dispatcher:
         finally:
             self.held_count -= 1
         packet_done(pkt)  # as after any verdict: no packet <-> view cycle keeping the queue alive
-        self.ring.push(pkt.time, nf.id, nf.hook, len(original), <const unsigned char*>PyBytes_AS_STRING(original),
-                       len(original), code, 0, by, None, pkt._modified)
+        off = record_offset(nf)
+        self.ring.push(pkt.time, nf.id, nf.hook, len(original) - off,
+                       <const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off, code, 0, by,
+                       None, pkt._modified)
 
     cdef int _give_packet(self, NfPacket nf, PacketCore pkt, int code, bint plain) except -1:
         """The verdict of one packet with what the handlers did to it: a mark, a rewrite (fixed up here)."""
@@ -1285,17 +1322,56 @@ cdef class Dispatcher:
     cdef void _fast(self, NfPacket nf):
         cdef int code = self.default_code
         cdef Py_ssize_t n = nf.payload_len if nf.payload != NULL else 0
+        cdef Py_ssize_t off = 0
+        cdef double now
+        cdef CapturedPacket cp
+        if nf._queue is None:
+            cp = <CapturedPacket>nf
+            now = cp.time
+            off = record_offset(nf)
+            if off > n:
+                off = n
+        else:
+            now = wall_time()
         try:
             self._give(nf, code, True)
         except BaseException as exc:
             code = self._internal(nf, exc).code
-        self.ring.push(wall_time(), nf.id, nf.hook, n, nf.payload, n, code, 0, None, None, False)
+        self.ring.push(now, nf.id, nf.hook, n - off, nf.payload + off, n - off, code, 0, None, None, False)
+
+    cdef PacketCore _packet(self, NfPacket nf, bytes data, PacketCore spare):
+        """The packet handlers see: ``spare`` (an emptied earlier one) reused, or a new one."""
+        cdef PacketCore pkt
+        cdef CapturedPacket cp
+        cdef double now
+        cdef bint captured = nf._queue is None
+        if captured:
+            cp = <CapturedPacket>nf
+            now = cp.time
+        else:
+            now = wall_time()
+        if spare is not None:
+            pkt = spare
+            pkt._meta = nf
+            pkt._buf = data
+            pkt.time = now
+            self.reused += 1
+        else:
+            pkt = Packet_from(self.packet_cls, nf, data, now)
+        if captured:
+            pkt._l3 = cp.l3
+            pkt._eth = cp.eth
+        elif pkt._eth:  # a spare that last held a captured frame
+            pkt._l3 = 0
+            pkt._eth = False
+        return pkt
 
     cdef void _run(self, NfPacket nf, tuple chain, PacketCore pkt=None, bytes data=None):
         """The chain on one packet (``pkt`` and its ``data`` already made when a hold predicate saw it)."""
         cdef long long t0 = mono_ns()
-        cdef double now = wall_time()
+        cdef double now = 0.0
         cdef int code
+        cdef Py_ssize_t off
         cdef bint given = False
         cdef bint own = pkt is None
         cdef bint modified = False
@@ -1307,17 +1383,9 @@ cdef class Dispatcher:
         try:
             if own:
                 data = nf.get_payload()
-                if self.spare is not None:
-                    pkt = self.spare
-                    self.spare = None
-                    pkt._meta = nf
-                    pkt._buf = data
-                    pkt.time = now
-                    self.reused += 1
-                else:
-                    pkt = Packet_from(self.packet_cls, nf, data, now)
-            else:
-                now = pkt.time
+                pkt = self._packet(nf, data, self.spare)
+                self.spare = None
+            now = pkt.time
             self.seq += 1
             my_seq = self.seq
             self.busy_nf = nf
@@ -1360,8 +1428,8 @@ cdef class Dispatcher:
             self.busy_data = None
             if verdict is None:
                 verdict = self._default
-            if pkt._modified and h is not None and len(pkt._buf) > 65535:
-                err = self.chain.failed(h, pkt, too_big(len(pkt._buf)))
+            if pkt._modified and h is not None and len(pkt._buf) - record_offset(nf) > 65535:
+                err = self.chain.failed(h, pkt, too_big(len(pkt._buf) - record_offset(nf)))
                 verdict = self._on_error
                 by = h.name
                 pkt._modified = False
@@ -1379,5 +1447,10 @@ cdef class Dispatcher:
                 self.spare = pkt
             else:
                 packet_done(pkt)
-        self.ring.push(now, nf.id, nf.hook, len(data), <const unsigned char*>PyBytes_AS_STRING(data), len(data),
-                       verdict.code, mono_ns() - t0, by, err, modified)
+        if now == 0.0:  # the packet could not be made (pktlab's own failure)
+            now = wall_time()
+        off = record_offset(nf)
+        if off > len(data):
+            off = len(data)
+        self.ring.push(now, nf.id, nf.hook, len(data) - off, <const unsigned char*>PyBytes_AS_STRING(data) + off,
+                       len(data) - off, verdict.code, mono_ns() - t0, by, err, modified)

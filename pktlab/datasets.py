@@ -49,10 +49,10 @@ class Dataset:
 
     def packets(self) -> list[Any]:
         """The packets as :class:`pktlab.Packet` objects (IP views ready), capture time in ``time``."""
+        from .capture import frames
         from .packet import Packet
-        from .replayer import read_capture
 
-        return [Packet(None, p.data, p.time, p.link) for p in read_capture(self.path)]
+        return [Packet(None, p.data, p.time, p.link) for p in frames(self.path)]
 
     def scapy(self) -> Any:
         """The packets as scapy parsed them (``rdpcap``)."""

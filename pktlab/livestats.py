@@ -121,7 +121,8 @@ class Monitor:
                 self._stop.set()
 
     def _alive(self) -> bool:
-        return bool(getattr(self.session, "attached", True))
+        """A live session's monitor ends with the session; a replay's shows one run after another."""
+        return bool(getattr(self.session, "is_replay", False) or getattr(self.session, "attached", True))
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):

@@ -139,7 +139,7 @@ class PktlabMagicState:
     def __init__(self, shell: Any) -> None:
         self.shell = shell
         self.labs: dict[str, Lab] = {}
-        self.sessions: dict[str, Any] = {}  # Session or ReplaySession
+        self.sessions: dict[str, Any] = {}  # Session (a queue or a replay)
         self.current_lab: str | None = None
         self.current_session: str | None = None
         self.parsers = _parsers()
@@ -198,7 +198,7 @@ class PktlabMagicState:
         if cmd == "run":
             a = self.parsers["run"].parse_args(rest)
             r = self.session(a.session)
-            if not hasattr(r, "run"):
+            if not r.is_replay:
                 raise PktlabError(f"session {r.name} reads a live queue; %pktlab run replays a capture session")
             return r.run(pace=a.pace, limit=a.limit)
         if cmd == "netpipe":
@@ -222,13 +222,9 @@ class PktlabMagicState:
             return doctor.run(clean="--clean" in rest)
         if cmd in ("dashboard", "controls"):
             s = self.session(rest[0] if rest else None)
-            if cmd == "controls" and not hasattr(s, "controls"):
-                raise PktlabError(f"{s.name} replays a capture; controls act on a live queue (the dashboard works)")
             return s.dashboard() if cmd == "dashboard" else s.controls()
         if cmd in ("pause", "resume"):
             s = self.session(rest[0] if rest else None)
-            if not hasattr(s, "pause"):
-                raise PktlabError(f"{s.name} replays a capture; there is no queue to {cmd} (run it with %pktlab run)")
             s.pause() if cmd == "pause" else s.resume()
             return None
         if cmd == "handlers":

@@ -66,6 +66,10 @@ class Record:
         self.snaplen = snaplen
         self.ring = Ring(capacity, snaplen)
 
+    def clear(self) -> None:
+        """Forget every entry and counter."""
+        self.ring.clear()
+
     def append(self, entry: tuple[Any, ...]) -> None:
         """Add one entry (the layout is ``COLUMNS`` less the derived fields; see ``Entry``)."""
         self.ring.append(entry)

@@ -1,9 +1,13 @@
-"""A session wires a queue source to a handler chain and a record.
+"""A session wires a packet source to a handler chain and a record.
 
-``attach()`` sweeps rules left by dead sessions, binds the reader, then
-installs the rule (so no packet is queued before a reader exists);
-``detach()`` removes the rule, lets the reader drain what the kernel still
-holds, then unbinds.  Every packet the reader gets receives exactly one
+The source is a kernel queue (:func:`attach`) or a capture file
+(:func:`pktlab.replay`); both feed the one compiled dispatcher, so the chain,
+the deadline, holding, stepping and the record behave the same for both.
+
+For a queue, ``attach()`` sweeps rules left by dead sessions, binds the
+reader, then installs the rule (so no packet is queued before a reader
+exists); ``detach()`` removes the rule, lets the reader drain what the kernel
+still holds, then unbinds.  Every packet the reader gets receives exactly one
 verdict, whatever the handlers do.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import os
 import re
 import sys
 import threading
@@ -19,19 +24,21 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html import escape
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import bpf as _bpf
 from . import offload as _offload
 from . import rules as _rules
 from ._hot import Dispatcher
+from .capture import CapturePackets, CaptureSource
 from .chainowner import ChainOwner
-from .errors import SessionError
+from .errors import PktlabError, SessionError
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .holding import HeldPackets
 from .kernel import QueueCounters, require_net_admin
 from .offload import Offload
-from .packet import Packet
+from .packet import HOOK_NAMES, Packet
 from .record import Record
 from .source import QueueSource, batch_verdict_prefix
 from .teardown import Teardown
@@ -70,16 +77,28 @@ class Status:
     stuck_threads: int = 0
     filter: str | None = None
     offloads: list[tuple[str, int]] = field(default_factory=list)  # description, packets decided
+    source: str | None = None  # a replay: the capture's file name (None: a kernel queue)
+    packets: int = 0  # a replay: packets read from the capture (those outside the filter too)
+    seconds: float = 0.0  # a replay: how long the last run() took
+    held: int = 0
 
     def lines(self) -> list[str]:
-        where = self.netns or "host namespace"
         state = ("attached, PAUSED" if self.paused else "attached") if self.attached else "detached"
-        out = [f"session {self.name}: queue {self.queue} in {where}, {state}"]
         c = self.counters
-        out.append(
-            f"  packets {c['packets']}  accept {c['accept']}  drop {c['drop']}  repeat {c['repeat']}  "
-            f"errors {c['errors']}  ({self.rate_pps:.0f} pkt/s over the last second)"
-        )
+        if self.source is not None:
+            out = [
+                f"replay of {self.source}: {self.packets} packets in {self.seconds:.3f} s"
+                + (f" ({state})" if self.attached else ""),
+                f"  accept {c['accept']}  drop {c['drop']}  repeat {c['repeat']}  errors {c['errors']}  "
+                f"outside the filter {self.passed_unseen}",
+            ]
+        else:
+            where = self.netns or "host namespace"
+            out = [
+                f"session {self.name}: queue {self.queue} in {where}, {state}",
+                f"  packets {c['packets']}  accept {c['accept']}  drop {c['drop']}  repeat {c['repeat']}  "
+                f"errors {c['errors']}  ({self.rate_pps:.0f} pkt/s over the last second)",
+            ]
         if self.kernel:
             k = self.kernel
             out.append(
@@ -91,8 +110,10 @@ class Status:
                 f"  rule hits {self.rule_hits}  passed unseen {self.passed_unseen}  "
                 f"socket overruns (ENOBUFS) {self.enobufs}  ({mode})"
             )
+        if self.held:
+            out.append(f"  held {self.held} packet(s) waiting for a verdict from the notebook")
         if self.filter:
-            out.append(f"  filter (in the kernel): {self.filter}")
+            out.append(f"  filter{' (in the kernel)' if self.source is None else ''}: {self.filter}")
         for desc, hits in self.offloads:
             out.append(f"  offload: {desc}  ({hits} packets decided in the kernel)")
         for r in self.rules:
@@ -127,7 +148,10 @@ class Status:
 
 
 class Session(ChainOwner):
-    """One queue bound to one handler chain. Use :func:`attach` to make one."""
+    """A packet source (a kernel queue or a capture) bound to one handler chain.
+
+    Use :func:`attach` for a queue and :func:`pktlab.replay` for a capture.
+    """
 
     def __init__(
         self,
@@ -181,37 +205,95 @@ class Session(ChainOwner):
         prefix = tuple(self.filter.match_args()) if self.filter is not None else ()
         self.rule = _rules.QueueRule(queue, hook, tuple(match), table, bypass, family, prefix)
         self._offloads: dict[str, Offload] = {}
+        self._init_chain(default, on_error, record_size, snaplen, deadline, 60)
+        self.source: QueueSource | CaptureSource = QueueSource(
+            queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes, fail_open=fail_open
+        )
+        self.rules: _rules.RuleSet | None = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
+        self._make_dispatcher(batch_verdict_prefix(queue), batch)
+
+    @classmethod
+    def from_capture(
+        cls,
+        path: str,
+        *,
+        default: str | Verdict = "accept",
+        on_error: str | Verdict = "accept",
+        filter: str | None = None,  # noqa: A002 - tcpdump's word
+        hook: str = "INPUT",
+        deadline: float | None = 1.0,
+        record_size: int = 100_000,
+        snaplen: int = 256,
+        name: str | None = None,
+    ) -> Session:
+        """A session whose packets come from the capture file ``path``; see :func:`pktlab.replay`."""
+        self = cls.__new__(cls)
+        if name is not None and not _NAME_RE.fullmatch(str(name)):
+            raise SessionError(
+                f"session name {name!r} is not allowed; use 1-48 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        self.name = name or f"replay-{next(_SESSION_SEQ)}"
+        self.queue = None
+        self._lab, self.netns = None, None
+        self.rule = None
+        self.rules = None
+        self._offloads = {}
+        if not isinstance(hook, str) or hook.upper() not in HOOK_NAMES:
+            raise SessionError(f"unknown hook {hook!r}; use one of {', '.join(HOOK_NAMES)}")
+        self.hook = hook.upper()
+        self.filter = _bpf.compile(filter) if filter else None  # the same check (and message) as live
+        self._init_chain(default, on_error, record_size, snaplen, deadline, 600)
+        self.source = CaptureSource(path, filter=filter, hook=HOOK_NAMES.index(self.hook))
+        self._seconds = 0.0
+        self._make_dispatcher(batch_verdict_prefix(0), 1)
+        return self
+
+    def _init_chain(
+        self,
+        default: str | Verdict,
+        on_error: str | Verdict,
+        record_size: int,
+        snaplen: int,
+        deadline: float | None,
+        max_deadline: float,
+    ) -> None:
         try:
             self._default = Verdict.parse(default)
             self._on_error = Verdict.parse(on_error)
         except ValueError as exc:
             raise SessionError(str(exc)) from None
-        self.chain = HandlerChain()
-        self.record = Record(record_size, snaplen)
-        self.source = QueueSource(
-            queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes, fail_open=fail_open
-        )
-        self.rules = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
-        if deadline is not None and not 0.001 <= deadline <= 60:
+        if deadline is not None and not 0.001 <= deadline <= max_deadline:
             raise SessionError(
-                f"deadline {deadline!r} s is out of range; use 0.001..60 seconds, or None for no deadline"
+                f"deadline {deadline!r} s is out of range; use 0.001..{max_deadline:g} seconds, or None for no deadline"
             )
         self.deadline = deadline
+        self.chain = HandlerChain()
+        self.record = Record(record_size, snaplen)
         self._watchdog: threading.Thread | None = None
         self._watching = threading.Event()
         self._attached = False
         self.held = HeldPackets(self)
+
+    def _make_dispatcher(self, batch_prefix: bytes, batch: int) -> None:
         self._dispatch = Dispatcher(
-            self.chain,
-            self.record.ring,
-            self._default,
-            self._on_error,
-            Packet,
-            Verdict,
-            batch_verdict_prefix(queue),
-            batch,
+            self.chain, self.record.ring, self._default, self._on_error, Packet, Verdict, batch_prefix, batch
         )
         self._dispatch.on_hold = self.held._add
+
+    @property
+    def is_replay(self) -> bool:
+        """True when the packets come from a capture file, not a kernel queue."""
+        return isinstance(self.source, CaptureSource)
+
+    def _live_only(self, what: str) -> None:
+        if self.is_replay:
+            raise SessionError(f"{self.name} replays a capture; {what} needs a live queue (pktlab.attach)")
+
+    def _replay_only(self, what: str) -> CaptureSource:
+        if not isinstance(self.source, CaptureSource):
+            raise SessionError(f"session {self.name} reads a live queue; {what} is for a capture (pktlab.replay)")
+        return self.source
 
     def _verdicts_changed(self) -> None:
         self._dispatch.set_verdicts(self._default, self._on_error)
@@ -227,9 +309,17 @@ class Session(ChainOwner):
         return self._lab
 
     def attach(self) -> Session:
-        """Bind the queue and install the rule; returns self."""
+        """Bind the queue and install the rule (a replay: start reading the capture); returns self."""
         if self._attached:
             raise SessionError(f"session {self.name} is already attached; detach() it first")
+        if isinstance(self.source, CaptureSource):
+            self.record.clear()  # a capture read again starts a fresh record
+            self.source.start(self._dispatch)
+            self._attached = True
+            self._start_watchdog()
+            atexit.register(self.detach)
+            return self
+        assert self.rules is not None and self.rule is not None
         require_net_admin(f"attach NFQUEUE {self.queue}")
         if self._lab is not None and self._lab.closed:
             raise SessionError("the lab this session was made for is down; bring a new lab up")
@@ -326,11 +416,12 @@ class Session(ChainOwner):
         self._offloads.clear()
         self._dispatch.hold_fn = None
         td = Teardown(f"session {self.name}")
-        td.step("removing its rules", self.rules.remove)
+        if self.rules is not None:
+            td.step("removing its rules", self.rules.remove)
         td.step("releasing held packets", self.held.release)  # the default verdict, before the queue goes
         td.step("stopping the reader", self.source.stop, drain=drain)  # the watchdog still rescues meanwhile
         td.step("stopping the watchdog", self._stop_watchdog)
-        if self._monitor is not None:
+        if self._monitor is not None and not self.is_replay:  # a replay's dashboard shows its runs, one after another
             td.step("stopping the live monitor", self._monitor.stop)
         td.finish("run `pktlab doctor --clean` to remove what is left")
 
@@ -344,6 +435,8 @@ class Session(ChainOwner):
         (``mark=N`` sets the mark and lets the packet go on to the queue);
         ``accept`` with ``mark=N`` marks and accepts.
         """
+        self._live_only("offload()")
+        assert self.rules is not None and self.rule is not None
         if not self._attached:
             raise SessionError(f"session {self.name} is not attached; offloads live in its rules, attach first")
         name, mark = _offload.parse_verdict(verdict, mark)
@@ -361,7 +454,7 @@ class Session(ChainOwner):
         off = self._offloads.pop(expr, None)
         if off is None:
             raise SessionError(f"no offload for {expr!r}; the session has {sorted(self._offloads) or 'none'}")
-        if self._attached:
+        if self._attached and self.rules is not None:
             self.rules.drop_front(off.key)
 
     @property
@@ -373,7 +466,7 @@ class Session(ChainOwner):
         off = self._offloads.get(" ".join(str(expr).split()))
         if off is None:
             raise SessionError(f"no offload for {expr!r}")
-        return self.rules.front_hits(off.key) if self._attached else 0
+        return self.rules.front_hits(off.key) if self._attached and self.rules is not None else 0
 
     def controls(self, period: float = 0.5) -> Any:
         """Pause, step, inspect, toggle handlers, set verdicts (see :mod:`pktlab.controls`)."""
@@ -396,11 +489,13 @@ class Session(ChainOwner):
     def step(self, timeout: float = 5.0) -> bool:
         """While paused: let exactly one waiting packet through the chain; True if one came.
 
-        The packet is read from the kernel queue and handled like any other (or held,
-        if a hold predicate picks it); the rest keep waiting.
+        The packet is read from the kernel queue (or the capture's next one) and handled
+        like any other (or held, if a hold predicate picks it); the rest keep waiting.
         """
         if not self.paused:
             raise SessionError("step() lets one packet through a paused session; pause() it first")
+        if not self._attached:
+            raise SessionError(f"session {self.name} is not attached; attach() it (paused) first, then step()")
         return self.source.step(timeout)
 
     @contextmanager
@@ -409,6 +504,8 @@ class Session(ChainOwner):
 
         The reader stays bound and the handlers stay; offloads come back too.
         """
+        self._live_only("out_of_path()")
+        assert self.rules is not None and self.rule is not None
         if not self._attached:
             raise SessionError(f"session {self.name} is not attached; there is no rule to take out")
         offloads = list(self._offloads.values())
@@ -443,6 +540,7 @@ class Session(ChainOwner):
         self.detach()
 
     def kernel_counters(self) -> QueueCounters | None:
+        """The kernel's counters of the queue (None when not bound, and for a replay)."""
         return self.source.counters() if self.source.running else None
 
     def rate(self, window: float = 1.0) -> float:
@@ -450,6 +548,9 @@ class Session(ChainOwner):
         return self.record.ring.count_since(time.time() - window) / window
 
     def status(self) -> Status:
+        if isinstance(self.source, CaptureSource):
+            return self._replay_status(self.source)
+        assert self.rules is not None
         k = self.kernel_counters()
         hits = self.rules.hits() if self._attached else 0
         unseen = 0
@@ -481,9 +582,114 @@ class Session(ChainOwner):
             offloads=[(o.describe(), self.rules.front_hits(o.key)) for o in self._offloads.values()]
             if self._attached
             else [],
+            packets=self.record.n + len(self.held),
+            held=len(self.held),
         )
 
+    def _replay_status(self, src: CaptureSource) -> Status:
+        return Status(
+            name=self.name,
+            queue=-1,
+            netns=None,
+            attached=self._attached,
+            paused=self.paused,
+            rules=[],
+            handlers=[(h.name, h.enabled, h.errors) for h in self.chain],
+            counters=self.record.counters(),
+            kernel=None,
+            rate_pps=self.rate(),
+            last_errors=self.errors[-3:],
+            internal_errors=src.internal_errors + self._dispatch.internal_errors,
+            passed_unseen=src.unseen,
+            stuck=[(h.name, time.time() - (h.stuck_since or time.time()), h.rescued) for h in self.chain.stuck],
+            rescued=self._dispatch.rescued,
+            stuck_threads=len(src.stuck_threads),
+            filter=self.filter.expr if self.filter is not None else None,
+            source=Path(src.path).name,
+            packets=src.read_count,
+            seconds=self._seconds,
+            held=len(self.held),
+        )
+
+    # -- replaying a capture ------------------------------------------------------------
+    def run(
+        self, *, pace: float | None = None, limit: int | None = None, stop_on_error: bool = False
+    ) -> Status:
+        """Replay: pass the capture's packets through the chain, from the first, and wait for the last.
+
+        The record and the outputs start afresh.  ``pace=1.0`` replays in real
+        time (the gaps between capture timestamps), ``pace=2.0`` twice as fast,
+        ``None`` as fast as possible; ``limit`` reads only the first packets;
+        ``stop_on_error`` ends the run at the first packet a handler failed on.
+        Interrupting the cell stops the run between two packets.
+        """
+        src = self._replay_only("run()")
+        if self._attached:
+            raise SessionError(f"{self.name} is already reading its capture; wait() for it or detach() first")
+        self.configure(pace=pace, limit=limit, stop_on_error=stop_on_error)
+        t0 = time.monotonic()
+        self.attach()
+        try:
+            src.wait()
+        finally:
+            self._seconds = time.monotonic() - t0
+            self.detach()
+        return self.status()
+
+    def configure(self, *, pace: float | None = None, limit: int | None = None, stop_on_error: bool = False) -> None:
+        """Replay: how the next ``attach()`` (or ``run()``) reads the capture."""
+        src = self._replay_only("configure()")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise SessionError(f"limit {limit!r} must be a number of packets, 0 or more (None: all of them)")
+        if pace is not None and (isinstance(pace, bool) or not isinstance(pace, int | float) or pace <= 0):
+            raise SessionError(f"pace {pace!r} must be > 0 (1.0 is real time), or None for as fast as possible")
+        ring = self.record.ring
+        src.configure(pace, limit, (lambda: ring.errors > 0) if stop_on_error else None)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Replay: wait until the capture has been read to its end; True if it was within ``timeout``."""
+        return self._replay_only("wait()").wait(timeout)
+
+    @property
+    def packets(self) -> CapturePackets:
+        """Replay: the capture's packets (``time``, ``data``, ``link``), read from the file when asked."""
+        return CapturePackets(self._replay_only("packets").path)
+
+    @property
+    def outputs(self) -> list[tuple[float, bytes, str]]:
+        """Replay: what left "the kernel" in the last run (time, bytes as rewritten, link), in order."""
+        src = self._replay_only("outputs")
+        link = src.link
+        return [(t, data, link) for t, data in src.accepted]
+
+    def write_pcap(self, path: str | os.PathLike[str], *, dropped: bool = False) -> int:
+        """Replay: write what would have left the kernel (accepted packets, as rewritten) to a pcap.
+
+        ``dropped=True`` writes the capture's packets the chain dropped instead.
+        Returns how many packets were written.
+        """
+        from scapy.utils import RawPcapWriter
+
+        src = self._replay_only("write_pcap()")
+        spool = src.dropped if dropped else src.accepted
+        w = RawPcapWriter(str(path), linktype=1 if src.link == "ethernet" else 101, snaplen=65535, sync=False)
+        try:
+            w._write_header(None)  # an empty result still yields a valid file
+            for t, data in spool:
+                sec = int(t)
+                w.write_packet(data, sec=sec, usec=int((t - sec) * 1e6), wirelen=len(data))
+        except OSError as exc:
+            raise PktlabError(f"cannot write {path}: {exc}") from None
+        finally:
+            w.close()
+        return len(spool)
+
     def __repr__(self) -> str:
+        if isinstance(self.source, CaptureSource):
+            return (
+                f"<Session {self.name} replaying {Path(self.source.path).name}: {self.record.n} packets, "
+                f"handlers {self.handlers}>"
+            )
         where = self.netns or "host"
         state = "attached" if self._attached else "detached"
         n = self.record.n

@@ -68,7 +68,7 @@ def write_raw(path: Path, packets: list[tuple[float, bytes, int]]) -> None:
 
 
 def read_raw(path: Path) -> list[tuple[float, bytes]]:
-    from pktlab.replayer import read_capture
+    from pktlab.capture import read_capture
 
     return [(p.time, p.data) for p in read_capture(path)]
 

@@ -25,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.pktlab-installed
-want=$(cat pyproject.toml setup.py pktlab/*.pyx | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py pktlab/*.pyx pktlab/*.pxd | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: installing pktlab and its dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip

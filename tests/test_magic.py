@@ -65,7 +65,7 @@ def test_replay_run_limit_must_not_be_negative(shell) -> None:
     _, err = run(shell, "%pktlab run --limit -5")
     assert err is not None and "limit -5 must be a number of packets" in err and "\n" not in err
     r, err = run(shell, "%pktlab run --limit 3")
-    assert err is None and r.packets == 20 and r.counters["accept"] == 3
+    assert err is None and r.packets == 3 and r.counters["accept"] == 3  # read 3 of the capture's 20
 
 
 def test_handler_cell_needs_a_session_and_valid_code(shell) -> None:
@@ -181,8 +181,10 @@ def test_replay_through_magics_needs_no_root(shell) -> None:
     assert err is None and r.handlers == ["odd"]
     st, err = run(shell, "%pktlab run")
     assert err is None and st.counters["drop"] == 5 and st.passed_unseen == 10
-    _, err = run(shell, "%pktlab pause")
-    assert "there is no queue to pause" in err
+    _, err = run(shell, "%pktlab pause")  # a replay pauses like a queue (step() through it)
+    assert err is None and r.paused
+    _, err = run(shell, "%pktlab resume")
+    assert err is None and not r.paused
     _, err = run(shell, "%pktlab replay nope")
     assert "no dataset named 'nope'" in err and "\n" not in err
     _, err = run(shell, "%pktlab detach")
@@ -205,11 +207,12 @@ def test_netpipe_magic_measures_without_and_with_the_queue(shell) -> None:
         run(shell, "%pktlab lab down")
 
 
-def test_dashboard_magic_on_a_replay_and_controls_refused(shell) -> None:
+def test_dashboard_and_controls_magics_on_a_replay(shell) -> None:
     _, err = run(shell, "%pktlab replay lab-udp")
     assert err is None
     d, err = run(shell, "%pktlab dashboard")
     assert err is None and hasattr(d, "layout")
     d.close()
-    _, err = run(shell, "%pktlab controls")
-    assert "controls act on a live queue" in err
+    c, err = run(shell, "%pktlab controls")
+    assert err is None and c.session.is_replay
+    c.close()

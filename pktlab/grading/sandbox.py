@@ -334,8 +334,8 @@ def _serve() -> int:
         return 0
     reply(NONE)
 
+    from .._capture import CapturedPacket
     from ..packet import Packet
-    from ..replayer import ReplayMeta
     from ..verdicts import Verdict
 
     while True:
@@ -345,7 +345,8 @@ def _serve() -> int:
         except EOFError:
             return 0
         index, pid, hook, mark, t = _CALL.unpack_from(body)
-        pkt = Packet(ReplayMeta(pid, hook, mark), body[_CALL.size :], t)
+        data = body[_CALL.size :]
+        pkt = Packet(CapturedPacket(pid, hook, data, t, False, 0, None, mark), data, t)
         try:
             v = fns[index](pkt)
         except BaseException as exc:
