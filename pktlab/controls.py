@@ -1,4 +1,4 @@
-"""``s.controls()``: ipywidgets to pause, step, inspect and steer a live session.
+"""``s.controls()``: ipywidgets to pause, step, inspect and steer a session (a live queue or a replay).
 
 Pause/Resume (packets wait in the kernel queue; its length and what the
 kernel did beyond ``max_len`` are shown), Step (the next waiting packet is
@@ -18,7 +18,7 @@ from .livestats import Sample
 
 
 class Controls:
-    """The control panel of one live session."""
+    """The control panel of one session."""
 
     def __init__(self, session: Any, period: float = 0.5) -> None:
         import ipywidgets as w
@@ -79,17 +79,11 @@ class Controls:
             raise PktlabError("decide on the inspected packet first (Accept or Drop)")
         if not s.paused:
             raise PktlabError("Step works on a paused session: press Pause first")
-        before = len(s.held)
-        previous = s._dispatch.hold_fn
-        s._dispatch.hold_fn = lambda pkt: True  # the one packet step() reads is held for the inspector
-        try:
-            came = s.step()
-        finally:
-            s._dispatch.hold_fn = previous
-        if not came or len(s.held) <= before:
+        held = s.step_and_hold()  # the one packet step() reads is held for the inspector
+        if held is None:
             self.inspector.value = "<i>no packet was waiting</i>"
             return
-        self._inspected = s.held[len(s.held) - 1]
+        self._inspected = held
         self.inspector.value = self._inspected.packet._repr_html_()
         self.accept.disabled = self.drop.disabled = False
 
@@ -144,6 +138,11 @@ class Controls:
                 self.depth.value = (
                     f"waiting in the kernel: <span class='pktlab-waiting'>{k.queue_total}</span> of "
                     f"{sess.source.max_len}; beyond that the kernel {mode}: queue_dropped {k.queue_dropped}, "
+                    f"held by the notebook: {len(sess.held)}"
+                )
+            elif sess.is_replay:
+                self.depth.value = (
+                    f"read from the capture: <span class='pktlab-read'>{sess.status().packets}</span>; "
                     f"held by the notebook: {len(sess.held)}"
                 )
             self._refresh_toggles()

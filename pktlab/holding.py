@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -72,14 +73,16 @@ class HeldPacket:
 class HeldPackets:
     """The packets a session holds now, oldest first; indexable, iterable, ``release()``."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, give: Callable[[Any, Packet, Verdict, str, bytes], None]) -> None:
+        """``give(nf, packet, verdict, by, original)`` gives a held packet its verdict (the dispatcher's)."""
         self._session = session
+        self._give_fn = give
         self._lock = threading.Lock()
         self._items: list[HeldPacket] = []
         self.released = 0
 
-    # called by the reader thread (through the dispatcher)
-    def _add(self, nf: Any, pkt: Packet) -> None:
+    def add(self, nf: Any, pkt: Packet) -> None:
+        """Hold a packet (called by the reader thread, through the dispatcher's hold predicate)."""
         with self._lock:
             self._items.append(HeldPacket(self, nf, pkt))
 
@@ -87,7 +90,7 @@ class HeldPackets:
         with self._lock:
             if h not in self._items:
                 raise SessionError("this packet is no longer held (the session was detached?)")
-            self._session._dispatch.give_held(h._nf, h.packet, verdict, by, h._original)
+            self._give_fn(h._nf, h.packet, verdict, by, h._original)
             h.verdict = verdict
             self._items.remove(h)
             self.released += 1

@@ -148,10 +148,14 @@ class Record:
         return df
 
     def to_pcap(self, path: str) -> int:
-        """Write the packets in the ring (up to ``snaplen`` bytes each) to a pcap; return the count."""
+        """Write the packets in the ring (up to ``snaplen`` bytes each) to a pcap, in the order they arrived.
+
+        A held packet's entry is made when its verdict is given, later than the
+        packets after it; the capture has it where it came.  Returns the count.
+        """
         from scapy.utils import RawPcapWriter
 
-        entries = self.raw_entries()
+        entries = sorted(self.raw_entries(), key=lambda e: e[T])
         w = RawPcapWriter(str(path), linktype=101, snaplen=max(self.snaplen, 65535), sync=False)
         try:
             w._write_header(None)  # an empty record still yields a valid file

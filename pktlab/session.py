@@ -35,7 +35,7 @@ from .capture import CapturePackets, CaptureSource
 from .chainowner import ChainOwner
 from .errors import PktlabError, SessionError
 from .handlers import Handler, HandlerChain, HandlerFailure
-from .holding import HeldPackets
+from .holding import HeldPacket, HeldPackets
 from .kernel import QueueCounters, require_net_admin
 from .offload import Offload
 from .packet import HOOK_NAMES, Packet
@@ -273,13 +273,13 @@ class Session(ChainOwner):
         self._watchdog: threading.Thread | None = None
         self._watching = threading.Event()
         self._attached = False
-        self.held = HeldPackets(self)
 
     def _make_dispatcher(self, batch_prefix: bytes, batch: int) -> None:
         self._dispatch = Dispatcher(
             self.chain, self.record.ring, self._default, self._on_error, Packet, Verdict, batch_prefix, batch
         )
-        self._dispatch.on_hold = self.held._add
+        self.held = HeldPackets(self, self._dispatch.give_held)
+        self._dispatch.on_hold = self.held.add
 
     @property
     def is_replay(self) -> bool:
@@ -498,6 +498,22 @@ class Session(ChainOwner):
             raise SessionError(f"session {self.name} is not attached; attach() it (paused) first, then step()")
         return self.source.step(timeout)
 
+    def step_and_hold(self, timeout: float = 5.0) -> HeldPacket | None:
+        """While paused: let one packet through the chain and hold it for the notebook, whatever the predicate.
+
+        Returns the held packet (``.packet``, ``.accept()``, ``.drop()``), or None if none came.
+        """
+        previous = self._dispatch.hold_fn
+        before = len(self.held)
+        self._dispatch.hold_fn = _hold_all
+        try:
+            came = self.step(timeout)
+        finally:
+            self._dispatch.hold_fn = previous
+        if not came or len(self.held) <= before:
+            return None
+        return self.held[len(self.held) - 1]
+
     @contextmanager
     def out_of_path(self) -> Iterator[None]:
         """Take the session's rules out for a while (packets flow past the queue), then put them back.
@@ -694,6 +710,10 @@ class Session(ChainOwner):
         state = "attached" if self._attached else "detached"
         n = self.record.n
         return f"<Session {self.name} queue {self.queue} in {where} {state}, {n} packets, handlers {self.handlers}>"
+
+
+def _hold_all(pkt: Packet) -> bool:
+    return True
 
 
 def _resolve_netns(target: Any) -> tuple[Lab | None, str | None]:

@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap, wrpcap
 
 import pktlab
-from pktlab import DROP, PktlabError, SessionError
+from pktlab import DROP, Packet, PktlabError, SessionError
 from pktlab.lab import wait_until
 
 
@@ -142,3 +142,35 @@ def test_replay_of_something_that_is_not_a_capture_is_one_sentence() -> None:
 
     with pytest.raises(pktlab.SessionError, match="replay\\(\\) takes a capture's path or a dataset name"):
         pktlab.replay(42)  # type: ignore[arg-type]
+
+
+def test_stepping_through_a_capture_with_the_inspector() -> None:
+    """pause, attach, then Step: one packet at a time into the inspector, decided there, the rest waiting."""
+    s = pktlab.replay("lab-udp")
+    s.add_handler(lambda pkt: pkt.drop() if seq(pkt) == 1 else None, "one")
+    c = s.controls()
+    try:
+        c.pause.click()
+        s.attach()
+        assert s.paused and "PAUSED" in c.state.value and s.record.n == 0
+        c.step.click()
+        assert "udp" in c.inspector.value and not c.accept.disabled and len(s.held) == 1
+        assert seq(s.held[0].packet) == 0
+        c.drop.click()
+        assert len(s.held) == 0 and s.record.n == 1 and s.record.counts[DROP] == 1
+        c.refresh(None)
+        assert "<span class='pktlab-read'>1</span>" in c.depth.value
+        assert s.step() and s.record.n == 2 and s.record.counts[DROP] == 2  # seq 1: the handler dropped it
+        held = s.step_and_hold()
+        assert held is not None and seq(held.packet) == 2
+        held.accept()
+        assert s.record.n == 3 and not s.wait(0.2)  # the other 17 wait
+        c.resume.click()
+        assert s.wait(10) and s.record.n == 20
+        s.pause()
+        assert s.step_and_hold() is None  # the end of the capture: nothing came
+        out = [Packet(None, data).udp.payload[:4] for _, data, _ in s.outputs]
+        assert len(out) == 18 and (0).to_bytes(4, "big") not in out and (1).to_bytes(4, "big") not in out
+    finally:
+        c.close()
+        s.detach()
