@@ -881,11 +881,11 @@ cdef class Ring:
             s.flags |= 4
         self._count(code, err is not None)
 
-    def append(self, tuple entry):
-        """Add an entry given as (time, id, hook, size, head, verdict, handler, ns, error, modified)."""
-        cdef bytes head = bytes(entry[4])
-        self.push(entry[0], entry[1], entry[2], entry[3], <const unsigned char*>PyBytes_AS_STRING(head),
-                  len(head), entry[5].code, entry[7], entry[6], entry[8], entry[9])
+    def append(self, double time, unsigned int pid, unsigned char hook, Py_ssize_t size, bytes head, int code,
+               handler, long long ns, error, bint modified):
+        """Add one entry from Python (tests and tools; the dispatcher writes slots directly)."""
+        self.push(time, pid, hook, size, <const unsigned char*>PyBytes_AS_STRING(head), len(head), code, ns,
+                  handler, error, modified)
 
     def count_since(self, double t):
         """How many of the packets held arrived at or after time ``t`` (newest first, stops early)."""
@@ -900,8 +900,11 @@ cdef class Ring:
             c += 1
         return c
 
-    def snapshot(self, verdicts, Py_ssize_t last=-1):
-        """The entries still held (the newest ``last`` if >= 0), oldest first; ``verdicts`` maps code -> Verdict."""
+    def snapshot(self, entry, verdicts, hooks, Py_ssize_t last=-1):
+        """The entries still held (the newest ``last`` if >= 0), oldest first, each an ``entry(...)``.
+
+        ``verdicts`` maps a verdict code to its name, ``hooks`` a hook number to its name.
+        """
         cdef long long n = self.n
         cdef Py_ssize_t cap = self.capacity
         cdef Py_ssize_t count = n if n < cap else cap
@@ -915,10 +918,10 @@ cdef class Ring:
         for k in range(count):
             i = (start + k) % cap
             s = &self.slots[i]
-            out.append((
-                s.time, s.id, s.hook, s.size,
+            out.append(entry(
+                s.time, s.id, hooks[s.hook] if s.hook < len(hooks) else str(s.hook), s.size,
                 PyBytes_FromStringAndSize(<const char*>self.heads + i * self.snaplen, s.keep),
-                verdicts[s.code], self.by[i], s.ns, self.err[i], bool(s.flags & 1),
+                verdicts[s.code], self.by[i], s.ns / 1000.0, self.err[i], bool(s.flags & 1),
             ))
         return out
 

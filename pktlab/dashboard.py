@@ -112,17 +112,17 @@ class Dashboard:
                 rows: dict[str, list[Any]] = {c: [] for c in self.table.data}
                 keep = self.session._table_filter if hasattr(self.session, "_table_filter") else None
                 for e in s.latest:
-                    if keep is not None and not keep.matches(e[4]):
+                    if keep is not None and not keep.matches(e.head):
                         continue
-                    summ = summarize(e[4])
-                    rows["time"].append(e[0] * 1000.0)
+                    summ = summarize(e.head)
+                    rows["time"].append(e.time * 1000.0)
                     rows["proto"].append(summ.get("proto"))
                     rows["src"].append(summ.get("src"))
                     rows["dst"].append(summ.get("dst"))
                     rows["dport"].append(summ.get("dport"))
-                    rows["size"].append(e[3])
-                    rows["verdict"].append(str(e[5]))
-                    rows["handler"].append(e[6] or "")
+                    rows["size"].append(e.size)
+                    rows["verdict"].append(e.verdict)
+                    rows["handler"].append(e.handler or "")
                 self.table.data = rows
                 self.counter.text = self._counter_text(s)
             finally:

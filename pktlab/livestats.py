@@ -15,7 +15,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .record import Entry
 
 VERDICT_NAMES = ("accept", "drop", "repeat")
 HIST_EDGES_US = tuple(10 ** (k / 4) for k in range(-4, 21))  # 0.1 µs .. 100 ms, 4 bins per decade
@@ -35,7 +38,7 @@ class Sample:
     queue_depth: int | None  # packets waiting in the kernel now (None: no kernel queue, e.g. a replay)
     kernel_drops: int | None  # packets the kernel dropped or could not deliver, since the start
     hist_counts: list[int] = field(default_factory=list)  # handler time histogram of the newest entries
-    latest: list[tuple[Any, ...]] = field(default_factory=list)  # newest record entries, newest first
+    latest: list[Entry] = field(default_factory=list)  # newest record entries, newest first
 
 
 class LiveStats:
@@ -58,14 +61,13 @@ class LiveStats:
         dt = 0.0 if self._last is None else max(1e-6, now - self._last[0])
         tail = record.tail(min(max(new, self.latest), TAIL)) if n else []
         newest = tail[-new:] if 0 < new <= len(tail) else tail
-        size = sum(e[3] for e in newest)
+        size = sum(e.size for e in newest)
         if new > len(newest) and newest:
             size = size * new / len(newest)  # more packets than we looked at: scale the bytes
         hist = [0] * (len(HIST_EDGES_US) + 1)
         for e in newest:
-            if e[7] > 0:  # handlers ran on it (the no-handler path records no time)
-                us = e[7] / 1000.0
-                hist[_bin(us)] += 1
+            if e.handler_us > 0:  # handlers ran on it (the no-handler path records no time)
+                hist[_bin(e.handler_us)] += 1
         if self._last is None:
             pps = mbps = errs = 0.0
             vps = {k: 0.0 for k in VERDICT_NAMES}

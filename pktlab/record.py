@@ -1,23 +1,22 @@
 """What the session saw: a bounded ring of per-packet entries and counters.
 
-The reader appends one tuple per packet and nothing else; everything a
-person looks at (DataFrame, pcap, rates) is computed from the ring when
-asked, away from the hot path.
+The dispatcher writes one slot per packet into a preallocated ring
+(:class:`pktlab._hot.Ring`) and nothing else; entries become typed
+:class:`Entry` tuples only when read, and everything a person looks at
+(DataFrame, pcap, rates) is computed from them when asked, away from the hot
+path.  Field positions are known here only: the rest of pktlab reads names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._hot import Ring
 from .packet import HOOK_NAMES, summarize
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 
-# entry layout (kept as a plain tuple for speed)
-T, ID, HOOK, SIZE, HEAD, VERDICT, BY, NS, ERROR, MODIFIED = range(10)
-_BY_CODE = {v.code: v for v in (ACCEPT, DROP, REPEAT)}
+VERDICT_NAMES = {v.code: str(v) for v in (ACCEPT, DROP, REPEAT)}
 COLUMNS = [
     "time",
     "id",
@@ -36,20 +35,19 @@ COLUMNS = [
 ]
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One packet's record entry, readable."""
+class Entry(NamedTuple):
+    """One packet's record entry (made from the compiled ring when read, never on the hot path)."""
 
-    time: float
-    id: int
-    hook: str
-    size: int
-    head: bytes
-    verdict: str
-    handler: str | None
-    handler_us: float
-    error: str | None
-    modified: bool
+    time: float  # when the packet reached the chain (a replay: its capture time), seconds since the epoch
+    id: int  # the kernel's packet id (a replay: its number in the capture, from 1)
+    hook: str  # PREROUTING, INPUT, FORWARD, OUTPUT or POSTROUTING
+    size: int  # bytes from the IP header, as the packet arrived
+    head: bytes  # its first ``snaplen`` bytes, as it arrived
+    verdict: str  # accept, drop or repeat
+    handler: str | None  # the handler whose verdict it got (None: the default verdict)
+    handler_us: float  # time in the handlers (0: no handler ran)
+    error: str | None  # the handler's error, if it failed
+    modified: bool  # a handler rewrote it
 
 
 class Record:
@@ -70,9 +68,11 @@ class Record:
         """Forget every entry and counter."""
         self.ring.clear()
 
-    def append(self, entry: tuple[Any, ...]) -> None:
-        """Add one entry (the layout is ``COLUMNS`` less the derived fields; see ``Entry``)."""
-        self.ring.append(entry)
+    def append(self, e: Entry) -> None:
+        """Add an entry by hand (what a test or a tool made; the dispatcher fills the ring itself)."""
+        code = next(c for c, name in VERDICT_NAMES.items() if name == str(e.verdict))
+        self.ring.append(e.time, e.id, HOOK_NAMES.index(e.hook), e.size, bytes(e.head), code, e.handler,
+                         int(e.handler_us * 1000), e.error, e.modified)  # fmt: skip
 
     @property
     def n(self) -> int:
@@ -91,33 +91,16 @@ class Record:
     def __len__(self) -> int:
         return min(self.n, self.capacity)
 
-    def raw_entries(self) -> list[tuple[Any, ...]]:
-        """Entries still in the ring, oldest first (a copy)."""
-        return self.ring.snapshot(_BY_CODE)
+    def entries(self, last: int = -1) -> list[Entry]:
+        """Entries still in the ring, oldest first (a copy); ``last=N``: only the newest N."""
+        return self.ring.snapshot(Entry, VERDICT_NAMES, HOOK_NAMES, last)
 
-    def tail(self, count: int) -> list[tuple[Any, ...]]:
+    def tail(self, count: int) -> list[Entry]:
         """The newest ``count`` entries still in the ring, oldest first."""
-        return self.ring.snapshot(_BY_CODE, count)
+        return self.entries(count)
 
     def __iter__(self) -> Iterator[Entry]:
-        for e in self.raw_entries():
-            yield self._entry(e)
-
-    @staticmethod
-    def _entry(e: tuple[Any, ...]) -> Entry:
-        h = e[HOOK]
-        return Entry(
-            e[T],
-            e[ID],
-            HOOK_NAMES[h] if 0 <= h < 5 else str(h),
-            e[SIZE],
-            e[HEAD],
-            str(e[VERDICT]),
-            e[BY],
-            e[NS] / 1000.0,
-            e[ERROR],
-            e[MODIFIED],
-        )
+        return iter(self.entries())
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -155,13 +138,13 @@ class Record:
         """
         from scapy.utils import RawPcapWriter
 
-        entries = sorted(self.raw_entries(), key=lambda e: e[T])
+        entries = sorted(self.entries(), key=lambda e: e.time)
         w = RawPcapWriter(str(path), linktype=101, snaplen=max(self.snaplen, 65535), sync=False)
         try:
             w._write_header(None)  # an empty record still yields a valid file
             for e in entries:
-                sec = int(e[T])
-                w.write_packet(e[HEAD], sec=sec, usec=int((e[T] - sec) * 1e6), wirelen=e[SIZE])
+                sec = int(e.time)
+                w.write_packet(e.head, sec=sec, usec=int((e.time - sec) * 1e6), wirelen=e.size)
         finally:
             w.close()
         return len(entries)

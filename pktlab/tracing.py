@@ -521,24 +521,22 @@ class Tracer:
 def _find_in_record(s: Session, packet_text: str, near_ns: int) -> tuple[int, str, str] | None:
     """The record entry of the packet a trace event describes (by addresses and IP id), if the session has it."""
     from .packet import Packet
-    from .record import _BY_CODE
 
     key = _packet_key(packet_text)
-    for e in reversed(s.record.raw_entries()[-4096:]):
-        t, _pid, _hook, _size, head, code, by, ns, err, modified = e
-        if abs(t * 1e9 - near_ns) > 5e9:
+    for e in reversed(s.record.tail(4096)):
+        if abs(e.time * 1e9 - near_ns) > 5e9:
             continue
         try:
-            p = Packet(None, head)
+            p = Packet(None, e.head)
             ip = p.ip or p.ipv6
             if ip is None or (ip.src, ip.dst) != key[:2] or (p.ip is not None and str(p.ip.id) != key[2]):
                 continue
         except Exception:  # a record head that does not parse (truncated): not this packet
             continue
-        verdict = _BY_CODE[code].name if code in _BY_CODE else str(code)
-        what = f"queue {s.queue} ({s.name}): " + (f"handler {by}" if by else "no handler decided")
-        what += f", {ns / 1e3:.1f} µs in handlers" + (" (rewritten)" if modified else "") + (f"; {err}" if err else "")
-        return int(t * 1e9), what, verdict
+        what = f"queue {s.queue} ({s.name}): " + (f"handler {e.handler}" if e.handler else "no handler decided")
+        what += f", {e.handler_us:.1f} µs in handlers" + (" (rewritten)" if e.modified else "")
+        what += f"; {e.error}" if e.error else ""
+        return int(e.time * 1e9), what, e.verdict
     return None
 
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from scapy.layers.inet import IP, UDP
-
 from pktlab import ACCEPT, DROP
+from pktlab import testing as t
 from pktlab.livestats import HIST_EDGES_US, LiveStats, _bin
 from pktlab.record import Record
 
 
 def fill(rec: Record, n: int, t0: float, size: int = 100, ns: int = 2000, verdict=ACCEPT) -> None:
-    head = bytes(IP(dst="10.77.1.2") / UDP(dport=9000) / bytes(size - 28))
+    head = t.udp(size=size, raw=True)
     for i in range(n):
-        rec.append((t0 + i * 1e-4, i, 1, size, head, verdict, "h" if ns else None, ns, None, False))
+        rec.append(t.entry(id=i, time=t0 + i * 1e-4, packet=head, verdict=verdict, handler="h" if ns else None,
+                           handler_us=ns / 1000))  # fmt: skip
 
 
 def test_rates_over_one_period() -> None:
@@ -30,7 +30,7 @@ def test_rates_over_one_period() -> None:
     assert abs(s.mbps - 250 * 100 * 8 / 0.5 / 1e6) < 1e-9
     assert (s.queue_depth, s.kernel_drops) == (7, 3)
     assert sum(s.hist_counts) == 250 and s.hist_counts[_bin(2.0)] == 250  # every packet took 2 µs
-    assert len(s.latest) == 20 and s.latest[0][1] == 49  # newest first
+    assert len(s.latest) == 20 and s.latest[0].id == 49  # newest first
 
 
 def test_windows_are_bounded_and_bins_cover_the_range() -> None:

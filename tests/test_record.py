@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import UDP
 from scapy.utils import rdpcap
 
 from pktlab import ACCEPT, DROP
+from pktlab import testing as t
 from pktlab.record import Record
 
 
 def entry(i: int, verdict=ACCEPT, err=None):
-    data = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000 + i, dport=9000) / b"x")
-    return (1700000000.0 + i, i, 1, len(data), data, verdict, "h" if verdict is DROP else None, 2500, err, False)
+    return t.entry(id=i, time=1700000000.0 + i, packet=t.udp(sport=1000 + i, payload=b"x", raw=True),
+                   verdict=verdict, handler="h" if verdict is DROP else None, handler_us=2.5, error=err)  # fmt: skip
 
 
 def test_ring_keeps_the_newest_and_counts_all() -> None:
@@ -45,9 +46,7 @@ def test_empty_record_gives_empty_frame_and_valid_pcap(tmp_path) -> None:
 
 def test_pcap_keeps_wire_length(tmp_path) -> None:
     r = Record(capacity=3)
-    e = list(entry(1))
-    e[3] = 1500  # seen 1500 bytes, kept the head
-    r.append(tuple(e))
+    r.append(entry(1)._replace(size=1500))  # seen 1500 bytes, kept the head
     r.to_pcap(str(tmp_path / "p.pcap"))
     p = rdpcap(str(tmp_path / "p.pcap"))[0]
     assert p.wirelen == 1500 and p[UDP].dport == 9000

@@ -50,7 +50,8 @@ def _rows(s: Any) -> list[tuple[Any, ...]]:
     """(packet, verdict) for every replayed packet."""
     from pktlab import Packet
 
-    return [(Packet(None, s.packets[e.id - 1].data), e.verdict) for e in s.record]
+    frames = list(s.packets)  # read the capture once
+    return [(Packet(None, frames[e.id - 1].data), e.verdict) for e in s.record]
 
 
 def _flow(p: Any) -> tuple[str, int, str, int] | None:

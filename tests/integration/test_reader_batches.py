@@ -52,7 +52,7 @@ def test_a_stuck_reader_hands_its_batch_to_the_successor(lab: Lab, queue_num: in
         assert reader.retired and reader.successor is s.source._reader
         # the stuck reader dispatched up to the stuck packet; the successor the rest, handed over or read
         assert reader.successor.messages == 100 - (stuck_at + 1) and reader.successor.waiting == 0
-        ids = [e[1] for e in s.record.raw_entries()]
+        ids = [e.id for e in s.record]
         assert len(set(ids)) == 100
         assert seen == list(range(stuck_at + 1))  # once stuck, the handler is skipped until it returns
     finally:

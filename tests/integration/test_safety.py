@@ -245,9 +245,9 @@ def test_a_sleeping_handler_does_not_stall_traffic_and_rejoins(lab: Lab, queue_n
         # through the rest of the chain (drop_odd) while sleepy was skipped, and through both after
         assert r.unique == 200 and r.max_gap < 0.5, (r.unique, r.max_gap)
         assert s.record.n == 400  # exactly one record entry (and verdict) per packet
-        ids = [e[1] for e in s.record.raw_entries()]
+        ids = [e.id for e in s.record]
         assert len(set(ids)) == 400
-        rescued = [e for e in s.record.raw_entries() if e[8] and "did not return within 50 ms" in e[8]]
+        rescued = [e for e in s.record if e.error and "did not return within 50 ms" in e.error]
         assert len(rescued) == 1 and s.chain["sleepy"].rescued == 1
         assert max(calls) == 399  # sleepy saw packets again after it rejoined
         said = capsys.readouterr().err

@@ -146,7 +146,7 @@ def test_hot_swap_50_times_under_20000_datagrams_loses_none(lab: Lab, queue_num:
         assert r.sent == count
         assert r.unique == count, f"missing {r.missing_count}: {r.missing[:10]}"
         assert r.duplicates == 0
-        ids = [e[1] for e in s.record.raw_entries()]
+        ids = [e.id for e in s.record]
         assert len(ids) == count and len(set(ids)) == count  # each packet verdicted exactly once
         k = s.kernel_counters()
         assert k is not None and k.queue_dropped == 0 and k.user_dropped == 0
