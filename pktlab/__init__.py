@@ -38,7 +38,7 @@ from .handlers import Handler, HandlerFailure
 from .lab import Host, Lab, PingResult, UdpFlow, UdpResult
 from .offload import Offload
 from .packet import Packet
-from .record import Record
+from .record import Entry, Record
 from .replayer import ReplaySession, replay
 from .session import Session, Status, attach
 from .throughput import NetpipeResult, netpipe
@@ -51,6 +51,7 @@ __all__ = [
     "ACCEPT",
     "BpfProgram",
     "DROP",
+    "Entry",
     "FilterError",
     "Offload",
     "REPEAT",

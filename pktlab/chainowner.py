@@ -1,9 +1,8 @@
-"""What a live session and a replay share: the handler chain, its verdicts, the record.
+"""The handler-chain half of a session: handlers, default and error verdicts, the record's views.
 
-``Session`` (a kernel queue) and ``ReplaySession`` (a capture file) both run
-packets through a :class:`~pktlab.handlers.HandlerChain` and keep a
-:class:`~pktlab.record.Record`; the methods a person uses on either live here,
-so a handler cell works the same on both.
+:class:`~pktlab.Session` (whose packets come from a kernel queue or a capture)
+gets these from here; what a person does to the chain (``@s.handler``,
+``enable``, ``df``, ``errors``) lives in this one place.
 """
 
 from __future__ import annotations
