@@ -26,7 +26,7 @@ class ChainOwner:
     _on_error: Verdict
 
     _monitor: Any = None
-    _table_filter: Any = None  # a BpfProgram the dashboard's packet table shows matches of (controls set it)
+    table_filter: Any = None  # a BpfProgram the dashboard's packet table shows matches of (controls set it)
 
     def _verdicts_changed(self) -> None:
         """Called after ``default`` or ``on_error`` changed (a live session tells its dispatcher)."""

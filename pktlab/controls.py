@@ -117,11 +117,11 @@ class Controls:
         from . import bpf
 
         if not text.strip():
-            self.session._table_filter = None
+            self.session.table_filter = None
             self.filter_msg.value = ""
             return
         try:
-            self.session._table_filter = bpf.compile(text)
+            self.session.table_filter = bpf.compile(text)
             self.filter_msg.value = "<span style='color:#2ca02c'>ok</span>"
         except PktlabError as exc:
             self.filter_msg.value = f"<span style='color:#d62728'>{exc}</span>"

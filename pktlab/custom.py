@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +175,11 @@ class Registry:
     def __init__(self) -> None:
         self._views: dict[str, type[UserView]] = {}
         self._lock = threading.Lock()
+        self.reserved: frozenset[str] = frozenset()  # the packet's own attributes (pktlab.packet registers them)
+
+    def reserve(self, names: Iterable[str]) -> None:
+        """Names a protocol may not take: the packet class's own attributes."""
+        self.reserved = self.reserved | frozenset(names)
 
     def add(self, view: type[UserView]) -> None:
         with self._lock:
@@ -269,7 +274,7 @@ def protocol(
 
     def make(cls: type) -> type[UserView]:
         attr = name or cls.__name__.lower()
-        if not attr.isidentifier() or attr in _BUILTIN_PARENTS or hasattr(_packet_class(), attr):
+        if not attr.isidentifier() or attr in _BUILTIN_PARENTS or attr in registry.reserved:
             raise PktlabError(f"{attr!r} cannot name a protocol: it is not an identifier or pkt.{attr} exists")
         chain, parent = [attr], over
         while parent in registry:  # the layers under the new one: reading it must not come back to it
@@ -315,8 +320,3 @@ def protocol(
 
     return make
 
-
-def _packet_class() -> type:
-    from .packet import Packet
-
-    return Packet

@@ -110,7 +110,7 @@ class Dashboard:
                                        rollover=self.keep)  # fmt: skip
                 self.hist.data["count"] = list(s.hist_counts)
                 rows: dict[str, list[Any]] = {c: [] for c in self.table.data}
-                keep = self.session._table_filter if hasattr(self.session, "_table_filter") else None
+                keep = self.session.table_filter if hasattr(self.session, "table_filter") else None
                 for e in s.latest:
                     if keep is not None and not keep.matches(e.head):
                         continue

@@ -177,7 +177,7 @@ class UdpFlow:
         )
 
 
-def _wait_ready(proc: subprocess.Popen[str], what: str, timeout: float = 10.0) -> None:
+def wait_ready(proc: subprocess.Popen[str], what: str, timeout: float = 10.0) -> None:
     """Wait until a traffic receiver printed ``ready``."""
     assert proc.stdout is not None
     box: dict[str, str] = {}
@@ -398,7 +398,7 @@ class Lab:
                 str(keep),
             )
             started.append(recv)
-            _wait_ready(recv, f"UDP receiver in {d.role}")
+            wait_ready(recv, f"UDP receiver in {d.role}")
             send = self._traffic(
                 s,
                 "udp-send",
@@ -445,7 +445,7 @@ class Lab:
         with _stopped_on_error([]) as started:
             recv = self._traffic(d, "tcp-recv", "--port", str(port), "--timeout", str(timeout))
             started.append(recv)
-            _wait_ready(recv, f"TCP receiver in {d.role}")
+            wait_ready(recv, f"TCP receiver in {d.role}")
             send = self._traffic(s, "tcp-send", "--dst", to or d.addr, "--port", str(port), "--bytes", str(nbytes),
                                  "--timeout", str(timeout))  # fmt: skip
             started.append(send)
@@ -475,7 +475,7 @@ class Lab:
         with _stopped_on_error([]) as started:
             server = self._traffic(d, "dns-serve", "--answer", answer, "--count", "1", "--timeout", str(timeout))
             started.append(server)
-            _wait_ready(server, f"DNS responder in {d.role}")
+            wait_ready(server, f"DNS responder in {d.role}")
             query = self._traffic(s, "dns-query", "--server", to or d.addr, "--name", name, "--timeout", str(timeout))
             started.append(query)
             q_out, q_err = query.communicate(timeout=timeout + 10)
@@ -496,7 +496,7 @@ class Lab:
         with _stopped_on_error([]) as started:
             server = self._traffic(d, "tftp-serve", "--size", str(size), "--timeout", str(timeout))
             started.append(server)
-            _wait_ready(server, f"TFTP server in {d.role}")
+            wait_ready(server, f"TFTP server in {d.role}")
             get = self._traffic(s, "tftp-get", "--server", d.addr, "--timeout", str(timeout))
             started.append(get)
             g_out, g_err = get.communicate(timeout=timeout + 10)

@@ -16,6 +16,7 @@ import struct
 from typing import Any, Protocol
 
 from ._hot import PacketCore, fix_packet, set_view_classes
+from .custom import registry as protocol_registry
 from .errors import PacketFormatError
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 from .views import ICMP, TCP, UDP, ICMPv6, IPv4, IPv6
@@ -106,14 +107,12 @@ class Packet(PacketCore):
         """``pkt.<protocol>`` for user-defined protocols (see :func:`pktlab.protocol`)."""
         if name.startswith("_"):
             raise AttributeError(name)
-        from .custom import registry
-
         try:
-            return registry.lookup(self, name)
+            return protocol_registry.lookup(self, name)
         except AttributeError:
             raise AttributeError(
                 f"a packet has no attribute or protocol {name!r}; user-defined protocols: "
-                f"{', '.join(registry.names) or 'none'} (define one with @pktlab.protocol)"
+                f"{', '.join(protocol_registry.names) or 'none'} (define one with @pktlab.protocol)"
             ) from None
 
     # -- metadata -------------------------------------------------------------
@@ -348,3 +347,4 @@ def summarize(head: bytes) -> dict[str, Any]:
 
 
 set_view_classes(IPv4, IPv6, UDP, TCP, ICMP, ICMPv6)
+protocol_registry.reserve(dir(Packet))

@@ -262,14 +262,14 @@ def _measure(
     to: str | None,
     proto: str,
 ) -> list[Point]:
-    from .lab import _wait_ready
+    from .lab import wait_ready
 
     cpus = sorted(os.sched_getaffinity(0))
     c_cpu, s_cpu = (cpus[pin[0]], cpus[pin[1]]) if pin is not None else (None, None)
     server = lab.server.popen([sys.executable, "-m", "pktlab.throughput", "serve", "--port", str(PORT),
                                "--proto", proto, *_cpu_args(s_cpu)])  # fmt: skip
     try:
-        _wait_ready(server, "ping-pong server in the lab server")
+        wait_ready(server, "ping-pong server in the lab server")
         args = ["run", "--host", to or lab.server.addr, "--port", str(PORT), "--sizes", ",".join(map(str, sizes)),
                 "--point-seconds", str(point_seconds), "--trials", str(trials), *_cpu_args(c_cpu),
                 *(["--repeats", str(repeats)] if repeats else []), "--proto", proto]  # fmt: skip

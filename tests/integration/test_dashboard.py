@@ -56,7 +56,7 @@ def test_controls_pause_step_inspect_and_resume(lab: Lab, queue_num: int) -> Non
         c.filter.value = "udp and dst prot 9"
         assert "libpcap cannot compile" in c.filter_msg.value
         c.filter.value = "udp"
-        assert s._table_filter is not None
+        assert s.table_filter is not None
         c.resume.click()
         r = flow.wait()
         assert r.unique == 5 and s.record.n == 5
