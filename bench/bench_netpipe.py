@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_queue import BareReader  # noqa: E402
 
 import pktlab  # noqa: E402
-from pktlab.throughput import nptcp, schedule  # noqa: E402
+from pktlab.measure.netpipe import nptcp, schedule  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 MAX = int(os.environ.get("BENCH_NETPIPE_MAX", str(1 << 20)))

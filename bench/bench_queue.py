@@ -44,7 +44,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import pktlab
-from pktlab import kernel, netns, rules
+from pktlab.kernel import netns, rules
+from pktlab.kernel import proc as kernel
 
 N = int(os.environ.get("BENCH_PACKETS", "65000"))  # the kernel held at most 65,536 here
 REPEATS = int(os.environ.get("BENCH_REPEATS", "7"))
@@ -206,7 +207,7 @@ def pin(tid: int, others: list[int]) -> None:
 def drain_parked(lab: pktlab.Lab, start: Callable[[], None], counter: Callable[[], int], tid: int) -> Result:
     with parked_socket(lab) as sock:
         send = lab.client.popen(
-            [sys.executable, "-m", "pktlab.traffic", "udp-send", "--dst", lab.server.addr, "--port", str(PORT),
+            [sys.executable, "-m", "pktlab.lab.traffic", "udp-send", "--dst", lab.server.addr, "--port", str(PORT),
              "--count", str(N), "--size", str(64 - 28), "--rate", "0", "--timeout", "30"]
         )
         out, err = send.communicate(timeout=60)

@@ -16,10 +16,7 @@ Heavy libraries (pandas, scapy, bokeh, IPython) load only when used.
 
 from __future__ import annotations
 
-from . import bpf, datasets
-from .bpf import BpfProgram
-from .custom import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
-from .custom import registry as protocols
+from . import datasets
 from .doctor import mode
 from .errors import (
     FilterError,
@@ -34,16 +31,20 @@ from .errors import (
     SessionError,
     TeardownError,
 )
-from .handlers import Handler, HandlerFailure
-from .lab import Host, Lab, PingResult, UdpFlow, UdpResult
-from .offload import Offload
-from .packet import Packet
-from .record import Entry, Record
-from .replayer import ReplaySession, replay
-from .session import Session, Status, attach
-from .throughput import NetpipeResult, netpipe
-from .tracing import Trace, Tracer, trace
-from .verdicts import ACCEPT, DROP, REPEAT, Verdict
+from .kernel import bpf
+from .kernel.bpf import BpfProgram
+from .kernel.offload import Offload
+from .lab.network import Host, Lab, PingResult, UdpFlow, UdpResult
+from .measure.netpipe import NetpipeResult, netpipe
+from .measure.timeline import Trace, Tracer, trace
+from .packet.model import Packet
+from .packet.user_protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
+from .packet.user_protocols import registry as protocols
+from .packet.verdicts import ACCEPT, DROP, REPEAT, Verdict
+from .pipeline.handlers import Handler, HandlerFailure
+from .pipeline.record import Entry, Record
+from .pipeline.replay import ReplaySession, replay
+from .pipeline.session import Session, Status, attach
 
 __version__ = "0.1.0"
 
@@ -106,13 +107,13 @@ __all__ = [
 
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext pktlab``: register ``%pktlab`` and ``%%pktlab``."""
-    from .magic import load
+    from .notebook.magic import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: object) -> None:
     """``%unload_ext pktlab``: detach sessions and bring labs down."""
-    from .magic import unload
+    from .notebook.magic import unload
 
     unload(ipython)

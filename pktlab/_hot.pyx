@@ -102,7 +102,7 @@ cdef enum:
     NFQA_PAYLOAD = 10
     OUT_CAP = 196608  # waiting verdict messages; below the socket's default send buffer (212,992)
 
-# view classes, set by pktlab.packet once the views are defined (they build on this module)
+# view classes, set by pktlab.packet.model once the views are defined (they build on this module)
 cdef object _IPv4 = None
 cdef object _IPv6 = None
 cdef object _UDP = None
@@ -724,7 +724,7 @@ cdef class Field:
         if self.kind is int:
             width = <object>self.bits  # a Python int: a mask wider than 64 bits must not be a C shift
             return (int.from_bytes(raw, "big") >> self._shift) & ((1 << width) - 1)
-        from pktlab.views.codec import decode
+        from pktlab.packet.views.codec import decode
 
         return decode(self.kind, raw)
 
@@ -748,7 +748,7 @@ cdef class Field:
             if inet_pton(AF_INET if self._addr == 4 else AF_INET6, text_b, addr) != 1:
                 raise ValueError(f"{self.name} takes an IPv{self._addr} address; {value!r} is not one")
         else:
-            from pktlab.views.codec import encode
+            from pktlab.packet.views.codec import encode
 
             encoded = encode(self.kind, value, self._nbytes, self.name)  # raises before anything changes
         buf = pkt._writable()

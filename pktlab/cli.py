@@ -10,8 +10,9 @@ from .errors import PktlabError
 
 def demo(count: int = 2000) -> int:
     """A headless end-to-end run: lab up, attach, hot-swap handlers under traffic, tear down."""
-    from . import Lab, attach, rules
-    from . import netns as _netns
+    from . import Lab, attach
+    from .kernel import netns as _netns
+    from .kernel import rules
 
     with Lab() as lab:
         print(f"lab up: {lab}")

@@ -49,8 +49,8 @@ class Dataset:
 
     def packets(self) -> list[Any]:
         """The packets as :class:`pktlab.Packet` objects (IP views ready), capture time in ``time``."""
-        from .capture import frames
-        from .packet import Packet
+        from .packet.model import Packet
+        from .pipeline.capture import frames
 
         return [Packet(None, p.data, p.time, p.link) for p in frames(self.path)]
 

@@ -6,7 +6,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from . import kernel
+from .kernel import proc as kernel
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _kernel() -> str:
 
 
 def _replay() -> str:
-    from .replayer import replay
+    from .pipeline.replay import replay
 
     s = replay("lab-udp")
     s.add_handler(lambda p: p.drop() if p.udp and p.udp.dport == 9000 else None, "check")
@@ -125,8 +125,8 @@ def _nfq() -> str:
 
 def _live_queue() -> str:
     """Make a throwaway lab, bind a queue with a rule in it, pass a packet, tear down."""
-    from .lab import Lab
-    from .session import attach
+    from .lab.network import Lab
+    from .pipeline.session import attach
 
     with Lab() as lab:
         s = attach(65000, rule="-p udp --dport 9", netns=lab.server)
@@ -149,7 +149,8 @@ def run(clean: bool = False) -> Report:
     ]
     cleaned: list[str] = []
     if clean and checks[2].ok:  # before the live check, whose lab would sweep silently
-        from . import lab, rules
+        from .kernel import rules
+        from .lab import network as lab
 
         cleaned = [f"namespace {n}" for n in lab.sweep_stale()] + [f"host rule {t}" for t in rules.sweep_stale(None)]
     if all(c.ok for c in checks):

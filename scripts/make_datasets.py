@@ -68,7 +68,7 @@ def write_raw(path: Path, packets: list[tuple[float, bytes, int]]) -> None:
 
 
 def read_raw(path: Path) -> list[tuple[float, bytes]]:
-    from pktlab.capture import read_capture
+    from pktlab.pipeline.capture import read_capture
 
     return [(p.time, p.data) for p in read_capture(path)]
 
@@ -182,7 +182,7 @@ def http_get(lab: pktlab.Lab) -> None:
     with tempfile.TemporaryDirectory() as root:
         Path(root, "index.html").write_text("<h1>pktlab</h1>\n")
         lab.server.popen([sys.executable, "-m", "http.server", "8080", "--directory", root])
-        from pktlab.lab import wait_until
+        from pktlab.lab.network import wait_until
 
         if not wait_until(lambda: ":8080" in lab.server.run("ss -ltn").stdout, timeout=10):
             raise RuntimeError("the HTTP server in the lab did not start listening")

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from pktlab import Lab, netns
+from pktlab import Lab
+from pktlab.kernel import netns
 
 _QUEUES = itertools.count(10)
 
@@ -22,7 +23,7 @@ needs_root = pytest.mark.skipif(not _is_root(), reason="needs root: namespaces, 
 
 def pktlab_rules(ns: str | None) -> list[str]:
     """Every line of iptables-save / ip6tables-save in ``ns`` that is pktlab's (tagged by comment or BPF program)."""
-    from pktlab.rules import FRONT_MAGIC
+    from pktlab.kernel.rules import FRONT_MAGIC
 
     out = []
     for tool in ("iptables-save", "ip6tables-save"):

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from pktlab import doctor, netns
+from pktlab import doctor
+from pktlab.kernel import netns
 from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = needs_root

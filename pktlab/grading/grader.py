@@ -66,7 +66,7 @@ def extract_solution(path: str | os.PathLike[str]) -> tuple[str, str]:
     """The assignment name and the student's code: cells tagged ``solution`` and ``%%pktlab handler`` cells."""
     import nbformat
 
-    from ..magic import handler_source
+    from ..notebook.magic import handler_source
 
     try:
         nb = nbformat.read(str(path), as_version=4)
@@ -142,7 +142,7 @@ def _sandboxed(a: Assignment, code: str, run: Callable[[Sandbox], tuple[bool, st
 
 
 def _run_replay(a: Assignment, check: ReplayCheck, code: str) -> tuple[bool, str]:
-    from ..replayer import replay
+    from ..pipeline.replay import replay
 
     def run(box: Sandbox) -> tuple[bool, str]:
         s = replay(a.heldback, deadline=None)  # each sandbox call has its own time limit
@@ -158,8 +158,8 @@ def _run_replay(a: Assignment, check: ReplayCheck, code: str) -> tuple[bool, str
 
 
 def _run_live(a: Assignment, check: LiveCheck, code: str) -> tuple[bool, str]:
-    from ..lab import Lab
-    from ..session import attach
+    from ..lab.network import Lab
+    from ..pipeline.session import attach
 
     def run(box: Sandbox) -> tuple[bool, str]:
         with Lab("router") as lab:

@@ -156,7 +156,7 @@ class Sandbox:
         """Run handler ``index`` on ``pkt`` in the sandbox; apply its rewrite and mark; return its verdict."""
         if self.stuck is not None:
             raise TimeoutError(f"{self.stuck} did not return; the solution is stuck, so this packet was not handled")
-        from ..packet import HOOK_NAMES
+        from ..packet.model import HOOK_NAMES
 
         ip = pkt.eth.payload if pkt.eth is not None else bytes(pkt)
         hook = HOOK_NAMES.index(pkt.hook) if pkt.hook in HOOK_NAMES else 1
@@ -171,7 +171,7 @@ class Sandbox:
         if mark >= 0:
             pkt.set_mark(mark)
         if kind == VERDICT:
-            from ..verdicts import Verdict
+            from ..packet.verdicts import Verdict
 
             return next(v for v in Verdict.all() if v.code == code)
         if kind == OTHER:  # not a verdict: the chain judges it as it would the value itself
@@ -335,8 +335,8 @@ def _serve() -> int:
     reply(NONE)
 
     from .._capture import CapturedPacket
-    from ..packet import Packet
-    from ..verdicts import Verdict
+    from ..packet.model import Packet
+    from ..packet.verdicts import Verdict
 
     while True:
         try:

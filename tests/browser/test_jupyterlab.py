@@ -24,8 +24,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pktlab import Lab, netns
-from pktlab.lab import wait_until
+from pktlab import Lab
+from pktlab.kernel import netns
+from pktlab.lab.network import wait_until
 from tests.conftest import needs_root
 
 pytestmark = [

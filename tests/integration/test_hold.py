@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pktlab
 from pktlab import Lab, SessionError
-from pktlab.lab import wait_until
+from pktlab.lab.network import wait_until
 from tests.conftest import needs_root
 
 pytestmark = needs_root

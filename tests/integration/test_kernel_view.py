@@ -107,7 +107,7 @@ def test_offload_rules_of_a_killed_process_are_swept(lab: Lab, queue_num: int) -
     import subprocess
     import sys
 
-    from pktlab import rules
+    from pktlab.kernel import rules
 
     code = (
         "import os, sys, pktlab\n"

@@ -7,8 +7,9 @@ import socket
 import pytest
 
 import pktlab
-from pktlab import Lab, TeardownError, netns
-from pktlab.lab import wait_until
+from pktlab import Lab, TeardownError
+from pktlab.kernel import netns
+from pktlab.lab.network import wait_until
 from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = needs_root
@@ -84,7 +85,7 @@ def test_lab_down_removes_everything_it_can_when_a_detach_fails(queue_num: int) 
 
 
 def test_magic_close_takes_every_lab_down_when_a_detach_fails(queue_num: int) -> None:
-    from pktlab.magic import PktlabMagicState
+    from pktlab.notebook.magic import PktlabMagicState
 
     state = PktlabMagicState(None)
     lab = state.run_line("lab up")
@@ -185,7 +186,7 @@ def test_cleaning_kills_what_a_killed_process_left_running_in_its_lab(tmp_path) 
 
 
 def _traffic_of(parent: int) -> list[int]:
-    """pktlab.traffic programs that ran under ``parent`` (now orphans), by /proc."""
+    """pktlab.lab.traffic programs that ran under ``parent`` (now orphans), by /proc."""
     import os
 
     out = []
@@ -197,7 +198,7 @@ def _traffic_of(parent: int) -> list[int]:
                 state = f.read().rpartition(")")[2].split()[0]
         except OSError:
             continue
-        if b"pktlab.traffic" in cmd and state != "Z":
+        if b"pktlab.lab.traffic" in cmd and state != "Z":
             out.append(int(pid))
     return out
 

@@ -10,7 +10,7 @@ import pytest
 
 import pktlab
 from pktlab import Lab
-from pktlab.throughput import netpipe, nptcp, schedule
+from pktlab.measure.netpipe import netpipe, nptcp, schedule
 from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = [needs_root, pytest.mark.skipif(shutil.which("NPtcp") is None, reason="netpipe-tcp is not installed")]

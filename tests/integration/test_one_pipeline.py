@@ -19,7 +19,7 @@ import pytest
 
 import pktlab
 from pktlab import Lab, Packet
-from pktlab.lab import wait_until
+from pktlab.lab.network import wait_until
 from tests.conftest import needs_root
 
 pytestmark = needs_root

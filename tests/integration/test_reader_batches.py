@@ -16,7 +16,7 @@ import pytest
 
 import pktlab
 from pktlab import Lab
-from pktlab.lab import wait_until
+from pktlab.lab.network import wait_until
 from tests.conftest import needs_root
 
 pytestmark = needs_root

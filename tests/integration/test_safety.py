@@ -7,7 +7,7 @@ import time
 
 import pktlab
 from pktlab import Lab
-from pktlab.lab import wait_until
+from pktlab.lab.network import wait_until
 from tests.conftest import needs_root, pktlab_rules, read_every_view
 
 pytestmark = needs_root

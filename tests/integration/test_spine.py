@@ -8,7 +8,8 @@ import time
 import pytest
 
 import pktlab
-from pktlab import Lab, netns
+from pktlab import Lab
+from pktlab.kernel import netns
 from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = needs_root

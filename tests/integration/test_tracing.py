@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pktlab
-from pktlab import Lab, netns
+from pktlab import Lab
+from pktlab.kernel import netns
 from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = needs_root

@@ -1,0 +1,342 @@
+"""Where packets come from: the kernel's NFQUEUE, read in a background thread.
+
+``QueueSource`` binds a NetfilterQueue inside the lab's namespace (the
+reader thread ``setns``-es itself there, the rest of the process stays put)
+and calls ``callback(nfq_packet)`` for each packet; the callback must give
+the verdict before it returns.  Stopping drains what the kernel still holds
+(the session removes its rules first), then unbinds from the reader thread
+itself, so no packet is left in the kernel queue to be dropped by the unbind.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from .._hot import QueueReader, configure_queue
+from ..errors import MissingToolError, PktlabError, PrivilegeError, QueueBusyError
+from . import netns
+from . import proc as kernel
+
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_VERDICT_BATCH = 3  # enum nfqnl_msg_types: PACKET, VERDICT, CONFIG, VERDICT_BATCH
+NFQA_VERDICT_HDR = 2
+NLM_F_REQUEST = 1
+
+
+def batch_verdict_prefix(queue: int) -> bytes:
+    """The first 24 bytes of an NFQNL_MSG_VERDICT_BATCH message for ``queue``.
+
+    nlmsghdr (host order), nfgenmsg (queue number big-endian) and the
+    NFQA_VERDICT_HDR attribute header; the dispatcher appends the verdict and
+    the highest packet id (both big-endian).
+    """
+    nlmsg, nfgen, nla, verdict = struct.Struct("=IHHII"), struct.Struct("!BBH"), struct.Struct("=HH"), 8
+    total = nlmsg.size + nfgen.size + nla.size + verdict
+    return (
+        nlmsg.pack(total, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST, 0, 0)
+        + nfgen.pack(socket.AF_UNSPEC, 0, queue)
+        + nla.pack(nla.size + verdict, NFQA_VERDICT_HDR)
+    )
+
+
+def _import_nfq() -> Any:
+    try:
+        import netfilterqueue
+    except ImportError as exc:
+        raise MissingToolError(
+            f"NetfilterQueue cannot be imported ({exc}); run `make setup`, or "
+            "`apt-get install libnetfilter-queue-dev && pip install --no-binary netfilterqueue netfilterqueue`"
+        ) from None
+    return netfilterqueue
+
+
+class QueueSource:
+    """Packets from NFQUEUE ``queue`` in namespace ``netns`` (None: this process's)."""
+
+    def __init__(
+        self,
+        queue: int,
+        *,
+        netns: str | None = None,
+        max_len: int = 4096,
+        copy_range: int = 65535,
+        sock_bytes: int = 8 << 20,
+        fail_open: bool = True,
+    ) -> None:
+        if not 0 < copy_range <= 65535:
+            raise PktlabError(f"copy range {copy_range} is out of range; use 1..65535 bytes")
+        if not 1 <= max_len <= 0xFFFFFFFF:
+            raise PktlabError(
+                f"max_len {max_len} is out of range; the kernel queue must hold 1 to 4,294,967,295 packets "
+                "(the default is 4096)"
+            )
+        if not 4096 <= sock_bytes <= 0x7FFFFFFF:
+            raise PktlabError(
+                f"sock_bytes {sock_bytes} is out of range; use 4096 .. 2,147,483,647 bytes (default 8 MiB)"
+            )
+        self.queue = queue
+        self.fail_open = fail_open
+        self._reader = QueueReader()
+        self._fd = -1
+        self._q: Any = None
+        self.retired_threads: list[threading.Thread] = []
+        self._enobufs_before = 0  # counted by the readers of earlier runs (start() after stop())
+        self.netns = netns
+        self.max_len = max_len
+        self.copy_range = copy_range
+        self.sock_bytes = sock_bytes
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._stop = False
+        self._drain_until = 0.0
+        self._paused = False
+        self._steps = 0  # packets to let through while paused (step())
+        self._stepped = threading.Condition()
+        self._on_bound: Callable[[int], None] | None = None
+        self._after_read: Callable[[], None] | None = None
+        self.internal_errors = 0
+        self.last_internal_error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(
+        self,
+        callback: Callable[[Any], None],
+        *,
+        on_bound: Callable[[int], None] | None = None,
+        after_read: Callable[[], None] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Bind the queue and start reading; raises if the bind fails.
+
+        ``on_bound(fd)`` is called with the queue's netlink socket once bound;
+        ``after_read()`` each time the socket has been read empty.
+        """
+        if self.running:
+            raise PktlabError(f"the reader of queue {self.queue} is already running; stop() it first")
+        self._on_bound, self._after_read = on_bound, after_read
+        # a source can be started again after stop(): a fresh reader, nothing left of the last run's state
+        self._stop = False
+        self._paused = False
+        self._steps = 0
+        self._enobufs_before += self._reader.enobufs
+        self._reader = QueueReader()
+        nfq_mod = _import_nfq()
+        kernel.require_net_admin(f"bind NFQUEUE {self.queue}")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        ready = threading.Event()
+        box: dict[str, BaseException] = {}
+        self._thread = threading.Thread(
+            target=self._run, args=(nfq_mod, callback, ready, box), name=f"pktlab-queue-{self.queue}", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise PktlabError(f"the reader of queue {self.queue} did not start within {timeout} s")
+        if "error" in box:
+            self._thread.join()
+            self._close_pipe()
+            raise box["error"]
+
+    def _bind(self, nfq_mod: Any, callback: Callable[[Any], None]) -> Any:
+        netns.enter(self.netns)
+        try:
+            q = nfq_mod.NetfilterQueue()
+        except OSError as exc:
+            raise PrivilegeError(f"cannot open the netfilter queue socket ({exc}); run as root") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "rcvbuf limit": we read the real size below
+            try:
+                q.bind(self.queue, callback, max_len=self.max_len, range=self.copy_range, sock_len=self.sock_bytes)
+            except OSError:
+                other = kernel.queue_counters().get(self.queue)
+                where = f"namespace {self.netns}" if self.netns else "the host namespace"
+                who = f" (netlink port {other.portid})" if other else ""
+                raise QueueBusyError(
+                    f"queue {self.queue} is already bound by another reader{who} in {where}; "
+                    "detach that session (%pktlab detach / s.detach()) or pick another queue number"
+                ) from None
+        try:
+            configure_queue(q, self.copy_range, self.fail_open)
+        except OSError as exc:
+            q.unbind()
+            raise PktlabError(
+                f"queue {self.queue} was bound but could not be configured ({exc}); detach and retry"
+            ) from None
+        return q
+
+    def _run(self, nfq_mod: Any, callback: Callable[[Any], None], ready: threading.Event, box: dict) -> None:
+        try:
+            q = self._bind(nfq_mod, callback)
+        except BaseException as exc:
+            box["error"] = exc
+            ready.set()
+            return
+        fd = self._fd = q.get_fd()
+        self._q = q
+        if self._on_bound is not None:
+            self._on_bound(fd)
+        ready.set()
+        self._serve(q, self._reader)
+
+    def _successor(self, reader: QueueReader) -> None:
+        netns.enter(self.netns)
+        self._serve(self._q, reader)
+
+    def _serve(self, q: Any, reader: QueueReader) -> None:
+        """Read until stopped; a reader retired by :meth:`replace_reader` returns and leaves the queue bound."""
+        reading = select.poll()
+        reading.register(self._fd, select.POLLIN)
+        reading.register(self._wake_r, select.POLLIN)
+        waiting = select.poll()  # while paused: only the wake pipe, packets stay in the kernel
+        waiting.register(self._wake_r, select.POLLIN)
+        try:
+            while not reader.retired:
+                if self._paused and not self._stop and self._steps == 0:
+                    events = waiting.poll(250)
+                elif reader.waiting:
+                    events = []  # messages handed over by a retired reader: dispatch them first
+                else:
+                    events = reading.poll(250 if not self._stop else 10)
+                if any(efd == self._wake_r for efd, _ in events):
+                    try:
+                        os.read(self._wake_r, 64)
+                    except BlockingIOError:
+                        pass  # another reading thread took the wake-up
+                if self._paused and not self._stop:
+                    if self._steps > 0 and events and any(efd == self._fd for efd, _ in events):
+                        self._read(q, reader, limit=1)
+                        with self._stepped:
+                            self._steps -= 1
+                            self._stepped.notify_all()
+                    continue
+                self._read(q, reader)
+                if self._stop and not reader.retired and self._drained():
+                    break
+        finally:
+            if not reader.retired:
+                q.unbind()
+            elif reader.successor is not None and reader.successor.waiting:
+                self._wake()  # the successor may be asleep in poll with messages handed to it
+
+    def replace_reader(self) -> None:
+        """Hand the queue to a new reading thread; the current one is stuck in a handler.
+
+        Called by the session's watchdog (holding the GIL).  The messages the
+        old thread had taken from the socket but not dispatched go to the new
+        reader; the old thread finishes the message it is in when its handler
+        returns, then exits without touching the queue.
+        """
+        old = self._thread
+        successor = QueueReader()
+        self._reader.retire(successor)  # hands its ENOBUFS count on too
+        self._reader = successor
+        if old is not None:
+            self.retired_threads.append(old)
+        t = threading.Thread(
+            target=self._successor, args=(self._reader,), name=f"pktlab-queue-{self.queue}", daemon=True
+        )
+        self._thread = t
+        t.start()
+
+    @property
+    def stuck_threads(self) -> list[threading.Thread]:
+        """Reading threads replaced while stuck in a handler that has not returned yet."""
+        self.retired_threads = [t for t in self.retired_threads if t.is_alive()]
+        return list(self.retired_threads)
+
+    def _read(self, q: Any, reader: QueueReader, limit: int = -1) -> None:
+        try:
+            reader.read(q, self._fd, limit)
+            if self._after_read is not None:
+                self._after_read()
+        except Exception as exc:  # the callback guards user code; this is pktlab's own failure
+            self.internal_errors += 1
+            self.last_internal_error = f"{type(exc).__name__}: {exc}"
+
+    def _drained(self) -> bool:
+        """True when the kernel holds no more packets for us, or the drain deadline passed."""
+        if time.monotonic() > self._drain_until:
+            return True
+        c = kernel.queue_counters().get(self.queue)
+        return c is None or c.queue_total == 0
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Stop reading; packets wait in the kernel queue (up to ``max_len``) until :meth:`resume`."""
+        self._paused = True
+        self._wake()
+
+    def step(self, timeout: float = 5.0) -> bool:
+        """While paused, read exactly one packet (waiting up to ``timeout`` s for one); True if one was read."""
+        with self._stepped:
+            self._steps += 1
+            target = self._steps - 1
+            self._wake()
+            done = self._stepped.wait_for(lambda: self._steps <= target, timeout)
+            if not done:
+                self._steps -= 1  # nothing came: take the step back
+            return done
+
+    def resume(self) -> None:
+        """Read again, starting with the packets that waited."""
+        self._paused = False
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+    def stop(self, drain: float = 2.0, timeout: float = 10.0) -> None:
+        """Stop reading: give every packet still queued its verdict (for up to ``drain`` s), then unbind."""
+        t = self._thread
+        if t is None:
+            return
+        self._drain_until = time.monotonic() + drain
+        self._stop = True  # a paused reader drains too: detach gives every packet its verdict
+        self._wake()
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            t = self._thread
+            assert t is not None
+            t.join(0.05)
+            if not t.is_alive() and t is self._thread:
+                break
+        else:
+            raise PktlabError(
+                f"the reader of queue {self.queue} did not stop within {timeout} s; a handler may be stuck"
+            )
+        self._thread = None
+        self._q = None  # closes the queue's socket once no stuck thread holds it
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    @property
+    def enobufs(self) -> int:
+        """How often the socket reported ENOBUFS: packets the kernel could not hand to the reader."""
+        return self._enobufs_before + self._reader.enobufs
+
+    def counters(self) -> kernel.QueueCounters | None:
+        """The kernel's counters for this queue (None when not bound)."""
+        return kernel.queue_counters(self.netns).get(self.queue)

@@ -1,0 +1,1 @@
+"""Labs: network namespaces joined by veth links, their hosts, and bounded traffic programs."""

@@ -1,0 +1,609 @@
+"""Network labs: namespaces joined by veth links, hosts that run commands.
+
+A ``Lab`` is two hosts (``client`` — ``server``) or three
+(``client`` — ``router`` — ``server``), each a network namespace named
+``pktlab-<pid>-<n>-<role>``.  The pid in the name lets a later process
+tell leftovers of a killed one from a live lab (:func:`sweep_stale`).
+Teardown kills the processes the lab started (by PID) and removes the
+namespaces, which removes their links and firewall rules with them; it runs
+on ``down()``, on leaving a ``with`` block and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LabError
+from ..kernel import netns
+from ..kernel.proc import pid_alive, require_net_admin
+from ..teardown import Teardown
+
+_LAB_SEQ = itertools.count(1)
+_NAME_RE = re.compile(r"^pktlab-(\d+)-(\d+)-([a-z]+)$")
+TOPOLOGIES = ("pair", "router")
+IFA_F_NODAD = 0x02  # usable at once: no duplicate address detection in a lab
+
+
+def sweep_stale() -> list[str]:
+    """Remove lab namespaces whose creating process is dead, and kill what still runs in them; return their names."""
+    removed = []
+    for name in netns.list_names():
+        m = _NAME_RE.match(name)
+        if m and not pid_alive(int(m.group(1))):
+            for pid in netns.pids_in(name):  # what the dead process started in its lab (a sender, say)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            netns.in_thread(_remove_netns, name)
+            removed.append(name)
+    return removed
+
+
+def _remove_netns(name: str) -> None:
+    from pyroute2 import netns as _netns
+
+    try:
+        _netns.remove(name)
+    except FileNotFoundError:
+        pass
+
+
+def _cmd_argv(cmd: str | list[str]) -> list[str]:
+    return shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+
+
+@dataclass
+class Host:
+    """One lab host: a network namespace with addresses on its links."""
+
+    role: str
+    netns: str
+    addrs: dict[str, str] = field(default_factory=dict)  # ifname -> IPv4 address
+    addrs6: dict[str, str] = field(default_factory=dict)  # ifname -> IPv6 address (fd77:...)
+    lab: Lab | None = field(default=None, repr=False)
+
+    @property
+    def addr(self) -> str:
+        """The host's first IPv4 address."""
+        return next(iter(self.addrs.values()))
+
+    @property
+    def addr6(self) -> str:
+        """The host's first IPv6 address."""
+        return next(iter(self.addrs6.values()))
+
+    def run(
+        self, cmd: str | list[str], *, timeout: float = 30.0, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` in this host and wait for it (bounded by ``timeout``)."""
+        argv = _cmd_argv(cmd)
+        try:
+            return netns.run(self.netns, argv, timeout=timeout, check=check, input=input)
+        except subprocess.CalledProcessError as exc:
+            raise LabError(
+                f"`{shlex.join(argv)}` failed in {self.role} with exit code {exc.returncode}: "
+                f"{(exc.stderr or exc.stdout).strip()[:300]}"
+            ) from None
+
+    def popen(self, cmd: str | list[str], **kwargs: Any) -> subprocess.Popen[str]:
+        """Start ``cmd`` in this host; the lab kills it (by PID) on teardown if still running."""
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        proc = subprocess.Popen(netns.argv_in(self.netns, _cmd_argv(cmd)), **kwargs)
+        if self.lab is not None:
+            self.lab._track(proc)
+        return proc
+
+    def ping(self, dst: str | Host, *, count: int = 3, interval: float = 0.2, timeout: float = 10.0) -> PingResult:
+        """Send ``count`` ICMP echo requests to ``dst`` and count the replies."""
+        target = dst.addr if isinstance(dst, Host) else dst
+        proc = netns.run(
+            self.netns,
+            ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1", target],
+            timeout=timeout,
+            check=False,
+        )
+        m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", proc.stdout)
+        if not m:
+            raise LabError(f"ping in {self.role} gave no summary: {proc.stderr.strip() or proc.stdout.strip()}")
+        return PingResult(sent=int(m.group(1)), received=int(m.group(2)))
+
+
+@dataclass(frozen=True)
+class PingResult:
+    sent: int
+    received: int
+
+
+@dataclass(frozen=True)
+class UdpResult:
+    """What a bounded UDP flow did, seen from both ends."""
+
+    sent: int
+    received: int
+    unique: int
+    duplicates: int
+    missing_count: int
+    missing: list[int]
+    payloads: list[bytes]
+    seconds: float
+    max_gap: float = 0.0  # longest silence between two datagrams at the receiver, in seconds
+    socket_drops: int = 0  # datagrams the receiving socket's full buffer made its kernel drop (/proc/net/udp)
+
+
+class UdpFlow:
+    """A running UDP flow (receiver and sender started); ``wait()`` gives the result."""
+
+    def __init__(self, receiver: subprocess.Popen[str], sender: subprocess.Popen[str], timeout: float):
+        self._receiver, self._sender, self._timeout = receiver, sender, timeout
+
+    def wait(self) -> UdpResult:
+        with _stopped_on_error([self._sender, self._receiver]):
+            s_out, s_err = self._sender.communicate(timeout=self._timeout + 10)
+            r_out, r_err = self._receiver.communicate(timeout=self._timeout + 10)  # closes its stdin: sender done
+        try:
+            s = json.loads(s_out.strip().splitlines()[-1])
+            r = json.loads(r_out.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            raise LabError(f"UDP flow failed: sender said {s_err.strip()!r}, receiver said {r_err.strip()!r}") from None
+        return UdpResult(
+            sent=s["sent"],
+            received=r["received"],
+            unique=r["unique"],
+            duplicates=r["duplicates"],
+            missing_count=r["missing_count"],
+            missing=r["missing"],
+            payloads=[bytes.fromhex(h) for h in r["payloads"]],
+            seconds=r["seconds"],
+            max_gap=r["max_gap"],
+            socket_drops=r.get("socket_drops", 0),
+        )
+
+
+def wait_ready(proc: subprocess.Popen[str], what: str, timeout: float = 10.0) -> None:
+    """Wait until a traffic receiver printed ``ready``."""
+    assert proc.stdout is not None
+    box: dict[str, str] = {}
+    t = threading.Thread(target=lambda: box.setdefault("line", proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    t.start()
+    t.join(timeout)
+    if box.get("line", "").strip() != "ready":
+        proc.kill()
+        err = proc.stderr.read() if proc.stderr else ""
+        raise LabError(f"{what} did not start: {err.strip()[-300:] or 'no output'}")
+
+
+class Lab:
+    """Network namespaces joined by veth links.
+
+    ``Lab()`` makes ``client`` (10.77.1.1, fd77:1::1) — ``server``
+    (10.77.1.2, fd77:1::2); ``Lab("router")`` makes ``client`` (10.77.1.1) —
+    ``router`` (10.77.1.2 / 10.77.2.1, forwarding) — ``server`` (10.77.2.2),
+    with fd77:1::/64 and fd77:2::/64 alongside.  Every lab lives in its own
+    namespaces, so labs with the same addresses coexist.
+    """
+
+    def __init__(self, topology: str = "pair", *, subnet: str = "10.77", subnet6: str = "fd77") -> None:
+        if topology not in TOPOLOGIES:
+            raise LabError(f"unknown topology {topology!r}; use one of {', '.join(TOPOLOGIES)}")
+        _check_subnets(subnet, subnet6)
+        require_net_admin("create a lab")
+        sweep_stale()
+        self.topology = topology
+        self.subnet = subnet
+        self.subnet6 = subnet6
+        self.id = f"{os.getpid()}-{next(_LAB_SEQ)}"
+        self.hosts: dict[str, Host] = {}
+        self._procs: list[subprocess.Popen[str]] = []
+        self._sessions: list[Any] = []  # sessions attached in this lab, detached on down()
+        self._closed = False
+        self._lock = threading.Lock()
+        atexit.register(self.down)
+        try:
+            netns.in_thread(self._build)
+        except BaseException:
+            self.down()
+            raise
+
+    # -- building ---------------------------------------------------------
+    def _host(self, role: str) -> Host:
+        name = f"pktlab-{self.id}-{role}"
+        from pyroute2 import netns as _netns
+
+        _netns.create(name)
+        host = Host(role=role, netns=name, lab=self)
+        self.hosts[role] = host
+        netns.call_in(name, self._loopback_up)
+        # no duplicate address detection: IPv6 (link-local included) works as soon as a link is up
+        host.run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])
+        return host
+
+    @staticmethod
+    def _loopback_up() -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ip:
+            ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+
+    def _link(self, net: int, a: Host, a_if: str, b: Host, b_if: str) -> None:
+        """A veth link on subnet ``net``: ``a`` gets host number 1, ``b`` 2 (IPv4 /24 and IPv6 /64)."""
+        from pyroute2 import NetNS
+
+        with NetNS(a.netns) as ns:
+            ns.link("add", ifname=a_if, kind="veth", peer={"ifname": b_if, "net_ns_fd": b.netns})
+        for host, ifname, num in ((a, a_if, 1), (b, b_if, 2)):
+            v4, v6 = f"{self.subnet}.{net}.{num}", f"{self.subnet6}:{net}::{num}"
+            with NetNS(host.netns) as ns:
+                idx = ns.link_lookup(ifname=ifname)[0]
+                ns.addr("add", index=idx, address=v4, prefixlen=24)
+                ns.addr("add", index=idx, address=v6, prefixlen=64, flags=IFA_F_NODAD)
+                ns.link("set", index=idx, state="up")
+            host.addrs[ifname] = v4
+            host.addrs6[ifname] = v6
+            # neighbour solicitations retried after 100 ms, not 1 s: the first one can leave before the
+            # other end of a new veth answers, and a fresh lab's first IPv6 datagrams would wait a second
+            host.run(["sysctl", "-qw", f"net.ipv6.neigh.{ifname}.retrans_time_ms=100"])
+
+    @staticmethod
+    def _route(host: Host, gateway: str, gateway6: str) -> None:
+        from pyroute2 import NetNS
+
+        with NetNS(host.netns) as ns:
+            ns.route("add", dst="default", gateway=gateway)
+            ns.route("add", dst="default", gateway=gateway6, family=socket.AF_INET6)
+
+    def _build(self) -> None:
+        self._build_hosts()
+        self._wait_links_up()
+
+    def _wait_links_up(self, timeout: float = 3.0) -> None:
+        """Wait until the kernel reports every lab link UP (carrier changes reach IPv6 with a delay)."""
+        from pyroute2 import NetNS
+
+        end = time.monotonic() + timeout
+        for host in self.hosts.values():
+            with NetNS(host.netns) as ns:
+                for ifname in host.addrs:
+                    while True:
+                        link = ns.link("get", index=ns.link_lookup(ifname=ifname)[0])[0]
+                        if link.get("state") == "up" and link.get_attr("IFLA_OPERSTATE") == "UP":
+                            break
+                        if time.monotonic() > end:
+                            raise LabError(f"link {ifname} of {host.role} did not come up within {timeout} s")
+                        time.sleep(0.01)
+
+    def _build_hosts(self) -> None:
+        n, n6 = self.subnet, self.subnet6
+        client = self._host("client")
+        if self.topology == "pair":
+            server = self._host("server")
+            self._link(1, client, "eth0", server, "eth0")
+            return
+        router = self._host("router")
+        server = self._host("server")
+        self._link(1, client, "eth0", router, "eth0")
+        self._link(2, router, "eth1", server, "eth0")
+        self._route(client, f"{n}.1.2", f"{n6}:1::2")
+        self._route(server, f"{n}.2.1", f"{n6}:2::1")
+        router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+
+    # -- access -----------------------------------------------------------
+    @property
+    def client(self) -> Host:
+        return self.hosts["client"]
+
+    @property
+    def server(self) -> Host:
+        return self.hosts["server"]
+
+    @property
+    def router(self) -> Host | None:
+        return self.hosts.get("router")
+
+    def __getitem__(self, role: str) -> Host:
+        try:
+            return self.hosts[role]
+        except KeyError:
+            raise LabError(f"this lab has no host {role!r}; it has {', '.join(self.hosts)}") from None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def sessions(self) -> list[Any]:
+        """The sessions attached in this lab (detached by :meth:`down`)."""
+        with self._lock:
+            return list(self._sessions)
+
+    def track_session(self, session: Any) -> None:
+        """Remember an attached session, so that :meth:`down` detaches it first."""
+        with self._lock:
+            if session not in self._sessions:
+                self._sessions.append(session)
+
+    def forget_session(self, session: Any) -> None:
+        """Stop tracking a session (it detached by itself)."""
+        with self._lock:
+            if session in self._sessions:
+                self._sessions.remove(session)
+
+    def __repr__(self) -> str:
+        state = "down" if self._closed else "up"
+        hosts = ", ".join(f"{h.role}={h.addr}" for h in self.hosts.values() if h.addrs)
+        return f"<Lab {self.id} {self.topology} {state}: {hosts}>"
+
+    # -- traffic ------------------------------------------------------------
+    def _track(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._procs = [p for p in self._procs if p.poll() is None]
+            self._procs.append(proc)
+
+    def _traffic(self, host: Host, *args: str) -> subprocess.Popen[str]:
+        return host.popen([sys.executable, "-m", "pktlab.lab.traffic", *args], stdin=subprocess.PIPE)
+
+    def start_udp(
+        self,
+        count: int = 100,
+        *,
+        size: int = 64,
+        rate: float = 20000.0,
+        port: int = 9000,
+        src: str | Host = "client",
+        dst: str | Host = "server",
+        timeout: float = 30.0,
+        idle: float = 1.0,
+        keep: int = 0,
+        ipv6: bool = False,
+        to: str | None = None,
+    ) -> UdpFlow:
+        """Start ``count`` numbered UDP datagrams from ``src`` to ``dst``; see :meth:`udp`."""
+        s = src if isinstance(src, Host) else self[src]
+        d = dst if isinstance(dst, Host) else self[dst]
+        self._check_open()
+        _check_udp(count, size, rate, timeout, ipv6)
+        started: list[subprocess.Popen[str]] = []
+        with _stopped_on_error(started):
+            recv = self._traffic(
+                d,
+                "udp-recv",
+                "--bind",
+                "::" if ipv6 else "0.0.0.0",
+                "--port",
+                str(port),
+                "--count",
+                str(count),
+                "--timeout",
+                str(timeout),
+                "--idle",
+                str(idle),
+                "--keep",
+                str(keep),
+            )
+            started.append(recv)
+            wait_ready(recv, f"UDP receiver in {d.role}")
+            send = self._traffic(
+                s,
+                "udp-send",
+                "--dst",
+                to or (d.addr6 if ipv6 else d.addr),
+                "--port",
+                str(port),
+                "--count",
+                str(count),
+                "--size",
+                str(size),
+                "--rate",
+                str(rate),
+                "--timeout",
+                str(timeout),
+            )
+            started.append(send)
+        return UdpFlow(recv, send, timeout)
+
+    def udp(self, count: int = 100, **kwargs: Any) -> UdpResult:
+        """Send ``count`` numbered UDP datagrams and report what the receiver got.
+
+        Bounded: at most ``count`` datagrams, at ``rate`` per second, for at most
+        ``timeout`` seconds; the receiver stops ``idle`` seconds after the last one.
+        ``keep=N`` returns the first N payloads as the receiver saw them; ``ipv6=True``
+        sends to the destination's IPv6 address, ``to=`` to another address (a NAT's, say)
+        while the receiver still runs in ``dst``.
+        """
+        return self.start_udp(count, **kwargs).wait()
+
+    def tcp(
+        self,
+        nbytes: int = 1 << 20,
+        *,
+        port: int = 9001,
+        src: str = "client",
+        dst: str = "server",
+        timeout: float = 30.0,
+        to: str | None = None,
+    ) -> dict[str, Any]:
+        """Send ``nbytes`` over one TCP connection (to ``dst``, or to address ``to``); return bytes received."""
+        self._check_open()
+        s, d = self[src], self[dst]
+        with _stopped_on_error([]) as started:
+            recv = self._traffic(d, "tcp-recv", "--port", str(port), "--timeout", str(timeout))
+            started.append(recv)
+            wait_ready(recv, f"TCP receiver in {d.role}")
+            send = self._traffic(s, "tcp-send", "--dst", to or d.addr, "--port", str(port), "--bytes", str(nbytes),
+                                 "--timeout", str(timeout))  # fmt: skip
+            started.append(send)
+            s_out, s_err = send.communicate(timeout=timeout + 10)
+            r_out, r_err = recv.communicate(timeout=timeout + 10)
+        if not r_out.strip():
+            raise LabError(f"TCP flow failed: receiver said {r_err.strip()[-300:]!r}, sender {s_err.strip()[-300:]!r}")
+        return json.loads(r_out.strip().splitlines()[-1])
+
+    def dns(
+        self,
+        name: str = "lab.example.",
+        *,
+        answer: str = "10.77.2.53",
+        src: str = "client",
+        dst: str = "server",
+        to: str | None = None,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        """One DNS query for ``name`` from ``src`` to a one-shot responder in ``dst`` that answers ``answer``.
+
+        Returns what the querying side saw: the reply's source address, its id check,
+        rcode and the A addresses in it.
+        """
+        self._check_open()
+        s, d = self[src], self[dst]
+        with _stopped_on_error([]) as started:
+            server = self._traffic(d, "dns-serve", "--answer", answer, "--count", "1", "--timeout", str(timeout))
+            started.append(server)
+            wait_ready(server, f"DNS responder in {d.role}")
+            query = self._traffic(s, "dns-query", "--server", to or d.addr, "--name", name, "--timeout", str(timeout))
+            started.append(query)
+            q_out, q_err = query.communicate(timeout=timeout + 10)
+            server.communicate(timeout=timeout + 10)
+        if not q_out.strip():
+            raise LabError(f"DNS query failed: {q_err.strip()[-300:]!r}")
+        return json.loads(q_out.strip().splitlines()[-1])
+
+    def tftp(
+        self, size: int = 1300, *, src: str = "client", dst: str = "server", timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """One TFTP read (RFC 1350) of a ``size``-byte file from a one-shot server in ``dst``.
+
+        Returns what the reading side got: ``complete``, ``bytes`` and ``ok`` (content as served).
+        """
+        self._check_open()
+        s, d = self[src], self[dst]
+        with _stopped_on_error([]) as started:
+            server = self._traffic(d, "tftp-serve", "--size", str(size), "--timeout", str(timeout))
+            started.append(server)
+            wait_ready(server, f"TFTP server in {d.role}")
+            get = self._traffic(s, "tftp-get", "--server", d.addr, "--timeout", str(timeout))
+            started.append(get)
+            g_out, g_err = get.communicate(timeout=timeout + 10)
+            server.communicate(timeout=timeout + 10)
+        if not g_out.strip():
+            raise LabError(f"TFTP read failed: {g_err.strip()[-300:]!r}")
+        return json.loads(g_out.strip().splitlines()[-1])
+
+    def ping(self, count: int = 3, *, src: str = "client", dst: str = "server", **kwargs: Any) -> PingResult:
+        """Ping ``dst`` from ``src`` ``count`` times."""
+        self._check_open()
+        return self[src].ping(self[dst], count=count, **kwargs)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LabError("this lab is down; make a new one with pktlab.Lab()")
+
+    # -- teardown -----------------------------------------------------------
+    def down(self) -> None:
+        """Detach the lab's sessions, kill its processes and remove its namespaces.
+
+        Every step runs even when an earlier one fails; the failures are raised
+        together at the end (:class:`~pktlab.errors.TeardownError`).  Safe to call
+        again: a second call retries whatever is still there.
+        """
+        with self._lock:
+            self._closed = True
+            procs, self._procs = self._procs, []
+            sessions, self._sessions = list(self._sessions), []
+        td = Teardown(f"lab {self.id}")
+        for s in sessions:
+            td.step(f"detaching session {s.name}", s.detach)
+        for p in procs:
+            td.step(f"stopping process {p.pid}", _kill_and_reap, p)
+        present = set(netns.list_names())
+        for host in reversed(list(self.hosts.values())):
+            if host.netns in present:
+                td.step(f"removing namespace {host.netns}", netns.in_thread, _remove_netns, host.netns)
+        if not td.failures:
+            atexit.unregister(self.down)
+        td.finish("call lab.down() again, or run `pktlab doctor --clean`")
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+
+@contextmanager
+def _stopped_on_error(procs: list[subprocess.Popen[str]]) -> Iterator[list[subprocess.Popen[str]]]:
+    """Kill (by PID) every program appended to ``procs`` if the block ends in an exception, Ctrl-C included.
+
+    An interrupted ``lab.udp(...)`` must not leave its sender sending and its receiver holding
+    the port for the next cell.
+    """
+    try:
+        yield procs
+    except BaseException:
+        for p in procs:
+            try:
+                _kill_and_reap(p)
+            except Exception:  # the first exception is the one to report
+                pass
+        raise
+
+
+def _check_subnets(subnet: str, subnet6: str) -> None:
+    """Refuse prefixes that do not make addresses (``subnet`` "10.77" gives 10.77.1.1 ...)."""
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(f"{subnet}.255.255")
+    except ValueError:
+        raise LabError(f"subnet {subnet!r} is not the first two numbers of an IPv4 address (like '10.77')") from None
+    try:
+        ipaddress.IPv6Address(f"{subnet6}:ffff::ffff")
+    except ValueError:
+        raise LabError(f"subnet6 {subnet6!r} is not the first group of an IPv6 address (like 'fd77')") from None
+
+
+def _check_udp(count: Any, size: Any, rate: Any, timeout: Any, ipv6: bool) -> None:
+    """Refuse a UDP flow that could not do what it says (before anything starts)."""
+    most = 65527 if ipv6 else 65507  # the largest UDP payload in one IPv6 / IPv4 packet
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise LabError(f"count {count!r} is not a number of datagrams; give an integer of at least 1")
+    if not isinstance(size, int) or isinstance(size, bool) or not 4 <= size <= most:
+        raise LabError(f"size {size!r} does not fit a datagram; give 4..{most:,} bytes (4 hold the sequence number)")
+    if not rate >= 0 or not timeout > 0:
+        raise LabError(f"rate {rate!r} must be >= 0 (0: as fast as possible) and timeout {timeout!r} s above 0")
+
+
+def _kill_and_reap(p: subprocess.Popen[str]) -> None:
+    """Kill a lab process by PID (if it still runs) and wait for it."""
+    if p.poll() is None:
+        p.kill()
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"process {p.pid} did not end within 5 s of SIGKILL") from None
+
+
+def wait_until(pred: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll ``pred()`` until true or ``timeout`` seconds pass."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())

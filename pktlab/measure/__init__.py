@@ -1,0 +1,1 @@
+"""Measurements: NetPIPE-style throughput and packet-path timelines."""

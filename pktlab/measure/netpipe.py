@@ -1,0 +1,521 @@
+"""NetPIPE-style throughput between two lab hosts, with the queue in and out of the path.
+
+``pktlab.netpipe(lab, through=[None, s])`` measures a TCP ping-pong from the
+lab's client to its server the way NetPIPE (NPtcp) does: block sizes from 1
+byte up, the increment doubling every other step, each size also perturbed
+by ±3 bytes, and for every size the fastest of three trials (NetPIPE's
+TRIALS as Debian builds NPtcp) of enough round trips to take a steady time; the one-way time of a block is half a round
+trip.  It stops at ``max_bytes`` or when a transfer takes more than a second.
+
+Each entry of ``through`` is a configuration: ``None`` (no queue: every
+session given, and every session attached in the lab, is taken out of the
+path), or a :class:`~pktlab.Session` (that session in the path, the others
+out).  Taking a session out of the path
+removes its iptables rules and puts them back afterwards; the reader stays
+bound, so nothing is lost.  The timed loop runs in C on both ends
+(``pktlab._pingpong``), in processes started inside the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LabError, MissingToolError, SessionError
+
+if TYPE_CHECKING:
+    from ..lab.network import Lab
+    from ..pipeline.session import Session
+
+PERTURBATION = 3
+STOP_SECONDS = 1.0  # NetPIPE's STOPTM: a transfer this slow ends the run
+PORT = 5201 + 100
+
+
+def schedule(max_bytes: int, start: int = 1, perturbation: int = PERTURBATION) -> list[int]:
+    """NetPIPE's block sizes up to ``max_bytes``: the increment doubles every other step, each size ±perturbation.
+
+    Perturbed points appear once the increment exceeds ``perturbation + 1`` (as in NetPIPE 3.7).
+    """
+    if max_bytes < start or start < 1:
+        raise ValueError(f"max_bytes ({max_bytes}) must be at least start ({start}), which is at least 1")
+    sizes: list[int] = []
+    inc = start // 2 if start > 1 else 1
+    nq = 1 if start > 1 else 0
+    n = start
+    while n <= max_bytes:
+        if nq > 2:
+            inc = inc + inc if nq % 2 else inc
+        points = (n - perturbation, n, n + perturbation) if inc > perturbation + 1 else (n,)
+        for p in points:
+            if 1 <= p <= max_bytes and (not sizes or p > sizes[-1]):
+                sizes.append(p)
+        n += inc
+        nq += 1
+    return sizes
+
+
+@dataclass
+class Point:
+    """One block size of one configuration."""
+
+    config: str
+    bytes: int
+    repeats: int
+    seconds: float  # one-way time of one block (half the fastest trial's mean round trip)
+
+    @property
+    def usec(self) -> float:
+        return self.seconds * 1e6
+
+    @property
+    def mbps(self) -> float:
+        return self.bytes * 8 / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+
+def saturation_point(points: Sequence[tuple[int, float]], fraction: float = 0.9) -> int | None:
+    """The smallest block size whose throughput reaches ``fraction`` of the maximum.
+
+    ``points`` are (bytes, Mbps) in increasing block size.  Past it, NetPIPE's saturation
+    graph (time against block size) runs straight: more bytes cost proportionally more time.
+    """
+    if not points:
+        return None
+    top = max(m for _, m in points)
+    if top <= 0:
+        return None
+    return next(size for size, mbps in points if mbps >= fraction * top)
+
+
+@dataclass
+class NetpipeResult:
+    """Points of every configuration; ``df``, ``summary()``, ``plot()``, ``to_netpipe()``."""
+
+    points: list[Point] = field(default_factory=list)
+    configs: list[str] = field(default_factory=list)
+
+    def __add__(self, other: NetpipeResult) -> NetpipeResult:
+        """Both results in one (configurations measured in separate runs, compared in one table and plot)."""
+        return NetpipeResult(self.points + other.points, self.configs + [c for c in other.configs
+                                                                          if c not in self.configs])  # fmt: skip
+
+    def relabel(self, names: dict[str, str]) -> NetpipeResult:
+        """The same points with configurations renamed (``{"no queue": "kernel NAT"}``)."""
+        pts = [Point(names.get(p.config, p.config), p.bytes, p.repeats, p.seconds) for p in self.points]
+        return NetpipeResult(pts, [names.get(c, c) for c in self.configs])
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        n = len(self.points)
+        return (f"<div>NetPIPE: {n} points, configurations {escape(', '.join(self.configs))}; "
+                f".plot() draws the three graphs, .df has every point</div>" + self.summary().to_html())  # fmt: skip
+
+    def of(self, config: str) -> list[Point]:
+        return [p for p in self.points if p.config == config]
+
+    @property
+    def df(self) -> Any:
+        import pandas as pd
+
+        rows = [{"config": p.config, "bytes": p.bytes, "repeats": p.repeats, "seconds": p.seconds,
+                 "usec": p.usec, "Mbps": p.mbps} for p in self.points]  # fmt: skip
+        return pd.DataFrame(rows, columns=["config", "bytes", "repeats", "seconds", "usec", "Mbps"])
+
+    def summary(self) -> Any:
+        """Per configuration: max throughput, latency (the smallest block's one-way time), saturation point."""
+        import pandas as pd
+
+        rows = []
+        for c in self.configs:
+            pts = self.of(c)
+            if not pts:
+                continue
+            rows.append(
+                {
+                    "config": c,
+                    "max Mbps": max(p.mbps for p in pts),
+                    "latency us": pts[0].usec,
+                    "saturation bytes": saturation_point([(p.bytes, p.mbps) for p in pts]),
+                    "largest block": pts[-1].bytes,
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def to_netpipe(self, path: str | os.PathLike[str], config: str | None = None) -> int:
+        """Write one configuration in NetPIPE's own output format (np.out: bytes, Mbps, seconds); return lines."""
+        config = config or (self.configs[0] if self.configs else None)
+        pts = self.of(config) if config else []
+        if not pts:
+            raise SessionError(f"no points for configuration {config!r}; the result has {self.configs}")
+        with open(path, "w") as f:
+            for p in pts:
+                f.write(f"{p.bytes:8d} {p.mbps:f} {p.seconds:12.8f}\n")
+        return len(pts)
+
+    def plot(self) -> Any:
+        """NetPIPE's three graphs side by side: throughput, signature and saturation, one line per configuration."""
+        from bokeh.layouts import row
+        from bokeh.models import ColumnDataSource, HoverTool
+        from bokeh.palettes import Category10_10
+        from bokeh.plotting import figure
+
+        kw: dict[str, Any] = {"width": 380, "height": 330, "tools": "pan,wheel_zoom,box_zoom,reset,save"}
+        thr = figure(title="throughput", x_axis_type="log", x_axis_label="block size (bytes)",
+                     y_axis_label="Mbps", **kw)  # fmt: skip
+        sig = figure(title="signature", x_axis_type="log", x_axis_label="time (s)", y_axis_label="Mbps", **kw)
+        sat = figure(title="saturation", x_axis_type="log", y_axis_type="log", x_axis_label="block size (bytes)",
+                     y_axis_label="time (s)", **kw)  # fmt: skip
+        for i, c in enumerate(self.configs):
+            pts = self.of(c)
+            src = ColumnDataSource({"bytes": [p.bytes for p in pts], "mbps": [p.mbps for p in pts],
+                                    "t": [p.seconds for p in pts], "usec": [p.usec for p in pts]})  # fmt: skip
+            colour = Category10_10[i % 10]
+            for fig, x, y in ((thr, "bytes", "mbps"), (sig, "t", "mbps"), (sat, "bytes", "t")):
+                fig.line(x, y, source=src, color=colour, legend_label=c)
+                fig.scatter(x, y, source=src, color=colour, size=4)
+        for fig in (thr, sig, sat):
+            fig.add_tools(HoverTool(tooltips=[("bytes", "@bytes"), ("Mbps", "@mbps{0.00}"), ("time", "@usec{0.0} µs")]))
+            fig.legend.location = "top_left"
+            fig.legend.click_policy = "hide"
+        return row(thr, sig, sat)
+
+
+# -- running ---------------------------------------------------------------------------
+def _label(c: Session | None) -> str:
+    if c is None:
+        return "no queue"
+    handlers = ", ".join(c.handlers) or "no handler"
+    return f"queue {c.queue} ({handlers})"
+
+
+@contextmanager
+def _out_of_path(sessions: Iterable[Session]) -> Iterator[None]:
+    with ExitStack() as stack:
+        for s in sessions:
+            stack.enter_context(s.out_of_path())
+        yield
+
+
+def _progress(total: int, label: str) -> Callable[[int, Point], None]:
+    """A progress bar in a notebook, a line in a terminal."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
+        import ipywidgets as w
+        from IPython.display import display
+
+        bar = w.IntProgress(min=0, max=total, description=label[:20])
+        text = w.Label()
+        display(w.HBox([bar, text]))
+
+        def update(i: int, p: Point) -> None:
+            bar.value = i
+            text.value = f"{p.bytes} bytes: {p.mbps:.1f} Mbps, {p.usec:.1f} µs"
+
+        return update
+
+    def text(i: int, p: Point) -> str:
+        return f"{label}: {i}/{total} points, {p.bytes} bytes {p.mbps:9.1f} Mbps {p.usec:9.1f} µs"
+
+    if sys.stderr.isatty():
+
+        def line(i: int, p: Point) -> None:  # one line, redrawn in place
+            print("\r" + text(i, p), end="\n" if i == total else "", file=sys.stderr, flush=True)
+
+        return line
+    every = max(1, total // 8)  # logs, CI, a pipe: whole lines, about eight per configuration
+
+    def logged(i: int, p: Point) -> None:
+        if i == 1 or i == total or i % every == 0:
+            print(text(i, p), file=sys.stderr, flush=True)
+
+    return logged
+
+
+def _cpu_args(cpu: int | None) -> list[str]:
+    return [] if cpu is None else ["--cpu", str(cpu)]
+
+
+def _measure(
+    lab: Lab,
+    sizes: list[int],
+    label: str,
+    point_seconds: float,
+    trials: int,
+    pin: tuple[int, int] | None,
+    repeats: int | None,
+    to: str | None,
+    proto: str,
+) -> list[Point]:
+    from ..lab.network import wait_ready
+
+    cpus = sorted(os.sched_getaffinity(0))
+    c_cpu, s_cpu = (cpus[pin[0]], cpus[pin[1]]) if pin is not None else (None, None)
+    server = lab.server.popen([sys.executable, "-m", "pktlab.measure.netpipe", "serve", "--port", str(PORT),
+                               "--proto", proto, *_cpu_args(s_cpu)])  # fmt: skip
+    try:
+        wait_ready(server, "ping-pong server in the lab server")
+        args = ["run", "--host", to or lab.server.addr, "--port", str(PORT), "--sizes", ",".join(map(str, sizes)),
+                "--point-seconds", str(point_seconds), "--trials", str(trials), *_cpu_args(c_cpu),
+                *(["--repeats", str(repeats)] if repeats else []), "--proto", proto]  # fmt: skip
+        client = lab.client.popen([sys.executable, "-m", "pktlab.measure.netpipe", *args])
+        progress = _progress(len(sizes), label)
+        points: list[Point] = []
+        assert client.stdout is not None
+        for line in client.stdout:
+            if not line.startswith("{"):
+                continue
+            d = json.loads(line)
+            points.append(Point(label, d["bytes"], d["repeats"], d["seconds"]))
+            progress(len(points), points[-1])
+        client.wait(30)
+        if client.returncode != 0 and not points:
+            err = client.stderr.read() if client.stderr else ""
+            raise LabError(f"the ping-pong client failed: {err.strip()[-300:]}")
+        return points
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(5)
+
+
+def netpipe(
+    lab: Lab,
+    through: Sequence[Session | None] = (None,),
+    *,
+    max_bytes: int = 1 << 20,
+    point_seconds: float = 0.05,
+    trials: int = 3,
+    pin: tuple[int, int] | None = (0, -1),
+    repeats: int | None = None,
+    to: str | None = None,
+    proto: str = "tcp",
+) -> NetpipeResult:
+    """Measure every configuration of ``through`` between the lab's client and server; see the module docstring.
+
+    ``proto="udp"`` ping-pongs single datagrams instead (blocks up to 65,507 bytes; a lost
+    datagram ends the run with an error).  ``to`` is the address the client connects to
+    (a NAT's, say; default: the server's).
+    ``repeats`` fixes the round trips per trial (NPtcp's ``-n``) instead of deriving them
+    from ``point_seconds``.  ``pin`` puts the client and the server on these CPUs (indexes
+    into the CPUs this process may use; the default: first and last), so a run does not
+    depend on where the scheduler puts
+    them — on a machine with few CPUs, waking a process on another CPU costs more than the
+    network path.  ``None`` leaves them to the scheduler.
+    """
+    if proto not in ("tcp", "udp"):
+        raise SessionError(f"proto must be 'tcp' or 'udp', not {proto!r}")
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+        raise SessionError(f"max_bytes {max_bytes!r} must be a block size of at least 1 byte (default 1 MiB)")
+    if proto == "udp" and max_bytes > UDP_MAX:
+        max_bytes = UDP_MAX  # one datagram per message
+    sizes = schedule(max_bytes)
+    sessions = [s for s in through if s is not None]
+    sessions += [s for s in getattr(lab, "sessions", []) if s not in sessions and s.attached]  # the lab's own
+    for s in sessions:
+        if not s.attached:
+            raise SessionError(f"session {s.name} is not attached; attach it before measuring through it")
+    result = NetpipeResult()
+    for c in through:
+        label = _label(c)
+        with _out_of_path(s for s in sessions if s is not c):
+            result.points += _measure(lab, sizes, label, point_seconds, trials, pin, repeats, to, proto)
+        result.configs.append(label)
+    return result
+
+
+NPTCP_PORT = 5002  # NPtcp's default
+
+
+def nptcp(
+    lab: Lab,
+    *,
+    max_bytes: int = 1 << 20,
+    repeats: int | None = 30,
+    pin: tuple[int, int] | None = (0, -1),
+    label: str = "NPtcp",
+    timeout: float = 300.0,
+) -> NetpipeResult:
+    """Debian's NPtcp from the lab's client to its server, pinned as :func:`netpipe` pins its own ends.
+
+    The reference ``netpipe`` is checked against: the same block sizes (NetPIPE's schedule),
+    ``repeats`` round trips per trial (``-n``; None: NPtcp picks them), the fastest of its trials.
+    The client starts once the server's socket listens (no fixed sleep).
+    """
+    from ..lab.network import wait_until
+
+    if shutil.which("NPtcp") is None:
+        raise MissingToolError("NPtcp is not installed; run `make setup` (or apt-get install netpipe-tcp)")
+    cpus = sorted(os.sched_getaffinity(0))
+    c_cpu, s_cpu = (cpus[pin[0]], cpus[pin[1]]) if pin is not None else (None, None)
+
+    def taskset(cpu: int | None) -> list[str]:
+        return [] if cpu is None else ["taskset", "-c", str(cpu)]
+
+    def listening() -> bool:
+        out = lab.server.run(["ss", "-Hltn", f"sport = :{NPTCP_PORT}"], timeout=10).stdout
+        return bool(out.strip())
+
+    with tempfile.TemporaryDirectory(prefix="pktlab-nptcp-") as d:
+        out = Path(d) / "np.out"
+        server = lab.server.popen([*taskset(s_cpu), "NPtcp"], stdout=subprocess.DEVNULL)
+        try:
+            if not wait_until(lambda: listening() or server.poll() is not None, timeout=10) or server.poll():
+                raise LabError("NPtcp's server did not start listening in the lab server within 10 s")
+            argv = [*taskset(c_cpu), "NPtcp", "-h", lab.server.addr, "-o", str(out), "-u", str(max_bytes)]
+            lab.client.run([*argv, *(["-n", str(repeats)] if repeats else [])], timeout=timeout)
+            server.wait(10)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait(5)
+        points = []
+        for line in out.read_text().splitlines():
+            size, _mbps, secs, *_ = line.split()
+            if int(size) <= max_bytes:  # NPtcp also runs the +3 perturbation of its last size
+                points.append(Point(label, int(size), repeats or 0, float(secs)))
+    return NetpipeResult(points, [label])
+
+
+# -- the two ends, run inside lab namespaces: python -m pktlab.measure.netpipe serve|run ----------------
+UDP_MAX = 65507  # the largest UDP payload over IPv4
+
+
+def _blocking_with_timeout(sock: Any, seconds: float) -> None:
+    """A blocking socket whose receives give up after ``seconds`` (SO_RCVTIMEO).
+
+    Python's own ``settimeout`` makes the descriptor non-blocking and waits in Python,
+    which the C loops of ``pktlab._pingpong`` would see as an immediate EAGAIN.
+    """
+    import socket
+    import struct
+
+    sock.settimeout(None)
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
+def _serve(port: int, proto: str) -> None:
+    import socket
+    import struct
+
+    from .._pingpong import echo, echo_dgram
+
+    if proto == "udp":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("0.0.0.0", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.settimeout(30)
+        print("ready", flush=True)
+        while True:
+            head, peer = sock.recvfrom(16)
+            sock.connect(peer)
+            size, count = struct.unpack("!QQ", head[:16])
+            if size == 0:
+                return
+            sock.send(b"ok")
+            _blocking_with_timeout(sock, 5.0)  # echo_dgram waits in C: SO_RCVTIMEO bounds each wait
+            echo_dgram(sock.fileno(), size, count)
+            sock.settimeout(30)
+        return
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", port))
+    ls.listen(1)
+    ls.settimeout(30)
+    print("ready", flush=True)
+    conn, _ = ls.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.settimeout(None)
+    while True:
+        head = conn.recv(16, socket.MSG_WAITALL)
+        if len(head) < 16:
+            return
+        size, count = struct.unpack("!QQ", head)
+        if size == 0:
+            return
+        echo(conn.fileno(), size, count)
+
+
+def _run(
+    host: str, port: int, sizes: list[int], point_seconds: float, trials: int, fixed: int | None, proto: str
+) -> None:
+    import socket
+    import struct
+
+    from .._pingpong import round_trips, round_trips_dgram
+
+    if proto == "udp":
+        conn = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        conn.connect((host, port))
+        _blocking_with_timeout(conn, 2.0)  # a lost datagram ends the run instead of hanging it
+        trip = round_trips_dgram
+    else:
+        conn = socket.create_connection((host, port), timeout=10)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(None)
+        trip = round_trips
+    fd = conn.fileno()
+    last = 1e-4  # seconds per round trip of the previous size: sets the repeat count
+    for size in sizes:
+        repeats = fixed or max(3, min(100_000, int(point_seconds / trials / max(last, 1e-7))))  # NetPIPE: RUNTM/tlast
+        best = math.inf
+        for _ in range(trials):
+            conn.sendall(struct.pack("!QQ", size, repeats))
+            if proto == "udp":
+                conn.recv(16)  # the server is ready for this trial
+            best = min(best, trip(fd, size, repeats) / repeats)
+        last = best
+        print(json.dumps({"bytes": size, "repeats": repeats, "seconds": best / 2}), flush=True)
+        if best / 2 > STOP_SECONDS:
+            break
+    conn.sendall(struct.pack("!QQ", 0, 0))
+    conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pktlab.measure.netpipe")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--port", type=int, default=PORT)
+    s.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
+    r = sub.add_parser("run")
+    r.add_argument("--host", required=True)
+    r.add_argument("--port", type=int, default=PORT)
+    r.add_argument("--sizes", required=True)
+    r.add_argument("--point-seconds", type=float, default=0.05)
+    r.add_argument("--trials", type=int, default=3)
+    r.add_argument("--repeats", type=int, default=None)
+    r.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
+    for q in (s, r):
+        q.add_argument("--cpu", type=int, default=None)
+    a = p.parse_args(argv)
+    if a.cpu is not None:
+        os.sched_setaffinity(0, {a.cpu})
+    if a.cmd == "serve":
+        _serve(a.port, a.proto)
+    else:
+        _run(a.host, a.port, [int(x) for x in a.sizes.split(",")], a.point_seconds, a.trials, a.repeats, a.proto)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

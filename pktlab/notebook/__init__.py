@@ -1,0 +1,1 @@
+"""The notebook side: magics, dashboard, controls and the statistics behind them."""

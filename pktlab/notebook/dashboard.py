@@ -1,0 +1,153 @@
+"""``s.dashboard()``: live bokeh plots of a session, in the notebook, without a bokeh server.
+
+A :class:`Dashboard` owns a bokeh layout (packets/s and Mbps over the last
+minutes, verdicts per second stacked by kind, the handler time histogram,
+the kernel's queue depth and drops, a table of the newest packets and a
+counter line) and updates its data sources from the session's
+:class:`~pktlab.notebook.livestats.Monitor` thread, twice a second by default.  In a
+notebook it is shown through jupyter_bokeh's ``BokehModel`` (an ipywidget:
+JupyterLab 4 and the classic Notebook), whose model changes are synced to
+the page as they happen, also while other cells run.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .livestats import HIST_EDGES_US, VERDICT_NAMES, Sample
+
+COLOURS = {"accept": "#2ca02c", "drop": "#d62728", "repeat": "#1f77b4"}
+_bokehjs_loaded = False
+
+
+def _load_bokehjs() -> None:
+    """BokehJS into the page once per kernel (BokehModel needs it), from this install: no CDN, no network."""
+    global _bokehjs_loaded
+    if not _bokehjs_loaded:
+        from bokeh.io import output_notebook
+        from bokeh.resources import INLINE
+
+        output_notebook(INLINE, hide_banner=True)
+        _bokehjs_loaded = True
+
+
+class Dashboard:
+    """Live plots of one session (a live queue or a replay); ``close()`` stops the updates."""
+
+    def __init__(self, session: Any, period: float = 0.5, window: float = 300.0) -> None:
+        from bokeh.layouts import column, row
+        from bokeh.models import ColumnDataSource, DataTable, DateFormatter, Div, TableColumn
+        from bokeh.plotting import figure
+
+        self.session = session
+        self.period = period  # seconds between updates
+        self._lock = threading.Lock()
+        self.keep = max(2, int(window / period))
+        self.rates = ColumnDataSource({"t": [], "pps": [], "mbps": [], "errors": []})
+        self.verdicts = ColumnDataSource({"t": [], **{v: [] for v in VERDICT_NAMES}})
+        self.kernel = ColumnDataSource({"t": [], "depth": [], "drops": []})
+        self.hist = ColumnDataSource(
+            {"left": [0.05, *HIST_EDGES_US], "right": [*HIST_EDGES_US, HIST_EDGES_US[-1] * 1.8],
+             "count": [0] * (len(HIST_EDGES_US) + 1)}
+        )  # fmt: skip
+        self.table = ColumnDataSource({c: [] for c in ("time", "proto", "src", "dst", "dport", "size", "verdict",
+                                                        "handler")})  # fmt: skip
+        self.counter = Div(text=self._counter_text(None), name="pktlab-counter")
+        kw: dict[str, Any] = {"height": 220, "width": 420, "x_axis_type": "datetime", "tools": "pan,wheel_zoom,reset"}
+        pps = figure(title="packets/s and Mbps", **kw)
+        pps.line("t", "pps", source=self.rates, legend_label="packets/s", color="#1f77b4")
+        pps.line("t", "mbps", source=self.rates, legend_label="Mbps", color="#ff7f0e")
+        pps.legend.location = "top_left"
+        ver = figure(title="verdicts per second", **kw)
+        ver.varea_stack(list(VERDICT_NAMES), x="t", source=self.verdicts, color=[COLOURS[v] for v in VERDICT_NAMES],
+                        legend_label=list(VERDICT_NAMES))  # fmt: skip
+        ver.legend.location = "top_left"
+        hist = figure(title="handler time per packet (µs)", x_axis_type="log", height=220, width=420,
+                      tools="pan,wheel_zoom,reset")  # fmt: skip
+        hist.quad(left="left", right="right", top="count", bottom=0, source=self.hist, color="#9467bd")
+        ker = figure(title="kernel: queue depth and drops", **kw)
+        ker.line("t", "depth", source=self.kernel, legend_label="waiting", color="#8c564b")
+        ker.line("t", "drops", source=self.kernel, legend_label="dropped (total)", color="#d62728")
+        ker.legend.location = "top_left"
+        cols = [TableColumn(field=c, title=c, formatter=DateFormatter(format="%H:%M:%S.%3N")) if c == "time"
+                else TableColumn(field=c, title=c) for c in self.table.data]  # fmt: skip
+        tbl = DataTable(source=self.table, columns=cols, width=860, height=260, index_position=None)
+        self.layout = column(self.counter, row(pps, ver), row(hist, ker), tbl, name="pktlab-dashboard")
+        self._monitor = session._live_monitor(period, window)
+        self._monitor.subscribe(self.update)
+        self.updates = 0
+        self._model: Any = None
+
+    def _counter_text(self, s: Sample | None) -> str:
+        name = getattr(self.session, "name", "?")
+        if s is None:
+            return f"<b>{name}</b>: packets <span class='pktlab-packets'>0</span>"
+        depth = (
+            ""
+            if s.queue_depth is None
+            else f", waiting in the kernel <span class='pktlab-depth'>{s.queue_depth}</span>"
+        )
+        return (f"<b>{name}</b>: packets <span class='pktlab-packets'>{s.packets}</span>, "
+                f"{s.pps:,.0f} packets/s, {s.mbps:,.2f} Mbps{depth}")  # fmt: skip
+
+    def update(self, s: Sample) -> None:
+        """Push one sample into the plots (called by the monitor thread)."""
+        from ..packet.model import summarize
+
+        with self._lock:
+            t = s.t * 1000.0  # bokeh datetimes are ms
+            doc = self.layout.document
+            hold = doc is not None
+            if hold:
+                doc.hold("combine")
+            try:
+                self.rates.stream({"t": [t], "pps": [s.pps], "mbps": [s.mbps], "errors": [s.errors_ps]},
+                                  rollover=self.keep)  # fmt: skip
+                self.verdicts.stream({"t": [t], **{v: [s.verdicts_ps[v]] for v in VERDICT_NAMES}}, rollover=self.keep)
+                if s.queue_depth is not None:
+                    self.kernel.stream({"t": [t], "depth": [s.queue_depth], "drops": [s.kernel_drops]},
+                                       rollover=self.keep)  # fmt: skip
+                self.hist.data["count"] = list(s.hist_counts)
+                rows: dict[str, list[Any]] = {c: [] for c in self.table.data}
+                keep = self.session.table_filter if hasattr(self.session, "table_filter") else None
+                for e in s.latest:
+                    if keep is not None and not keep.matches(e.head):
+                        continue
+                    summ = summarize(e.head)
+                    rows["time"].append(e.time * 1000.0)
+                    rows["proto"].append(summ.get("proto"))
+                    rows["src"].append(summ.get("src"))
+                    rows["dst"].append(summ.get("dst"))
+                    rows["dport"].append(summ.get("dport"))
+                    rows["size"].append(e.size)
+                    rows["verdict"].append(e.verdict)
+                    rows["handler"].append(e.handler or "")
+                self.table.data = rows
+                self.counter.text = self._counter_text(s)
+            finally:
+                if hold:
+                    doc.unhold()
+            self.updates += 1
+
+    def widget(self) -> Any:
+        """The dashboard as an ipywidget (jupyter_bokeh's BokehModel)."""
+        if self._model is None:
+            from jupyter_bokeh import BokehModel
+
+            self._model = BokehModel(self.layout)
+        return self._model
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        _load_bokehjs()
+        display(self.widget())
+
+    def close(self) -> None:
+        """Stop updating (the plots stay as they are)."""
+        self._monitor.unsubscribe(self.update)
+
+    @property
+    def running(self) -> bool:
+        return self._monitor.running and self.update in self._monitor._subs

@@ -1,0 +1,432 @@
+"""``%pktlab`` and ``%%pktlab handler``: a thin parser over the Python API.
+
+Everything here calls the public API; the magic only keeps a name → object
+map of the labs and sessions it made, and which ones are current.  Errors
+become IPython ``UsageError``s: one sentence, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import linecache
+import shlex
+import textwrap
+from typing import Any
+
+from ..errors import PktlabError
+from ..kernel.rules import HOOKS
+from ..lab.network import TOPOLOGIES, Lab
+from ..pipeline.session import Session, attach
+from ..teardown import Teardown
+
+USAGE = """\
+%pktlab lab up [--topology pair|router] [--name NAME]   make a lab (client/server namespaces)
+%pktlab lab down [NAME] | lab status
+%pktlab attach N [--rule MATCH] [--filter TCPDUMP] [--hook HOOK] [--on HOST] [--host] [options]
+%pktlab offload "EXPR" accept|drop|mark [--mark N] | offload remove "EXPR" | offload list
+%pktlab trace [--filter EXPR] [--count N] [--timeout S] [--on HOSTS] [--background]
+                                                        follow packets hook by hook through the lab's hosts
+%pktlab netpipe [--max BYTES] [--udp] [--to ADDR]         NetPIPE client -> server, without and with each queue
+%pktlab bpf "EXPR"                                      the BPF program of a tcpdump filter (like tcpdump -d)
+%pktlab replay SOURCE [--filter EXPR] [--name N]         a capture (path or dataset name) as the current session
+%pktlab run [--pace X] [--limit N]                      run the current replay through its handlers
+%pktlab detach [NAME] [--all]
+%pktlab status [NAME]
+%pktlab doctor [--clean]                                what this machine allows; --clean removes leftovers
+%pktlab pause | resume                                  hold packets in the kernel queue / let them through
+%pktlab dashboard [NAME] | controls [NAME]               live plots / pause, step, inspect, toggle (a session)
+%pktlab handlers | handler off|on|remove NAME
+%%pktlab handler NAME [--before H] [--after H]          the cell is the body of NAME(pkt)"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # never sys.exit() inside a kernel
+        raise PktlabError(f"{self.prog}: {message}; run %pktlab help for the syntax")
+
+
+def _parsers() -> dict[str, _Parser]:
+    lab = _Parser(prog="%pktlab lab", add_help=False)
+    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("name", nargs="?")
+    lab.add_argument("--topology", choices=TOPOLOGIES, default="pair")
+    lab.add_argument("--name", dest="name_opt")
+
+    att = _Parser(prog="%pktlab attach", add_help=False)
+    att.add_argument("queue", type=int)
+    att.add_argument("--rule", default=None, help="iptables match, e.g. '-p udp --dport 9000'")
+    att.add_argument("--filter", default=None, help="tcpdump filter run in the kernel, e.g. 'udp and dst port 53'")
+    att.add_argument("--hook", default="INPUT", type=str.upper, choices=HOOKS)
+    att.add_argument("--table", default=None)
+    att.add_argument("--family", default="ipv4", choices=["ipv4", "ipv6", "both"])
+    att.add_argument("--on", default="server", help="lab host to attach in (client, router, server)")
+    att.add_argument("--lab", default=None, help="lab name (default: the current lab)")
+    att.add_argument("--host", action="store_true", help="attach in the host's own namespace")
+    att.add_argument("--all", action="store_true", help="allow a rule with no match on the host")
+    att.add_argument(
+        "--fail-closed", action="store_true", help="drop instead of pass when no reader is bound or the queue is full"
+    )
+    att.add_argument("--default", default="accept")
+    att.add_argument("--on-error", default="accept")
+    att.add_argument("--max-len", type=int, default=4096)
+    att.add_argument("--copy-range", type=int, default=65535)
+    att.add_argument("--sock-bytes", type=int, default=8 << 20)
+    att.add_argument("--deadline", default="0.05", help="seconds a handler may take before its packet is rescued")
+    att.add_argument("--name", default=None)
+
+    det = _Parser(prog="%pktlab detach", add_help=False)
+    det.add_argument("name", nargs="?")
+    det.add_argument("--all", action="store_true")
+
+    st = _Parser(prog="%pktlab status", add_help=False)
+    st.add_argument("name", nargs="?")
+
+    hd = _Parser(prog="%%pktlab handler", add_help=False)
+    hd.add_argument("name")
+    hd.add_argument("--session", default=None)
+    hd.add_argument("--before", default=None)
+    hd.add_argument("--after", default=None)
+
+    hl = _Parser(prog="%pktlab handler", add_help=False)
+    hl.add_argument("action", choices=["on", "off", "remove"])
+    hl.add_argument("name")
+    hl.add_argument("--session", default=None)
+    off = _Parser(prog="%pktlab offload", add_help=False)
+    off.add_argument("expr", help="tcpdump filter, or 'remove'/'list'")
+    off.add_argument("verdict", nargs="?", default=None)
+    off.add_argument("--mark", type=lambda x: int(x, 0), default=None)
+    off.add_argument("--session", default=None)
+    rp = _Parser(prog="%pktlab replay", add_help=False)
+    rp.add_argument("source", help="pcap/pcapng path or dataset name (pktlab.datasets.names())")
+    rp.add_argument("--filter", default=None)
+    rp.add_argument("--name", default=None)
+    rp.add_argument("--default", default="accept")
+    rp.add_argument("--on-error", default="accept")
+    rp.add_argument("--deadline", default="1.0")
+    run = _Parser(prog="%pktlab run", add_help=False)
+    run.add_argument("--pace", type=float, default=None, help="1.0 = real time; default: as fast as possible")
+    run.add_argument("--limit", type=int, default=None)
+    run.add_argument("--session", default=None)
+    npp = _Parser(prog="%pktlab netpipe", add_help=False)
+    npp.add_argument("--max", type=int, default=1 << 20, help="largest block, bytes")
+    npp.add_argument("--udp", action="store_true", help="ping-pong datagrams instead of TCP")
+    npp.add_argument("--to", default=None, help="address the client talks to (default: the server's)")
+    npp.add_argument("--lab", default=None)
+    tr = _Parser(prog="%pktlab trace", add_help=False)
+    tr.add_argument("--filter", default="", help="tcpdump filter of the packets to trace")
+    tr.add_argument("--count", type=int, default=5)
+    tr.add_argument("--timeout", type=float, default=10.0)
+    tr.add_argument("--on", default=None, help="comma-separated lab hosts (default: all)")
+    tr.add_argument("--lab", default=None)
+    tr.add_argument("--background", action="store_true", help="return at once; .wait() gives the trace")
+    return {
+        "netpipe": npp,
+        "replay": rp,
+        "run": run,
+        "trace": tr,
+        "lab": lab,
+        "attach": att,
+        "detach": det,
+        "status": st,
+        "handler-cell": hd,
+        "handler": hl,
+        "offload": off,
+    }
+
+
+class PktlabMagicState:
+    """The labs and sessions made through the magic, by name."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.labs: dict[str, Lab] = {}
+        self.sessions: dict[str, Any] = {}  # Session (a queue or a replay)
+        self.current_lab: str | None = None
+        self.current_session: str | None = None
+        self.parsers = _parsers()
+
+    # -- lookup ----------------------------------------------------------------
+    def lab(self, name: str | None = None) -> Lab:
+        key = name or self.current_lab
+        if key is None or key not in self.labs:
+            raise PktlabError(
+                f"no lab named {key!r}; bring one up with %pktlab lab up"
+                if name
+                else "no lab is up; run %pktlab lab up first (or attach with --host)"
+            )
+        return self.labs[key]
+
+    def session(self, name: str | None = None) -> Session:
+        key = name or self.current_session
+        if key is None or key not in self.sessions:
+            raise PktlabError(
+                f"no session named {key!r}; the sessions are {', '.join(self.sessions) or 'none'}"
+                if name
+                else "no session is attached; run %pktlab attach N first"
+            )
+        return self.sessions[key]
+
+    # -- commands ----------------------------------------------------------------
+    def run_line(self, line: str) -> Any:
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise PktlabError(f"cannot read the arguments ({exc}); check the quotes") from None
+        if not argv or argv[0] in ("help", "-h", "--help"):
+            print(USAGE)
+            return None
+        cmd, rest = argv[0], argv[1:]
+        if cmd == "lab":
+            return self.cmd_lab(self.parsers["lab"].parse_args(rest))
+        if cmd == "attach":
+            return self.cmd_attach(self.parsers["attach"].parse_args(rest))
+        if cmd == "detach":
+            return self.cmd_detach(self.parsers["detach"].parse_args(rest))
+        if cmd == "status":
+            a = self.parsers["status"].parse_args(rest)
+            return self.session(a.name).status()
+        if cmd == "offload":
+            return self.cmd_offload(self.parsers["offload"].parse_args(rest))
+        if cmd == "replay":
+            a = self.parsers["replay"].parse_args(rest)
+            from ..pipeline.replay import replay
+
+            r = replay(a.source, filter=a.filter, name=a.name, default=a.default, on_error=a.on_error,
+                       deadline=_deadline(a.deadline))  # fmt: skip
+            self.sessions[r.name] = r
+            self.current_session = r.name
+            return r
+        if cmd == "run":
+            a = self.parsers["run"].parse_args(rest)
+            r = self.session(a.session)
+            if not r.is_replay:
+                raise PktlabError(f"session {r.name} reads a live queue; %pktlab run replays a capture session")
+            return r.run(pace=a.pace, limit=a.limit)
+        if cmd == "netpipe":
+            from ..measure.netpipe import netpipe
+
+            a = self.parsers["netpipe"].parse_args(rest)
+            lab = self.lab(a.lab)
+            mine = [s for s in lab.sessions if s.attached]
+            return netpipe(lab, [None, *mine], max_bytes=a.max, proto="udp" if a.udp else "tcp", to=a.to)
+        if cmd == "trace":
+            return self.cmd_trace(self.parsers["trace"].parse_args(rest))
+        if cmd == "bpf":
+            from ..kernel import bpf
+
+            if len(rest) != 1:
+                raise PktlabError('%pktlab bpf takes one quoted tcpdump expression: %pktlab bpf "udp and port 53"')
+            return bpf.compile(rest[0])
+        if cmd == "doctor":
+            from .. import doctor
+
+            return doctor.run(clean="--clean" in rest)
+        if cmd in ("dashboard", "controls"):
+            s = self.session(rest[0] if rest else None)
+            return s.dashboard() if cmd == "dashboard" else s.controls()
+        if cmd in ("pause", "resume"):
+            s = self.session(rest[0] if rest else None)
+            s.pause() if cmd == "pause" else s.resume()
+            return None
+        if cmd == "handlers":
+            s = self.session()
+            return [(h.name, h.enabled, h.errors) for h in s.chain]
+        if cmd == "handler":
+            a = self.parsers["handler"].parse_args(rest)
+            s = self.session(a.session)
+            if a.action == "remove":
+                s.remove_handler(a.name)
+            else:
+                s.enable(a.name, a.action == "on")
+            return None
+        raise PktlabError(f"unknown command {cmd!r}; try %pktlab help")
+
+    def cmd_lab(self, a: argparse.Namespace) -> Any:
+        name = a.name_opt or a.name
+        if a.action == "up":
+            name = name or "lab"
+            if name in self.labs and not self.labs[name].closed:
+                raise PktlabError(f"lab {name!r} is already up; %pktlab lab down {name} first or pick another --name")
+            lab = Lab(a.topology)
+            self.labs[name] = lab
+            self.current_lab = name
+            return lab
+        if a.action == "down":
+            lab = self.lab(name)
+            key = name or self.current_lab
+            td = Teardown(f"lab {key}")
+            for sname, s in list(self.sessions.items()):
+                if getattr(s, "lab", None) is lab:
+                    td.step(f"detaching session {sname}", s.detach)
+                    self._forget_session(sname)
+            td.step("removing its namespaces", lab.down)
+            del self.labs[key]  # type: ignore[arg-type]
+            if self.current_lab == key:
+                self.current_lab = next(iter(self.labs), None)
+            td.finish("run %pktlab doctor --clean to remove what is left")
+            return None
+        return {n: lab for n, lab in self.labs.items()}
+
+    def cmd_attach(self, a: argparse.Namespace) -> Session:
+        netns: Any = None
+        if not a.host:
+            lab = self.lab(a.lab)
+            netns = lab[a.on]
+        s = attach(
+            a.queue,
+            rule=a.rule,
+            hook=a.hook,
+            table=a.table,
+            family=a.family,
+            netns=netns,
+            allow_host=a.host,
+            allow_all=a.all,
+            bypass=not a.fail_closed,
+            fail_open=not a.fail_closed,
+            default=a.default,
+            on_error=a.on_error,
+            max_len=a.max_len,
+            copy_range=a.copy_range,
+            sock_bytes=a.sock_bytes,
+            deadline=_deadline(a.deadline),
+            name=a.name,
+            filter=a.filter,
+        )
+        self.sessions[s.name] = s
+        self.current_session = s.name
+        return s
+
+    def cmd_offload(self, a: argparse.Namespace) -> Any:
+        s = self.session(a.session)
+        if a.expr == "list" and a.verdict is None:
+            return [o.describe() for o in s.offloads]
+        if a.expr == "remove":
+            if a.verdict is None:
+                raise PktlabError('%pktlab offload remove needs the filter: %pktlab offload remove "tcp dst port 22"')
+            s.remove_offload(a.verdict)
+            return None
+        if a.verdict is None:
+            raise PktlabError('%pktlab offload needs a verdict: %pktlab offload "tcp dst port 22" drop')
+        return s.offload(a.expr, a.verdict, mark=a.mark)
+
+    def cmd_trace(self, a: argparse.Namespace) -> Any:
+        from ..measure.timeline import Tracer
+
+        lab = self.lab(a.lab)
+        hosts = [lab[h.strip()] for h in a.on.split(",")] if a.on else lab
+        try:
+            tracer = Tracer(hosts, a.filter, a.count, a.timeout).start()
+        except ValueError as exc:
+            raise PktlabError(f"%pktlab trace: {exc}") from None
+        return tracer if a.background else tracer.wait()
+
+    def cmd_detach(self, a: argparse.Namespace) -> None:
+        names = list(self.sessions) if a.all else [a.name or self.current_session]
+        if names == [None]:
+            raise PktlabError("no session is attached; nothing to detach")
+        for n in names:
+            s = self.session(n)
+            if hasattr(s, "detach"):
+                s.detach()
+            self._forget_session(n)  # type: ignore[arg-type]
+
+    def _forget_session(self, name: str) -> None:
+        self.sessions.pop(name, None)
+        if self.current_session == name:
+            self.current_session = next(reversed(self.sessions), None) if self.sessions else None
+
+    def run_cell(self, line: str, cell: str) -> Any:
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise PktlabError(f"cannot read the arguments ({exc}); check the quotes") from None
+        if not argv or argv[0] != "handler":
+            raise PktlabError("the cell magic is %%pktlab handler NAME; the cell is the handler's body")
+        a = self.parsers["handler-cell"].parse_args(argv[1:])
+        if not a.name.isidentifier():
+            raise PktlabError(f"handler name {a.name!r} is not a Python identifier; use letters, digits and _")
+        s = self.session(a.session)
+        fn = compile_handler(a.name, cell, self.shell.user_ns if self.shell else {})
+        replaced = a.name in s.handlers
+        s.add_handler(fn, a.name, before=a.before, after=a.after)
+        print(f"handler {a.name} {'replaced' if replaced else 'added'} in session {s.name}: {', '.join(s.handlers)}")
+        return None
+
+    def close(self) -> None:
+        """Detach every session and take every lab down; every step runs, failures are raised together."""
+        td = Teardown("the notebook's pktlab state")
+        for name, s in list(self.sessions.items()):
+            if hasattr(s, "detach"):
+                td.step(f"detaching session {name}", s.detach)
+        for name, lab in list(self.labs.items()):
+            td.step(f"taking lab {name} down", lab.down)
+        self.sessions.clear()
+        self.labs.clear()
+        self.current_session = self.current_lab = None
+        td.finish("run %pktlab doctor --clean to remove what is left")
+
+
+def _deadline(text: str) -> float | None:
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise PktlabError(f"--deadline {text!r} is not a number of seconds; use e.g. 0.05, or none") from None
+
+
+def handler_source(name: str, body: str) -> str:
+    """The source of ``def name(pkt): <body>`` (what a ``%%pktlab handler`` cell defines)."""
+    body = textwrap.indent(textwrap.dedent(body).rstrip() or "pass", "    ")
+    return f"def {name}(pkt):\n{body}\n    return None\n"
+
+
+def compile_handler(name: str, body: str, user_ns: dict[str, Any]) -> Any:
+    """Make ``def name(pkt): <body>`` with the notebook's globals."""
+    src = handler_source(name, body)
+    filename = f"<pktlab handler {name}>"
+    try:
+        code = compile(src, filename, "exec")
+    except SyntaxError as exc:
+        line = (exc.lineno or 2) - 1
+        raise PktlabError(
+            f"the handler cell has a syntax error on line {line}: {exc.msg}; fix the cell and run it again"
+        ) from None
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    local: dict[str, Any] = {}
+    exec(code, user_ns, local)
+    return local[name]
+
+
+def _make_magics_class() -> Any:
+    from IPython.core.error import UsageError
+    from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+    @magics_class
+    class PktlabMagics(Magics):
+        def __init__(self, shell: Any) -> None:
+            super().__init__(shell)
+            self.state = PktlabMagicState(shell)
+
+        @line_cell_magic
+        def pktlab(self, line: str, cell: str | None = None) -> Any:
+            """%pktlab COMMAND ... (try %pktlab help); %%pktlab handler NAME."""
+            try:
+                if cell is None:
+                    return self.state.run_line(line)
+                return self.state.run_cell(line, cell)
+            except PktlabError as exc:
+                raise UsageError(str(exc)) from None
+
+    return PktlabMagics
+
+
+def load(ipython: Any) -> None:
+    magics = _make_magics_class()(ipython)
+    ipython.register_magics(magics)
+    ipython._pktlab_magics = magics
+
+
+def unload(ipython: Any) -> None:
+    magics = getattr(ipython, "_pktlab_magics", None)
+    if magics is not None:
+        magics.state.close()

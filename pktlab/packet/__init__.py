@@ -1,0 +1,1 @@
+"""The packet model: ``Packet``, verdicts, protocol views (built in and user-defined), display."""

@@ -1,0 +1,350 @@
+"""The object a handler sees: one queued packet.
+
+Building a ``Packet`` parses nothing; the protocol views (``pkt.ip``,
+``pkt.udp`` ...) decode only the fields that are read.  Writes through a
+view, ``pkt.raw[...] = ...`` or a payload change mark the packet dirty; its
+IP length and IP/TCP/UDP/ICMP checksums are then recomputed once, when the
+session gives the verdict.  Verdict methods do not talk to the kernel: they
+return a :class:`~pktlab.Verdict` that the handler returns, so the
+session alone issues exactly one verdict per packet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any, Protocol
+
+from .._hot import PacketCore, fix_packet, set_view_classes
+from ..errors import PacketFormatError
+from .user_protocols import registry as protocol_registry
+from .verdicts import ACCEPT, DROP, REPEAT, Verdict
+from .views import ICMP, TCP, UDP, ICMPv6, IPv4, IPv6
+from .views.dns import DNS
+from .views.ethernet import Ethernet
+from .views.http import HTTP
+from .views.http import find as find_http
+from .views.ip import LATER_FRAGMENT, ipv6_upper
+
+HOOK_NAMES = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 47: "gre", 50: "esp", 132: "sctp"}
+
+
+class Meta(Protocol):
+    """What a source knows about a packet besides its bytes (NetfilterQueue's Packet fits)."""
+
+    id: int
+    hook: int
+    mark: int
+    indev: int
+    outdev: int
+    hw_protocol: int
+
+    def get_hw(self) -> bytes | None: ...
+
+
+def _if_name(index: int) -> str | None:
+    if not index:
+        return None
+    import socket
+
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return str(index)
+
+
+class RawBytes:
+    """Byte-level access: ``pkt.raw[20:28]`` reads, ``pkt.raw[20:22] = b"..."`` writes."""
+
+    __slots__ = ("_pkt",)
+
+    def __init__(self, pkt: Packet) -> None:
+        self._pkt = pkt
+
+    def __getitem__(self, key: int | slice) -> Any:
+        v = self._pkt._buf[key]
+        return bytes(v) if isinstance(key, slice) else v
+
+    def __setitem__(self, key: int | slice, value: Any) -> None:
+        if isinstance(key, slice):
+            n = len(self._pkt._buf)
+            past = [i for i in (key.start, key.stop) if i is not None and not -n <= i <= n]
+            if past:
+                raise IndexError(
+                    f"raw[{key.start}:{key.stop}] reaches past the end of the {n}-byte packet; write within it "
+                    "(a longer packet: set_payload(), or a view's payload)"
+                )
+        buf = self._pkt._writable()
+        buf[key] = value
+        self._pkt._dirty = True
+        self._pkt._relayout()
+
+    def __len__(self) -> int:
+        return len(self._pkt._buf)
+
+    def hex(self, sep: str = " ") -> str:
+        return bytes(self._pkt._buf).hex(sep)
+
+    def __repr__(self) -> str:
+        return f"<raw {len(self)} bytes {bytes(self._pkt._buf[:32]).hex(' ')}{' …' if len(self) > 32 else ''}>"
+
+
+class Packet(PacketCore):
+    """One packet held by the kernel until its verdict: ``Packet(meta, data, time, link="ip")``.
+
+    ``link="ethernet"`` reads ``data`` as an Ethernet frame (from a capture file):
+    ``pkt.eth`` is then its header and the IP views start after it.
+
+    The buffer, flags and the layer properties ``ip``, ``ipv6``, ``udp``,
+    ``tcp``, ``icmp`` and ``icmpv6`` live in the compiled core; ``time`` is
+    when the reader got the packet (seconds since the epoch).
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        """``pkt.<protocol>`` for user-defined protocols (see :func:`pktlab.protocol`)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return protocol_registry.lookup(self, name)
+        except AttributeError:
+            raise AttributeError(
+                f"a packet has no attribute or protocol {name!r}; user-defined protocols: "
+                f"{', '.join(protocol_registry.names) or 'none'} (define one with @pktlab.protocol)"
+            ) from None
+
+    # -- metadata -------------------------------------------------------------
+    @property
+    def id(self) -> int:
+        return self._meta.id if self._meta else 0
+
+    @property
+    def hook(self) -> str:
+        """The netfilter hook the packet was queued at (``"INPUT"``...)."""
+        h = self._meta.hook if self._meta else 1
+        return HOOK_NAMES[h] if 0 <= h < len(HOOK_NAMES) else str(h)
+
+    @property
+    def mark(self) -> int:
+        if self._mark is not None:
+            return self._mark
+        return self._meta.mark if self._meta else 0
+
+    @property
+    def indev(self) -> str | None:
+        return _if_name(self._meta.indev) if self._meta else None
+
+    @property
+    def outdev(self) -> str | None:
+        return _if_name(self._meta.outdev) if self._meta else None
+
+    @property
+    def hw(self) -> str | None:
+        """Source MAC address when the kernel gave one (not at OUTPUT/PREROUTING of local packets)."""
+        raw = self._meta.get_hw() if self._meta else None
+        return ":".join(f"{b:02x}" for b in raw[:6]) if raw else None
+
+    # -- bytes ----------------------------------------------------------------
+    def __bytes__(self) -> bytes:
+        if self._dirty:
+            self._fixup()
+        return bytes(self._buf)
+
+    @property
+    def raw(self) -> RawBytes:
+        return RawBytes(self)
+
+    def _replace(self, start: int, end: int, data: bytes) -> None:
+        buf = self._writable()
+        buf[start:end] = data
+        self._dirty = True
+        self._relayout()
+
+    def set_payload(self, data: bytes, *, fix_checksums: bool = False) -> None:
+        """Replace the IP packet (IP header onward) with ``data``.
+
+        A link header in front (a packet of an Ethernet capture) stays, with its
+        EtherType set for the new IP version, so the IP header is found where it was.
+        """
+        data = bytes(data)
+        if not data:
+            raise PacketFormatError("set_payload() got no bytes; an empty packet cannot be sent; use drop() instead")
+        if self._eth:
+            if self._l3 < 0:
+                raise PacketFormatError(
+                    "this frame carries no IP packet, so set_payload() has no IP header to replace; "
+                    "write the frame's bytes with pkt.raw[...] instead"
+                )
+            etype = {4: b"\x08\x00", 6: b"\x86\xdd"}.get(data[0] >> 4)
+            if etype is None:
+                raise PacketFormatError(
+                    f"set_payload() got bytes that are not an IPv4 or IPv6 packet (version {data[0] >> 4}); "
+                    "an Ethernet frame here carries IP"
+                )
+            data = bytes(self._buf[: self._l3 - 2]) + etype + data
+        self._buf = bytearray(data)
+        self._modified = True
+        self._dirty = fix_checksums
+        self._relayout()
+
+    def set_mark(self, mark: int) -> None:
+        """Set the packet's netfilter mark (given with the verdict)."""
+        if not 0 <= int(mark) <= 0xFFFFFFFF:
+            raise ValueError(f"mark {mark} does not fit in 32 bits")
+        self._mark = int(mark)
+
+    @property
+    def modified(self) -> bool:
+        return self._modified
+
+    # -- verdicts -------------------------------------------------------------
+    def accept(self, *, mark: int | None = None) -> Verdict:
+        """Return this from a handler to let the packet through."""
+        if mark is not None:
+            self.set_mark(mark)
+        return ACCEPT
+
+    def drop(self) -> Verdict:
+        """Return this from a handler to drop the packet."""
+        return DROP
+
+    def repeat(self, *, mark: int | None = None) -> Verdict:
+        """Return this to re-inject the packet at the start of its hook (set a mark to avoid a loop)."""
+        if mark is not None:
+            self.set_mark(mark)
+        return REPEAT
+
+    # -- layers ---------------------------------------------------------------
+    @property
+    def eth(self) -> Ethernet | None:
+        """The Ethernet header of a frame read with ``link="ethernet"`` (None for packets from a queue)."""
+        return Ethernet(self, 0) if self._eth and len(self._buf) >= 14 else None
+
+    @property
+    def version(self) -> int:
+        """The IP version (4 or 6), 0 when the packet carries no IP."""
+        l3 = self._l3
+        return self._buf[l3] >> 4 if 0 <= l3 < len(self._buf) else 0
+
+    @property
+    def proto(self) -> int:
+        """The transport protocol number (6 TCP, 17 UDP ...), -1 when not IP."""
+        return self._upper()[0]
+
+    @property
+    def transport(self) -> UDP | TCP | ICMP | None:
+        """The TCP, UDP, ICMP or ICMPv6 layer, whichever the packet has."""
+        p = self._upper()[0]
+        return (
+            self.tcp if p == 6 else self.udp if p == 17 else self.icmp if p == 1 else self.icmpv6 if p == 58 else None
+        )
+
+    @property
+    def dns(self) -> DNS | None:
+        """The DNS message of UDP port 53 (either direction), or of TCP port 53 after its length prefix."""
+        u = self.udp
+        if u is not None:
+            return DNS(self, u.payload_offset) if 53 in (u.sport, u.dport) else None
+        t = self.tcp
+        if t is not None and 53 in (t.sport, t.dport):
+            off = t.payload_offset
+            return DNS(self, off + 2) if len(self._buf) >= off + 2 + 12 else None
+        return None
+
+    @property
+    def http(self) -> HTTP | None:
+        """The HTTP/1.x head at the start of a TCP payload on port 80, 8000 or 8080 (either direction)."""
+        return find_http(self)
+
+    @property
+    def payload(self) -> bytes | None:
+        """The transport payload (after the TCP/UDP/ICMP header)."""
+        t = self.transport
+        return t.payload if t is not None else None
+
+    @payload.setter
+    def payload(self, data: bytes) -> None:
+        t = self.transport
+        if t is None:
+            raise PacketFormatError("this packet has no TCP/UDP/ICMP layer whose payload could be set")
+        t.payload = data
+
+    @property
+    def scapy(self) -> Any:
+        """The packet parsed by scapy (IP or IPv6); costly, for exploring rather than hot paths."""
+        from scapy.layers.inet import IP
+        from scapy.layers.inet6 import IPv6 as ScapyIPv6
+        from scapy.packet import Raw
+
+        data = bytes(self)
+        if self._eth:
+            from scapy.layers.l2 import Ether
+
+            return Ether(data)
+        v = data[0] >> 4 if data else 0
+        return IP(data) if v == 4 else ScapyIPv6(data) if v == 6 else Raw(data)
+
+    @scapy.setter
+    def scapy(self, pkt: Any) -> None:
+        self.set_payload(bytes(pkt))
+
+    # -- verdict-time fix-ups ---------------------------------------------------
+    def _fixup(self) -> None:
+        """Recompute IP lengths and checksums after writes (once, before the verdict; in C)."""
+        fix_packet(self)
+
+    # -- display --------------------------------------------------------------
+    def summary(self) -> str:
+        l3 = self._l3
+        if l3 < 0:
+            return f"non-IP frame (type {self.eth.type:#06x}) len={len(self)}" if self.eth else f"raw len={len(self)}"
+        s = summarize(bytes(self._buf[l3 : l3 + 128]))
+        where = f"{s['src']}:{s['sport']}" if s["sport"] is not None else str(s["src"])
+        to = f"{s['dst']}:{s['dport']}" if s["dport"] is not None else str(s["dst"])
+        return f"{s['proto']} {where} > {to} len={len(self)}"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the layers and their fields beside a hex dump, each field's bytes marked."""
+        from .display import packet_html
+
+        return packet_html(self)
+
+    def __repr__(self) -> str:
+        return f"<Packet #{self.id} {self.hook} {self.summary()}{' modified' if self._modified else ''}>"
+
+
+def summarize(head: bytes) -> dict[str, Any]:
+    """Protocol, addresses and ports from a packet's first bytes (no exceptions)."""
+    out: dict[str, Any] = {"proto": "?", "src": None, "dst": None, "sport": None, "dport": None}
+    try:
+        v = head[0] >> 4
+        if v == 4 and len(head) >= 20:
+            ihl = (head[0] & 15) * 4
+            p = head[9]
+            out["src"] = str(ipaddress.IPv4Address(head[12:16]))
+            out["dst"] = str(ipaddress.IPv4Address(head[16:20]))
+            off = ihl
+            frag = int.from_bytes(head[6:8], "big") & 0x1FFF
+        elif v == 6 and len(head) >= 40:
+            out["src"] = str(ipaddress.IPv6Address(head[8:24]))
+            out["dst"] = str(ipaddress.IPv6Address(head[24:40]))
+            try:
+                p, off, frag6 = ipv6_upper(head, 0)
+            except PacketFormatError:  # extension headers beyond the recorded bytes: protocol unknown ("?")
+                return out
+            frag = frag6 == LATER_FRAGMENT
+        else:
+            out["proto"] = "raw"
+            return out
+        out["proto"] = PROTO_NAMES.get(p, str(p))
+        if p in (6, 17) and not frag and len(head) >= off + 4:
+            out["sport"], out["dport"] = struct.unpack_from("!HH", head, off)
+    except (IndexError, ValueError, struct.error):
+        pass
+    return out
+
+
+set_view_classes(IPv4, IPv6, UDP, TCP, ICMP, ICMPv6)
+protocol_registry.reserve(dir(Packet))

@@ -1,0 +1,77 @@
+"""The machinery of protocol views: fields declared as (offset, bits, kind).
+
+A view is a window on a packet's buffer starting at ``offset``.  Its class
+declares fields (:class:`Field`, compiled in ``_hot``); reading one decodes
+just those bytes, writing one patches them in place and marks the packet
+dirty so that lengths and checksums are fixed once, when the verdict is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..._hot import Field, ViewCore
+from ...errors import PacketFormatError
+
+__all__ = ["Field", "View"]
+
+
+class View(ViewCore):
+    """A protocol layer seen at ``offset`` in a packet (``View(pkt, offset)``)."""
+
+    __slots__ = ()
+    header_len_min = 0
+    layer = ""
+
+    @classmethod
+    def fields(cls) -> list[Field]:
+        out: list[Field] = []
+        for klass in reversed(cls.__mro__):
+            out.extend(v for v in vars(klass).values() if isinstance(v, Field))
+        return out
+
+    @property
+    def offset(self) -> int:
+        """Where the layer starts in the packet."""
+        return self._off
+
+    @property
+    def header_len(self) -> int:
+        return self.header_len_min
+
+    @property
+    def payload_offset(self) -> int:
+        """Where the layer's payload starts; raises if its header claims more bytes than the packet has."""
+        end = self._off + self.header_len
+        n = len(self._pkt._buf)
+        if end > n:
+            raise PacketFormatError(
+                f"the {type(self).__name__} header at offset {self._off} claims {end - self._off} bytes but the "
+                f"packet ends after {n - self._off}; it is truncated or its length field is wrong"
+            )
+        return end
+
+    @property
+    def payload(self) -> bytes:
+        """The bytes after this layer's header."""
+        return bytes(self._pkt._buf[self.payload_offset :])
+
+    @payload.setter
+    def payload(self, data: bytes) -> None:
+        self._pkt._replace(self.payload_offset, len(self._pkt._buf), bytes(data))
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in self.fields():
+            try:
+                out[f.name] = getattr(self, f.name)
+            except PacketFormatError:
+                out[f.name] = None
+        return out
+
+    def __repr__(self) -> str:
+        body = " ".join(f"{k}={v}" for k, v in self.as_dict().items() if k != "chksum")
+        return f"<{type(self).__name__} {body}>"
+
+    def __bool__(self) -> bool:
+        return True

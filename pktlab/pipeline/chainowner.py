@@ -1,0 +1,113 @@
+"""The handler-chain half of a session: handlers, default and error verdicts, the record's views.
+
+:class:`~pktlab.Session` (whose packets come from a kernel queue or a capture)
+gets these from here; what a person does to the chain (``@s.handler``,
+``enable``, ``df``, ``errors``) lives in this one place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ..packet.model import Packet
+from ..packet.verdicts import Verdict
+from .handlers import Handler, HandlerChain, HandlerFailure
+from .record import Record
+
+
+class ChainOwner:
+    """Handler management, default and error verdicts, and the record of a session."""
+
+    chain: HandlerChain
+    record: Record
+    _default: Verdict
+    _on_error: Verdict
+
+    _monitor: Any = None
+    table_filter: Any = None  # a BpfProgram the dashboard's packet table shows matches of (controls set it)
+
+    def _verdicts_changed(self) -> None:
+        """Called after ``default`` or ``on_error`` changed (a live session tells its dispatcher)."""
+
+    def _live_monitor(self, period: float = 0.5, window: float = 300.0) -> Any:
+        """The session's one statistics thread (made on first use)."""
+        from ..notebook.livestats import Monitor
+
+        if self._monitor is None:
+            self._monitor = Monitor(self, period, window)
+        return self._monitor
+
+    def dashboard(self, period: float = 0.5, window: float = 300.0) -> Any:
+        """Live plots of this session, updated every ``period`` s (see :mod:`pktlab.notebook.dashboard`)."""
+        from ..notebook.dashboard import Dashboard
+
+        return Dashboard(self, period, window)
+
+    @property
+    def default(self) -> Verdict:
+        """The verdict of a packet no handler decided on."""
+        return self._default
+
+    @default.setter
+    def default(self, value: str | Verdict) -> None:
+        self._default = Verdict.parse(value)
+        self._verdicts_changed()
+
+    @property
+    def on_error(self) -> Verdict:
+        """The verdict of a packet whose handler raised."""
+        return self._on_error
+
+    @on_error.setter
+    def on_error(self, value: str | Verdict) -> None:
+        self._on_error = Verdict.parse(value)
+        self._verdicts_changed()
+
+    # -- handlers --------------------------------------------------------------
+    def handler(
+        self,
+        fn: Callable[[Packet], Any] | None = None,
+        *,
+        name: str | None = None,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> Any:
+        """Decorator: ``@s.handler`` adds (or, same name, replaces) a handler."""
+
+        def register(f: Callable[[Packet], Any]) -> Callable[[Packet], Any]:
+            self.chain.add(f, name, before=before, after=after)
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def add_handler(self, fn: Callable[[Packet], Any], name: str | None = None, **kwargs: Any) -> Handler:
+        """Add or replace a handler; see :meth:`HandlerChain.add`."""
+        return self.chain.add(fn, name, **kwargs)
+
+    def remove_handler(self, name: str) -> None:
+        self.chain.remove(name)
+
+    def enable(self, name: str, on: bool = True) -> None:
+        """Switch a handler on or off without removing it."""
+        self.chain.enable(name, on)
+
+    @property
+    def handlers(self) -> list[str]:
+        return self.chain.names
+
+    # -- looking at what happened -------------------------------------------------
+    @property
+    def errors(self) -> list[HandlerFailure]:
+        """Handler exceptions kept with the packet they failed on (newest last)."""
+        return list(self.chain.failures)
+
+    @property
+    def df(self) -> Any:
+        """The record as a pandas DataFrame (one row per packet)."""
+        return self.record.df()
+
+    def to_pcap(self, path: str | os.PathLike[str]) -> int:
+        """Write the packets seen (up to ``snaplen`` bytes each) to a pcap file."""
+        return self.record.to_pcap(str(path))

@@ -1,0 +1,200 @@
+"""The ordered, named chain of handlers a session runs on every packet.
+
+The chain a packet runs through is an immutable tuple read once per packet;
+adding, replacing or removing a handler builds a new tuple and swaps it in
+with one assignment, so a packet sees either the old chain or the new one,
+never half of each.  Replacing a handler keeps its position.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import HandlerError
+from ..packet.verdicts import Verdict
+
+HandlerFn = Callable[[Any], Any]
+
+
+@dataclass(eq=False)
+class Handler:
+    """A named handler: ``fn(pkt)`` returns a verdict or None (pass on)."""
+
+    name: str
+    fn: HandlerFn
+    enabled: bool = True
+    errors: int = 0
+    stuck_since: float | None = None  # set while a call is past the session's deadline
+    rescued: int = 0  # packets the watchdog verdicted because this handler did not return in time
+    source: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class HandlerFailure:
+    """A handler exception, kept with the packet it failed on."""
+
+    time: float
+    handler: str
+    packet: str
+    error: str
+    traceback: str
+
+    def __str__(self) -> str:
+        return f"{self.handler} raised {self.error} on {self.packet}"
+
+
+def _check_fn(fn: object, name: str) -> None:
+    if not callable(fn):
+        raise HandlerError(
+            f"handler {name!r} is a {type(fn).__name__}, not a function; pass a function of one argument (pkt)"
+        )
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(object())
+    except TypeError:
+        raise HandlerError(
+            f"handler {name!r} must take exactly one argument (the packet); its signature is {name}{sig}"
+        ) from None
+
+
+def trim_traceback(exc: BaseException, keep: int = 6) -> str:
+    """The last ``keep`` frames of an exception's traceback, as text."""
+    frames = traceback.extract_tb(exc.__traceback__)[-keep:]
+    lines = traceback.format_list(frames) + traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip()
+
+
+class HandlerChain:
+    """Named handlers in order; ``active`` is the tuple the reader runs."""
+
+    def __init__(self, max_failures: int = 1000) -> None:
+        self._handlers: list[Handler] = []
+        self._lock = threading.Lock()
+        self.active: tuple[Handler, ...] = ()
+        self.failures: deque[HandlerFailure] = deque(maxlen=max_failures)
+
+    def _publish(self) -> None:
+        self.active = tuple(h for h in self._handlers if h.enabled and h.stuck_since is None)
+
+    def add(
+        self,
+        fn: HandlerFn,
+        name: str | None = None,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        source: str | None = None,
+    ) -> Handler:
+        """Add ``fn`` under ``name``; an existing handler of that name is replaced in place."""
+        name = name or getattr(fn, "__name__", None) or f"handler{len(self._handlers) + 1}"
+        if before is not None and after is not None:
+            raise HandlerError(
+                f"handler {name!r} was given both before={before!r} and after={after!r}; give one of them"
+            )
+        _check_fn(fn, name)
+        with self._lock:
+            for i, h in enumerate(self._handlers):
+                if h.name == name:
+                    new = Handler(name, fn, h.enabled, source=source)
+                    self._handlers[i] = new
+                    self._publish()
+                    return new
+            new = Handler(name, fn, source=source)
+            anchor = before or after
+            if anchor is not None:
+                idx = self._index(anchor) + (1 if after else 0)
+                self._handlers.insert(idx, new)
+            else:
+                self._handlers.append(new)
+            self._publish()
+            return new
+
+    def _index(self, name: str) -> int:
+        for i, h in enumerate(self._handlers):
+            if h.name == name:
+                return i
+        raise HandlerError(f"no handler named {name!r}; the chain has {', '.join(self.names) or 'none'}")
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            del self._handlers[self._index(name)]
+            self._publish()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._handlers.clear()
+            self._publish()
+
+    def enable(self, name: str, on: bool = True) -> None:
+        with self._lock:
+            self._handlers[self._index(name)].enabled = on
+            self._publish()
+
+    def __getitem__(self, name: str) -> Handler:
+        return self._handlers[self._index(name)]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._handlers))
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    @property
+    def names(self) -> list[str]:
+        return [h.name for h in self._handlers]
+
+    def mark_stuck(self, handler: Handler) -> None:
+        """Skip ``handler`` until its stuck call returns (the watchdog calls this)."""
+        with self._lock:
+            handler.rescued += 1
+            if handler.stuck_since is None:
+                handler.stuck_since = time.time()
+            self._publish()
+
+    def unstick(self, handler: Handler) -> None:
+        """The stuck call returned: the handler rejoins the chain where it was."""
+        with self._lock:
+            handler.stuck_since = None
+            self._publish()
+
+    @property
+    def stuck(self) -> list[Handler]:
+        return [h for h in self._handlers if h.stuck_since is not None]
+
+    # -- called by the dispatcher when a handler misbehaves (the slow exits of the hot path) --
+    def failed(self, handler: Handler, pkt: Any, exc: BaseException) -> str:
+        """A handler raised: keep the exception with the packet; return the record's error text."""
+        handler.errors += 1
+        return str(self.record_failure(handler, pkt, exc))
+
+    def bad_return(self, handler: Handler, pkt: Any, value: object) -> tuple[Verdict | None, str | None]:
+        """A handler returned a non-Verdict: a verdict name is fine, anything else is an error."""
+        try:
+            return Verdict.parse(value), None
+        except ValueError:
+            exc = HandlerError(
+                f"handler {handler.name!r} returned {value!r}; return pkt.accept(), pkt.drop(), pkt.repeat() or None"
+            )
+            return None, self.failed(handler, pkt, exc)
+
+    def record_failure(self, handler: Handler, pkt: Any, exc: BaseException) -> HandlerFailure:
+        """Keep an exception a handler raised, with a trimmed traceback."""
+        try:
+            summary = repr(pkt)
+        except Exception as e:  # a broken packet must not hide the handler's error
+            summary = f"<packet: {e}>"
+        failure = HandlerFailure(
+            time.time(), handler.name, summary, f"{type(exc).__name__}: {exc}", trim_traceback(exc)
+        )
+        self.failures.append(failure)
+        return failure

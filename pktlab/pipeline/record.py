@@ -1,0 +1,157 @@
+"""What the session saw: a bounded ring of per-packet entries and counters.
+
+The dispatcher writes one slot per packet into a preallocated ring
+(:class:`pktlab._hot.Ring`) and nothing else; entries become typed
+:class:`Entry` tuples only when read, and everything a person looks at
+(DataFrame, pcap, rates) is computed from them when asked, away from the hot
+path.  Field positions are known here only: the rest of pktlab reads names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from .._hot import Ring
+from ..packet.model import HOOK_NAMES, summarize
+from ..packet.verdicts import ACCEPT, DROP, REPEAT, Verdict
+
+VERDICT_NAMES = {v.code: str(v) for v in (ACCEPT, DROP, REPEAT)}
+COLUMNS = [
+    "time",
+    "id",
+    "hook",
+    "size",
+    "proto",
+    "src",
+    "dst",
+    "sport",
+    "dport",
+    "verdict",
+    "handler",
+    "handler_us",
+    "error",
+    "modified",
+]
+
+
+class Entry(NamedTuple):
+    """One packet's record entry (made from the compiled ring when read, never on the hot path)."""
+
+    time: float  # when the packet reached the chain (a replay: its capture time), seconds since the epoch
+    id: int  # the kernel's packet id (a replay: its number in the capture, from 1)
+    hook: str  # PREROUTING, INPUT, FORWARD, OUTPUT or POSTROUTING
+    size: int  # bytes from the IP header, as the packet arrived
+    head: bytes  # its first ``snaplen`` bytes, as it arrived
+    verdict: str  # accept, drop or repeat
+    handler: str | None  # the handler whose verdict it got (None: the default verdict)
+    handler_us: float  # time in the handlers (0: no handler ran)
+    error: str | None  # the handler's error, if it failed
+    modified: bool  # a handler rewrote it
+
+
+class Record:
+    """A ring of the last ``capacity`` packets plus running counters.
+
+    The ring itself (:class:`pktlab._hot.Ring`) is filled by the compiled
+    dispatcher; this class reads it.
+    """
+
+    def __init__(self, capacity: int = 100_000, snaplen: int = 256) -> None:
+        if capacity < 1:
+            raise ValueError("record capacity must be at least 1")
+        self.capacity = capacity
+        self.snaplen = snaplen
+        self.ring = Ring(capacity, snaplen)
+
+    def clear(self) -> None:
+        """Forget every entry and counter."""
+        self.ring.clear()
+
+    def append(self, e: Entry) -> None:
+        """Add an entry by hand (what a test or a tool made; the dispatcher fills the ring itself)."""
+        code = next(c for c, name in VERDICT_NAMES.items() if name == str(e.verdict))
+        self.ring.append(e.time, e.id, HOOK_NAMES.index(e.hook), e.size, bytes(e.head), code, e.handler,
+                         int(e.handler_us * 1000), e.error, e.modified)  # fmt: skip
+
+    @property
+    def n(self) -> int:
+        """Packets recorded since the start (also those the ring no longer holds)."""
+        return self.ring.n
+
+    @property
+    def counts(self) -> dict[Verdict, int]:
+        r = self.ring
+        return {ACCEPT: r.accepted, DROP: r.dropped, REPEAT: r.repeated}
+
+    @property
+    def errors(self) -> int:
+        return self.ring.errors
+
+    def __len__(self) -> int:
+        return min(self.n, self.capacity)
+
+    def entries(self, last: int = -1) -> list[Entry]:
+        """Entries still in the ring, oldest first (a copy); ``last=N``: only the newest N."""
+        return self.ring.snapshot(Entry, VERDICT_NAMES, HOOK_NAMES, last)
+
+    def tail(self, count: int) -> list[Entry]:
+        """The newest ``count`` entries still in the ring, oldest first."""
+        return self.entries(count)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries())
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for e in self:
+            s = summarize(e.head)
+            out.append(
+                {
+                    "time": e.time,
+                    "id": e.id,
+                    "hook": e.hook,
+                    "size": e.size,
+                    **s,
+                    "verdict": e.verdict,
+                    "handler": e.handler,
+                    "handler_us": e.handler_us,
+                    "error": e.error,
+                    "modified": e.modified,
+                }
+            )
+        return out
+
+    def df(self) -> Any:
+        """The ring as a pandas DataFrame, one row per packet."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.rows(), columns=COLUMNS)
+        df["time"] = pd.to_datetime(df["time"], unit="s")
+        return df
+
+    def to_pcap(self, path: str) -> int:
+        """Write the packets in the ring (up to ``snaplen`` bytes each) to a pcap, in the order they arrived.
+
+        A held packet's entry is made when its verdict is given, later than the
+        packets after it; the capture has it where it came.  Returns the count.
+        """
+        from scapy.utils import RawPcapWriter
+
+        entries = sorted(self.entries(), key=lambda e: e.time)
+        w = RawPcapWriter(str(path), linktype=101, snaplen=max(self.snaplen, 65535), sync=False)
+        try:
+            w._write_header(None)  # an empty record still yields a valid file
+            for e in entries:
+                sec = int(e.time)
+                w.write_packet(e.head, sec=sec, usec=int((e.time - sec) * 1e6), wirelen=e.size)
+        finally:
+            w.close()
+        return len(entries)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "packets": self.n,
+            **{str(v): c for v, c in self.counts.items()},
+            "errors": self.errors,
+        }

@@ -1,0 +1,48 @@
+"""Replay: packets from a capture file through the same dispatcher and handler chain, no root needed.
+
+``pktlab.replay("datasets/lab-dns.pcap")`` (or a dataset name) gives a
+:class:`~pktlab.Session` whose source is the capture instead of a kernel
+queue: the same class, the same ``@s.handler``, ``status()``, ``df``,
+``dashboard()``, ``controls()``, ``hold()``, ``pause()`` and ``step()``.
+``run()`` passes every packet through the one compiled dispatcher the queue
+uses (first verdict wins, ``None`` passes on, a handler that raises or
+returns garbage gets the error verdict, a handler past the deadline is skipped
+until it returns, writes are fixed up); ``write_pcap()`` writes what would
+have left the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import SessionError
+from .session import Session, Status
+
+# the names a replay had before it became a Session (kept importable)
+ReplaySession = Session
+ReplayStatus = Status
+
+
+def replay(source: str | os.PathLike[str], **options: Any) -> Session:
+    """A session reading the capture file (or dataset name) ``source``; add handlers, then ``run()``.
+
+    Options: ``default``, ``on_error``, ``filter`` (tcpdump syntax), ``hook``
+    (what ``pkt.hook`` says), ``deadline`` (s, default 1), ``record_size``,
+    ``snaplen``, ``name``.
+    """
+    from .. import datasets
+
+    if not isinstance(source, str | os.PathLike):
+        raise SessionError(
+            f"replay() takes a capture's path or a dataset name ({', '.join(datasets.names())}), "
+            f"not {type(source).__name__} {source!r}"
+        )
+    unknown = sorted(set(options) - {"default", "on_error", "filter", "hook", "deadline", "record_size", "snaplen",
+                                     "name"})  # fmt: skip
+    if unknown:
+        raise SessionError(
+            f"replay() has no option {', '.join(unknown)}; use default, on_error, filter, hook, deadline, "
+            "record_size, snaplen or name"
+        )
+    return Session.from_capture(str(datasets.resolve(source)), **options)

@@ -1,0 +1,735 @@
+"""A session wires a packet source to a handler chain and a record.
+
+The source is a kernel queue (:func:`attach`) or a capture file
+(:func:`pktlab.replay`); both feed the one compiled dispatcher, so the chain,
+the deadline, holding, stepping and the record behave the same for both.
+
+For a queue, ``attach()`` sweeps rules left by dead sessions, binds the
+reader, then installs the rule (so no packet is queued before a reader
+exists); ``detach()`` removes the rule, lets the reader drain what the kernel
+still holds, then unbinds.  Every packet the reader gets receives exactly one
+verdict, whatever the handlers do.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._hot import Dispatcher
+from ..errors import PktlabError, SessionError
+from ..kernel import bpf as _bpf
+from ..kernel import offload as _offload
+from ..kernel import rules as _rules
+from ..kernel.offload import Offload
+from ..kernel.proc import QueueCounters, require_net_admin
+from ..kernel.queue import QueueSource, batch_verdict_prefix
+from ..packet.model import HOOK_NAMES, Packet
+from ..packet.verdicts import Verdict
+from ..teardown import Teardown
+from .capture import CapturePackets, CaptureSource
+from .chainowner import ChainOwner
+from .handlers import Handler, HandlerChain, HandlerFailure
+from .holding import HeldPacket, HeldPackets
+from .record import Record
+
+if TYPE_CHECKING:
+    from ..lab.network import Host, Lab
+
+_SESSION_SEQ = itertools.count(1)
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+_OFFLOAD_SEQ = itertools.count(1)
+
+
+@dataclass
+class Status:
+    """A snapshot of a session: counters from pktlab and from the kernel."""
+
+    name: str
+    queue: int
+    netns: str | None
+    attached: bool
+    paused: bool
+    rules: list[str]
+    handlers: list[tuple[str, bool, int]]
+    counters: dict[str, int]
+    kernel: QueueCounters | None
+    rate_pps: float
+    last_errors: list[HandlerFailure] = field(default_factory=list)
+    internal_errors: int = 0
+    rule_hits: int = 0
+    passed_unseen: int = 0
+    enobufs: int = 0
+    fail_open: bool = True
+    stuck: list[tuple[str, float, int]] = field(default_factory=list)
+    rescued: int = 0
+    stuck_threads: int = 0
+    filter: str | None = None
+    offloads: list[tuple[str, int]] = field(default_factory=list)  # description, packets decided
+    source: str | None = None  # a replay: the capture's file name (None: a kernel queue)
+    packets: int = 0  # a replay: packets read from the capture (those outside the filter too)
+    seconds: float = 0.0  # a replay: how long the last run() took
+    held: int = 0
+
+    def lines(self) -> list[str]:
+        state = ("attached, PAUSED" if self.paused else "attached") if self.attached else "detached"
+        c = self.counters
+        if self.source is not None:
+            out = [
+                f"replay of {self.source}: {self.packets} packets in {self.seconds:.3f} s"
+                + (f" ({state})" if self.attached else ""),
+                f"  accept {c['accept']}  drop {c['drop']}  repeat {c['repeat']}  errors {c['errors']}  "
+                f"outside the filter {self.passed_unseen}",
+            ]
+        else:
+            where = self.netns or "host namespace"
+            out = [
+                f"session {self.name}: queue {self.queue} in {where}, {state}",
+                f"  packets {c['packets']}  accept {c['accept']}  drop {c['drop']}  repeat {c['repeat']}  "
+                f"errors {c['errors']}  ({self.rate_pps:.0f} pkt/s over the last second)",
+            ]
+        if self.kernel:
+            k = self.kernel
+            out.append(
+                f"  kernel: waiting {k.queue_total}  queue_dropped {k.queue_dropped}  "
+                f"user_dropped {k.user_dropped}  copy_range {k.copy_range}"
+            )
+            mode = "fail-open: a full queue passes packets" if self.fail_open else "fail-closed: a full queue drops"
+            out.append(
+                f"  rule hits {self.rule_hits}  passed unseen {self.passed_unseen}  "
+                f"socket overruns (ENOBUFS) {self.enobufs}  ({mode})"
+            )
+        if self.held:
+            out.append(f"  held {self.held} packet(s) waiting for a verdict from the notebook")
+        if self.filter:
+            out.append(f"  filter{' (in the kernel)' if self.source is None else ''}: {self.filter}")
+        for desc, hits in self.offloads:
+            out.append(f"  offload: {desc}  ({hits} packets decided in the kernel)")
+        for r in self.rules:
+            out.append(f"  rule: {r}")
+        if self.handlers:
+            out.append(
+                "  handlers: "
+                + ", ".join(f"{n}{'' if on else ' (off)'}{f' [{e} errors]' if e else ''}" for n, on, e in self.handlers)
+            )
+        else:
+            out.append("  handlers: none (every packet gets the default verdict)")
+        for name, secs, n in self.stuck:
+            out.append(
+                f"  STUCK: handler {name} has not returned for {secs:.1f} s; it is skipped until it does "
+                f"({n} packet(s) given the error verdict at the deadline)"
+            )
+        if self.rescued and not self.stuck:
+            out.append(f"  {self.rescued} packet(s) got the error verdict because a handler missed the deadline")
+        if self.stuck_threads:
+            out.append(f"  {self.stuck_threads} reading thread(s) still inside a stuck handler call")
+        for f in self.last_errors:
+            out.append(f"  error: {f}")
+        if self.internal_errors:
+            out.append(f"  pktlab internal errors: {self.internal_errors}")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + escape(str(self)) + "</pre>"
+
+
+class Session(ChainOwner):
+    """A packet source (a kernel queue or a capture) bound to one handler chain.
+
+    Use :func:`attach` for a queue and :func:`pktlab.replay` for a capture.
+    """
+
+    def __init__(
+        self,
+        queue: int,
+        *,
+        rule: str | Sequence[str] | None = None,
+        hook: str = "INPUT",
+        table: str | None = None,
+        family: str = "ipv4",
+        netns: str | Host | Lab | None = None,
+        allow_host: bool = False,
+        allow_all: bool = False,
+        bypass: bool = True,
+        fail_open: bool = True,
+        default: str | Verdict = "accept",
+        on_error: str | Verdict = "accept",
+        max_len: int = 4096,
+        copy_range: int = 65535,
+        sock_bytes: int = 8 << 20,
+        batch: int = 64,
+        record_size: int = 100_000,
+        snaplen: int = 256,
+        deadline: float | None = 0.05,
+        name: str | None = None,
+        filter: str | None = None,  # noqa: A002 - the word users know from tcpdump
+    ) -> None:
+        if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue <= 65535:
+            raise SessionError(f"queue number {queue!r} is not valid; use an integer 0..65535")
+        self.queue = queue
+        if name is not None and not _NAME_RE.fullmatch(str(name)):
+            raise SessionError(
+                f"session name {name!r} is not allowed; use 1-48 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit (it goes into the session's firewall rules)"
+            )
+        self.name = name or f"q{queue}-{next(_SESSION_SEQ)}"
+        self._lab, self.netns = _resolve_netns(netns)
+        match = _rules.parse_match(rule)
+        if self.netns is None:
+            if not allow_host:
+                raise SessionError(
+                    "attaching in the host's own network namespace can stall this machine's traffic; "
+                    "attach to a lab host (netns=lab.server, or %pktlab lab up first), or pass "
+                    "allow_host=True (--host) if you mean it"
+                )
+            if not match and not allow_all:
+                raise SessionError(
+                    "a rule with no match would queue all of the host's traffic; give rule= (--rule) "
+                    "or pass allow_all=True (--all) as well"
+                )
+        self.filter = _bpf.compile(filter) if filter else None
+        prefix = tuple(self.filter.match_args()) if self.filter is not None else ()
+        self.rule = _rules.QueueRule(queue, hook, tuple(match), table, bypass, family, prefix)
+        self._offloads: dict[str, Offload] = {}
+        self._init_chain(default, on_error, record_size, snaplen, deadline, 60)
+        self.source: QueueSource | CaptureSource = QueueSource(
+            queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes, fail_open=fail_open
+        )
+        self.rules: _rules.RuleSet | None = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
+        self._make_dispatcher(batch_verdict_prefix(queue), batch)
+
+    @classmethod
+    def from_capture(
+        cls,
+        path: str,
+        *,
+        default: str | Verdict = "accept",
+        on_error: str | Verdict = "accept",
+        filter: str | None = None,  # noqa: A002 - tcpdump's word
+        hook: str = "INPUT",
+        deadline: float | None = 1.0,
+        record_size: int = 100_000,
+        snaplen: int = 256,
+        name: str | None = None,
+    ) -> Session:
+        """A session whose packets come from the capture file ``path``; see :func:`pktlab.replay`."""
+        self = cls.__new__(cls)
+        if name is not None and not _NAME_RE.fullmatch(str(name)):
+            raise SessionError(
+                f"session name {name!r} is not allowed; use 1-48 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        self.name = name or f"replay-{next(_SESSION_SEQ)}"
+        self.queue = None
+        self._lab, self.netns = None, None
+        self.rule = None
+        self.rules = None
+        self._offloads = {}
+        if not isinstance(hook, str) or hook.upper() not in HOOK_NAMES:
+            raise SessionError(f"unknown hook {hook!r}; use one of {', '.join(HOOK_NAMES)}")
+        self.hook = hook.upper()
+        self.filter = _bpf.compile(filter) if filter else None  # the same check (and message) as live
+        self._init_chain(default, on_error, record_size, snaplen, deadline, 600)
+        self.source = CaptureSource(path, filter=filter, hook=HOOK_NAMES.index(self.hook))
+        self._seconds = 0.0
+        self._make_dispatcher(batch_verdict_prefix(0), 1)
+        return self
+
+    def _init_chain(
+        self,
+        default: str | Verdict,
+        on_error: str | Verdict,
+        record_size: int,
+        snaplen: int,
+        deadline: float | None,
+        max_deadline: float,
+    ) -> None:
+        try:
+            self._default = Verdict.parse(default)
+            self._on_error = Verdict.parse(on_error)
+        except ValueError as exc:
+            raise SessionError(str(exc)) from None
+        if deadline is not None and not 0.001 <= deadline <= max_deadline:
+            raise SessionError(
+                f"deadline {deadline!r} s is out of range; use 0.001..{max_deadline:g} seconds, or None for no deadline"
+            )
+        self.deadline = deadline
+        self.chain = HandlerChain()
+        self.record = Record(record_size, snaplen)
+        self._watchdog: threading.Thread | None = None
+        self._watching = threading.Event()
+        self._attached = False
+
+    def _make_dispatcher(self, batch_prefix: bytes, batch: int) -> None:
+        self._dispatch = Dispatcher(
+            self.chain, self.record.ring, self._default, self._on_error, Packet, Verdict, batch_prefix, batch
+        )
+        self.held = HeldPackets(self, self._dispatch.give_held)
+        self._dispatch.on_hold = self.held.add
+
+    @property
+    def is_replay(self) -> bool:
+        """True when the packets come from a capture file, not a kernel queue."""
+        return isinstance(self.source, CaptureSource)
+
+    def _live_only(self, what: str) -> None:
+        if self.is_replay:
+            raise SessionError(f"{self.name} replays a capture; {what} needs a live queue (pktlab.attach)")
+
+    def _replay_only(self, what: str) -> CaptureSource:
+        if not isinstance(self.source, CaptureSource):
+            raise SessionError(f"session {self.name} reads a live queue; {what} is for a capture (pktlab.replay)")
+        return self.source
+
+    def _verdicts_changed(self) -> None:
+        self._dispatch.set_verdicts(self._default, self._on_error)
+
+    # -- lifecycle -------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    @property
+    def lab(self) -> Lab | None:
+        """The lab this session was attached in (None for a namespace given by name)."""
+        return self._lab
+
+    def attach(self) -> Session:
+        """Bind the queue and install the rule (a replay: start reading the capture); returns self."""
+        if self._attached:
+            raise SessionError(f"session {self.name} is already attached; detach() it first")
+        if isinstance(self.source, CaptureSource):
+            self.record.clear()  # a capture read again starts a fresh record
+            self.source.start(self._dispatch)
+            self._attached = True
+            self._start_watchdog()
+            atexit.register(self.detach)
+            return self
+        assert self.rules is not None and self.rule is not None
+        require_net_admin(f"attach NFQUEUE {self.queue}")
+        if self._lab is not None and self._lab.closed:
+            raise SessionError("the lab this session was made for is down; bring a new lab up")
+        if self.netns is None:
+            print(f"pktlab: queueing in the HOST namespace: {self.rule.describe()}")
+        _rules.sweep_stale(self.netns)
+        self.source.start(self._dispatch, on_bound=self._bind_fd, after_read=self._dispatch.flush)
+        try:
+            self.rules.install([self.rule])
+        except BaseException:
+            self.source.stop(drain=0.5)
+            raise
+        self._attached = True
+        self._start_watchdog()
+        atexit.register(self.detach)
+        if self._lab is not None:
+            self._lab.track_session(self)
+        return self
+
+    # -- hung handlers -----------------------------------------------------------------
+    def _start_watchdog(self) -> None:
+        if self.deadline is None:
+            return
+        self._dispatch.watch_stop = False
+        self._watching.set()
+        self._watchdog = threading.Thread(target=self._watch, name=f"pktlab-watchdog-{self.queue}", daemon=True)
+        self._watchdog.start()
+
+    def _stop_watchdog(self) -> None:
+        self._watching.clear()
+        self._dispatch.watch_stop = True
+        if self._watchdog is not None:
+            self._watchdog.join(5)
+            self._watchdog = None
+
+    def _watch(self) -> None:
+        """Every deadline/4: if a handler call is past the deadline, verdict its packet and read on without it."""
+        assert self.deadline is not None
+        deadline_ns = int(self.deadline * 1e9)
+        period_ns = int(max(self.deadline / 4, 0.002) * 1e9)
+        stuck: set[str] = set()
+        said: dict[str, float] = {}  # at most one note per handler per 10 s: a busy kernel can make many
+        while self._watching.is_set():
+            try:
+                # sleeps without the GIL; comes back when a call is overdue, or once a second
+                if self._dispatch.wait_overdue(deadline_ns, period_ns, 1_000_000_000) == 0:
+                    break
+                h = self._dispatch.rescue(deadline_ns)
+                if h is not None:
+                    self.chain.mark_stuck(h)
+                    self.source.replace_reader()
+                    stuck.add(h.name)
+                    if time.monotonic() - said.get(h.name, -1e9) > 10:
+                        said[h.name] = time.monotonic()
+                        self._say(
+                            f"handler {h.name!r} did not return within {self.deadline * 1000:.0f} ms: its packet got "
+                            f"the error verdict ({self.on_error}) and it is skipped until it returns "
+                            f"({h.rescued} packet(s) so far; see status())"
+                        )
+                now_stuck = {x.name for x in self.chain.stuck}
+                for name in sorted(stuck - now_stuck):
+                    if said.get(name, 0) >= time.monotonic() - 10:
+                        self._say(f"handler {name!r} returned and is back in the chain")
+                stuck = now_stuck
+            except Exception as exc:  # pktlab's own failure; keep watching
+                self.source.internal_errors += 1
+                self.source.last_internal_error = f"watchdog: {type(exc).__name__}: {exc}"
+
+    def _say(self, message: str) -> None:
+        """A note for the person at the notebook (stderr shows in the running cell's output)."""
+        print(f"pktlab [{self.name}]: {message}", file=sys.stderr, flush=True)
+
+    @property
+    def stuck(self) -> list[Handler]:
+        """Handlers skipped because a call of theirs is past the deadline and has not returned."""
+        return self.chain.stuck
+
+    def _bind_fd(self, fd: int) -> None:
+        self._dispatch.fd = fd
+
+    def detach(self, drain: float = 2.0) -> None:
+        """Remove the rule, give every queued and held packet its verdict, unbind. Safe to call twice.
+
+        Every step runs even when an earlier one fails (a rule iptables will not
+        delete does not keep held packets from their verdict); the failures are
+        raised together at the end as a :class:`~pktlab.errors.TeardownError`.
+        """
+        if not self._attached:
+            return
+        self._attached = False
+        atexit.unregister(self.detach)
+        if self._lab is not None:
+            self._lab.forget_session(self)
+        self._offloads.clear()
+        self._dispatch.hold_fn = None
+        td = Teardown(f"session {self.name}")
+        if self.rules is not None:
+            td.step("removing its rules", self.rules.remove)
+        td.step("releasing held packets", self.held.release)  # the default verdict, before the queue goes
+        td.step("stopping the reader", self.source.stop, drain=drain)  # the watchdog still rescues meanwhile
+        td.step("stopping the watchdog", self._stop_watchdog)
+        if self._monitor is not None and not self.is_replay:  # a replay's dashboard shows its runs, one after another
+            td.step("stopping the live monitor", self._monitor.stop)
+        td.finish("run `pktlab doctor --clean` to remove what is left")
+
+    # -- offloaded verdicts --------------------------------------------------------
+    def offload(self, expr: str, verdict: str | Verdict = "drop", *, mark: int | None = None) -> Offload:
+        """Let the kernel give ``verdict`` to packets matching ``expr`` (tcpdump syntax) by itself.
+
+        The rule goes in front of the session's queue rule, so matching packets
+        never reach the queue; offloading the same expression again replaces it
+        atomically.  ``verdict`` is ``"accept"``, ``"drop"`` or ``"mark"``
+        (``mark=N`` sets the mark and lets the packet go on to the queue);
+        ``accept`` with ``mark=N`` marks and accepts.
+        """
+        self._live_only("offload()")
+        assert self.rules is not None and self.rule is not None
+        if not self._attached:
+            raise SessionError(f"session {self.name} is not attached; offloads live in its rules, attach first")
+        name, mark = _offload.parse_verdict(verdict, mark)
+        expr = " ".join(str(expr).split())
+        old = self._offloads.get(expr)
+        key = old.key if old is not None else next(_OFFLOAD_SEQ)
+        off = Offload(expr, name, mark, _bpf.compile(expr), key)
+        self.rules.put_front(key, [(self.rule, line) for line in off.lines(self.rule)])
+        self._offloads[expr] = off
+        return off
+
+    def remove_offload(self, expr: str) -> None:
+        """Take an offloaded verdict away: its packets go to the queue again."""
+        expr = " ".join(str(expr).split())
+        off = self._offloads.pop(expr, None)
+        if off is None:
+            raise SessionError(f"no offload for {expr!r}; the session has {sorted(self._offloads) or 'none'}")
+        if self._attached and self.rules is not None:
+            self.rules.drop_front(off.key)
+
+    @property
+    def offloads(self) -> list[Offload]:
+        return list(self._offloads.values())
+
+    def offload_hits(self, expr: str) -> int:
+        """Packets the kernel decided for this offload so far (its rule's counter)."""
+        off = self._offloads.get(" ".join(str(expr).split()))
+        if off is None:
+            raise SessionError(f"no offload for {expr!r}")
+        return self.rules.front_hits(off.key) if self._attached and self.rules is not None else 0
+
+    def controls(self, period: float = 0.5) -> Any:
+        """Pause, step, inspect, toggle handlers, set verdicts (see :mod:`pktlab.notebook.controls`)."""
+        from ..notebook.controls import Controls
+
+        return Controls(self, period)
+
+    # -- holding and stepping ------------------------------------------------------------
+    def hold(self, predicate: Callable[[Packet], Any] | None) -> HeldPackets:
+        """Keep the packets ``predicate`` picks for the notebook to decide; ``hold(None)`` stops picking.
+
+        Returns the live list of held packets (``held[0].accept()``); see :mod:`pktlab.pipeline.holding`.
+        Packets already held stay held until given a verdict or released.
+        """
+        if predicate is not None and not callable(predicate):
+            raise SessionError(f"hold() takes a function of the packet (or None), not {type(predicate).__name__}")
+        self._dispatch.hold_fn = predicate
+        return self.held
+
+    def step(self, timeout: float = 5.0) -> bool:
+        """While paused: let exactly one waiting packet through the chain; True if one came.
+
+        The packet is read from the kernel queue (or the capture's next one) and handled
+        like any other (or held, if a hold predicate picks it); the rest keep waiting.
+        """
+        if not self.paused:
+            raise SessionError("step() lets one packet through a paused session; pause() it first")
+        if not self._attached:
+            raise SessionError(f"session {self.name} is not attached; attach() it (paused) first, then step()")
+        return self.source.step(timeout)
+
+    def step_and_hold(self, timeout: float = 5.0) -> HeldPacket | None:
+        """While paused: let one packet through the chain and hold it for the notebook, whatever the predicate.
+
+        Returns the held packet (``.packet``, ``.accept()``, ``.drop()``), or None if none came.
+        """
+        previous = self._dispatch.hold_fn
+        before = len(self.held)
+        self._dispatch.hold_fn = _hold_all
+        try:
+            came = self.step(timeout)
+        finally:
+            self._dispatch.hold_fn = previous
+        if not came or len(self.held) <= before:
+            return None
+        return self.held[len(self.held) - 1]
+
+    @contextmanager
+    def out_of_path(self) -> Iterator[None]:
+        """Take the session's rules out for a while (packets flow past the queue), then put them back.
+
+        The reader stays bound and the handlers stay; offloads come back too.
+        """
+        self._live_only("out_of_path()")
+        assert self.rules is not None and self.rule is not None
+        if not self._attached:
+            raise SessionError(f"session {self.name} is not attached; there is no rule to take out")
+        offloads = list(self._offloads.values())
+        self.rules.remove()
+        try:
+            yield
+        finally:
+            self.rules.install([self.rule])
+            for off in offloads:
+                self.rules.put_front(off.key, [(self.rule, line) for line in off.lines(self.rule)])
+
+    def pause(self) -> None:
+        """Stop reading: packets wait in the kernel queue (``status()`` shows how many) until :meth:`resume`.
+
+        The kernel holds at most ``max_len`` packets; beyond that it drops new
+        ones (``queue_dropped`` in ``status()``).
+        """
+        self.source.pause()
+
+    def resume(self) -> None:
+        """Read again; the packets that waited go through the chain first, in order."""
+        self.source.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self.source.paused
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def kernel_counters(self) -> QueueCounters | None:
+        """The kernel's counters of the queue (None when not bound, and for a replay)."""
+        return self.source.counters() if self.source.running else None
+
+    def rate(self, window: float = 1.0) -> float:
+        """Packets per second over the last ``window`` seconds."""
+        return self.record.ring.count_since(time.time() - window) / window
+
+    def status(self) -> Status:
+        if isinstance(self.source, CaptureSource):
+            return self._replay_status(self.source)
+        assert self.rules is not None
+        k = self.kernel_counters()
+        hits = self.rules.hits() if self._attached else 0
+        unseen = 0
+        if k is not None:
+            # packets that hit the rule but never reached the reader: passed by the kernel (fail-open,
+            # or --queue-bypass while no reader was bound) beyond those it counted as dropped
+            unseen = max(0, hits - k.queue_dropped - k.user_dropped - k.queue_total - self.record.n)
+        return Status(
+            name=self.name,
+            queue=self.queue,
+            netns=self.netns,
+            attached=self._attached,
+            paused=self.paused,
+            rules=self.rules.installed() if self._attached else [],
+            handlers=[(h.name, h.enabled, h.errors) for h in self.chain],
+            stuck=[(h.name, time.time() - (h.stuck_since or time.time()), h.rescued) for h in self.chain.stuck],
+            rescued=self._dispatch.rescued,
+            stuck_threads=len(self.source.stuck_threads),
+            counters=self.record.counters(),
+            kernel=k,
+            rate_pps=self.rate(),
+            last_errors=self.errors[-3:],
+            internal_errors=self.source.internal_errors + self._dispatch.internal_errors,
+            rule_hits=hits,
+            passed_unseen=unseen,
+            enobufs=self.source.enobufs,
+            fail_open=self.source.fail_open,
+            filter=self.filter.expr if self.filter is not None else None,
+            offloads=[(o.describe(), self.rules.front_hits(o.key)) for o in self._offloads.values()]
+            if self._attached
+            else [],
+            packets=self.record.n + len(self.held),
+            held=len(self.held),
+        )
+
+    def _replay_status(self, src: CaptureSource) -> Status:
+        return Status(
+            name=self.name,
+            queue=-1,
+            netns=None,
+            attached=self._attached,
+            paused=self.paused,
+            rules=[],
+            handlers=[(h.name, h.enabled, h.errors) for h in self.chain],
+            counters=self.record.counters(),
+            kernel=None,
+            rate_pps=self.rate(),
+            last_errors=self.errors[-3:],
+            internal_errors=src.internal_errors + self._dispatch.internal_errors,
+            passed_unseen=src.unseen,
+            stuck=[(h.name, time.time() - (h.stuck_since or time.time()), h.rescued) for h in self.chain.stuck],
+            rescued=self._dispatch.rescued,
+            stuck_threads=len(src.stuck_threads),
+            filter=self.filter.expr if self.filter is not None else None,
+            source=Path(src.path).name,
+            packets=src.read_count,
+            seconds=self._seconds,
+            held=len(self.held),
+        )
+
+    # -- replaying a capture ------------------------------------------------------------
+    def run(
+        self, *, pace: float | None = None, limit: int | None = None, stop_on_error: bool = False
+    ) -> Status:
+        """Replay: pass the capture's packets through the chain, from the first, and wait for the last.
+
+        The record and the outputs start afresh.  ``pace=1.0`` replays in real
+        time (the gaps between capture timestamps), ``pace=2.0`` twice as fast,
+        ``None`` as fast as possible; ``limit`` reads only the first packets;
+        ``stop_on_error`` ends the run at the first packet a handler failed on.
+        Interrupting the cell stops the run between two packets.
+        """
+        src = self._replay_only("run()")
+        if self._attached:
+            raise SessionError(f"{self.name} is already reading its capture; wait() for it or detach() first")
+        self.configure(pace=pace, limit=limit, stop_on_error=stop_on_error)
+        t0 = time.monotonic()
+        self.attach()
+        try:
+            src.wait()
+        finally:
+            self._seconds = time.monotonic() - t0
+            self.detach()
+        return self.status()
+
+    def configure(self, *, pace: float | None = None, limit: int | None = None, stop_on_error: bool = False) -> None:
+        """Replay: how the next ``attach()`` (or ``run()``) reads the capture."""
+        src = self._replay_only("configure()")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise SessionError(f"limit {limit!r} must be a number of packets, 0 or more (None: all of them)")
+        if pace is not None and (isinstance(pace, bool) or not isinstance(pace, int | float) or pace <= 0):
+            raise SessionError(f"pace {pace!r} must be > 0 (1.0 is real time), or None for as fast as possible")
+        ring = self.record.ring
+        src.configure(pace, limit, (lambda: ring.errors > 0) if stop_on_error else None)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Replay: wait until the capture has been read to its end; True if it was within ``timeout``."""
+        return self._replay_only("wait()").wait(timeout)
+
+    @property
+    def packets(self) -> CapturePackets:
+        """Replay: the capture's packets (``time``, ``data``, ``link``), read from the file when asked."""
+        return CapturePackets(self._replay_only("packets").path)
+
+    @property
+    def outputs(self) -> list[tuple[float, bytes, str]]:
+        """Replay: what left "the kernel" in the last run (time, bytes as rewritten, link), in order."""
+        src = self._replay_only("outputs")
+        link = src.link
+        return [(t, data, link) for t, data in src.accepted]
+
+    def write_pcap(self, path: str | os.PathLike[str], *, dropped: bool = False) -> int:
+        """Replay: write what would have left the kernel (accepted packets, as rewritten) to a pcap.
+
+        ``dropped=True`` writes the capture's packets the chain dropped instead.
+        Returns how many packets were written.
+        """
+        from scapy.utils import RawPcapWriter
+
+        src = self._replay_only("write_pcap()")
+        spool = src.dropped if dropped else src.accepted
+        w = RawPcapWriter(str(path), linktype=1 if src.link == "ethernet" else 101, snaplen=65535, sync=False)
+        try:
+            w._write_header(None)  # an empty result still yields a valid file
+            for t, data in spool:
+                sec = int(t)
+                w.write_packet(data, sec=sec, usec=int((t - sec) * 1e6), wirelen=len(data))
+        except OSError as exc:
+            raise PktlabError(f"cannot write {path}: {exc}") from None
+        finally:
+            w.close()
+        return len(spool)
+
+    def __repr__(self) -> str:
+        if isinstance(self.source, CaptureSource):
+            return (
+                f"<Session {self.name} replaying {Path(self.source.path).name}: {self.record.n} packets, "
+                f"handlers {self.handlers}>"
+            )
+        where = self.netns or "host"
+        state = "attached" if self._attached else "detached"
+        n = self.record.n
+        return f"<Session {self.name} queue {self.queue} in {where} {state}, {n} packets, handlers {self.handlers}>"
+
+
+def _hold_all(pkt: Packet) -> bool:
+    return True
+
+
+def _resolve_netns(target: Any) -> tuple[Lab | None, str | None]:
+    from ..lab.network import Host, Lab
+
+    if target is None:
+        return None, None
+    if isinstance(target, Lab):
+        return target, target.server.netns
+    if isinstance(target, Host):
+        return target.lab, target.netns
+    if isinstance(target, str):
+        return None, target
+    raise SessionError(f"netns must be a lab host (lab.server), a Lab or a namespace name, not {type(target).__name__}")
+
+
+def attach(queue: int, **options: Any) -> Session:
+    """Bind NFQUEUE ``queue`` and install its rule; see :class:`Session` for the options."""
+    return Session(queue, **options).attach()

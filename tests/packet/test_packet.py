@@ -1,0 +1,280 @@
+"""Packet and views on bytes made by scapy (no kernel needed)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
+from scapy.packet import Raw
+
+from pktlab import ACCEPT, DROP, REPEAT, Packet, PacketFormatError
+from pktlab.packet.model import summarize
+from tests.conftest import read_every_view
+
+
+def P(scapy_pkt) -> Packet:
+    return Packet(None, bytes(scapy_pkt))
+
+
+def test_reads_ipv4_udp_fields() -> None:
+    p = P(IP(src="10.77.1.1", dst="10.77.1.2", ttl=33) / UDP(sport=1234, dport=9000) / b"hello")
+    assert p.ip.src == "10.77.1.1" and p.ip.dst == "10.77.1.2" and p.ip.ttl == 33
+    assert p.ip.version == 4 and p.ip.ihl == 5 and p.ip.proto == 17
+    assert p.udp.sport == 1234 and p.udp.dport == 9000 and p.udp.len == 13
+    assert p.udp.payload == b"hello" and p.payload == b"hello"
+    assert p.tcp is None and p.icmp is None and p.ipv6 is None
+    assert len(p) == 33 and bytes(p) == bytes(IP(bytes(p)))
+
+
+def test_tcp_flags_and_options() -> None:
+    raw = IP(dst="10.0.0.1") / TCP(flags="SA", options=[("MSS", 1460), ("NOP", None), ("WScale", 7)]) / b"x"
+    p = P(raw)
+    assert p.tcp.flags.syn and p.tcp.flags.ack and not p.tcp.flags.fin
+    assert p.tcp.flags == "SA" and str(p.tcp.flags) == "SA"
+    assert p.tcp.header_len == len(TCP(bytes(raw[TCP]))) - 1
+    assert p.tcp.options.startswith(b"\x02\x04\x05\xb4")
+    assert p.payload == b"x"
+
+
+def test_ipv4_options_shift_the_transport_header() -> None:
+    raw = IP(dst="10.0.0.1", options=b"\x94\x04\x00\x00") / UDP(dport=53) / b"q"
+    p = P(raw)
+    assert p.ip.ihl == 6 and p.ip.options == b"\x94\x04\x00\x00"
+    assert p.udp.dport == 53 and p.payload == b"q"
+
+
+def test_ipv6_extension_headers_are_walked() -> None:
+    raw = IPv6(src="fd77::1", dst="fd77::2", hlim=9) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / UDP(dport=7) / b"v6"
+    p = P(raw)
+    assert p.ip is None and p.ipv6.hlim == 9 and p.ipv6.dst == "fd77::2"
+    assert p.udp.dport == 7 and p.payload == b"v6"
+
+
+@pytest.mark.parametrize(
+    "pkt",
+    [
+        IP(src="1.2.3.4", dst="5.6.7.8") / UDP(sport=1, dport=2) / b"abcdefg",
+        IP(src="1.2.3.4", dst="5.6.7.8") / TCP(sport=1, dport=2, flags="PA") / b"payload!",
+        IP(src="1.2.3.4", dst="5.6.7.8") / ICMP(id=5, seq=6) / b"ping",
+        IPv6(src="fd77::1", dst="fd77::2") / UDP(sport=1, dport=2) / b"six",
+        IPv6(src="fd77::1", dst="fd77::2") / IPv6ExtHdrDestOpt() / TCP(sport=1, dport=2) / b"six",
+    ],
+    ids=["udp", "tcp", "icmp", "udp6", "tcp6-ext"],
+)
+def test_rewrites_fix_lengths_and_checksums_like_scapy(pkt) -> None:
+    p = P(pkt)
+    t = p.transport
+    if hasattr(type(t), "sport"):
+        t.sport = 4444
+    p.payload = b"a different, longer payload"
+    if p.ip:
+        p.ip.dst = "9.9.9.9"
+        p.ip.ttl = 1
+    out = bytes(p)
+    ref_layer = IP if p.ip else IPv6
+    ref = ref_layer(out)
+    # let scapy recompute every length and checksum from scratch and compare
+    for layer in (ref_layer, UDP, TCP, ICMP):
+        if layer in ref:
+            for f in ("chksum", "len", "plen"):
+                if f in ref[layer].fields:
+                    del ref[layer].fields[f]
+    assert out == bytes(ref)
+    assert p.modified
+
+
+def test_ipv4_udp_zero_checksum_stays_zero() -> None:
+    raw = bytearray(bytes(IP(dst="10.0.0.1") / UDP(dport=9) / b"abc"))
+    raw[26:28] = b"\0\0"  # "no checksum", allowed for UDP over IPv4
+    p = Packet(None, bytes(raw))
+    p.payload = b"abcd"
+    out = bytes(p)
+    assert out[28:] == b"abcd" and out[24:26] == (12).to_bytes(2, "big")  # length fixed...
+    assert out[26:28] == b"\0\0"  # ...but no checksum invented
+
+
+def test_raw_slices_read_and_write() -> None:
+    p = P(IP(dst="10.0.0.1") / UDP(dport=9000) / b"hello")
+    assert p.raw[16:20] == bytes([10, 0, 0, 1])
+    assert p.raw[0] == 0x45
+    p.raw[28:33] = b"HELLO"
+    assert p.payload == b"HELLO"
+    assert UDP(bytes(p)[20:]).chksum == UDP(bytes(IP(dst="10.0.0.1") / UDP(dport=9000) / b"HELLO")[20:]).chksum
+
+
+def test_bit_fields_write_without_touching_neighbours() -> None:
+    p = P(IP(dst="10.0.0.1", flags="DF", frag=0) / UDP())
+    p.ip.frag = 5
+    assert p.ip.flags == 2 and p.ip.frag == 5
+    p.ip.ihl = 5
+    assert p.ip.version == 4
+    with pytest.raises(ValueError, match="13 bits wide"):
+        p.ip.frag = 1 << 13
+
+
+def test_truncated_packets_raise_packet_format_error() -> None:
+    full = bytes(IP(dst="10.0.0.1") / TCP())
+    p = Packet(None, full[:30])
+    with pytest.raises(PacketFormatError, match="past the end"):
+        _ = p.tcp.window
+    bad_ihl = bytearray(full)
+    bad_ihl[0] = 0x42
+    with pytest.raises(PacketFormatError, match="less than 20"):
+        _ = Packet(None, bytes(bad_ihl)).tcp
+
+
+def test_verdict_methods_return_verdicts_and_marks() -> None:
+    p = P(IP() / UDP())
+    assert p.accept() is ACCEPT and p.drop() is DROP and p.repeat(mark=3) is REPEAT
+    assert p.mark == 3
+    p.accept(mark=0x10)
+    assert p.mark == 0x10
+    with pytest.raises(ValueError):
+        p.set_mark(-1)
+
+
+def test_scapy_round_trip_and_assignment() -> None:
+    p = P(IP(dst="10.0.0.1") / UDP(dport=53) / b"x")
+    sp = p.scapy
+    assert sp[UDP].dport == 53
+    sp[UDP].dport = 54
+    del sp[UDP].chksum
+    p.scapy = sp
+    assert p.udp.dport == 54 and p.modified
+
+
+def test_repr_is_one_line() -> None:
+    p = P(IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=5, dport=9000) / b"x")
+    r = repr(p)
+    assert "\n" not in r and "udp 10.77.1.1:5 > 10.77.1.2:9000" in r
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120))
+def test_views_never_crash_on_arbitrary_bytes(data: bytes) -> None:
+    p = Packet(None, data)
+    for name in ("ip", "ipv6", "udp", "tcp", "icmp", "icmpv6", "payload"):
+        try:
+            layer = getattr(p, name)
+            if layer is not None and hasattr(layer, "as_dict"):
+                layer.as_dict()
+        except PacketFormatError:
+            pass
+    summarize(data)
+    repr(p)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 65535),
+    st.integers(0, 65535),
+    st.binary(max_size=64),
+    st.binary(max_size=64),
+)
+def test_payload_rewrite_checksum_matches_scapy(sport: int, dport: int, before: bytes, after: bytes) -> None:
+    p = P(IP(src="10.1.1.1", dst="10.2.2.2") / UDP(sport=sport, dport=dport) / Raw(before))
+    p.payload = after
+    ref = IP(src="10.1.1.1", dst="10.2.2.2") / UDP(sport=sport, dport=dport) / Raw(after)
+    assert bytes(p) == bytes(ref)
+
+
+REAL = [
+    bytes(IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=5, dport=9000) / b"payload"),
+    bytes(IP(src="10.77.1.1", dst="10.77.1.2", options=b"\x94\x04\x00\x00") / TCP(flags="S", options=[("MSS", 1460)])),
+    bytes(IP(src="10.77.1.1", dst="10.77.1.2") / ICMP() / b"ping"),
+    bytes(IPv6(src="fd77::1", dst="fd77::2") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / UDP(dport=53) / b"q"),
+    bytes(IPv6(src="fd77::1", dst="fd77::2") / TCP(flags="PA") / b"GET / HTTP/1.1\r\n\r\n"),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(REAL),
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+    st.integers(0, 120),
+)
+def test_mutated_real_packets_only_raise_packet_format_error(base, flips, cut) -> None:
+    data = bytearray(base)
+    for at, value in flips:
+        if at < len(data):
+            data[at] = value
+    data = bytes(data[: max(1, len(data) - cut)])
+    p = Packet(None, data)
+    bugs = [o for o in read_every_view(p) if o[0] not in ("ok", "PacketFormatError")]
+    assert not bugs, bugs
+    assert bytes(p) == data  # reading never changes the bytes
+
+
+def test_html_view_shows_layers_fields_and_marked_bytes() -> None:
+    p = P(IP(src="10.77.1.1", dst="10.77.1.2", ttl=33) / UDP(sport=5, dport=9000) / b"hi")
+    html = p._repr_html_()
+    for text in (">ip<", ">udp<", ">ttl<", ">33<", "title='ip.ttl = 33'", "title='udp.dport = 9000'"):
+        assert text in html, text
+    assert html.count("<span") >= len(p)  # one span per byte of the dump
+    broken = Packet(None, bytes(IP(dst="10.0.0.1") / TCP())[:30])
+    assert "(past the end)" in broken._repr_html_()  # a truncated packet still renders
+
+
+def test_views_follow_a_replaced_packet() -> None:
+    # views are made once per packet; replacing the bytes (or the IP header through raw) must not leave stale ones
+    p = P(IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=1, dport=9000) / b"x")
+    assert p.ip.dst == "10.77.1.2" and p.udp.dport == 9000
+    p.set_payload(bytes(IPv6(src="fd77::1", dst="fd77::2") / TCP(sport=5, dport=80)))
+    assert p.ip is None and p.udp is None
+    assert p.ipv6.dst == "fd77::2" and p.tcp.dport == 80
+    q = P(IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=1, dport=9000) / b"x")
+    assert q.udp.dport == 9000
+    q.raw[9:10] = b"\x06"  # the protocol byte now says TCP
+    assert q.udp is None and q.tcp is not None
+
+
+def test_address_strings_are_right_for_many_addresses() -> None:
+    # formatted IPv4 addresses are remembered; every one must still be the packet's own
+    for i in range(0, 1 << 16, 257):
+        a = f"10.{i >> 8}.{i & 255}.{(i * 7) & 255}"
+        assert P(IP(src=a, dst="10.77.1.2") / UDP()).ip.src == a
+
+
+def test_summary_walks_ipv6_extension_headers() -> None:
+    from scapy.layers.inet6 import IPv6ExtHdrRouting
+
+    for ext in (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting()):
+        head = bytes(IPv6(src="fd77:1::1", dst="fd77:1::2") / ext / UDP(sport=5353, dport=9000) / b"x")
+        s = summarize(head)
+        assert (s["proto"], s["sport"], s["dport"]) == ("udp", 5353, 9000), ext.summary()
+    # extension headers that run past the recorded bytes: protocol unknown, no ports made up
+    head = bytes(IPv6(src="fd77:1::1", dst="fd77:1::2") / IPv6ExtHdrDestOpt(options=[]) / UDP())[:44]
+    assert summarize(head)["sport"] is None and summarize(head)["proto"] == "?"
+
+
+def test_later_fragments_have_no_transport_view() -> None:
+    from scapy.layers.inet import fragment
+    from scapy.layers.inet6 import IPv6ExtHdrFragment, fragment6
+
+    big6 = IPv6(src="fd77:1::1", dst="fd77:1::2") / IPv6ExtHdrFragment() / UDP(sport=7, dport=9000) / bytes(3000)
+    frags6 = [Packet(None, bytes(f)) for f in fragment6(big6, 1280)]
+    big4 = IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=7, dport=9000) / bytes(3000)
+    frags4 = [Packet(None, bytes(f)) for f in fragment(big4, 1280)]
+    for frags in (frags6, frags4):
+        assert len(frags) >= 3
+        assert frags[0].udp is not None and frags[0].udp.dport == 9000  # the first fragment has the header
+        assert summarize(bytes(frags[0]))["dport"] == 9000
+        for later in frags[1:]:
+            assert later.udp is None and later.transport is None and later.proto == 17
+            s = summarize(bytes(later))
+            assert s["proto"] == "udp" and s["sport"] is None and s["dport"] is None
+
+
+def test_raw_slice_writes_past_the_end_are_refused() -> None:
+    p = P(IP(dst="10.77.1.2") / UDP(dport=9000) / bytes(64))
+    before = bytes(p)
+    for key in (slice(5000, 5002), slice(90, 95), slice(-200, 3)):
+        with pytest.raises(IndexError, match="past the end of the 92-byte packet"):
+            p.raw[key] = b"hi"
+    assert bytes(p) == before and not p.modified
+    p.raw[28:30] = b"hi"  # inside: fine
+    assert bytes(p)[28:30] == b"hi" and len(p) == 92
+    with pytest.raises(PacketFormatError, match="no bytes"):
+        p.set_payload(b"")

@@ -1,0 +1,99 @@
+"""The handler chain: order, atomic replace, validation (no kernel needed)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pktlab import HandlerError
+from pktlab.pipeline.handlers import HandlerChain, trim_traceback
+
+
+def test_add_replace_keeps_position_and_swaps_the_tuple() -> None:
+    c = HandlerChain()
+    c.add(lambda p: None, "a")
+    c.add(lambda p: None, "b")
+    c.add(lambda p: None, "c", before="b")
+    assert c.names == ["a", "c", "b"]
+    before = c.active
+    new_fn = lambda p: 1  # noqa: E731
+    c.add(new_fn, "c")
+    assert c.names == ["a", "c", "b"] and c.active is not before
+    assert c.active[1].fn is new_fn and before[1].fn is not new_fn  # the old tuple is untouched
+
+
+def test_enable_and_remove() -> None:
+    c = HandlerChain()
+    c.add(lambda p: None, "a")
+    c.add(lambda p: None, "b")
+    c.enable("a", False)
+    assert [h.name for h in c.active] == ["b"] and c.names == ["a", "b"]
+    c.remove("b")
+    assert c.active == ()
+    with pytest.raises(HandlerError, match="no handler named 'zz'"):
+        c.remove("zz")
+
+
+def test_rejects_non_callables_and_wrong_signatures() -> None:
+    c = HandlerChain()
+    with pytest.raises(HandlerError, match="not a function"):
+        c.add(42, "x")  # type: ignore[arg-type]
+    with pytest.raises(HandlerError, match="exactly one argument"):
+        c.add(lambda a, b: None, "y")
+    c.add(lambda *args: None, "z")  # variadic is fine
+
+
+def test_name_defaults_to_function_name() -> None:
+    c = HandlerChain()
+
+    def my_filter(pkt):
+        return None
+
+    c.add(my_filter)
+    assert c.names == ["my_filter"]
+
+
+def test_concurrent_swaps_never_expose_a_partial_chain() -> None:
+    c = HandlerChain()
+    for n in "abc":
+        c.add(lambda p: None, n)
+    seen = set()
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            seen.add(tuple(h.name for h in c.active))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for i in range(2000):
+        c.add(lambda p, i=i: i, "b")
+    stop.set()
+    t.join()
+    assert seen == {("a", "b", "c")}
+
+
+def test_failures_are_kept_with_trimmed_traceback() -> None:
+    c = HandlerChain(max_failures=2)
+    h = c.add(lambda p: None, "h")
+    for i in range(3):
+        try:
+            raise ValueError(f"boom {i}")
+        except ValueError as exc:
+            c.record_failure(h, "<pkt>", exc)
+    assert [f.error for f in c.failures] == ["ValueError: boom 1", "ValueError: boom 2"]
+    assert "ValueError: boom 2" in c.failures[-1].traceback
+    try:
+        raise KeyError("k")
+    except KeyError as exc:
+        assert trim_traceback(exc).endswith("KeyError: 'k'")
+
+
+def test_before_and_after_together_are_refused() -> None:
+    c = HandlerChain()
+    c.add(lambda p: None, "a")
+    c.add(lambda p: None, "b")
+    with pytest.raises(HandlerError, match="both before='a' and after='b'"):
+        c.add(lambda p: None, "x", before="a", after="b")
+    assert c.names == ["a", "b"]

@@ -1,0 +1,61 @@
+"""The record ring and its exports (synthetic entries, no kernel needed)."""
+
+from __future__ import annotations
+
+from scapy.layers.inet import UDP
+from scapy.utils import rdpcap
+
+from pktlab import ACCEPT, DROP
+from pktlab import testing as t
+from pktlab.pipeline.record import Record
+
+
+def entry(i: int, verdict=ACCEPT, err=None):
+    return t.entry(id=i, time=1700000000.0 + i, packet=t.udp(sport=1000 + i, payload=b"x", raw=True),
+                   verdict=verdict, handler="h" if verdict is DROP else None, handler_us=2.5, error=err)  # fmt: skip
+
+
+def test_ring_keeps_the_newest_and_counts_all() -> None:
+    r = Record(capacity=5)
+    for i in range(12):
+        r.append(entry(i, DROP if i % 3 == 0 else ACCEPT, "boom" if i == 11 else None))
+    assert r.n == 12 and len(r) == 5
+    assert [e.id for e in r] == [7, 8, 9, 10, 11]
+    assert r.counts[DROP] == 4 and r.counts[ACCEPT] == 8 and r.errors == 1
+    assert r.counters()["packets"] == 12
+
+
+def test_dataframe_columns_and_values() -> None:
+    r = Record(capacity=10)
+    for i in range(3):
+        r.append(entry(i, DROP if i == 1 else ACCEPT))
+    df = r.df()
+    assert list(df.columns)[:9] == ["time", "id", "hook", "size", "proto", "src", "dst", "sport", "dport"]
+    assert list(df["sport"]) == [1000, 1001, 1002]
+    assert list(df["verdict"]) == ["accept", "drop", "accept"]
+    assert df.loc[1, "handler"] == "h" and df.loc[0, "handler_us"] == 2.5
+    assert set(df["hook"]) == {"INPUT"} and set(df["proto"]) == {"udp"}
+
+
+def test_empty_record_gives_empty_frame_and_valid_pcap(tmp_path) -> None:
+    r = Record(capacity=3)
+    assert len(r.df()) == 0
+    assert r.to_pcap(str(tmp_path / "e.pcap")) == 0
+    assert len(rdpcap(str(tmp_path / "e.pcap"))) == 0
+
+
+def test_pcap_keeps_wire_length(tmp_path) -> None:
+    r = Record(capacity=3)
+    r.append(entry(1)._replace(size=1500))  # seen 1500 bytes, kept the head
+    r.to_pcap(str(tmp_path / "p.pcap"))
+    p = rdpcap(str(tmp_path / "p.pcap"))[0]
+    assert p.wirelen == 1500 and p[UDP].dport == 9000
+
+
+def test_count_since_counts_the_newest_entries() -> None:
+    r = Record(capacity=4)
+    for i in range(6):  # times 1700000000 .. +5; the ring holds the last four
+        r.append(entry(i))
+    assert r.ring.count_since(1700000000.0 + 3) == 3
+    assert r.ring.count_since(0) == 4
+    assert r.ring.count_since(1800000000.0) == 0

@@ -1,0 +1,176 @@
+"""Replay of captures through the handler chain (no root needed)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.utils import rdpcap, wrpcap
+
+import pktlab
+from pktlab import DROP, Packet, PktlabError, SessionError
+from pktlab.lab.network import wait_until
+
+
+def seq(pkt) -> int:
+    return int.from_bytes(pkt.udp.payload[:4], "big")
+
+
+def test_chain_semantics_match_a_live_session() -> None:
+    s = pktlab.replay("lab-udp")
+
+    @s.handler
+    def first(pkt):
+        if seq(pkt) % 5 == 0:
+            return pkt.drop()
+        if seq(pkt) % 5 == 1:
+            raise ValueError("boom")
+        if seq(pkt) % 5 == 2:
+            return "nonsense"
+        return None
+
+    @s.handler
+    def second(pkt):
+        if seq(pkt) % 5 == 3:
+            return "drop"  # a verdict name is accepted
+
+    st = s.run()
+    assert st.packets == 20 and st.counters["drop"] == 8 and st.counters["errors"] == 8
+    df = s.df
+    assert list(df["verdict"][:5]) == ["drop", "accept", "accept", "drop", "accept"]
+    assert list(df["handler"][:4]) == ["first", "first", "first", "second"] and df["handler"].isna()[4]
+    assert "boom" in df["error"][1] and "returned 'nonsense'" in df["error"][2]
+    assert len(s.errors) == 8
+
+
+def test_rewrites_are_fixed_up_and_written(tmp_path: Path) -> None:
+    s = pktlab.replay("lab-udp")
+
+    @s.handler
+    def grow(pkt):
+        if seq(pkt) % 2:
+            return pkt.drop()
+        pkt.udp.payload = pkt.udp.payload[:4] + b"rewritten by a replay"
+        pkt.ip.dst = "10.77.1.9"
+
+    s.run()
+    assert s.write_pcap(tmp_path / "out.pcap") == 10
+    assert s.write_pcap(tmp_path / "dropped.pcap", dropped=True) == 10
+    for p in rdpcap(str(tmp_path / "out.pcap")):
+        ip = IP(bytes(p))
+        assert ip.dst == "10.77.1.9" and bytes(ip[UDP].payload)[4:] == b"rewritten by a replay"
+        ref = IP(bytes(ip))
+        del ref.chksum, ref[UDP].chksum, ref.len, ref[UDP].len
+        assert bytes(IP(bytes(ref))) == bytes(ip)  # lengths and both checksums as scapy computes them
+    assert all(
+        int.from_bytes(bytes(IP(bytes(p))[UDP].payload)[:4], "big") % 2 for p in rdpcap(str(tmp_path / "dropped.pcap"))
+    )
+
+
+def test_a_handler_that_never_returns_is_skipped_as_live() -> None:
+    """The live rule: at the deadline its packet gets the error verdict, the handler is skipped until it returns."""
+    s = pktlab.replay("lab-udp", deadline=0.1, on_error="drop")
+    release = threading.Event()
+
+    @s.handler
+    def forever(pkt):
+        while not release.is_set():  # spins (holding the GIL but for the interpreter's switches)
+            pass
+
+    try:
+        st = s.run(limit=3)
+        assert st.counters["drop"] == 1 and st.counters["accept"] == 2 and st.counters["errors"] == 1
+        assert st.rescued == 1 and [name for name, _, _ in st.stuck] == ["forever"]
+        entry = next(iter(s.record))
+        assert entry.verdict == "drop" and "did not return within 100 ms" in entry.error
+    finally:
+        release.set()
+    assert wait_until(lambda: not s.source.stuck_threads, timeout=5)
+    assert not s.stuck  # it returned: back in the chain
+
+
+def test_filter_selects_packets_like_the_kernel_would() -> None:
+    s = pktlab.replay("lab-http", filter="tcp[tcpflags] & tcp-syn != 0")
+    seen = []
+    s.add_handler(lambda p: seen.append(p.tcp.flags.syn), "see")
+    st = s.run()
+    assert seen and all(seen) and st.passed_unseen == st.packets - len(seen)
+
+
+def test_ethernet_captures_and_pacing(tmp_path: Path) -> None:
+    frames = [Ether() / IP(dst="10.77.1.2") / UDP(dport=9000) / bytes([i]) for i in range(3)]
+    for i, f in enumerate(frames):
+        f.time = 1000.0 + i * 0.1
+    wrpcap(str(tmp_path / "eth.pcap"), frames)
+    s = pktlab.replay(tmp_path / "eth.pcap")
+    s.add_handler(lambda p: p.drop() if p.udp.payload == b"\x01" else None, "one")
+    t = time.monotonic()
+    s.run(pace=1.0)
+    assert time.monotonic() - t >= 0.19
+    assert list(s.df["dport"]) == [9000] * 3 and s.record.counts[DROP] == 1
+    assert s.write_pcap(tmp_path / "o.pcap") == 2 and Ether in rdpcap(str(tmp_path / "o.pcap"))[0]
+
+
+def test_bad_inputs_are_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(PktlabError, match="no capture file"):
+        pktlab.replay(tmp_path / "missing.pcap")
+    with pytest.raises(PktlabError, match="no dataset named 'nope'"):
+        pktlab.replay("nope")
+    (tmp_path / "junk.pcap").write_bytes(b"not a capture at all")
+    with pytest.raises(PktlabError, match="not a pcap or pcapng file"):
+        pktlab.replay(tmp_path / "junk.pcap")
+    with pytest.raises(SessionError, match="pace"):
+        pktlab.replay("lab-udp").run(pace=0)
+
+
+def test_datasets_load() -> None:
+    d = pktlab.datasets.load("lab-dns")
+    d.verify()
+    pkts = d.packets()
+    assert len(pkts) == d.packets_expected and pkts[0].dns is not None
+    assert "lab-dns" in pktlab.datasets.names()
+
+
+def test_replay_of_something_that_is_not_a_capture_is_one_sentence() -> None:
+    import pytest
+
+    import pktlab
+
+    with pytest.raises(pktlab.SessionError, match="replay\\(\\) takes a capture's path or a dataset name"):
+        pktlab.replay(42)  # type: ignore[arg-type]
+
+
+def test_stepping_through_a_capture_with_the_inspector() -> None:
+    """pause, attach, then Step: one packet at a time into the inspector, decided there, the rest waiting."""
+    s = pktlab.replay("lab-udp")
+    s.add_handler(lambda pkt: pkt.drop() if seq(pkt) == 1 else None, "one")
+    c = s.controls()
+    try:
+        c.pause.click()
+        s.attach()
+        assert s.paused and "PAUSED" in c.state.value and s.record.n == 0
+        c.step.click()
+        assert "udp" in c.inspector.value and not c.accept.disabled and len(s.held) == 1
+        assert seq(s.held[0].packet) == 0
+        c.drop.click()
+        assert len(s.held) == 0 and s.record.n == 1 and s.record.counts[DROP] == 1
+        c.refresh(None)
+        assert "<span class='pktlab-read'>1</span>" in c.depth.value
+        assert s.step() and s.record.n == 2 and s.record.counts[DROP] == 2  # seq 1: the handler dropped it
+        held = s.step_and_hold()
+        assert held is not None and seq(held.packet) == 2
+        held.accept()
+        assert s.record.n == 3 and not s.wait(0.2)  # the other 17 wait
+        c.resume.click()
+        assert s.wait(10) and s.record.n == 20
+        s.pause()
+        assert s.step_and_hold() is None  # the end of the capture: nothing came
+        out = [Packet(None, data).udp.payload[:4] for _, data, _ in s.outputs]
+        assert len(out) == 18 and (0).to_bytes(4, "big") not in out and (1).to_bytes(4, "big") not in out
+    finally:
+        c.close()
+        s.detach()
