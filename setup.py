@@ -1,19 +1,33 @@
-"""Builds the compiled parts (pktlab/_hot.pyx, pktlab/_capture.pyx, pktlab/_pingpong.pyx); everything else is in pyproject.toml.
+"""Builds the compiled parts; everything else is in pyproject.toml.
 
-_hot cimports NetfilterQueue's Packet type, so it is compiled against the
-installed NetfilterQueue (pinned in pyproject.toml) and Debian's
-libnetfilter-queue-dev headers.
+Each sits beside what it speeds up, one job each: the queue reader
+(``kernel/_reader``), the packet core and view fields (``packet/_core``), the
+record ring (``pipeline/_ring``), the capture source (``pipeline/_capture``:
+libpcap), the dispatcher (``pipeline/_dispatch``) and NetPIPE's timed loops
+(``measure/_pingpong``).  The reader, the dispatcher and the capture source
+cimport NetfilterQueue's types, so they are compiled against the installed
+NetfilterQueue (pinned in pyproject.toml) and Debian's libnetfilter-queue-dev
+headers; ``.pxd`` files carry what one compiled module uses of another.
 """
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
+
+def ext(name: str, libraries: tuple[str, ...] = ()) -> Extension:
+    return Extension(f"pktlab.{name.replace('/', '.')}", [f"pktlab/{name}.pyx"], libraries=list(libraries),
+                     extra_compile_args=["-O2"])  # fmt: skip
+
+
 setup(
     ext_modules=cythonize(
         [
-            Extension("pktlab._hot", ["pktlab/_hot.pyx"], libraries=["netfilter_queue"], extra_compile_args=["-O2"]),
-            Extension("pktlab._capture", ["pktlab/_capture.pyx"], libraries=["pcap"], extra_compile_args=["-O2"]),
-            Extension("pktlab._pingpong", ["pktlab/_pingpong.pyx"], extra_compile_args=["-O2"]),
+            ext("kernel/_reader", ("netfilter_queue",)),
+            ext("packet/_core"),
+            ext("pipeline/_ring"),
+            ext("pipeline/_capture", ("pcap",)),
+            ext("pipeline/_dispatch", ("netfilter_queue",)),
+            ext("measure/_pingpong"),
         ],
         compiler_directives={"language_level": "3"},
     )

@@ -118,9 +118,10 @@ def _privileges() -> str:
 def _nfq() -> str:
     import netfilterqueue
 
-    from . import _hot  # noqa: F401 - the compiled hot path must load too
+    from .kernel import _reader  # noqa: F401 - the compiled parts must load too
+    from .pipeline import _capture, _dispatch  # noqa: F401
 
-    return f"NetfilterQueue {getattr(netfilterqueue, '__version__', '?')} and pktlab._hot load"
+    return f"NetfilterQueue {getattr(netfilterqueue, '__version__', '?')} and pktlab's compiled parts load"
 
 
 def _live_queue() -> str:
@@ -145,7 +146,7 @@ def run(clean: bool = False) -> Report:
         _try("kernel", _kernel, "load it as root: modprobe nfnetlink_queue xt_NFQUEUE"),
         _try("tools", _tools, "run `make setup` (apt-get install iptables iproute2)"),
         _try("privileges", _privileges, "run as root (sudo)"),
-        _try("python packages", _nfq, "run `make setup` (it builds NetfilterQueue and pktlab._hot)"),
+        _try("python packages", _nfq, "run `make setup` (it builds NetfilterQueue and pktlab's compiled parts)"),
     ]
     cleaned: list[str] = []
     if clean and checks[2].ok:  # before the live check, whose lab would sweep silently

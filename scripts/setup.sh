@@ -25,12 +25,12 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.pktlab-installed
-want=$(cat pyproject.toml setup.py pktlab/*.pyx pktlab/*.pxd | sha256sum | cut -d' ' -f1)
+want=$(find pyproject.toml setup.py pktlab -name '*.pyx' -o -name '*.pxd' -o -name pyproject.toml -o -name setup.py | sort | xargs cat | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: installing pktlab and its dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip
     # NetfilterQueue is built from source against Debian's libnetfilter-queue-dev; pktlab's
-    # compiled hot path (pktlab/_hot.pyx) is built against that same NetfilterQueue, so the
+    # compiled parts (pktlab/**/*.pyx) are built against that same NetfilterQueue, so the
     # build tools go into the venv and pktlab is built without an isolated build environment.
     .venv/bin/pip install -q "setuptools>=77" "Cython>=3.0" wheel
     .venv/bin/pip install -q --no-binary netfilterqueue "NetfilterQueue==1.1.0"

@@ -334,9 +334,9 @@ def _serve() -> int:
         return 0
     reply(NONE)
 
-    from .._capture import CapturedPacket
     from ..packet.model import Packet
     from ..packet.verdicts import Verdict
+    from ..pipeline._capture import CapturedPacket
 
     while True:
         try:

@@ -20,10 +20,10 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .._hot import QueueReader, configure_queue
 from ..errors import MissingToolError, PktlabError, PrivilegeError, QueueBusyError
 from . import netns
 from . import proc as kernel
+from ._reader import QueueReader, configure_queue
 
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_VERDICT_BATCH = 3  # enum nfqnl_msg_types: PACKET, VERDICT, CONFIG, VERDICT_BATCH

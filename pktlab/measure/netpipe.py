@@ -13,7 +13,7 @@ path), or a :class:`~pktlab.Session` (that session in the path, the others
 out).  Taking a session out of the path
 removes its iptables rules and puts them back afterwards; the reader stays
 bound, so nothing is lost.  The timed loop runs in C on both ends
-(``pktlab._pingpong``), in processes started inside the lab's namespaces.
+(``pktlab.measure._pingpong``), in processes started inside the lab's namespaces.
 """
 
 from __future__ import annotations
@@ -400,7 +400,7 @@ def _blocking_with_timeout(sock: Any, seconds: float) -> None:
     """A blocking socket whose receives give up after ``seconds`` (SO_RCVTIMEO).
 
     Python's own ``settimeout`` makes the descriptor non-blocking and waits in Python,
-    which the C loops of ``pktlab._pingpong`` would see as an immediate EAGAIN.
+    which the C loops of ``pktlab.measure._pingpong`` would see as an immediate EAGAIN.
     """
     import socket
     import struct
@@ -414,7 +414,7 @@ def _serve(port: int, proto: str) -> None:
     import socket
     import struct
 
-    from .._pingpong import echo, echo_dgram
+    from ._pingpong import echo, echo_dgram
 
     if proto == "udp":
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -458,7 +458,7 @@ def _run(
     import socket
     import struct
 
-    from .._pingpong import round_trips, round_trips_dgram
+    from ._pingpong import round_trips, round_trips_dgram
 
     if proto == "udp":
         conn = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -15,8 +15,8 @@ import ipaddress
 import struct
 from typing import Any, Protocol
 
-from .._hot import PacketCore, fix_packet, set_view_classes
 from ..errors import PacketFormatError
+from ._core import PacketCore, fix_packet, set_view_classes
 from .user_protocols import registry as protocol_registry
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 from .views import ICMP, TCP, UDP, ICMPv6, IPv4, IPv6

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .._hot import Field
 from ..errors import PacketFormatError, PktlabError
+from ._core import Field
 from .views.base import View
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._capture import END, LIMIT, LINKS, CaptureFile, Spool, Ticket, Verdicts
 from ..errors import PktlabError
+from ._capture import END, LIMIT, LINKS, CaptureFile, Spool, Ticket, Verdicts
 
 LINK_TYPES = "raw IP (101), Ethernet (1) or Linux cooked (113, 276)"
 

@@ -1,7 +1,7 @@
 """What the session saw: a bounded ring of per-packet entries and counters.
 
 The dispatcher writes one slot per packet into a preallocated ring
-(:class:`pktlab._hot.Ring`) and nothing else; entries become typed
+(:class:`pktlab.pipeline._ring.Ring`) and nothing else; entries become typed
 :class:`Entry` tuples only when read, and everything a person looks at
 (DataFrame, pcap, rates) is computed from them when asked, away from the hot
 path.  Field positions are known here only: the rest of pktlab reads names.
@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from .._hot import Ring
 from ..packet.model import HOOK_NAMES, summarize
 from ..packet.verdicts import ACCEPT, DROP, REPEAT, Verdict
+from ._ring import Ring
 
 VERDICT_NAMES = {v.code: str(v) for v in (ACCEPT, DROP, REPEAT)}
 COLUMNS = [
@@ -53,7 +53,7 @@ class Entry(NamedTuple):
 class Record:
     """A ring of the last ``capacity`` packets plus running counters.
 
-    The ring itself (:class:`pktlab._hot.Ring`) is filled by the compiled
+    The ring itself (:class:`pktlab.pipeline._ring.Ring`) is filled by the compiled
     dispatcher; this class reads it.
     """
 

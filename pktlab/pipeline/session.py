@@ -27,7 +27,6 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._hot import Dispatcher
 from ..errors import PktlabError, SessionError
 from ..kernel import bpf as _bpf
 from ..kernel import offload as _offload
@@ -38,6 +37,7 @@ from ..kernel.queue import QueueSource, batch_verdict_prefix
 from ..packet.model import HOOK_NAMES, Packet
 from ..packet.verdicts import Verdict
 from ..teardown import Teardown
+from ._dispatch import Dispatcher
 from .capture import CapturePackets, CaptureSource
 from .chainowner import ChainOwner
 from .handlers import Handler, HandlerChain, HandlerFailure

@@ -10,6 +10,7 @@ import pytest
 import pktlab
 from pktlab import Lab
 from pktlab.kernel import netns
+from pktlab.lab.network import wait_until
 from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = needs_root
@@ -348,7 +349,7 @@ def test_pause_holds_packets_in_the_kernel_and_resume_releases_them(lab: Lab, qu
     try:
         s.pause()
         flow = lab.start_udp(300, rate=3000, timeout=20, idle=3.0)
-        assert pktlab.lab.wait_until(lambda: (c := s.kernel_counters()) is not None and c.queue_total == 300, timeout=5)
+        assert wait_until(lambda: (c := s.kernel_counters()) is not None and c.queue_total == 300, timeout=5)
         assert s.record.n == 0 and "PAUSED" in str(s.status())
         s.resume()
         r = flow.wait()
@@ -361,7 +362,7 @@ def test_detach_while_paused_gives_every_packet_its_verdict(lab: Lab, queue_num:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     s.pause()
     flow = lab.start_udp(200, rate=4000, timeout=20, idle=1.0)
-    assert pktlab.lab.wait_until(lambda: (c := s.kernel_counters()) is not None and c.queue_total == 200, timeout=5)
+    assert wait_until(lambda: (c := s.kernel_counters()) is not None and c.queue_total == 200, timeout=5)
     s.detach()
     assert flow.wait().unique == 200  # drained with the default verdict, none dropped by the unbind
     assert s.record.n == 200

@@ -1,7 +1,7 @@
 """The machinery of protocol views: fields declared as (offset, bits, kind).
 
 A view is a window on a packet's buffer starting at ``offset``.  Its class
-declares fields (:class:`Field`, compiled in ``_hot``); reading one decodes
+declares fields (:class:`Field`, compiled in ``pktlab.packet._core``); reading one decodes
 just those bytes, writing one patches them in place and marks the packet
 dirty so that lengths and checksums are fixed once, when the verdict is given.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..._hot import Field, ViewCore
 from ...errors import PacketFormatError
+from .._core import Field, ViewCore
 
 __all__ = ["Field", "View"]
 

@@ -1,0 +1,519 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The packet's core, compiled: its buffer and flags, layer lookup, view fields, and the fix-up after writes.
+
+``pktlab.Packet`` (``pktlab/packet/model.py``) builds on :class:`PacketCore`,
+the views on :class:`ViewCore` and :class:`Field`; the dispatcher
+(``pktlab.pipeline._dispatch``) makes, reuses and finishes packets through
+the functions declared in ``_core.pxd``.
+"""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_REFCNT
+from libc.string cimport memcpy, memset
+
+from pktlab._common cimport buf_ptr
+from pktlab.errors import PacketFormatError
+
+cdef extern from *:
+    """
+    static int pktlab_has_weakrefs(PyObject* o) {
+        Py_ssize_t off = Py_TYPE(o)->tp_weaklistoffset;
+        return off > 0 && *(PyObject**)((char*)o + off) != NULL;
+    }
+    """
+    bint has_weakrefs "pktlab_has_weakrefs"(PyObject* o)
+
+cdef extern from "<arpa/inet.h>":
+    const char* inet_ntop(int af, const void* src, char* dst, unsigned int size)
+    int inet_pton(int af, const char* src, void* dst)
+
+cdef extern from "<sys/socket.h>":
+    int AF_INET
+    int AF_INET6
+
+# view classes, set by pktlab.packet.model once the views are defined (they build on this module)
+cdef object _IPv4 = None
+cdef object _IPv6 = None
+cdef object _UDP = None
+cdef object _TCP = None
+cdef object _ICMP = None
+cdef object _ICMPv6 = None
+
+
+def set_view_classes(ipv4, ipv6, udp, tcp, icmp, icmpv6):
+    global _IPv4, _IPv6, _UDP, _TCP, _ICMP, _ICMPv6
+    _IPv4, _IPv6, _UDP, _TCP, _ICMP, _ICMPv6 = ipv4, ipv6, udp, tcp, icmp, icmpv6
+
+
+
+def too_big(Py_ssize_t size):
+    """The error of a rewrite that made a packet larger than an IP packet can be."""
+    return PacketFormatError(
+        f"the rewritten packet is {size:,} bytes; an IP packet holds at most 65,535, so it was not sent "
+        "and the packet got the error verdict as it arrived"
+    )
+
+
+cdef inline unsigned long long csum_add(const unsigned char* p, Py_ssize_t n, unsigned long long s) nogil:
+    """Add ``n`` bytes to a one's-complement sum as big-endian 16-bit words."""
+    cdef Py_ssize_t i = 0
+    while i + 1 < n:
+        s += (p[i] << 8) | p[i + 1]
+        i += 2
+    if i < n:
+        s += p[i] << 8
+    return s
+
+
+cdef inline unsigned int csum_fold(unsigned long long s) nogil:
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return (~s) & 0xFFFF
+
+
+cdef inline void put16(unsigned char* p, unsigned int v) nogil:
+    p[0] = (v >> 8) & 0xFF
+    p[1] = v & 0xFF
+
+
+cdef void fix_l4(unsigned char* p, Py_ssize_t n, int proto, Py_ssize_t off, unsigned long long pseudo, bint v4):
+    cdef Py_ssize_t at
+    cdef unsigned int c
+    if proto == 6 and n >= off + 20:
+        at = off + 16
+    elif proto == 17 and n >= off + 8:
+        put16(p + off + 4, <unsigned int>(n - off))
+        at = off + 6
+        if v4 and p[at] == 0 and p[at + 1] == 0:
+            return  # IPv4 UDP without a checksum stays without
+    elif proto == 1 and v4 and n >= off + 4:
+        at = off + 2
+        pseudo = 0
+    elif proto == 58 and n >= off + 4:
+        at = off + 2
+    else:
+        return
+    put16(p + at, 0)
+    c = csum_fold(csum_add(p + off, n - off, pseudo))
+    if c == 0 and proto == 17:
+        c = 0xFFFF
+    put16(p + at, c)
+
+
+cpdef fix_packet(PacketCore pkt):
+    """Recompute IP lengths and the IPv4, TCP, UDP, ICMP and ICMPv6 checksums after writes.
+
+    Fragments keep their transport checksum (it spans all fragments).  A link
+    header in front (Ethernet) is left as it is.
+    """
+    cdef object buf = pkt._writable()
+    cdef Py_ssize_t l3 = pkt._l3
+    cdef unsigned char* p = <unsigned char*>PyByteArray_AS_STRING(buf)
+    cdef Py_ssize_t n = PyByteArray_GET_SIZE(buf)
+    cdef Py_ssize_t ihl, off
+    cdef unsigned long long pseudo
+    cdef int proto
+    pkt._dirty = False
+    if l3 < 0 or l3 >= n:
+        return
+    p += l3
+    n -= l3
+    if n >= 20 and p[0] >> 4 == 4:
+        ihl = (p[0] & 15) * 4
+        if ihl < 20 or ihl > n or n > 0xFFFF:
+            return
+        put16(p + 2, <unsigned int>n)
+        put16(p + 10, 0)
+        put16(p + 10, csum_fold(csum_add(p, ihl, 0)))
+        if ((p[6] << 8) | p[7]) & 0x3FFF:
+            return
+        pseudo = csum_add(p + 12, 8, 0) + p[9] + <unsigned long long>(n - ihl)
+        fix_l4(p, n, p[9], ihl, pseudo, True)
+    elif n >= 40 and p[0] >> 4 == 6:
+        put16(p + 4, <unsigned int>((n - 40) & 0xFFFF))
+        pkt._relayout()
+        try:
+            proto, off, frag = pkt._upper()
+        except PacketFormatError:
+            return
+        if frag:
+            return
+        off -= l3
+        pseudo = csum_add(p + 8, 32, 0) + ((n - off) >> 16) + ((n - off) & 0xFFFF) + proto
+        fix_l4(p, n, proto, off, pseudo, False)
+
+
+# ---------------------------------------------------------------------------
+# Packet core
+# ---------------------------------------------------------------------------
+
+cdef class PacketCore:
+    """Buffer, flags and layer lookup of a packet (``pktlab.Packet`` adds the rest)."""
+
+    def __init__(self, meta, data, double time=0.0, str link="ip"):
+        cdef Py_ssize_t n
+        cdef const unsigned char* p
+        cdef unsigned int etype
+        self._meta = meta
+        self._buf = data
+        self._mark = None
+        self._ipv = None
+        self._l4v = None
+        self.time = time
+        if link == "ethernet":
+            self._eth = True
+            p = buf_ptr(data, &n)
+            self._l3 = -1
+            if n >= 14:
+                etype = (p[12] << 8) | p[13]
+                off = 14
+                while etype in (0x8100, 0x88A8) and n >= off + 4:  # VLAN tags (at most a few)
+                    etype = (p[off + 2] << 8) | p[off + 3]
+                    off += 4
+                    if off > 26:
+                        break
+                if etype in (0x0800, 0x86DD):
+                    self._l3 = off
+        elif link != "ip":
+            raise ValueError(f"link {link!r} is not 'ip' (what a queue gives) or 'ethernet'")
+
+    cpdef object _writable(self):
+        """The buffer as a bytearray (copied once), marking the packet modified."""
+        if type(self._buf) is not bytearray:
+            self._buf = bytearray(self._buf)
+        self._modified = True
+        return self._buf
+
+    cpdef void _relayout(self):
+        """Forget the layers found so far: the bytes were changed in a way that may move them."""
+        self._l4known = False
+        self._ipv = None
+        self._l4v = None
+
+    cdef int _find_l4(self) except -1:
+        cdef Py_ssize_t n
+        cdef const unsigned char* p
+        cdef Py_ssize_t l3 = self._l3
+        cdef int ihl
+        self._l4proto = -1
+        self._l4off = 0
+        self._l4frag = 0
+        p = buf_ptr(self._buf, &n)
+        if l3 >= 0:
+            p += l3
+            n -= l3
+            if n >= 20 and p[0] >> 4 == 4:
+                ihl = (p[0] & 15) * 4
+                if ihl < 20:
+                    raise PacketFormatError(f"IPv4 header length field says {ihl} bytes, less than 20")
+                self._l4proto = p[9]
+                self._l4off = l3 + ihl
+                if ((p[6] << 8) | p[7]) & 0x1FFF:
+                    self._l4frag = 2
+                elif p[6] & 0x20:
+                    self._l4frag = 1
+            elif n >= 40 and p[0] >> 4 == 6:
+                self._l4proto, self._l4off, self._l4frag = _IPv6(self, l3).upper()
+        self._l4known = True
+        return 0
+
+    cpdef tuple _upper(self):
+        """(transport protocol, its offset, fragment: 0 none, 1 the first, 2 a later one); (-1, 0, 0) when not IP."""
+        if not self._l4known:
+            self._find_l4()
+        return (self._l4proto, self._l4off, self._l4frag)
+
+    cdef object _layer(self, int proto, object cls):
+        if self._l4v is not None and type(self._l4v) is cls:
+            return self._l4v
+        cdef Py_ssize_t n
+        cdef const unsigned char* p
+        cdef ViewCore v
+        if not self._l4known:
+            self._find_l4()
+        if self._l4proto != proto:
+            return None
+        if self._l4frag == 2:
+            return None  # a non-first fragment has no transport header
+        if self._l4v_spare is not None and type(self._l4v_spare) is cls:
+            v = self._l4v_spare
+            self._l4v_spare = None
+        else:
+            v = ViewCore.__new__(cls)
+        v._pkt = self
+        v._off = self._l4off
+        self._l4v = v
+        return v
+
+    cdef object _whole(self, int version, object cls):
+        cdef Py_ssize_t n
+        cdef const unsigned char* p
+        cdef ViewCore v
+        if self._ipv is not None and type(self._ipv) is cls:
+            return self._ipv
+        p = buf_ptr(self._buf, &n)
+        if self._l3 < 0 or n <= self._l3 or p[self._l3] >> 4 != version:
+            return None
+        if self._ipv_spare is not None and type(self._ipv_spare) is cls:
+            v = self._ipv_spare
+            self._ipv_spare = None
+        else:
+            v = ViewCore.__new__(cls)
+        v._pkt = self
+        v._off = self._l3
+        self._ipv = v
+        return v
+
+    @property
+    def ip(self):
+        """The IPv4 header, or None for other packets."""
+        return self._whole(4, _IPv4)
+
+    @property
+    def ipv6(self):
+        """The IPv6 header, or None for other packets."""
+        return self._whole(6, _IPv6)
+
+    @property
+    def udp(self):
+        """The UDP header and payload, or None."""
+        return self._layer(17, _UDP)
+
+    @property
+    def tcp(self):
+        """The TCP header and payload, or None."""
+        return self._layer(6, _TCP)
+
+    @property
+    def icmp(self):
+        """The ICMP (v4) message, or None."""
+        return self._layer(1, _ICMP)
+
+    @property
+    def icmpv6(self):
+        """The ICMPv6 message, or None."""
+        return self._layer(58, _ICMPv6)
+
+    def __len__(self):
+        return len(self._buf)
+
+
+cdef PacketCore Packet_from(object cls, object meta, object data, double now):
+    """A packet of class ``cls`` on ``data`` (the dispatcher's construction, without __init__)."""
+    cdef PacketCore pkt = PacketCore.__new__(cls)
+    pkt._meta = meta
+    pkt._buf = data
+    pkt._mark = None
+    pkt._ipv = None
+    pkt._l4v = None
+    pkt.time = now
+    return pkt
+
+
+cdef void packet_done(PacketCore pkt):
+    """Break the packet <-> view cycle once its verdict is given, so it is freed at once, not by the GC."""
+    pkt._ipv = None
+    pkt._l4v = None
+
+
+cdef bint packet_recycle(PacketCore pkt, Py_ssize_t refs):
+    """Empty a packet that nothing but the dispatcher references, for reuse by the next packet.
+
+    Allocating and freeing a packet and its two views is a fair share of a
+    handler's cost per packet; a packet nobody kept (the usual case) is
+    reused instead, with its views kept aside (detached) for the next one.
+    ``refs`` is how many references the caller holds.  Anything else that
+    references the packet (a handler that kept it or one of its views, a
+    weak reference, a failure record) makes this return False, having only
+    broken the packet <-> view cycle.
+    """
+    cdef ViewCore ipv = pkt._ipv
+    cdef ViewCore l4v = pkt._l4v
+    cdef Py_ssize_t expect = refs
+    cdef bint seen = False
+    # a cached view references the packet; one that anybody else references (the packet's
+    # field and ``ipv``/``l4v`` here make two) keeps the packet visible through it
+    if ipv is not None and ipv._pkt is pkt:
+        expect += 1
+        seen = seen or Py_REFCNT(ipv) != 2
+    if l4v is not None and l4v._pkt is pkt:
+        expect += 1
+        seen = seen or Py_REFCNT(l4v) != 2
+    if seen or Py_REFCNT(pkt) != expect or has_weakrefs(<PyObject*>pkt):
+        packet_done(pkt)
+        return False
+    if ipv is not None and ipv._pkt is pkt:
+        ipv._pkt = None
+        pkt._ipv_spare = ipv
+    if l4v is not None and l4v._pkt is pkt:
+        l4v._pkt = None
+        pkt._l4v_spare = l4v
+    pkt._ipv = None
+    pkt._l4v = None
+    pkt._meta = None
+    pkt._buf = None
+    pkt._mark = None
+    pkt._dirty = False
+    pkt._modified = False
+    pkt._l4known = False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Views and fields
+# ---------------------------------------------------------------------------
+
+cdef class ViewCore:
+    """A layer seen at offset ``_off`` of packet ``_pkt``."""
+
+    def __init__(self, PacketCore pkt, Py_ssize_t offset):
+        self._pkt = pkt
+        self._off = offset
+
+
+# IPv4 addresses already formatted (a packet stream has few distinct ones): a direct-mapped
+# table of 4096 entries, looked up without allocating; a collision just formats again
+DEF ADDR4_BITS = 12
+cdef unsigned int _ADDR4_KEYS[1 << ADDR4_BITS]
+cdef list _ADDR4_TEXT = [None] * (1 << ADDR4_BITS)
+
+
+cdef class Field:
+    """A field ``bits`` wide, ``bit`` bits into its view.
+
+    ``kind`` is ``int`` (unsigned, network order; any width), ``"le"``
+    (unsigned, little-endian, whole bytes), ``"text"`` (fixed width, NUL
+    padded), ``"ipv4"``, ``"ipv6"`` (addresses as text), ``"mac"`` or ``bytes``.
+    """
+
+    cdef public str name
+    cdef public int bit
+    cdef public int bits
+    cdef public object kind
+    cdef Py_ssize_t _byte
+    cdef Py_ssize_t _nbytes
+    cdef int _shift
+    cdef unsigned long long _mask
+    cdef bint _small_int  # an int of at most 64 bits: read and written in C
+    cdef int _addr  # 4 or 6 for an address field of whole bytes: formatted in C
+
+    def __init__(self, int bit, int bits, kind=int):
+        if bit < 0 or bits < 1:
+            raise ValueError("a field needs bit >= 0 and bits >= 1")
+        self.bit = bit
+        self.bits = bits
+        self.kind = kind
+        self.name = ""
+        self._byte = bit // 8
+        end = (bit + bits + 7) // 8
+        self._nbytes = end - self._byte
+        self._shift = end * 8 - (bit + bits)
+        self._small_int = kind is int and self._nbytes <= 8
+        self._addr = 0
+        if bit % 8 == 0 and ((kind == "ipv4" and bits == 32) or (kind == "ipv6" and bits == 128)):
+            self._addr = 4 if kind == "ipv4" else 6
+        self._mask = (1ULL << bits) - 1 if bits < 64 else 0xFFFFFFFFFFFFFFFFULL
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    @property
+    def nbytes(self):
+        return self._nbytes
+
+    cdef object _short(self, ViewCore v, Py_ssize_t n):
+        start = v._off + self._byte
+        return PacketFormatError(
+            f"{type(v).__name__.lower()}.{self.name} lies past the end of the {n}-byte packet "
+            f"(needs bytes {start}..{start + self._nbytes - 1}); the packet is truncated or its "
+            "header lengths are wrong"
+        )
+
+    def __get__(self, instance, owner):
+        if instance is None:
+            return self
+        cdef ViewCore v = <ViewCore?>instance
+        cdef Py_ssize_t n, i
+        cdef const unsigned char* p = buf_ptr(v._pkt._buf, &n)
+        cdef Py_ssize_t start = v._off + self._byte
+        cdef unsigned long long val = 0
+        cdef char text[48]
+        cdef unsigned int key, slot
+        if start < 0 or start + self._nbytes > n:
+            raise self._short(v, n)
+        if self._small_int:
+            for i in range(self._nbytes):
+                val = (val << 8) | p[start + i]
+            return (val >> self._shift) & self._mask
+        if self._addr == 4:
+            key = (<unsigned int>p[start] << 24) | (p[start + 1] << 16) | (p[start + 2] << 8) | p[start + 3]
+            slot = (key * 2654435761U) >> (32 - ADDR4_BITS)
+            out = <object>PyList_GET_ITEM(_ADDR4_TEXT, slot)
+            if out is not None and _ADDR4_KEYS[slot] == key:
+                return out
+            if inet_ntop(AF_INET, p + start, text, sizeof(text)) == NULL:
+                raise PacketFormatError(f"{self.name} cannot be read as an IPv4 address")
+            out = text.decode("ascii")
+            _ADDR4_TEXT[slot] = out
+            _ADDR4_KEYS[slot] = key
+            return out
+        if self._addr:
+            if inet_ntop(AF_INET if self._addr == 4 else AF_INET6, p + start, text, sizeof(text)) == NULL:
+                raise PacketFormatError(f"{self.name} cannot be read as an IPv{self._addr} address")
+            return text.decode("ascii")
+        raw = PyBytes_FromStringAndSize(<const char*>p + start, self._nbytes)
+        if self.kind is int:
+            width = <object>self.bits  # a Python int: a mask wider than 64 bits must not be a C shift
+            return (int.from_bytes(raw, "big") >> self._shift) & ((1 << width) - 1)
+        from pktlab.packet.views.codec import decode
+
+        return decode(self.kind, raw)
+
+    def __set__(self, instance, value):
+        cdef ViewCore v = <ViewCore?>instance
+        cdef PacketCore pkt = v._pkt
+        cdef Py_ssize_t n, i
+        cdef Py_ssize_t start = v._off + self._byte
+        cdef unsigned long long val, old
+        cdef unsigned char* p
+        cdef unsigned char addr[16]
+        buf_ptr(pkt._buf, &n)
+        if start < 0 or start + self._nbytes > n:
+            raise self._short(v, n)
+        encoded = None
+        if self.kind is int:
+            if value < 0 or value >> self.bits:
+                raise ValueError(f"{self.name} is {self.bits} bits wide; {value} does not fit")
+        elif self._addr:
+            text_b = (value if isinstance(value, str) else str(value)).encode("ascii", "replace")
+            if inet_pton(AF_INET if self._addr == 4 else AF_INET6, text_b, addr) != 1:
+                raise ValueError(f"{self.name} takes an IPv{self._addr} address; {value!r} is not one")
+        else:
+            from pktlab.packet.views.codec import encode
+
+            encoded = encode(self.kind, value, self._nbytes, self.name)  # raises before anything changes
+        buf = pkt._writable()
+        p = <unsigned char*>PyByteArray_AS_STRING(buf)
+        if self._small_int:
+            val = value
+            old = 0
+            for i in range(self._nbytes):
+                old = (old << 8) | p[start + i]
+            old = (old & ~(self._mask << self._shift)) | (val << self._shift)
+            for i in range(self._nbytes - 1, -1, -1):
+                p[start + i] = old & 0xFF
+                old >>= 8
+        elif self._addr:
+            memcpy(p + start, addr, self._nbytes)
+        elif self.kind is int:
+            cur = int.from_bytes(bytes(buf[start:start + self._nbytes]), "big")
+            width = <object>self.bits
+            mask = ((1 << width) - 1) << self._shift
+            cur = (cur & ~mask) | (int(value) << self._shift)
+            buf[start:start + self._nbytes] = cur.to_bytes(self._nbytes, "big")
+        else:
+            buf[start:start + self._nbytes] = encoded
+        pkt._dirty = True

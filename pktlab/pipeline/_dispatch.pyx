@@ -1,0 +1,573 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The dispatcher, compiled: the handler chain on each packet, exactly one verdict, one record entry.
+
+One runner for every source: NetfilterQueue's packets from the kernel queue
+(verdicts batched to the queue's socket) and :class:`CapturedPacket`s from a
+capture (verdicts to the capture source's spools).  Consecutive packets with
+the same plain verdict (accept or drop, no mark, no new payload) are verdicted
+with one NFQNL_MSG_VERDICT_BATCH message, which applies to every queued packet
+with an id up to the one named; verdicts with a new payload or a mark are
+NFQNL_MSG_VERDICT messages.  All of them wait in one buffer and are written to
+the queue's netlink socket with one system call whenever the socket has been
+read empty (or 64 messages wait).  NetfilterQueue has no call for either, so
+the messages are built here.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING
+from libc.errno cimport errno
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+from posix.time cimport nanosleep, timespec
+from posix.unistd cimport write
+
+from netfilterqueue._impl cimport Packet as NfPacket
+from netfilterqueue._impl cimport nfq_set_verdict
+
+from pktlab._common cimport buf_ptr, mono_ns, wall_time
+from pktlab.packet._core cimport Packet_from, PacketCore, fix_packet, packet_done, packet_recycle
+from pktlab.packet._core import too_big
+from pktlab.pipeline._capture cimport CapturedPacket
+from pktlab.pipeline._ring cimport Ring
+
+cdef extern from "<arpa/inet.h>":
+    unsigned int htonl(unsigned int)
+
+cdef enum:
+    NF_DROP = 0
+    NF_ACCEPT = 1
+    NF_REPEAT = 4
+    NFNL_SUBSYS_QUEUE = 3
+    NFQNL_MSG_VERDICT = 1
+    NFQA_MARK = 3
+    NFQA_PAYLOAD = 10
+    OUT_CAP = 196608  # waiting verdict messages; below the socket's default send buffer (212,992)
+
+
+
+cdef inline Py_ssize_t record_offset(NfPacket nf):
+    """Where the record's copy of a packet starts: its IP header (a capture's link header is left out)."""
+    cdef CapturedPacket cp
+    if nf._queue is not None:
+        return 0
+    cp = <CapturedPacket>nf
+    return cp.l3 if cp.l3 > 0 else 0
+
+
+cdef class Dispatcher:
+    """Runs the handler chain on each packet and gives exactly one verdict.
+
+    One runner for every source: packets from the kernel queue (NetfilterQueue's
+    packets; verdicts batched to the queue's socket) and packets from a capture
+    (:class:`CapturedPacket`; verdicts to the capture source's output).
+    """
+
+    cdef object chain
+    cdef Ring ring
+    cdef object _default
+    cdef object _on_error
+    cdef int default_code
+    cdef int error_code
+    cdef object packet_cls
+    cdef object verdict_cls
+    cdef PacketCore spare  # the last packet, emptied, when no handler kept it: the next one reuses it
+    cdef public long long reused
+    # batch verdicts
+    cdef public int fd
+    cdef public int batch_limit
+    cdef int b_code
+    cdef unsigned int b_last
+    cdef int b_count
+    cdef unsigned char msg[32]
+    cdef public long long batch_messages
+    # verdict messages waiting to be written together (see _queue_verdict)
+    cdef unsigned char* out
+    cdef Py_ssize_t out_len
+    cdef int out_count
+    cdef public long long writes
+    cdef public long long internal_errors
+    cdef public object last_internal_error
+    # the handler call in progress, for the watchdog (see rescue())
+    cdef long long busy_t0
+    cdef unsigned long long busy_seq
+    cdef unsigned long long seq
+    cdef object busy_nf
+    cdef object busy_handler
+    cdef double busy_time
+    cdef object busy_data
+    cdef set stolen
+    cdef public long long rescued
+    cdef public bint watch_stop
+    # holding: packets a predicate picks wait for a verdict given later (Session.hold)
+    cdef public object hold_fn
+    cdef public object on_hold
+    cdef public long long held_count
+
+    def __init__(self, chain, Ring ring, default, on_error, packet_cls,
+                 verdict_cls, bytes batch_prefix, int batch_limit):
+        self.chain = chain
+        self.ring = ring
+        self.packet_cls = packet_cls
+        self.verdict_cls = verdict_cls
+        self.set_verdicts(default, on_error)
+        if len(batch_prefix) != 24:
+            raise ValueError("batch prefix must be 24 bytes")
+        memcpy(self.msg, PyBytes_AS_STRING(batch_prefix), 24)
+        self.batch_limit = batch_limit
+        self.fd = -1
+        self.b_code = -1
+        self.stolen = set()
+        self.out = <unsigned char*>malloc(OUT_CAP)
+        if self.out == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.out)
+
+    def set_verdicts(self, default, on_error):
+        self._default = default
+        self._on_error = on_error
+        self.default_code = default.code
+        self.error_code = on_error.code
+
+    # -- verdicts --------------------------------------------------------------
+    cdef int _batch_add(self, unsigned int pid, int code) except -1:
+        if self.b_count and code != self.b_code:
+            self._flush()
+        self.b_code = code
+        self.b_last = pid
+        self.b_count += 1
+        if self.b_count >= self.batch_limit:
+            self._flush()
+        return 0
+
+    cdef int _close_run(self) except -1:
+        """Append the pending batch verdict (if any) to the outgoing messages."""
+        cdef unsigned int v
+        if not self.b_count:
+            return 0
+        if self.out_len + 32 > OUT_CAP:
+            self._write()
+        v = htonl(self.b_code)
+        memcpy(self.msg + 24, &v, 4)
+        v = htonl(self.b_last)
+        memcpy(self.msg + 28, &v, 4)
+        memcpy(self.out + self.out_len, self.msg, 32)
+        self.out_len += 32
+        self.out_count += 1
+        self.b_count = 0
+        self.batch_messages += 1
+        return 0
+
+    cdef int _write(self) except -1:
+        """Write every waiting verdict message with one system call.
+
+        The kernel's netlink receive loop handles each message of the buffer in
+        order, exactly as if they had been sent one by one.
+        """
+        cdef Py_ssize_t n = self.out_len
+        if not n:
+            return 0
+        self.out_len = 0
+        self.out_count = 0
+        self.writes += 1
+        if write(self.fd, self.out, n) != n:
+            raise OSError(errno, "verdict write failed")
+        return 0
+
+    cdef int _flush(self) except -1:
+        self._close_run()
+        self._write()
+        return 0
+
+    cdef int _queue_verdict(self, unsigned int pid, int code, object mark, object buf) except -1:
+        """Queue one NFQNL_MSG_VERDICT (with a mark and/or a new payload) behind the waiting messages."""
+        cdef const unsigned char* p = NULL
+        cdef Py_ssize_t n = 0
+        cdef Py_ssize_t size
+        cdef unsigned char* m
+        cdef unsigned int v
+        cdef unsigned short a
+        if buf is not None:
+            p = buf_ptr(buf, &n)
+            if n > 0xFFFF - 4:
+                raise ValueError(f"a packet of {n} bytes cannot be given back to the kernel (at most 65531)")
+        size = 32 + (8 if mark is not None else 0) + ((4 + ((n + 3) & ~3)) if buf is not None else 0)
+        self._close_run()
+        if self.out_len + size > OUT_CAP or self.out_count >= self.batch_limit:
+            self._write()
+        m = self.out + self.out_len
+        memcpy(m, self.msg, 24)
+        v = <unsigned int>size
+        memcpy(m, &v, 4)  # nlmsg_len (host order)
+        a = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
+        memcpy(m + 4, &a, 2)  # nlmsg_type (host order)
+        v = htonl(code)
+        memcpy(m + 24, &v, 4)
+        v = htonl(pid)
+        memcpy(m + 28, &v, 4)
+        m += 32
+        if mark is not None:
+            a = 8
+            memcpy(m, &a, 2)
+            a = NFQA_MARK
+            memcpy(m + 2, &a, 2)
+            v = htonl(<unsigned int>(mark & 0xFFFFFFFF))
+            memcpy(m + 4, &v, 4)
+            m += 8
+        if buf is not None:
+            a = <unsigned short>(4 + n)
+            memcpy(m, &a, 2)
+            a = NFQA_PAYLOAD
+            memcpy(m + 2, &a, 2)
+            memcpy(m + 4, p, n)
+            memset(m + 4 + n, 0, ((n + 3) & ~3) - n)
+        self.out_len += size
+        self.out_count += 1
+        return 0
+
+    def flush(self):
+        """Send the pending batch verdict (the reader calls this whenever its socket is empty)."""
+        self._flush()
+
+    cdef int _give(self, NfPacket nf, int code, bint plain) except -1:
+        if plain and code != NF_REPEAT and self.batch_limit > 1 and self.fd >= 0 and self.held_count == 0:
+            self._batch_add(nf.id, code)
+            return 0
+        if self.b_count:
+            self._flush()
+        if code == NF_ACCEPT:
+            nf.accept()
+        elif code == NF_DROP:
+            nf.drop()
+        else:
+            nf.repeat()
+        return 0
+
+    cdef int _give_payload(self, NfPacket nf, int code, object buf, object mark) except -1:
+        """Verdict with a new payload and/or mark straight from the packet's bytearray (no copy to bytes).
+
+        With batching on, the message joins the waiting ones (one write for
+        many packets); otherwise it goes out at once through libnetfilter_queue.
+        """
+        cdef const unsigned char* p
+        cdef Py_ssize_t n
+        if nf._verdict_is_set:
+            raise RuntimeError("verdict already given for this packet")
+        if nf._queue is None:  # a captured packet: the verdict carries its payload and mark to the output
+            if mark is not None:
+                nf.set_mark(mark)
+            if buf is not None:
+                nf.set_payload(bytes(buf))
+            self._give(nf, code, False)
+            return 0
+        if nf._queue.qh == NULL:
+            raise RuntimeError("the queue has been unbound")
+        if self.batch_limit > 1 and self.fd >= 0:  # an NFQNL_MSG_VERDICT names its packet: safe while holding
+            self._queue_verdict(nf.id, code, mark, buf)
+            nf._verdict_is_set = True
+            return 0
+        self._flush()
+        if mark is not None:
+            nf.set_mark(mark)
+            if buf is None:
+                self._give(nf, code, False)
+                return 0
+            nf.set_payload(bytes(buf))
+            self._give(nf, code, False)
+            return 0
+        p = buf_ptr(buf, &n)
+        if nfq_set_verdict(nf._queue.qh, nf.id, code, <unsigned int>n, <unsigned char*>p) < 0:
+            raise OSError(errno, "verdict with payload failed")
+        nf._verdict_is_set = True
+        return 0
+
+    cdef object _internal(self, NfPacket nf, exc):
+        """pktlab's own failure on a packet: count it and still give one verdict."""
+        self.internal_errors += 1
+        self.last_internal_error = f"{type(exc).__name__}: {exc}"
+        try:
+            self._give(nf, NF_DROP if self.error_code == NF_DROP else NF_ACCEPT, False)
+        except BaseException:
+            pass  # the verdict was already given or the queue is gone
+        return self._on_error
+
+    # -- hung handlers -------------------------------------------------------------
+    cdef void _returned(self, unsigned long long my_seq, object h, PacketCore pkt):
+        """A handler whose packet the watchdog already verdicted has returned: it rejoins the chain.
+
+        The packet is done as after any verdict: left in its packet <-> view cycle it would keep the
+        queue (and its socket) alive after detach until the cyclic collector ran.
+        """
+        packet_done(pkt)
+        self.stolen.discard(my_seq)
+        try:
+            self.chain.unstick(h)
+        except BaseException:
+            pass
+
+    def wait_overdue(self, long long deadline_ns, long long period_ns, long long max_wait_ns):
+        """Sleep until a handler call is past the deadline (1), ``max_wait_ns`` passed (2) or stop (0).
+
+        Runs without the GIL: the watchdog does not take the interpreter from
+        the reader thread every period, only when there is something to do.
+        """
+        cdef long long start = mono_ns()
+        cdef long long t0, now
+        cdef int result = 0
+        cdef timespec ts
+        ts.tv_sec = period_ns // 1000000000
+        ts.tv_nsec = period_ns % 1000000000
+        with nogil:
+            while True:
+                nanosleep(&ts, NULL)
+                if self.watch_stop:
+                    result = 0
+                    break
+                t0 = self.busy_t0
+                now = mono_ns()
+                if t0 != 0 and now - t0 >= deadline_ns:
+                    result = 1
+                    break
+                if now - start >= max_wait_ns:
+                    result = 2
+                    break
+        return result
+
+    def rescue(self, long long deadline_ns):
+        """Called by the watchdog: if a handler has run longer than the deadline, verdict its packet now.
+
+        The handler's packet gets the error verdict and a record entry, the
+        handler is returned so the caller can mark it stuck and start a new
+        reader; when the handler finally returns, its thread finds the packet
+        taken and gives no second verdict.  Runs holding the GIL, so the
+        reader thread is inside handler code, never half-way through a verdict.
+        """
+        cdef long long t0 = self.busy_t0
+        cdef long long now = mono_ns()
+        cdef NfPacket nf
+        cdef Py_ssize_t off
+        if t0 == 0 or now - t0 < deadline_ns or self.busy_nf is None:
+            return None
+        nf = self.busy_nf
+        h = self.busy_handler
+        data = self.busy_data
+        self.stolen.add(self.busy_seq)
+        self.busy_t0 = 0
+        self.busy_nf = None
+        self.busy_data = None
+        err = f"handler {h.name!r} did not return within {deadline_ns / 1e6:.0f} ms; the packet got the error verdict"
+        code = self.error_code
+        try:
+            self._give(nf, NF_DROP if code == NF_DROP else NF_ACCEPT, False)
+        except BaseException as exc:
+            code = self._internal(nf, exc).code
+        self.rescued += 1
+        off = record_offset(nf)
+        self.ring.push(self.busy_time, nf.id, nf.hook, len(data) - off,
+                       <const unsigned char*>PyBytes_AS_STRING(data) + off, len(data) - off, code, now - t0, h.name,
+                       err, False)
+        return h
+
+    # -- per packet -------------------------------------------------------------
+    def __call__(self, NfPacket nf):
+        cdef PacketCore pkt = None
+        cdef bytes data = None
+        if self.hold_fn is not None:
+            data = nf.get_payload()
+            pkt = self._packet(nf, data, None)
+            if self._hold(nf, pkt):
+                return
+        chain = self.chain.active
+        if not chain:
+            self._fast(nf)
+        else:
+            self._run(nf, chain, pkt, data)  # the packet the predicate saw goes on through the chain
+
+    # -- holding ---------------------------------------------------------------------
+    cdef bint _hold(self, NfPacket nf, PacketCore pkt):
+        """Keep the packet without a verdict if the hold predicate picks it; True when held."""
+        try:
+            if not self.hold_fn(pkt):
+                return False
+            self._flush()  # verdicts for the packets before it go first
+            self.on_hold(nf, pkt)
+            self.held_count += 1  # from now on no batch verdict (it would cover the held id too)
+            return True
+        except BaseException as exc:  # a predicate that fails holds nothing; the packet goes on
+            self.internal_errors += 1
+            self.last_internal_error = f"hold predicate: {type(exc).__name__}: {exc}"
+            return False
+
+    def give_held(self, NfPacket nf, PacketCore pkt, verdict, str by, bytes original):
+        """The verdict of a held packet, given now (from any thread); recorded like any other.
+
+        ``original`` is the packet as it arrived (the record keeps packets as they came).
+        """
+        cdef int code = verdict.code
+        cdef Py_ssize_t off
+        if nf._verdict_is_set:
+            raise RuntimeError("this packet already has its verdict")
+        try:
+            self._flush()
+            self._give_packet(nf, pkt, code, False)
+            self._flush()  # the reader may be idle: send it now
+        finally:
+            self.held_count -= 1
+        packet_done(pkt)  # as after any verdict: no packet <-> view cycle keeping the queue alive
+        off = record_offset(nf)
+        self.ring.push(pkt.time, nf.id, nf.hook, len(original) - off,
+                       <const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off, code, 0, by,
+                       None, pkt._modified)
+
+    cdef int _give_packet(self, NfPacket nf, PacketCore pkt, int code, bint plain) except -1:
+        """The verdict of one packet with what the handlers did to it: a mark, a rewrite (fixed up here)."""
+        if pkt._mark is None and not pkt._modified:
+            self._give(nf, code, plain)
+            return 0
+        if pkt._modified and pkt._dirty:
+            fix_packet(pkt)
+        if code == NF_REPEAT:
+            if pkt._mark is not None:
+                nf.set_mark(pkt._mark)
+            if pkt._modified:
+                nf.set_payload(bytes(pkt._buf))
+            self._give(nf, code, False)
+        else:
+            self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
+        return 0
+
+    cdef void _fast(self, NfPacket nf):
+        cdef int code = self.default_code
+        cdef Py_ssize_t n = nf.payload_len if nf.payload != NULL else 0
+        cdef Py_ssize_t off = 0
+        cdef double now
+        cdef CapturedPacket cp
+        if nf._queue is None:
+            cp = <CapturedPacket>nf
+            now = cp.time
+            off = record_offset(nf)
+            if off > n:
+                off = n
+        else:
+            now = wall_time()
+        try:
+            self._give(nf, code, True)
+        except BaseException as exc:
+            code = self._internal(nf, exc).code
+        self.ring.push(now, nf.id, nf.hook, n - off, nf.payload + off, n - off, code, 0, None, None, False)
+
+    cdef PacketCore _packet(self, NfPacket nf, bytes data, PacketCore spare):
+        """The packet handlers see: ``spare`` (an emptied earlier one) reused, or a new one."""
+        cdef PacketCore pkt
+        cdef CapturedPacket cp
+        cdef double now
+        cdef bint captured = nf._queue is None
+        if captured:
+            cp = <CapturedPacket>nf
+            now = cp.time
+        else:
+            now = wall_time()
+        if spare is not None:
+            pkt = spare
+            pkt._meta = nf
+            pkt._buf = data
+            pkt.time = now
+            self.reused += 1
+        else:
+            pkt = Packet_from(self.packet_cls, nf, data, now)
+        if captured:
+            pkt._l3 = cp.l3
+            pkt._eth = cp.eth
+        elif pkt._eth:  # a spare that last held a captured frame
+            pkt._l3 = 0
+            pkt._eth = False
+        return pkt
+
+    cdef void _run(self, NfPacket nf, tuple chain, PacketCore pkt=None, bytes data=None):
+        """The chain on one packet (``pkt`` and its ``data`` already made when a hold predicate saw it)."""
+        cdef long long t0 = mono_ns()
+        cdef double now = 0.0
+        cdef int code
+        cdef Py_ssize_t off
+        cdef bint given = False
+        cdef bint own = pkt is None
+        cdef bint modified = False
+        verdict = None
+        by = None
+        err = None
+        if data is None:
+            data = b""
+        try:
+            if own:
+                data = nf.get_payload()
+                pkt = self._packet(nf, data, self.spare)
+                self.spare = None
+            now = pkt.time
+            self.seq += 1
+            my_seq = self.seq
+            self.busy_nf = nf
+            self.busy_time = now
+            self.busy_data = data
+            self.busy_seq = my_seq
+            self.busy_t0 = t0  # the deadline runs from the packet's start in the chain
+            h = None
+            for h in chain:
+                self.busy_handler = h
+                try:
+                    v = h.fn(pkt)
+                except BaseException as exc:
+                    self.busy_t0 = 0
+                    if self.stolen and my_seq in self.stolen:
+                        self._returned(my_seq, h, pkt)
+                        return
+                    err = self.chain.failed(h, pkt, exc)
+                    verdict = self._on_error
+                    by = h.name
+                    pkt._modified = False  # the error verdict applies to the packet as it arrived
+                    pkt._mark = None
+                    break
+                if self.stolen and my_seq in self.stolen:
+                    self._returned(my_seq, h, pkt)
+                    return
+                if v is not None:
+                    self.busy_t0 = 0  # before any Python code of pktlab's own: no rescue from here on
+                    if type(v) is not self.verdict_cls:
+                        v, err = self.chain.bad_return(h, pkt, v)
+                        if v is None:
+                            v = self._on_error
+                            pkt._modified = False  # as it arrived, as for a handler that raised
+                            pkt._mark = None
+                    verdict = v
+                    by = h.name
+                    break
+            self.busy_t0 = 0
+            self.busy_nf = None
+            self.busy_data = None
+            if verdict is None:
+                verdict = self._default
+            if pkt._modified and h is not None and len(pkt._buf) - record_offset(nf) > 65535:
+                err = self.chain.failed(h, pkt, too_big(len(pkt._buf) - record_offset(nf)))
+                verdict = self._on_error
+                by = h.name
+                pkt._modified = False
+                pkt._mark = None
+            code = verdict.code
+            self._give_packet(nf, pkt, code, True)
+            given = True
+        except BaseException as exc:
+            if not given:
+                verdict = self._internal(nf, exc)
+        if pkt is not None:
+            modified = pkt._modified
+            # only this frame references a packet the dispatcher made and no handler kept: reuse it
+            if own and packet_recycle(pkt, 1):
+                self.spare = pkt
+            else:
+                packet_done(pkt)
+        if now == 0.0:  # the packet could not be made (pktlab's own failure)
+            now = wall_time()
+        off = record_offset(nf)
+        if off > len(data):
+            off = len(data)
+        self.ring.push(now, nf.id, nf.hook, len(data) - off, <const unsigned char*>PyBytes_AS_STRING(data) + off,
+                       len(data) - off, verdict.code, mono_ns() - t0, by, err, modified)
