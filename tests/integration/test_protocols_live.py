@@ -5,7 +5,7 @@ from __future__ import annotations
 import pktlab
 from pktlab import Lab
 from tests.conftest import needs_root
-from tests.test_protocols import define_ticker
+from tests.packet.test_user_protocols import define_ticker
 
 pytestmark = needs_root
 
