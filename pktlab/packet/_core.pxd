@@ -1,4 +1,17 @@
-# The packet core's declarations, for the dispatcher (pktlab/pipeline/_dispatch.pyx).
+# The packet core's declarations, for the dispatcher (pktlab/pipeline/_dispatch.pyx), and the three
+# functions it calls on every packet, inline so that they cost no call across modules.
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_REFCNT
+
+cdef extern from *:
+    """
+    static int pktlab_has_weakrefs(PyObject* o) {
+        Py_ssize_t off = Py_TYPE(o)->tp_weaklistoffset;
+        return off > 0 && *(PyObject**)((char*)o + off) != NULL;
+    }
+    """
+    bint has_weakrefs "pktlab_has_weakrefs"(PyObject* o)
+
 
 cdef class ViewCore
 
@@ -35,7 +48,65 @@ cdef class ViewCore:
     cdef public Py_ssize_t _off
 
 
-cdef PacketCore Packet_from(object cls, object meta, object data, double now)
-cdef void packet_done(PacketCore pkt)
-cdef bint packet_recycle(PacketCore pkt, Py_ssize_t refs)
+cdef inline PacketCore Packet_from(object cls, object meta, object data, double now):
+    """A packet of class ``cls`` on ``data`` (the dispatcher's construction, without __init__)."""
+    cdef PacketCore pkt = PacketCore.__new__(cls)
+    pkt._meta = meta
+    pkt._buf = data
+    pkt._mark = None
+    pkt._ipv = None
+    pkt._l4v = None
+    pkt.time = now
+    return pkt
+
+
+cdef inline void packet_done(PacketCore pkt):
+    """Break the packet <-> view cycle once its verdict is given, so it is freed at once, not by the GC."""
+    pkt._ipv = None
+    pkt._l4v = None
+
+
+cdef inline bint packet_recycle(PacketCore pkt, Py_ssize_t refs):
+    """Empty a packet that nothing but the dispatcher references, for reuse by the next packet.
+
+    Allocating and freeing a packet and its two views is a fair share of a
+    handler's cost per packet; a packet nobody kept (the usual case) is
+    reused instead, with its views kept aside (detached) for the next one.
+    ``refs`` is how many references the caller holds.  Anything else that
+    references the packet (a handler that kept it or one of its views, a
+    weak reference, a failure record) makes this return False, having only
+    broken the packet <-> view cycle.
+    """
+    cdef ViewCore ipv = pkt._ipv
+    cdef ViewCore l4v = pkt._l4v
+    cdef Py_ssize_t expect = refs
+    cdef bint seen = False
+    # a cached view references the packet; one that anybody else references (the packet's
+    # field and ``ipv``/``l4v`` here make two) keeps the packet visible through it
+    if ipv is not None and ipv._pkt is pkt:
+        expect += 1
+        seen = seen or Py_REFCNT(ipv) != 2
+    if l4v is not None and l4v._pkt is pkt:
+        expect += 1
+        seen = seen or Py_REFCNT(l4v) != 2
+    if seen or Py_REFCNT(pkt) != expect or has_weakrefs(<PyObject*>pkt):
+        packet_done(pkt)
+        return False
+    if ipv is not None and ipv._pkt is pkt:
+        ipv._pkt = None
+        pkt._ipv_spare = ipv
+    if l4v is not None and l4v._pkt is pkt:
+        l4v._pkt = None
+        pkt._l4v_spare = l4v
+    pkt._ipv = None
+    pkt._l4v = None
+    pkt._meta = None
+    pkt._buf = None
+    pkt._mark = None
+    pkt._dirty = False
+    pkt._modified = False
+    pkt._l4known = False
+    return True
+
+
 cpdef fix_packet(PacketCore pkt)

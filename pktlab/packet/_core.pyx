@@ -10,21 +10,11 @@ the functions declared in ``_core.pxd``.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM
-from cpython.object cimport PyObject
-from cpython.ref cimport Py_REFCNT
 from libc.string cimport memcpy, memset
 
 from pktlab._common cimport buf_ptr
 from pktlab.errors import PacketFormatError
 
-cdef extern from *:
-    """
-    static int pktlab_has_weakrefs(PyObject* o) {
-        Py_ssize_t off = Py_TYPE(o)->tp_weaklistoffset;
-        return off > 0 && *(PyObject**)((char*)o + off) != NULL;
-    }
-    """
-    bint has_weakrefs "pktlab_has_weakrefs"(PyObject* o)
 
 cdef extern from "<arpa/inet.h>":
     const char* inet_ntop(int af, const void* src, char* dst, unsigned int size)
@@ -301,65 +291,7 @@ cdef class PacketCore:
         return len(self._buf)
 
 
-cdef PacketCore Packet_from(object cls, object meta, object data, double now):
-    """A packet of class ``cls`` on ``data`` (the dispatcher's construction, without __init__)."""
-    cdef PacketCore pkt = PacketCore.__new__(cls)
-    pkt._meta = meta
-    pkt._buf = data
-    pkt._mark = None
-    pkt._ipv = None
-    pkt._l4v = None
-    pkt.time = now
-    return pkt
-
-
-cdef void packet_done(PacketCore pkt):
-    """Break the packet <-> view cycle once its verdict is given, so it is freed at once, not by the GC."""
-    pkt._ipv = None
-    pkt._l4v = None
-
-
-cdef bint packet_recycle(PacketCore pkt, Py_ssize_t refs):
-    """Empty a packet that nothing but the dispatcher references, for reuse by the next packet.
-
-    Allocating and freeing a packet and its two views is a fair share of a
-    handler's cost per packet; a packet nobody kept (the usual case) is
-    reused instead, with its views kept aside (detached) for the next one.
-    ``refs`` is how many references the caller holds.  Anything else that
-    references the packet (a handler that kept it or one of its views, a
-    weak reference, a failure record) makes this return False, having only
-    broken the packet <-> view cycle.
-    """
-    cdef ViewCore ipv = pkt._ipv
-    cdef ViewCore l4v = pkt._l4v
-    cdef Py_ssize_t expect = refs
-    cdef bint seen = False
-    # a cached view references the packet; one that anybody else references (the packet's
-    # field and ``ipv``/``l4v`` here make two) keeps the packet visible through it
-    if ipv is not None and ipv._pkt is pkt:
-        expect += 1
-        seen = seen or Py_REFCNT(ipv) != 2
-    if l4v is not None and l4v._pkt is pkt:
-        expect += 1
-        seen = seen or Py_REFCNT(l4v) != 2
-    if seen or Py_REFCNT(pkt) != expect or has_weakrefs(<PyObject*>pkt):
-        packet_done(pkt)
-        return False
-    if ipv is not None and ipv._pkt is pkt:
-        ipv._pkt = None
-        pkt._ipv_spare = ipv
-    if l4v is not None and l4v._pkt is pkt:
-        l4v._pkt = None
-        pkt._l4v_spare = l4v
-    pkt._ipv = None
-    pkt._l4v = None
-    pkt._meta = None
-    pkt._buf = None
-    pkt._mark = None
-    pkt._dirty = False
-    pkt._modified = False
-    pkt._l4known = False
-    return True
+# Packet_from, packet_done and packet_recycle are inline, in _core.pxd: the dispatcher calls them per packet.
 
 
 # ---------------------------------------------------------------------------
