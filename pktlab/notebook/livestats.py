@@ -57,10 +57,13 @@ class LiveStats:
         n = ring.n
         counts = {"accept": ring.accepted, "drop": ring.dropped, "repeat": ring.repeated}
         errors = ring.errors
+        if self._last is not None and n < self._last[1]:
+            self._last = (self._last[0], 0, dict.fromkeys(counts, 0), 0)  # the record started afresh (a replay's run)
         new = 0 if self._last is None else n - self._last[1]
         dt = 0.0 if self._last is None else max(1e-6, now - self._last[0])
         tail = record.tail(min(max(new, self.latest), TAIL)) if n else []
-        newest = tail[-new:] if 0 < new <= len(tail) else tail
+        # the rates and the histogram cover the packets that came since the last look, none when idle
+        newest = tail[-new:] if 0 < new <= len(tail) else (tail if new > 0 else [])
         size = sum(e.size for e in newest)
         if new > len(newest) and newest:
             size = size * new / len(newest)  # more packets than we looked at: scale the bytes

@@ -53,3 +53,28 @@ def test_more_packets_than_the_tail_are_extrapolated() -> None:
     s = st.sample(rec, None, now=1.0)
     assert s.pps == 5000 and abs(s.mbps - 5000 * 200 * 8 / 1e6) < 1e-6
     assert sum(s.hist_counts) == 0  # no handler ran: no handler time
+
+
+def test_an_idle_session_shows_no_traffic() -> None:
+    """No new packets: 0 packets/s, 0 Mbps and an empty histogram, not the last packets counted again."""
+    rec = Record(100, 64)
+    st = LiveStats(window=10, period=0.5)
+    st.sample(rec, None, now=10.0)
+    fill(rec, 30, 10.1)
+    busy = st.sample(rec, None, now=10.5)
+    idle = st.sample(rec, None, now=11.0)
+    assert busy.pps == 60.0 and busy.mbps > 0 and sum(busy.hist_counts) == 30
+    assert idle.pps == 0 and idle.mbps == 0 and sum(idle.hist_counts) == 0
+    assert len(idle.latest) == 20  # the table still lists the newest packets
+
+
+def test_a_record_that_starts_afresh_counts_from_zero() -> None:
+    rec = Record(100, 64)
+    st = LiveStats(window=10, period=0.5)
+    st.sample(rec, None, now=10.0)
+    fill(rec, 40, 10.1)
+    st.sample(rec, None, now=10.5)
+    rec.clear()  # a replay run again
+    fill(rec, 10, 11.0)
+    s = st.sample(rec, None, now=11.0)
+    assert s.pps == 20.0 and s.packets == 10 and all(v >= 0 for v in s.verdicts_ps.values())
