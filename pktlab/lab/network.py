@@ -350,6 +350,17 @@ class Lab:
         hosts = ", ".join(f"{h.role}={h.addr}" for h in self.hosts.values() if h.addrs)
         return f"<Lab {self.id} {self.topology} {state}: {hosts}>"
 
+    def describe(self) -> list[str]:
+        """Lines for a person: the lab, each host with its addresses and namespace, the sessions on it."""
+        state = "down" if self._closed else "up"
+        out = [f"lab {self.id} ({self.topology}), {state}"]
+        for h in self.hosts.values():
+            addrs = ", ".join(f"{ifname} {a}" for ifname, a in h.addrs.items())
+            out.append(f"  {h.role:7s} {addrs}  (namespace {h.netns})")
+        for s in self.sessions:
+            out.append(f"  session {s.name}: queue {s.queue} on {s.netns}, {s.rule.describe()}")
+        return out
+
     # -- traffic ------------------------------------------------------------
     def _track(self, proc: subprocess.Popen[str]) -> None:
         with self._lock:

@@ -263,8 +263,15 @@ class PktlabMagicState:
             if self.current_lab == key:
                 self.current_lab = next(iter(self.labs), None)
             td.finish("run %pktlab doctor --clean to remove what is left")
+            print(f"pktlab: lab {key} is down; its namespaces, rules and traffic programs are gone")
             return None
-        return {n: lab for n, lab in self.labs.items()}
+        if not self.labs:
+            print("no lab is up; %pktlab lab up (a client and a server) or %pktlab lab up router")
+            return None
+        for n, lab in self.labs.items():
+            lines = lab.describe()
+            print("\n".join([f"{n}{' (current)' if n == self.current_lab else ''}: {lines[0]}", *lines[1:]]))
+        return None
 
     def cmd_attach(self, a: argparse.Namespace) -> Session:
         netns: Any = None
@@ -325,9 +332,9 @@ class PktlabMagicState:
             raise PktlabError("no session is attached; nothing to detach")
         for n in names:
             s = self.session(n)
-            if hasattr(s, "detach"):
-                s.detach()
+            s.detach()
             self._forget_session(n)  # type: ignore[arg-type]
+            print(f"pktlab: {n} detached ({s.record.n} packets seen; its rules are gone)")
 
     def _forget_session(self, name: str) -> None:
         self.sessions.pop(name, None)

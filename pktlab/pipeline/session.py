@@ -27,7 +27,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import PktlabError, SessionError
+from ..errors import PktlabError, QueueBusyError, SessionError
 from ..kernel import bpf as _bpf
 from ..kernel import offload as _offload
 from ..kernel import rules as _rules
@@ -326,7 +326,16 @@ class Session(ChainOwner):
         if self.netns is None:
             print(f"pktlab: queueing in the HOST namespace: {self.rule.describe()}")
         _rules.sweep_stale(self.netns)
-        self.source.start(self._dispatch, on_bound=self._bind_fd, after_read=self._dispatch.flush)
+        try:
+            self.source.start(self._dispatch, on_bound=self._bind_fd, after_read=self._dispatch.flush)
+        except QueueBusyError:
+            mine = [x for x in (self._lab.sessions if self._lab is not None else []) if x.queue == self.queue]
+            if not mine:
+                raise
+            raise QueueBusyError(
+                f"queue {self.queue} in {self.netns} is already read by your own session {mine[0].name}; detach "
+                f"it first (%pktlab detach {mine[0].name}, or s.detach()) or pick another queue number"
+            ) from None
         try:
             self.rules.install([self.rule])
         except BaseException:

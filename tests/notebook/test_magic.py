@@ -74,7 +74,7 @@ def test_handler_cell_needs_a_session_and_valid_code(shell) -> None:
 
 
 @needs_root
-def test_full_cycle_through_magics(shell) -> None:
+def test_full_cycle_through_magics(shell, capsys) -> None:
     lab, err = run(shell, "%pktlab lab up")
     assert err is None
     try:
@@ -110,14 +110,24 @@ def test_full_cycle_through_magics(shell) -> None:
         assert err is None and s.chain["oops"].enabled is False
 
         _, err = run(shell, '%pktlab attach 21 --rule "-p udp --dport 9001"')
-        assert "already bound" in err
+        assert f"already read by your own session {s.name}" in err and "\n" not in err
+
+        capsys.readouterr()
+        _, err = run(shell, "%pktlab lab status")
+        said = capsys.readouterr().out
+        assert err is None and "lab (current): lab " in said and "server  eth0 10.77.1.2" in said
+        assert f"session {s.name}: queue 21 on {lab.server.netns}" in said
 
         _, err = run(shell, "%pktlab detach")
         assert err is None and not s.attached
+        assert f"pktlab: {s.name} detached" in capsys.readouterr().out
         assert not pktlab_rules(lab.server.netns)
     finally:
         _, err = run(shell, "%pktlab lab down")
     assert err is None
+    assert "pktlab: lab lab is down" in capsys.readouterr().out
+    run(shell, "%pktlab lab status")
+    assert "no lab is up" in capsys.readouterr().out
     assert not [h.netns for h in lab.hosts.values() if h.netns in netns.list_names()]
 
 
