@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 _SESSION_SEQ = itertools.count(1)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+_BYTECODE = re.compile(r'--bytecode (?:"(\d+),[^"]*"|(\d+),\S*)')
 _OFFLOAD_SEQ = itertools.count(1)
 
 
@@ -116,8 +117,8 @@ class Status:
             out.append(f"  filter{' (in the kernel)' if self.source is None else ''}: {self.filter}")
         for desc, hits in self.offloads:
             out.append(f"  offload: {desc}  ({hits} packets decided in the kernel)")
-        for r in self.rules:
-            out.append(f"  rule: {r}")
+        for r in self.rules:  # a BPF program's bytecode says nothing to a person: its length does
+            out.append("  rule: " + _BYTECODE.sub(_bpf_length, r))
         if self.handlers:
             out.append(
                 "  handlers: "
@@ -719,6 +720,10 @@ class Session(ChainOwner):
         state = "attached" if self._attached else "detached"
         n = self.record.n
         return f"<Session {self.name} queue {self.queue} in {where} {state}, {n} packets, handlers {self.handlers}>"
+
+
+def _bpf_length(m: re.Match[str]) -> str:
+    return f"--bytecode <{m.group(1) or m.group(2)} BPF instructions>"
 
 
 def _hold_all(pkt: Packet) -> bool:

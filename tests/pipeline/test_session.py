@@ -69,3 +69,13 @@ def test_replay_options_are_checked(tmp_path: Path) -> None:
     with pytest.raises(SessionError, match="deadline 0 s is out of range"):
         pktlab.replay(path, deadline=0)
     assert pktlab.replay(path, hook="forward").run().packets == 1
+
+
+def test_status_shows_a_bpf_programs_length_not_its_bytecode() -> None:
+    from pktlab.pipeline.session import Status
+
+    rule = '-A INPUT -m bpf --bytecode "4,48 0 0 0,84 0 0 240,21 0 1 64,6 0 0 65535" -j NFQUEUE --queue-num 1'
+    counters = {"packets": 0, "accept": 0, "drop": 0, "repeat": 0, "errors": 0}
+    st = Status("x", 1, "n", True, False, [rule], [], counters, None, 0.0)
+    (line,) = [x for x in st.lines() if x.startswith("  rule:")]
+    assert line == "  rule: -A INPUT -m bpf --bytecode <4 BPF instructions> -j NFQUEUE --queue-num 1"
