@@ -312,7 +312,8 @@ class Packet(PacketCore):
         return packet_html(self)
 
     def __repr__(self) -> str:
-        return f"<Packet #{self.id} {self.hook} {self.summary()}{' modified' if self._modified else ''}>"
+        where = f"#{self.id} {self.hook} " if self._meta is not None else ""  # made in the notebook: no hook
+        return f"<Packet {where}{self.summary()}{' modified' if self._modified else ''}>"
 
 
 def summarize(head: bytes) -> dict[str, Any]:
