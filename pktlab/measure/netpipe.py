@@ -144,8 +144,8 @@ class NetpipeResult:
             rows.append(
                 {
                     "config": c,
-                    "max Mbps": max(p.mbps for p in pts),
-                    "latency us": pts[0].usec,
+                    "max Mbps": round(max(p.mbps for p in pts), 1),
+                    "latency us": round(pts[0].usec, 1),
                     "saturation bytes": saturation_point([(p.bytes, p.mbps) for p in pts]),
                     "largest block": pts[-1].bytes,
                 }
@@ -171,9 +171,11 @@ class NetpipeResult:
         from bokeh.plotting import figure
 
         kw: dict[str, Any] = {"width": 380, "height": 330, "tools": "pan,wheel_zoom,box_zoom,reset,save"}
-        thr = figure(title="throughput", x_axis_type="log", x_axis_label="block size (bytes)",
+        # log y: configurations three decades apart (a Python handler against the kernel) stay readable together
+        thr = figure(title="throughput", x_axis_type="log", y_axis_type="log", x_axis_label="block size (bytes)",
                      y_axis_label="Mbps", **kw)  # fmt: skip
-        sig = figure(title="signature", x_axis_type="log", x_axis_label="time (s)", y_axis_label="Mbps", **kw)
+        sig = figure(title="signature", x_axis_type="log", y_axis_type="log", x_axis_label="time (s)",
+                     y_axis_label="Mbps", **kw)  # fmt: skip
         sat = figure(title="saturation", x_axis_type="log", y_axis_type="log", x_axis_label="block size (bytes)",
                      y_axis_label="time (s)", **kw)  # fmt: skip
         for i, c in enumerate(self.configs):
@@ -186,8 +188,9 @@ class NetpipeResult:
                 fig.scatter(x, y, source=src, color=colour, size=4)
         for fig in (thr, sig, sat):
             fig.add_tools(HoverTool(tooltips=[("bytes", "@bytes"), ("Mbps", "@mbps{0.00}"), ("time", "@usec{0.0} µs")]))
-            fig.legend.location = "top_left"
-            fig.legend.click_policy = "hide"
+            legend = fig.legend[0]  # under the plot: over it, it hid a curve
+            legend.click_policy = "hide"
+            fig.add_layout(legend, "below")
         return row(thr, sig, sat)
 
 

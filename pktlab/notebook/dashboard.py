@@ -37,7 +37,7 @@ class Dashboard:
 
     def __init__(self, session: Any, period: float = 0.5, window: float = 300.0) -> None:
         from bokeh.layouts import column, row
-        from bokeh.models import ColumnDataSource, DataTable, DateFormatter, Div, TableColumn
+        from bokeh.models import ColumnDataSource, DataRange1d, DataTable, DateFormatter, Div, LinearAxis, TableColumn
         from bokeh.plotting import figure
 
         self.session = session
@@ -54,22 +54,31 @@ class Dashboard:
         self.table = ColumnDataSource({c: [] for c in ("time", "proto", "src", "dst", "dport", "size", "verdict",
                                                         "handler")})  # fmt: skip
         self.counter = Div(text=self._counter_text(None), name="pktlab-counter")
-        kw: dict[str, Any] = {"height": 220, "width": 420, "x_axis_type": "datetime", "tools": "pan,wheel_zoom,reset"}
-        pps = figure(title="packets/s and Mbps", **kw)
+        kw: dict[str, Any] = {"height": 240, "width": 420, "x_axis_type": "datetime", "tools": "pan,wheel_zoom,reset"}
+        # packets/s on the left axis, Mbps on its own right axis (one axis flattened the smaller to zero)
+        pps = figure(title="rate", y_range=DataRange1d(start=0), **kw)
+        pps.yaxis.axis_label = "packets/s"
         pps.line("t", "pps", source=self.rates, legend_label="packets/s", color="#1f77b4")
-        pps.line("t", "mbps", source=self.rates, legend_label="Mbps", color="#ff7f0e")
-        pps.legend.location = "top_left"
-        ver = figure(title="verdicts per second", **kw)
+        mbps = pps.line("t", "mbps", source=self.rates, legend_label="Mbps", color="#ff7f0e", y_range_name="mbps")
+        pps.extra_y_ranges = {"mbps": DataRange1d(start=0, renderers=[mbps])}
+        pps.add_layout(LinearAxis(y_range_name="mbps", axis_label="Mbps"), "right")
+        ver = figure(title="verdicts per second", y_range=DataRange1d(start=0), **kw)
+        ver.yaxis.axis_label = "packets/s"
         ver.varea_stack(list(VERDICT_NAMES), x="t", source=self.verdicts, color=[COLOURS[v] for v in VERDICT_NAMES],
                         legend_label=list(VERDICT_NAMES))  # fmt: skip
-        ver.legend.location = "top_left"
-        hist = figure(title="handler time per packet (µs)", x_axis_type="log", height=220, width=420,
-                      tools="pan,wheel_zoom,reset")  # fmt: skip
+        hist = figure(title=f"time in the handlers, packets of the last {period:g} s", x_axis_type="log", height=240,
+                      width=420, y_range=DataRange1d(start=0), tools="pan,wheel_zoom,reset")  # fmt: skip
+        hist.xaxis.axis_label = "µs per packet"
+        hist.yaxis.axis_label = "packets"
         hist.quad(left="left", right="right", top="count", bottom=0, source=self.hist, color="#9467bd")
-        ker = figure(title="kernel: queue depth and drops", **kw)
+        ker = figure(title="kernel queue", y_range=DataRange1d(start=0, min_interval=1), **kw)
+        ker.yaxis.axis_label = "packets"
         ker.line("t", "depth", source=self.kernel, legend_label="waiting", color="#8c564b")
         ker.line("t", "drops", source=self.kernel, legend_label="dropped (total)", color="#d62728")
-        ker.legend.location = "top_left"
+        for fig in (pps, ver, ker):  # legends under the plot, not over the data
+            legend = fig.legend[0]
+            legend.orientation = "horizontal"
+            fig.add_layout(legend, "below")
         cols = [TableColumn(field=c, title=c, formatter=DateFormatter(format="%H:%M:%S.%3N")) if c == "time"
                 else TableColumn(field=c, title=c) for c in self.table.data]  # fmt: skip
         tbl = DataTable(source=self.table, columns=cols, width=860, height=260, index_position=None)
