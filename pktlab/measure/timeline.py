@@ -189,7 +189,12 @@ class Trace:
         return f"<pre>{escape(self.text())}</pre>"
 
     def plot(self) -> Any:
-        """A bokeh timeline: one row per host and hook, one colour per packet, hover shows the event."""
+        """A bokeh chart of each packet's path: one row per host and hook, one colour per packet, hover shows the event.
+
+        The x axis is the order of the events along the packet's path, not time:
+        the times pktlab has are when it read each host's events, which do not
+        line up across hosts (kernel timestamps are what a time axis needs).
+        """
         from bokeh.models import ColumnDataSource, HoverTool
         from bokeh.palettes import Category10_10
         from bokeh.plotting import figure
@@ -204,7 +209,7 @@ class Trace:
             y_range=list(reversed(cats)),
             height=max(200, 28 * len(cats) + 80),
             width=800,
-            x_axis_label="µs since the packet's first event",
+            x_axis_label="step along the packet's path (order of events, not time)",
             title=f"trace of {self.filter or 'every packet'}",
             tools="pan,wheel_zoom,box_zoom,reset",
         )
@@ -212,7 +217,8 @@ class Trace:
             mine = [r for r in rows if r["packet"] == n]
             src = ColumnDataSource(
                 {
-                    "t": [r["t_us"] for r in mine],
+                    "t": list(range(len(mine))),
+                    "read_us": [r["t_us"] for r in mine],
                     "y": [f"{r['host']} {r['hook']}" for r in mine],
                     "event": [f"{r['table']} {r['chain']}: {r['kind']} {r['event'][:80]}" for r in mine],
                     "verdict": [r["verdict"] or "" for r in mine],
@@ -221,7 +227,7 @@ class Trace:
             colour = Category10_10[n % 10]
             fig.line("t", "y", source=src, color=colour, alpha=0.5, legend_label=f"packet {n}")
             fig.scatter("t", "y", source=src, color=colour, size=8)
-        fig.add_tools(HoverTool(tooltips=[("t", "@t{0.0} µs"), ("event", "@event"), ("verdict", "@verdict")]))
+        fig.add_tools(HoverTool(tooltips=[("step", "@t"), ("event", "@event"), ("verdict", "@verdict")]))
         fig.legend.click_policy = "hide"
         return fig
 

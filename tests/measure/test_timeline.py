@@ -34,3 +34,10 @@ def test_text_and_hooks() -> None:
     assert "rule udp dport 9000 counter -> continue" in text and "policy accept" in text
     assert tr.packets[0].hooks("client") == ["OUTPUT", "POSTROUTING"] and tr.packets[0].hooks("server") == []
     assert "no packet matching udp crossed client" in Trace([], "udp", ["client"]).text()
+
+
+def test_the_plot_orders_events_and_claims_no_time_axis() -> None:
+    fig = trace().plot()
+    assert "not time" in fig.xaxis[0].axis_label
+    (line,) = [r for r in fig.renderers if r.glyph.__class__.__name__ == "Line"]
+    assert list(line.data_source.data["t"]) == [0, 1, 2, 3]  # steps, in order along the path
