@@ -82,6 +82,8 @@ class HandlerChain:
         self._lock = threading.Lock()
         self.active: tuple[Handler, ...] = ()
         self.failures: deque[HandlerFailure] = deque(maxlen=max_failures)
+        # told of each handler's first failure (the session says it in the cell's output)
+        self.on_first_failure: Callable[[Handler, HandlerFailure], None] | None = None
 
     def _publish(self) -> None:
         self.active = tuple(h for h in self._handlers if h.enabled and h.stuck_since is None)
@@ -175,7 +177,13 @@ class HandlerChain:
     def failed(self, handler: Handler, pkt: Any, exc: BaseException) -> str:
         """A handler raised: keep the exception with the packet; return the record's error text."""
         handler.errors += 1
-        return str(self.record_failure(handler, pkt, exc))
+        failure = self.record_failure(handler, pkt, exc)
+        if handler.errors == 1 and self.on_first_failure is not None:
+            try:
+                self.on_first_failure(handler, failure)
+            except Exception:  # a note that cannot be shown must not cost the packet its verdict
+                pass
+        return str(failure)
 
     def bad_return(self, handler: Handler, pkt: Any, value: object) -> tuple[Verdict | None, str | None]:
         """A handler returned a non-Verdict: a verdict name is fine, anything else is an error."""

@@ -270,6 +270,7 @@ class Session(ChainOwner):
             )
         self.deadline = deadline
         self.chain = HandlerChain()
+        self.chain.on_first_failure = self._first_failure
         self.record = Record(record_size, snaplen)
         self._watchdog: threading.Thread | None = None
         self._watching = threading.Event()
@@ -397,6 +398,15 @@ class Session(ChainOwner):
             except Exception as exc:  # pktlab's own failure; keep watching
                 self.source.internal_errors += 1
                 self.source.last_internal_error = f"watchdog: {type(exc).__name__}: {exc}"
+
+    say_failures = True  # a handler's first failure is said in the cell's output (the grader turns it off)
+
+    def _first_failure(self, h: Handler, failure: HandlerFailure) -> None:
+        if self.say_failures:
+            self._say(
+                f"handler {h.name!r} failed ({failure.error}); its packet got the error verdict ({self.on_error}); "
+                "further failures are counted in status() and kept with their tracebacks in s.errors"
+            )
 
     def _say(self, message: str) -> None:
         """A note for the person at the notebook (stderr shows in the running cell's output)."""

@@ -79,3 +79,18 @@ def test_status_shows_a_bpf_programs_length_not_its_bytecode() -> None:
     st = Status("x", 1, "n", True, False, [rule], [], counters, None, 0.0)
     (line,) = [x for x in st.lines() if x.startswith("  rule:")]
     assert line == "  rule: -A INPUT -m bpf --bytecode <4 BPF instructions> -j NFQUEUE --queue-num 1"
+
+
+def test_a_handlers_first_failure_is_said_once_in_the_cell(replay: Session, capsys) -> None:
+    def broken(pkt):
+        raise ValueError("no such field")
+
+    replay.add_handler(broken, "broken")
+    replay.run()
+    said = capsys.readouterr().err
+    assert said.count("handler 'broken' failed (ValueError: no such field)") == 1
+    assert "error verdict (accept)" in said and "s.errors" in said
+    replay.say_failures = False
+    replay.add_handler(lambda pkt: 1 / 0, "other")
+    replay.run()
+    assert capsys.readouterr().err == ""
