@@ -133,17 +133,21 @@ class Monitor:
         while not self._stop.wait(self.period):
             if not self._alive():
                 break
-            try:
-                kc = self.session.kernel_counters() if hasattr(self.session, "kernel_counters") else None
-                s = self.stats.sample(self.session.record, kc)
-                self.ticks += 1
-                with self._lock:
-                    subs = list(self._subs)
-                for fn in subs:
-                    fn(s)
-            except Exception as exc:  # a display that failed must not stop the others
-                self.last_error = f"{type(exc).__name__}: {exc}"
+            self._publish()
         self._stop.set()
+        self._publish()  # one last look: the counters after the last packet, a detached session shown as such
+
+    def _publish(self) -> None:
+        try:
+            kc = self.session.kernel_counters() if hasattr(self.session, "kernel_counters") else None
+            s = self.stats.sample(self.session.record, kc)
+            self.ticks += 1
+            with self._lock:
+                subs = list(self._subs)
+            for fn in subs:
+                fn(s)
+        except Exception as exc:  # a display that failed must not stop the others
+            self.last_error = f"{type(exc).__name__}: {exc}"
 
     def stop(self) -> None:
         self._stop.set()

@@ -62,6 +62,7 @@ def test_controls_pause_step_inspect_and_resume(lab: Lab, queue_num: int) -> Non
         assert r.unique == 5 and s.record.n == 5
     finally:
         s.detach()
+    assert "detached" in c.state.value  # the monitor's last look, made as the session detached
 
 
 def test_replay_has_a_dashboard_too() -> None:
