@@ -128,6 +128,8 @@ class Record:
 
         df = pd.DataFrame(self.rows(), columns=COLUMNS)
         df["time"] = pd.to_datetime(df["time"], unit="s")
+        for col in ("handler", "error"):  # no handler decided, no error: None, as everywhere else (pandas made NaN)
+            df[col] = df[col].astype(object).where(df[col].notna(), None)
         return df
 
     def to_pcap(self, path: str) -> int:

@@ -42,7 +42,7 @@ def test_chain_semantics_match_a_live_session() -> None:
     assert st.packets == 20 and st.counters["drop"] == 8 and st.counters["errors"] == 8
     df = s.df
     assert list(df["verdict"][:5]) == ["drop", "accept", "accept", "drop", "accept"]
-    assert list(df["handler"][:4]) == ["first", "first", "first", "second"] and df["handler"].isna()[4]
+    assert list(df["handler"][:5]) == ["first", "first", "first", "second", None]  # None, not NaN
     assert "boom" in df["error"][1] and "returned 'nonsense'" in df["error"][2]
     assert len(s.errors) == 8
 
