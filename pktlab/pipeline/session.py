@@ -663,6 +663,7 @@ class Session(ChainOwner):
         if self._attached:
             raise SessionError(f"{self.name} is already reading its capture; wait() for it or detach() first")
         self.configure(pace=pace, limit=limit, stop_on_error=stop_on_error)
+        src.resume()  # run() reads to the end: a pause left from stepping would wait for ever
         t0 = time.monotonic()
         self.attach()
         try:

@@ -94,3 +94,9 @@ def test_a_handlers_first_failure_is_said_once_in_the_cell(replay: Session, caps
     replay.add_handler(lambda pkt: 1 / 0, "other")
     replay.run()
     assert capsys.readouterr().err == ""
+
+
+def test_run_reads_to_the_end_even_after_a_pause(replay: Session) -> None:
+    replay.pause()
+    st = replay.run()
+    assert st.packets == 5 and not replay.paused
