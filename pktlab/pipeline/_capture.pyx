@@ -16,7 +16,10 @@ passes packets that do not match a queue rule).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdio cimport FILE, SEEK_SET, fclose, fread, fseek, fwrite, tmpfile
+from libc.stdio cimport FILE, fclose, fflush, fwrite, tmpfile
+from posix.stdio cimport fileno
+from posix.types cimport off_t
+from posix.unistd cimport pread
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, nanosleep, timespec
 
 from netfilterqueue._impl cimport u_int8_t
@@ -110,25 +113,30 @@ cdef class Spool:
         return self.count
 
     def __iter__(self):
-        """(time, bytes) of every packet appended so far, in order."""
+        """(time, bytes) of every packet appended so far, in order.
+
+        Read with ``pread`` at offsets of its own: the file position stays the
+        writer's, so a replay still running appends where it should.
+        """
         cdef double t
         cdef unsigned int size
         cdef long long i
         cdef bytes data
         cdef long long n = self.count
         cdef FILE* f = <FILE*>self.f
-        if fseek(f, 0, SEEK_SET) != 0:
+        cdef int fd = fileno(f)
+        cdef off_t off = 0
+        if fflush(f) != 0:
             raise OSError("cannot read the replay's output spool")
-        try:
-            for i in range(n):
-                if fread(&t, sizeof(double), 1, f) != 1 or fread(&size, 4, 1, f) != 1:
-                    raise OSError("the replay's output spool is truncated")
-                data = PyBytes_FromStringAndSize(NULL, size)
-                if size and fread(PyBytes_AS_STRING(data), 1, size, f) != size:
-                    raise OSError("the replay's output spool is truncated")
-                yield t, data
-        finally:
-            fseek(f, 0, 2)  # SEEK_END: appending goes on after a reading
+        for i in range(n):
+            if pread(fd, &t, sizeof(double), off) != sizeof(double) or pread(fd, &size, 4, off + sizeof(double)) != 4:
+                raise OSError("the replay's output spool is truncated")
+            off += sizeof(double) + 4
+            data = PyBytes_FromStringAndSize(NULL, size)
+            if size and pread(fd, PyBytes_AS_STRING(data), size, off) != <ssize_t>size:
+                raise OSError("the replay's output spool is truncated")
+            off += size
+            yield t, data
 
 
 cdef class Verdicts:

@@ -56,3 +56,14 @@ def test_a_spool_gives_back_what_went_in_and_keeps_appending(tmp_path: Path) -> 
     assert list(s) == [(1.5, b"one"), (2.5, b"")]
     s.append(3.0, b"three")
     assert len(s) == 3 and list(s)[-1] == (3.0, b"three")
+
+
+def test_reading_a_spool_does_not_move_where_the_next_packet_goes() -> None:
+    s = Spool()
+    s.append(1.0, b"a")
+    s.append(2.0, b"bb")
+    reading = iter(s)
+    assert next(reading) == (1.0, b"a")
+    s.append(3.0, b"ccc")  # a replay still running appends while the notebook reads
+    assert list(reading) == [(2.0, b"bb")]  # what was there when the reading began
+    assert list(s) == [(1.0, b"a"), (2.0, b"bb"), (3.0, b"ccc")]
