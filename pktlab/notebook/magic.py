@@ -70,7 +70,7 @@ def _parsers() -> dict[str, _Parser]:
     att.add_argument("--max-len", type=int, default=4096)
     att.add_argument("--copy-range", type=int, default=65535)
     att.add_argument("--sock-bytes", type=int, default=8 << 20)
-    att.add_argument("--deadline", default="0.05", help="seconds a handler may take before its packet is rescued")
+    att.add_argument("--deadline", default="0.5", help="seconds a handler may take before its packet is rescued")
     att.add_argument("--name", default=None)
 
     det = _Parser(prog="%pktlab detach", add_help=False)

@@ -175,7 +175,7 @@ class Session(ChainOwner):
         batch: int = 64,
         record_size: int = 100_000,
         snaplen: int = 256,
-        deadline: float | None = 0.05,
+        deadline: float | None = 0.5,  # far above scheduling noise: a starved reader was seen past 50 ms
         name: str | None = None,
         filter: str | None = None,  # noqa: A002 - the word users know from tcpdump
     ) -> None:

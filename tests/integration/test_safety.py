@@ -216,7 +216,9 @@ def test_malformed_packets_through_the_queue_never_break_the_reader(lab: Lab, qu
 def test_a_sleeping_handler_does_not_stall_traffic_and_rejoins(lab: Lab, queue_num: int, capsys) -> None:
     import threading
 
-    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, deadline=0.05)
+    # 250 ms: a deadline far above scheduling noise (with a CPU hog, a reader was once starved past 50 ms and a
+    # second, healthy call was rescued too)
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, deadline=0.25)
     release = threading.Event()
     calls: list[int] = []
     try:
@@ -243,15 +245,17 @@ def test_a_sleeping_handler_does_not_stall_traffic_and_rejoins(lab: Lab, queue_n
         assert not s.stuck and s.chain.active[0].name == "sleepy"
         # every even datagram arrived: the stuck one by the error verdict at the deadline, the others
         # through the rest of the chain (drop_odd) while sleepy was skipped, and through both after
-        assert r.unique == 200 and r.max_gap < 0.5, (r.unique, r.max_gap)
+        assert r.unique == 200 and r.max_gap < 1.0, (r.unique, r.max_gap)  # the deadline, and then some
         assert s.record.n == 400  # exactly one record entry (and verdict) per packet
         ids = [e.id for e in s.record]
         assert len(set(ids)) == 400
-        rescued = [e for e in s.record if e.error and "did not return within 50 ms" in e.error]
+        rescued = [e for e in s.record if e.error and "did not return within 250 ms" in e.error]
         assert len(rescued) == 1 and s.chain["sleepy"].rescued == 1
-        assert max(calls) == 399  # sleepy saw packets again after it rejoined
+        seen = len(calls)
+        assert lab.udp(10, rate=1000, idle=0.5).unique == 5  # a flow after it rejoined: drop_odd still runs
+        assert len(calls) == seen + 10  # and sleepy saw every packet of it
         said = capsys.readouterr().err
-        assert "handler 'sleepy' did not return within 50 ms" in said
+        assert "handler 'sleepy' did not return within 250 ms" in said
         assert "handler 'sleepy' returned and is back in the chain" in said
     finally:
         release.set()
@@ -310,7 +314,7 @@ def test_detach_closes_the_queue_socket_after_a_rescue_without_the_cyclic_collec
     gc.collect()
     gc.disable()  # what closes must close by reference counting, at detach, not whenever the collector runs
     release = threading.Event()
-    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, deadline=0.05)
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, deadline=0.25)
     try:
         queue_sockets = _sockets() - before
         assert queue_sockets, "attach opened no socket"
