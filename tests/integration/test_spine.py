@@ -260,8 +260,13 @@ def test_bypass_passes_packets_while_no_reader_is_bound(lab: Lab, queue_num: int
 def test_queue_busy_and_bad_rule_are_clear_errors(lab: Lab, queue_num: int) -> None:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     try:
-        with pytest.raises(pktlab.QueueBusyError, match=f"queue {queue_num} is already bound"):
+        # a session of the same lab holds it: the message names that session
+        mine = f"queue {queue_num} .*already read by your own session {s.name}"
+        with pytest.raises(pktlab.QueueBusyError, match=mine):
             pktlab.attach(queue_num, rule="-p udp --dport 9001", netns=lab.server)
+        # a reader pktlab does not know as one of the lab's sessions (a namespace given by name)
+        with pytest.raises(pktlab.QueueBusyError, match=f"queue {queue_num} is already bound by another reader"):
+            pktlab.attach(queue_num, rule="-p udp --dport 9001", netns=lab.server.netns)
         with pytest.raises(pktlab.RuleError, match="iptables refused the rule .*dprt"):
             pktlab.attach(queue_num + 1, rule="-p udp --dprt 9000", netns=lab.server)
         # the failed attaches left neither rules nor reader threads
