@@ -48,6 +48,21 @@ cdef class ViewCore:
     cdef public Py_ssize_t _off
 
 
+cdef inline Py_ssize_t ethernet_l3(const unsigned char* p, Py_ssize_t n) noexcept:
+    """Where the IP header of an Ethernet frame starts (after up to three VLAN tags), or -1 if not IP."""
+    cdef unsigned int etype
+    cdef Py_ssize_t off = 14
+    if n < 14:
+        return -1
+    etype = (p[12] << 8) | p[13]
+    while (etype == 0x8100 or etype == 0x88A8) and n >= off + 4:
+        etype = (p[off + 2] << 8) | p[off + 3]
+        off += 4
+        if off > 26:
+            break
+    return off if etype == 0x0800 or etype == 0x86DD else -1
+
+
 cdef inline PacketCore Packet_from(object cls, object meta, object data, double now):
     """A packet of class ``cls`` on ``data`` (the dispatcher's construction, without __init__)."""
     cdef PacketCore pkt = PacketCore.__new__(cls)

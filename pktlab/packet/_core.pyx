@@ -146,7 +146,6 @@ cdef class PacketCore:
     def __init__(self, meta, data, double time=0.0, str link="ip"):
         cdef Py_ssize_t n
         cdef const unsigned char* p
-        cdef unsigned int etype
         self._meta = meta
         self._buf = data
         self._mark = None
@@ -156,17 +155,7 @@ cdef class PacketCore:
         if link == "ethernet":
             self._eth = True
             p = buf_ptr(data, &n)
-            self._l3 = -1
-            if n >= 14:
-                etype = (p[12] << 8) | p[13]
-                off = 14
-                while etype in (0x8100, 0x88A8) and n >= off + 4:  # VLAN tags (at most a few)
-                    etype = (p[off + 2] << 8) | p[off + 3]
-                    off += 4
-                    if off > 26:
-                        break
-                if etype in (0x0800, 0x86DD):
-                    self._l3 = off
+            self._l3 = ethernet_l3(p, n)
         elif link != "ip":
             raise ValueError(f"link {link!r} is not 'ip' (what a queue gives) or 'ethernet'")
 

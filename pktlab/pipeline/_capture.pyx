@@ -24,6 +24,8 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, nanosleep, timespec
 
 from netfilterqueue._impl cimport u_int8_t
 
+from pktlab.packet._core cimport ethernet_l3
+
 cdef extern from "<pcap/pcap.h>":
     ctypedef struct pcap_t:
         pass
@@ -66,23 +68,6 @@ cdef inline double mono() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-def ethernet_l3(bytes frame):
-    """Where the IP header of an Ethernet frame starts (after up to three VLAN tags), or -1 if not IP."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(frame)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
-    cdef unsigned int etype
-    cdef Py_ssize_t off = 14
-    if n < 14:
-        return -1
-    etype = (p[12] << 8) | p[13]
-    while etype in (0x8100, 0x88A8) and n >= off + 4:
-        etype = (p[off + 2] << 8) | p[off + 3]
-        off += 4
-        if off > 26:
-            break
-    return off if etype in (0x0800, 0x86DD) else -1
 
 
 cdef class Spool:
@@ -180,10 +165,6 @@ cdef class CapturedPacket(NfPacket):
         self.eth = eth
         self.l3 = l3
         self.sink = sink
-
-    @property
-    def verdict_given(self):
-        return self._verdict_is_set
 
     cdef int verdict(self, u_int8_t verdict) except -1:
         if self._verdict_is_set:
@@ -296,7 +277,7 @@ cdef class CaptureFile:
                     ts.tv_nsec = <long>((wait - ts.tv_sec) * 1e9)
                     with nogil:
                         nanosleep(&ts, NULL)
-            l3 = ethernet_l3(frame) if self.eth else 0
+            l3 = ethernet_l3(<const unsigned char*>PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame)) if self.eth else 0
             dispatch(CapturedPacket(<unsigned int>self.read_count, self.hook, frame, t, self.eth, l3, verdicts))
             if limit > 0:
                 limit -= 1
