@@ -161,7 +161,10 @@ def test_same_handlers_same_results_live_and_replayed(name: str, lab: Lab, queue
     # a deadline only where it is under test: elsewhere a reader starved past it (a busy machine) would get a
     # healthy handler's packet the error verdict live and not in the replay
     deadline = 0.25 if case is HANG else None
-    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, snaplen=65535, deadline=deadline)
+    # whole packets in the record (snaplen 65535) for the capture, and only as many entries as the test sends: the
+    # default 100,000 entries of 64 KiB each is a 6.5 GB ring (cases kept alive together were OOM-killed)
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, snaplen=65535, record_size=4 * COUNT,
+                      deadline=deadline)
     try:
         _install(s, case)
         flow = lab.start_udp(COUNT, rate=400, keep=COUNT, timeout=20, idle=1.0)
