@@ -162,7 +162,6 @@ def test_ctrl_c_during_a_flow_stops_its_programs(lab: Lab) -> None:
 def test_cleaning_kills_what_a_killed_process_left_running_in_its_lab(tmp_path) -> None:
     import subprocess
     import sys
-    import time
 
     code = (
         "import pktlab, sys\n"
@@ -175,31 +174,38 @@ def test_cleaning_kills_what_a_killed_process_left_running_in_its_lab(tmp_path) 
     names = proc.stdout.readline().split()
     assert len(names) == 2
     assert wait_until(lambda: all(netns.pids_in(n) for n in names)), "no sender and receiver in the lab"
+    # the lab's own programs, by PID: other pktlab traffic on the machine (a notebook's lab, another test
+    # run) is not this lab's and must not count (a check by command line alone once failed on it)
+    programs = {pid: _cmdline(pid) for n in names for pid in netns.pids_in(n)}
+    assert programs and all(b"pktlab.lab.traffic" in cmd for cmd in programs.values()), programs
     proc.kill()  # kill -9: no atexit, no teardown
     proc.wait(10)
     out = subprocess.run([sys.executable, "-m", "pktlab", "doctor", "--clean"], capture_output=True, text=True)
     assert all(n not in netns.list_names() for n in names), out.stdout
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _traffic_of(proc.pid):
-        time.sleep(0.05)
-    assert _traffic_of(proc.pid) == [], "the killed lab's sender or receiver still runs"
+    assert wait_until(lambda: not _still_running(programs), timeout=10), (
+        f"the killed lab's sender or receiver still runs: {_still_running(programs)}"
+    )
 
 
-def _traffic_of(parent: int) -> list[int]:
-    """pktlab.lab.traffic programs that ran under ``parent`` (now orphans), by /proc."""
-    import os
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
+
+def _still_running(programs: dict[int, bytes]) -> list[int]:
+    """Those of ``programs`` (PID: command line) that still run: not gone, not a zombie, not a reused PID."""
     out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid, cmd in programs.items():
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
             with open(f"/proc/{pid}/stat") as f:
                 state = f.read().rpartition(")")[2].split()[0]
         except OSError:
             continue
-        if b"pktlab.lab.traffic" in cmd and state != "Z":
-            out.append(int(pid))
+        if state != "Z" and _cmdline(pid) == cmd:
+            out.append(pid)
     return out
 
 
