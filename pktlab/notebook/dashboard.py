@@ -82,6 +82,7 @@ class Dashboard:
         cols = [TableColumn(field=c, title=c, formatter=DateFormatter(format="%H:%M:%S.%3N")) if c == "time"
                 else TableColumn(field=c, title=c) for c in self.table.data]  # fmt: skip
         tbl = DataTable(source=self.table, columns=cols, width=860, height=260, index_position=None)
+        self._tbl = tbl
         self.layout = column(self.counter, row(pps, ver), row(hist, ker), tbl, name="pktlab-dashboard")
         self._monitor = session._live_monitor(period, window)
         self._monitor.subscribe(self.update)
@@ -102,6 +103,8 @@ class Dashboard:
 
     def update(self, s: Sample) -> None:
         """Push one sample into the plots (called by the monitor thread)."""
+        from bokeh.models import AllIndices
+
         from ..packet.model import summarize
 
         with self._lock:
@@ -133,6 +136,10 @@ class Dashboard:
                     rows["verdict"].append(e.verdict)
                     rows["handler"].append(e.handler or "")
                 self.table.data = rows
+                # BokehJS redraws a DataTable when its view's indices change; with as many rows as before
+                # (a full table) they do not, and the table kept its first rows (seen in JupyterLab). A new
+                # filter object is a change of the view itself, which makes the table redraw.
+                self._tbl.view.filter = AllIndices()
                 self.counter.text = self._counter_text(s)
             finally:
                 if hold:
