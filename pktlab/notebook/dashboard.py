@@ -85,7 +85,7 @@ class Dashboard:
         self._tbl = tbl
         self.layout = column(self.counter, row(pps, ver), row(hist, ker), tbl, name="pktlab-dashboard")
         self._monitor = session._live_monitor(period, window)
-        self._monitor.subscribe(self.update)
+        self._monitor.subscribe(self.update, on_error=self._show_error)
         self.updates = 0
         self._model: Any = None
 
@@ -159,6 +159,14 @@ class Dashboard:
 
         _load_bokehjs()
         display(self.widget())
+
+    def _show_error(self, reason: str) -> None:
+        """Say in the page that an update failed, and why, instead of freezing silently."""
+        from html import escape
+
+        name = escape(str(getattr(self.session, "name", "?")))
+        self.counter.text = (f"<b>{name}</b>: <span class='pktlab-error' style='color:#d62728'>"
+                             f"the dashboard could not update: {escape(reason)}</span>")  # fmt: skip
 
     def close(self) -> None:
         """Stop updating (the plots stay as they are)."""

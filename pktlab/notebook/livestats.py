@@ -109,10 +109,15 @@ class Monitor:
         self._thread: threading.Thread | None = None
         self.ticks = 0
         self.last_error: str | None = None
+        self.failures = 0
+        self._on_error: list[Callable[[str], None]] = []
 
-    def subscribe(self, fn: Callable[[Sample], None]) -> None:
+    def subscribe(self, fn: Callable[[Sample], None], on_error: Callable[[str], None] | None = None) -> None:
+        """Call ``fn`` with every sample; ``on_error`` with the reason when a sample or a display fails."""
         with self._lock:
             self._subs.append(fn)
+            if on_error is not None:
+                self._on_error.append(on_error)
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name=f"pktlab-monitor-{self.session.name}", daemon=True)
@@ -146,8 +151,16 @@ class Monitor:
                 subs = list(self._subs)
             for fn in subs:
                 fn(s)
-        except Exception as exc:  # a display that failed must not stop the others
+        except Exception as exc:  # a display that failed must not stop the others, nor fail unseen
             self.last_error = f"{type(exc).__name__}: {exc}"
+            self.failures += 1
+            with self._lock:
+                tell = list(self._on_error)
+            for fn in tell:
+                try:
+                    fn(self.last_error)
+                except Exception:
+                    pass
 
     def stop(self) -> None:
         self._stop.set()

@@ -75,3 +75,17 @@ def test_replay_has_a_dashboard_too() -> None:
     assert sum(d.table.data["size"]) > 0 and d.kernel.data["t"] == []
     # each update replaces the table view's filter: what makes BokehJS redraw a table whose row count stays
     assert d._tbl.view.filter is not first
+
+
+def test_a_failing_update_is_said_in_the_page_not_swallowed() -> None:
+    s = pktlab.replay("lab-udp-sizes")
+    d = s.dashboard(period=0.05)
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no sample today")
+
+    d._monitor.stats.sample = broken
+    s.run(pace=10.0)
+    assert wait_until(lambda: "could not update" in d.counter.text, timeout=10)
+    d.close()
+    assert "RuntimeError: no sample today" in d.counter.text and d._monitor.failures >= 1
