@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from pktlab.pipeline.seqadj import ACK, FIN, MOD, RST, SYN, SeqAdjError, SeqAdjuster, Segment, StreamMap
+from pktlab.pipeline.seqadj import ACK, FIN, MOD, RST, SYN, Segment, SeqAdjError, SeqAdjuster, StreamMap
 
 C, S = ("10.0.0.1", 40000), ("10.0.1.2", 8080)
 
@@ -83,8 +83,17 @@ class Path:
 
     def ack(self, sack: bool = True) -> tuple[int, list[tuple[int, int]]]:
         """The receiver acknowledges; what the sender sees, as orig positions."""
-        seg = Segment(S[0], S[1], C[0], C[1], self.isn_back, (self.isn + self.rx.nxt) % MOD, ACK, b"",
-                      self.rx.sack() if sack else [])
+        seg = Segment(
+            S[0],
+            S[1],
+            C[0],
+            C[1],
+            self.isn_back,
+            (self.isn + self.rx.nxt) % MOD,
+            ACK,
+            b"",
+            self.rx.sack() if sack else [],
+        )
         self.now += 0.001
         res = self.adj.adjust(seg, None, self.now)
         ack, blocks = (res.ack, res.sack) if res is not None else (seg.ack, seg.sack)
