@@ -28,6 +28,7 @@ from pktlab.packet._core cimport Packet_from, PacketCore, fix_packet, packet_don
 from pktlab.packet._core import too_big
 from pktlab.pipeline._capture cimport CapturedPacket
 from pktlab.pipeline._ring cimport Ring
+from pktlab.pipeline.seqadj import SeqAdjError, SeqAdjWait
 
 cdef extern from "<arpa/inet.h>":
     unsigned int htonl(unsigned int)
@@ -101,6 +102,14 @@ cdef class Dispatcher:
     cdef public object hold_fn
     cdef public object on_hold
     cdef public long long held_count
+    # TCP sequence adjustment (pipeline/tcp_adjust.py): looked at for accepted TCP packets whose payload a
+    # handler changed, and for every accepted TCP packet while any connection has state (seqadj_on)
+    cdef public object seqadj
+    cdef public bint seqadj_on
+    cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
+    cdef list reorder  # packets kept back after a gap in their stream: [nf, pkt, data, verdict, by, err, t0, h]
+    cdef public double reorder_window  # how long one waits for its gap (s)
+    cdef public long long reordered
 
     def __init__(self, chain, Ring ring, default, on_error, packet_cls,
                  verdict_cls, bytes batch_prefix, int batch_limit):
@@ -116,6 +125,8 @@ cdef class Dispatcher:
         self.fd = -1
         self.b_code = -1
         self.stolen = set()
+        self.reorder = []
+        self.reorder_window = 0.05
         self.out = <unsigned char*>malloc(OUT_CAP)
         if self.out == NULL:
             raise MemoryError()
@@ -358,7 +369,7 @@ cdef class Dispatcher:
         err = f"handler {h.name!r} did not return within {deadline_ns / 1e6:.0f} ms; the packet got the error verdict"
         code = self.error_code
         try:
-            self._give(nf, NF_DROP if code == NF_DROP else NF_ACCEPT, False)
+            self._give_original(nf, NF_DROP if code == NF_DROP else NF_ACCEPT, data)
         except BaseException as exc:
             code = self._internal(nf, exc).code
         self.rescued += 1
@@ -378,7 +389,7 @@ cdef class Dispatcher:
             if self._hold(nf, pkt):
                 return
         chain = self.chain.active
-        if not chain:
+        if not chain and not self.seqadj_on:
             self._fast(nf)
         else:
             self._run(nf, chain, pkt, data)  # the packet the predicate saw goes on through the chain
@@ -405,8 +416,11 @@ cdef class Dispatcher:
         """
         cdef int code = verdict.code
         cdef Py_ssize_t off
+        cdef bint modified = pkt._modified
         if nf._verdict_is_set:
             raise RuntimeError("this packet already has its verdict")
+        if self._needs_seqadj(pkt, code):
+            self._seqadj(pkt, original, pkt._modified)  # a rewrite that cannot be made consistent raises: still held
         try:
             self._flush()
             self._give_packet(nf, pkt, code, False)
@@ -417,7 +431,7 @@ cdef class Dispatcher:
         off = record_offset(nf)
         self.ring.push(pkt.time, nf.id, nf.hook, len(original) - off,
                        <const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off, code, 0, by,
-                       None, pkt._modified)
+                       None, modified)
 
     cdef int _give_packet(self, NfPacket nf, PacketCore pkt, int code, bint plain) except -1:
         """The verdict of one packet with what the handlers did to it: a mark, a rewrite (fixed up here)."""
@@ -434,6 +448,105 @@ cdef class Dispatcher:
             self._give(nf, code, False)
         else:
             self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
+        return 0
+
+    # -- TCP sequence adjustment ---------------------------------------------------------
+    cdef bint _needs_seqadj(self, PacketCore pkt, int code):
+        """An accepted TCP packet that a handler changed, of a connection with state, or a SYN (its MSS)."""
+        cdef const unsigned char* p
+        cdef Py_ssize_t n
+        if self.seqadj is None or code != NF_ACCEPT:
+            return False
+        pkt._find_l4()
+        if pkt._l4proto != 6 or pkt._l4frag == 2:
+            return False
+        if pkt._modified or self.seqadj_on:
+            return True
+        p = buf_ptr(pkt._buf, &n)
+        return pkt._l4off + 13 < n and p[pkt._l4off + 13] & 0x02 and self.seqadj_headroom > 0
+
+    cdef int _seqadj(self, PacketCore pkt, bytes original, bint rewrite, bint wait=False) except -1:
+        """Adjust an accepted TCP packet in place (raises SeqAdjError, nothing changed, for an impossible rewrite)."""
+        try:
+            self.seqadj.apply(pkt, original, rewrite, wait)
+        finally:
+            self.seqadj_on = self.seqadj.active
+        return 0
+
+    cdef tuple _adjust_give(self, NfPacket nf, PacketCore pkt, bytes data, object verdict, object h, bint wait):
+        """Sequence adjustment where the packet needs it, then its verdict: (verdict, error text, modified).
+
+        Raises SeqAdjWait, nothing given, when ``wait`` and the packet comes after a gap in its stream.
+        """
+        cdef int code = verdict.code
+        cdef bint modified = pkt._modified
+        err = None
+        if self._needs_seqadj(pkt, code):
+            try:
+                self._seqadj(pkt, data, pkt._modified, wait)
+            except SeqAdjError as exc:  # the rewrite cannot be made consistent: the error verdict
+                err = self.chain.failed(h, pkt, exc) if h is not None else f"SeqAdjError: {exc}"
+                verdict = self._on_error
+                code = verdict.code
+                modified = False
+                pkt._modified = False
+                pkt._mark = None
+                if self._needs_seqadj(pkt, code):
+                    self._seqadj(pkt, data, False, False)  # as it arrived, where the connection needs it
+        self._give_packet(nf, pkt, code, True)
+        return verdict, err, modified
+
+    cdef void _keep_back(self, NfPacket nf, PacketCore pkt, bytes data, verdict, by, err, long long t0, h):
+        self._flush()  # the verdicts before it go first; no batch verdict while it waits (it would cover it)
+        self.held_count += 1
+        self.reordered += 1
+        self.reorder.append([nf, pkt, data, verdict, by, err, t0, h])
+
+    cdef int _release(self, double now, bint everything) except -1:
+        """Pass the kept-back packets whose gap has filled; the oldest anyway once it waited reorder_window."""
+        cdef bint progress = True
+        cdef bint force
+        cdef PacketCore pkt
+        while self.reorder and progress:
+            progress = False
+            for entry in list(self.reorder):
+                nf, pkt, data, verdict, by, err, t0, h = entry
+                force = everything or now - pkt.time >= self.reorder_window
+                try:
+                    verdict, err2, modified = self._adjust_give(nf, pkt, data, verdict, h, not force)
+                except SeqAdjWait:
+                    continue
+                except BaseException as exc:
+                    verdict, err2, modified = self._internal(nf, exc), None, False
+                self.reorder.remove(entry)
+                self.held_count -= 1
+                if err2 is not None:
+                    err = err2
+                    by = h.name if h is not None else None
+                packet_done(pkt)
+                self._push(nf, data, pkt.time, verdict.code, mono_ns() - t0, by, err, modified)
+                progress = True
+                if force:
+                    break  # one at a time: the others may be in order now
+        return 0
+
+    def tick(self, bint final=False):
+        """From the reading thread between reads: pass kept-back packets that waited long enough (all if final)."""
+        if self.reorder:
+            self._release(wall_time(), final)
+            self._flush()
+
+    cdef int _give_original(self, NfPacket nf, int code, bytes data) except -1:
+        """The verdict for a packet as it arrived, adjusted if its connection needs it."""
+        cdef PacketCore pkt
+        if self.seqadj_on and code == NF_ACCEPT:
+            pkt = self._packet(nf, data, None)
+            if self._needs_seqadj(pkt, code):
+                self._seqadj(pkt, data, False)
+            self._give_packet(nf, pkt, code, False)
+            packet_done(pkt)
+            return 0
+        self._give(nf, code, False)
         return 0
 
     cdef void _fast(self, NfPacket nf):
@@ -551,14 +664,21 @@ cdef class Dispatcher:
                 by = h.name
                 pkt._modified = False
                 pkt._mark = None
-            code = verdict.code
-            self._give_packet(nf, pkt, code, True)
+            try:
+                verdict, err2, modified = self._adjust_give(nf, pkt, data, verdict, h, True)
+            except SeqAdjWait:  # after a gap in its TCP stream: kept back until the gap fills or a moment passes
+                self._keep_back(nf, pkt, data, verdict, by, err, t0, h)
+                return
+            if err2 is not None:
+                err = err2
+                by = h.name if h is not None else None
             given = True
         except BaseException as exc:
             if not given:
                 verdict = self._internal(nf, exc)
         if pkt is not None:
-            modified = pkt._modified
+            if not given:
+                modified = pkt._modified
             # only this frame references a packet the dispatcher made and no handler kept: reuse it
             if own and packet_recycle(pkt, 1):
                 self.spare = pkt
@@ -566,8 +686,14 @@ cdef class Dispatcher:
                 packet_done(pkt)
         if now == 0.0:  # the packet could not be made (pktlab's own failure)
             now = wall_time()
-        off = record_offset(nf)
+        self._push(nf, data, now, verdict.code, mono_ns() - t0, by, err, modified)
+        if self.reorder and given:
+            self._release(now, False)
+
+    cdef void _push(self, NfPacket nf, bytes data, double now, int code, long long dt, by, err, bint modified):
+        """The packet's record entry (the record keeps packets as they arrived)."""
+        cdef Py_ssize_t off = record_offset(nf)
         if off > len(data):
             off = len(data)
         self.ring.push(now, nf.id, nf.hook, len(data) - off, <const unsigned char*>PyBytes_AS_STRING(data) + off,
-                       len(data) - off, verdict.code, mono_ns() - t0, by, err, modified)
+                       len(data) - off, code, dt, by, err, modified)

@@ -124,6 +124,7 @@ class CaptureSource:
         self.last_internal_error: str | None = None
         self.retired_threads: list[threading.Thread] = []
         self.finished = threading.Event()
+        self.on_idle: Callable[[bool], None] | None = None  # as QueueSource.on_idle (True: the capture ended)
         self._file: CaptureFile | None = None
         self._thread: threading.Thread | None = None
         self._ticket = Ticket()
@@ -198,6 +199,8 @@ class CaptureSource:
                         return
                     stepping = self._paused
                 r = f.read(callback, self.verdicts, ticket, 1 if stepping else -1, self.stop_if)
+                if self.on_idle is not None:
+                    self.on_idle(r == END or f.stop)
                 if stepping:
                     with self._cond:
                         self._steps -= 1

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from ..errors import PktlabError
 
-__all__ = ["Adjusted", "SeqAdjError", "SeqAdjuster", "Segment", "StreamMap"]
+__all__ = ["Adjusted", "SeqAdjError", "SeqAdjWait", "SeqAdjuster", "Segment", "StreamMap"]
 
 MOD = 1 << 32
 HALF = 1 << 31
@@ -56,6 +56,15 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
 class SeqAdjError(PktlabError):
     """A rewrite that cannot be made consistent with what already reached the receiver."""
+
+
+class SeqAdjWait(Exception):  # noqa: N818 (a signal to the dispatcher, not an error)
+    """The segment starts after bytes of its stream that have not passed yet (reordered or lost).
+
+    Passing it now would fix where those bytes go, so that a rewrite changing their length
+    when they come would be impossible; the dispatcher keeps it back for a moment instead
+    (``adjust(..., wait=False)`` then passes it anyway).
+    """
 
 
 def _s32(x: int) -> int:
@@ -347,15 +356,17 @@ class Connection:
     def adjusting(self) -> bool:
         return any(d.map.edits or d.map.base for d in self.dirs.values())
 
-    def adjust(self, seg: Segment, out: bytes | None, sent_end: int | None = None) -> Adjusted | None:
+    def adjust(
+        self, seg: Segment, out: bytes | None, sent_end: int | None = None, wait: bool = False
+    ) -> Adjusted | None:
         ep = (seg.src, seg.sport)
         back = (seg.dst, seg.dport)
         changed = out is not None and out != seg.payload
         new_dir = ep not in self.dirs
         d = self._dir(ep, seg, changed, sent_end)
         try:
-            plan = self._plan(d, seg, out if changed else None)
-        except SeqAdjError:
+            plan = self._plan(d, seg, out if changed else None, wait)
+        except (SeqAdjError, SeqAdjWait):
             if new_dir:
                 self.dirs.pop(ep, None)
             raise
@@ -388,7 +399,7 @@ class Connection:
             self.closed = True  # both sides sent their FIN and this acknowledges the last one
         return Adjusted(seq, ack, payload, sack, trimmed)
 
-    def _plan(self, d: _Direction | None, seg: Segment, out: bytes | None):
+    def _plan(self, d: _Direction | None, seg: Segment, out: bytes | None, wait: bool = False):
         """Where the segment goes and what it carries; the state changes wait for ``commit``."""
         if d is None:
             return None
@@ -396,6 +407,12 @@ class Connection:
         data_start = seg.seq + (1 if seg.flags & SYN else 0)
         s = d.pos(data_start)
         e = s + len(seg.payload)
+        if wait and (e > s or seg.flags & FIN):
+            tail = m.passed_end()
+            if m.acked is not None:
+                tail = m.acked if tail is None else max(tail, m.acked)
+            if tail is not None and s > tail:
+                raise SeqAdjWait(f"bytes {tail}..{s} of the stream have not passed yet")
         data = seg.payload
         trimmed = 0
         if m.known is not None and s < m.known:  # the receiver has the front of it: send only the rest
@@ -511,12 +528,16 @@ class SeqAdjuster:
     def __len__(self) -> int:
         return len(self.connections)
 
-    def adjust(self, seg: Segment, out: bytes | None, now: float, sent_end: int | None = None) -> Adjusted | None:
+    def adjust(
+        self, seg: Segment, out: bytes | None, now: float, sent_end: int | None = None, wait: bool = False
+    ) -> Adjusted | None:
         """What an accepted segment must carry (``out``: the handler's new payload, if any).
 
         ``None``: the segment goes as it is (with ``out``, if given).  Raises
         :class:`SeqAdjError`, with nothing changed, when the rewrite cannot be made
         consistent; the segment can then go without it (``adjust(seg, None, now)``).
+        ``wait=True``: raise :class:`SeqAdjWait` (nothing changed) for a segment of a
+        stream with state that starts after bytes that have not passed yet.
         ``sent_end``: the sequence number after the highest byte of this direction
         that passed before (from flow tracking), so that a first length change is
         refused where later bytes have already gone.
@@ -541,7 +562,7 @@ class SeqAdjuster:
             c = Connection(k, self.max_edits, self.history)
             self.connections[k] = c
         try:
-            res = c.adjust(seg, out, sent_end)
+            res = c.adjust(seg, out, sent_end, wait)
         finally:
             if not c.dirs:
                 self.connections.pop(k, None)

@@ -43,6 +43,7 @@ from .chainowner import ChainOwner
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .holding import HeldPacket, HeldPackets
 from .record import Record
+from .tcp_adjust import TcpAdjust
 
 if TYPE_CHECKING:
     from ..lab.network import Host, Lab
@@ -280,6 +281,9 @@ class Session(ChainOwner):
         self._dispatch = Dispatcher(
             self.chain, self.record.ring, self._default, self._on_error, Packet, Verdict, batch_prefix, batch
         )
+        self._dispatch.seqadj = TcpAdjust()
+        self._dispatch.seqadj_headroom = self._dispatch.seqadj.headroom
+        self.source.on_idle = self._dispatch.tick
         self.held = HeldPackets(self, self._dispatch.give_held)
         self._dispatch.on_hold = self.held.add
 
@@ -648,9 +652,7 @@ class Session(ChainOwner):
         )
 
     # -- replaying a capture ------------------------------------------------------------
-    def run(
-        self, *, pace: float | None = None, limit: int | None = None, stop_on_error: bool = False
-    ) -> Status:
+    def run(self, *, pace: float | None = None, limit: int | None = None, stop_on_error: bool = False) -> Status:
         """Replay: pass the capture's packets through the chain, from the first, and wait for the last.
 
         The record and the outputs start afresh.  ``pace=1.0`` replays in real

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from pktlab.pipeline.seqadj import ACK, FIN, MOD, RST, SYN, Segment, SeqAdjError, SeqAdjuster, StreamMap
+from pktlab.pipeline.seqadj import ACK, FIN, MOD, RST, SYN, Segment, SeqAdjError, SeqAdjuster, SeqAdjWait, StreamMap
 
 C, S = ("10.0.0.1", 40000), ("10.0.1.2", 8080)
 
@@ -326,3 +326,20 @@ def test_the_cut_map_splits_the_out_stream_consistently() -> None:
         for q in range(m.cut(0), m.cut(300) + 1):
             p = m.uncut(q)
             assert m.cut(p) <= q and (p >= 300 or m.cut(p + 1) > q)
+
+
+def test_a_segment_after_a_gap_waits_and_passes_once_the_gap_is_filled() -> None:
+    """Reordering: with wait=True a segment that starts after bytes that have not passed is kept
+    back (nothing changes), so that the bytes before it can still be grown when they come."""
+    p = Path(TEXT)
+    segs = words(TEXT, 100)
+    p.send(*segs[0])
+    late = Segment(C[0], C[1], S[0], S[1], (p.isn + segs[2][0]) % MOD, p.isn_back, ACK, TEXT[slice(*segs[2])])
+    with pytest.raises(SeqAdjWait):
+        p.adj.adjust(late, cats(late.payload), p.now, wait=True)
+    p.send(*segs[1])  # the gap is filled, grown
+    res = p.adj.adjust(late, cats(late.payload), p.now, wait=True)
+    p.rx.take(res.seq, res.payload)
+    for s, e in segs[3:]:
+        p.send(s, e)
+    assert p.rx.stream() == cats(TEXT)
