@@ -457,7 +457,10 @@ cdef class Dispatcher:
         cdef Py_ssize_t n
         if self.seqadj is None or code != NF_ACCEPT:
             return False
-        pkt._find_l4()
+        try:
+            pkt._find_l4()
+        except Exception:  # a malformed packet: nothing to adjust in it
+            return False
         if pkt._l4proto != 6 or pkt._l4frag == 2:
             return False
         if pkt._modified or self.seqadj_on:

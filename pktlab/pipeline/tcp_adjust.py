@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 
+from ..errors import PacketFormatError
 from ..packet.model import Packet
 from .seqadj import MOD, Adjusted, Segment, SeqAdjError, SeqAdjuster
 
@@ -93,15 +94,18 @@ class TcpAdjust:
         ``wait``) for a segment that comes after a gap in its stream.
         """
         orig = Packet(pkt._meta, original, pkt.time, "ethernet" if pkt._eth else "ip")
-        o = orig.tcp
-        t = pkt.tcp if rewrite else o
-        if o is None or t is None:
+        try:
+            o = orig.tcp
+            t = pkt.tcp if rewrite else o
+            if o is None or t is None:
+                return
+            ipo = orig.ip or orig.ipv6
+            o_opts = o.options
+            sack, at = _sack_blocks(o_opts)
+            seg = Segment(ipo.src, o.sport, ipo.dst, o.dport, o.seq, o.ack, o.flagbits, o.payload, sack)
+            out = t.payload if rewrite and pkt._modified else None
+        except PacketFormatError:  # a TCP header that cannot be read as it arrived: nothing to adjust by
             return
-        ipo = orig.ip or orig.ipv6
-        o_opts = o.options
-        sack, at = _sack_blocks(o_opts)
-        seg = Segment(ipo.src, o.sport, ipo.dst, o.dport, o.seq, o.ack, o.flagbits, o.payload, sack)
-        out = t.payload if rewrite and pkt._modified else None
         with self._lock:
             res = self.adjuster.adjust(seg, out, pkt.time, wait=wait)
         if res is not None:
