@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import pktlab
-from pktlab import Lab
+from pktlab import Lab, Packet
 from tests.conftest import needs_root
 
 pytestmark = needs_root
@@ -176,3 +177,76 @@ def test_segments_dropped_once_are_retransmitted_while_others_are_grown(router_l
     assert body.replace("<~>", "~") == unit * repeat
     assert body.count("<~>") >= 1000
     assert not s.errors
+
+
+def _stream(packets: list[bytes], sport: int) -> bytes:
+    """The TCP byte stream a list of IP packets carries from ``sport``, reassembled by sequence number."""
+    got: dict[int, int] = {}
+    first = None
+    for data in packets:
+        tcp = Packet(None, data).tcp
+        if tcp is None or tcp.sport != sport:
+            continue
+        if tcp.flags.syn:
+            first = (tcp.seq + 1) % (1 << 32)
+            continue
+        for i, b in enumerate(tcp.payload):
+            got.setdefault((tcp.seq + i) % (1 << 32), b)
+    assert first is not None
+    out, pos = bytearray(), first
+    while pos in got:
+        out.append(got[pos])
+        pos = (pos + 1) % (1 << 32)
+    return bytes(out)
+
+
+def test_the_capture_of_the_connection_replays_to_the_same_rewritten_bytes(
+    router_lab: Lab, queue_num: int, tmp_path: Path
+) -> None:
+    """The keep-alive exchange (smaller), live and replayed from the record's capture: the same verdicts,
+    and the replay's output carries, in both directions, the bytes the live client and server got."""
+    unit, repeat = "a cat @ the # door. ", 3000
+    srv = serve(router_lab, unit, repeat, 3)
+
+    def rewrite(pkt):
+        tcp = pkt.tcp
+        if tcp is None or not tcp.payload:
+            return None
+        h = pkt.http
+        if h is not None and h.is_request:
+            h.headers["X-Lab"] = "inserted by pktlab"
+        elif tcp.sport == PORT:
+            tcp.payload = tcp.payload.replace(b"@", b"AT").replace(b"#", b"")
+        return None
+
+    s = pktlab.attach(
+        queue_num,
+        rule="-p tcp",
+        hook="FORWARD",
+        netns=router_lab.router,
+        deadline=None,
+        snaplen=65535,
+        record_size=4096,
+    )
+    try:
+        s.add_handler(rewrite)
+        got = fetch(router_lab, 3)
+    finally:
+        s.detach()
+        srv.kill()
+        srv.wait()
+    n = s.to_pcap(tmp_path / "live.pcap")
+    assert n == s.record.n < 4096
+
+    r = pktlab.replay(tmp_path / "live.pcap")
+    r.add_handler(rewrite)
+    r.run()
+    fields = ["proto", "src", "dst", "sport", "dport", "size", "verdict", "handler", "error", "modified"]
+    assert s.df[fields].astype(str).values.tolist() == r.df[fields].astype(str).values.tolist()
+    out = [data for _, data, _ in r.outputs]
+    responses = _stream(out, PORT)
+    want = (unit * repeat).replace("@", "AT").replace("#", "")
+    assert responses.count(want.encode()) == 3 == len(got)
+    assert all(r_["body"] == want for r_ in got)
+    requests = _stream(out, next(Packet(None, d).tcp.sport for d in out if Packet(None, d).tcp.dport == PORT))
+    assert requests.count(b"X-Lab: inserted by pktlab\r\n") == 3
