@@ -107,6 +107,7 @@ cdef class Dispatcher:
     cdef public object seqadj
     cdef public bint seqadj_on
     cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
+    cdef public object flows  # the session's FlowTable: every packet is counted in it once tracking started
     cdef list reorder  # packets kept back after a gap in their stream: [nf, pkt, data, verdict, by, err, t0, h]
     cdef public double reorder_window  # how long one waits for its gap (s)
     cdef public long long reordered
@@ -386,10 +387,11 @@ cdef class Dispatcher:
         if self.hold_fn is not None:
             data = nf.get_payload()
             pkt = self._packet(nf, data, None)
+            self._track(pkt)
             if self._hold(nf, pkt):
                 return
         chain = self.chain.active
-        if not chain and not self.seqadj_on:
+        if not chain and not self.seqadj_on and not (self.flows is not None and self.flows.enabled):
             self._fast(nf)
         else:
             self._run(nf, chain, pkt, data)  # the packet the predicate saw goes on through the chain
@@ -449,6 +451,20 @@ cdef class Dispatcher:
         else:
             self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
         return 0
+
+    cdef void _track(self, PacketCore pkt):
+        """The packet's flow: counted now if tracking has started, else found when a handler asks (pkt.flow)."""
+        flows = self.flows
+        if flows is None:
+            return
+        if flows.enabled:
+            try:
+                pkt._flow = flows.observe(pkt)
+            except BaseException as exc:  # pktlab's own failure: the packet goes on without a flow
+                self.internal_errors += 1
+                self.last_internal_error = f"flows: {type(exc).__name__}: {exc}"
+        else:
+            pkt._flow = flows
 
     # -- TCP sequence adjustment ---------------------------------------------------------
     cdef bint _needs_seqadj(self, PacketCore pkt, int code):
@@ -618,6 +634,7 @@ cdef class Dispatcher:
                 data = nf.get_payload()
                 pkt = self._packet(nf, data, self.spare)
                 self.spare = None
+                self._track(pkt)
             now = pkt.time
             self.seq += 1
             my_seq = self.seq

@@ -40,6 +40,7 @@ from ..teardown import Teardown
 from ._dispatch import Dispatcher
 from .capture import CapturePackets, CaptureSource
 from .chainowner import ChainOwner
+from .flows import FlowTable
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .holding import HeldPacket, HeldPackets
 from .record import Record
@@ -282,10 +283,19 @@ class Session(ChainOwner):
             self.chain, self.record.ring, self._default, self._on_error, Packet, Verdict, batch_prefix, batch
         )
         self._dispatch.seqadj = TcpAdjust()
+        self._dispatch.flows = FlowTable()
         self._dispatch.seqadj_headroom = self._dispatch.seqadj.headroom
         self.source.on_idle = self._dispatch.tick
         self.held = HeldPackets(self, self._dispatch.give_held)
         self._dispatch.on_hold = self.held.add
+
+    @property
+    def flows(self) -> Any:
+        """Every flow seen since tracking started, as a pandas DataFrame (one row per flow).
+
+        Reading it (or ``pkt.flow`` in a handler) starts the tracking; see :mod:`pktlab.pipeline.flows`.
+        """
+        return self._dispatch.flows.df()
 
     @property
     def is_replay(self) -> bool:
