@@ -8,9 +8,9 @@ attributes do not come with queued packets on this kernel
 (``CONFIG_NETFILTER_NETLINK_GLUE_CT`` is off), so everything here is derived
 from the packets that pass the session, live or replayed alike.
 
-Tracking costs a little per packet, so it starts the first time a handler
-reads ``pkt.flow`` or the notebook reads ``s.flows``; from then on every packet
-of the session is counted (what passed before is not).  The table is bounded:
+Tracking costs a little per packet, so it starts with ``s.track_flows()``, or
+the first time a handler reads ``pkt.flow`` or the notebook reads ``s.flows``;
+from then on every packet of the session is counted (what passed before is not).  The table is bounded:
 idle flows expire (TCP after ``tcp_idle`` s, closed or reset ones after
 ``closed_idle`` s, others after ``idle`` s), and beyond ``max_flows`` the flow
 seen longest ago goes.

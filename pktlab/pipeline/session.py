@@ -289,6 +289,10 @@ class Session(ChainOwner):
         self.held = HeldPackets(self, self._dispatch.give_held)
         self._dispatch.on_hold = self.held.add
 
+    def track_flows(self) -> None:
+        """Start counting every packet in its flow now (otherwise the first ``pkt.flow`` or ``s.flows`` starts it)."""
+        self._dispatch.flows.enabled = True
+
     @property
     def flows(self) -> Any:
         """Every flow seen since tracking started, as a pandas DataFrame (one row per flow).
