@@ -84,6 +84,9 @@ class Status:
     packets: int = 0  # a replay: packets read from the capture (those outside the filter too)
     seconds: float = 0.0  # a replay: how long the last run() took
     held: int = 0
+    tcp_adjusted: int = 0  # TCP connections whose lengths a handler changed (sequence adjustment state)
+    kept_back: int = 0  # TCP segments kept back until a gap in their stream filled
+    flows: int | None = None  # flows tracked (None: tracking not started)
 
     def lines(self) -> list[str]:
         state = ("attached, PAUSED" if self.paused else "attached") if self.attached else "detached"
@@ -115,6 +118,13 @@ class Status:
             )
         if self.held:
             out.append(f"  held {self.held} packet(s) waiting for a verdict from the notebook")
+        if self.tcp_adjusted or self.kept_back:
+            out.append(
+                f"  TCP: {self.tcp_adjusted} connection(s) with rewritten lengths, sequence numbers adjusted; "
+                f"{self.kept_back} segment(s) kept back for reordering"
+            )
+        if self.flows is not None:
+            out.append(f"  flows tracked: {self.flows}")
         if self.filter:
             out.append(f"  filter{' (in the kernel)' if self.source is None else ''}: {self.filter}")
         for desc, hits in self.offloads:
@@ -638,6 +648,9 @@ class Session(ChainOwner):
             else [],
             packets=self.record.n + len(self.held),
             held=len(self.held),
+            tcp_adjusted=len(self._dispatch.seqadj.adjuster),
+            kept_back=self._dispatch.reordered,
+            flows=len(self._dispatch.flows) if self._dispatch.flows.enabled else None,
         )
 
     def _replay_status(self, src: CaptureSource) -> Status:
@@ -663,6 +676,9 @@ class Session(ChainOwner):
             packets=src.read_count,
             seconds=self._seconds,
             held=len(self.held),
+            tcp_adjusted=len(self._dispatch.seqadj.adjuster),
+            kept_back=self._dispatch.reordered,
+            flows=len(self._dispatch.flows) if self._dispatch.flows.enabled else None,
         )
 
     # -- replaying a capture ------------------------------------------------------------

@@ -120,3 +120,23 @@ def test_tracking_starts_when_asked_and_counts_every_packet_from_then_on(tmp_pat
     r.run()
     assert seen == [1, 2, 3, 4, 5, 6]
     assert r.flows["packets_ab"].tolist() == [6]
+
+
+def test_status_says_what_flows_and_tcp_adjustment_hold(tmp_path: Path) -> None:
+    r = pktlab.replay(capture(tmp_path / "c.pcap", handshake_and_close()))
+    text = "\n".join(r.status().lines())
+    assert "flows tracked" not in text and "TCP:" not in text
+
+    @r.handler
+    def grow(pkt):
+        pkt.flow  # noqa: B018 (starts the tracking)
+        if pkt.tcp.payload == b"hello":
+            pkt.tcp.payload = b"hello, world"
+        return None
+
+    r.run()
+    text = "\n".join(r.status().lines())
+    assert "flows tracked: 1" in text
+    assert "TCP: 1 connection(s) with rewritten lengths" in text
+    client = [t for t in (pktlab.Packet(None, d).tcp for _, d, _ in r.outputs) if t.sport == 40000]
+    assert [t.seq for t in client] == [100, 101, 101, 113, 114]  # after the 7 bytes more: shifted by 7
