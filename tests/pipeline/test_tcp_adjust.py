@@ -1,0 +1,70 @@
+"""Sequence adjustment applied to packets (pktlab.pipeline.tcp_adjust) through the one dispatcher, on captures.
+
+The real-kernel side is tests/integration/test_tcp_rewrite.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pktlab
+from pktlab.testing import capture, tcp
+
+C = {"src": "10.77.1.1", "dst": "10.77.2.2", "sport": 40000, "dport": 8080}
+S = {"src": "10.77.2.2", "dst": "10.77.1.1", "sport": 8080, "dport": 40000}
+
+
+def _outputs(path: Path, handler) -> list:  # type: ignore[no-untyped-def]
+    r = pktlab.replay(path)
+    r.add_handler(handler, "h")
+    r.run()
+    assert not r.errors, r.errors[:1]
+    return [pktlab.Packet(None, d).tcp for _, d, _ in r.outputs]
+
+
+def _options(t) -> dict:  # type: ignore[no-untyped-def]
+    from scapy.layers.inet import TCP
+
+    return dict(TCP(bytes(t._pkt._buf[t.offset :])).options)
+
+
+def test_syns_lose_64_bytes_of_mss_so_grown_segments_fit(tmp_path: Path) -> None:
+    path = capture(tmp_path / "syn.pcap", [
+        tcp(flags="S", seq=100, options=[("MSS", 1460), ("SAckOK", b"")], **C),
+        tcp(flags="SA", seq=500, ack=101, options=[("MSS", 1460)], **S),
+        tcp(flags="S", seq=900, options=[("MSS", 560)], **{**C, "sport": 40001}),
+    ])  # fmt: skip
+    out = _outputs(path, lambda pkt: None)
+    assert [_options(t)["MSS"] for t in out] == [1396, 1396, 536]  # never below the minimum of 536
+    assert "SAckOK" in _options(out[0])
+
+
+def test_acks_and_sack_blocks_coming_back_are_mapped_to_what_the_sender_sent(tmp_path: Path) -> None:
+    """hello (5 bytes) grows by 7; the receiver acknowledges and SACKs in its own numbering."""
+    path = capture(tmp_path / "sack.pcap", [
+        tcp(flags="PA", seq=101, ack=501, payload=b"hello", **C),
+        tcp(flags="PA", seq=106, ack=501, payload=b"0123456789", **C),  # lost after the router, say
+        tcp(flags="PA", seq=116, ack=501, payload=b"abcdefghij", **C),
+        tcp(flags="A", seq=501, ack=113, options=[("NOP", None), ("NOP", None), ("SAck", (123, 133))], **S),
+    ])  # fmt: skip
+
+    def grow(pkt):
+        if pkt.tcp.payload == b"hello":
+            pkt.tcp.payload = b"hello, world"
+
+    out = _outputs(path, grow)
+    assert [(t.seq, t.payload) for t in out[:3]] == [(101, b"hello, world"), (113, b"0123456789"),
+                                                      (123, b"abcdefghij")]  # fmt: skip
+    back = out[3]
+    assert back.ack == 106
+    assert _options(back)["SAck"] == (116, 126)
+    assert all(_checksum_ok(t) for t in out)
+
+
+def _checksum_ok(t) -> bool:  # type: ignore[no-untyped-def]
+    from scapy.layers.inet import IP, TCP
+
+    ip = IP(bytes(t._pkt._buf))
+    sent = ip[TCP].chksum
+    del ip[TCP].chksum
+    return IP(bytes(ip))[TCP].chksum == sent
