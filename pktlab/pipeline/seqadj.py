@@ -523,7 +523,7 @@ class SeqAdjuster:
     @staticmethod
     def key(seg: Segment) -> tuple:
         a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
-        return (a, b) if repr(a) <= repr(b) else (b, a)
+        return (a, b) if a <= b else (b, a)  # type: ignore[operator]
 
     def __len__(self) -> int:
         return len(self.connections)

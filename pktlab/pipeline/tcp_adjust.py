@@ -93,7 +93,8 @@ class TcpAdjust:
         when the handler's rewrite cannot be made consistent, and ``SeqAdjWait`` (with
         ``wait``) for a segment that comes after a gap in its stream.
         """
-        orig = Packet(pkt._meta, original, pkt.time, "ethernet" if pkt._eth else "ip")
+        # the packet as it arrived: the packet itself when no handler changed it (no second parse)
+        orig = pkt if not pkt._modified else Packet(pkt._meta, original, pkt.time, "ethernet" if pkt._eth else "ip")
         try:
             o = orig.tcp
             t = pkt.tcp if rewrite else o
