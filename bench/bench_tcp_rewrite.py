@@ -22,10 +22,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import pktlab
+from pktlab.lab.network import wait_until
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
@@ -37,11 +37,7 @@ def iperf(lab: pktlab.Lab) -> float:
     """Bits per second the iperf3 server received in one TCP run."""
     server = lab.server.popen(["iperf3", "-s", "-1", "-p", str(PORT)], stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # until the server listens
-            if str(PORT) in lab.server.run(["ss", "-ltn", f"sport = :{PORT}"], check=False).stdout:
-                break
-            time.sleep(0.05)
+        wait_until(lambda: str(PORT) in lab.server.run(["ss", "-ltn", f"sport = :{PORT}"], check=False).stdout)
         out = lab.client.run(
             ["iperf3", "-c", lab.server.addr, "-p", str(PORT), "-t", str(SECONDS), "-J"], timeout=SECONDS + 30
         ).stdout

@@ -60,12 +60,42 @@ CLIENT = textwrap.dedent(
 ).replace("PORT", str(PORT))
 
 
+def rewrite_http(pkt):  # type: ignore[no-untyped-def]
+    """A header into every request; in every response segment each '@' becomes 'AT' and each '#' goes."""
+    tcp = pkt.tcp
+    if tcp is None or not tcp.payload:
+        return None
+    h = pkt.http
+    if h is not None and h.is_request:
+        h.headers["X-Lab"] = "inserted by pktlab"
+    elif tcp.sport == PORT:
+        tcp.payload = tcp.payload.replace(b"@", b"AT").replace(b"#", b"")
+    return None
+
+
 def serve(lab: Lab, unit: str, repeat: int, requests: int, *, close: bool = False):  # type: ignore[no-untyped-def]
     args = [unit, str(repeat), str(requests)] + (["close"] if close else [])
     srv = lab.server.popen([sys.executable, "-c", SERVER, *args])
     assert srv.stdout is not None
     assert srv.stdout.readline().strip() == "ready"
     return srv
+
+
+def through_router(lab: Lab, queue_num: int, handler, srv, requests: int):  # type: ignore[no-untyped-def]
+    """``requests`` GETs from the client while a session on the router's FORWARD queue runs ``handler``."""
+    s = pktlab.attach(queue_num, rule="-p tcp", hook="FORWARD", netns=lab.router, deadline=None)
+    try:
+        s.add_handler(handler, handler.__name__)
+        return fetch(lab, requests), s
+    finally:
+        s.detach()
+        srv.kill()
+        srv.wait()
+
+
+def assert_intact_with_markers(body: str, unit: str, repeat: int) -> None:
+    assert body.replace("<~>", "~") == unit * repeat  # nothing lost, duplicated or moved
+    assert body.count("<~>") >= 1000
 
 
 def fetch(lab: Lab, requests: int) -> list[dict]:
@@ -80,26 +110,7 @@ def test_keep_alive_requests_grown_and_responses_rewritten(router_lab: Lab, queu
     (every '@' becomes 'AT', every '#' is removed): all complete, bodies as intended."""
     unit, repeat = "a cat @ the # door. ", 60000
     srv = serve(router_lab, unit, repeat, 3)
-    s = pktlab.attach(queue_num, rule="-p tcp", hook="FORWARD", netns=router_lab.router, deadline=None)
-    try:
-
-        @s.handler
-        def rewrite(pkt):
-            tcp = pkt.tcp
-            if tcp is None or not tcp.payload:
-                return None
-            h = pkt.http
-            if h is not None and h.is_request:
-                h.headers["X-Lab"] = "inserted by pktlab"
-            elif tcp.sport == PORT:
-                tcp.payload = tcp.payload.replace(b"@", b"AT").replace(b"#", b"")
-            return None
-
-        got = fetch(router_lab, 3)
-    finally:
-        s.detach()
-        srv.kill()
-        srv.wait()
+    got, s = through_router(router_lab, queue_num, rewrite_http, srv, 3)
     want = (unit * repeat).replace("@", "AT").replace("#", "")
     assert [r["status"] for r in got] == [200, 200, 200]
     assert all(r["headers"].get("X-Lab") == "inserted by pktlab" for r in got)
@@ -111,29 +122,19 @@ def test_ten_megabytes_every_segment_grown(router_lab: Lab, queue_num: int) -> N
     """Every data segment from the server gets two bytes more; 10 MB arrive intact, in order."""
     unit, repeat = "0123456789abcde~", 10 * 1024 * 1024 // 16
     srv = serve(router_lab, unit, repeat, 1, close=True)
-    s = pktlab.attach(queue_num, rule="-p tcp", hook="FORWARD", netns=router_lab.router, deadline=None)
     grown = []
-    try:
 
-        @s.handler
-        def grow(pkt):
-            tcp = pkt.tcp
-            if tcp is None or tcp.sport != PORT or not tcp.payload:
-                return None
-            data = tcp.payload
-            tcp.payload = data.replace(b"~", b"<~>", 1)  # one marker per segment, wherever it is cut
-            grown.append(1)
+    def grow(pkt):
+        tcp = pkt.tcp
+        if tcp is None or tcp.sport != PORT or not tcp.payload:
             return None
+        tcp.payload = tcp.payload.replace(b"~", b"<~>", 1)  # one marker per segment, wherever it is cut
+        grown.append(1)
+        return None
 
-        got = fetch(router_lab, 1)
-    finally:
-        s.detach()
-        srv.kill()
-        srv.wait()
-    body = got[0]["body"]
+    got, s = through_router(router_lab, queue_num, grow, srv, 1)
     assert len(grown) > 1000
-    assert body.replace("<~>", "~") == unit * repeat  # nothing lost, duplicated or moved
-    assert body.count("<~>") >= 1000
+    assert_intact_with_markers(got[0]["body"], unit, repeat)
     assert not s.errors
 
 
@@ -144,38 +145,29 @@ def test_segments_dropped_once_are_retransmitted_while_others_are_grown(router_l
     The transfer completes intact, every other segment grown."""
     unit, repeat = "0123456789abcde~", 2 * 1024 * 1024 // 16
     srv = serve(router_lab, unit, repeat, 1, close=True)
-    s = pktlab.attach(queue_num, rule="-p tcp", hook="FORWARD", netns=router_lab.router, deadline=None)
     count = 0
     dropped: list[tuple[int, int]] = []  # (first, end) sequence numbers of what the handler dropped
     again: list[int] = []
-    try:
 
-        @s.handler
-        def lossy(pkt):
-            nonlocal count
-            tcp = pkt.tcp
-            if tcp is None or tcp.sport != PORT or not tcp.payload:
-                return None
-            first, end = tcp.seq, tcp.seq + len(tcp.payload)
-            if any(first < b and a < end for a, b in dropped):
-                again.append(first)
-                return None  # (part of) a dropped segment again: through as it is
-            count += 1
-            if count in (40, 80, 120):
-                dropped.append((first, end))
-                return pkt.drop()
-            tcp.payload = tcp.payload.replace(b"~", b"<~>", 1)
+    def lossy(pkt):
+        nonlocal count
+        tcp = pkt.tcp
+        if tcp is None or tcp.sport != PORT or not tcp.payload:
             return None
+        first, end = tcp.seq, tcp.seq + len(tcp.payload)
+        if any(first < b and a < end for a, b in dropped):
+            again.append(first)
+            return None  # (part of) a dropped segment again: through as it is
+        count += 1
+        if count in (40, 80, 120):
+            dropped.append((first, end))
+            return pkt.drop()
+        tcp.payload = tcp.payload.replace(b"~", b"<~>", 1)
+        return None
 
-        got = fetch(router_lab, 1)
-    finally:
-        s.detach()
-        srv.kill()
-        srv.wait()
-    body = got[0]["body"]
+    got, s = through_router(router_lab, queue_num, lossy, srv, 1)
     assert len(dropped) == 3 and len(again) >= 3
-    assert body.replace("<~>", "~") == unit * repeat
-    assert body.count("<~>") >= 1000
+    assert_intact_with_markers(got[0]["body"], unit, repeat)
     assert not s.errors
 
 
@@ -208,17 +200,6 @@ def test_the_capture_of_the_connection_replays_to_the_same_rewritten_bytes(
     unit, repeat = "a cat @ the # door. ", 3000
     srv = serve(router_lab, unit, repeat, 3)
 
-    def rewrite(pkt):
-        tcp = pkt.tcp
-        if tcp is None or not tcp.payload:
-            return None
-        h = pkt.http
-        if h is not None and h.is_request:
-            h.headers["X-Lab"] = "inserted by pktlab"
-        elif tcp.sport == PORT:
-            tcp.payload = tcp.payload.replace(b"@", b"AT").replace(b"#", b"")
-        return None
-
     s = pktlab.attach(
         queue_num,
         rule="-p tcp",
@@ -229,7 +210,7 @@ def test_the_capture_of_the_connection_replays_to_the_same_rewritten_bytes(
         record_size=4096,
     )
     try:
-        s.add_handler(rewrite)
+        s.add_handler(rewrite_http)
         got = fetch(router_lab, 3)
     finally:
         s.detach()
@@ -239,7 +220,7 @@ def test_the_capture_of_the_connection_replays_to_the_same_rewritten_bytes(
     assert n == s.record.n < 4096
 
     r = pktlab.replay(tmp_path / "live.pcap")
-    r.add_handler(rewrite)
+    r.add_handler(rewrite_http)
     r.run()
     fields = ["proto", "src", "dst", "sport", "dport", "size", "verdict", "handler", "error", "modified"]
     assert s.df[fields].astype(str).values.tolist() == r.df[fields].astype(str).values.tolist()
