@@ -299,7 +299,7 @@ class Segment:
 
 @dataclass
 class Adjusted:
-    """What the packet must carry instead (``None`` fields: unchanged)."""
+    """What the packet must carry: sequence and acknowledgement numbers, payload and SACK blocks."""
 
     seq: int
     ack: int
@@ -351,10 +351,6 @@ class Connection:
             d.map.high = end
             self.dirs[ep] = d
         return d
-
-    @property
-    def adjusting(self) -> bool:
-        return any(d.map.edits or d.map.base for d in self.dirs.values())
 
     def adjust(
         self, seg: Segment, out: bytes | None, sent_end: int | None = None, wait: bool = False
