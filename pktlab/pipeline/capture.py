@@ -212,6 +212,12 @@ class CaptureSource:
             self.internal_errors += 1
             self.last_internal_error = f"{type(exc).__name__}: {exc}"
         finally:
+            if not ticket.retired and self.on_idle is not None:
+                try:
+                    self.on_idle(True)  # stopped part-way: what the dispatcher kept back gets its verdict too
+                except Exception as exc:
+                    self.internal_errors += 1
+                    self.last_internal_error = f"{type(exc).__name__}: {exc}"
             if not ticket.retired:
                 with self._cond:
                     self.finished.set()
