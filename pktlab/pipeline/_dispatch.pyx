@@ -54,6 +54,46 @@ cdef inline Py_ssize_t record_offset(NfPacket nf):
     return cp.l3 if cp.l3 > 0 else 0
 
 
+cdef inline bint tcp_stream_end(const unsigned char* p, Py_ssize_t n, unsigned char* key, Py_ssize_t* klen,
+                                unsigned int* end) noexcept:
+    """The stream key (addresses, then ports, as in the packet) of an IPv4/IPv6 TCP segment, and the
+    sequence number after it (SYN and FIN count one each); False for anything else (fragments, IPv6 with
+    extension headers, malformed)."""
+    cdef Py_ssize_t ihl, t, doff, total
+    cdef unsigned int seq
+    cdef unsigned char flags
+    if n < 20:
+        return False
+    if p[0] >> 4 == 4:
+        ihl = (p[0] & 15) * 4
+        total = (p[2] << 8) | p[3]
+        if p[9] != 6 or ihl < 20 or total > n or total < ihl + 20 or ((p[6] & 0x3f) << 8 | p[7]) != 0:
+            return False
+        memcpy(key, p + 12, 8)
+        klen[0] = 8
+        t = ihl
+    elif p[0] >> 4 == 6:
+        if n < 60 or p[6] != 6:
+            return False
+        total = 40 + ((p[4] << 8) | p[5])
+        if total > n or total < 60:
+            return False
+        memcpy(key, p + 8, 32)
+        klen[0] = 32
+        t = 40
+    else:
+        return False
+    doff = (p[t + 12] >> 4) * 4
+    if doff < 20 or t + doff > total:
+        return False
+    memcpy(key + klen[0], p + t, 4)
+    klen[0] += 4
+    seq = (<unsigned int>p[t + 4] << 24) | (<unsigned int>p[t + 5] << 16) | (<unsigned int>p[t + 6] << 8) | p[t + 7]
+    flags = p[t + 13]
+    end[0] = seq + <unsigned int>(total - t - doff) + (1 if flags & 0x02 else 0) + (1 if flags & 0x01 else 0)
+    return True
+
+
 cdef class Dispatcher:
     """Runs the handler chain on each packet and gives exactly one verdict.
 
@@ -107,6 +147,7 @@ cdef class Dispatcher:
     cdef public object seqadj
     cdef public bint seqadj_on
     cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
+    cdef public dict tcp_high  # stream key -> sequence number after the highest byte accepted (bounded)
     cdef public object flows  # the session's FlowTable: every packet is counted in it once tracking started
     cdef list reorder  # packets kept back after a gap in their stream: [nf, pkt, data, verdict, by, err, t0, h]
     cdef public double reorder_window  # how long one waits for its gap (s)
@@ -127,6 +168,7 @@ cdef class Dispatcher:
         self.b_code = -1
         self.stolen = set()
         self.reorder = []
+        self.tcp_high = {}
         self.reorder_window = 0.05
         self.out = <unsigned char*>malloc(OUT_CAP)
         if self.out == NULL:
@@ -374,10 +416,7 @@ cdef class Dispatcher:
         except BaseException as exc:
             code = self._internal(nf, exc).code
         self.rescued += 1
-        off = record_offset(nf)
-        self.ring.push(self.busy_time, nf.id, nf.hook, len(data) - off,
-                       <const unsigned char*>PyBytes_AS_STRING(data) + off, len(data) - off, code, now - t0, h.name,
-                       err, False)
+        self._push(nf, data, self.busy_time, code, now - t0, h.name, err, False)
         return h
 
     # -- per packet -------------------------------------------------------------
@@ -431,6 +470,8 @@ cdef class Dispatcher:
             self.held_count -= 1
         packet_done(pkt)  # as after any verdict: no packet <-> view cycle keeping the queue alive
         off = record_offset(nf)
+        if code == NF_ACCEPT and self.seqadj is not None:
+            self._note_passed(<const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off)
         self.ring.push(pkt.time, nf.id, nf.hook, len(original) - off,
                        <const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off, code, 0, by,
                        None, modified)
@@ -451,6 +492,30 @@ cdef class Dispatcher:
         else:
             self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
         return 0
+
+    cdef void _note_passed(self, const unsigned char* p, Py_ssize_t n):
+        """Remember how far each TCP stream has gone through accepted packets.
+
+        A handler's first rewrite of a connection may come on a segment behind bytes that already went
+        (a retransmission, a held or reordered segment): sequence adjustment must know, or it would let
+        the rewrite change what the receiver already has.  Cheap: a byte test for anything not TCP.
+        """
+        cdef unsigned char key[36]
+        cdef Py_ssize_t klen = 0
+        cdef unsigned int end = 0
+        cdef unsigned int old
+        if not tcp_stream_end(p, n, key, &klen, &end):
+            return
+        k = (<char*>key)[:klen]
+        o = self.tcp_high.get(k)
+        if o is None:
+            if len(self.tcp_high) >= 65536:  # bounded: forgetting makes a first rewrite no riskier than before
+                self.tcp_high.clear()
+            self.tcp_high[k] = end
+        else:
+            old = o
+            if <int>(end - old) > 0:
+                self.tcp_high[k] = end
 
     cdef void _track(self, PacketCore pkt):
         """The packet's flow: counted now if tracking has started, else found when a handler asks (pkt.flow)."""
@@ -487,7 +552,7 @@ cdef class Dispatcher:
     cdef int _seqadj(self, PacketCore pkt, bytes original, bint rewrite, bint wait=False) except -1:
         """Adjust an accepted TCP packet in place (raises SeqAdjError, nothing changed, for an impossible rewrite)."""
         try:
-            self.seqadj.apply(pkt, original, rewrite, wait)
+            self.seqadj.apply(pkt, original, rewrite, wait, self.tcp_high)
         finally:
             self.seqadj_on = self.seqadj.active
         return 0
@@ -586,6 +651,8 @@ cdef class Dispatcher:
             self._give(nf, code, True)
         except BaseException as exc:
             code = self._internal(nf, exc).code
+        if code == NF_ACCEPT and self.seqadj is not None:
+            self._note_passed(nf.payload + off, n - off)
         self.ring.push(now, nf.id, nf.hook, n - off, nf.payload + off, n - off, code, 0, None, None, False)
 
     cdef PacketCore _packet(self, NfPacket nf, bytes data, PacketCore spare):
@@ -711,9 +778,11 @@ cdef class Dispatcher:
             self._release(now, False)
 
     cdef void _push(self, NfPacket nf, bytes data, double now, int code, long long dt, by, err, bint modified):
-        """The packet's record entry (the record keeps packets as they arrived)."""
+        """The packet's record entry (the record keeps packets as they arrived); an accepted TCP segment noted."""
         cdef Py_ssize_t off = record_offset(nf)
         if off > len(data):
             off = len(data)
+        if code == NF_ACCEPT and self.seqadj is not None:
+            self._note_passed(<const unsigned char*>PyBytes_AS_STRING(data) + off, len(data) - off)
         self.ring.push(now, nf.id, nf.hook, len(data) - off, <const unsigned char*>PyBytes_AS_STRING(data) + off,
                        len(data) - off, code, dt, by, err, modified)

@@ -465,8 +465,9 @@ class Connection:
             if spans and spans[0].start <= lo and hi <= spans[-1].end:
                 return None
             raise SeqAdjError(
-                f"the handler changed bytes {lo - s}..{hi - s} of a segment that already passed unchanged; the "
-                "receiver may have them as they were, so they cannot be changed now"
+                f"the handler changed bytes {lo - s}..{hi - s} of a segment that is behind bytes of its stream "
+                "that already went on unchanged (a retransmission, or a segment held or reordered); the receiver "
+                "may have them as they were, so they cannot be changed now"
             )
         if len(new) > 1:
             raise SeqAdjError("a segment that fills several gaps of the stream at once cannot be rewritten")

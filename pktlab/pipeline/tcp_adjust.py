@@ -46,6 +46,13 @@ def _sack_blocks(options: bytes) -> tuple[list[tuple[int, int]], int]:
     return [], -1
 
 
+def stream_key(data: bytes, l3: int, tcp: int) -> bytes:
+    """A TCP segment's stream: source and destination address, then ports, as the dispatcher notes them."""
+    if data[l3] >> 4 == 4:
+        return bytes(data[l3 + 12 : l3 + 20]) + bytes(data[tcp : tcp + 4])
+    return bytes(data[l3 + 8 : l3 + 40]) + bytes(data[tcp : tcp + 4])
+
+
 class TcpAdjust:
     """One session's sequence adjustment (see :mod:`pktlab.pipeline.seqadj`)."""
 
@@ -84,14 +91,17 @@ class TcpAdjust:
                 return
             i += size
 
-    def apply(self, pkt: Packet, original: bytes, rewrite: bool = True, wait: bool = False) -> None:
+    def apply(
+        self, pkt: Packet, original: bytes, rewrite: bool = True, wait: bool = False, high: dict | None = None
+    ) -> None:
         """Make the accepted TCP packet ``pkt`` consistent with its connection, in place.
 
         ``original``: the packet's bytes as it arrived (``pkt`` may hold a handler's
         rewrite).  ``rewrite=False`` adjusts the packet as it arrived instead (what
         the error verdict sends).  Raises :class:`SeqAdjError`, changing nothing,
         when the handler's rewrite cannot be made consistent, and ``SeqAdjWait`` (with
-        ``wait``) for a segment that comes after a gap in its stream.
+        ``wait``) for a segment that comes after a gap in its stream.  ``high``: how far each stream
+        has gone through accepted packets (the dispatcher's; keys as :func:`stream_key` makes them).
         """
         # the packet as it arrived: the packet itself when no handler changed it (no second parse)
         orig = pkt if not pkt._modified else Packet(pkt._meta, original, pkt.time, "ethernet" if pkt._eth else "ip")
@@ -104,11 +114,12 @@ class TcpAdjust:
             o_opts = o.options
             sack, at = _sack_blocks(o_opts)
             seg = Segment(ipo.src, o.sport, ipo.dst, o.dport, o.seq, o.ack, o.flagbits, o.payload, sack)
+            sent_end = high.get(stream_key(original, pkt._l3 if pkt._l3 > 0 else 0, o.offset)) if high else None
             out = t.payload if rewrite and pkt._modified else None
         except PacketFormatError:  # a TCP header that cannot be read as it arrived: nothing to adjust by
             return
         with self._lock:
-            res = self.adjuster.adjust(seg, out, pkt.time, wait=wait)
+            res = self.adjuster.adjust(seg, out, pkt.time, sent_end=sent_end, wait=wait)
         if res is not None:
             self._write(pkt, original, seg, res, o_opts, at, rewrite)
         if o.flagbits & 0x02 and self.headroom > 0:

@@ -168,7 +168,7 @@ def test_a_different_rewrite_of_bytes_that_passed_is_an_error_and_changes_nothin
     for s, e in segs[:3]:
         p.send(s, e)
     p.handler = lambda d: cats(d).replace(b"line", b"LINE")
-    with pytest.raises(SeqAdjError, match="already passed unchanged"):
+    with pytest.raises(SeqAdjError, match="already went on unchanged"):
         p.send(*segs[1])
     p.send(*segs[1], rewrite=False)  # what the error verdict's accept sends: the first bytes again
     p.handler = cats
@@ -299,8 +299,8 @@ def test_a_new_syn_on_the_same_ports_starts_afresh() -> None:
 def test_a_first_length_change_behind_bytes_already_sent_is_refused() -> None:
     adj = SeqAdjuster()
     seg = Segment(C[0], C[1], S[0], S[1], 1000, 1, ACK, b"a cat")
-    with pytest.raises(SeqAdjError, match="already passed"):
-        adj.adjust(seg, b"a kitten", 0.0, sent_end=1100)  # flow tracking saw bytes up to 1100 pass
+    with pytest.raises(SeqAdjError, match="already went on"):
+        adj.adjust(seg, b"a kitten", 0.0, sent_end=1100)  # the dispatcher saw bytes up to 1100 go
     assert len(adj) == 0
     assert adj.adjust(seg, b"a kitten", 0.0, sent_end=1000).payload == b"a kitten"
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import pktlab
 from pktlab.testing import capture, tcp
 
@@ -120,3 +122,52 @@ def test_a_gap_that_never_fills_lets_the_waiting_segment_go_at_the_end(tmp_path:
     out = [pktlab.Packet(None, d).tcp for _, d, _ in r.outputs]
     assert [(t.seq, t.payload) for t in out] == [(101, b"one<~>"), (112, b"three<~>")]
     assert r.record.n == 2 and not r.errors
+
+
+def _held_replay(tmp_path: Path, hold):  # type: ignore[no-untyped-def]
+    path = capture(tmp_path / "held.pcap", [
+        tcp(flags="PA", seq=101, ack=501, payload=b"hello", **C),
+        tcp(flags="PA", seq=106, ack=501, payload=b"world", **C),
+    ])  # fmt: skip
+    r = pktlab.replay(path)
+    r.hold(hold)
+    r.attach()
+    return r
+
+
+def test_held_segments_rewritten_in_the_notebook_shift_the_rest(tmp_path: Path) -> None:
+    """Held packets get their verdict through the same adjustment: grow the first, the second moves."""
+    from pktlab.lab.network import wait_until
+
+    r = _held_replay(tmp_path, lambda pkt: True)
+    try:
+        assert wait_until(lambda: len(r.held) == 2, timeout=10)
+        first, second = list(r.held)
+        first.packet.tcp.payload = b"hello, "
+        first.accept()
+        second.accept()
+        assert r.wait(10)
+    finally:
+        r.detach()
+    out = [pktlab.Packet(None, d).tcp for _, d, _ in r.outputs]
+    assert [(t.seq, t.payload) for t in out] == [(101, b"hello, "), (108, b"world")]
+
+
+def test_growing_a_held_segment_after_later_bytes_went_is_refused_and_it_stays_held(tmp_path: Path) -> None:
+    from pktlab.lab.network import wait_until
+
+    r = _held_replay(tmp_path, lambda pkt: pkt.tcp.payload == b"hello")
+    try:
+        assert wait_until(lambda: len(r.held) == 1 and r.record.n == 1, timeout=10)  # "world" went on
+        held = r.held[0]
+        held.packet.tcp.payload = b"hello, "
+        with pytest.raises(pktlab.SeqAdjError, match="behind bytes of its stream that already went on"):
+            held.accept()
+        assert len(r.held) == 1  # nothing lost: still waiting for a verdict
+        held.packet.tcp.payload = b"hello"
+        held.accept()
+        assert r.wait(10)
+    finally:
+        r.detach()
+    out = sorted((t.seq, t.payload) for t in (pktlab.Packet(None, d).tcp for _, d, _ in r.outputs))
+    assert out == [(101, b"hello"), (106, b"world")]
