@@ -273,6 +273,45 @@ class StreamMap:
             self.known = self.edits[n - 1].end
             del self.edits[:n], self._starts[:n], self._out_starts[:n]
 
+    def check_edit(self, start: int, end: int, out: bytes) -> None:
+        """Raise SeqAdjError if :meth:`add_edit` would (changing nothing)."""
+        if start == end and not out:
+            return
+        if len(out) != end - start:
+            tail = self.passed_end()
+            if tail is not None and tail > end:
+                self.add_edit_error(start, end)
+            if bisect_right(self._starts, start) < len(self.edits):
+                raise SeqAdjError("a length change before bytes already rewritten is not possible")
+        if len(self.edits) >= self.max_edits:
+            foldable = 0
+            while (foldable < len(self.edits) and self.acked is not None and self.edits[foldable].end <= self.acked
+                   and self.edits[foldable].start < self.acked):  # fmt: skip
+                foldable += 1
+            if len(self.edits) - foldable >= self.max_edits:
+                raise SeqAdjError(
+                    f"more than {self.max_edits} rewrites in this direction of the connection are not yet "
+                    "acknowledged; the rewrite was not made"
+                )
+
+    @staticmethod
+    def add_edit_error(start: int, end: int) -> None:
+        raise SeqAdjError(
+            f"the rewrite changes the length of bytes {start}..{end} of the stream, but later bytes have "
+            "already reached the receiver at their old place (this segment comes after a loss); a length "
+            "change is only possible in bytes that are the newest the sender sent"
+        )
+
+    def local(self, s: int, e: int) -> StreamMap:
+        """A map holding only the edits that place ``[s, e]`` (for rendering a segment with a new edit)."""
+        i0 = max(bisect_right(self._starts, s) - 1, 0)
+        i1 = bisect_right(self._starts, e)
+        other = StreamMap(1 << 62, self.history)
+        other.edits = self.edits[i0:i1]
+        other._starts, other._out_starts = self._starts[i0:i1], self._out_starts[i0:i1]
+        other.base = other.edits[0].before if other.edits else self.cut(s) - s
+        return other
+
     def copy(self) -> StreamMap:
         other = StreamMap(self.max_edits, self.history)
         other.edits = [_Edit(x.start, x.end, x.out, x.before) for x in self.edits]
@@ -435,8 +474,9 @@ class Connection:
             edit = self._new_edit(m, s, e, data, out, runs)
         view = m
         if edit is not None:
-            view = m.copy()
-            view.add_edit(*edit)  # raises before anything changed when the edit is impossible
+            m.check_edit(*edit)  # raises, nothing changed, when the edit is impossible
+            view = m.local(s, e)  # only the edits around the segment: no copy of the whole map per packet
+            view.add_edit(*edit)
         payload = view.render(s, e, data)
         seq_pos = view.cut(s) - (1 if seg.flags & SYN else 0)
 
@@ -484,6 +524,8 @@ class Connection:
                     mid = out[len(head) : len(out) - len(tail)]
                     orig = data[a - s : b - s]
                     p, q = _common_affixes(orig, mid)
+                    if p == 0 and q == len(orig):  # bytes inserted before the first new byte: an insertion
+                        q -= 1  # there would belong to the bytes before it, which already went; take one new byte
                     return a + p, b - q, mid[p : len(mid) - q]
         raise SeqAdjError(
             "the rewrite changes bytes that have already passed; only bytes that pass for the first time can "

@@ -343,3 +343,15 @@ def test_a_segment_after_a_gap_waits_and_passes_once_the_gap_is_filled() -> None
     for s, e in segs[3:]:
         p.send(s, e)
     assert p.rx.stream() == cats(TEXT)
+
+
+def test_bytes_inserted_before_a_segments_first_byte_arrive() -> None:
+    """An insertion at a segment's very start must go with that segment, not with the one before (sent)."""
+    stream = b"abcdefghi"
+    p = Path(stream, handler=lambda d: b"X" + d if d.startswith(b"d") else d)
+    p.send(0, 3)
+    p.send(3, 6)
+    p.send(6, 9)
+    p.send(3, 9)  # a retransmission over both: the same bytes again
+    assert p.rx.stream() == b"abcXdefghi"
+    assert p.ack()[0] == len(stream)
