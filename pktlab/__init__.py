@@ -41,9 +41,11 @@ from .packet.model import Packet
 from .packet.user_protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
 from .packet.user_protocols import registry as protocols
 from .packet.verdicts import ACCEPT, DROP, REPEAT, Verdict
+from .pipeline.flows import Flow
 from .pipeline.handlers import Handler, HandlerFailure
 from .pipeline.record import Entry, Record
 from .pipeline.replay import ReplaySession, replay
+from .pipeline.seqadj import SeqAdjError
 from .pipeline.session import Session, Status, attach
 
 __version__ = "0.1.0"
@@ -54,6 +56,7 @@ __all__ = [
     "DROP",
     "Entry",
     "FilterError",
+    "Flow",
     "Offload",
     "REPEAT",
     "HandlerError",
@@ -74,6 +77,7 @@ __all__ = [
     "ReplaySession",
     "RuleError",
     "Session",
+    "SeqAdjError",
     "SessionError",
     "TeardownError",
     "Status",

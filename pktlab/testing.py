@@ -82,13 +82,14 @@ def tcp(
     ipv6: bool = False,
     time: float = 0.0,
     raw: bool = False,
+    options: list[tuple[str, Any]] | None = None,
     **ip: Any,
 ) -> Any:
-    """A TCP segment (a SYN unless ``flags`` says otherwise)."""
+    """A TCP segment (a SYN unless ``flags`` says otherwise); ``options`` as scapy takes them (``[("MSS", 1460)]``)."""
     from scapy.layers.inet import TCP
 
-    return _out(_l3(src, dst, ipv6, **ip) / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack) / payload,
-                raw, time)  # fmt: skip
+    seg = TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, options=options or [])
+    return _out(_l3(src, dst, ipv6, **ip) / seg / payload, raw, time)
 
 
 def icmp_echo(*, seq: int = 1, src: str | None = None, dst: str | None = None, time: float = 0.0,

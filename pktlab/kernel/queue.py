@@ -102,6 +102,9 @@ class QueueSource:
         self._stepped = threading.Condition()
         self._on_bound: Callable[[int], None] | None = None
         self._after_read: Callable[[], None] | None = None
+        # called by the reading thread after each read (True when stopping): the dispatcher passes
+        # packets it kept back (TCP segments after a gap in their stream) that waited long enough
+        self.on_idle: Callable[[bool], None] | None = None
         self.internal_errors = 0
         self.last_internal_error: str | None = None
 
@@ -221,6 +224,8 @@ class QueueSource:
                             self._stepped.notify_all()
                     continue
                 self._read(q, reader)
+                if self.on_idle is not None:
+                    self.on_idle(bool(self._stop))
                 if self._stop and not reader.retired and self._drained():
                     break
         finally:

@@ -234,6 +234,18 @@ class Packet(PacketCore):
         return self._upper()[0]
 
     @property
+    def flow(self) -> Any:
+        """The connection this packet belongs to (:class:`pktlab.Flow`), or None (not IP, or not from a session).
+
+        The first read starts the session's flow tracking (see :mod:`pktlab.pipeline.flows`).
+        """
+        f = self._flow
+        if f is not None and getattr(f, "is_flow_table", False):
+            f = f.observe(self)
+            self._flow = f
+        return f
+
+    @property
     def transport(self) -> UDP | TCP | ICMP | None:
         """The TCP, UDP, ICMP or ICMPv6 layer, whichever the packet has."""
         p = self._upper()[0]

@@ -28,6 +28,7 @@ from pktlab.packet._core cimport Packet_from, PacketCore, fix_packet, packet_don
 from pktlab.packet._core import too_big
 from pktlab.pipeline._capture cimport CapturedPacket
 from pktlab.pipeline._ring cimport Ring
+from pktlab.pipeline.seqadj import SeqAdjError, SeqAdjWait
 
 cdef extern from "<arpa/inet.h>":
     unsigned int htonl(unsigned int)
@@ -51,6 +52,46 @@ cdef inline Py_ssize_t record_offset(NfPacket nf):
         return 0
     cp = <CapturedPacket>nf
     return cp.l3 if cp.l3 > 0 else 0
+
+
+cdef inline bint tcp_stream_end(const unsigned char* p, Py_ssize_t n, unsigned char* key, Py_ssize_t* klen,
+                                unsigned int* end) noexcept:
+    """The stream key (addresses, then ports, as in the packet) of an IPv4/IPv6 TCP segment, and the
+    sequence number after it (SYN and FIN count one each); False for anything else (fragments, IPv6 with
+    extension headers, malformed)."""
+    cdef Py_ssize_t ihl, t, doff, total
+    cdef unsigned int seq
+    cdef unsigned char flags
+    if n < 20:
+        return False
+    if p[0] >> 4 == 4:
+        ihl = (p[0] & 15) * 4
+        total = (p[2] << 8) | p[3]
+        if p[9] != 6 or ihl < 20 or total > n or total < ihl + 20 or ((p[6] & 0x3f) << 8 | p[7]) != 0:
+            return False
+        memcpy(key, p + 12, 8)
+        klen[0] = 8
+        t = ihl
+    elif p[0] >> 4 == 6:
+        if n < 60 or p[6] != 6:
+            return False
+        total = 40 + ((p[4] << 8) | p[5])
+        if total > n or total < 60:
+            return False
+        memcpy(key, p + 8, 32)
+        klen[0] = 32
+        t = 40
+    else:
+        return False
+    doff = (p[t + 12] >> 4) * 4
+    if doff < 20 or t + doff > total:
+        return False
+    memcpy(key + klen[0], p + t, 4)
+    klen[0] += 4
+    seq = (<unsigned int>p[t + 4] << 24) | (<unsigned int>p[t + 5] << 16) | (<unsigned int>p[t + 6] << 8) | p[t + 7]
+    flags = p[t + 13]
+    end[0] = seq + <unsigned int>(total - t - doff) + (1 if flags & 0x02 else 0) + (1 if flags & 0x01 else 0)
+    return True
 
 
 cdef class Dispatcher:
@@ -101,6 +142,16 @@ cdef class Dispatcher:
     cdef public object hold_fn
     cdef public object on_hold
     cdef public long long held_count
+    # TCP sequence adjustment (pipeline/tcp_adjust.py): looked at for accepted TCP packets whose payload a
+    # handler changed, and for every accepted TCP packet while any connection has state (seqadj_on)
+    cdef public object seqadj
+    cdef public bint seqadj_on
+    cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
+    cdef public dict tcp_high  # stream key -> sequence number after the highest byte accepted (bounded)
+    cdef public object flows  # the session's FlowTable: every packet is counted in it once tracking started
+    cdef list reorder  # packets kept back after a gap in their stream: [nf, pkt, data, verdict, by, err, t0, h]
+    cdef public double reorder_window  # how long one waits for its gap (s)
+    cdef public long long reordered
 
     def __init__(self, chain, Ring ring, default, on_error, packet_cls,
                  verdict_cls, bytes batch_prefix, int batch_limit):
@@ -116,6 +167,9 @@ cdef class Dispatcher:
         self.fd = -1
         self.b_code = -1
         self.stolen = set()
+        self.reorder = []
+        self.tcp_high = {}
+        self.reorder_window = 0.05
         self.out = <unsigned char*>malloc(OUT_CAP)
         if self.out == NULL:
             raise MemoryError()
@@ -358,14 +412,11 @@ cdef class Dispatcher:
         err = f"handler {h.name!r} did not return within {deadline_ns / 1e6:.0f} ms; the packet got the error verdict"
         code = self.error_code
         try:
-            self._give(nf, NF_DROP if code == NF_DROP else NF_ACCEPT, False)
+            self._give_original(nf, NF_DROP if code == NF_DROP else NF_ACCEPT, data)
         except BaseException as exc:
             code = self._internal(nf, exc).code
         self.rescued += 1
-        off = record_offset(nf)
-        self.ring.push(self.busy_time, nf.id, nf.hook, len(data) - off,
-                       <const unsigned char*>PyBytes_AS_STRING(data) + off, len(data) - off, code, now - t0, h.name,
-                       err, False)
+        self._push(nf, data, self.busy_time, code, now - t0, h.name, err, False)
         return h
 
     # -- per packet -------------------------------------------------------------
@@ -375,10 +426,11 @@ cdef class Dispatcher:
         if self.hold_fn is not None:
             data = nf.get_payload()
             pkt = self._packet(nf, data, None)
+            self._track(pkt)
             if self._hold(nf, pkt):
                 return
         chain = self.chain.active
-        if not chain:
+        if not chain and not self.seqadj_on and not (self.flows is not None and self.flows.enabled):
             self._fast(nf)
         else:
             self._run(nf, chain, pkt, data)  # the packet the predicate saw goes on through the chain
@@ -405,8 +457,11 @@ cdef class Dispatcher:
         """
         cdef int code = verdict.code
         cdef Py_ssize_t off
+        cdef bint modified = pkt._modified
         if nf._verdict_is_set:
             raise RuntimeError("this packet already has its verdict")
+        if self._needs_seqadj(pkt, code):
+            self._seqadj(pkt, original, pkt._modified)  # a rewrite that cannot be made consistent raises: still held
         try:
             self._flush()
             self._give_packet(nf, pkt, code, False)
@@ -415,9 +470,11 @@ cdef class Dispatcher:
             self.held_count -= 1
         packet_done(pkt)  # as after any verdict: no packet <-> view cycle keeping the queue alive
         off = record_offset(nf)
+        if code == NF_ACCEPT and self.seqadj is not None:
+            self._note_passed(<const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off)
         self.ring.push(pkt.time, nf.id, nf.hook, len(original) - off,
                        <const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off, code, 0, by,
-                       None, pkt._modified)
+                       None, modified)
 
     cdef int _give_packet(self, NfPacket nf, PacketCore pkt, int code, bint plain) except -1:
         """The verdict of one packet with what the handlers did to it: a mark, a rewrite (fixed up here)."""
@@ -434,6 +491,146 @@ cdef class Dispatcher:
             self._give(nf, code, False)
         else:
             self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
+        return 0
+
+    cdef void _note_passed(self, const unsigned char* p, Py_ssize_t n):
+        """Remember how far each TCP stream has gone through accepted packets.
+
+        A handler's first rewrite of a connection may come on a segment behind bytes that already went
+        (a retransmission, a held or reordered segment): sequence adjustment must know, or it would let
+        the rewrite change what the receiver already has.  Cheap: a byte test for anything not TCP.
+        """
+        cdef unsigned char key[36]
+        cdef Py_ssize_t klen = 0
+        cdef unsigned int end = 0
+        cdef unsigned int old
+        if not tcp_stream_end(p, n, key, &klen, &end):
+            return
+        k = (<char*>key)[:klen]
+        o = self.tcp_high.get(k)
+        if o is None:
+            if len(self.tcp_high) >= 65536:  # bounded: forgetting makes a first rewrite no riskier than before
+                self.tcp_high.clear()
+            self.tcp_high[k] = end
+        else:
+            old = o
+            if <int>(end - old) > 0:
+                self.tcp_high[k] = end
+
+    cdef void _track(self, PacketCore pkt):
+        """The packet's flow: counted now if tracking has started, else found when a handler asks (pkt.flow)."""
+        flows = self.flows
+        if flows is None:
+            return
+        if flows.enabled:
+            try:
+                pkt._flow = flows.observe(pkt)
+            except BaseException as exc:  # pktlab's own failure: the packet goes on without a flow
+                self.internal_errors += 1
+                self.last_internal_error = f"flows: {type(exc).__name__}: {exc}"
+        else:
+            pkt._flow = flows
+
+    # -- TCP sequence adjustment ---------------------------------------------------------
+    cdef bint _needs_seqadj(self, PacketCore pkt, int code):
+        """An accepted TCP packet that a handler changed, of a connection with state, or a SYN (its MSS)."""
+        cdef const unsigned char* p
+        cdef Py_ssize_t n
+        if self.seqadj is None or code != NF_ACCEPT:
+            return False
+        try:
+            pkt._find_l4()
+        except Exception:  # a malformed packet: nothing to adjust in it
+            return False
+        if pkt._l4proto != 6 or pkt._l4frag == 2:
+            return False
+        if pkt._modified or self.seqadj_on:
+            return True
+        p = buf_ptr(pkt._buf, &n)
+        return pkt._l4off + 13 < n and p[pkt._l4off + 13] & 0x02 and self.seqadj_headroom > 0
+
+    cdef int _seqadj(self, PacketCore pkt, bytes original, bint rewrite, bint wait=False) except -1:
+        """Adjust an accepted TCP packet in place (raises SeqAdjError, nothing changed, for an impossible rewrite)."""
+        try:
+            self.seqadj.apply(pkt, original, rewrite, wait, self.tcp_high)
+        finally:
+            self.seqadj_on = self.seqadj.active
+        return 0
+
+    cdef tuple _adjust_give(self, NfPacket nf, PacketCore pkt, bytes data, object verdict, object h, bint wait):
+        """Sequence adjustment where the packet needs it, then its verdict: (verdict, error text, modified).
+
+        Raises SeqAdjWait, nothing given, when ``wait`` and the packet comes after a gap in its stream.
+        """
+        cdef int code = verdict.code
+        cdef bint modified = pkt._modified
+        err = None
+        if self._needs_seqadj(pkt, code):
+            try:
+                self._seqadj(pkt, data, pkt._modified, wait)
+            except SeqAdjError as exc:  # the rewrite cannot be made consistent: the error verdict
+                err = self.chain.failed(h, pkt, exc) if h is not None else f"SeqAdjError: {exc}"
+                verdict = self._on_error
+                code = verdict.code
+                modified = False
+                pkt._modified = False
+                pkt._mark = None
+                if self._needs_seqadj(pkt, code):
+                    self._seqadj(pkt, data, False, False)  # as it arrived, where the connection needs it
+        self._give_packet(nf, pkt, code, True)
+        return verdict, err, modified
+
+    cdef void _keep_back(self, NfPacket nf, PacketCore pkt, bytes data, verdict, by, err, long long t0, h):
+        self._flush()  # the verdicts before it go first; no batch verdict while it waits (it would cover it)
+        self.held_count += 1
+        self.reordered += 1
+        self.reorder.append([nf, pkt, data, verdict, by, err, t0, h])
+
+    cdef int _release(self, double now, bint everything) except -1:
+        """Pass the kept-back packets whose gap has filled; the oldest anyway once it waited reorder_window."""
+        cdef bint progress = True
+        cdef bint force
+        cdef PacketCore pkt
+        while self.reorder and progress:
+            progress = False
+            for entry in list(self.reorder):
+                nf, pkt, data, verdict, by, err, t0, h = entry
+                force = everything or now - pkt.time >= self.reorder_window
+                try:
+                    verdict, err2, modified = self._adjust_give(nf, pkt, data, verdict, h, not force)
+                except SeqAdjWait:
+                    continue
+                except BaseException as exc:
+                    verdict, err2, modified = self._internal(nf, exc), None, False
+                self.reorder.remove(entry)
+                self.held_count -= 1
+                if err2 is not None:
+                    err = err2
+                    by = h.name if h is not None else None
+                packet_done(pkt)
+                self._push(nf, data, pkt.time, verdict.code, mono_ns() - t0, by, err, modified)
+                progress = True
+                if force:
+                    break  # one at a time: the others may be in order now
+        return 0
+
+    def tick(self, bint final=False):
+        """From the reading thread between reads: pass kept-back packets that waited long enough (all if final)."""
+        if self.reorder:
+            self._release(wall_time(), final)
+            self._flush()
+
+    cdef int _give_original(self, NfPacket nf, int code, bytes data) except -1:
+        """The verdict for a packet as it arrived, adjusted if its connection needs it."""
+        cdef PacketCore pkt
+        if self.seqadj_on and code == NF_ACCEPT:
+            pkt = self._packet(nf, data, None)
+            if self._needs_seqadj(pkt, code):
+                self._seqadj(pkt, data, False)
+            self._give_packet(nf, pkt, code, False)
+            packet_done(pkt)
+            return 0
+        self._give(nf, code, False)
         return 0
 
     cdef void _fast(self, NfPacket nf):
@@ -454,6 +651,8 @@ cdef class Dispatcher:
             self._give(nf, code, True)
         except BaseException as exc:
             code = self._internal(nf, exc).code
+        if code == NF_ACCEPT and self.seqadj is not None:
+            self._note_passed(nf.payload + off, n - off)
         self.ring.push(now, nf.id, nf.hook, n - off, nf.payload + off, n - off, code, 0, None, None, False)
 
     cdef PacketCore _packet(self, NfPacket nf, bytes data, PacketCore spare):
@@ -502,6 +701,7 @@ cdef class Dispatcher:
                 data = nf.get_payload()
                 pkt = self._packet(nf, data, self.spare)
                 self.spare = None
+                self._track(pkt)
             now = pkt.time
             self.seq += 1
             my_seq = self.seq
@@ -551,14 +751,21 @@ cdef class Dispatcher:
                 by = h.name
                 pkt._modified = False
                 pkt._mark = None
-            code = verdict.code
-            self._give_packet(nf, pkt, code, True)
+            try:
+                verdict, err2, modified = self._adjust_give(nf, pkt, data, verdict, h, True)
+            except SeqAdjWait:  # after a gap in its TCP stream: kept back until the gap fills or a moment passes
+                self._keep_back(nf, pkt, data, verdict, by, err, t0, h)
+                return
+            if err2 is not None:
+                err = err2
+                by = h.name if h is not None else None
             given = True
         except BaseException as exc:
             if not given:
                 verdict = self._internal(nf, exc)
         if pkt is not None:
-            modified = pkt._modified
+            if not given:
+                modified = pkt._modified
             # only this frame references a packet the dispatcher made and no handler kept: reuse it
             if own and packet_recycle(pkt, 1):
                 self.spare = pkt
@@ -566,8 +773,16 @@ cdef class Dispatcher:
                 packet_done(pkt)
         if now == 0.0:  # the packet could not be made (pktlab's own failure)
             now = wall_time()
-        off = record_offset(nf)
+        self._push(nf, data, now, verdict.code, mono_ns() - t0, by, err, modified)
+        if self.reorder and given:
+            self._release(now, False)
+
+    cdef void _push(self, NfPacket nf, bytes data, double now, int code, long long dt, by, err, bint modified):
+        """The packet's record entry (the record keeps packets as they arrived); an accepted TCP segment noted."""
+        cdef Py_ssize_t off = record_offset(nf)
         if off > len(data):
             off = len(data)
+        if code == NF_ACCEPT and self.seqadj is not None:
+            self._note_passed(<const unsigned char*>PyBytes_AS_STRING(data) + off, len(data) - off)
         self.ring.push(now, nf.id, nf.hook, len(data) - off, <const unsigned char*>PyBytes_AS_STRING(data) + off,
-                       len(data) - off, verdict.code, mono_ns() - t0, by, err, modified)
+                       len(data) - off, code, dt, by, err, modified)

@@ -124,6 +124,7 @@ class CaptureSource:
         self.last_internal_error: str | None = None
         self.retired_threads: list[threading.Thread] = []
         self.finished = threading.Event()
+        self.on_idle: Callable[[bool], None] | None = None  # as QueueSource.on_idle (True: the capture ended)
         self._file: CaptureFile | None = None
         self._thread: threading.Thread | None = None
         self._ticket = Ticket()
@@ -198,6 +199,8 @@ class CaptureSource:
                         return
                     stepping = self._paused
                 r = f.read(callback, self.verdicts, ticket, 1 if stepping else -1, self.stop_if)
+                if self.on_idle is not None:
+                    self.on_idle(r == END or f.stop)
                 if stepping:
                     with self._cond:
                         self._steps -= 1
@@ -209,6 +212,12 @@ class CaptureSource:
             self.internal_errors += 1
             self.last_internal_error = f"{type(exc).__name__}: {exc}"
         finally:
+            if not ticket.retired and self.on_idle is not None:
+                try:
+                    self.on_idle(True)  # stopped part-way: what the dispatcher kept back gets its verdict too
+                except Exception as exc:
+                    self.internal_errors += 1
+                    self.last_internal_error = f"{type(exc).__name__}: {exc}"
             if not ticket.retired:
                 with self._cond:
                     self.finished.set()

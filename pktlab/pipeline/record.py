@@ -50,6 +50,9 @@ class Entry(NamedTuple):
     modified: bool  # a handler rewrote it
 
 
+MAX_RECORD_BYTES = 1 << 30  # packet heads a record may hold; a larger one is refused, not half-allocated
+
+
 class Record:
     """A ring of the last ``capacity`` packets plus running counters.
 
@@ -60,6 +63,13 @@ class Record:
     def __init__(self, capacity: int = 100_000, snaplen: int = 256) -> None:
         if capacity < 1:
             raise ValueError("record capacity must be at least 1")
+        if capacity * snaplen > MAX_RECORD_BYTES:  # the ring is allocated and touched up front
+            fit = max(1, MAX_RECORD_BYTES // max(1, snaplen))
+            raise ValueError(
+                f"a record of {capacity:,} packets x {snaplen:,} bytes would take "
+                f"{capacity * snaplen / (1 << 30):.1f} GiB of memory at once; keep record_size x snaplen within "
+                f"{MAX_RECORD_BYTES >> 30} GiB (with snaplen={snaplen}: record_size={fit:,} or fewer)"
+            )
         self.capacity = capacity
         self.snaplen = snaplen
         self.ring = Ring(capacity, snaplen)

@@ -40,9 +40,11 @@ from ..teardown import Teardown
 from ._dispatch import Dispatcher
 from .capture import CapturePackets, CaptureSource
 from .chainowner import ChainOwner
+from .flows import FlowTable
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .holding import HeldPacket, HeldPackets
 from .record import Record
+from .tcp_adjust import TcpAdjust
 
 if TYPE_CHECKING:
     from ..lab.network import Host, Lab
@@ -82,6 +84,9 @@ class Status:
     packets: int = 0  # a replay: packets read from the capture (those outside the filter too)
     seconds: float = 0.0  # a replay: how long the last run() took
     held: int = 0
+    tcp_adjusted: int = 0  # TCP connections whose lengths a handler changed (sequence adjustment state)
+    kept_back: int = 0  # TCP segments kept back until a gap in their stream filled
+    flows: int | None = None  # flows tracked (None: tracking not started)
 
     def lines(self) -> list[str]:
         state = ("attached, PAUSED" if self.paused else "attached") if self.attached else "detached"
@@ -113,6 +118,13 @@ class Status:
             )
         if self.held:
             out.append(f"  held {self.held} packet(s) waiting for a verdict from the notebook")
+        if self.tcp_adjusted or self.kept_back:
+            out.append(
+                f"  TCP: {self.tcp_adjusted} connection(s) with rewritten lengths, sequence numbers adjusted; "
+                f"{self.kept_back} segment(s) kept back for reordering"
+            )
+        if self.flows is not None:
+            out.append(f"  flows tracked: {self.flows}")
         if self.filter:
             out.append(f"  filter{' (in the kernel)' if self.source is None else ''}: {self.filter}")
         for desc, hits in self.offloads:
@@ -280,8 +292,24 @@ class Session(ChainOwner):
         self._dispatch = Dispatcher(
             self.chain, self.record.ring, self._default, self._on_error, Packet, Verdict, batch_prefix, batch
         )
+        self._dispatch.seqadj = TcpAdjust()
+        self._dispatch.flows = FlowTable()
+        self._dispatch.seqadj_headroom = self._dispatch.seqadj.headroom
+        self.source.on_idle = self._dispatch.tick
         self.held = HeldPackets(self, self._dispatch.give_held)
         self._dispatch.on_hold = self.held.add
+
+    def track_flows(self) -> None:
+        """Start counting every packet in its flow now (otherwise the first ``pkt.flow`` or ``s.flows`` starts it)."""
+        self._dispatch.flows.enabled = True
+
+    @property
+    def flows(self) -> Any:
+        """Every flow seen since tracking started, as a pandas DataFrame (one row per flow).
+
+        Reading it (or ``pkt.flow`` in a handler) starts the tracking; see :mod:`pktlab.pipeline.flows`.
+        """
+        return self._dispatch.flows.df()
 
     @property
     def is_replay(self) -> bool:
@@ -620,6 +648,9 @@ class Session(ChainOwner):
             else [],
             packets=self.record.n + len(self.held),
             held=len(self.held),
+            tcp_adjusted=len(self._dispatch.seqadj.adjuster),
+            kept_back=self._dispatch.reordered,
+            flows=len(self._dispatch.flows) if self._dispatch.flows.enabled else None,
         )
 
     def _replay_status(self, src: CaptureSource) -> Status:
@@ -645,12 +676,13 @@ class Session(ChainOwner):
             packets=src.read_count,
             seconds=self._seconds,
             held=len(self.held),
+            tcp_adjusted=len(self._dispatch.seqadj.adjuster),
+            kept_back=self._dispatch.reordered,
+            flows=len(self._dispatch.flows) if self._dispatch.flows.enabled else None,
         )
 
     # -- replaying a capture ------------------------------------------------------------
-    def run(
-        self, *, pace: float | None = None, limit: int | None = None, stop_on_error: bool = False
-    ) -> Status:
+    def run(self, *, pace: float | None = None, limit: int | None = None, stop_on_error: bool = False) -> Status:
         """Replay: pass the capture's packets through the chain, from the first, and wait for the last.
 
         The record and the outputs start afresh.  ``pace=1.0`` replays in real

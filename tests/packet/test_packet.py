@@ -278,3 +278,18 @@ def test_raw_slice_writes_past_the_end_are_refused() -> None:
     assert bytes(p)[28:30] == b"hi" and len(p) == 92
     with pytest.raises(PacketFormatError, match="no bytes"):
         p.set_payload(b"")
+
+
+def test_replace_in_a_layers_payload_counts_and_rewrites() -> None:
+    from pktlab.testing import tcp, udp
+
+    p = tcp(flags="PA", payload=b"the cat and the cat")
+    assert p.tcp.replace(b"cat", "kitten") == 2
+    assert p.tcp.payload == b"the kitten and the kitten" and p.modified
+    assert p.tcp.replace("dog", "cat") == 0
+    q = udp(payload=b"aaa")
+    assert q.udp.replace(b"a", b"bb", count=2) == 2 and q.udp.payload == b"bbbba"
+    with pytest.raises(ValueError, match="old is empty"):
+        q.udp.replace(b"", b"x")
+    fixed = Packet(None, bytes(p))
+    assert fixed.tcp.payload == b"the kitten and the kitten"

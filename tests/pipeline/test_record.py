@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from scapy.layers.inet import UDP
 from scapy.utils import rdpcap
 
@@ -59,3 +60,9 @@ def test_count_since_counts_the_newest_entries() -> None:
     assert r.ring.count_since(1700000000.0 + 3) == 3
     assert r.ring.count_since(0) == 4
     assert r.ring.count_since(1800000000.0) == 0
+
+
+def test_a_record_too_large_for_memory_is_refused_with_the_size_that_fits() -> None:
+    with pytest.raises(ValueError, match=r"6\.1 GiB .* record_size=16,384 or fewer"):
+        Record(100_000, 65535)
+    assert Record(1_000, 65535).capacity == 1_000  # whole packets, a record of a thousand: fine

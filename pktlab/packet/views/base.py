@@ -60,6 +60,23 @@ class View(ViewCore):
     def payload(self, data: bytes) -> None:
         self._pkt._replace(self.payload_offset, len(self._pkt._buf), bytes(data))
 
+    def replace(self, old: bytes | str, new: bytes | str, count: int = -1) -> int:
+        """Replace ``old`` by ``new`` in this layer's payload (``count`` times at most); how many were replaced.
+
+        ``pkt.tcp.replace(b"cat", b"kitten")`` is one line for "this word in the stream"; on TCP the
+        session keeps the connection consistent when the length changes (``pktlab.pipeline.seqadj``).
+        It sees one segment: a pattern cut in two by a segment boundary is not found.
+        """
+        a = old.encode() if isinstance(old, str) else bytes(old)
+        b = new.encode() if isinstance(new, str) else bytes(new)
+        if not a:
+            raise ValueError("replace() needs something to look for; old is empty")
+        data = self.payload
+        n = data.count(a) if count < 0 else min(count, data.count(a))
+        if n:
+            self.payload = data.replace(a, b, n)
+        return n
+
     def as_dict(self) -> dict[str, Any]:
         out = {}
         for f in self.fields():

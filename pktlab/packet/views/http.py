@@ -4,9 +4,8 @@
 request line (``GET /path HTTP/1.1``) or a status line (``HTTP/1.1 200 OK``);
 other segments of the stream have no view.  Rewriting a value replaces its
 bytes in place; when the length changes, the IP length and the checksums are
-fixed at verdict time, but the TCP sequence numbers of the rest of the
-connection are not (the peer would see a gap or an overlap): keep rewrites
-the same length on a live connection unless the handler also shifts them.
+fixed at verdict time and the session's sequence adjustment keeps the rest of
+the connection consistent (see :mod:`pktlab.pipeline.seqadj`).
 """
 
 from __future__ import annotations

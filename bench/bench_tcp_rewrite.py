@@ -1,0 +1,121 @@
+"""TCP throughput through a router's queue: a handler that grows every data segment vs one that only accepts.
+
+Method: iperf3 (Debian's) sends TCP for SECONDS seconds from the lab client to
+an iperf3 server, through the router, whose FORWARD chain queues every TCP
+packet to a pktlab session.  The figure is what the receiving iperf3 got.
+Configurations, REPEATS times in alternation, a fresh router lab each time,
+median reported:
+  (0) no queue, for scale;
+  (a) the baseline: a handler that reads the TCP header and accepts;
+  (b) a handler that grows every data segment of the client's iperf3 stream
+      by 2 bytes (``tcp.payload += b"!!"``), so that every later segment of
+      that direction has its sequence number shifted and every
+      acknowledgement coming back is shifted back (pktlab.pipeline.seqadj).
+      iperf3's control connection (small messages) is left alone.
+Run: `.venv/bin/python bench/bench_tcp_rewrite.py` (as root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pktlab
+from pktlab.lab.network import wait_until
+
+SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
+PORT = 5201
+QUEUE = 1
+
+
+def iperf(lab: pktlab.Lab) -> float:
+    """Bits per second the iperf3 server received in one TCP run."""
+    server = lab.server.popen(["iperf3", "-s", "-1", "-p", str(PORT)], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: str(PORT) in lab.server.run(["ss", "-ltn", f"sport = :{PORT}"], check=False).stdout)
+        out = lab.client.run(
+            ["iperf3", "-c", lab.server.addr, "-p", str(PORT), "-t", str(SECONDS), "-J"], timeout=SECONDS + 30
+        ).stdout
+    finally:
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return json.loads(out)["end"]["sum_received"]["bits_per_second"]
+
+
+def no_queue(lab: pktlab.Lab) -> float:
+    return iperf(lab)
+
+
+def _through(lab: pktlab.Lab, handler: Callable) -> float:
+    s = pktlab.attach(QUEUE, rule="-p tcp", hook="FORWARD", netns=lab.router, deadline=None, max_len=1 << 16)
+    try:
+        s.add_handler(handler, "bench")
+        bps = iperf(lab)
+        assert not s.errors, s.errors[:1]
+        return bps
+    finally:
+        s.detach()
+
+
+def accept_only(lab: pktlab.Lab) -> float:
+    def read_and_accept(pkt):
+        return pkt.accept() if pkt.tcp is not None and pkt.tcp.dport >= 0 else None
+
+    return _through(lab, read_and_accept)
+
+
+def grow_every_segment(lab: pktlab.Lab) -> float:
+    def grow(pkt):
+        t = pkt.tcp
+        if t is not None and t.dport == PORT and len(t.payload) >= 1000:  # the data stream, not the control one
+            t.payload = t.payload + b"!!"
+        return pkt.accept()
+
+    return _through(lab, grow)
+
+
+CONFIGS: dict[str, Callable[[pktlab.Lab], float]] = {
+    "(0) no queue": no_queue,
+    "(a) queue, handler reads the header and accepts": accept_only,
+    "(b) queue, handler grows every data segment by 2 bytes": grow_every_segment,
+}
+
+
+def run_one(name: str) -> int:
+    with pktlab.Lab("router") as lab:
+        print(json.dumps(CONFIGS[name](lab)))
+    return 0
+
+
+def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        return run_one(sys.argv[2])
+    runs: dict[str, list[float]] = {k: [] for k in CONFIGS}
+    for _ in range(REPEATS):
+        for name in CONFIGS:
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=180, check=True
+            ).stdout
+            bps = json.loads(out.strip().splitlines()[-1])
+            runs[name].append(bps)
+            print(f"  {name}: {bps / 1e9:.3f} Gbit/s", file=sys.stderr)
+    base = statistics.median(runs["(a) queue, handler reads the header and accepts"])
+    print(f"\nTCP via iperf3 through a router lab, {SECONDS:g} s per run, median of {REPEATS}, {os.cpu_count()} CPUs\n")
+    print("| configuration | received Gbit/s | ratio to (a) | runs (Gbit/s) |")
+    print("|---|---|---|---|")
+    for name, rs in runs.items():
+        med = statistics.median(rs)
+        print(f"| {name} | {med / 1e9:.3f} | {med / base:.1%} | {', '.join(f'{r / 1e9:.3f}' for r in rs)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

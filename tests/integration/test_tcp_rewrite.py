@@ -1,0 +1,233 @@
+"""TCP payloads rewritten in flight on the router, lengths changed, the connection intact (real kernel).
+
+Each test compares what the receiving application got, byte for byte, with
+what the handler meant it to get.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pktlab
+from pktlab import Lab, Packet
+from tests.conftest import needs_root
+
+pytestmark = needs_root
+
+PORT = 8080
+
+SERVER = textwrap.dedent(
+    """
+    import http.server, json, sys
+    body = sys.argv[1].encode() * int(sys.argv[2])
+    close = sys.argv[4:] == ["close"]  # the body ends with the connection: no length to grow past
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0" if close else "HTTP/1.1"
+        def do_GET(self):
+            head = json.dumps(dict(self.headers)).encode() + b"\\n"
+            data = head + body
+            self.send_response(200)
+            if not close:
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        def log_message(self, *a):
+            pass
+    s = http.server.HTTPServer(("0.0.0.0", PORT), H)
+    s.timeout = 20
+    print("ready", flush=True)
+    for _ in range(int(sys.argv[3])):
+        s.handle_request()
+    """
+).replace("PORT", str(PORT))
+
+CLIENT = textwrap.dedent(
+    """
+    import http.client, json, sys
+    c = http.client.HTTPConnection(sys.argv[1], PORT, timeout=15)
+    out = []
+    for i in range(int(sys.argv[2])):
+        c.request("GET", f"/{i}")
+        r = c.getresponse()
+        data = r.read()
+        head, _, body = data.partition(b"\\n")
+        out.append({"status": r.status, "headers": json.loads(head), "body": body.decode("latin-1")})
+    print(json.dumps(out))
+    """
+).replace("PORT", str(PORT))
+
+
+def rewrite_http(pkt):  # type: ignore[no-untyped-def]
+    """A header into every request; in every response segment each '@' becomes 'AT' and each '#' goes."""
+    tcp = pkt.tcp
+    if tcp is None or not tcp.payload:
+        return None
+    h = pkt.http
+    if h is not None and h.is_request:
+        h.headers["X-Lab"] = "inserted by pktlab"
+    elif tcp.sport == PORT:
+        tcp.payload = tcp.payload.replace(b"@", b"AT").replace(b"#", b"")
+    return None
+
+
+def serve(lab: Lab, unit: str, repeat: int, requests: int, *, close: bool = False):  # type: ignore[no-untyped-def]
+    args = [unit, str(repeat), str(requests)] + (["close"] if close else [])
+    srv = lab.server.popen([sys.executable, "-c", SERVER, *args])
+    assert srv.stdout is not None
+    assert srv.stdout.readline().strip() == "ready"
+    return srv
+
+
+def through_router(lab: Lab, queue_num: int, handler, srv, requests: int):  # type: ignore[no-untyped-def]
+    """``requests`` GETs from the client while a session on the router's FORWARD queue runs ``handler``."""
+    s = pktlab.attach(queue_num, rule="-p tcp", hook="FORWARD", netns=lab.router, deadline=None)
+    try:
+        s.add_handler(handler, handler.__name__)
+        return fetch(lab, requests), s
+    finally:
+        s.detach()
+        srv.kill()
+        srv.wait()
+
+
+def assert_intact_with_markers(body: str, unit: str, repeat: int) -> None:
+    assert body.replace("<~>", "~") == unit * repeat  # nothing lost, duplicated or moved
+    assert body.count("<~>") >= 1000
+
+
+def fetch(lab: Lab, requests: int) -> list[dict]:
+    cli = lab.client.popen([sys.executable, "-c", CLIENT, lab.server.addr, str(requests)])
+    out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 0, f"the client failed: {err.strip().splitlines()[-1:]}"
+    return json.loads(out)
+
+
+def test_keep_alive_requests_grown_and_responses_rewritten(router_lab: Lab, queue_num: int) -> None:
+    """Three requests on one connection, each grown by a header; each ~1.2 MB response rewritten
+    (every '@' becomes 'AT', every '#' is removed): all complete, bodies as intended."""
+    unit, repeat = "a cat @ the # door. ", 60000
+    srv = serve(router_lab, unit, repeat, 3)
+    got, s = through_router(router_lab, queue_num, rewrite_http, srv, 3)
+    want = (unit * repeat).replace("@", "AT").replace("#", "")
+    assert [r["status"] for r in got] == [200, 200, 200]
+    assert all(r["headers"].get("X-Lab") == "inserted by pktlab" for r in got)
+    assert all(r["body"] == want for r in got)
+    assert not s.errors
+
+
+def test_ten_megabytes_every_segment_grown(router_lab: Lab, queue_num: int) -> None:
+    """Every data segment from the server gets two bytes more; 10 MB arrive intact, in order."""
+    unit, repeat = "0123456789abcde~", 10 * 1024 * 1024 // 16
+    srv = serve(router_lab, unit, repeat, 1, close=True)
+    grown = []
+
+    def grow(pkt):
+        tcp = pkt.tcp
+        if tcp is None or tcp.sport != PORT or not tcp.payload:
+            return None
+        tcp.payload = tcp.payload.replace(b"~", b"<~>", 1)  # one marker per segment, wherever it is cut
+        grown.append(1)
+        return None
+
+    got, s = through_router(router_lab, queue_num, grow, srv, 1)
+    assert len(grown) > 1000
+    assert_intact_with_markers(got[0]["body"], unit, repeat)
+    assert not s.errors
+
+
+def test_segments_dropped_once_are_retransmitted_while_others_are_grown(router_lab: Lab, queue_num: int) -> None:
+    """The handler drops a few data segments the first time (retransmissions, SACK) and grows the
+    rest.  Bytes it dropped come again after later bytes went on at their places, so their length
+    cannot change: the handler passes them as they are (however the sender cuts the retransmission).
+    The transfer completes intact, every other segment grown."""
+    unit, repeat = "0123456789abcde~", 2 * 1024 * 1024 // 16
+    srv = serve(router_lab, unit, repeat, 1, close=True)
+    count = 0
+    dropped: list[tuple[int, int]] = []  # (first, end) sequence numbers of what the handler dropped
+    again: list[int] = []
+
+    def lossy(pkt):
+        nonlocal count
+        tcp = pkt.tcp
+        if tcp is None or tcp.sport != PORT or not tcp.payload:
+            return None
+        first, end = tcp.seq, tcp.seq + len(tcp.payload)
+        if any(first < b and a < end for a, b in dropped):
+            again.append(first)
+            return None  # (part of) a dropped segment again: through as it is
+        count += 1
+        if count in (40, 80, 120):
+            dropped.append((first, end))
+            return pkt.drop()
+        tcp.payload = tcp.payload.replace(b"~", b"<~>", 1)
+        return None
+
+    got, s = through_router(router_lab, queue_num, lossy, srv, 1)
+    assert len(dropped) == 3 and len(again) >= 3
+    assert_intact_with_markers(got[0]["body"], unit, repeat)
+    assert not s.errors
+
+
+def _stream(packets: list[bytes], sport: int) -> bytes:
+    """The TCP byte stream a list of IP packets carries from ``sport``, reassembled by sequence number."""
+    got: dict[int, int] = {}
+    first = None
+    for data in packets:
+        tcp = Packet(None, data).tcp
+        if tcp is None or tcp.sport != sport:
+            continue
+        if tcp.flags.syn:
+            first = (tcp.seq + 1) % (1 << 32)
+            continue
+        for i, b in enumerate(tcp.payload):
+            got.setdefault((tcp.seq + i) % (1 << 32), b)
+    assert first is not None
+    out, pos = bytearray(), first
+    while pos in got:
+        out.append(got[pos])
+        pos = (pos + 1) % (1 << 32)
+    return bytes(out)
+
+
+def test_the_capture_of_the_connection_replays_to_the_same_rewritten_bytes(
+    router_lab: Lab, queue_num: int, tmp_path: Path
+) -> None:
+    """The keep-alive exchange (smaller), live and replayed from the record's capture: the same verdicts,
+    and the replay's output carries, in both directions, the bytes the live client and server got."""
+    unit, repeat = "a cat @ the # door. ", 3000
+    srv = serve(router_lab, unit, repeat, 3)
+
+    s = pktlab.attach(
+        queue_num,
+        rule="-p tcp",
+        hook="FORWARD",
+        netns=router_lab.router,
+        deadline=None,
+        snaplen=65535,
+        record_size=4096,
+    )
+    try:
+        s.add_handler(rewrite_http)
+        got = fetch(router_lab, 3)
+    finally:
+        s.detach()
+        srv.kill()
+        srv.wait()
+    n = s.to_pcap(tmp_path / "live.pcap")
+    assert n == s.record.n < 4096
+
+    r = pktlab.replay(tmp_path / "live.pcap")
+    r.add_handler(rewrite_http)
+    r.run()
+    fields = ["proto", "src", "dst", "sport", "dport", "size", "verdict", "handler", "error", "modified"]
+    assert s.df[fields].astype(str).values.tolist() == r.df[fields].astype(str).values.tolist()
+    out = [data for _, data, _ in r.outputs]
+    responses = _stream(out, PORT)
+    want = (unit * repeat).replace("@", "AT").replace("#", "")
+    assert responses.count(want.encode()) == 3 == len(got)
+    assert all(r_["body"] == want for r_ in got)
+    requests = _stream(out, next(Packet(None, d).tcp.sport for d in out if Packet(None, d).tcp.dport == PORT))
+    assert requests.count(b"X-Lab: inserted by pktlab\r\n") == 3

@@ -1,0 +1,173 @@
+"""Sequence adjustment applied to packets (pktlab.pipeline.tcp_adjust) through the one dispatcher, on captures.
+
+The real-kernel side is tests/integration/test_tcp_rewrite.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import pktlab
+from pktlab.testing import capture, tcp
+
+C = {"src": "10.77.1.1", "dst": "10.77.2.2", "sport": 40000, "dport": 8080}
+S = {"src": "10.77.2.2", "dst": "10.77.1.1", "sport": 8080, "dport": 40000}
+
+
+def _outputs(path: Path, handler) -> list:  # type: ignore[no-untyped-def]
+    r = pktlab.replay(path)
+    r.add_handler(handler, "h")
+    r.run()
+    assert not r.errors, r.errors[:1]
+    return [pktlab.Packet(None, d).tcp for _, d, _ in r.outputs]
+
+
+def _options(t) -> dict:  # type: ignore[no-untyped-def]
+    from scapy.layers.inet import TCP
+
+    return dict(TCP(bytes(t._pkt._buf[t.offset :])).options)
+
+
+def test_syns_lose_64_bytes_of_mss_so_grown_segments_fit(tmp_path: Path) -> None:
+    path = capture(tmp_path / "syn.pcap", [
+        tcp(flags="S", seq=100, options=[("MSS", 1460), ("SAckOK", b"")], **C),
+        tcp(flags="SA", seq=500, ack=101, options=[("MSS", 1460)], **S),
+        tcp(flags="S", seq=900, options=[("MSS", 560)], **{**C, "sport": 40001}),
+    ])  # fmt: skip
+    out = _outputs(path, lambda pkt: None)
+    assert [_options(t)["MSS"] for t in out] == [1396, 1396, 536]  # never below the minimum of 536
+    assert "SAckOK" in _options(out[0])
+
+
+def test_acks_and_sack_blocks_coming_back_are_mapped_to_what_the_sender_sent(tmp_path: Path) -> None:
+    """hello (5 bytes) grows by 7; the receiver acknowledges and SACKs in its own numbering."""
+    path = capture(tmp_path / "sack.pcap", [
+        tcp(flags="PA", seq=101, ack=501, payload=b"hello", **C),
+        tcp(flags="PA", seq=106, ack=501, payload=b"0123456789", **C),  # lost after the router, say
+        tcp(flags="PA", seq=116, ack=501, payload=b"abcdefghij", **C),
+        tcp(flags="A", seq=501, ack=113, options=[("NOP", None), ("NOP", None), ("SAck", (123, 133))], **S),
+    ])  # fmt: skip
+
+    def grow(pkt):
+        if pkt.tcp.payload == b"hello":
+            pkt.tcp.payload = b"hello, world"
+
+    out = _outputs(path, grow)
+    assert [(t.seq, t.payload) for t in out[:3]] == [(101, b"hello, world"), (113, b"0123456789"),
+                                                      (123, b"abcdefghij")]  # fmt: skip
+    back = out[3]
+    assert back.ack == 106
+    assert _options(back)["SAck"] == (116, 126)
+    assert all(_checksum_ok(t) for t in out)
+
+
+def _checksum_ok(t) -> bool:  # type: ignore[no-untyped-def]
+    from scapy.layers.inet import IP, TCP
+
+    ip = IP(bytes(t._pkt._buf))
+    sent = ip[TCP].chksum
+    del ip[TCP].chksum
+    return IP(bytes(ip))[TCP].chksum == sent
+
+
+def _stream_of(out: list) -> bytes:  # type: ignore[type-arg]
+    got: dict[int, int] = {}
+    for t in out:
+        for i, b in enumerate(t.payload):
+            got.setdefault(t.seq + i, b)
+    first, data = min(got), bytearray()
+    while first + len(data) in got:
+        data.append(got[first + len(data)])
+    return bytes(data)
+
+
+def test_reordered_segments_wait_for_their_gap_and_are_all_rewritten(tmp_path: Path) -> None:
+    """Segments 2 and 3 arrive before 1: they wait (the record too) until 1 passes, so every one is grown."""
+    words = [b"one~", b"two~", b"three~", b"four~"]
+    seqs, at = [], 101
+    for w in words:
+        seqs.append(at)
+        at += len(w)
+    order = [0, 2, 3, 1]  # the third and fourth come before the second
+    path = capture(
+        tmp_path / "reorder.pcap", [tcp(flags="PA", seq=seqs[i], ack=501, payload=words[i], **C) for i in order]
+    )
+
+    def grow(pkt):
+        pkt.tcp.payload = pkt.tcp.payload.replace(b"~", b"<~>")
+
+    r = pktlab.replay(path)
+    r.add_handler(grow, "grow")
+    r.run()
+    assert not r.errors and r.status().kept_back == 2
+    out = [pktlab.Packet(None, d).tcp for _, d, _ in r.outputs]
+    assert _stream_of(out) == b"".join(words).replace(b"~", b"<~>")
+    assert r.record.n == 4 and list(r.df["verdict"]) == ["accept"] * 4
+
+
+def test_a_gap_that_never_fills_lets_the_waiting_segment_go_at_the_end(tmp_path: Path) -> None:
+    path = capture(tmp_path / "gap.pcap", [
+        tcp(flags="PA", seq=101, ack=501, payload=b"one~", **C),
+        tcp(flags="PA", seq=110, ack=501, payload=b"three~", **C),  # bytes 105..110 never come
+    ])  # fmt: skip
+
+    def grow(pkt):
+        pkt.tcp.payload = pkt.tcp.payload.replace(b"~", b"<~>")
+
+    r = pktlab.replay(path)
+    r.add_handler(grow, "grow")
+    r.run()
+    out = [pktlab.Packet(None, d).tcp for _, d, _ in r.outputs]
+    assert [(t.seq, t.payload) for t in out] == [(101, b"one<~>"), (112, b"three<~>")]
+    assert r.record.n == 2 and not r.errors
+
+
+def _held_replay(tmp_path: Path, hold):  # type: ignore[no-untyped-def]
+    path = capture(tmp_path / "held.pcap", [
+        tcp(flags="PA", seq=101, ack=501, payload=b"hello", **C),
+        tcp(flags="PA", seq=106, ack=501, payload=b"world", **C),
+    ])  # fmt: skip
+    r = pktlab.replay(path)
+    r.hold(hold)
+    r.attach()
+    return r
+
+
+def test_held_segments_rewritten_in_the_notebook_shift_the_rest(tmp_path: Path) -> None:
+    """Held packets get their verdict through the same adjustment: grow the first, the second moves."""
+    from pktlab.lab.network import wait_until
+
+    r = _held_replay(tmp_path, lambda pkt: True)
+    try:
+        assert wait_until(lambda: len(r.held) == 2, timeout=10)
+        first, second = list(r.held)
+        first.packet.tcp.payload = b"hello, "
+        first.accept()
+        second.accept()
+        assert r.wait(10)
+    finally:
+        r.detach()
+    out = [pktlab.Packet(None, d).tcp for _, d, _ in r.outputs]
+    assert [(t.seq, t.payload) for t in out] == [(101, b"hello, "), (108, b"world")]
+
+
+def test_growing_a_held_segment_after_later_bytes_went_is_refused_and_it_stays_held(tmp_path: Path) -> None:
+    from pktlab.lab.network import wait_until
+
+    r = _held_replay(tmp_path, lambda pkt: pkt.tcp.payload == b"hello")
+    try:
+        assert wait_until(lambda: len(r.held) == 1 and r.record.n == 1, timeout=10)  # "world" went on
+        held = r.held[0]
+        held.packet.tcp.payload = b"hello, "
+        with pytest.raises(pktlab.SeqAdjError, match="behind bytes of its stream that already went on"):
+            held.accept()
+        assert len(r.held) == 1  # nothing lost: still waiting for a verdict
+        held.packet.tcp.payload = b"hello"
+        held.accept()
+        assert r.wait(10)
+    finally:
+        r.detach()
+    out = sorted((t.seq, t.payload) for t in (pktlab.Packet(None, d).tcp for _, d, _ in r.outputs))
+    assert out == [(101, b"hello"), (106, b"world")]
