@@ -26,8 +26,11 @@ from . import proc as kernel
 from ._reader import QueueReader, configure_queue
 
 NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_CONFIG = 2
 NFQNL_MSG_VERDICT_BATCH = 3  # enum nfqnl_msg_types: PACKET, VERDICT, CONFIG, VERDICT_BATCH
 NFQA_VERDICT_HDR = 2
+NFQA_CFG_MASK, NFQA_CFG_FLAGS = 4, 5
+NFQA_CFG_F_FAIL_OPEN = 1
 NLM_F_REQUEST = 1
 
 
@@ -44,6 +47,27 @@ def batch_verdict_prefix(queue: int) -> bytes:
         nlmsg.pack(total, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST, 0, 0)
         + nfgen.pack(socket.AF_UNSPEC, 0, queue)
         + nla.pack(nla.size + verdict, NFQA_VERDICT_HDR)
+    )
+
+
+def fail_open_message(queue: int, fail_open: bool) -> bytes:
+    """An NFQNL_MSG_CONFIG message that sets (or clears) NFQA_CFG_F_FAIL_OPEN on ``queue`` and nothing else.
+
+    Without NLM_F_ACK: the kernel applies it while the message is sent and
+    answers only an error (none is possible for a queue this socket has bound),
+    so the reading thread can send it between two packets without waiting for
+    an answer that would arrive among the packets.
+    """
+    nlmsg, nfgen = struct.Struct("=IHHII"), struct.Struct("!BBH")
+    head, value = struct.Struct("=HH"), struct.Struct("!I")  # attribute header (host order), value (network)
+    total = nlmsg.size + nfgen.size + 2 * (head.size + value.size)
+    return (
+        nlmsg.pack(total, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG, NLM_F_REQUEST, 0, 0)
+        + nfgen.pack(socket.AF_UNSPEC, 0, queue)
+        + head.pack(head.size + value.size, NFQA_CFG_FLAGS)
+        + value.pack(NFQA_CFG_F_FAIL_OPEN if fail_open else 0)
+        + head.pack(head.size + value.size, NFQA_CFG_MASK)
+        + value.pack(NFQA_CFG_F_FAIL_OPEN)
     )
 
 
@@ -103,10 +127,13 @@ class QueueSource:
         self._on_bound: Callable[[int], None] | None = None
         self._after_read: Callable[[], None] | None = None
         # called by the reading thread after each read (True when stopping): the dispatcher passes
-        # packets it kept back (TCP segments after a gap in their stream) that waited long enough
-        self.on_idle: Callable[[bool], None] | None = None
+        # packets it kept back (TCP segments after a gap in their stream) that waited long enough, and
+        # says in how many seconds it wants to be called again (None: only after the next read)
+        self.on_idle: Callable[[bool], float | None] | None = None
+        self._idle_again: float | None = None
         self.internal_errors = 0
         self.last_internal_error: str | None = None
+        self.holding_when_full = False  # a fail-open queue made fail-closed for now (hold_when_full)
 
     @property
     def running(self) -> bool:
@@ -210,7 +237,10 @@ class QueueSource:
                 elif reader.waiting:
                     events = []  # messages handed over by a retired reader: dispatch them first
                 else:
-                    events = reading.poll(250 if not self._stop else 10)
+                    timeout = 250 if not self._stop else 10
+                    if self._idle_again is not None:  # a kept-back packet's wait ends sooner
+                        timeout = min(timeout, max(1, int(self._idle_again * 1000 + 0.999)))
+                    events = reading.poll(timeout)
                 if any(efd == self._wake_r for efd, _ in events):
                     try:
                         os.read(self._wake_r, 64)
@@ -225,12 +255,14 @@ class QueueSource:
                     continue
                 self._read(q, reader)
                 if self.on_idle is not None:
-                    self.on_idle(bool(self._stop))
+                    self._idle_again = self.on_idle(bool(self._stop))
                 if self._stop and not reader.retired and self._drained():
                     break
         finally:
             if not reader.retired:
                 q.unbind()
+                self._fd = -1
+                self.holding_when_full = False
             elif reader.successor is not None and reader.successor.waiting:
                 self._wake()  # the successor may be asleep in poll with messages handed to it
 
@@ -307,6 +339,21 @@ class QueueSource:
                 os.write(self._wake_w, b"x")
             except OSError:
                 pass
+
+    def hold_when_full(self, hold: bool) -> None:
+        """While ``hold``, a full queue drops packets (the sender retransmits them) instead of passing them.
+
+        For a fail-open queue whose handlers rewrote TCP lengths: a packet of
+        such a connection that passed unseen would carry unadjusted sequence
+        numbers and corrupt the stream.  Sent on the queue's own socket (the
+        kernel accepts configuration of a queue only from the socket that bound
+        it); does nothing for a fail-closed queue or one not bound.
+        """
+        fd = self._fd
+        if not self.fail_open or fd < 0:
+            return
+        os.write(fd, fail_open_message(self.queue, not hold))
+        self.holding_when_full = hold
 
     def stop(self, drain: float = 2.0, timeout: float = 10.0) -> None:
         """Stop reading: give every packet still queued its verdict (for up to ``drain`` s), then unbind."""

@@ -146,6 +146,7 @@ cdef class Dispatcher:
     # handler changed, and for every accepted TCP packet while any connection has state (seqadj_on)
     cdef public object seqadj
     cdef public bint seqadj_on
+    cdef public object on_seqadj  # called with True when the first connection gets state, False when none has
     cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
     cdef public dict tcp_high  # stream key -> sequence number after the highest byte accepted (bounded)
     cdef public object flows  # the session's FlowTable: every packet is counted in it once tracking started
@@ -554,8 +555,25 @@ cdef class Dispatcher:
         try:
             self.seqadj.apply(pkt, original, rewrite, wait, self.tcp_high)
         finally:
-            self.seqadj_on = self.seqadj.active
+            self._seqadj_state(self.seqadj.active)
         return 0
+
+    cdef void _seqadj_state(self, bint on):
+        """Note whether any connection has adjustment state; tell ``on_seqadj`` when that changes.
+
+        Called before the verdict of the packet that created the first state,
+        so that a live queue can stop passing packets unseen (fail-open) before
+        any later packet of that connection could pass unadjusted.
+        """
+        if on == self.seqadj_on:
+            return
+        self.seqadj_on = on
+        if self.on_seqadj is not None:
+            try:
+                self.on_seqadj(on)
+            except Exception as exc:
+                self.internal_errors += 1
+                self.last_internal_error = f"seqadj: {type(exc).__name__}: {exc}"
 
     cdef tuple _adjust_give(self, NfPacket nf, PacketCore pkt, bytes data, object verdict, object h, bint wait):
         """Sequence adjustment where the packet needs it, then its verdict: (verdict, error text, modified).
@@ -614,11 +632,29 @@ cdef class Dispatcher:
                     break  # one at a time: the others may be in order now
         return 0
 
+    def expire_connections(self, double now):
+        """Let TCP adjustment state that expired at ``now`` go (live: while no TCP packet comes to do it)."""
+        if self.seqadj_on and self.seqadj is not None:
+            self.seqadj.expire(now)
+            self._seqadj_state(self.seqadj.active)
+
     def tick(self, bint final=False):
-        """From the reading thread between reads: pass kept-back packets that waited long enough (all if final)."""
-        if self.reorder:
-            self._release(wall_time(), final)
-            self._flush()
+        """From the reading thread between reads: pass kept-back packets that waited long enough (all if final).
+
+        Returns how many seconds until a kept-back packet's wait ends (None: none waits), so that a
+        reader with nothing to read wakes up for it rather than at its next poll timeout.
+        """
+        cdef double now
+        cdef PacketCore pkt
+        if not self.reorder:
+            return None
+        now = wall_time()
+        self._release(now, final)
+        self._flush()
+        if not self.reorder:
+            return None
+        pkt = self.reorder[0][1]
+        return max(0.001, self.reorder_window - (now - pkt.time))
 
     cdef int _give_original(self, NfPacket nf, int code, bytes data) except -1:
         """The verdict for a packet as it arrived, adjusted if its connection needs it."""

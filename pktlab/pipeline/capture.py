@@ -124,7 +124,7 @@ class CaptureSource:
         self.last_internal_error: str | None = None
         self.retired_threads: list[threading.Thread] = []
         self.finished = threading.Event()
-        self.on_idle: Callable[[bool], None] | None = None  # as QueueSource.on_idle (True: the capture ended)
+        self.on_idle: Callable[[bool], object] | None = None  # as QueueSource.on_idle (True: the capture ended)
         self._file: CaptureFile | None = None
         self._thread: threading.Thread | None = None
         self._ticket = Ticket()

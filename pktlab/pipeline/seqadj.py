@@ -581,8 +581,7 @@ class SeqAdjuster:
         that passed before (from flow tracking), so that a first length change is
         refused where later bytes have already gone.
         """
-        if now - self._swept >= 1.0:
-            self._sweep(now)
+        self.expire(now)
         k = self.key(seg)
         c = self.connections.get(k)
         d = c.dirs.get((seg.src, seg.sport)) if c is not None and seg.flags & SYN and not seg.flags & ACK else None
@@ -609,6 +608,11 @@ class SeqAdjuster:
         if c.closed and c.closed_at is None:
             c.closed_at = now
         return res
+
+    def expire(self, now: float) -> None:
+        """Forget connections idle for ``idle_timeout`` s or ended ``linger`` s ago (looks at most once a second)."""
+        if now - self._swept >= 1.0:
+            self._sweep(now)
 
     def _sweep(self, now: float) -> None:
         self._swept = now

@@ -75,6 +75,7 @@ class Status:
     passed_unseen: int = 0
     enobufs: int = 0
     fail_open: bool = True
+    holding_when_full: bool = False  # fail-open, made fail-closed while TCP connections are adjusted
     stuck: list[tuple[str, float, int]] = field(default_factory=list)
     rescued: int = 0
     stuck_threads: int = 0
@@ -111,7 +112,12 @@ class Status:
                 f"  kernel: waiting {k.queue_total}  queue_dropped {k.queue_dropped}  "
                 f"user_dropped {k.user_dropped}  copy_range {k.copy_range}"
             )
-            mode = "fail-open: a full queue passes packets" if self.fail_open else "fail-closed: a full queue drops"
+            if not self.fail_open:
+                mode = "fail-closed: a full queue drops"
+            elif self.holding_when_full:
+                mode = "fail-open, but fail-closed while TCP connections are adjusted: a full queue drops"
+            else:
+                mode = "fail-open: a full queue passes packets"
             out.append(
                 f"  rule hits {self.rule_hits}  passed unseen {self.passed_unseen}  "
                 f"socket overruns (ENOBUFS) {self.enobufs}  ({mode})"
@@ -288,6 +294,12 @@ class Session(ChainOwner):
         self._watching = threading.Event()
         self._attached = False
 
+    def _live_idle(self, final: bool) -> float | None:
+        """Between two reads of the queue: pass kept-back segments that waited long enough, expire TCP state."""
+        wait = self._dispatch.tick(final)
+        self._dispatch.expire_connections(time.time())
+        return wait
+
     def _make_dispatcher(self, batch_prefix: bytes, batch: int) -> None:
         self._dispatch = Dispatcher(
             self.chain, self.record.ring, self._default, self._on_error, Packet, Verdict, batch_prefix, batch
@@ -295,7 +307,12 @@ class Session(ChainOwner):
         self._dispatch.seqadj = TcpAdjust()
         self._dispatch.flows = FlowTable()
         self._dispatch.seqadj_headroom = self._dispatch.seqadj.headroom
-        self.source.on_idle = self._dispatch.tick
+        if isinstance(self.source, QueueSource):
+            self.source.on_idle = self._live_idle
+            # a full fail-open queue would pass packets of adjusted connections unadjusted: hold them instead
+            self._dispatch.on_seqadj = self.source.hold_when_full
+        else:
+            self.source.on_idle = self._dispatch.tick
         self.held = HeldPackets(self, self._dispatch.give_held)
         self._dispatch.on_hold = self.held.add
 
@@ -642,6 +659,7 @@ class Session(ChainOwner):
             passed_unseen=unseen,
             enobufs=self.source.enobufs,
             fail_open=self.source.fail_open,
+            holding_when_full=self.source.holding_when_full,
             filter=self.filter.expr if self.filter is not None else None,
             offloads=[(o.describe(), self.rules.front_hits(o.key)) for o in self._offloads.values()]
             if self._attached

@@ -66,6 +66,11 @@ class TcpAdjust:
         """Whether any connection has state, so that every accepted TCP packet must be looked at."""
         return len(self.adjuster) > 0
 
+    def expire(self, now: float) -> None:
+        """Let connections that were idle or ended long enough before ``now`` go (at most once a second)."""
+        with self._lock:
+            self.adjuster.expire(now)
+
     def _clamp_mss(self, pkt: Packet) -> None:
         """Take ``headroom`` bytes off a SYN's MSS option: segments a handler grows then still fit the path.
 
@@ -103,8 +108,10 @@ class TcpAdjust:
         ``wait``) for a segment that comes after a gap in its stream.  ``high``: how far each stream
         has gone through accepted packets (the dispatcher's; keys as :func:`stream_key` makes them).
         """
-        # the packet as it arrived: the packet itself when no handler changed it (no second parse)
-        orig = pkt if not pkt._modified else Packet(pkt._meta, original, pkt.time, "ethernet" if pkt._eth else "ip")
+        # the packet as it arrived: the packet itself when no handler changed it (no second parse).  Not with
+        # rewrite=False: the dispatcher then clears _modified of a packet that may still hold a refused rewrite
+        same = rewrite and not pkt._modified
+        orig = pkt if same else Packet(pkt._meta, original, pkt.time, "ethernet" if pkt._eth else "ip")
         try:
             o = orig.tcp
             t = pkt.tcp if rewrite else o

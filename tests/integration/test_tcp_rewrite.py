@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pktlab
 from pktlab import Lab, Packet
+from pktlab.lab.network import wait_until
 from tests.conftest import needs_root
 
 pytestmark = needs_root
@@ -231,3 +232,44 @@ def test_the_capture_of_the_connection_replays_to_the_same_rewritten_bytes(
     assert all(r_["body"] == want for r_ in got)
     requests = _stream(out, next(Packet(None, d).tcp.sport for d in out if Packet(None, d).tcp.dport == PORT))
     assert requests.count(b"X-Lab: inserted by pktlab\r\n") == 3
+
+
+def test_a_full_queue_drops_instead_of_passing_unadjusted_segments(router_lab: Lab, queue_num: int) -> None:
+    """A fail-open queue of 16 packets, every response segment grown: once a connection has adjusted
+    sequence numbers, a full queue drops (TCP sends again, through the handler) instead of passing
+    segments with their old numbers, which would corrupt the stream.  The handler stops on one segment
+    until the kernel has dropped something (the sender has far more than 16 segments in flight by then);
+    the transfer completes intact, and the queue is fail-open again once the connection's state is gone.
+
+    (16 places hold the first flight, sent before any verdict: the state exists before the queue can
+    overflow.  What passes unseen before a connection's first rewrite cannot be adjusted: see README.)
+    """
+    unit, repeat = "0123456789abcde~", 2 * 1024 * 1024 // 16
+    srv = serve(router_lab, unit, repeat, 1, close=True)
+    s = pktlab.attach(queue_num, rule="-p tcp", hook="FORWARD", netns=router_lab.router, deadline=None, max_len=16)
+    seen: dict = {"grown": 0}
+
+    def grow_and_stall_once(pkt):  # type: ignore[no-untyped-def]
+        tcp = pkt.tcp
+        if tcp is None or tcp.sport != PORT or not tcp.payload:
+            return None
+        tcp.payload = tcp.payload.replace(b"~", b"<~>", 1)
+        seen["grown"] += 1
+        if seen["grown"] == 300:
+            seen["holding"] = s.source.holding_when_full
+            seen["drops"] = wait_until(lambda: s.kernel_counters().queue_dropped > 0, timeout=10)
+        return None
+
+    try:
+        s.add_handler(grow_and_stall_once)
+        got = fetch(router_lab, 1)
+        assert wait_until(lambda: not s.source.holding_when_full, timeout=15), "the state did not expire"
+        after = s.status()
+    finally:
+        s.detach()
+        srv.kill()
+        srv.wait()
+    assert seen["holding"] is True and seen["drops"] is True
+    assert_intact_with_markers(got[0]["body"], unit, repeat)
+    assert after.tcp_adjusted == 0 and not after.holding_when_full
+    assert after.passed_unseen == 0

@@ -124,6 +124,31 @@ def test_a_gap_that_never_fills_lets_the_waiting_segment_go_at_the_end(tmp_path:
     assert r.record.n == 2 and not r.errors
 
 
+def test_a_refused_rewrite_sends_the_segment_as_it_went_not_as_the_handler_left_it(tmp_path: Path) -> None:
+    """A retransmission the handler changes where it did not the first time is refused (the error
+    verdict, accept): what goes is what went the first time, not the handler's new bytes (they would
+    reach the receiver at places where it has other bytes)."""
+    path = capture(tmp_path / "again.pcap", [
+        tcp(flags="PA", seq=101, ack=501, payload=b"one~", **C),
+        tcp(flags="PA", seq=105, ack=501, payload=b"two~", **C),
+        tcp(flags="PA", seq=101, ack=501, payload=b"one~", **C),  # sent again
+    ])  # fmt: skip
+    seen = []
+
+    def grow_one(pkt):
+        if pkt.tcp.payload == b"one~":
+            pkt.tcp.payload = b"ONE<~>" if seen else b"one<~>"
+            seen.append(1)
+
+    r = pktlab.replay(path)
+    r.add_handler(grow_one, "grow")
+    r.run()
+    out = [(t.seq, t.payload) for t in (pktlab.Packet(None, d).tcp for _, d, _ in r.outputs)]
+    assert out == [(101, b"one<~>"), (107, b"two~"), (101, b"one<~>")]
+    assert list(r.df["verdict"]) == ["accept"] * 3 and list(r.df["error"].notna()) == [False, False, True]
+    assert "already went on" in str(r.errors[0])
+
+
 def _held_replay(tmp_path: Path, hold):  # type: ignore[no-untyped-def]
     path = capture(tmp_path / "held.pcap", [
         tcp(flags="PA", seq=101, ack=501, payload=b"hello", **C),
