@@ -94,14 +94,35 @@ class _Edit:
 
 
 def _common_affixes(a: bytes, b: bytes) -> tuple[int, int]:
-    """Lengths of the common prefix and (not overlapping it) common suffix of ``a`` and ``b``."""
+    """Lengths of the common prefix and (not overlapping it) common suffix of ``a`` and ``b``.
+
+    By halving with slice comparisons (memcmp), not byte by byte in Python: this runs for
+    every rewritten segment (a byte loop cost ~150 us per 1.4 KB segment).
+    """
     n = min(len(a), len(b))
-    p = 0
-    while p < n and a[p] == b[p]:
-        p += 1
-    s = 0
-    while s < n - p and a[len(a) - 1 - s] == b[len(b) - 1 - s]:
-        s += 1
+    lo, hi = 0, n  # a[:lo] == b[:lo]; the first difference, if any, is before hi
+    if a[:n] != b[:n]:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if a[lo:mid] == b[lo:mid]:
+                lo = mid
+            else:
+                hi = mid
+        p = lo
+    else:
+        p = n
+    la, lb, m = len(a), len(b), n - p  # the suffix may not overlap the prefix
+    lo, hi = 0, m
+    if a[la - m :] != b[lb - m :]:
+        while hi - lo > 1:  # a's last lo bytes equal b's; the last hi do not
+            mid = (lo + hi) // 2
+            if a[la - mid : la - lo] == b[lb - mid : lb - lo]:
+                lo = mid
+            else:
+                hi = mid
+        s = lo
+    else:
+        s = m
     return p, s
 
 

@@ -355,3 +355,30 @@ def test_bytes_inserted_before_a_segments_first_byte_arrive() -> None:
     p.send(3, 9)  # a retransmission over both: the same bytes again
     assert p.rx.stream() == b"abcXdefghi"
     assert p.ack()[0] == len(stream)
+
+
+def test_common_affixes_agree_with_a_byte_by_byte_scan() -> None:
+    """The halving search (slice compares) finds the same prefix and non-overlapping suffix as a plain scan."""
+    import random
+
+    from pktlab.pipeline.seqadj import _common_affixes
+
+    def scan(a: bytes, b: bytes) -> tuple[int, int]:
+        n = min(len(a), len(b))
+        p = 0
+        while p < n and a[p] == b[p]:
+            p += 1
+        s = 0
+        while s < n - p and a[len(a) - 1 - s] == b[len(b) - 1 - s]:
+            s += 1
+        return p, s
+
+    rnd = random.Random(15)
+    for _ in range(20000):
+        a = bytes(rnd.choice(b"ab~") for _ in range(rnd.randint(0, 12)))
+        b = bytes(rnd.choice(b"ab~<>") for _ in range(rnd.randint(0, 12)))
+        if rnd.random() < 0.5:  # mostly a with something replaced, as rewrites are
+            b = a[: rnd.randint(0, len(a))] + b + a[rnd.randint(0, len(a)) :]
+        assert _common_affixes(a, b) == scan(a, b), (a, b)
+    big = b"0123456789abcde~" * 90
+    assert _common_affixes(big, big.replace(b"~", b"<~>", 1)) == (15, len(big) - 16)
