@@ -337,6 +337,10 @@ def _serve() -> int:
     from ..packet.model import Packet
     from ..packet.verdicts import Verdict
     from ..pipeline._capture import CapturedPacket
+    from ..pipeline.flows import FlowTable
+
+    flows = FlowTable()  # pkt.flow in the sandbox: derived from the packets this solution sees, as in a session
+    counted: list[Any] = [None, None]  # the packet id last counted and its flow
 
     while True:
         try:
@@ -347,6 +351,11 @@ def _serve() -> int:
         index, pid, hook, mark, t = _CALL.unpack_from(body)
         data = body[_CALL.size :]
         pkt = Packet(CapturedPacket(pid, hook, data, t, False, 0, None, mark), data, t)
+        # as the dispatcher does: counted (once per packet, whichever handlers of the chain see it)
+        # from the first time a handler asks for a flow on
+        if flows.enabled and pid != counted[0]:
+            counted[:] = [pid, flows.observe(pkt)]
+        pkt._flow = counted[1] if flows.enabled else flows
         try:
             v = fns[index](pkt)
         except BaseException as exc:

@@ -263,3 +263,20 @@ def test_a_grader_killed_mid_check_leaves_no_solution_running() -> None:
     while _running_with_cmdline(f"sleep\0{marker}\0") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _running_with_cmdline(f"sleep\0{marker}\0") == [], "the sandbox outlived its grader"
+
+
+FLOW_FIREWALL = (  # the README's stateful firewall with pkt.flow (issue 15): a few lines, no bookkeeping of its own
+    "def firewall(pkt):\n"
+    "    t = pkt.tcp\n"
+    "    if t is None:\n"
+    "        return None\n"
+    "    if t.flags.syn and not t.flags.ack:\n"
+    "        pkt.flow.state['open'] = t.dport == 9001\n"
+    "    return pkt.accept() if pkt.flow.state.get('open') else pkt.drop()\n"
+)
+
+
+@needs_root
+def test_a_firewall_written_with_pkt_flow_gets_full_marks(tmp_path: Path) -> None:
+    report = grade(notebook(tmp_path, "firewall", FLOW_FIREWALL, "flow"))
+    assert report.score == report.total == 10, str(report)
