@@ -9,7 +9,7 @@ dispatcher (``pktlab.pipeline._dispatch``) for each packet.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport errno
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from posix.time cimport timespec
 
 from netfilterqueue._impl cimport NetfilterQueue as NfQueue
@@ -47,7 +47,10 @@ cdef extern from "libnetfilter_queue/libnetfilter_queue.h":
 
 cdef extern from "libnetfilter_queue/linux_nfnetlink_queue.h":
     int NFQA_CFG_F_FAIL_OPEN
+    int NFQA_CFG_F_UID_GID
     int NFQNL_COPY_PACKET
+    int NFQA_UID
+    int NFQA_GID
 
 DEF READ_SLOTS = 16  # messages taken per recvmmsg call
 DEF READ_SLOT_BYTES = 73728  # one netlink message: a 64 KiB packet and its attributes (< 1 KiB) fit
@@ -70,6 +73,37 @@ def configure_queue(NfQueue q, unsigned int copy_range, bint fail_open):
         raise OSError(errno, f"cannot set the copy range to {copy_range}")
     if nfq_set_queue_flags(q.qh, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN if fail_open else 0) < 0:
         raise OSError(errno, "cannot set the queue's fail-open flag (kernel older than 3.6?)")
+    # the owner of a local packet's socket with each packet (pkt.uid, pkt.gid); a kernel without it
+    # (older than 3.15) just gives none
+    return nfq_set_queue_flags(q.qh, NFQA_CFG_F_UID_GID, NFQA_CFG_F_UID_GID) >= 0
+
+
+cdef inline bint message_owner(const unsigned char* m, Py_ssize_t n, long long* uid, long long* gid) nogil:
+    """The NFQA_UID and NFQA_GID attributes of one queue message, if it has both (-1 each if not).
+
+    The layout is netlink's: a 16-byte nlmsghdr, the 4-byte nfgenmsg, then attributes (2-byte
+    length, 2-byte type, host order, padded to 4 bytes), the values big-endian.
+    """
+    cdef Py_ssize_t off = 20
+    cdef unsigned short head[2]
+    cdef unsigned int alen, atype
+    cdef long long v
+    uid[0] = -1
+    gid[0] = -1
+    while off + 4 <= n:
+        memcpy(head, m + off, 4)
+        alen = head[0]
+        atype = head[1] & 0x7FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+        if alen < 4 or off + alen > n:
+            break
+        if alen >= 8 and (atype == NFQA_UID or atype == NFQA_GID):
+            v = (<long long>m[off + 4] << 24) | (m[off + 5] << 16) | (m[off + 6] << 8) | m[off + 7]
+            if atype == NFQA_UID:
+                uid[0] = v
+            else:
+                gid[0] = v
+        off += (alen + 3) & ~3
+    return uid[0] >= 0 and gid[0] >= 0
 
 
 cdef class QueueReader:
@@ -98,6 +132,8 @@ cdef class QueueReader:
     cdef public long long messages
     cdef public long long calls  # recvmmsg calls that returned messages
     cdef public bint retired  # a successor reads the queue now; this one stops after its current message
+    cdef public object sink  # told the owner of each packet's socket: sink.owner = (uid, gid) or None
+    cdef long long owner_uid, owner_gid  # what the sink was last told (-1: None)
 
     def __cinit__(self):
         cdef int i
@@ -111,6 +147,20 @@ cdef class QueueReader:
             self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
             self.msgs[i].msg_hdr.msg_iovlen = 1
         self.pending = []
+        self.owner_uid = -2  # nothing told yet: the first packet always tells
+        self.owner_gid = -2
+
+    cdef int _note_owner(self, const unsigned char* m, Py_ssize_t n) except -1:
+        """Tell the sink whose socket the next packet belongs to (only when that changes)."""
+        cdef long long uid, gid
+        if self.sink is None:
+            return 0
+        if not message_owner(m, n, &uid, &gid):
+            uid = gid = -1
+        if uid != self.owner_uid or gid != self.owner_gid:
+            self.sink.owner = (uid, gid) if uid >= 0 else None
+            self.owner_uid, self.owner_gid = uid, gid
+        return 0
 
     def __dealloc__(self):
         free(self.buf)
@@ -157,6 +207,7 @@ cdef class QueueReader:
                     return n
                 msg = self.pending.pop(0)
                 n += 1
+                self._note_owner(<const unsigned char*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
                 nfq_handle_packet(q.h, PyBytes_AS_STRING(msg), <int>PyBytes_GET_SIZE(msg))
             while (limit < 0 or n < limit) and not self.retired:
                 want = READ_SLOTS if limit < 0 or limit - n >= READ_SLOTS else <unsigned int>(limit - n)
@@ -184,6 +235,7 @@ cdef class QueueReader:
                     if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
                         raise OSError(EMSGSIZE, f"a queue message was longer than {READ_SLOT_BYTES} bytes")
                     n += 1
+                    self._note_owner(<const unsigned char*>self.iov[i].iov_base, self.msgs[i].msg_len)
                     nfq_handle_packet(q.h, <char*>self.iov[i].iov_base, <int>self.msgs[i].msg_len)
                 if <unsigned int>got < want:
                     break  # the socket is empty now: no need to ask again

@@ -134,6 +134,10 @@ class QueueSource:
         self.internal_errors = 0
         self.last_internal_error: str | None = None
         self.holding_when_full = False  # a fail-open queue made fail-closed for now (hold_when_full)
+        # told the owner (uid, gid) of each packet's local socket before the packet is dispatched
+        # (``sink.owner``; the dispatcher puts it on the packet); owner_given: the kernel sends it
+        self.owner_sink: Any = None
+        self.owner_given = False
 
     @property
     def running(self) -> bool:
@@ -161,6 +165,7 @@ class QueueSource:
         self._steps = 0
         self._enobufs_before += self._reader.enobufs
         self._reader = QueueReader()
+        self._reader.sink = self.owner_sink
         nfq_mod = _import_nfq()
         kernel.require_net_admin(f"bind NFQUEUE {self.queue}")
         self._wake_r, self._wake_w = os.pipe()
@@ -197,7 +202,7 @@ class QueueSource:
                     "detach that session (%pktlab detach / s.detach()) or pick another queue number"
                 ) from None
         try:
-            configure_queue(q, self.copy_range, self.fail_open)
+            self.owner_given = configure_queue(q, self.copy_range, self.fail_open)
         except OSError as exc:
             q.unbind()
             raise PktlabError(
@@ -276,6 +281,7 @@ class QueueSource:
         """
         old = self._thread
         successor = QueueReader()
+        successor.sink = self.owner_sink
         self._reader.retire(successor)  # hands its ENOBUFS count on too
         self._reader = successor
         if old is not None:

@@ -133,6 +133,19 @@ class Packet(PacketCore):
         return self._meta.mark if self._meta else 0
 
     @property
+    def uid(self) -> int | None:
+        """The user id owning the local socket the packet belongs to, as the queue said (NFQA_UID).
+
+        None when the kernel gave none: a forwarded packet, one with no local socket (yet), a capture.
+        """
+        return self._owner[0] if self._owner is not None else None
+
+    @property
+    def gid(self) -> int | None:
+        """The group id of the local socket the packet belongs to (NFQA_GID); None as for :attr:`uid`."""
+        return self._owner[1] if self._owner is not None else None
+
+    @property
     def indev(self) -> str | None:
         return _if_name(self._meta.indev) if self._meta else None
 

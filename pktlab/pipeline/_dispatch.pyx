@@ -146,6 +146,7 @@ cdef class Dispatcher:
     # handler changed, and for every accepted TCP packet while any connection has state (seqadj_on)
     cdef public object seqadj
     cdef public bint seqadj_on
+    cdef public object owner  # (uid, gid) of the packet being dispatched, set by the queue reader (None: none)
     cdef public object on_seqadj  # called with True when the first connection gets state, False when none has
     cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
     cdef public dict tcp_high  # stream key -> sequence number after the highest byte accepted (bounded)
@@ -713,9 +714,11 @@ cdef class Dispatcher:
         if captured:
             pkt._l3 = cp.l3
             pkt._eth = cp.eth
-        elif pkt._eth:  # a spare that last held a captured frame
-            pkt._l3 = 0
-            pkt._eth = False
+        else:
+            pkt._owner = self.owner
+            if pkt._eth:  # a spare that last held a captured frame
+                pkt._l3 = 0
+                pkt._eth = False
         return pkt
 
     cdef void _run(self, NfPacket nf, tuple chain, PacketCore pkt=None, bytes data=None):

@@ -311,6 +311,7 @@ class Session(ChainOwner):
             self.source.on_idle = self._live_idle
             # a full fail-open queue would pass packets of adjusted connections unadjusted: hold them instead
             self._dispatch.on_seqadj = self.source.hold_when_full
+            self.source.owner_sink = self._dispatch  # pkt.uid, pkt.gid
         else:
             self.source.on_idle = self._dispatch.tick
         self.held = HeldPackets(self, self._dispatch.give_held)
