@@ -217,10 +217,18 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
             def waiting() -> int:
                 return int(page.locator(".pktlab-waiting").first.inner_text())
 
+            def table() -> list[str]:
+                """The texts of the packet table's visible cells (SlickGrid, inside BokehJS's shadow roots)."""
+                return page.locator(".slick-cell").all_inner_texts()
+
             sender = Sender(lab.client.netns, lab.server.addr)
             assert wait_until(lambda: packets() >= 50, 20, 0.1), "the dashboard's counter did not rise"
             first = packets()
+            assert wait_until(lambda: len(table()) > 0, 20, 0.1), "the packet table shows no rows"
+            rows = table()
             assert wait_until(lambda: packets() > first + 50, 20, 0.1)
+            # issue 19, item 2: a full table must redraw with the newest packets, not keep its first fill
+            assert wait_until(lambda: table() != rows, 10, 0.1), f"the packet table froze: {rows[:8]}"
             page.screenshot(path=str(out / "1-running.png"), full_page=True)
 
             click("button:has-text('Pause')")
