@@ -399,6 +399,7 @@ class Connection:
         self.closed = False
         self.closed_at: float | None = None
         self.last = 0.0
+        self.unseen = False  # said once: the peer acknowledged bytes that never passed pktlab
 
     def _dir(self, ep: tuple, seg: Segment, create: bool, sent_end: int | None) -> _Direction | None:
         d = self.dirs.get(ep)
@@ -417,6 +418,7 @@ class Connection:
     ) -> Adjusted | None:
         ep = (seg.src, seg.sport)
         back = (seg.dst, seg.dport)
+        self._check_unseen(seg, back)
         changed = out is not None and out != seg.payload
         new_dir = ep not in self.dirs
         d = self._dir(ep, seg, changed, sent_end)
@@ -454,6 +456,27 @@ class Connection:
         if seg.flags & ACK and back in self.fin and ep in self.fin and _s32(ack - self.fin[back]) > 0:
             self.closed = True  # both sides sent their FIN and this acknowledges the last one
         return Adjusted(seq, ack, payload, sack, trimmed)
+
+    def _check_unseen(self, seg: Segment, back: tuple) -> None:
+        """Raise SeqAdjError (once, nothing changed) if ``seg`` acknowledges rewritten bytes that never passed.
+
+        A receiver can only acknowledge what reached it.  Bytes beyond the highest that passed
+        through the session reached it some other way: the queue passed them unseen (full and
+        fail-open, before the connection's first rewrite made it fail-closed).  They went at their
+        old places, so the rewritten stream the receiver has is not what the handler meant.
+        """
+        o = self.dirs.get(back)
+        if self.unseen or o is None or not seg.flags & ACK or not (o.map.edits or o.map.base):
+            return
+        end = o.map.cut(o.map.high) + (1 if back in self.fin else 0)  # a FIN takes a sequence number
+        if o.out_pos(seg.ack) > end:
+            self.unseen = True
+            raise SeqAdjError(
+                f"the receiver acknowledges {o.out_pos(seg.ack) - end} byte(s) of this connection that never "
+                "passed pktlab: the kernel passed them unseen (the queue was full and fails open) before its first "
+                "rewrite, so the receiver's stream is not the rewritten one; attach with fail_open=False (or a "
+                "larger max_len) to rewrite TCP at this rate"
+            )
 
     def _plan(self, d: _Direction | None, seg: Segment, out: bytes | None, wait: bool = False):
         """Where the segment goes and what it carries; the state changes wait for ``commit``."""

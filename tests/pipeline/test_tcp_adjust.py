@@ -149,6 +149,31 @@ def test_a_refused_rewrite_sends_the_segment_as_it_went_not_as_the_handler_left_
     assert "already went on" in str(r.errors[0])
 
 
+def test_an_acknowledgement_of_bytes_that_never_passed_is_said(tmp_path: Path) -> None:
+    """The receiver acknowledges bytes after the rewritten segment that pktlab never saw (a full
+    fail-open queue passed them): the stream it has is not the rewritten one, and that is an error
+    on that acknowledgement (once), not silence.  Acknowledging what passed is no error."""
+    path = capture(tmp_path / "unseen.pcap", [
+        tcp(flags="PA", seq=101, ack=501, payload=b"one~", **C),
+        tcp(flags="A", seq=501, ack=107, **S),  # one<~> (6 bytes): all that passed
+        tcp(flags="A", seq=501, ack=117, **S),  # 10 bytes more that never came through
+        tcp(flags="A", seq=501, ack=117, **S),
+    ])  # fmt: skip
+
+    def grow(pkt):
+        if pkt.tcp.payload:
+            pkt.tcp.payload = pkt.tcp.payload.replace(b"~", b"<~>")
+
+    r = pktlab.replay(path)
+    r.add_handler(grow, "grow")
+    r.run()
+    assert list(r.df["verdict"]) == ["accept"] * 4
+    errors = list(r.df["error"])
+    assert [e is not None for e in errors] == [False, False, True, False]
+    assert "never passed pktlab" in errors[2] and "fail_open=False" in errors[2]
+    assert [t.ack for t in (pktlab.Packet(None, d).tcp for _, d, _ in r.outputs)][1] == 105
+
+
 def _held_replay(tmp_path: Path, hold):  # type: ignore[no-untyped-def]
     path = capture(tmp_path / "held.pcap", [
         tcp(flags="PA", seq=101, ack=501, payload=b"hello", **C),
