@@ -51,7 +51,12 @@ def test_agrees_with_nptcp_at_every_block_size(lab: Lab, tmp_path: Path) -> None
     low = {b: round(x, 2) for b, x in ratios.items() if x < 0.5}
     assert len(low) <= len(ratios) // 5, f"pktlab.netpipe below half of NPtcp at {low}"
     middle = statistics.median(ratios.values())
-    assert 0.7 <= middle <= 1.4, f"pktlab.netpipe / NPtcp above 64 KiB: median over the sizes {middle:.2f}"
+    # The lower bound is the collapse check (issue 21: pktlab at 0.25-0.42 of NPtcp from 256 KiB on).
+    # Above, 2.5 and not 1.4: a tool can stay in the slow mode at a band of sizes in all of its runs
+    # (2026-12-01, clean-clone loop: NPtcp slow at 131-393 KB in five of five runs while pktlab reached
+    # the fast mode, 1.5-2.6x per size, median 1.59). A timing error of a factor two (one-way against
+    # round-trip time) shows at every size, small blocks included, which the latency check below catches.
+    assert 0.7 <= middle <= 2.5, f"pktlab.netpipe / NPtcp above 64 KiB: median over the sizes {middle:.2f}"
     latency = min(lat) / min(lat_ref)
     print(f"median ratio above 64 KiB {middle:.2f}; small-block latency pktlab/NPtcp {latency:.2f}")
     assert 0.6 <= latency <= 1.6, f"small-block latency {latency:.2f} x NPtcp's"
