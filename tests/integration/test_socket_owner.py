@@ -17,6 +17,7 @@ def _send(lab: Lab, addr: str, n: int, *as_user: str) -> None:
         "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         f"[s.sendto(b'x', ('{addr}', 9555)) for _ in range({n})]"
     )
+    # Debian's python (scripts/setup.sh installs python3-venv): nobody may read it, unlike a venv under /root
     lab.client.run([*as_user, "/usr/bin/python3", "-c", code])
 
 
