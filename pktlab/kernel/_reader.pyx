@@ -74,8 +74,8 @@ def configure_queue(NfQueue q, unsigned int copy_range, bint fail_open):
     if nfq_set_queue_flags(q.qh, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN if fail_open else 0) < 0:
         raise OSError(errno, "cannot set the queue's fail-open flag (kernel older than 3.6?)")
     # the owner of a local packet's socket with each packet (pkt.uid, pkt.gid); a kernel without it
-    # (older than 3.15) just gives none
-    return nfq_set_queue_flags(q.qh, NFQA_CFG_F_UID_GID, NFQA_CFG_F_UID_GID) >= 0
+    # (older than 3.15) refuses the flag and gives none: pkt.uid stays None
+    nfq_set_queue_flags(q.qh, NFQA_CFG_F_UID_GID, NFQA_CFG_F_UID_GID)
 
 
 cdef inline bint message_owner(const unsigned char* m, Py_ssize_t n, long long* uid, long long* gid) nogil:

@@ -135,9 +135,8 @@ class QueueSource:
         self.last_internal_error: str | None = None
         self.holding_when_full = False  # a fail-open queue made fail-closed for now (hold_when_full)
         # told the owner (uid, gid) of each packet's local socket before the packet is dispatched
-        # (``sink.owner``; the dispatcher puts it on the packet); owner_given: the kernel sends it
+        # (``sink.owner``; the dispatcher puts it on the packet)
         self.owner_sink: Any = None
-        self.owner_given = False
 
     @property
     def running(self) -> bool:
@@ -202,7 +201,7 @@ class QueueSource:
                     "detach that session (%pktlab detach / s.detach()) or pick another queue number"
                 ) from None
         try:
-            self.owner_given = configure_queue(q, self.copy_range, self.fail_open)
+            configure_queue(q, self.copy_range, self.fail_open)
         except OSError as exc:
             q.unbind()
             raise PktlabError(

@@ -633,10 +633,10 @@ cdef class Dispatcher:
                     break  # one at a time: the others may be in order now
         return 0
 
-    def expire_connections(self, double now):
-        """Let TCP adjustment state that expired at ``now`` go (live: while no TCP packet comes to do it)."""
+    def expire_connections(self):
+        """Let TCP adjustment state that expired go (live: while no TCP packet comes to do it)."""
         if self.seqadj_on and self.seqadj is not None:
-            self.seqadj.expire(now)
+            self.seqadj.expire(wall_time())
             self._seqadj_state(self.seqadj.active)
 
     def tick(self, bint final=False):

@@ -245,28 +245,14 @@ class StreamMap:
     # -- changes -------------------------------------------------------------------------
     def add_edit(self, start: int, end: int, out: bytes) -> None:
         """Record that orig ``[start, end)`` (bytes that never passed) becomes ``out``."""
+        self.check_edit(start, end, out)
         if start == end and not out:
             return
-        if len(self.edits) >= self.max_edits:  # acknowledged edits kept as history make room first
+        if len(self.edits) >= self.max_edits:  # acknowledged edits kept as history make room (check_edit counted)
             self._forget(len(self.edits) - self.max_edits + 1)
         i = bisect_right(self._starts, start)
         before = self.edits[i - 1].after if i else self.base
-        if len(out) != end - start:
-            tail = self.passed_end()
-            if tail is not None and tail > end:
-                raise SeqAdjError(
-                    f"the rewrite changes the length of bytes {start}..{end} of the stream, but later bytes have "
-                    "already reached the receiver at their old place (this segment comes after a loss); a length "
-                    "change is only possible in bytes that are the newest the sender sent"
-                )
-        if i < len(self.edits) and len(out) != end - start:
-            raise SeqAdjError("a length change before bytes already rewritten is not possible")
         # (edits are never merged: a merged edit would place the bytes inside it differently)
-        if len(self.edits) >= self.max_edits:
-            raise SeqAdjError(
-                f"more than {self.max_edits} rewrites in this direction of the connection are not yet acknowledged; "
-                "the rewrite was not made"
-            )
         self.edits.insert(i, _Edit(start, end, out, before))
         self._starts.insert(i, start)
         self._out_starts.insert(i, start + before)
@@ -301,7 +287,11 @@ class StreamMap:
         if len(out) != end - start:
             tail = self.passed_end()
             if tail is not None and tail > end:
-                self.add_edit_error(start, end)
+                raise SeqAdjError(
+                    f"the rewrite changes the length of bytes {start}..{end} of the stream, but later bytes have "
+                    "already reached the receiver at their old place (this segment comes after a loss); a length "
+                    "change is only possible in bytes that are the newest the sender sent"
+                )
             if bisect_right(self._starts, start) < len(self.edits):
                 raise SeqAdjError("a length change before bytes already rewritten is not possible")
         if len(self.edits) >= self.max_edits:
@@ -315,14 +305,6 @@ class StreamMap:
                     "acknowledged; the rewrite was not made"
                 )
 
-    @staticmethod
-    def add_edit_error(start: int, end: int) -> None:
-        raise SeqAdjError(
-            f"the rewrite changes the length of bytes {start}..{end} of the stream, but later bytes have "
-            "already reached the receiver at their old place (this segment comes after a loss); a length "
-            "change is only possible in bytes that are the newest the sender sent"
-        )
-
     def local(self, s: int, e: int) -> StreamMap:
         """A map holding only the edits that place ``[s, e]`` (for rendering a segment with a new edit)."""
         i0 = max(bisect_right(self._starts, s) - 1, 0)
@@ -331,14 +313,6 @@ class StreamMap:
         other.edits = self.edits[i0:i1]
         other._starts, other._out_starts = self._starts[i0:i1], self._out_starts[i0:i1]
         other.base = other.edits[0].before if other.edits else self.cut(s) - s
-        return other
-
-    def copy(self) -> StreamMap:
-        other = StreamMap(self.max_edits, self.history)
-        other.edits = [_Edit(x.start, x.end, x.out, x.before) for x in self.edits]
-        other._starts, other._out_starts = list(self._starts), list(self._out_starts)
-        other.base, other.acked, other.known = self.base, self.acked, self.known
-        other.passed, other.high = list(self.passed), self.high
         return other
 
 

@@ -297,7 +297,7 @@ class Session(ChainOwner):
     def _live_idle(self, final: bool) -> float | None:
         """Between two reads of the queue: pass kept-back segments that waited long enough, expire TCP state."""
         wait = self._dispatch.tick(final)
-        self._dispatch.expire_connections(time.time())
+        self._dispatch.expire_connections()
         return wait
 
     def _make_dispatcher(self, batch_prefix: bytes, batch: int) -> None:
