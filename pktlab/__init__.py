@@ -28,6 +28,7 @@ from .errors import (
     PrivilegeError,
     QueueBusyError,
     RuleError,
+    SendError,
     SessionError,
     TeardownError,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "Record",
     "ReplaySession",
     "RuleError",
+    "SendError",
     "Session",
     "SeqAdjError",
     "SessionError",

@@ -12,6 +12,7 @@ Every message names the cause and the fix, in one sentence where possible::
     ├── TeardownError                some steps of a teardown failed (the others ran; each failure is listed)
     ├── SessionError                 misuse of a session (detached, no session, bad option)
     ├── HandlerError                 a handler is not callable / returned a non-verdict
+    ├── SendError                    a packet sent by pkt.reply / Session.send could not leave
     └── PacketFormatError            a view read past the end of a packet or met a bad length
 """
 
@@ -64,3 +65,7 @@ class HandlerError(PktlabError):
 
 class PacketFormatError(PktlabError, ValueError):
     """A packet is too short or has an inconsistent length for the view read."""
+
+
+class SendError(PktlabError):
+    """A packet a handler or a cell sent could not leave (no route, too big, refused by the firewall)."""

@@ -45,7 +45,7 @@ class Offload:
     def lines(self, rule: QueueRule) -> list[list[str]]:
         """The iptables rules (matches and target) that apply this offload in front of ``rule``."""
         tagged = self.program.tagged((FRONT_MAGIC, os.getpid(), self.key))
-        match = [*rule.prefix, *rule.match, *tagged.match_args()]
+        match = [*rule.matches(), *tagged.match_args()]
         out = []
         if self.mark is not None:
             out.append([*match, "-j", "MARK", "--set-mark", str(self.mark)])

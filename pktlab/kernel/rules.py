@@ -23,6 +23,7 @@ from typing import NamedTuple
 from ..errors import MissingToolError, RuleError
 from . import netns
 from .proc import pid_alive
+from .sender import SENT_MARK
 
 HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 DEFAULT_TABLE = {
@@ -69,6 +70,9 @@ TAG_PREFIX = "pktlab:"
 # and the rule's number (see bpf.BpfProgram.tagged).
 FRONT_MAGIC = 0x706B746C  # "pktl"
 _TAG_RE = re.compile(r"^pktlab:(\d+):(.+)$")
+# Packets pktlab sends itself (pkt.reply, Session.send) carry SENT_MARK and pass its rules by
+# (a native nft mark compare, no compat match): a handler never meets its own answers.
+SKIP_SENT = ("-m", "mark", "!", "--mark", f"{SENT_MARK:#x}/{SENT_MARK:#x}")
 
 
 def _has_control(text: str) -> bool:
@@ -111,6 +115,7 @@ class QueueRule:
     bypass: bool = True
     family: str = "ipv4"
     prefix: tuple[str, ...] = ()  # extra matches put in front (e.g. a BPF filter)
+    skip_sent: bool = True  # leave out packets pktlab sent itself (a link's delay line takes them too)
 
     def __post_init__(self) -> None:
         hook = self.hook.upper()
@@ -128,12 +133,16 @@ class QueueRule:
         if not 0 <= self.queue <= 65535:
             raise RuleError(f"queue number {self.queue} is out of range; use 0..65535")
 
+    def matches(self) -> list[str]:
+        """What selects the rule's packets: the prefix (a BPF filter), the match, and not pktlab's own packets."""
+        return [*self.prefix, *self.match, *(SKIP_SENT if self.skip_sent else ())]
+
     def spec(self, tag: str) -> list[str]:
         """The rule's iptables arguments after ``-I CHAIN``."""
         target = ["-j", "NFQUEUE", "--queue-num", str(self.queue)]
         if self.bypass:
             target.append("--queue-bypass")
-        return [*self.prefix, *self.match, "-m", "comment", "--comment", tag, *target]
+        return [*self.matches(), "-m", "comment", "--comment", tag, *target]
 
     def describe(self) -> str:
         m = " ".join(self.match) or "(all packets)"

@@ -111,25 +111,55 @@ class Host:
             self.lab._track(proc)
         return proc
 
-    def ping(self, dst: str | Host, *, count: int = 3, interval: float = 0.2, timeout: float = 10.0) -> PingResult:
-        """Send ``count`` ICMP echo requests to ``dst`` and count the replies."""
+    def ping(
+        self, dst: str | Host, *, count: int = 3, interval: float = 0.2, wait: float = 2.0, timeout: float = 30.0
+    ) -> PingResult:
+        """Send ``count`` ICMP echo requests to ``dst``, ``interval`` s apart; the replies and their round-trip times.
+
+        A reply later than ``wait`` seconds after the last request counts as lost.
+        """
         target = dst.addr if isinstance(dst, Host) else dst
         proc = netns.run(
             self.netns,
-            ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1", target],
+            ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", f"{wait:g}", target],
             timeout=timeout,
             check=False,
         )
         m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", proc.stdout)
         if not m:
             raise LabError(f"ping in {self.role} gave no summary: {proc.stderr.strip() or proc.stdout.strip()}")
-        return PingResult(sent=int(m.group(1)), received=int(m.group(2)))
+        rtts = {}
+        for line in proc.stdout.splitlines():
+            r = re.search(r"icmp_seq=(\d+) .*time=([0-9.]+) ms", line)
+            if r and "DUP!" not in line:
+                rtts.setdefault(int(r.group(1)), float(r.group(2)))
+        return PingResult(sent=int(m.group(1)), received=int(m.group(2)), rtts=tuple(rtts[k] for k in sorted(rtts)))
 
 
 @dataclass(frozen=True)
 class PingResult:
+    """What a ping saw: requests sent, replies received, and each reply's round-trip time (ms, in order)."""
+
     sent: int
     received: int
+    rtts: tuple[float, ...] = ()
+
+    @property
+    def min(self) -> float | None:
+        return min(self.rtts) if self.rtts else None
+
+    @property
+    def avg(self) -> float | None:
+        return sum(self.rtts) / len(self.rtts) if self.rtts else None
+
+    @property
+    def max(self) -> float | None:
+        return max(self.rtts) if self.rtts else None
+
+    def __str__(self) -> str:
+        if not self.rtts:
+            return f"{self.received}/{self.sent} replies"
+        return (f"{self.received}/{self.sent} replies, rtt min/avg/max {self.min:.3f}/{self.avg:.3f}/{self.max:.3f} ms")
 
 
 @dataclass(frozen=True)
@@ -213,6 +243,8 @@ class Lab:
         self.hosts: dict[str, Host] = {}
         self._procs: list[subprocess.Popen[str]] = []
         self._sessions: list[Any] = []  # sessions attached in this lab, detached on down()
+        self._wires: list[tuple[Host, str, Host, str]] = []  # each veth link: (host, ifname, peer, ifname)
+        self._links: dict[frozenset[str], dict[tuple[str, str], Any]] = {}  # conditioned links' ends
         self._closed = False
         self._lock = threading.Lock()
         atexit.register(self.down)
@@ -260,6 +292,7 @@ class Lab:
             # neighbour solicitations retried after 100 ms, not 1 s: the first one can leave before the
             # other end of a new veth answers, and a fresh lab's first IPv6 datagrams would wait a second
             host.run(["sysctl", "-qw", f"net.ipv6.neigh.{ifname}.retrans_time_ms=100"])
+        self._wires.append((a, a_if, b, b_if))
 
     @staticmethod
     def _route(host: Host, gateway: str, gateway6: str) -> None:
@@ -345,6 +378,29 @@ class Lab:
             if session in self._sessions:
                 self._sessions.remove(session)
 
+    def link(self, a: str | Host, b: str | Host) -> Any:
+        """The link between hosts ``a`` and ``b`` (:class:`pktlab.lab.conditions.Link`): ``.set(delay=...)``."""
+        from .conditions import Link, LinkEnd
+
+        self._check_open()
+        ra = a.role if isinstance(a, Host) else str(a)
+        rb = b.role if isinstance(b, Host) else str(b)
+        for host, ifname, peer, peer_if in self._wires:
+            if {host.role, peer.role} == {ra, rb} and ra != rb:
+                with self._lock:
+                    ends = self._links.setdefault(frozenset((ra, rb)), {
+                        (host.role, peer.role): LinkEnd(host, ifname, peer, peer_if, f"{host.role} -> {peer.role}"),
+                        (peer.role, host.role): LinkEnd(peer, peer_if, host, ifname, f"{peer.role} -> {host.role}"),
+                    })  # fmt: skip
+                return Link(self, self[ra], self[rb], ends)
+        pairs = ", ".join(f"{h.role}-{p.role}" for h, _, p, _ in self._wires)
+        raise LabError(f"this lab has no link between {ra!r} and {rb!r}; its links: {pairs}")
+
+    @property
+    def links(self) -> list[Any]:
+        """Every link of the lab (:class:`pktlab.lab.conditions.Link`), conditioned or not."""
+        return [self.link(h.role, p.role) for h, _, p, _ in self._wires]
+
     def __repr__(self) -> str:
         state = "down" if self._closed else "up"
         hosts = ", ".join(f"{h.role}={h.addr}" for h in self.hosts.values() if h.addrs)
@@ -357,6 +413,11 @@ class Lab:
         for h in self.hosts.values():
             addrs = ", ".join(f"{ifname} {a}" for ifname, a in h.addrs.items())
             out.append(f"  {h.role:7s} {addrs}  (namespace {h.netns})")
+        with self._lock:
+            ends = [e for pair in self._links.values() for e in pair.values()]
+        for end in ends:
+            if end.conditions.describe() != "no conditions":
+                out.append(f"  link {end.label}: {end.conditions.describe()}")
         for s in self.sessions:
             out.append(f"  session {s.name}: queue {s.queue} on {s.netns}, {s.rule.describe()}")
         return out
@@ -496,25 +557,42 @@ class Lab:
         return json.loads(q_out.strip().splitlines()[-1])
 
     def tftp(
-        self, size: int = 1300, *, src: str = "client", dst: str = "server", timeout: float = 10.0
+        self,
+        size: int = 1300,
+        *,
+        src: str = "client",
+        dst: str = "server",
+        timeout: float = 10.0,
+        filename: str | None = None,
+        serve: bool = True,
     ) -> dict[str, Any]:
-        """One TFTP read (RFC 1350) of a ``size``-byte file from a one-shot server in ``dst``.
+        """One TFTP read (RFC 1350) of a ``size``-byte file named ``filename`` (default ``lab.bin``) from ``dst``.
 
-        Returns what the reading side got: ``complete``, ``bytes`` and ``ok`` (content as served).
+        A one-shot server runs in ``dst`` (``serve=False``: none; something on the path must answer).
+        Returns what the reading side got: ``complete``, ``bytes``, ``ok`` (content as served),
+        ``seconds`` (request to last block) and ``from`` (the address and port that sent the data);
+        with a server, ``server`` says what it did (``served``, or the ``reason`` it did not).
         """
         self._check_open()
         s, d = self[src], self[dst]
+        name = filename or "lab.bin"
+        server = None
         with _stopped_on_error([]) as started:
-            server = self._traffic(d, "tftp-serve", "--size", str(size), "--timeout", str(timeout))
-            started.append(server)
-            wait_ready(server, f"TFTP server in {d.role}")
-            get = self._traffic(s, "tftp-get", "--server", d.addr, "--timeout", str(timeout))
+            if serve:
+                server = self._traffic(d, "tftp-serve", "--size", str(size), "--timeout", str(timeout))
+                started.append(server)
+                wait_ready(server, f"TFTP server in {d.role}")
+            get = self._traffic(s, "tftp-get", "--server", d.addr, "--file", name, "--timeout", str(timeout))
             started.append(get)
             g_out, g_err = get.communicate(timeout=timeout + 10)
-            server.communicate(timeout=timeout + 10)
+            if server is not None:  # closing its stdin says the reader is done: a server with no request stops
+                s_out, _ = server.communicate(timeout=timeout + 10)
         if not g_out.strip():
             raise LabError(f"TFTP read failed: {g_err.strip()[-300:]!r}")
-        return json.loads(g_out.strip().splitlines()[-1])
+        got = json.loads(g_out.strip().splitlines()[-1])
+        if server is not None:
+            got["server"] = json.loads(s_out.strip().splitlines()[-1]) if s_out.strip() else {"served": False}
+        return got
 
     def ping(self, count: int = 3, *, src: str = "client", dst: str = "server", **kwargs: Any) -> PingResult:
         """Ping ``dst`` from ``src`` ``count`` times."""
@@ -537,7 +615,10 @@ class Lab:
             self._closed = True
             procs, self._procs = self._procs, []
             sessions, self._sessions = list(self._sessions), []
+            ends = [e for pair in self._links.values() for e in pair.values()]
         td = Teardown(f"lab {self.id}")
+        for end in ends:  # delay lines first: the packets they hold leave (accepted) before anything goes
+            td.step(f"removing the conditions of link {end.label}", end.remove)
         for s in sessions:
             td.step(f"detaching session {s.name}", s.detach)
         for p in procs:

@@ -240,12 +240,12 @@ def tftp_serve(size: int, timeout: float, port: int) -> dict:
     """Serve one read request (RFC 1350, octet mode) of a ``size``-byte file, then stop."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("0.0.0.0", port))
-    sock.settimeout(timeout)
     _ready()
-    try:
-        req, peer = sock.recvfrom(1024)
-    except TimeoutError:
+    # a request, or the caller closing our stdin (its reader is done: nothing is coming)
+    readable, _, _ = select.select([sock, sys.stdin], [], [], timeout)
+    if sock not in readable:
         return {"served": False, "reason": "no request"}
+    req, peer = sock.recvfrom(1024)
     if req[:2] != b"\x00\x01":
         return {"served": False, "reason": f"opcode {req[:2].hex()} is not a read request"}
     filename = req[2:].split(b"\x00")[0].decode(errors="replace")
@@ -273,6 +273,7 @@ def tftp_get(server: str, filename: str, timeout: float, port: int) -> dict:
     """Read ``filename`` from a TFTP server (octet mode) and report what arrived."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(timeout)
+    start = time.monotonic()
     sock.sendto(b"\x00\x01" + filename.encode() + b"\x00octet\x00", (server, port))
     got = bytearray()
     expect = 1
@@ -280,7 +281,7 @@ def tftp_get(server: str, filename: str, timeout: float, port: int) -> dict:
         try:
             pkt, peer = sock.recvfrom(TFTP_BLOCK + 4)
         except TimeoutError:
-            return {"complete": False, "bytes": len(got)}
+            return {"complete": False, "bytes": len(got), "seconds": time.monotonic() - start}
         op, block = struct.unpack("!HH", pkt[:4])
         if op != 3:
             return {"complete": False, "bytes": len(got), "opcode": op}
@@ -290,7 +291,8 @@ def tftp_get(server: str, filename: str, timeout: float, port: int) -> dict:
         sock.sendto(struct.pack("!HH", 4, block), peer)
         if len(pkt) - 4 < TFTP_BLOCK:
             break
-    return {"complete": True, "bytes": len(got), "ok": bytes(got) == tftp_content(len(got))}
+    return {"complete": True, "bytes": len(got), "ok": bytes(got) == tftp_content(len(got)),
+            "seconds": time.monotonic() - start, "from": list(peer)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .livestats import HIST_EDGES_US, VERDICT_NAMES, Sample
 
-COLOURS = {"accept": "#2ca02c", "drop": "#d62728", "repeat": "#1f77b4"}
+COLOURS = {"accept": "#2ca02c", "drop": "#d62728", "repeat": "#1f77b4", "sent": "#9467bd"}
 _bokehjs_loaded = False
 
 

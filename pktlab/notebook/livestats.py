@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..pipeline.record import Entry
 
-VERDICT_NAMES = ("accept", "drop", "repeat")
+VERDICT_NAMES = ("accept", "drop", "repeat", "sent")  # "sent": packets pktlab sent (pkt.reply)
 HIST_EDGES_US = tuple(10 ** (k / 4) for k in range(-4, 21))  # 0.1 µs .. 100 ms, 4 bins per decade
 TAIL = 2000  # newest entries read per sample (sizes and handler times beyond it are extrapolated)
 
@@ -55,7 +55,7 @@ class LiveStats:
         now = time.time() if now is None else now
         ring = record.ring
         n = ring.n
-        counts = {"accept": ring.accepted, "drop": ring.dropped, "repeat": ring.repeated}
+        counts = {"accept": ring.accepted, "drop": ring.dropped, "repeat": ring.repeated, "sent": ring.sent}
         errors = ring.errors
         if self._last is not None and n < self._last[1]:
             self._last = (self._last[0], 0, dict.fromkeys(counts, 0), 0)  # the record started afresh (a replay's run)

@@ -22,6 +22,8 @@ from ..teardown import Teardown
 USAGE = """\
 %pktlab lab up [--topology pair|router] [--name NAME]   make a lab (client/server namespaces)
 %pktlab lab down [NAME] | lab status
+%pktlab link A B [--delay 20ms] [--jitter 5ms] [--loss 1%] [--rate 10mbit] [--direction both|a>b|b>a] [--clear]
+                                                        conditions of the link between lab hosts A and B
 %pktlab attach N [--rule MATCH] [--filter TCPDUMP] [--hook HOOK] [--on HOST] [--host] [options]
 %pktlab offload "EXPR" accept|drop|mark [--mark N] | offload remove "EXPR" | offload list
 %pktlab trace [--filter EXPR] [--count N] [--timeout S] [--on HOSTS] [--background]
@@ -111,6 +113,16 @@ def _parsers() -> dict[str, _Parser]:
     npp.add_argument("--udp", action="store_true", help="ping-pong datagrams instead of TCP")
     npp.add_argument("--to", default=None, help="address the client talks to (default: the server's)")
     npp.add_argument("--lab", default=None)
+    ln = _Parser(prog="%pktlab link", add_help=False)
+    ln.add_argument("a", help="a lab host (client, router, server)")
+    ln.add_argument("b", help="the host at the other end of the link")
+    ln.add_argument("--delay", default=None, help="e.g. 20ms (0: none)")
+    ln.add_argument("--jitter", default=None, help="e.g. 5ms, ± around the delay")
+    ln.add_argument("--loss", default=None, help="e.g. 1%% or 0.01")
+    ln.add_argument("--rate", default=None, help="e.g. 10mbit (0: no limit)")
+    ln.add_argument("--direction", default="both", choices=["both", "a>b", "b>a"])
+    ln.add_argument("--clear", action="store_true", help="remove every condition of the link")
+    ln.add_argument("--lab", default=None)
     tr = _Parser(prog="%pktlab trace", add_help=False)
     tr.add_argument("--filter", default="", help="tcpdump filter of the packets to trace")
     tr.add_argument("--count", type=int, default=5)
@@ -124,6 +136,7 @@ def _parsers() -> dict[str, _Parser]:
         "run": run,
         "trace": tr,
         "lab": lab,
+        "link": ln,
         "attach": att,
         "detach": det,
         "status": st,
@@ -179,6 +192,8 @@ class PktlabMagicState:
             return self.cmd_lab(self.parsers["lab"].parse_args(rest))
         if cmd == "attach":
             return self.cmd_attach(self.parsers["attach"].parse_args(rest))
+        if cmd == "link":
+            return self.cmd_link(self.parsers["link"].parse_args(rest))
         if cmd == "detach":
             return self.cmd_detach(self.parsers["detach"].parse_args(rest))
         if cmd == "status":
@@ -272,6 +287,15 @@ class PktlabMagicState:
             lines = lab.describe()
             print("\n".join([f"{n}{' (current)' if n == self.current_lab else ''}: {lines[0]}", *lines[1:]]))
         return None
+
+    def cmd_link(self, a: argparse.Namespace) -> None:
+        link = self.lab(a.lab).link(a.a, a.b)
+        if a.clear:
+            link.clear()
+        changes = {k: getattr(a, k) for k in ("delay", "jitter", "loss", "rate") if getattr(a, k) is not None}
+        if changes:
+            link.set(direction=a.direction, **changes)
+        print("\n".join(link.describe()))
 
     def cmd_attach(self, a: argparse.Namespace) -> Session:
         netns: Any = None

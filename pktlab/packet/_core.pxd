@@ -23,6 +23,7 @@ cdef class PacketCore:
     cdef public bint _modified
     cdef public object _mark
     cdef public object _owner  # (uid, gid) of the local socket the packet belongs to, from the queue (None: none)
+    cdef public object _send  # where pkt.reply sends: the session's Sender (None: the packet has no session)
     cdef public object _flow  # the packet's Flow, or the session's flow table until tracking starts (None: no session)
     cdef int _l4proto  # transport protocol (-1 none), its offset and whether the packet is a fragment:
     cdef Py_ssize_t _l4off  # found once per layout (see _relayout), kept in C: no tuple per packet
@@ -72,6 +73,7 @@ cdef inline PacketCore Packet_from(object cls, object meta, object data, double 
     pkt._buf = data
     pkt._mark = None
     pkt._flow = None
+    pkt._send = None
     pkt._owner = None
     pkt._ipv = None
     pkt._l4v = None
@@ -123,6 +125,7 @@ cdef inline bint packet_recycle(PacketCore pkt, Py_ssize_t refs):
     pkt._buf = None
     pkt._mark = None
     pkt._flow = None
+    pkt._send = None
     pkt._owner = None
     pkt._dirty = False
     pkt._modified = False

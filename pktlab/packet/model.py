@@ -15,8 +15,9 @@ import ipaddress
 import struct
 from typing import Any, Protocol
 
-from ..errors import PacketFormatError
+from ..errors import PacketFormatError, SessionError
 from ._core import PacketCore, fix_packet, set_view_classes
+from .replies import reply_to
 from .user_protocols import registry as protocol_registry
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
 from .views import ICMP, TCP, UDP, ICMPv6, IPv4, IPv6
@@ -314,6 +315,49 @@ class Packet(PacketCore):
     @scapy.setter
     def scapy(self, pkt: Any) -> None:
         self.set_payload(bytes(pkt))
+
+    # -- answers ---------------------------------------------------------------
+    def make_reply(
+        self,
+        payload: Any = None,
+        *,
+        segment: Any = None,
+        flags: str | int = "PA",
+        seq: int | None = None,
+        ack: int | None = None,
+    ) -> Packet:
+        """The packet that answers this one, built but not sent (see :meth:`reply` for the arguments)."""
+        return reply_to(self, payload, segment=segment, flags=flags, seq=seq, ack=ack)
+
+    def reply(
+        self,
+        payload: Any = None,
+        *,
+        segment: Any = None,
+        flags: str | int = "PA",
+        seq: int | None = None,
+        ack: int | None = None,
+    ) -> Packet:
+        """Send an answer to this packet's sender, from its destination; returns the answer.
+
+        UDP: ``payload`` is the answer's payload, ports swapped.  ICMP/ICMPv6 echo
+        request: an echo reply (``payload`` defaults to the request's data).  TCP:
+        a segment from the destination port carrying ``payload`` with ``flags``
+        (default ``"PA"``), ``seq`` (default: what the request acknowledged) and
+        ``ack`` (default: the end of the request's data), or your own ``segment``
+        (TCP header and data).  The handler usually drops the request then.  The
+        answer goes out of the session's namespace (a replay: into its output),
+        is recorded with verdict "sent", and never comes back through a queue.
+        """
+        sender = self._send
+        if sender is None:
+            raise SessionError(
+                "this packet did not come from a session, so there is nowhere to send its answer; "
+                "pkt.make_reply(...) builds the answer without sending it"
+            )
+        answer = reply_to(self, payload, segment=segment, flags=flags, seq=seq, ack=ack)
+        sender.send(answer, answering=self)
+        return answer
 
     # -- verdict-time fix-ups ---------------------------------------------------
     def _fixup(self) -> None:

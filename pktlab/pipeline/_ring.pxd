@@ -21,6 +21,7 @@ cdef class Ring:
     cdef public long long accepted
     cdef public long long dropped
     cdef public long long repeated
+    cdef public long long sent  # packets pktlab sent itself (pkt.reply, Session.send): code SENT
     cdef public long long errors
     cdef Slot* slots
     cdef unsigned char* heads

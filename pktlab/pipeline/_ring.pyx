@@ -8,6 +8,7 @@ from libc.string cimport memcpy, memset
 cdef enum:
     NF_DROP = 0
     NF_ACCEPT = 1
+    SENT = 255  # not a verdict: a packet pktlab sent (see pipeline/sending.py)
 
 
 cdef class Ring:
@@ -42,7 +43,7 @@ cdef class Ring:
     def clear(self):
         """Forget every entry and counter (a capture read again starts a fresh record)."""
         cdef Py_ssize_t i
-        self.n = self.accepted = self.dropped = self.repeated = self.errors = 0
+        self.n = self.accepted = self.dropped = self.repeated = self.sent = self.errors = 0
         memset(self.slots, 0, self.capacity * sizeof(Slot))
         for i in range(self.capacity):
             self.by[i] = None
@@ -62,6 +63,8 @@ cdef class Ring:
             self.accepted += 1
         elif code == NF_DROP:
             self.dropped += 1
+        elif code == SENT:
+            self.sent += 1
         else:
             self.repeated += 1
         if error:

@@ -80,11 +80,19 @@ class HeldPackets:
         self._lock = threading.Lock()
         self._items: list[HeldPacket] = []
         self.released = 0
+        self.on_add: Callable[[HeldPacket], object] | None = None  # told of each packet as it is held
 
     def add(self, nf: Any, pkt: Packet) -> None:
         """Hold a packet (called by the reader thread, through the dispatcher's hold predicate)."""
-        with self._lock:
-            self._items.append(HeldPacket(self, nf, pkt))
+        h = HeldPacket(self, nf, pkt)
+        with self._lock:  # on_add runs under the lock: nobody can give h its verdict before it is told
+            self._items.append(h)
+            if self.on_add is not None:
+                try:
+                    self.on_add(h)
+                except BaseException:
+                    self._items.remove(h)  # not held after all: the dispatcher passes it on
+                    raise
 
     def _give(self, h: HeldPacket, verdict: Verdict, by: str) -> None:
         with self._lock:

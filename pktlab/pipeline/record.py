@@ -16,9 +16,11 @@ from ..packet.model import HOOK_NAMES, summarize
 from ..packet.verdicts import ACCEPT, DROP, REPEAT, Verdict
 from ._ring import Ring
 
-VERDICT_NAMES = {v.code: str(v) for v in (ACCEPT, DROP, REPEAT)}
+SENT = 255  # the "verdict" code of a packet pktlab sent itself (pkt.reply, Session.send): it had no verdict
+VERDICT_NAMES = {**{v.code: str(v) for v in (ACCEPT, DROP, REPEAT)}, SENT: "sent"}
 COLUMNS = [
     "time",
+    "direction",
     "id",
     "hook",
     "size",
@@ -43,7 +45,7 @@ class Entry(NamedTuple):
     hook: str  # PREROUTING, INPUT, FORWARD, OUTPUT or POSTROUTING
     size: int  # bytes from the IP header, as the packet arrived
     head: bytes  # its first ``snaplen`` bytes, as it arrived
-    verdict: str  # accept, drop or repeat
+    verdict: str  # accept, drop or repeat; "sent" for a packet pktlab sent (pkt.reply, Session.send)
     handler: str | None  # the handler whose verdict it got (None: the default verdict)
     handler_us: float  # time in the handlers (0: no handler ran)
     error: str | None  # the handler's error, if it failed
@@ -95,6 +97,11 @@ class Record:
         return {ACCEPT: r.accepted, DROP: r.dropped, REPEAT: r.repeated}
 
     @property
+    def sent(self) -> int:
+        """Packets pktlab sent itself (``pkt.reply``, ``Session.send``), recorded with verdict "sent"."""
+        return self.ring.sent
+
+    @property
     def errors(self) -> int:
         return self.ring.errors
 
@@ -119,6 +126,7 @@ class Record:
             out.append(
                 {
                     "time": e.time,
+                    "direction": "sent" if e.verdict == "sent" else "in",
                     "id": e.id,
                     "hook": e.hook,
                     "size": e.size,
@@ -165,5 +173,6 @@ class Record:
         return {
             "packets": self.n,
             **{str(v): c for v, c in self.counts.items()},
+            "sent": self.sent,
             "errors": self.errors,
         }

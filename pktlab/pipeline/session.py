@@ -34,7 +34,9 @@ from ..kernel import rules as _rules
 from ..kernel.offload import Offload
 from ..kernel.proc import QueueCounters, require_net_admin
 from ..kernel.queue import QueueSource, batch_verdict_prefix
+from ..kernel.sender import RawSender
 from ..packet.model import HOOK_NAMES, Packet
+from ..packet.replies import outgoing
 from ..packet.verdicts import Verdict
 from ..teardown import Teardown
 from ._dispatch import Dispatcher
@@ -44,6 +46,7 @@ from .flows import FlowTable
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .holding import HeldPacket, HeldPackets
 from .record import Record
+from .sending import Sender
 from .tcp_adjust import TcpAdjust
 
 if TYPE_CHECKING:
@@ -316,6 +319,45 @@ class Session(ChainOwner):
             self.source.on_idle = self._dispatch.tick
         self.held = HeldPackets(self, self._dispatch.give_held)
         self._dispatch.on_hold = self.held.add
+        self._dispatch.sender = self._sender = self._make_sender()
+
+    def _make_sender(self) -> Sender:
+        """Where pkt.reply and send() go: the namespace's kernel, or a replay's output capture."""
+        ring = self.record.ring
+        src = self.source
+        if isinstance(src, CaptureSource):
+
+            def clock(answering: Any) -> float:  # capture time: the answered packet's, else the newest packet's
+                if answering is not None:
+                    return float(answering.time)
+                newest = self.record.tail(1)
+                return newest[0].time if newest else 0.0
+
+            return Sender(ring, lambda data, t: src.accepted.append(t, data), link=lambda: src.link, clock=clock,
+                          ready=self._why_not_sending)  # fmt: skip
+        self._raw = RawSender(self.netns)
+        return Sender(ring, lambda data, t: self._raw.send(data), ready=self._why_not_sending)
+
+    def _why_not_sending(self) -> str | None:
+        if self.source.running:  # from the start of reading (a handler may run before attach() returns)
+            return None
+        if self.is_replay:
+            return f"{self.name} is not reading its capture; send from a handler while it runs (s.run(), s.attach())"
+        return f"session {self.name} is detached; attach() it first (it sends from {self.netns or 'the host'})"
+
+    def send(self, data: Any, *, fix: bool = True) -> Packet:
+        """Send a packet you built (bytes from the IP header on, or a scapy ``IP()/...`` packet) from the session.
+
+        Live, it leaves the session's namespace like a local program's packet
+        (routing, OUTPUT, POSTROUTING; its source address as written); in a
+        replay it goes to the output capture.  ``fix`` recomputes its lengths
+        and checksums.  It is recorded with verdict "sent" and never queued to
+        this or another pktlab session.  Returns it as a :class:`~pktlab.Packet`;
+        what cannot leave raises :class:`~pktlab.errors.SendError` with the cause.
+        """
+        pkt = outgoing(data, fix=fix)
+        self._sender.send(pkt)
+        return pkt
 
     def track_flows(self) -> None:
         """Start counting every packet in its flow now (otherwise the first ``pkt.flow`` or ``s.flows`` starts it)."""
@@ -487,6 +529,8 @@ class Session(ChainOwner):
         td.step("releasing held packets", self.held.release)  # the default verdict, before the queue goes
         td.step("stopping the reader", self.source.stop, drain=drain)  # the watchdog still rescues meanwhile
         td.step("stopping the watchdog", self._stop_watchdog)
+        if not self.is_replay:
+            td.step("closing its sending sockets", self._raw.close)
         if self._monitor is not None and not self.is_replay:  # a replay's dashboard shows its runs, one after another
             td.step("stopping the live monitor", self._monitor.stop)
         td.finish("run `pktlab doctor --clean` to remove what is left")

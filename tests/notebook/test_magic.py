@@ -226,3 +226,24 @@ def test_dashboard_and_controls_magics_on_a_replay(shell) -> None:
     c, err = run(shell, "%pktlab controls")
     assert err is None and c.session.is_replay
     c.close()
+
+
+@needs_root
+def test_link_magic_sets_shows_and_clears_conditions(shell, capsys) -> None:
+    _, err = run(shell, "%pktlab link client server --delay 5ms")
+    assert "no lab is up" in err
+    _, err = run(shell, "%pktlab lab up")
+    assert err is None
+    _, err = run(shell, "%pktlab link client server --delay 5ms --loss 1% --direction a>b")
+    assert err is None
+    out = capsys.readouterr().out
+    assert "link client -> server (client eth0 -> server eth0): delay 5 ms, loss 1 %" in out
+    assert "link server -> client (server eth0 -> client eth0): no conditions" in out
+    run(shell, "%pktlab lab status")
+    assert "link client -> server: delay 5 ms, loss 1 %" in capsys.readouterr().out
+    _, err = run(shell, "%pktlab link client server --rate fast")
+    assert "not a rate" in err
+    _, err = run(shell, "%pktlab link client server --clear")
+    assert err is None and "delay" not in capsys.readouterr().out.replace("no conditions", "")
+    _, err = run(shell, "%pktlab link client router")
+    assert "no link between 'client' and 'router'" in err

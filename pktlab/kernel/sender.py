@@ -1,0 +1,97 @@
+"""Sending a whole IP packet into a namespace's stack: raw sockets with the header included.
+
+A packet sent here leaves like one from a local program: through the
+namespace's routing and its OUTPUT and POSTROUTING hooks, with its source
+address as written (a router can answer in the name of the server behind
+it).  Each socket carries ``SENT_MARK`` (``SO_MARK``), and every queue rule
+pktlab installs skips packets with that bit (``rules.QueueRule.spec``), so
+a handler never meets its own answers and an answer can never loop through
+its queue.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+
+from ..errors import SendError
+from . import netns
+
+SENT_MARK = 0x20000000  # one bit of skb->mark: "sent by pktlab", skipped by pktlab's queue rules
+SO_MARK = getattr(socket, "SO_MARK", 36)
+
+_REASONS = {
+    errno.ENETUNREACH: "there is no route to {dst} in {where}; add one or answer a reachable address",
+    errno.EHOSTUNREACH: "{dst} is unreachable from {where} (no neighbour answers); check the lab's links",
+    errno.EMSGSIZE: "the {size}-byte packet is larger than the MTU of the route to {dst} in {where}; send less",
+    errno.EPERM: "the firewall of {where} refused it (an OUTPUT or POSTROUTING rule drops it); allow it there",
+    errno.EACCES: "the firewall of {where} refused it; allow it there",
+    errno.EINVAL: "the kernel refused its header as invalid; check its version, lengths and addresses",
+    errno.ENOBUFS: "the send buffer of {where} is full; send fewer packets at once",
+}
+
+
+def _open(version: int) -> socket.socket:
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    s = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IPPROTO_RAW: the header is ours
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_MARK, SENT_MARK)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+class RawSender:
+    """Raw sockets in namespace ``netns_name`` (None: this process's), opened at the first send."""
+
+    def __init__(self, netns_name: str | None) -> None:
+        self.netns = netns_name
+        self._socks: dict[int, socket.socket] = {}
+        self._lock = threading.Lock()
+
+    def _socket(self, version: int) -> socket.socket:
+        s = self._socks.get(version)
+        if s is not None:
+            return s
+        with self._lock:
+            s = self._socks.get(version)
+            if s is None:
+                try:
+                    s = netns.call_in(self.netns, _open, version)
+                except PermissionError:
+                    raise SendError("sending a packet needs root (CAP_NET_RAW); run the notebook as root") from None
+                except OSError as exc:
+                    raise SendError(
+                        f"cannot open a raw IPv{version} socket in {self._where()} ({exc.strerror}); "
+                        + ("is IPv6 disabled there?" if version == 6 else "is the namespace still there?")
+                    ) from None
+                self._socks[version] = s
+            return s
+
+    def _where(self) -> str:
+        return f"namespace {self.netns}" if self.netns else "the host namespace"
+
+    def send(self, data: bytes) -> None:
+        """Send the IP packet ``data`` (checked and checksummed by the caller); raise SendError with the cause."""
+        version = data[0] >> 4
+        if version == 4:
+            dst = socket.inet_ntop(socket.AF_INET, data[16:20])
+            addr: tuple = (dst, 0)
+        else:
+            dst = socket.inet_ntop(socket.AF_INET6, data[24:40])
+            addr = (dst, 0, 0, 0)
+        s = self._socket(version)
+        try:
+            s.sendto(data, addr)
+        except OSError as exc:
+            why = _REASONS.get(exc.errno or 0)
+            text = why.format(dst=dst, where=self._where(), size=len(data)) if why else f"{exc.strerror}"
+            raise SendError(f"the packet to {dst} was not sent: {text}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._socks.values():
+                s.close()
+            self._socks.clear()
