@@ -15,13 +15,24 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..errors import LabError, MissingToolError
 
 T = TypeVar("T")
 
 NETNS_DIR = "/var/run/netns"
+
+
+class Place(Protocol):
+    """Something that lives in a network namespace: a lab host, or a lab (its server).
+
+    ``netns_and_lab()`` gives the namespace's name and the lab it belongs to
+    (what a session attached there is tracked by); sessions take a place
+    without knowing labs.
+    """
+
+    def netns_and_lab(self) -> tuple[str, Any]: ...
 
 
 def enter(name: str | None) -> None:

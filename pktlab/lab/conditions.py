@@ -46,7 +46,6 @@ from ..kernel import rules as _rules
 
 if TYPE_CHECKING:
     from ..pipeline.holding import HeldPacket
-    from .network import Host, Lab
 
 DELAY_QUEUE_BASE = {"OUTPUT": 65100, "FORWARD": 65200}  # + the number of the interface (eth0 -> 65100, 65200)
 DELAY_TABLE = {"OUTPUT": "raw", "FORWARD": "mangle"}  # the first table of each hook
@@ -233,7 +232,7 @@ class DelayLine:
 class LinkEnd:
     """One direction of a link: what leaves ``host`` through ``ifname`` and arrives at ``peer`` on ``peer_if``."""
 
-    def __init__(self, host: Host, ifname: str, peer: Host, peer_if: str, label: str) -> None:
+    def __init__(self, host: Any, ifname: str, peer: Any, peer_if: str, label: str) -> None:
         self.host, self.ifname = host, ifname
         self.peer, self.peer_if = peer, peer_if
         self.label = label
@@ -341,7 +340,7 @@ class LinkEnd:
 class Link:
     """The veth link between two hosts of a lab; ``set()`` its conditions (see the module's doc)."""
 
-    def __init__(self, lab: Lab, a: Host, b: Host, ends: dict[tuple[str, str], LinkEnd]) -> None:
+    def __init__(self, lab: Any, a: Any, b: Any, ends: dict[tuple[str, str], LinkEnd]) -> None:
         """``ends``: the lab's two directions of this link, by (from, to) role (shared by every Link of the pair)."""
         self.lab = lab
         self.a, self.b = a, b

@@ -78,6 +78,10 @@ class Host:
     addrs6: dict[str, str] = field(default_factory=dict)  # ifname -> IPv6 address (fd77:...)
     lab: Lab | None = field(default=None, repr=False)
 
+    def netns_and_lab(self) -> tuple[str, Lab | None]:
+        """Where a session attached to this host lives, and its lab."""
+        return self.netns, self.lab
+
     @property
     def addr(self) -> str:
         """The host's first IPv4 address."""
@@ -377,6 +381,10 @@ class Lab:
         with self._lock:
             if session in self._sessions:
                 self._sessions.remove(session)
+
+    def netns_and_lab(self) -> tuple[str, Lab]:
+        """A session attached to a lab lives in its server."""
+        return self.server.netns, self
 
     def link(self, a: str | Host, b: str | Host) -> Any:
         """The link between hosts ``a`` and ``b`` (:class:`pktlab.lab.conditions.Link`): ``.set(delay=...)``."""

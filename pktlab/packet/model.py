@@ -327,7 +327,7 @@ class Packet(PacketCore):
         ack: int | None = None,
     ) -> Packet:
         """The packet that answers this one, built but not sent (see :meth:`reply` for the arguments)."""
-        return reply_to(self, payload, segment=segment, flags=flags, seq=seq, ack=ack)
+        return Packet(None, reply_to(self, payload, segment=segment, flags=flags, seq=seq, ack=ack))
 
     def reply(
         self,
@@ -355,7 +355,7 @@ class Packet(PacketCore):
                 "this packet did not come from a session, so there is nowhere to send its answer; "
                 "pkt.make_reply(...) builds the answer without sending it"
             )
-        answer = reply_to(self, payload, segment=segment, flags=flags, seq=seq, ack=ack)
+        answer = Packet(None, reply_to(self, payload, segment=segment, flags=flags, seq=seq, ack=ack))
         sender.send(answer, answering=self)
         return answer
 

@@ -5,8 +5,8 @@ and for UDP the ports swapped, for an ICMP/ICMPv6 echo request the echo reply,
 for TCP a segment with swapped ports whose sequence numbers continue the
 conversation (or the handler's own segment).  :func:`outgoing` checks a
 packet the user built (bytes or a scapy packet) and fixes its lengths and
-checksums.  Both return a :class:`~pktlab.Packet` that nobody has sent yet;
-sending is the session's job (``pkt.reply``, ``Session.send``).
+checksums.  Both return the packet's bytes, sent by nobody yet; sending is the
+session's job (``pkt.reply``, ``Session.send``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import struct
 from typing import Any
 
 from ..errors import PacketFormatError
-from ._core import fix_packet
+from ._core import PacketCore, fix_packet
 from .views.ip import LATER_FRAGMENT
 from .views.transport import TCPFlags
 
@@ -57,13 +57,11 @@ def _fits(version: int, body_len: int) -> None:
         raise PacketFormatError(f"a reply of {body_len:,} bytes does not fit an IP packet (65,535 at most)")
 
 
-def _finish(header: bytes, body: bytes) -> Any:
-    from .model import Packet
-
-    out = Packet(None, bytearray(header + body))
-    fix_packet(out)
-    out._modified = False
-    return out
+def _checksummed(data: bytes) -> bytes:
+    """``data`` with its IP lengths and IP/transport checksums computed (the verdict-time fix-up)."""
+    core = PacketCore(None, bytearray(data))
+    fix_packet(core)
+    return bytes(core._buf)
 
 
 def reply_to(
@@ -74,8 +72,8 @@ def reply_to(
     flags: str | int = "PA",
     seq: int | None = None,
     ack: int | None = None,
-) -> Any:
-    """The packet that answers ``pkt`` (not sent): from its destination back to its source.
+) -> bytes:
+    """The packet that answers ``pkt`` (not sent), from its destination back to its source, as bytes.
 
     UDP: ``payload`` is the datagram's payload.  ICMP/ICMPv6 echo request: an
     echo reply with the same id and sequence, carrying ``payload`` (default: the
@@ -140,17 +138,15 @@ def reply_to(
             "build the packet yourself and send it with s.send"
         )
     _fits(version, len(body))
-    return _finish(_ip_header(version, dst, src, proto, len(body)), body)
+    return _checksummed(_ip_header(version, dst, src, proto, len(body)) + body)
 
 
-def outgoing(data: Any, *, fix: bool = True) -> Any:
-    """A packet the user built (bytes from its IP header, or a scapy packet), checked for sending.
+def outgoing(data: Any, *, fix: bool = True) -> bytes:
+    """A packet the user built (bytes from its IP header, or a scapy packet), checked for sending: its bytes.
 
     ``fix`` recomputes the IP length and the IP and transport checksums (a
     scapy packet has them already; raw bytes usually need them).
     """
-    from .model import Packet
-
     if hasattr(data, "layers") and type(data).__name__ in ("Ether", "CookedLinux", "CookedLinuxV2"):
         data = data.payload  # a scapy Ether()/IP(): what follows the link header is the packet
     raw = _as_bytes(data, "a packet to send")
@@ -165,8 +161,4 @@ def outgoing(data: Any, *, fix: bool = True) -> Any:
         raise PacketFormatError(f"the IPv4 header length {(raw[0] & 15) * 4} does not fit the {len(raw)}-byte packet")
     if len(raw) > 0xFFFF:
         raise PacketFormatError(f"{len(raw):,} bytes do not fit an IP packet (65,535 at most)")
-    out = Packet(None, bytearray(raw))
-    if fix:
-        fix_packet(out)
-    out._modified = False
-    return out
+    return _checksummed(raw) if fix else raw

@@ -50,7 +50,7 @@ from .sending import Sender
 from .tcp_adjust import TcpAdjust
 
 if TYPE_CHECKING:
-    from ..lab.network import Host, Lab
+    from ..kernel.netns import Place
 
 _SESSION_SEQ = itertools.count(1)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
@@ -183,7 +183,7 @@ class Session(ChainOwner):
         hook: str = "INPUT",
         table: str | None = None,
         family: str = "ipv4",
-        netns: str | Host | Lab | None = None,
+        netns: str | Place | None = None,  # a lab host, a lab (its server) or a namespace's name
         allow_host: bool = False,
         allow_all: bool = False,
         bypass: bool = True,
@@ -355,7 +355,7 @@ class Session(ChainOwner):
         this or another pktlab session.  Returns it as a :class:`~pktlab.Packet`;
         what cannot leave raises :class:`~pktlab.errors.SendError` with the cause.
         """
-        pkt = outgoing(data, fix=fix)
+        pkt = Packet(None, outgoing(data, fix=fix))
         self._sender.send(pkt)
         return pkt
 
@@ -394,7 +394,7 @@ class Session(ChainOwner):
         return self._attached
 
     @property
-    def lab(self) -> Lab | None:
+    def lab(self) -> Any:
         """The lab this session was attached in (None for a namespace given by name)."""
         return self._lab
 
@@ -836,18 +836,19 @@ def _hold_all(pkt: Packet) -> bool:
     return True
 
 
-def _resolve_netns(target: Any) -> tuple[Lab | None, str | None]:
-    from ..lab.network import Host, Lab
-
+def _resolve_netns(target: Any) -> tuple[Any, str | None]:
+    """(the lab, the namespace's name) of where a session attaches."""
     if target is None:
         return None, None
-    if isinstance(target, Lab):
-        return target, target.server.netns
-    if isinstance(target, Host):
-        return target.lab, target.netns
     if isinstance(target, str):
         return None, target
-    raise SessionError(f"netns must be a lab host (lab.server), a Lab or a namespace name, not {type(target).__name__}")
+    where = getattr(target, "netns_and_lab", None)
+    if where is None:
+        raise SessionError(
+            f"netns must be a lab host (lab.server), a Lab or a namespace name, not {type(target).__name__}"
+        )
+    name, lab = where()
+    return lab, name
 
 
 def attach(queue: int, **options: Any) -> Session:

@@ -26,7 +26,7 @@ def test_rates_over_one_period() -> None:
     fill(rec, 50, 100.1, verdict=DROP)
     s = st.sample(rec, SimpleNamespace(queue_total=7, queue_dropped=2, user_dropped=1), now=100.5)
     assert s.packets == 250 and s.pps == 500.0
-    assert s.verdicts_ps == {"accept": 400.0, "drop": 100.0, "repeat": 0.0}
+    assert s.verdicts_ps == {"accept": 400.0, "drop": 100.0, "repeat": 0.0, "sent": 0.0}
     assert abs(s.mbps - 250 * 100 * 8 / 0.5 / 1e6) < 1e-9
     assert (s.queue_depth, s.kernel_drops) == (7, 3)
     assert sum(s.hist_counts) == 250 and s.hist_counts[_bin(2.0)] == 250  # every packet took 2 µs

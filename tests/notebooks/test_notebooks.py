@@ -31,6 +31,8 @@ def _run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str)
         # pktlab.mode() must find "replay" by itself
         monkeypatch.setenv("PKTLAB_REPLAY", "1")
     monkeypatch.setenv("PKTLAB_NETPIPE_MAX", "65536")  # 04-netpipe-nat: the reduced run
+    monkeypatch.setenv("PKTLAB_CACHE_MAX", "16384")  # 06-packet-cache: files up to 16 KiB
+    monkeypatch.setenv("PKTLAB_FILTER_COUNT", "10000")  # 07-filter-costs: datagrams per measurement
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "\n".join(
@@ -73,6 +75,18 @@ def test_notebook_runs_top_to_bottom_live(path: Path, tmp_path: Path, monkeypatc
     if path.stem == "02-protocol-views":
         assert "received 5 of 5" in text and "PKTLAB" in text and "10.77.1.9" in text
         assert "lab down: True" in text
+    if path.stem == "06-packet-cache":
+        assert "first read: 5000 bytes, intact True" in text and "the server served it" in text
+        assert "second read: 5000 bytes, intact True" in text and "data from 10.77.2.2" in text
+        assert "the server got no request" in text and "handler errors: 0" in text
+        m = re.search(r"largest file, delayed server / cache: (\d+)x", text)
+        assert m and int(m.group(1)) >= 5  # 33 blocks a 40 ms round trip each, against a local cache
+        assert "lab down: True" in text
+    if path.stem == "07-filter-costs":
+        m = re.search(r"kernel / user space at 64 instructions: ([0-9.]+)x", text)
+        # a program run where the packet lies, against the packet's trip to the notebook and back
+        assert m and float(m.group(1)) > 1.5 and "lab down: True" in text
+        assert "1400-byte datagrams, copy 128 bytes / whole packet" in text
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[f"{p.parent.name}-{p.stem}" for p in NOTEBOOKS])
@@ -91,6 +105,12 @@ def test_notebook_runs_top_to_bottom_in_replay_mode(
 
         n = pktlab.datasets.load("lab-tcp").packets_expected  # every packet of the capture goes to the server
         assert "live mode only" in text and f"packets rewritten: {n} | same bytes out of both: True" in text
+    if path.stem == "06-packet-cache":
+        assert "second request answered by the cache: 3 blocks, 1300 bytes, same as the server's: True" in text
+        assert "download times: live mode only" in text
+    if path.stem == "07-filter-costs":
+        assert "the kernel side: live mode only" in text and "snap length: live mode only" in text
+        assert "64 instructions:" in text and "µs per packet in user space" in text
     if path.stem == "05-kernel-view":
         assert "lab-udp-sizes: 40 packets, 40 matched the filter" in text
         assert "lab-tftp: 7 packets, 0 matched the filter" in text

@@ -31,7 +31,8 @@ def test_dataframe_columns_and_values() -> None:
     for i in range(3):
         r.append(entry(i, DROP if i == 1 else ACCEPT))
     df = r.df()
-    assert list(df.columns)[:9] == ["time", "id", "hook", "size", "proto", "src", "dst", "sport", "dport"]
+    assert list(df.columns)[:10] == ["time", "direction", "id", "hook", "size", "proto", "src", "dst", "sport", "dport"]
+    assert set(df.direction) == {"in"}
     assert list(df["sport"]) == [1000, 1001, 1002]
     assert list(df["verdict"]) == ["accept", "drop", "accept"]
     assert df.loc[1, "handler"] == "h" and df.loc[0, "handler_us"] == 2.5
