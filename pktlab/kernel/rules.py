@@ -116,6 +116,7 @@ class QueueRule:
     family: str = "ipv4"
     prefix: tuple[str, ...] = ()  # extra matches put in front (e.g. a BPF filter)
     skip_sent: bool = True  # leave out packets pktlab sent itself (a link's delay line takes them too)
+    last: bool = False  # at the end of its chain, not the top (a link's delay line: after the user's rules)
 
     def __post_init__(self) -> None:
         hook = self.hook.upper()
@@ -263,7 +264,8 @@ class RuleSet:
         by_tool: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for rule in rules:
             for tool in FAMILIES[rule.family]:
-                by_tool[tool][rule.table or ""].append(restore_join(["-I", rule.hook, *rule.spec(self.tag)]))
+                where = "-A" if getattr(rule, "last", False) else "-I"
+                by_tool[tool][rule.table or ""].append(restore_join([where, rule.hook, *rule.spec(self.tag)]))
         _check_tools(by_tool)
         taken = [t for t in by_tool if self._mine(t)]
         if taken:

@@ -10,19 +10,22 @@ kernel has no ``netem`` qdisc, so each condition is made of what it has:
 * **loss**: an iptables rule where they arrive (the receiving host's
   raw/PREROUTING, ``-i`` its end) dropping a random share
   (``-m statistic --mode random``).
-* **delay** and **jitter**: a *delay line* on the queue where they leave,
-  before the receiver's kernel stamps their arrival (a delay on arrival
-  would be invisible to ping and to every kernel timestamp): two pktlab
-  sessions on the sending host hold every packet leaving the interface — its
-  own packets in raw/OUTPUT (NFQUEUE 65100 + the interface's number), the
-  forwarded ones in mangle/FORWARD (65200 + the number) — and a thread
-  accepts each one when its time has come.  Both run before any session of
-  the user's at those hooks (the user's default tables are filter), and also
-  delay what pktlab sends itself.  Jitter adds a uniform random ±jitter per
-  packet; packets keep their order (a packet never leaves before the one
-  ahead of it).  The queues are fail-open (a stopped delay line delays
-  nothing, it never black-holes) and hold up to 16,384 packets each; the
-  packet rate a delay line sustains is measured in BENCHMARKS.md.
+* **delay** and **jitter**: a *delay line* on the queue where they leave:
+  a pktlab session on the sending host (NFQUEUE 65100 + the interface's
+  number) at the last place a packet passes before the interface —
+  mangle/POSTROUTING, its rule at the end of the chain — holds every packet
+  leaving the interface, the host's own and forwarded ones, and a thread
+  accepts each one when its time has come.  So the delay comes after every
+  handler of the sending host (a cache on a router sees a request before it
+  waits for the link) and before the receiver's kernel stamps its arrival
+  (as netem's would: ping shows it).  What pktlab sends is delayed too.
+  Jitter adds a uniform random ±jitter per packet; packets keep their order
+  (a packet never leaves before the one ahead of it).  The queue is fail-open
+  (a stopped delay line delays nothing, it never black-holes) and holds up
+  to 16,384 packets; the packet rate a delay line sustains is measured in
+  BENCHMARKS.md.  A session of the user's at POSTROUTING of the same host
+  comes first and ends the chain for what it accepts: those packets are not
+  delayed (iptables gives a chain's packets to one queue).
 
 A value of 0 removes a condition, ``None`` (the default) leaves it as it is;
 :meth:`Link.clear` removes them all.  ``Lab.down()`` removes every condition
@@ -47,8 +50,7 @@ from ..kernel import rules as _rules
 if TYPE_CHECKING:
     from ..pipeline.holding import HeldPacket
 
-DELAY_QUEUE_BASE = {"OUTPUT": 65100, "FORWARD": 65200}  # + the number of the interface (eth0 -> 65100, 65200)
-DELAY_TABLE = {"OUTPUT": "raw", "FORWARD": "mangle"}  # the first table of each hook
+DELAY_QUEUE_BASE = 65100  # a delay line's queue: this + the number of its interface (eth0 -> 65100)
 DELAY_QUEUE_LEN = 16384  # packets a delay line can hold at once (the kernel passes more undelayed: fail-open)
 TBF_LATENCY = "50ms"  # how long a packet may wait in the rate limiter's queue before it is dropped
 _TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|µs|ms|s)?\s*$")
@@ -154,27 +156,20 @@ class DelayLine:
         self.delay, self.jitter = delay, jitter
         self._due: collections.deque[tuple[float, HeldPacket]] = collections.deque()
         self._last_due = 0.0
-        self._lock = threading.Lock()  # two reading threads (OUTPUT, FORWARD) append to one line
+        self._lock = threading.Lock()  # the reading thread appends, the releasing one takes
         self._wake = threading.Event()
         self._stop = False
         self._random = random.Random()
         self.released = 0
         self.errors = 0
-        self.sessions: list[Session] = []
-        try:
-            for hook, base in DELAY_QUEUE_BASE.items():
-                s = Session(base + _if_number(ifname), rule=f"-o {ifname}", hook=hook, table=DELAY_TABLE[hook],
-                            netns=netns_name, family="both", deadline=None, record_size=1024, snaplen=64,
-                            copy_range=128, max_len=DELAY_QUEUE_LEN, name=f"delay-{hook.lower()}-{ifname}")  # fmt: skip
-                s.rule = replace(s.rule, skip_sent=False)  # what pktlab sends is delayed too
-                s.say_failures = False
-                s.hold(lambda pkt: True).on_add = self._arrived
-                s.attach()
-                self.sessions.append(s)
-        except BaseException:
-            for s in self.sessions:
-                s.detach()
-            raise
+        self.session = Session(DELAY_QUEUE_BASE + _if_number(ifname), rule=f"-o {ifname}", hook="POSTROUTING",
+                               table="mangle", netns=netns_name, family="both", deadline=None, record_size=1024,
+                               snaplen=64, copy_range=128, max_len=DELAY_QUEUE_LEN, name=f"delay-{ifname}")  # fmt: skip
+        # what pktlab sends is delayed too; after the user's rules of the chain
+        self.session.rule = replace(self.session.rule, skip_sent=False, last=True)
+        self.session.say_failures = False
+        self.session.hold(lambda pkt: True).on_add = self._arrived
+        self.session.attach()
         self._thread = threading.Thread(target=self._run, name=f"pktlab-delay-{ifname}", daemon=True)
         self._thread.start()
 
@@ -219,14 +214,7 @@ class DelayLine:
         self._stop = True
         self._wake.set()
         self._thread.join(5)
-        failures = []
-        for s in self.sessions:
-            try:
-                s.detach()
-            except Exception as exc:  # the other session still goes
-                failures.append(str(exc))
-        if failures:
-            raise LabError("; ".join(failures))
+        self.session.detach()
 
 
 class LinkEnd:
@@ -364,7 +352,8 @@ class Link:
         ``a`` is the first host named in ``lab.link(a, b)``.  Everything is
         checked before anything changes.  Returns the link.
         """
-        self.lab._check_open()
+        if self.lab.closed:
+            raise LabError("this lab is down; make a new one with pktlab.Lab()")
         if direction not in ("both", "a>b", "b>a"):
             raise LabError(f"direction {direction!r} is not 'both', 'a>b' ({self.a.role} to {self.b.role}) or 'b>a'")
         changes: dict[str, float] = {}

@@ -54,17 +54,16 @@ class Sender:
         why = self.ready()
         if why is not None:
             raise SessionError(why)
-        data = bytes(pkt._buf)
-        if self.link() == "ethernet":
-            data = _ethernet(answering, data[0] >> 4) + data
+        ip = bytes(pkt)
+        data = _ethernet(answering, ip[0] >> 4) + ip if self.link() == "ethernet" else ip
         t = self.clock(answering)
         self.deliver(data, t)
-        self.ring.append(t, 0, OUTPUT, len(pkt._buf), bytes(pkt._buf[: self.ring.snaplen]), SENT, None, 0, None, False)
+        self.ring.append(t, 0, OUTPUT, len(ip), ip[: self.ring.snaplen], SENT, None, 0, None, False)
 
 
 def _ethernet(answering: Any, version: int) -> bytes:
     """An Ethernet header for a sent packet: the answered frame's, addresses swapped (zeros if none)."""
-    if answering is not None and getattr(answering, "_eth", False):
-        head = bytes(answering._buf[:12])
+    if answering is not None and answering.eth is not None:
+        head = bytes(answering)[:12]  # an Ethernet frame's packet: its bytes start with the frame
         return head[6:12] + head[0:6] + ETHERTYPE[version]
     return bytes(12) + ETHERTYPE[version]
