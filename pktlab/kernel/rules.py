@@ -152,6 +152,22 @@ class QueueRule:
         )
 
 
+@dataclass(frozen=True)
+class TargetRule:
+    """A tagged rule with a target other than the queue (``("-j", "TRACE")``, ``("-j", "DROP")``), installed
+    and removed through :class:`RuleSet` like a queue rule."""
+
+    hook: str
+    match: tuple[str, ...]
+    target: tuple[str, ...]
+    table: str = "raw"
+    family: str = "both"
+    last: bool = False
+
+    def spec(self, tag: str) -> list[str]:
+        return [*self.match, "-m", "comment", "--comment", tag, *self.target]
+
+
 def front_id(tokens: Sequence[str]) -> tuple[int, int] | None:
     """(pid, number) of a pktlab front rule, from the tag at the start of one of its BPF programs."""
     for i, tok in enumerate(tokens[:-1]):
@@ -259,12 +275,12 @@ class RuleSet:
         self.rules: list[QueueRule] = []
         self.front_keys: set[int] = set()
 
-    def install(self, rules: Sequence[QueueRule]) -> None:
+    def install(self, rules: Sequence[QueueRule | TargetRule]) -> None:
         """Insert ``rules`` at the top of their chains, all at once per table."""
         by_tool: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for rule in rules:
             for tool in FAMILIES[rule.family]:
-                where = "-A" if getattr(rule, "last", False) else "-I"
+                where = "-A" if rule.last else "-I"
                 by_tool[tool][rule.table or ""].append(restore_join([where, rule.hook, *rule.spec(self.tag)]))
         _check_tools(by_tool)
         taken = [t for t in by_tool if self._mine(t)]

@@ -134,19 +134,6 @@ class Conditions:
         return ", ".join(parts) or "no conditions"
 
 
-@dataclass(frozen=True)
-class DropRule:
-    """An iptables rule that drops a random share of what arrives on an interface (a link's loss)."""
-
-    hook: str
-    match: tuple[str, ...]
-    table: str = "raw"
-    family: str = "both"
-
-    def spec(self, tag: str) -> list[str]:
-        return [*self.match, "-m", "comment", "--comment", tag, "-j", "DROP"]
-
-
 class DelayLine:
     """Holds every packet leaving ``ifname`` of namespace ``netns_name`` for its delay, then accepts it."""
 
@@ -276,8 +263,8 @@ class LinkEnd:
             self._loss_seq += 1
             tag = _rules.make_tag(f"loss-{self.peer_if}-{self._loss_seq}")
             new = _rules.RuleSet(tag, self.peer.netns)
-            rule = DropRule("PREROUTING", ("-i", self.peer_if, "-m", "statistic", "--mode", "random",
-                                           "--probability", f"{p:.6f}"))  # fmt: skip
+            match = ("-i", self.peer_if, "-m", "statistic", "--mode", "random", "--probability", f"{p:.6f}")
+            rule = _rules.TargetRule("PREROUTING", match, ("-j", "DROP"))
             new.install([rule])  # the new rule first, then the old one goes: never a moment of no loss rule
         if old is not None:
             old.remove()

@@ -282,7 +282,7 @@ class _HostTrace:
         # the flag is set last, so no packet is flagged before the monitor listens
         match = self.program.match_args() if self.program.instructions else []
         self.ruleset.install(
-            [_TraceRule(hook, tuple(match)) for hook in ("PREROUTING", "OUTPUT")]  # type: ignore[list-item]
+            [_rules.TargetRule(hook, tuple(match), ("-j", "TRACE")) for hook in ("PREROUTING", "OUTPUT")]
         )
 
     def _wait_subscribed(self) -> None:
@@ -342,20 +342,6 @@ class _HostTrace:
             self.thread.join(2)
         if os.path.exists(os.path.join(_netns.NETNS_DIR, self.host.netns)):
             _netns.run(self.host.netns, ["nft", "delete", "table", "inet", self.table], check=False)
-
-
-@dataclass(frozen=True)
-class _TraceRule:
-    """A raw-table TRACE rule, installed through RuleSet like a queue rule."""
-
-    hook: str
-    match: tuple[str, ...]
-    table: str = "raw"
-    family: str = "both"
-    prefix: tuple[str, ...] = ()
-
-    def spec(self, tag: str) -> list[str]:
-        return [*self.match, "-m", "comment", "--comment", tag, "-j", "TRACE"]
 
 
 class Tracer:
