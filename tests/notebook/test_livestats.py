@@ -78,3 +78,16 @@ def test_a_record_that_starts_afresh_counts_from_zero() -> None:
     fill(rec, 10, 11.0)
     s = st.sample(rec, None, now=11.0)
     assert s.pps == 20.0 and s.packets == 10 and all(v >= 0 for v in s.verdicts_ps.values())
+
+
+def test_packets_pktlab_sent_have_their_own_rate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pktlab
+
+    r = pktlab.replay(t.capture(tmp_path / "q.pcap", [t.udp(payload=b"q")] * 4))
+    r.add_handler(lambda pkt: (pkt.reply(b"a"), pkt.drop())[1], "answer")
+    st = LiveStats(window=10, period=0.5)
+    st.sample(r.record, None, now=100.0)
+    r.run()
+    s = st.sample(r.record, None, now=100.5)
+    assert s.verdicts_ps == {"accept": 0.0, "drop": 8.0, "repeat": 0.0, "sent": 8.0}
+    assert [e.verdict for e in s.latest[:2]] == ["drop", "sent"]  # newest first: each answer before its question
