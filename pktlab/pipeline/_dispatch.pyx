@@ -16,7 +16,7 @@ the messages are built here.
 from cpython.bytes cimport PyBytes_AS_STRING
 from libc.errno cimport errno
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport nanosleep, timespec
 from posix.unistd cimport write
 
@@ -55,10 +55,10 @@ cdef inline Py_ssize_t record_offset(NfPacket nf):
 
 
 cdef inline bint tcp_stream_end(const unsigned char* p, Py_ssize_t n, unsigned char* key, Py_ssize_t* klen,
-                                unsigned int* end) noexcept:
+                                unsigned int* end, unsigned int* start=NULL) noexcept:
     """The stream key (addresses, then ports, as in the packet) of an IPv4/IPv6 TCP segment, and the
-    sequence number after it (SYN and FIN count one each); False for anything else (fragments, IPv6 with
-    extension headers, malformed)."""
+    sequence number after it (SYN and FIN count one each; ``start``: its own); False for anything else
+    (fragments, IPv6 with extension headers, malformed)."""
     cdef Py_ssize_t ihl, t, doff, total
     cdef unsigned int seq
     cdef unsigned char flags
@@ -90,6 +90,8 @@ cdef inline bint tcp_stream_end(const unsigned char* p, Py_ssize_t n, unsigned c
     klen[0] += 4
     seq = (<unsigned int>p[t + 4] << 24) | (<unsigned int>p[t + 5] << 16) | (<unsigned int>p[t + 6] << 8) | p[t + 7]
     flags = p[t + 13]
+    if start != NULL:
+        start[0] = seq
     end[0] = seq + <unsigned int>(total - t - doff) + (1 if flags & 0x02 else 0) + (1 if flags & 0x01 else 0)
     return True
 
@@ -613,8 +615,10 @@ cdef class Dispatcher:
         while self.reorder and progress:
             progress = False
             for entry in list(self.reorder):
+                force = everything or now - (<PacketCore>entry[1]).time >= self.reorder_window
+                if force:  # its gap is given up: its stream's waiting segments go from the earliest on
+                    entry = self._earliest_of_stream(entry)
                 nf, pkt, data, verdict, by, err, t0, h = entry
-                force = everything or now - pkt.time >= self.reorder_window
                 try:
                     verdict, err2, modified = self._adjust_give(nf, pkt, data, verdict, h, not force)
                 except SeqAdjWait:
@@ -632,6 +636,34 @@ cdef class Dispatcher:
                 if force:
                     break  # one at a time: the others may be in order now
         return 0
+
+    cdef list _earliest_of_stream(self, list entry):
+        """The kept-back entry of ``entry``'s TCP stream that starts first in the stream (``entry`` if none).
+
+        Kept back in arrival order, a stream's segments may wait out of stream order: passing
+        a later one first would fix where the earlier ones' bytes go (no growth possible then).
+        """
+        cdef unsigned char key[36]
+        cdef unsigned char other_key[36]
+        cdef Py_ssize_t klen = 0, olen = 0, off
+        cdef unsigned int end = 0, start = 0, s = 0
+        cdef bytes data = entry[2]
+        off = record_offset(entry[0])
+        if off > len(data) or not tcp_stream_end(<const unsigned char*>PyBytes_AS_STRING(data) + off,
+                                                 len(data) - off, key, &klen, &end, &start):
+            return entry
+        best = entry
+        for other in self.reorder:
+            if other is entry:
+                continue
+            data = other[2]
+            off = record_offset(other[0])
+            if off > len(data) or not tcp_stream_end(<const unsigned char*>PyBytes_AS_STRING(data) + off,
+                                                     len(data) - off, other_key, &olen, &end, &s):
+                continue
+            if olen == klen and memcmp(other_key, key, klen) == 0 and <int>(s - start) < 0:
+                best, start = other, s
+        return best
 
     def expire_connections(self):
         """Let TCP adjustment state that expired go (live: while no TCP packet comes to do it)."""

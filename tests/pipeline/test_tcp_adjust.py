@@ -124,6 +124,34 @@ def test_a_gap_that_never_fills_lets_the_waiting_segment_go_at_the_end(tmp_path:
     assert r.record.n == 2 and not r.errors
 
 
+def test_after_a_drop_the_waiting_segments_go_in_stream_order_not_arrival_order(tmp_path: Path) -> None:
+    """The handler drops "two"; "four" arrives before "three" and both wait for the gap.  When the first
+    to arrive ("four") has waited the window, the one earliest in the stream ("three") goes first, so
+    that both can be grown (found by a clean-clone loop run: "four" went first and "three"'s growth
+    was refused, its later bytes having passed)."""
+    path = capture(tmp_path / "drop-reorder.pcap", [
+        tcp(flags="PA", seq=101, ack=501, payload=b"one~", **C),
+        tcp(flags="PA", seq=105, ack=501, payload=b"two~", **C),  # dropped by the handler
+        tcp(flags="PA", seq=115, ack=501, payload=b"four~", **C),
+        tcp(flags="PA", seq=109, ack=501, payload=b"three~", **C),
+        tcp(flags="A", seq=501, ack=107, **S),  # 60 ms after "four" came: its wait is over
+    ], gap=0.03)  # fmt: skip
+
+    def grow(pkt):
+        if pkt.tcp.payload == b"two~":
+            return pkt.drop()
+        pkt.tcp.payload = pkt.tcp.payload.replace(b"~", b"<~>")
+        return None
+
+    r = pktlab.replay(path)
+    r.add_handler(grow, "grow")
+    r.run()
+    assert not r.errors, r.errors[:1]
+    out = [pktlab.Packet(None, d).tcp for _, d, _ in r.outputs]
+    assert [(t.seq, t.payload) for t in out if t.payload] == [(101, b"one<~>"), (111, b"three<~>"),
+                                                                (119, b"four<~>")]  # fmt: skip
+
+
 def test_a_refused_rewrite_sends_the_segment_as_it_went_not_as_the_handler_left_it(tmp_path: Path) -> None:
     """A retransmission the handler changes where it did not the first time is refused (the error
     verdict, accept): what goes is what went the first time, not the handler's new bytes (they would
