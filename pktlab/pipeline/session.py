@@ -127,6 +127,8 @@ class Status:
             )
         if self.held:
             out.append(f"  held {self.held} packet(s) waiting for a verdict from the notebook")
+        if c.get("sent"):
+            out.append(f"  sent {c['sent']} packet(s) of its own (pkt.reply, send()), recorded as 'sent'")
         if self.tcp_adjusted or self.kept_back:
             out.append(
                 f"  TCP: {self.tcp_adjusted} connection(s) with rewritten lengths, sequence numbers adjusted; "
