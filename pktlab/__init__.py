@@ -36,6 +36,7 @@ from .kernel import bpf
 from .kernel.bpf import BpfProgram
 from .kernel.offload import Offload
 from .lab.network import Host, Lab, PingResult, UdpFlow, UdpResult
+from .measure.drops import Drop, Drops, DropWatch, drops
 from .measure.netpipe import NetpipeResult, netpipe
 from .measure.timeline import Trace, Tracer, trace
 from .packet.model import Packet
@@ -55,6 +56,9 @@ __all__ = [
     "ACCEPT",
     "BpfProgram",
     "DROP",
+    "Drop",
+    "DropWatch",
+    "Drops",
     "Entry",
     "FilterError",
     "Flow",
@@ -94,6 +98,7 @@ __all__ = [
     "bits",
     "bpf",
     "datasets",
+    "drops",
     "load_ipython_extension",
     "mac",
     "mode",

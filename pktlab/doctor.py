@@ -24,6 +24,7 @@ class Report:
     checks: list[Check]
     cleaned: list[str]
     replay: Check | None = None
+    extras: tuple[Check, ...] = ()  # what a feature beyond live and replay needs (they decide no mode)
 
     @property
     def live(self) -> bool:
@@ -41,6 +42,7 @@ class Report:
         lines = [str(c) for c in self.checks]
         if self.replay is not None:
             lines.append(str(self.replay))
+        lines += [str(c) for c in self.extras]
         failed = ", ".join(c.name for c in self.checks if not c.ok)
         if self.mode == "live":
             lines.append("=> live mode: labs and NFQUEUE sessions work on this machine (replay too)")
@@ -157,4 +159,7 @@ def run(clean: bool = False) -> Report:
     if all(c.ok for c in checks):
         checks.append(_try("live queue", _live_queue, "see the message; `pktlab doctor --clean` removes leftovers"))
     replay = _try("replay", _replay, "run `make setup` (scapy) and keep the repository's datasets/ folder")
-    return Report(checks, cleaned, replay)
+    from .measure.drops import available
+
+    drops = _try("drops (pktlab.drops)", available, "without it pktlab.drops cannot say why packets were dropped")
+    return Report(checks, cleaned, replay, (drops,))

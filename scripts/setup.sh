@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iptables nftables libnetfilter-queue-dev libpcap-dev netpipe-tcp iperf3 iputils-ping tcpdump iproute2 procps coreutils util-linux build-essential chromium python3-venv)
+APT_PACKAGES=(iptables nftables libnetfilter-queue-dev libpcap-dev netpipe-tcp iperf3 iputils-ping tcpdump iproute2 procps coreutils util-linux build-essential chromium python3-venv bpftrace)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +18,8 @@ fi
 
 # the NFQUEUE target and the queue itself (built in on some kernels, modules on others)
 for m in nfnetlink_queue xt_NFQUEUE xt_comment xt_bpf xt_TRACE nft_compat; do modprobe -q "$m" 2>/dev/null || true; done
+# the kernel's tracepoints, for pktlab.drops (bpftrace reads them there)
+if [ ! -e /sys/kernel/tracing/events ]; then mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true; fi
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -29,6 +29,7 @@ USAGE = """\
 %pktlab trace [--filter EXPR] [--count N] [--timeout S] [--on HOSTS] [--background]
                                                         follow packets hook by hook through the lab's hosts
 %pktlab netpipe [--max BYTES] [--udp] [--to ADDR]         NetPIPE client -> server, without and with each queue
+%pktlab drops [--filter EXPR] [--seconds N] [--on HOSTS]  every packet the lab's kernels drop, as it happens, and why
 %pktlab bpf "EXPR"                                      the BPF program of a tcpdump filter (like tcpdump -d)
 %pktlab replay SOURCE [--filter EXPR] [--name N]         a capture (path or dataset name) as the current session
 %pktlab run [--pace X] [--limit N]                      run the current replay through its handlers
@@ -123,6 +124,11 @@ def _parsers() -> dict[str, _Parser]:
     ln.add_argument("--direction", default="both", choices=["both", "a>b", "b>a"])
     ln.add_argument("--clear", action="store_true", help="remove every condition of the link")
     ln.add_argument("--lab", default=None)
+    dr = _Parser(prog="%pktlab drops", add_help=False)
+    dr.add_argument("--filter", default="", help="tcpdump filter of the packets to report")
+    dr.add_argument("--seconds", type=float, default=10.0)
+    dr.add_argument("--on", default=None, help="comma-separated lab hosts (default: all)")
+    dr.add_argument("--lab", default=None)
     tr = _Parser(prog="%pktlab trace", add_help=False)
     tr.add_argument("--filter", default="", help="tcpdump filter of the packets to trace")
     tr.add_argument("--count", type=int, default=5)
@@ -135,6 +141,7 @@ def _parsers() -> dict[str, _Parser]:
         "replay": rp,
         "run": run,
         "trace": tr,
+        "drops": dr,
         "lab": lab,
         "link": ln,
         "attach": att,
@@ -194,6 +201,8 @@ class PktlabMagicState:
             return self.cmd_attach(self.parsers["attach"].parse_args(rest))
         if cmd == "link":
             return self.cmd_link(self.parsers["link"].parse_args(rest))
+        if cmd == "drops":
+            return self.cmd_drops(self.parsers["drops"].parse_args(rest))
         if cmd == "detach":
             return self.cmd_detach(self.parsers["detach"].parse_args(rest))
         if cmd == "status":
@@ -349,6 +358,24 @@ class PktlabMagicState:
         except ValueError as exc:
             raise PktlabError(f"%pktlab trace: {exc}") from None
         return tracer if a.background else tracer.wait()
+
+    def cmd_drops(self, a: argparse.Namespace) -> Any:
+        from ..measure.drops import DropWatch
+
+        lab = self.lab(a.lab)
+        hosts = [lab[h.strip()] for h in a.on.split(",")] if a.on else lab
+        try:
+            watch = DropWatch(hosts, a.filter, a.seconds, on_drop=print)
+        except ValueError as exc:
+            raise PktlabError(f"%pktlab drops: {exc}") from None
+        what = f", packets matching {a.filter}" if a.filter else ""
+        print(f"pktlab: watching {', '.join(h.role for h in watch.hosts)} for {a.seconds:g} s{what}; "
+              "each drop is printed as it happens")  # fmt: skip
+        watch.start()
+        try:
+            return watch.wait()
+        except KeyboardInterrupt:  # Ctrl-C / interrupt the kernel: stop now, keep what was seen
+            return watch.stop()
 
     def cmd_detach(self, a: argparse.Namespace) -> None:
         names = list(self.sessions) if a.all else [a.name or self.current_session]

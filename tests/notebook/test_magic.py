@@ -247,3 +247,30 @@ def test_link_magic_sets_shows_and_clears_conditions(shell, capsys) -> None:
     assert err is None and "delay" not in capsys.readouterr().out.replace("no conditions", "")
     _, err = run(shell, "%pktlab link client router")
     assert "no link between 'client' and 'router'" in err
+
+
+@needs_root
+def test_drops_magic_prints_each_drop_as_it_happens(shell, capsys) -> None:
+    import subprocess
+    import sys
+
+    _, err = run(shell, "%pktlab drops --seconds 1")
+    assert "no lab is up" in err
+    run(shell, "%pktlab lab up")
+    client = [n for n in netns.list_names() if n.endswith("-client")][-1]
+    # one datagram to a closed port every 0.1 s for up to 14 s: the watch (8 s from when bpftrace has
+    # attached) sees some whenever within those 14 s it attaches
+    code = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "for _ in range(140):\n    s.sendto(b'x', ('10.77.1.2', 9994))\n    time.sleep(0.1)\n")  # fmt: skip
+    sender = subprocess.Popen(netns.argv_in(client, [sys.executable, "-c", code]))
+    try:
+        _, err = run(shell, '%pktlab drops --filter "udp and dst port 9994" --seconds 8')
+    finally:
+        sender.kill()  # our own child, by PID
+        sender.wait()
+    assert err is None, err
+    out = capsys.readouterr().out
+    assert "pktlab: watching client, server for 8 s, packets matching udp and dst port 9994" in out
+    assert "NO_SOCKET" in out and "10.77.1.2:9994" in out and "drop(s) on client, server" in out
+    _, err = run(shell, "%pktlab drops --seconds 0")
+    assert "out of range" in err
