@@ -35,9 +35,11 @@ from .errors import (
 from .kernel import bpf
 from .kernel.bpf import BpfProgram
 from .kernel.offload import Offload
+from .lab.conditions import Conditions, Link
 from .lab.network import Host, Lab, PingResult, UdpFlow, UdpResult
 from .measure.drops import Drop, Drops, DropWatch, drops
 from .measure.netpipe import NetpipeResult, netpipe
+from .measure.tftp_cache import TftpCache
 from .measure.timeline import Trace, Tracer, trace
 from .packet.model import Packet
 from .packet.user_protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
@@ -55,6 +57,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ACCEPT",
     "BpfProgram",
+    "Conditions",
     "DROP",
     "Drop",
     "DropWatch",
@@ -70,6 +73,7 @@ __all__ = [
     "Host",
     "Lab",
     "LabError",
+    "Link",
     "NetpipeResult",
     "MissingToolError",
     "Packet",
@@ -88,6 +92,7 @@ __all__ = [
     "TeardownError",
     "Status",
     "Trace",
+    "TftpCache",
     "Tracer",
     "UdpFlow",
     "UdpResult",

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pktlab
-from pktlab import Lab
-from pktlab.measure.tftp_cache import TftpCache
+from pktlab import Lab, TftpCache
 from tests.conftest import needs_root
 
 pytestmark = needs_root
