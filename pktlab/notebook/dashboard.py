@@ -18,18 +18,20 @@ from typing import Any
 from .livestats import HIST_EDGES_US, VERDICT_NAMES, Sample
 
 COLOURS = {"accept": "#2ca02c", "drop": "#d62728", "repeat": "#1f77b4", "sent": "#9467bd"}
-_bokehjs_loaded = False
 
 
 def _load_bokehjs() -> None:
-    """BokehJS into the page once per kernel (BokehModel needs it), from this install: no CDN, no network."""
-    global _bokehjs_loaded
-    if not _bokehjs_loaded:
-        from bokeh.io import output_notebook
-        from bokeh.resources import INLINE
+    """BokehJS into the page (BokehModel's view needs it), from this install: no CDN, no network.
 
-        output_notebook(INLINE, hide_banner=True)
-        _bokehjs_loaded = True
+    With every display, not once per kernel: a page reloaded without saving, a notebook
+    reopened or a second tab has no BokehJS until an output loads it, and the dashboard
+    cell run again there would show "could not create a view" instead of the plots.  The
+    price is BokehJS inline (about 4 MB) in each dashboard's output.
+    """
+    from bokeh.io import output_notebook
+    from bokeh.resources import INLINE
+
+    output_notebook(INLINE, hide_banner=True)
 
 
 class Dashboard:
