@@ -8,6 +8,7 @@ import pytest
 
 import pktlab
 from pktlab import FilterError, Lab
+from pktlab.lab.network import wait_until
 from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = needs_root
@@ -76,7 +77,9 @@ def test_offload_swaps_are_atomic_under_traffic(lab: Lab, queue_num: int) -> Non
         # drop -> accept under traffic: what arrives is exactly everything from some point on
         s.offload(expr, "drop")
         flow = lab.start_udp(2000, rate=2000, timeout=30, idle=1.0, keep=2000)
-        time.sleep(0.4)
+        # the swap once the kernel has dropped some (a sleep was not enough: a clean-clone loop run, the machine
+        # busy, started the sender late and all 2000 came after the swap)
+        assert wait_until(lambda: s.offload_hits(expr) >= 100, 20, 0.005), "the drop offload saw no packets"
         s.offload(expr, "accept")
         r = flow.wait()
         got = sorted(int.from_bytes(p[:4], "big") for p in r.payloads)
