@@ -256,8 +256,9 @@ def test_drops_magic_prints_each_drop_as_it_happens(shell, capsys) -> None:
 
     _, err = run(shell, "%pktlab drops --seconds 1")
     assert "no lab is up" in err
-    run(shell, "%pktlab lab up")
-    client = [n for n in netns.list_names() if n.endswith("-client")][-1]
+    lab, err = run(shell, "%pktlab lab up")
+    assert err is None, err
+    client = lab.client.netns  # this lab's client (not a namespace picked by name: other labs may be up)
     # one datagram to a closed port every 0.1 s for up to 14 s: the watch (8 s from when bpftrace has
     # attached) sees some whenever within those 14 s it attaches
     code = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
