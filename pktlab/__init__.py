@@ -40,7 +40,8 @@ from .lab.network import Host, Lab, PingResult, UdpFlow, UdpResult
 from .measure.drops import Drop, Drops, DropWatch, drops
 from .measure.netpipe import NetpipeResult, netpipe
 from .measure.tftp_cache import TftpCache
-from .measure.timeline import Trace, Tracer, trace
+from .measure.timeline import Trace
+from .measure.tracer import Tracer, trace
 from .packet.model import Packet
 from .packet.user_protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
 from .packet.user_protocols import registry as protocols

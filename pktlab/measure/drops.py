@@ -23,24 +23,21 @@ multicast a host does not listen to, for instance): a filter keeps them out.
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import LabError, MissingToolError, PktlabError
+from ..errors import LabError
 from ..kernel import bpf as _bpf
+from ..kernel import bpftrace as _bpftrace
 from ..kernel import netns as _netns
 from ..packet.model import summarize
 
-TRACEFS = "/sys/kernel/tracing"
-FORMAT = f"{TRACEFS}/events/skb/kfree_skb/format"
+FORMAT = f"{_bpftrace.TRACEFS}/events/skb/kfree_skb/format"
 HEAD = 64  # bytes of each dropped packet reported, from its IP header
 _LINE = re.compile(r"^D (\d+) (\d+) (\d+) (\S+) (.*)$")
 _SYMBOL = re.compile(r"\{\s*(\d+),\s*\"(\w+)\"\s*\}")
@@ -64,45 +61,17 @@ tracepoint:skb:kfree_skb
 
 def reason_names() -> dict[int, str]:
     """The kernel's drop reasons by number, from the tracepoint's own format (this kernel's list)."""
-    ensure_tracefs()
+    _bpftrace.ensure_tracefs()
     with open(FORMAT) as f:
         text = f.read()
     return {int(n): name for n, name in _SYMBOL.findall(text)}
 
 
-def ensure_tracefs() -> None:
-    """Mount tracefs at /sys/kernel/tracing if it is not (root only), or say why tracing cannot work."""
-    if os.path.exists(FORMAT):
-        return
-    proc = subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or not os.path.exists(FORMAT):
-        raise PktlabError(
-            f"the kernel's tracepoints are not readable ({proc.stderr.strip() or 'no skb:kfree_skb event'}); "
-            f"run as root with tracefs mounted (mount -t tracefs nodev {TRACEFS}) on a kernel with tracepoints"
-        )
-
-
 def available() -> str:
     """What watching drops needs, checked (for ``pktlab doctor``); raises with the fix if something is missing."""
-    import shutil
-
-    if shutil.which("bpftrace") is None:
-        raise MissingToolError("bpftrace is not installed; run `make setup` (apt-get install bpftrace)")
+    _bpftrace.require()
     names = reason_names()
     return f"bpftrace and the skb:kfree_skb tracepoint ({len(names)} drop reasons)"
-
-
-def _wall_minus_monotonic() -> float:
-    """Wall-clock time minus the kernel's monotonic clock (s), from the closest of a few paired readings."""
-    best = None
-    for _ in range(5):
-        a = time.monotonic_ns()
-        w = time.time()
-        b = time.monotonic_ns()
-        if best is None or b - a < best[0]:
-            best = (b - a, w - (a + b) / 2e9)
-    assert best is not None
-    return best[1]
 
 
 def _unescape(text: str) -> bytes:
@@ -147,10 +116,11 @@ class Drop:
 class Drops:
     """The drops seen: ``.df`` (a DataFrame), ``str()`` one line each, ``len()``."""
 
-    def __init__(self, drops: list[Drop], filter_expr: str, hosts: list[str]) -> None:
+    def __init__(self, drops: list[Drop], filter_expr: str, hosts: list[str], lost: int = 0) -> None:
         self.drops = drops
         self.filter = filter_expr
         self.hosts = hosts
+        self.lost = lost  # drops the kernel's event buffers could not hold (not in the list)
 
     def __len__(self) -> int:
         return len(self.drops)
@@ -175,6 +145,8 @@ class Drops:
         head = f"{len(self.drops)} drop(s) on {', '.join(self.hosts)}"
         if self.filter:
             head += f" matching {self.filter}"
+        if self.lost:
+            head += f" ({self.lost} more lost: the kernel's event buffers were full)"
         return "\n".join([head, *(str(d) for d in self.drops)])
 
     __repr__ = __str__  # what a cell shows: the drops, one per line
@@ -215,20 +187,20 @@ class DropWatch:
         self.sessions = list(sessions)  # besides the lab's sessions at the time of each drop
         self.drops: list[Drop] = []
         self._inum: dict[int, str] = {}
-        self._proc: subprocess.Popen[str] | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
+        self._bpftrace: _bpftrace.BpftraceProcess | None = None
         self._enough = threading.Event()
         self._t0 = 0.0
         self._result: Drops | None = None
         self._reasons: dict[int, str] = {}
-        self._wall_offset = _wall_minus_monotonic()
+        self._wall_offset = _bpftrace.wall_minus_monotonic()
+
+    @property
+    def lost(self) -> int:
+        """Drops the kernel could not hand to bpftrace (its event buffers were full)."""
+        return self._bpftrace.lost if self._bpftrace is not None else 0
 
     def start(self) -> DropWatch:
-        import shutil
-
-        if shutil.which("bpftrace") is None:
-            raise MissingToolError("bpftrace is not installed; run `make setup` (apt-get install bpftrace)")
+        _bpftrace.require()
         self._reasons = reason_names()
         for h in self.hosts:
             try:
@@ -237,45 +209,27 @@ class DropWatch:
                 raise LabError(f"host {h.role}'s namespace {h.netns} is gone; is the lab still up?") from None
         predicate = " || ".join(f"$ns == {n}" for n in self._inum)
         script = _SCRIPT.format(predicate=predicate, head=HEAD)
-        self._proc = subprocess.Popen(
-            ["bpftrace", "-B", "line", "-e", script],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            bufsize=1,
-        )
-        self._thread = threading.Thread(target=self._read, name="pktlab-drops", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(20) or self._proc.poll() is not None:  # "Attaching 1 probe..." once attached
-            err = self._kill()
-            raise PktlabError(f"bpftrace did not attach to skb:kfree_skb ({err or 'no output'}); see `pktlab doctor`")
+        self._bpftrace = _bpftrace.BpftraceProcess(script, self._on_line, "skb:kfree_skb").start()
         self._t0 = time.monotonic()
-        atexit.register(self.stop)
         return self
 
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for line in self._proc.stdout:
-            if line.startswith("Attaching"):
-                self._ready.set()
-                continue
-            m = _LINE.match(line.rstrip("\n"))
-            if not m:
-                continue
-            ns, inum, reason, where, raw = m.groups()
-            head = _unescape(raw)
-            if self.program is not None and not self.program.matches(head):
-                continue
-            k = int(ns)
-            d = Drop(self._wall_offset + k / 1e9, k, self._inum.get(int(inum), inum),
-                     self._reasons.get(int(reason), f"reason {reason}"), where, head)  # fmt: skip
-            d = self._by_pktlab(d)
-            self.drops.append(d)
-            if self.on_drop is not None:
-                self.on_drop(d)
-            if self.count is not None and len(self.drops) >= self.count:
-                self._enough.set()
+    def _on_line(self, line: str) -> None:
+        m = _LINE.match(line)
+        if not m:
+            return
+        ns, inum, reason, where, raw = m.groups()
+        head = _unescape(raw)
+        if self.program is not None and not self.program.matches(head):
+            return
+        k = int(ns)
+        d = Drop(self._wall_offset + k / 1e9, k, self._inum.get(int(inum), inum),
+                 self._reasons.get(int(reason), f"reason {reason}"), where, head)  # fmt: skip
+        d = self._by_pktlab(d)
+        self.drops.append(d)
+        if self.on_drop is not None:
+            self.on_drop(d)
+        if self.count is not None and len(self.drops) >= self.count:
+            self._enough.set()
 
     def _by_pktlab(self, d: Drop) -> Drop:
         """A drop by a queue's verdict: the session and handler whose verdict it was, from their records."""
@@ -296,31 +250,15 @@ class DropWatch:
         enough = self._enough.wait(max(0.0, self.seconds - (time.monotonic() - self._t0)))
         return self.stop(settle=0.0 if enough else 0.3)
 
-    def _kill(self) -> str:
-        p = self._proc
-        err = ""
-        if p is not None and p.poll() is None:
-            os.kill(p.pid, signal.SIGINT)  # our own child, by PID: bpftrace detaches its probe
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(5)
-        if p is not None and p.stderr is not None:
-            err = " ".join(line.strip() for line in p.stderr.read().splitlines() if "RLIMIT_MEMLOCK" not in line)
-        if self._thread is not None:
-            self._thread.join(5)
-        return err[-300:]
-
     def stop(self, settle: float = 0.3) -> Drops:
         """Stop watching and give the drops seen, after ``settle`` s for events still on their way from the kernel."""
         if self._result is not None:
             return self._result
-        atexit.unregister(self.stop)
-        if settle > 0 and self._proc is not None and self._proc.poll() is None:
+        if settle > 0 and self._bpftrace is not None and self._bpftrace.running:
             time.sleep(settle)  # bpftrace reads the kernel's event buffers a moment after the drop
-        self._kill()
-        self._result = Drops(list(self.drops), self.filter, [h.role for h in self.hosts])
+        if self._bpftrace is not None:
+            self._bpftrace.stop()
+        self._result = Drops(list(self.drops), self.filter, [h.role for h in self.hosts], self.lost)
         return self._result
 
     def __enter__(self) -> DropWatch:

@@ -349,7 +349,7 @@ class PktlabMagicState:
         return s.offload(a.expr, a.verdict, mark=a.mark)
 
     def cmd_trace(self, a: argparse.Namespace) -> Any:
-        from ..measure.timeline import Tracer
+        from ..measure.tracer import Tracer
 
         lab = self.lab(a.lab)
         hosts = [lab[h.strip()] for h in a.on.split(",")] if a.on else lab

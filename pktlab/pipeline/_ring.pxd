@@ -5,6 +5,7 @@ cimport cython
 cdef struct Slot:
     double time
     long long ns
+    long long mono  # CLOCK_MONOTONIC when the entry was written: the verdict was decided (the kernel's clock)
     unsigned int id
     unsigned int size
     unsigned short keep

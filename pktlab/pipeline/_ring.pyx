@@ -5,6 +5,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
+from pktlab._common cimport mono_ns
+
 cdef enum:
     NF_DROP = 0
     NF_ACCEPT = 1
@@ -78,6 +80,7 @@ cdef class Ring:
         cdef Py_ssize_t keep = avail if avail < self.snaplen else self.snaplen
         s.time = t
         s.ns = ns
+        s.mono = mono_ns()
         s.id = pid
         s.size = <unsigned int>size
         s.keep = <unsigned short>keep
@@ -132,6 +135,6 @@ cdef class Ring:
             out.append(entry(
                 s.time, s.id, hooks[s.hook] if s.hook < len(hooks) else str(s.hook), s.size,
                 PyBytes_FromStringAndSize(<const char*>self.heads + i * self.snaplen, s.keep),
-                verdicts[s.code], self.by[i], s.ns / 1000.0, self.err[i], bool(s.flags & 1),
+                verdicts[s.code], self.by[i], s.ns / 1000.0, self.err[i], bool(s.flags & 1), s.mono,
             ))
         return out

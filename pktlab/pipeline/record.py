@@ -50,6 +50,7 @@ class Entry(NamedTuple):
     handler_us: float  # time in the handlers (0: no handler ran)
     error: str | None  # the handler's error, if it failed
     modified: bool  # a handler rewrote it
+    decided_ns: int = 0  # CLOCK_MONOTONIC (the kernel's clock, ns) when its verdict was decided; 0: not known
 
 
 MAX_RECORD_BYTES = 1 << 30  # packet heads a record may hold; a larger one is refused, not half-allocated

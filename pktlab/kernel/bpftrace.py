@@ -1,0 +1,138 @@
+"""bpftrace scripts run as managed child processes: attached or refused at start, stopped by PID, losses counted.
+
+This kernel has tracepoints with BPF and BTF but no kprobes; Debian's
+``bpftrace`` compiles a script at run time (no compiler needed at install
+time) and prints one line per event, which pktlab reads in a thread.  When
+the kernel's per-CPU event buffers fill faster than bpftrace empties them the
+kernel drops events and bpftrace says how many ("Lost N events"):
+:attr:`BpftraceProcess.lost` counts them so that a result can say what it
+misses.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+from ..errors import MissingToolError, PktlabError
+
+TRACEFS = "/sys/kernel/tracing"
+_LOST = re.compile(r"Lost (\d+) events")
+
+
+def ensure_tracefs(event: str = "skb/kfree_skb") -> None:
+    """Mount tracefs at /sys/kernel/tracing if it is not (root only), or say why tracing cannot work."""
+    if os.path.exists(f"{TRACEFS}/events/{event}/format"):
+        return
+    proc = subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not os.path.exists(f"{TRACEFS}/events/{event}/format"):
+        raise PktlabError(
+            f"the kernel's tracepoints are not readable ({proc.stderr.strip() or f'no {event} event'}); "
+            f"run as root with tracefs mounted (mount -t tracefs nodev {TRACEFS}) on a kernel with tracepoints"
+        )
+
+
+def require() -> str:
+    """The bpftrace executable's path, or a :class:`MissingToolError` naming the fix."""
+    path = shutil.which("bpftrace")
+    if path is None:
+        raise MissingToolError("bpftrace is not installed; run `make setup` (apt-get install bpftrace)")
+    return path
+
+
+def wall_minus_monotonic() -> float:
+    """Wall-clock time minus the kernel's monotonic clock (s), from the closest of a few paired readings.
+
+    bpftrace's ``nsecs`` is CLOCK_MONOTONIC, as is Python's ``time.monotonic_ns()``.
+    """
+    best = None
+    for _ in range(5):
+        a = time.monotonic_ns()
+        w = time.time()
+        b = time.monotonic_ns()
+        if best is None or b - a < best[0]:
+            best = (b - a, w - (a + b) / 2e9)
+    assert best is not None
+    return best[1]
+
+
+class BpftraceProcess:
+    """One bpftrace script; every line it prints goes to ``on_line`` (from a reading thread)."""
+
+    def __init__(
+        self, script: str, on_line: Callable[[str], None], what: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.script = script
+        self.on_line = on_line
+        self.what = what  # for messages: "skb:kfree_skb", "the timeline's tracepoints"
+        self.env = env or {}
+        self.lost = 0
+        self._proc: subprocess.Popen[str] | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._err: list[str] = []
+
+    def start(self, timeout: float = 20.0) -> BpftraceProcess:
+        """Start bpftrace and wait until its probes are attached; raise with bpftrace's reason if they are not."""
+        self._proc = subprocess.Popen(
+            [require(), "-B", "line", "-e", self.script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            env={**os.environ, **self.env},
+        )
+        self._thread = threading.Thread(target=self._read, name="pktlab-bpftrace", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._proc.poll() is not None:  # "Attaching N probes..." once attached
+            err = self.stop()
+            raise PktlabError(f"bpftrace did not attach to {self.what} ({err or 'no output'}); see `pktlab doctor`")
+        atexit.register(self.stop)
+        return self
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if line.startswith("Attaching"):
+                self._ready.set()
+                continue
+            m = _LOST.search(line)
+            if m:
+                self.lost += int(m.group(1))
+                continue
+            self.on_line(line.rstrip("\n"))
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> str:
+        """Stop bpftrace (its probes are detached) and give what it wrote on stderr, if anything."""
+        atexit.unregister(self.stop)
+        p = self._proc
+        if p is not None and p.poll() is None:
+            os.kill(p.pid, signal.SIGINT)  # our own child, by PID: bpftrace detaches its probes
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(5)
+        if p is not None and p.stderr is not None and not p.stderr.closed:
+            for line in p.stderr.read().splitlines():
+                m = _LOST.search(line)
+                if m:
+                    self.lost += int(m.group(1))
+                elif "RLIMIT_MEMLOCK" not in line and line.strip():
+                    self._err.append(line.strip())
+            p.stderr.close()
+        if self._thread is not None:
+            self._thread.join(5)
+        return " ".join(self._err)[-300:]
