@@ -159,7 +159,9 @@ def run(clean: bool = False) -> Report:
     if all(c.ok for c in checks):
         checks.append(_try("live queue", _live_queue, "see the message; `pktlab doctor --clean` removes leftovers"))
     replay = _try("replay", _replay, "run `make setup` (scapy) and keep the repository's datasets/ folder")
-    from .measure.drops import available
+    from .measure import drops, kernel_steps
 
-    drops = _try("drops (pktlab.drops)", available, "without it pktlab.drops cannot say why packets were dropped")
-    return Report(checks, cleaned, replay, (drops,))
+    watch = _try("drops (pktlab.drops)", drops.available, "without it pktlab.drops cannot say why packets were dropped")
+    timeline = _try("timeline (pktlab.trace)", kernel_steps.available,
+                    "without it pktlab.trace cannot follow packets with the kernel's times")  # fmt: skip
+    return Report(checks, cleaned, replay, (watch, timeline))

@@ -28,6 +28,7 @@ import re
 import threading
 from dataclasses import dataclass
 
+from ..errors import PktlabError
 from ..kernel import bpftrace as _bpftrace
 from .drops import _unescape, reason_names
 
@@ -140,6 +141,45 @@ def script(namespaces: list[int], sockets: list[int]) -> str:
     )
 
 
+TRACEPOINTS = ("sock/sk_data_ready", "net/netif_receive_skb", "net/net_dev_queue", "net/net_dev_start_xmit",
+               "skb/consume_skb", "skb/kfree_skb")  # fmt: skip
+
+
+def available() -> str:
+    """What the timeline needs, checked (for ``pktlab doctor``); raises with the fix if something is missing."""
+    import os
+
+    _bpftrace.require()
+    _bpftrace.ensure_tracefs()
+    missing = [t for t in TRACEPOINTS if not os.path.exists(f"{_bpftrace.TRACEFS}/events/{t}/format")]
+    if missing:
+        raise PktlabError(f"this kernel lacks the tracepoints {', '.join(missing)}; pktlab.trace needs them")
+    return f"bpftrace and the {len(TRACEPOINTS)} tracepoints of the timeline (kernel times, drops)"
+
+
+def parse_line(line: str, reasons: dict[int, str]) -> KernelStep | tuple[int, int, int] | None:
+    """One line of the script: a step, a message stamp ``(socket inode, n, t_ns)``, or ``None`` (not ours)."""
+    m = _STAMP.match(line)
+    if m:
+        t, ino, n = (int(x) for x in m.groups())
+        return ino, n, t
+    if line[:2] not in ("R ", "Q ", "X ", "S ", "C ", "D "):
+        return None
+    tag = line[0]
+    parts = line.split(" ", 6 if tag == "D" else 5)
+    t, ns, skb = int(parts[1]), int(parts[2]), int(parts[3])
+    kind = KINDS[tag]
+    if tag == "R":
+        return KernelStep(t, ns, kind, skb, int(parts[4]), b"")
+    if tag == "D":
+        reason = reasons.get(int(parts[4]), f"reason {parts[4]}")
+        return KernelStep(t, ns, kind, skb, None, _unescape(parts[6] if len(parts) > 6 else ""), reason, parts[5])
+    head = _unescape(parts[5] if len(parts) > 5 else "")
+    if tag == "S":
+        return KernelStep(t, ns, kind, skb, None, head, socket_proto=int(parts[4]))
+    return KernelStep(t, ns, kind, skb, None if tag == "C" else int(parts[4]), head)
+
+
 class KernelClock:
     """The bpftrace process of one trace: message stamps by socket, and the device/socket/drop steps."""
 
@@ -163,31 +203,13 @@ class KernelClock:
         return self._proc.lost
 
     def _on_line(self, line: str) -> None:
-        m = _STAMP.match(line)
-        if m:
-            t, ino, n = (int(x) for x in m.groups())
-            with self._lock:
-                self.stamps.setdefault(ino, {})[n] = t
-            return
-        if line[:2] not in ("R ", "Q ", "X ", "S ", "C ", "D "):
-            return
-        tag = line[0]
-        parts = line.split(" ", 6 if tag == "D" else 5)
-        t, ns, skb = int(parts[1]), int(parts[2]), int(parts[3])
-        kind = KINDS[tag]
-        if tag == "R":
-            step = KernelStep(t, ns, kind, skb, int(parts[4]), b"")
-        elif tag == "D":
-            reason = self._reasons.get(int(parts[4]), f"reason {parts[4]}")
-            step = KernelStep(t, ns, kind, skb, None, _unescape(parts[6] if len(parts) > 6 else ""), reason, parts[5])
-        else:
-            head = _unescape(parts[5] if len(parts) > 5 else "")
-            if tag == "S":
-                step = KernelStep(t, ns, kind, skb, None, head, socket_proto=int(parts[4]))
-            else:
-                step = KernelStep(t, ns, kind, skb, None if tag == "C" else int(parts[4]), head)
+        got = parse_line(line, self._reasons)
         with self._lock:
-            self.steps.append(step)
+            if isinstance(got, KernelStep):
+                self.steps.append(got)
+            elif got is not None:
+                ino, n, t = got
+                self.stamps.setdefault(ino, {})[n] = t
 
     def stop(self) -> str:
         """Stop bpftrace; what it said on stderr, if anything."""

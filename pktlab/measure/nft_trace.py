@@ -202,10 +202,14 @@ _COUNTER = re.compile(r"\s*counter packets \d+ bytes \d+")
 
 def rule_texts(netns: str | None) -> dict[tuple[str, str, str, int], str]:
     """Every rule of a namespace's ruleset by (family, table, chain, handle), as ``nft`` writes it (no counters)."""
-    proc = _netns.run(netns, ["nft", "-a", "list", "ruleset"], check=False)
+    return parse_ruleset(_netns.run(netns, ["nft", "-a", "list", "ruleset"], check=False).stdout)
+
+
+def parse_ruleset(text: str) -> dict[tuple[str, str, str, int], str]:
+    """The rules of ``nft -a list ruleset``'s output by (family, table, chain, handle), counters left out."""
     out: dict[tuple[str, str, str, int], str] = {}
     family = table = chain = ""
-    for line in proc.stdout.splitlines():
+    for line in text.splitlines():
         if m := _TABLE_LINE.match(line):
             family, table, chain = m.group(1), m.group(2), ""
         elif m := _CHAIN_LINE.match(line):

@@ -67,3 +67,15 @@ def test_a_record_too_large_for_memory_is_refused_with_the_size_that_fits() -> N
     with pytest.raises(ValueError, match=r"6\.1 GiB .* record_size=16,384 or fewer"):
         Record(100_000, 65535)
     assert Record(1_000, 65535).capacity == 1_000  # whole packets, a record of a thousand: fine
+
+
+def test_each_entry_carries_when_its_verdict_was_decided_on_the_kernels_clock() -> None:
+    import time
+
+    r = Record(capacity=10)
+    before = time.monotonic_ns()
+    for i in range(3):
+        r.append(entry(i))
+    after = time.monotonic_ns()
+    decided = [e.decided_ns for e in r]
+    assert before <= decided[0] <= decided[1] <= decided[2] <= after  # CLOCK_MONOTONIC, as bpftrace's nsecs
