@@ -21,7 +21,8 @@ def test_doctor_says_live_mode_works_here() -> None:
     assert [c.name for c in report.checks] == ["kernel", "tools", "privileges", "python packages", "live queue"]
     assert "live mode: labs and NFQUEUE sessions work" in str(report) and report.mode == "live"
     assert report.replay is not None and report.replay.ok
-    assert [(c.name, c.ok) for c in report.extras] == [("drops (pktlab.drops)", True), ("timeline (pktlab.trace)", True)]
+    extras = [(c.name, c.ok) for c in report.extras]
+    assert extras == [("drops (pktlab.drops)", True), ("timeline (pktlab.trace)", True)], str(report)
 
 
 def test_without_cap_net_admin_doctor_says_replay_only_and_why() -> None:
