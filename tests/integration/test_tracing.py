@@ -14,8 +14,9 @@ from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = needs_root
 
-SEND = "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); " \
-       "[s.sendto(b'x' * int(sys.argv[4]), (sys.argv[1], int(sys.argv[2]))) for _ in range(int(sys.argv[3]))]"  # fmt: skip
+SEND = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "[s.sendto(b'x' * int(sys.argv[4]), (sys.argv[1], int(sys.argv[2]))) "
+        "for _ in range(int(sys.argv[3]))]")
 
 
 def _send(lab: Lab, port: int, n: int, size: int = 1) -> None:
