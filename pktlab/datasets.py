@@ -83,3 +83,18 @@ def resolve(source: str | os.PathLike[str]) -> Path:
     if isinstance(source, str) and os.sep not in source and not source.endswith((".pcap", ".pcapng")):
         return load(source).path
     raise PktlabError(f"no capture file {str(source)!r}; give a pcap/pcapng path or one of: {', '.join(names())}")
+
+
+def trace_names() -> list[str]:
+    """The recorded traces in ``datasets/traces/`` (made by ``scripts/make_trace_datasets.py``)."""
+    return sorted(p.stem for p in (DATA_DIR / "traces").glob("*.json"))
+
+
+def trace(name: str) -> Any:
+    """A recorded :class:`pktlab.Trace` (what ``pktlab.trace`` gave on a lab), for machines that cannot trace."""
+    from .measure.timeline import Trace
+
+    path = DATA_DIR / "traces" / f"{name}.json"
+    if not path.exists():
+        raise PktlabError(f"no recorded trace named {name!r}; the recorded traces are {', '.join(trace_names())}")
+    return Trace.load(str(path))

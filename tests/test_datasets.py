@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import ICMP, TCP, UDP
 from scapy.utils import rdpcap
 
@@ -163,3 +164,21 @@ def test_tftp_capture_has_a_whole_read() -> None:
     ops = [bytes(p[UDP].payload)[:2] for p in pkts]
     assert ops[0] == b"\x00\x01" and bytes(pkts[0][UDP].payload)[2:9] == b"lab.bin" and pkts[0][UDP].dport == 69
     assert ops.count(b"\x00\x03") == 3 and ops.count(b"\x00\x04") == 3
+
+
+def test_the_recorded_traces_show_a_packets_life_and_three_drops() -> None:
+    import pktlab
+
+    assert pktlab.datasets.trace_names() == ["lab-drops", "lab-ping"]
+    ping = pktlab.datasets.trace("lab-ping")
+    request, reply = ping.packets
+    assert request.hosts == ["client", "router", "server"] and reply.hosts == ["server", "router", "client"]
+    for p in ping.packets:
+        times = [s.t_ns for s in p.steps]
+        assert times == sorted(times) and all(s.exact for s in p.steps)
+        assert [s.kind for s in p.steps if s.host == "router"].count("pktlab") == 1
+    drops = pktlab.datasets.trace("lab-drops").drops
+    assert list(drops["reason"]) == ["NO_SOCKET", "NETFILTER_DROP", "NOT_SPECIFIED"]
+    assert "udp dport 9301 drop" in drops["by"][1] and "handler no_9302" in drops["by"][2]
+    with pytest.raises(pktlab.PktlabError, match="the recorded traces are lab-drops, lab-ping"):
+        pktlab.datasets.trace("nope")

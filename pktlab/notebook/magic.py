@@ -29,7 +29,7 @@ USAGE = """\
 %pktlab trace [--filter EXPR] [--count N] [--timeout S] [--on HOSTS] [--background]
                                                         follow packets hook by hook through the lab's hosts
 %pktlab netpipe [--max BYTES] [--udp] [--to ADDR]         NetPIPE client -> server, without and with each queue
-%pktlab drops [--filter EXPR] [--seconds N] [--on HOSTS]  every packet the lab's kernels drop, as it happens, and why
+%pktlab drops [--filter EXPR] [--seconds N] [--on HOSTS] [--background]  each packet the lab's kernels drop, and why
 %pktlab bpf "EXPR"                                      the BPF program of a tcpdump filter (like tcpdump -d)
 %pktlab replay SOURCE [--filter EXPR] [--name N]         a capture (path or dataset name) as the current session
 %pktlab run [--pace X] [--limit N]                      run the current replay through its handlers
@@ -128,6 +128,7 @@ def _parsers() -> dict[str, _Parser]:
     dr.add_argument("--filter", default="", help="tcpdump filter of the packets to report")
     dr.add_argument("--seconds", type=float, default=10.0)
     dr.add_argument("--on", default=None, help="comma-separated lab hosts (default: all)")
+    dr.add_argument("--background", action="store_true", help="return once watching; .wait() or .stop() gives them")
     dr.add_argument("--lab", default=None)
     tr = _Parser(prog="%pktlab trace", add_help=False)
     tr.add_argument("--filter", default="", help="tcpdump filter of the packets to trace")
@@ -372,6 +373,8 @@ class PktlabMagicState:
         print(f"pktlab: watching {', '.join(h.role for h in watch.hosts)} for {a.seconds:g} s{what}; "
               "each drop is printed as it happens")  # fmt: skip
         watch.start()
+        if a.background:
+            return watch
         try:
             return watch.wait()
         except KeyboardInterrupt:  # Ctrl-C / interrupt the kernel: stop now, keep what was seen

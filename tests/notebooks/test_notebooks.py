@@ -72,6 +72,11 @@ def test_notebook_runs_top_to_bottom_live(path: Path, tmp_path: Path, monkeypatc
         assert "delivered 20 of 30; queued 20; decided in the kernel 10" in text
         assert "after the swap: delivered 30 of 30" in text
         assert "pktlab queue 2" in text and "FORWARD" in text and "lab down: True" in text
+        assert "received by eth0" in text and "µs here" in text  # the timeline, on the kernel's clock
+        for why in ("NO_SOCKET", "NETFILTER_DROP by ip filter FORWARD", "handler no_9302"):
+            assert why in text, why
+        assert "pktlab: watching client, router, server for 10 s" in text
+        assert "5 drops seen, reasons ['NO_SOCKET']" in text
     if path.stem == "02-protocol-views":
         assert "received 5 of 5" in text and "PKTLAB" in text and "10.77.1.9" in text
         assert "lab down: True" in text
@@ -115,3 +120,6 @@ def test_notebook_runs_top_to_bottom_in_replay_mode(
         assert "lab-udp-sizes: 40 packets, 40 matched the filter" in text
         assert "lab-tftp: 7 packets, 0 matched the filter" in text
         assert "live mode only" in text
+        # the recorded traces: the same timeline and drops as live
+        assert "echo-request" in text and "pktlab queue 2" in text and "received by eth0" in text
+        assert "NO_SOCKET" in text and "NETFILTER_DROP by ip filter FORWARD" in text and "handler no_9302" in text
