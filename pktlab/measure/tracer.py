@@ -21,9 +21,13 @@ id and by the kernel's packet address, across hosts by the packet's identity
 session reads is followed by that session's record of it (handler, verdict,
 time in the handlers).
 
-Bounds: ``count`` packets, ``timeout`` seconds; the kernel keeps at most
-65,536 received packets waiting to be recognised as traced, and events its
-per-CPU buffers cannot hold are counted in :attr:`Trace.lost`.
+Bounds: the kernel flags at most ``count`` packets per host and direction
+(``-m limit`` with a burst of ``count``, at most 10,000), so a flood is not
+traced beyond what was asked; the trace lasts at most ``timeout`` seconds;
+the tracepoint script remembers at most 65,536 received packets waiting to be
+recognised as traced; events the kernel's buffers could not hold (bpftrace's
+per-CPU buffers, the trace socket's receive buffer) are counted in
+:attr:`Trace.lost`.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ if TYPE_CHECKING:
     from ..pipeline.session import Session
 
 _SEQ = itertools.count(1)
+MAX_COUNT = 10_000  # packets per trace: the kernel's token bucket (xt limit's burst) holds at most this many
 _LINK = re.compile(r"^(\d+): ([^:@\s]+)")
 _SOCKET_PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 255: "raw"}
 
@@ -58,9 +63,10 @@ _SOCKET_PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 255: "raw"}
 class _HostTrace:
     """Tracing on one host: the hook table, the listener, the flagging rules, and what was heard."""
 
-    def __init__(self, host: Host, program: _bpf.BpfProgram, tag: str, table: str) -> None:
+    def __init__(self, host: Host, program: _bpf.BpfProgram, tag: str, table: str, count: int) -> None:
         self.host = host
         self.program = program
+        self.count = count
         self.table = table
         self.ruleset = _rules.RuleSet(tag, host.netns)
         self.listener: TraceListener | None = None
@@ -99,8 +105,14 @@ class _HostTrace:
         self.rules = rule_texts(ns)
 
     def flag(self) -> None:
-        """Install the rules that set the trace flag on matching packets (last: everything listens already)."""
+        """Install the rules that set the trace flag on matching packets (last: everything listens already).
+
+        Each rule flags at most ``count`` packets (a token bucket of that many
+        that refills once a day): under a flood the kernel stops tracing once
+        the trace has its packets, whatever pktlab is doing.
+        """
         match = self.program.match_args() if self.program.instructions else []
+        match += ["-m", "limit", "--limit", "1/day", "--limit-burst", str(self.count)]
         self.ruleset.install(
             [_rules.TargetRule(hook, tuple(match), ("-j", "TRACE")) for hook in ("PREROUTING", "OUTPUT")]
         )
@@ -150,8 +162,8 @@ class Tracer:
             lab = host_list[0].lab if host_list else None
         if not host_list:
             raise LabError("nothing to trace: give a lab or some of its hosts")
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"count must be a positive number of packets, not {count!r}")
+        if not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+            raise ValueError(f"count must be a number of packets from 1 to {MAX_COUNT:,}, not {count!r}")
         if not 0 < timeout <= 600:
             raise ValueError(f"timeout {timeout!r} s is out of range; use 0..600 seconds")
         self.hosts = host_list
@@ -163,7 +175,7 @@ class Tracer:
         self.sessions = list(sessions)
         n = next(_SEQ)
         tag = _rules.make_tag(f"trace-{n}")
-        self._hosts = [_HostTrace(h, self.program, tag, f"pktlab_trace_{os.getpid()}_{n}") for h in host_list]
+        self._hosts = [_HostTrace(h, self.program, tag, f"pktlab_trace_{os.getpid()}_{n}", count) for h in host_list]
         self._clock: KernelClock | None = None
         self._keys: dict[tuple[Any, ...], int] = {}  # packet identity -> order first seen
         self._heads: dict[tuple[Any, ...], bytes] = {}
@@ -189,6 +201,8 @@ class Tracer:
             if msg.head:
                 ht.current[msg.trace_id] = identity(msg.head)
             key = ht.current.get(msg.trace_id)
+            if key is not None and key not in self._keys and len(self._keys) >= self.count:
+                return  # a packet beyond the count (another host's rule flagged it first): not kept
             ht.messages.append((n, msg, key))
             if key is not None and key not in self._keys:
                 self._keys[key] = len(self._keys)

@@ -6,6 +6,8 @@ import socket
 import sys
 import time
 
+import pytest
+
 import pktlab
 from pktlab import Lab
 from pktlab.kernel import netns
@@ -150,4 +152,17 @@ def test_timeout_ends_a_trace_with_no_matching_packet(lab: Lab) -> None:
     lab.ping(1)
     t = tr.wait()
     assert len(t) == 0 and "no packet matching tcp port 1" in t.text()
+    _assert_gone(lab)
+
+
+def test_a_flood_is_traced_only_as_far_as_the_count_asks(lab: Lab) -> None:
+    # 2,000 datagrams as fast as the sender goes, a trace of 5: the kernel flags 5 per host and direction
+    with pktlab.trace(lab, "udp and dst port 9400", count=5, timeout=10) as tr:
+        lab.udp(2000, port=9400, idle=0.3)
+    t = tr.result
+    assert len(t) == 5 and t.lost == 0
+    assert all(p.hosts == ["client", "server"] for p in t.packets)
+    assert sum(len(ht.messages) for ht in tr._hosts) <= 5 * 2 * 8  # no message kept for a packet beyond the 5
+    with pytest.raises(ValueError, match="from 1 to 10,000"):
+        pktlab.trace(lab, "udp", count=10_001)
     _assert_gone(lab)

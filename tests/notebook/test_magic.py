@@ -178,7 +178,7 @@ def test_filter_offload_and_trace_magics(shell) -> None:
         t = tr.wait()
         assert len(t) == 1 and [h for h, _ in t.packets[0].passes] == ["client", "router"]
         _, err = run(shell, "%pktlab trace --count 0")
-        assert "count must be a positive number" in err
+        assert "count must be a number of packets from 1 to 10,000" in err
     finally:
         run(shell, "%pktlab lab down")
 
