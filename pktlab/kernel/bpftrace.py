@@ -25,6 +25,7 @@ from ..errors import MissingToolError, PktlabError
 
 TRACEFS = "/sys/kernel/tracing"
 _LOST = re.compile(r"Lost (\d+) events")
+_SYMBOL = re.compile(r"\{\s*(\d+),\s*\"(\w+)\"\s*\}")
 
 
 def ensure_tracefs(event: str = "skb/kfree_skb") -> None:
@@ -37,6 +38,28 @@ def ensure_tracefs(event: str = "skb/kfree_skb") -> None:
             f"the kernel's tracepoints are not readable ({proc.stderr.strip() or f'no {event} event'}); "
             f"run as root with tracefs mounted (mount -t tracefs nodev {TRACEFS}) on a kernel with tracepoints"
         )
+
+
+def drop_reasons() -> dict[int, str]:
+    """The kernel's drop reasons by number, from ``skb:kfree_skb``'s own format (this kernel's list)."""
+    ensure_tracefs()
+    with open(f"{TRACEFS}/events/skb/kfree_skb/format") as f:
+        text = f.read()
+    return {int(n): name for n, name in _SYMBOL.findall(text)}
+
+
+def unescape(text: str) -> bytes:
+    r"""bpftrace's ``%r`` of a buffer: printable bytes as themselves, the others as ``\xHH``."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "\\" and text[i + 1 : i + 2] == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", text[i + 2 : i + 4]):
+            out.append(int(text[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            out += text[i].encode("latin-1", "replace")
+            i += 1
+    return bytes(out)
 
 
 def require() -> str:

@@ -36,11 +36,10 @@ from ..kernel import bpf as _bpf
 from ..kernel import bpftrace as _bpftrace
 from ..kernel import netns as _netns
 from ..packet.model import summarize
+from .nft_trace import drop_counters
 
-FORMAT = f"{_bpftrace.TRACEFS}/events/skb/kfree_skb/format"
 HEAD = 64  # bytes of each dropped packet reported, from its IP header
 _LINE = re.compile(r"^D (\d+) (\d+) (\d+) (\S+) (.*)$")
-_SYMBOL = re.compile(r"\{\s*(\d+),\s*\"(\w+)\"\s*\}")
 
 # bpftrace: one line per dropped packet of the namespaces watched, its header as hex digits
 _SCRIPT = """
@@ -59,33 +58,11 @@ tracepoint:skb:kfree_skb
 """
 
 
-def reason_names() -> dict[int, str]:
-    """The kernel's drop reasons by number, from the tracepoint's own format (this kernel's list)."""
-    _bpftrace.ensure_tracefs()
-    with open(FORMAT) as f:
-        text = f.read()
-    return {int(n): name for n, name in _SYMBOL.findall(text)}
-
-
 def available() -> str:
     """What watching drops needs, checked (for ``pktlab doctor``); raises with the fix if something is missing."""
     _bpftrace.require()
-    names = reason_names()
+    names = _bpftrace.drop_reasons()
     return f"bpftrace and the skb:kfree_skb tracepoint ({len(names)} drop reasons)"
-
-
-def _unescape(text: str) -> bytes:
-    r"""bpftrace's ``%r`` of a buffer: printable bytes as themselves, the others as ``\xHH``."""
-    out = bytearray()
-    i = 0
-    while i < len(text):
-        if text[i] == "\\" and text[i + 1 : i + 2] == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", text[i + 2 : i + 4]):
-            out.append(int(text[i + 2 : i + 4], 16))
-            i += 4
-        else:
-            out += text[i].encode("latin-1", "replace")
-            i += 1
-    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -100,6 +77,7 @@ class Drop:
     head: bytes  # its first bytes, from the IP header
     session: str | None = None  # the pktlab session whose verdict dropped it
     handler: str | None = None  # the handler whose verdict it was
+    rule: str | None = None  # NETFILTER_DROP: the rule whose counter rose ("one of: ..." when several did)
 
     def summary(self) -> str:
         s = summarize(self.head)
@@ -110,6 +88,7 @@ class Drop:
     def __str__(self) -> str:
         t = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time % 1 * 1e6):06d}"
         by = f" by session {self.session}, handler {self.handler!r}" if self.session else ""
+        by += f" by rule {self.rule}" if self.rule else ""
         return f"{t} {self.host:<7} {self.reason:<16} {self.summary()}  (in {self.where}){by}"
 
 
@@ -134,11 +113,11 @@ class Drops:
 
         rows = [
             {"time": pd.to_datetime(d.time, unit="s"), "kernel_ns": d.kernel_ns, "host": d.host, "reason": d.reason,
-             "where": d.where, **summarize(d.head), "session": d.session, "handler": d.handler}
+             "where": d.where, **summarize(d.head), "session": d.session, "handler": d.handler, "rule": d.rule}
             for d in self.drops
         ]  # fmt: skip
         cols = ["time", "kernel_ns", "host", "reason", "where", "proto", "src", "dst", "sport", "dport", "session",
-                "handler"]  # fmt: skip
+                "handler", "rule"]  # fmt: skip
         return pd.DataFrame(rows, columns=cols)
 
     def __str__(self) -> str:
@@ -188,6 +167,8 @@ class DropWatch:
         self.drops: list[Drop] = []
         self._inum: dict[int, str] = {}
         self._bpftrace: _bpftrace.BpftraceProcess | None = None
+        self._counters: dict[str, dict[tuple[str, str, str, int], tuple[str, int]]] = {}
+        self._credit: dict[str, dict[str, int]] = {}  # per namespace: drops counted by a rule, not yet reported
         self._enough = threading.Event()
         self._t0 = 0.0
         self._result: Drops | None = None
@@ -201,7 +182,7 @@ class DropWatch:
 
     def start(self) -> DropWatch:
         _bpftrace.require()
-        self._reasons = reason_names()
+        self._reasons = _bpftrace.drop_reasons()
         for h in self.hosts:
             try:
                 self._inum[os.stat(os.path.join(_netns.NETNS_DIR, h.netns)).st_ino] = h.role
@@ -209,6 +190,7 @@ class DropWatch:
                 raise LabError(f"host {h.role}'s namespace {h.netns} is gone; is the lab still up?") from None
         predicate = " || ".join(f"$ns == {n}" for n in self._inum)
         script = _SCRIPT.format(predicate=predicate, head=HEAD)
+        self._counters = {h.netns: drop_counters(h.netns) for h in self.hosts}  # drop rules' counters, to name them
         self._bpftrace = _bpftrace.BpftraceProcess(script, self._on_line, "skb:kfree_skb").start()
         self._t0 = time.monotonic()
         return self
@@ -218,18 +200,45 @@ class DropWatch:
         if not m:
             return
         ns, inum, reason, where, raw = m.groups()
-        head = _unescape(raw)
+        head = _bpftrace.unescape(raw)
         if self.program is not None and not self.program.matches(head):
             return
         k = int(ns)
         d = Drop(self._wall_offset + k / 1e9, k, self._inum.get(int(inum), inum),
                  self._reasons.get(int(reason), f"reason {reason}"), where, head)  # fmt: skip
         d = self._by_pktlab(d)
+        if d.reason == "NETFILTER_DROP" and d.session is None:
+            d = self._by_rule(d)
         self.drops.append(d)
         if self.on_drop is not None:
             self.on_drop(d)
         if self.count is not None and len(self.drops) >= self.count:
             self._enough.set()
+
+    def _by_rule(self, d: Drop) -> Drop:
+        """A netfilter drop: the dropping rule whose packet counter rose (iptables rules count packets).
+
+        Counters are read again only when no earlier rise is left to account
+        for: each drop takes one packet of a rise.  A rule without a counter,
+        or a chain's drop policy, is not named; several rules rising at once
+        are named as "one of".
+        """
+        host = next(h for h in self.hosts if h.role == d.host)
+        credit = self._credit.setdefault(host.netns, {})
+        if not any(credit.values()):
+            before = self._counters.get(host.netns, {})
+            now = drop_counters(host.netns)
+            self._counters[host.netns] = now
+            for k, (rule, n) in now.items():
+                rise = n - before.get(k, ("", 0))[1]
+                if rise > 0:
+                    credit[f"{k[0]} {k[1]} {k[2]}: {rule}"] = credit.get(f"{k[0]} {k[1]} {k[2]}: {rule}", 0) + rise
+        rose = [r for r, n in credit.items() if n > 0]
+        if not rose:
+            return d
+        credit[max(rose, key=lambda r: credit[r])] -= 1  # one drop of the rises accounted for
+        named = rose[0] if len(rose) == 1 else "one of: " + "; ".join(rose)
+        return Drop(d.time, d.kernel_ns, d.host, d.reason, d.where, d.head, d.session, d.handler, named)
 
     def _by_pktlab(self, d: Drop) -> Drop:
         """A drop by a queue's verdict: the session and handler whose verdict it was, from their records."""

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 from ..errors import PktlabError
 from ..kernel import bpftrace as _bpftrace
-from .drops import _unescape, reason_names
 
 HEAD = 64  # bytes of each packet reported, from its IP header
 MAP_KEYS = 65536  # packets received and not yet freed that the script can remember (bpftrace's map size)
@@ -173,8 +172,9 @@ def parse_line(line: str, reasons: dict[int, str]) -> KernelStep | tuple[int, in
         return KernelStep(t, ns, kind, skb, int(parts[4]), b"")
     if tag == "D":
         reason = reasons.get(int(parts[4]), f"reason {parts[4]}")
-        return KernelStep(t, ns, kind, skb, None, _unescape(parts[6] if len(parts) > 6 else ""), reason, parts[5])
-    head = _unescape(parts[5] if len(parts) > 5 else "")
+        head = _bpftrace.unescape(parts[6] if len(parts) > 6 else "")
+        return KernelStep(t, ns, kind, skb, None, head, reason, parts[5])
+    head = _bpftrace.unescape(parts[5] if len(parts) > 5 else "")
     if tag == "S":
         return KernelStep(t, ns, kind, skb, None, head, socket_proto=int(parts[4]))
     return KernelStep(t, ns, kind, skb, None if tag == "C" else int(parts[4]), head)
@@ -187,7 +187,7 @@ class KernelClock:
         self.stamps: dict[int, dict[int, int]] = {s: {} for s in sockets}  # socket inode -> n -> t_ns
         self.steps: list[KernelStep] = []
         self._lock = threading.Lock()
-        self._reasons = reason_names()
+        self._reasons = _bpftrace.drop_reasons()
         self._proc = _bpftrace.BpftraceProcess(
             script(namespaces, sockets), self._on_line, "the timeline's tracepoints",
             env={"BPFTRACE_MAP_KEYS_MAX": str(MAP_KEYS)},

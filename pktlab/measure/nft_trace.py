@@ -197,7 +197,7 @@ class TraceListener:
 _TABLE_LINE = re.compile(r"^table (\S+) (\S+) \{")
 _CHAIN_LINE = re.compile(r"^\s*chain (\S+) \{")
 _RULE_LINE = re.compile(r"^\s*(.+?) # handle (\d+)$")
-_COUNTER = re.compile(r"\s*counter packets \d+ bytes \d+")
+_COUNTER = re.compile(r"\s*counter packets (\d+) bytes \d+")
 
 
 def rule_texts(netns: str | None) -> dict[tuple[str, str, str, int], str]:
@@ -205,9 +205,23 @@ def rule_texts(netns: str | None) -> dict[tuple[str, str, str, int], str]:
     return parse_ruleset(_netns.run(netns, ["nft", "-a", "list", "ruleset"], check=False).stdout)
 
 
+def drop_counters(netns: str | None) -> dict[tuple[str, str, str, int], tuple[str, int]]:
+    """The rules of a namespace that drop and count: (family, table, chain, handle) -> (rule, packets counted)."""
+    text = _netns.run(netns, ["nft", "-a", "list", "ruleset"], check=False).stdout
+    out = {}
+    for key, (rule, packets) in _parse(text).items():
+        if packets is not None and re.search(r"\bdrop$", rule):
+            out[key] = (rule, packets)
+    return out
+
+
 def parse_ruleset(text: str) -> dict[tuple[str, str, str, int], str]:
     """The rules of ``nft -a list ruleset``'s output by (family, table, chain, handle), counters left out."""
-    out: dict[tuple[str, str, str, int], str] = {}
+    return {k: rule for k, (rule, _) in _parse(text).items()}
+
+
+def _parse(text: str) -> dict[tuple[str, str, str, int], tuple[str, int | None]]:
+    out: dict[tuple[str, str, str, int], tuple[str, int | None]] = {}
     family = table = chain = ""
     for line in text.splitlines():
         if m := _TABLE_LINE.match(line):
@@ -215,5 +229,7 @@ def parse_ruleset(text: str) -> dict[tuple[str, str, str, int], str]:
         elif m := _CHAIN_LINE.match(line):
             chain = m.group(1)
         elif chain and (m := _RULE_LINE.match(line)) and not line.strip().startswith(("type ", "chain ")):
-            out[(family, table, chain, int(m.group(2)))] = _COUNTER.sub("", m.group(1)).strip()
+            c = _COUNTER.search(m.group(1))
+            rule = _COUNTER.sub("", m.group(1)).strip()
+            out[(family, table, chain, int(m.group(2)))] = (rule, int(c.group(1)) if c else None)
     return out

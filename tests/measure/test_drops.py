@@ -8,7 +8,7 @@ import pytest
 
 import pktlab
 from pktlab import Lab
-from pktlab.measure.drops import _unescape, reason_names
+from pktlab.kernel.bpftrace import drop_reasons, unescape
 from tests.conftest import needs_root
 
 SEND = "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); " \
@@ -20,13 +20,13 @@ def _send(lab: Lab, port: int, n: int) -> None:
 
 
 def test_bpftraces_buffers_are_read_back_to_bytes() -> None:
-    assert _unescape(r"E\x00\x00\x1dabc\x7f") == b"E\x00\x00\x1dabc\x7f"
-    assert _unescape("plain") == b"plain" and _unescape(r"\x4") == b"\\x4"
+    assert unescape(r"E\x00\x00\x1dabc\x7f") == b"E\x00\x00\x1dabc\x7f"
+    assert unescape("plain") == b"plain" and unescape(r"\x4") == b"\\x4"
 
 
 @needs_root
 def test_a_datagram_to_a_closed_port_is_dropped_for_no_socket_on_its_host(lab: Lab) -> None:
-    assert reason_names()[3] == "NO_SOCKET"
+    assert drop_reasons()[3] == "NO_SOCKET"
     seen: list = []
     w = pktlab.drops(lab, "udp and dst port 9997", seconds=30, count=3, on_drop=seen.append)
     try:
@@ -65,3 +65,19 @@ def test_what_cannot_be_watched_says_why(lab: Lab) -> None:
         pktlab.drops(lab, seconds=0)
     with pytest.raises(pktlab.FilterError):
         pktlab.drops(lab, "udp and")
+
+
+@needs_root
+def test_a_netfilter_drop_names_the_rule_whose_counter_rose(lab: Lab) -> None:
+    rule = ["INPUT", "-p", "udp", "--dport", "9993", "-j", "DROP"]
+    lab.server.run(["iptables", "-I", *rule])
+    w = pktlab.drops(lab, "udp and dst port 9993", seconds=30, count=2)
+    try:
+        _send(lab, 9993, 2)
+        got = w.wait()
+    finally:
+        w.stop()
+        lab.server.run(["iptables", "-D", *rule])
+    assert len(got) == 2 and {d.reason for d in got} == {"NETFILTER_DROP"}
+    assert all(d.rule is not None and "udp dport 9993" in d.rule and d.rule.endswith("drop") for d in got)
+    assert "by rule ip filter INPUT: " in str(got) and list(got.df["rule"]) == [got.drops[0].rule] * 2
