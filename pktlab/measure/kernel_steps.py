@@ -9,9 +9,11 @@ the trace's iptables rules sets):
   packet's own path, so this is the time of the netfilter step the message
   describes; the n-th stamp of a socket is its n-th message (netlink queues
   are in order, and a message the socket could not take has no stamp);
-* ``net:netif_receive_skb`` (a device received the packet; recorded for every
-  packet of the namespaces and reported only once the packet turns out to be
-  traced, since the flag is set after the device step), ``net:net_dev_queue``
+* ``net:netif_receive_skb`` (a device received the packet; remembered by the
+  packet's address for every packet of the namespaces, and reported only once
+  the packet turns out to be traced, since the flag is set after the device
+  step; a received packet has an input interface, which tells its entry from
+  one a locally made packet at the same address left behind), ``net:net_dev_queue``
   and ``net:net_dev_start_xmit`` (the packet goes to a device's queueing
   discipline, then to the device);
 * ``sock:sk_data_ready`` on IPv4/IPv6 sockets (delivered to a socket),
@@ -41,8 +43,10 @@ _SKB_NS = """
 """
 # the device step of a packet that has just turned out to be traced, then this step
 _REPORT = """
-      $r = @rx[$skb];
-      if ($r.0 != 0) {{ printf("R %llu %u %llu %d\\n", $r.0, $r.2, $skb, $r.1); delete(@rx[$skb]); }}
+      if ($skb->skb_iif != 0) {{
+        $r = @rx[$skb];
+        if ($r.0 != 0 && $r.2 == $ns) {{ printf("R %llu %u %llu %d\\n", $r.0, $r.2, $skb, $r.1); delete(@rx[$skb]); }}
+      }}
       $p = $skb->head + $skb->network_header;
       $n = (int64)$skb->tail - (int64)$skb->network_header;
       $n = $n < 0 ? 0 : $n;
@@ -50,15 +54,6 @@ _REPORT = """
 """
 
 _SCRIPT = """
-tracepoint:sock:sk_data_ready /args->family == 16 && args->protocol == 12/
-{{
-  $sk = (struct sock *)args->skaddr;
-  $ino = $sk->sk_socket->file->f_inode->i_ino;
-  if ({sockets}) {{
-    @msgs[$ino] = @msgs[$ino] + 1;
-    printf("N %llu %llu %llu\\n", nsecs, $ino, @msgs[$ino]);
-  }}
-}}
 tracepoint:net:netif_receive_skb
 {{
   $skb = (struct sk_buff *)args->skbaddr;
@@ -77,13 +72,23 @@ tracepoint:net:net_dev_start_xmit
   $ns = $skb->dev->nd_net.net->ns.inum;
   if ($skb->nf_trace && ({namespaces})) {{ {report_x} }}
 }}
-tracepoint:sock:sk_data_ready /args->family == 2 || args->family == 10/
+tracepoint:sock:sk_data_ready
 {{
   $sk = (struct sock *)args->skaddr;
-  $skb = (struct sk_buff *)$sk->sk_receive_queue.prev;
-  $ns = $sk->__sk_common.skc_net.net->ns.inum;
-  if ($sk->sk_receive_queue.qlen > 0 && ({namespaces})) {{
-    if ($skb->nf_trace) {{ {report_s} }}
+  if (args->family == 16) {{
+    if (args->protocol == 12) {{
+      $ino = $sk->sk_socket->file->f_inode->i_ino;
+      if ({sockets}) {{
+        @msgs[$ino] = @msgs[$ino] + 1;
+        printf("N %llu %llu %llu\\n", nsecs, $ino, @msgs[$ino]);
+      }}
+    }}
+  }} else if ($sk->sk_receive_queue.qlen > 0) {{
+    $skb = (struct sk_buff *)$sk->sk_receive_queue.prev;
+    if ($skb->nf_trace) {{
+      $ns = $sk->__sk_common.skc_net.net->ns.inum;
+      if ({namespaces}) {{ {report_s} }}
+    }}
   }}
 }}
 tracepoint:skb:consume_skb
@@ -92,7 +97,7 @@ tracepoint:skb:consume_skb
   if ($skb->nf_trace) {{
     {skb_ns}
     if ({namespaces}) {{ {report_c} }}
-  }} else {{ delete(@rx[$skb]); }}
+  }}
 }}
 tracepoint:skb:kfree_skb
 {{
@@ -100,7 +105,7 @@ tracepoint:skb:kfree_skb
   if ($skb->nf_trace) {{
     {skb_ns}
     if ({namespaces}) {{ {report_d} }}
-  }} else {{ delete(@rx[$skb]); }}
+  }}
 }}
 """
 _STAMP = re.compile(r"^N (\d+) (\d+) (\d+)$")
