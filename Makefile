@@ -22,6 +22,7 @@ bench: setup
 	$(PY) bench/bench_netpipe.py
 	$(PY) bench/bench_dashboard.py
 	$(PY) bench/bench_replay.py
+	$(PY) bench/bench_tracing.py
 
 # JupyterLab from the project's venv on the notebooks (root: the live mode needs it); it prints the URL with its token
 LAB_PORT ?= 8888

@@ -421,7 +421,7 @@ cdef class Dispatcher:
         except BaseException as exc:
             code = self._internal(nf, exc).code
         self.rescued += 1
-        self._push(nf, data, self.busy_time, code, now - t0, h.name, err, False)
+        self._push(nf, data, self.busy_time, code, t0, now, h.name, err, False)
         return h
 
     # -- per packet -------------------------------------------------------------
@@ -478,8 +478,8 @@ cdef class Dispatcher:
         if code == NF_ACCEPT and self.seqadj is not None:
             self._note_passed(<const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off)
         self.ring.push(pkt.time, nf.id, nf.hook, len(original) - off,
-                       <const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off, code, 0, by,
-                       None, modified)
+                       <const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off, code, 0,
+                       mono_ns(), by, None, modified)
 
     cdef int _give_packet(self, NfPacket nf, PacketCore pkt, int code, bint plain) except -1:
         """The verdict of one packet with what the handlers did to it: a mark, a rewrite (fixed up here)."""
@@ -632,7 +632,7 @@ cdef class Dispatcher:
                     err = err2
                     by = h.name if h is not None else None
                 packet_done(pkt)
-                self._push(nf, data, pkt.time, verdict.code, mono_ns() - t0, by, err, modified)
+                self._push(nf, data, pkt.time, verdict.code, t0, mono_ns(), by, err, modified)
                 progress = True
                 if force:
                     break  # one at a time: the others may be in order now
@@ -723,7 +723,7 @@ cdef class Dispatcher:
             code = self._internal(nf, exc).code
         if code == NF_ACCEPT and self.seqadj is not None:
             self._note_passed(nf.payload + off, n - off)
-        self.ring.push(now, nf.id, nf.hook, n - off, nf.payload + off, n - off, code, 0, None, None, False)
+        self.ring.push(now, nf.id, nf.hook, n - off, nf.payload + off, n - off, code, 0, mono_ns(), None, None, False)
 
     cdef PacketCore _packet(self, NfPacket nf, bytes data, PacketCore spare):
         """The packet handlers see: ``spare`` (an emptied earlier one) reused, or a new one."""
@@ -846,11 +846,12 @@ cdef class Dispatcher:
                 packet_done(pkt)
         if now == 0.0:  # the packet could not be made (pktlab's own failure)
             now = wall_time()
-        self._push(nf, data, now, verdict.code, mono_ns() - t0, by, err, modified)
+        self._push(nf, data, now, verdict.code, t0, mono_ns(), by, err, modified)
         if self.reorder and given:
             self._release(now, False)
 
-    cdef void _push(self, NfPacket nf, bytes data, double now, int code, long long dt, by, err, bint modified):
+    cdef void _push(self, NfPacket nf, bytes data, double now, int code, long long t0, long long decided, by, err,
+                    bint modified):
         """The packet's record entry (the record keeps packets as they arrived); an accepted TCP segment noted."""
         cdef Py_ssize_t off = record_offset(nf)
         if off > len(data):
@@ -858,4 +859,4 @@ cdef class Dispatcher:
         if code == NF_ACCEPT and self.seqadj is not None:
             self._note_passed(<const unsigned char*>PyBytes_AS_STRING(data) + off, len(data) - off)
         self.ring.push(now, nf.id, nf.hook, len(data) - off, <const unsigned char*>PyBytes_AS_STRING(data) + off,
-                       len(data) - off, code, dt, by, err, modified)
+                       len(data) - off, code, decided - t0, decided, by, err, modified)

@@ -5,7 +5,7 @@ cimport cython
 cdef struct Slot:
     double time
     long long ns
-    long long mono  # CLOCK_MONOTONIC when the entry was written: the verdict was decided (the kernel's clock)
+    long long mono  # CLOCK_MONOTONIC when the verdict was decided (the kernel's clock, ns)
     unsigned int id
     unsigned int size
     unsigned short keep
@@ -32,5 +32,5 @@ cdef class Ring:
     cdef Slot* _next(self)
     cdef void _count(self, int code, bint error)
     cdef void push(self, double t, unsigned int pid, unsigned char hook, Py_ssize_t size,
-                   const unsigned char* head, Py_ssize_t avail, int code, long long ns,
+                   const unsigned char* head, Py_ssize_t avail, int code, long long ns, long long mono,
                    object by, object err, bint modified)

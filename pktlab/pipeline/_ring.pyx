@@ -73,14 +73,14 @@ cdef class Ring:
             self.errors += 1
 
     cdef void push(self, double t, unsigned int pid, unsigned char hook, Py_ssize_t size,
-                   const unsigned char* head, Py_ssize_t avail, int code, long long ns,
+                   const unsigned char* head, Py_ssize_t avail, int code, long long ns, long long mono,
                    object by, object err, bint modified):
         cdef Py_ssize_t i = self.n % self.capacity
         cdef Slot* s = self._next()
         cdef Py_ssize_t keep = avail if avail < self.snaplen else self.snaplen
         s.time = t
         s.ns = ns
-        s.mono = mono_ns()
+        s.mono = mono
         s.id = pid
         s.size = <unsigned int>size
         s.keep = <unsigned short>keep
@@ -99,7 +99,7 @@ cdef class Ring:
                handler, long long ns, error, bint modified):
         """Add one entry from Python (tests and tools; the dispatcher writes slots directly)."""
         self.push(time, pid, hook, size, <const unsigned char*>PyBytes_AS_STRING(head), len(head), code, ns,
-                  handler, error, modified)
+                  mono_ns(), handler, error, modified)
 
     def count_since(self, double t):
         """How many of the packets held arrived at or after time ``t`` (newest first, stops early)."""
