@@ -26,6 +26,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from harness import alternate
+
 import pktlab
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
@@ -110,15 +112,7 @@ def run_one(name: str) -> int:
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--one":
         return run_one(sys.argv[2])
-    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in CONFIGS}
-    for _ in range(REPEATS):
-        for name in CONFIGS:
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=120, check=True
-            ).stdout
-            pps, loss = json.loads(out.strip().splitlines()[-1])
-            runs[name].append((pps, loss))
-            print(f"  {name}: {pps:,.0f} pkt/s received, {loss:.1%} lost", file=sys.stderr)
+    runs = alternate(__file__, CONFIGS, REPEATS, lambda _, r: f"{r[0]:,.0f} pkt/s received, {r[1]:.1%} lost", 120)
     base = statistics.median(p for p, _ in runs["(a) no rule"])
     print(f"\n64-byte UDP via iperf3, {SECONDS:g} s per run, median of {REPEATS}, {os.cpu_count()} CPUs\n")
     print("| configuration | received pkt/s | ratio to (a) | sender-side loss (median) | runs (pkt/s) |")

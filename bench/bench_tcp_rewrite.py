@@ -24,6 +24,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from harness import alternate
+
 import pktlab
 from pktlab.lab.network import wait_until
 
@@ -98,15 +100,7 @@ def run_one(name: str) -> int:
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--one":
         return run_one(sys.argv[2])
-    runs: dict[str, list[float]] = {k: [] for k in CONFIGS}
-    for _ in range(REPEATS):
-        for name in CONFIGS:
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=180, check=True
-            ).stdout
-            bps = json.loads(out.strip().splitlines()[-1])
-            runs[name].append(bps)
-            print(f"  {name}: {bps / 1e9:.3f} Gbit/s", file=sys.stderr)
+    runs = alternate(__file__, CONFIGS, REPEATS, lambda _, bps: f"{bps / 1e9:.3f} Gbit/s")
     base = statistics.median(runs["(a) queue, handler reads the header and accepts"])
     print(f"\nTCP via iperf3 through a router lab, {SECONDS:g} s per run, median of {REPEATS}, {os.cpu_count()} CPUs\n")
     print("| configuration | received Gbit/s | ratio to (a) | runs (Gbit/s) |")

@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 
 from bench_offload import PORT, REPEATS, SECONDS, iperf
+from harness import alternate
 
 import pktlab
 
@@ -62,16 +62,11 @@ def run_one(name: str) -> int:
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--one":
         return run_one(sys.argv[2])
-    runs: dict[str, list[dict[str, float]]] = {k: [] for k in CONFIGS}
-    for _ in range(REPEATS):
-        for name in CONFIGS:
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=180, check=True
-            ).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            runs[name].append(r)
-            extra = f", traced {r['traced']}, lost events {r['lost']}" if "traced" in r else ""
-            print(f"  {name}: {r['pps']:,.0f} pkt/s received, {r['loss']:.1%} lost{extra}", file=sys.stderr)
+    def show(name: str, r: dict[str, float]) -> str:
+        extra = f", traced {r['traced']}, lost events {r['lost']}" if "traced" in r else ""
+        return f"{r['pps']:,.0f} pkt/s received, {r['loss']:.1%} lost{extra}"
+
+    runs = alternate(__file__, CONFIGS, REPEATS, show)
     base = statistics.median(r["pps"] for r in runs["(a) no trace"])
     print(f"\n64-byte UDP via iperf3, {SECONDS:g} s per run, median of {REPEATS}, {os.cpu_count()} CPUs\n")
     print("| configuration | received pkt/s | ratio to (a) | loss (median) | packets traced | runs (pkt/s) |")
