@@ -214,15 +214,35 @@ class Packet(PacketCore):
         return self._modified
 
     # -- verdicts -------------------------------------------------------------
-    def accept(self, *, mark: int | None = None) -> Verdict:
-        """Return this from a handler to let the packet through."""
+    def accept(self, *, mark: int | None = None, flow: bool = False) -> Verdict:
+        """Return this from a handler to let the packet through.
+
+        ``flow=True`` accepts the rest of its connection too: live, the kernel
+        accepts its later packets without queueing them (see
+        :mod:`pktlab.kernel.flow_rules`); packets of it that still reach the
+        session (already queued, or replayed) get the verdict without the
+        handlers.
+        """
         if mark is not None:
             self.set_mark(mark)
+        if flow:
+            self._decide_flow("accept")
         return ACCEPT
 
-    def drop(self) -> Verdict:
-        """Return this from a handler to drop the packet."""
+    def drop(self, *, flow: bool = False) -> Verdict:
+        """Return this from a handler to drop the packet; ``flow=True`` drops the rest of its connection too."""
+        if flow:
+            self._decide_flow("drop")
         return DROP
+
+    def _decide_flow(self, verdict: str) -> None:
+        f = self.flow
+        if f is None or f.table is None:
+            raise SessionError(
+                "flow=True needs a packet of a session's connection (IP, from a queue or a replay); "
+                "give this packet its own verdict"
+            )
+        f.table.decide(f, verdict)
 
     def repeat(self, *, mark: int | None = None) -> Verdict:
         """Return this to re-inject the packet at the start of its hook (set a mark to avoid a loop)."""

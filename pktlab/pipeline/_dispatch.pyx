@@ -29,6 +29,7 @@ from pktlab.packet._core import too_big
 from pktlab.pipeline._capture cimport CapturedPacket
 from pktlab.pipeline._ring cimport Ring
 from pktlab.pipeline.seqadj import SeqAdjError, SeqAdjWait
+from pktlab.packet.verdicts import ACCEPT, DROP
 
 cdef extern from "<arpa/inet.h>":
     unsigned int htonl(unsigned int)
@@ -482,7 +483,18 @@ cdef class Dispatcher:
                        mono_ns(), by, None, modified)
 
     cdef int _give_packet(self, NfPacket nf, PacketCore pkt, int code, bint plain) except -1:
-        """The verdict of one packet with what the handlers did to it: a mark, a rewrite (fixed up here)."""
+        """The verdict of one packet with what the handlers did to it: a mark, a rewrite (fixed up here).
+
+        A packet of a flow the kernel is to decide goes on with the flow's mark bit, accepted: pktlab's
+        chain behind the queue marks the connection and, for a drop, drops the packet.  Every packet of
+        the flow that still reaches the queue carries it: one that came before the kernel tracked the
+        connection (conntrack started with the flow rules) leaves the marking to the next.
+        """
+        if self.flows is not None and self.flows.decided and code != NF_REPEAT:
+            bit = getattr(pkt._flow, "kernel_bit", 0)
+            if bit:
+                pkt._mark = (pkt.mark | bit) & 0xFFFFFFFF
+                code = NF_ACCEPT
         if pkt._mark is None and not pkt._modified:
             self._give(nf, code, plain)
             return 0
@@ -784,6 +796,13 @@ cdef class Dispatcher:
             self.busy_seq = my_seq
             self.busy_t0 = t0  # the deadline runs from the packet's start in the chain
             h = None
+            flows = self.flows
+            if flows is not None and flows.decided:  # a flow verdict decides its connection's packets
+                fv = getattr(pkt._flow, "verdict", None)
+                if fv is not None:
+                    verdict = ACCEPT if fv == "accept" else DROP
+                    by = f"flow ({pkt._flow.decided_by})"
+                    chain = ()
             for h in chain:
                 self.busy_handler = h
                 try:
@@ -816,6 +835,10 @@ cdef class Dispatcher:
             self.busy_t0 = 0
             self.busy_nf = None
             self.busy_data = None
+            if flows is not None and flows.decided and h is not None:  # the handler that gave a flow verdict
+                f = pkt._flow
+                if getattr(f, "verdict", None) is not None and f.decided_by is None:
+                    f.decided_by = by
             if verdict is None:
                 verdict = self._default
             if pkt._modified and h is not None and len(pkt._buf) - record_offset(nf) > 65535:

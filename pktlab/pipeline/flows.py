@@ -71,6 +71,10 @@ class Flow:
         "direction",
         "_fin",
         "_syn_acked",
+        "table",
+        "verdict",
+        "decided_by",
+        "kernel_bit",
     )
 
     def __init__(self, key: tuple, proto: int, a: tuple, b: tuple, now: float, state_limit: int) -> None:
@@ -86,6 +90,10 @@ class Flow:
         self.direction = "original"  # of the latest packet: the one a handler is looking at
         self._fin = [False, False]
         self._syn_acked = False
+        self.table: FlowTable | None = None
+        self.verdict: str | None = None  # a flow verdict: "accept" or "drop" for every later packet
+        self.decided_by: str | None = None  # the handler that decided it
+        self.kernel_bit = 0  # the mark bit its packets' verdicts carry to the kernel (0: pktlab decides them)
 
     @property
     def protocol(self) -> str:
@@ -125,6 +133,7 @@ class Flow:
             "bytes_ba": self.bytes[1],
             "first": self.first,
             "last": self.last,
+            "flow_verdict": self.verdict,
             "state": dict(self.state),
         }
 
@@ -159,6 +168,31 @@ class FlowTable:
         self.expired = 0
         self.evicted = 0
         self._swept = 0.0
+        self.decided = 0  # flows with a flow verdict: the dispatcher looks them up before the handlers
+        # the session's hook: make the kernel decide the rest of the flow; returns the mark bit for the verdict
+        self.on_decide: Any = None
+
+    def decide(self, f: Flow, verdict: str) -> None:
+        """Give every later packet of ``f`` ``verdict`` (``pkt.accept(flow=True)``, ``pkt.drop(flow=True)``)."""
+        if f.verdict is None:
+            self.decided += 1
+        f.verdict = verdict
+        f.decided_by = None  # the dispatcher names the handler once its verdict is in
+        f.kernel_bit = self.on_decide(f, verdict) if self.on_decide is not None else 0
+
+    def revoke(self, handler: str | None = None) -> list[Flow]:
+        """Take the flow verdicts back (all, or those ``handler`` gave): their packets meet the handlers again."""
+        out = []
+        for f in self.flows.values():
+            if f.verdict is not None and (handler is None or f.decided_by == handler):
+                f.verdict = f.decided_by = None
+                f.kernel_bit = 0
+                out.append(f)
+        self.decided -= len(out)
+        return out
+
+    def decided_flows(self) -> list[Flow]:
+        return [f for f in self.flows.values() if f.verdict is not None]
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -196,10 +230,15 @@ class FlowTable:
         if f is not None and f.closed and tcp_flags & SYN and not tcp_flags & ACK:
             f = None  # a new connection on the ports of a finished one
         if f is None:
+            old = self.flows.get(key)
+            if old is not None and old.verdict is not None:  # a new connection on a decided flow's ports
+                self.decided -= 1
             f = Flow(key, proto, src, dst, now, self.state_limit)
+            f.table = self
             self.flows[key] = f
             while len(self.flows) > self.max_flows:
-                self.flows.popitem(last=False)
+                _, gone = self.flows.popitem(last=False)
+                self.decided -= gone.verdict is not None
                 self.evicted += 1
         else:
             self.flows.move_to_end(key)
@@ -220,6 +259,8 @@ class FlowTable:
             if now - f.last > limit:
                 gone.append(k)
         for k in gone:
+            if self.flows[k].verdict is not None:
+                self.decided -= 1
             del self.flows[k]
         self.expired += len(gone)
 

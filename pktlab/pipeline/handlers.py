@@ -80,6 +80,7 @@ class HandlerChain:
     def __init__(self, max_failures: int = 1000) -> None:
         self._handlers: list[Handler] = []
         self._lock = threading.Lock()
+        self.on_replace: Callable[[str], object] | None = None  # with a handler's name: replaced or removed
         self.active: tuple[Handler, ...] = ()
         self.failures: deque[HandlerFailure] = deque(maxlen=max_failures)
         # told of each handler's first failure (the session says it in the cell's output)
@@ -110,16 +111,20 @@ class HandlerChain:
                     new = Handler(name, fn, h.enabled, source=source)
                     self._handlers[i] = new
                     self._publish()
-                    return new
-            new = Handler(name, fn, source=source)
-            anchor = before or after
-            if anchor is not None:
-                idx = self._index(anchor) + (1 if after else 0)
-                self._handlers.insert(idx, new)
+                    break
             else:
-                self._handlers.append(new)
-            self._publish()
-            return new
+                new = Handler(name, fn, source=source)
+                anchor = before or after
+                if anchor is not None:
+                    idx = self._index(anchor) + (1 if after else 0)
+                    self._handlers.insert(idx, new)
+                else:
+                    self._handlers.append(new)
+                self._publish()
+                return new
+        if self.on_replace is not None:
+            self.on_replace(name)  # e.g. the flow verdicts it gave are taken back: the new code decides again
+        return new
 
     def _index(self, name: str) -> int:
         for i, h in enumerate(self._handlers):
@@ -131,6 +136,8 @@ class HandlerChain:
         with self._lock:
             del self._handlers[self._index(name)]
             self._publish()
+        if self.on_replace is not None:
+            self.on_replace(name)
 
     def clear(self) -> None:
         with self._lock:

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import PktlabError, QueueBusyError, SessionError
 from ..kernel import bpf as _bpf
+from ..kernel import flow_rules as _flow_rules
 from ..kernel import offload as _offload
 from ..kernel import rules as _rules
+from ..kernel.flow_rules import FlowRules, KernelFlow
 from ..kernel.offload import Offload
 from ..kernel.proc import QueueCounters, require_net_admin
 from ..kernel.queue import QueueSource, batch_verdict_prefix
@@ -91,6 +93,8 @@ class Status:
     tcp_adjusted: int = 0  # TCP connections whose lengths a handler changed (sequence adjustment state)
     kept_back: int = 0  # TCP segments kept back until a gap in their stream filled
     flows: int | None = None  # flows tracked (None: tracking not started)
+    decided_flows: int = 0  # flows a handler gave a flow verdict
+    kernel_flows: bool = False  # their later packets are decided in the kernel (live)
 
     def lines(self) -> list[str]:
         state = ("attached, PAUSED" if self.paused else "attached") if self.attached else "detached"
@@ -136,6 +140,9 @@ class Status:
             )
         if self.flows is not None:
             out.append(f"  flows tracked: {self.flows}")
+        if self.decided_flows:
+            where = "decided in the kernel" if self.kernel_flows else "decided by pktlab (replay)"
+            out.append(f"  flow verdicts: {self.decided_flows} flows {where}")
         if self.filter:
             out.append(f"  filter{' (in the kernel)' if self.source is None else ''}: {self.filter}")
         for desc, hits in self.offloads:
@@ -201,6 +208,7 @@ class Session(ChainOwner):
         deadline: float | None = 0.5,  # far above scheduling noise: a starved reader was seen past 50 ms
         name: str | None = None,
         filter: str | None = None,  # noqa: A002 - the word users know from tcpdump
+        flow_verdicts: bool = False,
     ) -> None:
         if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue <= 65535:
             raise SessionError(f"queue number {queue!r} is not valid; use an integer 0..65535")
@@ -229,6 +237,11 @@ class Session(ChainOwner):
         prefix = tuple(self.filter.match_args()) if self.filter is not None else ()
         self.rule = _rules.QueueRule(queue, hook, tuple(match), table, bypass, family, prefix)
         self._offloads: dict[str, Offload] = {}
+        self._flow_rules: FlowRules | None = None
+        # flow verdicts ready from attach on: conntrack follows every connection from its first packet,
+        # so the kernel takes a flow over right after the packet that decided it (else: from the next one
+        # conntrack sees, when the first decision started it)
+        self.flow_verdicts = bool(flow_verdicts)
         self._init_chain(default, on_error, record_size, snaplen, deadline, 60)
         self.source: QueueSource | CaptureSource = QueueSource(
             queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes, fail_open=fail_open
@@ -263,6 +276,7 @@ class Session(ChainOwner):
         self.rule = None
         self.rules = None
         self._offloads = {}
+        self._flow_rules = None
         if not isinstance(hook, str) or hook.upper() not in HOOK_NAMES:
             raise SessionError(f"unknown hook {hook!r}; use one of {', '.join(HOOK_NAMES)}")
         self.hook = hook.upper()
@@ -293,6 +307,7 @@ class Session(ChainOwner):
             )
         self.deadline = deadline
         self.chain = HandlerChain()
+        self.chain.on_replace = self._handler_replaced
         self.chain.on_first_failure = self._first_failure
         self.record = Record(record_size, snaplen)
         self._watchdog: threading.Thread | None = None
@@ -311,6 +326,7 @@ class Session(ChainOwner):
         )
         self._dispatch.seqadj = TcpAdjust()
         self._dispatch.flows = FlowTable()
+        self._dispatch.flows.on_decide = self._decide_flow
         self._dispatch.seqadj_headroom = self._dispatch.seqadj.headroom
         if isinstance(self.source, QueueSource):
             self.source.on_idle = self._live_idle
@@ -404,6 +420,7 @@ class Session(ChainOwner):
         """Bind the queue and install the rule (a replay: start reading the capture); returns self."""
         if self._attached:
             raise SessionError(f"session {self.name} is already attached; detach() it first")
+        self._dispatch.flows.revoke()  # flow verdicts of an earlier attachment (or run) do not carry over
         if isinstance(self.source, CaptureSource):
             self.record.clear()  # a capture read again starts a fresh record
             self.source.start(self._dispatch)
@@ -418,6 +435,7 @@ class Session(ChainOwner):
         if self.netns is None:
             print(f"pktlab: queueing in the HOST namespace: {self.rule.describe()}")
         _rules.sweep_stale(self.netns)
+        _flow_rules.sweep_stale(self.netns)
         try:
             self.source.start(self._dispatch, on_bound=self._bind_fd, after_read=self._dispatch.flush)
         except QueueBusyError:
@@ -430,7 +448,13 @@ class Session(ChainOwner):
             ) from None
         try:
             self.rules.install([self.rule])
+            if self.flow_verdicts:
+                self._flow_rules = FlowRules(self.rules, self.rule, self.netns, next(_OFFLOAD_SEQ))
+                self._flow_rules.install()
         except BaseException:
+            if self._flow_rules is not None:
+                self._flow_rules = None
+            self.rules.remove()
             self.source.stop(drain=0.5)
             raise
         self._attached = True
@@ -526,6 +550,9 @@ class Session(ChainOwner):
         self._offloads.clear()
         self._dispatch.hold_fn = None
         td = Teardown(f"session {self.name}")
+        if self._flow_rules is not None:
+            td.step("removing its flow verdicts from the kernel", self._flow_rules.remove)
+            self._flow_rules = None
         if self.rules is not None:
             td.step("removing its rules", self.rules.remove)
         td.step("releasing held packets", self.held.release)  # the default verdict, before the queue goes
@@ -536,6 +563,51 @@ class Session(ChainOwner):
         if self._monitor is not None and not self.is_replay:  # a replay's dashboard shows its runs, one after another
             td.step("stopping the live monitor", self._monitor.stop)
         td.finish("run `pktlab doctor --clean` to remove what is left")
+
+    # -- flow verdicts --------------------------------------------------------------
+    def _decide_flow(self, f: Any, verdict: str) -> int:
+        """A handler gave ``f`` a flow verdict: live, the kernel decides the rest; the mark bit the verdict carries."""
+        if self.is_replay or self.rules is None or self.rule is None or not self._attached:
+            return 0
+        if self._flow_rules is None:
+            self._flow_rules = FlowRules(self.rules, self.rule, self.netns, next(_OFFLOAD_SEQ))
+        self._flow_rules.install()
+        if verdict == "drop":  # its packet is dropped as decided; the kernel's set drops the rest
+            self._flow_rules.drop(f.proto, f.a, f.b)
+            return 0
+        return self._flow_rules.accept_bit
+
+    @property
+    def flows_offloaded(self) -> list[KernelFlow]:
+        """The connections a handler gave a flow verdict (``pkt.accept(flow=True)``), with their packet counts.
+
+        Live, the kernel's list (conntrack: packets of both directions since the
+        connection began); a replay, the flows pktlab decided, with its counts.
+        """
+        if self._flow_rules is not None and self._flow_rules.installed:
+            return self._flow_rules.flows()
+        return [KernelFlow(f.verdict, f.proto, f.a[0], f.a[1], f.b[0], f.b[1], sum(f.packets), sum(f.bytes))
+                for f in self._dispatch.flows.decided_flows()]  # fmt: skip
+
+    def revoke_flows(self, handler: str | None = None) -> int:
+        """Take flow verdicts back (all, or those ``handler`` gave): their packets meet the handlers again.
+
+        Re-running a handler's cell (replacing the handler) revokes the flow verdicts it gave.
+        Returns how many flows pktlab had decided.
+        """
+        gone = self._dispatch.flows.revoke(handler)
+        rules = self._flow_rules
+        if rules is not None and rules.installed:
+            if handler is None:
+                rules.clear()
+            elif gone:
+                ends = {(f.proto, f.a[0], f.a[1], f.b[0], f.b[1]) for f in gone}
+                rules.clear(ends | {(p, b, bp, a, ap) for p, a, ap, b, bp in ends})
+        return len(gone)
+
+    def _handler_replaced(self, name: str) -> None:
+        if self._dispatch.flows.decided:
+            self.revoke_flows(handler=name)
 
     # -- offloaded verdicts --------------------------------------------------------
     def offload(self, expr: str, verdict: str | Verdict = "drop", *, mark: int | None = None) -> Offload:
@@ -711,6 +783,8 @@ class Session(ChainOwner):
             offloads=[(o.describe(), self.rules.front_hits(o.key)) for o in self._offloads.values()]
             if self._attached
             else [],
+            decided_flows=self._dispatch.flows.decided,
+            kernel_flows=self._flow_rules is not None and self._flow_rules.installed,
             packets=self.record.n + len(self.held),
             held=len(self.held),
             tcp_adjusted=len(self._dispatch.seqadj.adjuster),
@@ -739,6 +813,7 @@ class Session(ChainOwner):
             filter=self.filter.expr if self.filter is not None else None,
             source=Path(src.path).name,
             packets=src.read_count,
+            decided_flows=self._dispatch.flows.decided,
             seconds=self._seconds,
             held=len(self.held),
             tcp_adjusted=len(self._dispatch.seqadj.adjuster),

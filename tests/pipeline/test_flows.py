@@ -140,3 +140,37 @@ def test_status_says_what_flows_and_tcp_adjustment_hold(tmp_path: Path) -> None:
     assert "TCP: 1 connection(s) with rewritten lengths" in text
     client = [t for t in (pktlab.Packet(None, d).tcp for _, d, _ in r.outputs) if t.sport == 40000]
     assert [t.seq for t in client] == [100, 101, 101, 113, 114]  # after the 7 bytes more: shifted by 7
+
+
+def test_a_flow_verdict_decides_the_rest_of_a_replayed_connection_without_the_handlers() -> None:
+    r = pktlab.replay("lab-tcp")
+    calls = []
+
+    @r.handler
+    def first(pkt):
+        calls.append(pkt.tcp.flags)
+        return pkt.accept(flow=True)
+
+    r.run()
+    n = pktlab.datasets.load("lab-tcp").packets_expected
+    assert len(calls) == 1 and r.record.n == n
+    assert [e.handler for e in r.record][1:] == ["flow (first)"] * (n - 1)
+    (flow,) = r.flows_offloaded  # a replay: pktlab decided them, and counted them
+    assert (flow.verdict, flow.proto, flow.packets) == ("accept", 6, n)
+    assert "flow verdicts: 1 flows decided by pktlab (replay)" in str(r.status())
+    r.run()  # a run starts afresh: the handler decides again
+    assert len(calls) == 2
+
+
+def test_a_dropped_flow_drops_every_later_packet_and_revoking_or_replacing_the_handler_takes_it_back() -> None:
+    r = pktlab.replay("lab-udp")
+    r.add_handler(lambda pkt: pkt.drop(flow=True), "no")
+    r.configure(limit=5)
+    r.attach()
+    r.wait()
+    assert r.record.counts[pktlab.DROP] == 5 and [e.handler for e in r.record] == ["no"] + ["flow (no)"] * 4
+    assert r.outputs == [] and len(r.flows_offloaded) == 1
+    assert r.revoke_flows() == 1 and r.flows_offloaded == []
+    r.detach()
+    with pytest.raises(pktlab.SessionError, match="flow=True needs a packet of a session's connection"):
+        pktlab.Packet(None, udp(payload=b"x", raw=True)).accept(flow=True)
