@@ -100,8 +100,9 @@ class Dashboard:
             if s.queue_depth is None
             else f", waiting in the kernel <span class='pktlab-depth'>{s.queue_depth}</span>"
         )
+        flows = f", flows decided <span class='pktlab-flows'>{s.flows_decided}</span>" if s.flows_decided else ""
         return (f"<b>{name}</b>: packets <span class='pktlab-packets'>{s.packets}</span>, "
-                f"{s.pps:,.0f} packets/s, {s.mbps:,.2f} Mbps{depth}")  # fmt: skip
+                f"{s.pps:,.0f} packets/s, {s.mbps:,.2f} Mbps{depth}{flows}")  # fmt: skip
 
     def update(self, s: Sample) -> None:
         """Push one sample into the plots (called by the monitor thread)."""

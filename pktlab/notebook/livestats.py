@@ -37,6 +37,7 @@ class Sample:
     errors_ps: float
     queue_depth: int | None  # packets waiting in the kernel now (None: no kernel queue, e.g. a replay)
     kernel_drops: int | None  # packets the kernel dropped or could not deliver, since the start
+    flows_decided: int = 0  # connections given a flow verdict (decided in the kernel, live)
     hist_counts: list[int] = field(default_factory=list)  # handler time histogram of the newest entries
     latest: list[Entry] = field(default_factory=list)  # newest record entries, newest first
 
@@ -51,7 +52,7 @@ class LiveStats:
         self.history: deque[Sample] = deque(maxlen=n)
         self._last: tuple[float, int, dict[str, int], int] | None = None
 
-    def sample(self, record: Any, kernel: Any | None, now: float | None = None) -> Sample:
+    def sample(self, record: Any, kernel: Any | None, now: float | None = None, flows_decided: int = 0) -> Sample:
         now = time.time() if now is None else now
         ring = record.ring
         n = ring.n
@@ -83,7 +84,8 @@ class LiveStats:
         if kernel is not None:
             depth = kernel.queue_total
             drops = kernel.queue_dropped + kernel.user_dropped
-        s = Sample(now, n, pps, mbps, vps, errs, depth, drops, hist, list(reversed(tail[-self.latest :])))
+        latest = list(reversed(tail[-self.latest :]))
+        s = Sample(now, n, pps, mbps, vps, errs, depth, drops, flows_decided, hist, latest)
         self._last = (now, n, counts, errors)
         self.history.append(s)
         return s
@@ -145,7 +147,7 @@ class Monitor:
     def _publish(self) -> None:
         try:
             kc = self.session.kernel_counters() if hasattr(self.session, "kernel_counters") else None
-            s = self.stats.sample(self.session.record, kc)
+            s = self.stats.sample(self.session.record, kc, flows_decided=getattr(self.session, "flows_decided", 0))
             self.ticks += 1
             with self._lock:
                 subs = list(self._subs)

@@ -589,6 +589,11 @@ class Session(ChainOwner):
         return [KernelFlow(f.verdict, f.proto, f.a[0], f.a[1], f.b[0], f.b[1], sum(f.packets), sum(f.bytes))
                 for f in self._dispatch.flows.decided_flows()]  # fmt: skip
 
+    @property
+    def flows_decided(self) -> int:
+        """How many connections have a flow verdict now (cheap: pktlab's own count)."""
+        return self._dispatch.flows.decided
+
     def revoke_flows(self, handler: str | None = None) -> int:
         """Take flow verdicts back (all, or those ``handler`` gave): their packets meet the handlers again.
 

@@ -91,3 +91,9 @@ def test_packets_pktlab_sent_have_their_own_rate(tmp_path) -> None:  # type: ign
     s = st.sample(r.record, None, now=100.5)
     assert s.verdicts_ps == {"accept": 0.0, "drop": 8.0, "repeat": 0.0, "sent": 8.0}
     assert [e.verdict for e in s.latest[:2]] == ["drop", "sent"]  # newest first: each answer before its question
+
+
+def test_a_sample_carries_the_number_of_flows_decided() -> None:
+    rec = Record(1000, 64)
+    fill(rec, 10, 100.0)
+    assert LiveStats().sample(rec, None, now=101.0, flows_decided=3).flows_decided == 3
