@@ -12,7 +12,11 @@ reported:
       accepted there, in the kernel;
   (c) the same decision in a pktlab handler (``return pkt.accept()``), every
       datagram through the queue and the reader thread.  The queue is
-      fail-closed here, so what arrives is what the handler accepted.
+      fail-closed here, so what arrives is what the handler accepted;
+  (d) a handler that returns ``pkt.accept(flow=True)``: the first datagram of
+      the flow goes through the queue, the kernel accepts the rest
+      (conntrack and a connmark rule in front of the queue rule, the session
+      attached with ``flow_verdicts=True``).
 Run: `.venv/bin/python bench/bench_offload.py` (as root).
 """
 
@@ -96,10 +100,27 @@ def in_handler(lab: pktlab.Lab) -> tuple[float, float]:
         s.detach()
 
 
+def flow_verdict(lab: pktlab.Lab) -> tuple[float, float]:
+    s = pktlab.attach(1, rule=f"-p udp --dport {PORT}", netns=lab.server, bypass=False, fail_open=False,
+                      flow_verdicts=True)  # fmt: skip
+    try:
+
+        @s.handler
+        def accept_the_flow(pkt):
+            return pkt.accept(flow=True)
+
+        r = iperf(lab)
+        assert len(s.flows_offloaded) >= 1, "no flow was decided in the kernel"
+        return r
+    finally:
+        s.detach()
+
+
 CONFIGS: dict[str, Callable[[pktlab.Lab], tuple[float, float]]] = {
     "(a) no rule": no_rule,
     "(b) offloaded accept (xt_bpf rule in front of the queue)": offloaded,
     "(c) the same decision in a pktlab handler": in_handler,
+    "(d) the first datagram's handler accepts the flow in the kernel (pkt.accept(flow=True))": flow_verdict,
 }
 
 
