@@ -174,11 +174,12 @@ class FlowTable:
 
     def decide(self, f: Flow, verdict: str) -> None:
         """Give every later packet of ``f`` ``verdict`` (``pkt.accept(flow=True)``, ``pkt.drop(flow=True)``)."""
+        bit = self.on_decide(f, verdict) if self.on_decide is not None else 0  # may refuse: nothing decided then
         if f.verdict is None:
             self.decided += 1
         f.verdict = verdict
         f.decided_by = None  # the dispatcher names the handler once its verdict is in
-        f.kernel_bit = self.on_decide(f, verdict) if self.on_decide is not None else 0
+        f.kernel_bit = bit
 
     def revoke(self, handler: str | None = None) -> list[Flow]:
         """Take the flow verdicts back (all, or those ``handler`` gave): their packets meet the handlers again."""

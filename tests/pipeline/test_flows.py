@@ -174,3 +174,20 @@ def test_a_dropped_flow_drops_every_later_packet_and_revoking_or_replacing_the_h
     r.detach()
     with pytest.raises(pktlab.SessionError, match="flow=True needs a packet of a session's connection"):
         pktlab.Packet(None, udp(payload=b"x", raw=True)).accept(flow=True)
+
+
+def test_a_refused_flow_verdict_decides_nothing() -> None:
+    table = FlowTable()
+    f = table.observe(handshake_and_close()[0])
+
+    def refuse(flow, verdict):
+        raise pktlab.SessionError("flow verdicts need conntrack")
+
+    table.on_decide = refuse
+    with pytest.raises(pktlab.SessionError):
+        table.decide(f, "accept")
+    assert f.verdict is None and table.decided == 0 and table.decided_flows() == []
+    table.on_decide = lambda flow, verdict: 0x10000
+    table.decide(f, "accept")
+    assert (f.verdict, f.kernel_bit, table.decided) == ("accept", 0x10000, 1)
+    assert table.revoke() == [f] and (f.verdict, f.kernel_bit, table.decided) == (None, 0, 0)
