@@ -11,7 +11,10 @@ median reported:
       by 2 bytes (``tcp.payload += b"!!"``), so that every later segment of
       that direction has its sequence number shifted and every
       acknowledgement coming back is shifted back (pktlab.pipeline.seqadj).
-      iperf3's control connection (small messages) is left alone.
+      iperf3's control connection (small messages) is left alone;
+  (c), (d): as (a) and (b) with the queue bound with ``gso=True``
+      (NFQA_CFG_F_GSO): the kernel queues GSO packets whole, up to 64 KiB,
+      instead of cutting each into ~45 segments first.
 Run: `.venv/bin/python bench/bench_tcp_rewrite.py` (as root).
 """
 
@@ -56,8 +59,9 @@ def no_queue(lab: pktlab.Lab) -> float:
     return iperf(lab)
 
 
-def _through(lab: pktlab.Lab, handler: Callable) -> float:
-    s = pktlab.attach(QUEUE, rule="-p tcp", hook="FORWARD", netns=lab.router, deadline=None, max_len=1 << 16)
+def _through(lab: pktlab.Lab, handler: Callable, gso: bool = False) -> float:
+    s = pktlab.attach(QUEUE, rule="-p tcp", hook="FORWARD", netns=lab.router, deadline=None, max_len=1 << 16,
+                      gso=gso)  # fmt: skip
     try:
         s.add_handler(handler, "bench")
         bps = iperf(lab)
@@ -67,27 +71,39 @@ def _through(lab: pktlab.Lab, handler: Callable) -> float:
         s.detach()
 
 
-def accept_only(lab: pktlab.Lab) -> float:
-    def read_and_accept(pkt):
-        return pkt.accept() if pkt.tcp is not None and pkt.tcp.dport >= 0 else None
+def read_and_accept(pkt):  # type: ignore[no-untyped-def]
+    return pkt.accept() if pkt.tcp is not None and pkt.tcp.dport >= 0 else None
 
+
+def grow(pkt):  # type: ignore[no-untyped-def]
+    t = pkt.tcp
+    if t is not None and t.dport == PORT and len(t.payload) >= 1000:  # the data stream, not the control one
+        t.payload = t.payload + b"!!"
+    return pkt.accept()
+
+
+def accept_only(lab: pktlab.Lab) -> float:
     return _through(lab, read_and_accept)
 
 
 def grow_every_segment(lab: pktlab.Lab) -> float:
-    def grow(pkt):
-        t = pkt.tcp
-        if t is not None and t.dport == PORT and len(t.payload) >= 1000:  # the data stream, not the control one
-            t.payload = t.payload + b"!!"
-        return pkt.accept()
-
     return _through(lab, grow)
+
+
+def accept_only_gso(lab: pktlab.Lab) -> float:
+    return _through(lab, read_and_accept, gso=True)
+
+
+def grow_every_gso_packet(lab: pktlab.Lab) -> float:
+    return _through(lab, grow, gso=True)
 
 
 CONFIGS: dict[str, Callable[[pktlab.Lab], float]] = {
     "(0) no queue": no_queue,
     "(a) queue, handler reads the header and accepts": accept_only,
     "(b) queue, handler grows every data segment by 2 bytes": grow_every_segment,
+    "(c) as (a), the queue bound with gso=True (GSO packets whole)": accept_only_gso,
+    "(d) as (b), gso=True: every GSO packet grown by 2 bytes": grow_every_gso_packet,
 }
 
 

@@ -48,16 +48,18 @@ cdef extern from "libnetfilter_queue/libnetfilter_queue.h":
 cdef extern from "libnetfilter_queue/linux_nfnetlink_queue.h":
     int NFQA_CFG_F_FAIL_OPEN
     int NFQA_CFG_F_UID_GID
+    int NFQA_CFG_F_GSO
     int NFQNL_COPY_PACKET
     int NFQA_UID
     int NFQA_GID
+    int NFQA_SKB_INFO
 
 DEF READ_SLOTS = 16  # messages taken per recvmmsg call
 DEF READ_SLOT_BYTES = 73728  # one netlink message: a 64 KiB packet and its attributes (< 1 KiB) fit
 
 
 
-def configure_queue(NfQueue q, unsigned int copy_range, bint fail_open):
+def configure_queue(NfQueue q, unsigned int copy_range, bint fail_open, bint gso=False):
     """Set what NetfilterQueue's ``bind`` cannot: the full copy range and the fail-open flag.
 
     NetfilterQueue caps the copy range at 4016 bytes (its receive buffer is
@@ -65,7 +67,11 @@ def configure_queue(NfQueue q, unsigned int copy_range, bint fail_open):
     (:class:`QueueReader`), so it can ask for whole packets, and it sets
     NFQA_CFG_F_FAIL_OPEN (an NFQNL_MSG_CONFIG message on the queue's own
     socket, through libnetfilter_queue) so that a full queue passes packets
-    instead of dropping them.  Call right after ``bind`` in the reading thread.
+    instead of dropping them.  With ``gso`` it sets NFQA_CFG_F_GSO: the kernel
+    queues GSO packets whole (up to 64 KiB: one message for what would be ~45
+    segments) and no longer completes offloaded checksums before copying
+    (each packet's NFQA_SKB_INFO says which).  Call right after ``bind`` in the
+    reading thread.
     """
     if q.qh == NULL:
         raise RuntimeError("the queue is not bound")
@@ -76,10 +82,14 @@ def configure_queue(NfQueue q, unsigned int copy_range, bint fail_open):
     # the owner of a local packet's socket with each packet (pkt.uid, pkt.gid); a kernel without it
     # (older than 3.15) refuses the flag and gives none: pkt.uid stays None
     nfq_set_queue_flags(q.qh, NFQA_CFG_F_UID_GID, NFQA_CFG_F_UID_GID)
+    if nfq_set_queue_flags(q.qh, NFQA_CFG_F_GSO, NFQA_CFG_F_GSO if gso else 0) < 0 and gso:
+        raise OSError(errno, "cannot set the queue's GSO flag (kernel older than 3.10?)")
 
 
-cdef inline bint message_owner(const unsigned char* m, Py_ssize_t n, long long* uid, long long* gid) nogil:
-    """The NFQA_UID and NFQA_GID attributes of one queue message, if it has both (-1 each if not).
+cdef inline bint message_owner(const unsigned char* m, Py_ssize_t n, long long* uid, long long* gid,
+                               int* skbinfo) nogil:
+    """The NFQA_UID and NFQA_GID attributes of one queue message, if it has both (-1 each if not),
+    and its NFQA_SKB_INFO flags (0 without: GSO, checksum not ready, checksum not verified).
 
     The layout is netlink's: a 16-byte nlmsghdr, the 4-byte nfgenmsg, then attributes (2-byte
     length, 2-byte type, host order, padded to 4 bytes), the values big-endian.
@@ -90,18 +100,21 @@ cdef inline bint message_owner(const unsigned char* m, Py_ssize_t n, long long* 
     cdef long long v
     uid[0] = -1
     gid[0] = -1
+    skbinfo[0] = 0
     while off + 4 <= n:
         memcpy(head, m + off, 4)
         alen = head[0]
         atype = head[1] & 0x7FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
         if alen < 4 or off + alen > n:
             break
-        if alen >= 8 and (atype == NFQA_UID or atype == NFQA_GID):
+        if alen >= 8 and (atype == NFQA_UID or atype == NFQA_GID or atype == NFQA_SKB_INFO):
             v = (<long long>m[off + 4] << 24) | (m[off + 5] << 16) | (m[off + 6] << 8) | m[off + 7]
             if atype == NFQA_UID:
                 uid[0] = v
-            else:
+            elif atype == NFQA_GID:
                 gid[0] = v
+            else:
+                skbinfo[0] = <int>v
         off += (alen + 3) & ~3
     return uid[0] >= 0 and gid[0] >= 0
 
@@ -134,6 +147,7 @@ cdef class QueueReader:
     cdef public bint retired  # a successor reads the queue now; this one stops after its current message
     cdef public object sink  # told the owner of each packet's socket: sink.owner = (uid, gid) or None
     cdef long long owner_uid, owner_gid  # what the sink was last told (-1: None)
+    cdef int skbinfo  # what the sink was last told of NFQA_SKB_INFO
 
     def __cinit__(self):
         cdef int i
@@ -149,17 +163,22 @@ cdef class QueueReader:
         self.pending = []
         self.owner_uid = -2  # nothing told yet: the first packet always tells
         self.owner_gid = -2
+        self.skbinfo = -1
 
     cdef int _note_owner(self, const unsigned char* m, Py_ssize_t n) except -1:
-        """Tell the sink whose socket the next packet belongs to (only when that changes)."""
+        """Tell the sink whose socket the next packet belongs to, and its skb info (only when they change)."""
         cdef long long uid, gid
+        cdef int info
         if self.sink is None:
             return 0
-        if not message_owner(m, n, &uid, &gid):
+        if not message_owner(m, n, &uid, &gid, &info):
             uid = gid = -1
         if uid != self.owner_uid or gid != self.owner_gid:
             self.sink.owner = (uid, gid) if uid >= 0 else None
             self.owner_uid, self.owner_gid = uid, gid
+        if info != self.skbinfo:
+            self.sink.skbinfo = info
+            self.skbinfo = info
         return 0
 
     def __dealloc__(self):

@@ -94,6 +94,7 @@ class QueueSource:
         copy_range: int = 65535,
         sock_bytes: int = 8 << 20,
         fail_open: bool = True,
+        gso: bool = False,
     ) -> None:
         if not 0 < copy_range <= 65535:
             raise PktlabError(f"copy range {copy_range} is out of range; use 1..65535 bytes")
@@ -108,6 +109,7 @@ class QueueSource:
             )
         self.queue = queue
         self.fail_open = fail_open
+        self.gso = gso  # NFQA_CFG_F_GSO: GSO packets queued whole, offloaded checksums left to the kernel
         self._reader = QueueReader()
         self._fd = -1
         self._q: Any = None
@@ -201,7 +203,7 @@ class QueueSource:
                     "detach that session (%pktlab detach / s.detach()) or pick another queue number"
                 ) from None
         try:
-            configure_queue(q, self.copy_range, self.fail_open)
+            configure_queue(q, self.copy_range, self.fail_open, self.gso)
         except OSError as exc:
             q.unbind()
             raise PktlabError(

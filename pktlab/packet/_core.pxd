@@ -25,6 +25,7 @@ cdef class PacketCore:
     cdef public object _owner  # (uid, gid) of the local socket the packet belongs to, from the queue (None: none)
     cdef public object _send  # where pkt.reply sends: the session's Sender (None: the packet has no session)
     cdef public object _flow  # the packet's Flow, or the session's flow table until tracking starts (None: no session)
+    cdef public int _skbinfo  # the kernel's NFQA_SKB_INFO flags (1 checksum not ready, 2 GSO, 4 not verified)
     cdef int _l4proto  # transport protocol (-1 none), its offset and whether the packet is a fragment:
     cdef Py_ssize_t _l4off  # found once per layout (see _relayout), kept in C: no tuple per packet
     cdef int _l4frag  # 0 not a fragment, 1 the first fragment, 2 a later one (no transport header)

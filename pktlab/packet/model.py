@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import PacketFormatError, SessionError
 from ._core import PacketCore, fix_packet, set_view_classes
@@ -91,6 +91,14 @@ class RawBytes:
         return f"<raw {len(self)} bytes {bytes(self._pkt._buf[:32]).hex(' ')}{' …' if len(self) > 32 else ''}>"
 
 
+class SkbInfo(NamedTuple):
+    """``pkt.skb_info``: the kernel's flags for the packet's buffer."""
+
+    gso: bool
+    csum_not_ready: bool
+    csum_not_verified: bool
+
+
 class Packet(PacketCore):
     """One packet held by the kernel until its verdict: ``Packet(meta, data, time, link="ip")``.
 
@@ -132,6 +140,22 @@ class Packet(PacketCore):
         if self._mark is not None:
             return self._mark
         return self._meta.mark if self._meta else 0
+
+    @property
+    def skb_info(self) -> SkbInfo:
+        """What the kernel said of this packet's buffer (NFQA_SKB_INFO; all False for captures and hand-made ones).
+
+        ``gso``: a GSO packet, queued whole (a session attached with ``gso=True``),
+        larger than the link's MTU; the kernel cuts it into segments later.
+        ``csum_not_ready``: its TCP/UDP checksum field holds only the
+        pseudo-header's sum; the kernel (or the card) completes it when it
+        sends the packet unchanged.  A rewritten packet gets a full checksum
+        from pktlab: the kernel takes a rewritten payload as final (a GSO one
+        has its checksums made again per segment).  ``csum_not_verified``: a
+        received packet whose checksum nobody has checked yet.
+        """
+        v = self._skbinfo
+        return SkbInfo(bool(v & 2), bool(v & 1), bool(v & 4))
 
     @property
     def uid(self) -> int | None:

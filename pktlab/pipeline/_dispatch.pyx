@@ -150,6 +150,7 @@ cdef class Dispatcher:
     cdef public object seqadj
     cdef public bint seqadj_on
     cdef public object owner  # (uid, gid) of the packet being dispatched, set by the queue reader (None: none)
+    cdef public int skbinfo  # NFQA_SKB_INFO of the packet being dispatched, set by the queue reader
     cdef public object on_seqadj  # called with True when the first connection gets state, False when none has
     cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
     cdef public dict tcp_high  # stream key -> sequence number after the highest byte accepted (bounded)
@@ -760,8 +761,10 @@ cdef class Dispatcher:
         if captured:
             pkt._l3 = cp.l3
             pkt._eth = cp.eth
+            pkt._skbinfo = 0
         else:
             pkt._owner = self.owner
+            pkt._skbinfo = self.skbinfo
             if pkt._eth:  # a spare that last held a captured frame
                 pkt._l3 = 0
                 pkt._eth = False

@@ -209,6 +209,7 @@ class Session(ChainOwner):
         name: str | None = None,
         filter: str | None = None,  # noqa: A002 - the word users know from tcpdump
         flow_verdicts: bool = False,
+        gso: bool = False,
     ) -> None:
         if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue <= 65535:
             raise SessionError(f"queue number {queue!r} is not valid; use an integer 0..65535")
@@ -244,7 +245,8 @@ class Session(ChainOwner):
         self.flow_verdicts = bool(flow_verdicts)
         self._init_chain(default, on_error, record_size, snaplen, deadline, 60)
         self.source: QueueSource | CaptureSource = QueueSource(
-            queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes, fail_open=fail_open
+            queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes, fail_open=fail_open,
+            gso=gso,
         )
         self.rules: _rules.RuleSet | None = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
         self._make_dispatcher(batch_verdict_prefix(queue), batch)

@@ -82,9 +82,9 @@ def serve(lab: Lab, unit: str, repeat: int, requests: int, *, close: bool = Fals
     return srv
 
 
-def through_router(lab: Lab, queue_num: int, handler, srv, requests: int):  # type: ignore[no-untyped-def]
+def through_router(lab: Lab, queue_num: int, handler, srv, requests: int, gso: bool = False):  # type: ignore[no-untyped-def]
     """``requests`` GETs from the client while a session on the router's FORWARD queue runs ``handler``."""
-    s = pktlab.attach(queue_num, rule="-p tcp", hook="FORWARD", netns=lab.router, deadline=None)
+    s = pktlab.attach(queue_num, rule="-p tcp", hook="FORWARD", netns=lab.router, deadline=None, gso=gso)
     try:
         s.add_handler(handler, handler.__name__)
         return fetch(lab, requests), s
@@ -137,6 +137,30 @@ def test_ten_megabytes_every_segment_grown(router_lab: Lab, queue_num: int) -> N
     assert len(grown) > 1000
     assert_intact_with_markers(got[0]["body"], unit, repeat)
     assert not s.errors
+
+
+def test_gso_packets_rewritten_whole_deliver_exactly_the_intended_bytes(router_lab: Lab, queue_num: int) -> None:
+    """With gso=True the router's queue gets the server's GSO packets whole (up to 64 KiB, checksum left
+    to the kernel); a same-length rewrite and a growing one both reach the client exactly as meant."""
+    unit, repeat = "0123456789@bcde~", 4 * 1024 * 1024 // 16
+    srv = serve(router_lab, unit, repeat, 1, close=True)
+    seen = []
+
+    def rewrite_gso(pkt):
+        tcp = pkt.tcp
+        if tcp is None or tcp.sport != PORT or not tcp.payload:
+            return None
+        seen.append((len(pkt), pkt.skb_info))
+        tcp.payload = tcp.payload.replace(b"@", b"A").replace(b"~", b"<~>", 1)
+        return None
+
+    got, s = through_router(router_lab, queue_num, rewrite_gso, srv, 1, gso=True)
+    body = got[0]["body"]
+    assert body.replace("<~>", "~") == (unit * repeat).replace("@", "A")  # every byte as the handler meant
+    big = [n for n, info in seen if info.gso]
+    assert big and max(big) > 1500  # whole GSO packets, larger than the link's MTU
+    assert all(info.csum_not_ready for _, info in seen if info.gso)
+    assert 1 <= body.count("<~>") <= len(seen) and not s.errors  # a retransmission is rewritten again
 
 
 def test_segments_dropped_once_are_retransmitted_while_others_are_grown(router_lab: Lab, queue_num: int) -> None:
