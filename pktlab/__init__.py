@@ -42,7 +42,7 @@ from .measure.netpipe import NetpipeResult, netpipe
 from .measure.tftp_cache import TftpCache
 from .measure.timeline import Trace
 from .measure.tracer import Tracer, trace
-from .packet.model import Packet
+from .packet.model import Packet, SkbInfo
 from .packet.user_protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
 from .packet.user_protocols import registry as protocols
 from .packet.verdicts import ACCEPT, DROP, REPEAT, Verdict
@@ -78,6 +78,7 @@ __all__ = [
     "NetpipeResult",
     "MissingToolError",
     "Packet",
+    "SkbInfo",
     "PacketFormatError",
     "PingResult",
     "PktlabError",

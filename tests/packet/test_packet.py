@@ -293,3 +293,15 @@ def test_replace_in_a_layers_payload_counts_and_rewrites() -> None:
         q.udp.replace(b"", b"x")
     fixed = Packet(None, bytes(p))
     assert fixed.tcp.payload == b"the kitten and the kitten"
+
+
+def test_a_packet_not_from_a_queue_has_no_kernel_buffer_flags() -> None:
+    import pktlab
+    from pktlab.testing import udp as make_udp
+
+    assert tuple(Packet(None, make_udp(payload=b"x", raw=True)).skb_info) == (False, False, False)
+    r = pktlab.replay("lab-udp")
+    seen = []
+    r.add_handler(lambda pkt: seen.append(pkt.skb_info), "look")
+    r.run()
+    assert seen and all(not any(i) for i in seen)
