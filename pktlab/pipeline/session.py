@@ -450,15 +450,18 @@ class Session(ChainOwner):
             ) from None
         try:
             self.rules.install([self.rule])
-            if self.flow_verdicts:
-                self._flow_rules = FlowRules(self.rules, self.rule, self.netns, next(_OFFLOAD_SEQ))
-                self._flow_rules.install()
-        except BaseException:
-            if self._flow_rules is not None:
-                self._flow_rules = None
-            self.rules.remove()
+        except BaseException:  # nothing of this session's was installed (a same-named session's rules stay)
             self.source.stop(drain=0.5)
             raise
+        if self.flow_verdicts:
+            try:
+                self._flow_rules = FlowRules(self.rules, self.rule, self.netns, next(_OFFLOAD_SEQ))
+                self._flow_rules.install()
+            except BaseException:
+                self._flow_rules = None
+                self.rules.remove()
+                self.source.stop(drain=0.5)
+                raise
         self._attached = True
         self._start_watchdog()
         atexit.register(self.detach)
