@@ -32,7 +32,9 @@ def capture(  # type: ignore[no-untyped-def]
     family: str = "ipv4",
 ) -> dict:
     with pktlab.Lab(topology) as lab:
-        s = pktlab.attach(1, rule=rule, netns=lab[on], hook=hook, family=family, snaplen=65535, record_size=10_000)
+        # gso=False: the captures show packets as they cross the wire (segments), not the kernel's GSO batches
+        s = pktlab.attach(1, rule=rule, netns=lab[on], hook=hook, family=family, snaplen=65535, record_size=10_000,
+                          gso=False)  # fmt: skip
         try:
             traffic(lab)
         finally:

@@ -72,7 +72,8 @@ def _parsers() -> dict[str, _Parser]:
     att.add_argument("--on-error", default="accept")
     att.add_argument("--max-len", type=int, default=4096)
     att.add_argument("--copy-range", type=int, default=65535)
-    att.add_argument("--gso", action="store_true", help="queue GSO packets whole (up to 64 KiB), not cut in segments")
+    att.add_argument("--no-gso", dest="gso", action="store_false",
+                     help="have the kernel cut GSO packets into segments before queueing them (slower)")
     att.add_argument("--flow-verdicts", action="store_true",
                      help="ready for pkt.accept(flow=True) from the first packet (conntrack follows every connection)")
     att.add_argument("--sock-bytes", type=int, default=8 << 20)

@@ -209,7 +209,7 @@ class Session(ChainOwner):
         name: str | None = None,
         filter: str | None = None,  # noqa: A002 - the word users know from tcpdump
         flow_verdicts: bool = False,
-        gso: bool = False,
+        gso: bool = True,
     ) -> None:
         if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue <= 65535:
             raise SessionError(f"queue number {queue!r} is not valid; use an integer 0..65535")
