@@ -39,7 +39,8 @@ def test_same_handler_same_verdicts_live_and_replayed(lab: Lab, queue_num: int, 
     finally:
         s.detach()
     live = s.df
-    assert s.to_pcap(tmp_path / "live.pcap") == len(live) > 40
+    # 30 datagrams, 4 echo requests, the TCP connection's packets (its 4 KB may come as one GSO packet)
+    assert s.to_pcap(tmp_path / "live.pcap") == len(live) >= 30 + 4 + 3
 
     r = pktlab.replay(tmp_path / "live.pcap", deadline=None)
     r.add_handler(mixed, "mixed")
