@@ -39,11 +39,13 @@ def set_view_classes(ipv4, ipv6, udp, tcp, icmp, icmpv6):
 
 
 
-def too_big(Py_ssize_t size):
+def too_big(Py_ssize_t size, bint gso=False):
     """The error of a rewrite that made a packet larger than an IP packet can be."""
+    hint = ("; it was a GSO packet (the kernel's batch of segments, up to 64 KiB), which leaves little room "
+            "to grow: attach with gso=False (--no-gso) to rewrite segments") if gso else ""
     return PacketFormatError(
         f"the rewritten packet is {size:,} bytes; an IP packet holds at most 65,535, so it was not sent "
-        "and the packet got the error verdict as it arrived"
+        f"and the packet got the error verdict as it arrived{hint}"
     )
 
 

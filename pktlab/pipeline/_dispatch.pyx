@@ -845,7 +845,7 @@ cdef class Dispatcher:
             if verdict is None:
                 verdict = self._default
             if pkt._modified and h is not None and len(pkt._buf) - record_offset(nf) > 65535:
-                err = self.chain.failed(h, pkt, too_big(len(pkt._buf) - record_offset(nf)))
+                err = self.chain.failed(h, pkt, too_big(len(pkt._buf) - record_offset(nf), pkt._skbinfo & 2))
                 verdict = self._on_error
                 by = h.name
                 pkt._modified = False

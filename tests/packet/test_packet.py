@@ -305,3 +305,10 @@ def test_a_packet_not_from_a_queue_has_no_kernel_buffer_flags() -> None:
     r.add_handler(lambda pkt: seen.append(pkt.skb_info), "look")
     r.run()
     assert seen and all(not any(i) for i in seen)
+
+
+def test_a_gso_packet_grown_past_an_ip_packet_says_how_to_rewrite_segments() -> None:
+    from pktlab.packet._core import too_big
+
+    assert "65,535" in str(too_big(70_000)) and "gso" not in str(too_big(70_000))
+    assert "attach with gso=False (--no-gso)" in str(too_big(70_000, True))
