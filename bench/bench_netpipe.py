@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_queue import BareReader  # noqa: E402
 
 import pktlab  # noqa: E402
-from pktlab.measure.netpipe import nptcp, schedule  # noqa: E402
+from pktlab.measure.netpipe import compare_runs, nptcp, steal_ticks  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 MAX = int(os.environ.get("BENCH_NETPIPE_MAX", str(1 << 20)))
-AGREE_RUNS = int(os.environ.get("BENCH_AGREE_RUNS", "5"))
+AGREE_RUNS = int(os.environ.get("BENCH_AGREE_RUNS", "7"))
 
 
 def nptcp_max(lab: pktlab.Lab) -> float:
@@ -69,30 +70,31 @@ def queue_table() -> None:
 
 def agreement_table() -> None:
     """pktlab.netpipe against NPtcp at every block size above 64 KiB: AGREE_RUNS interleaved runs each, one lab."""
-    ours: dict[int, list[float]] = {}
-    ref: dict[int, list[float]] = {}
+    ours: list[pktlab.NetpipeResult] = []
+    ref: list[pktlab.NetpipeResult] = []
+    steal0, t0 = steal_ticks(), time.monotonic()
     with pktlab.Lab() as lab:
         for i in range(AGREE_RUNS):
-            for p in nptcp(lab, max_bytes=MAX, repeats=30).points:
-                ref.setdefault(p.bytes, []).append(p.mbps)
-            for p in pktlab.netpipe(lab, [None], max_bytes=MAX, repeats=30).points:
-                ours.setdefault(p.bytes, []).append(p.mbps)
+            ref.append(nptcp(lab, max_bytes=MAX, repeats=30))
+            ours.append(pktlab.netpipe(lab, [None], max_bytes=MAX, repeats=30))
             print(f"  agreement run {i + 1}/{AGREE_RUNS}", file=sys.stderr)
+    stolen_share = (steal_ticks() - steal0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0) / os.cpu_count()
+    table = compare_runs(ours, ref)
     head = f"{AGREE_RUNS} interleaved runs, no queue, up to {MAX:,} bytes"
     print(f"\n### pktlab.netpipe / NPtcp per block size ({head})\n")
+    print(f"The host stole {stolen_share:.0%} of the CPUs' time during these runs (/proc/stat steal).\n")
     print("| block (bytes) | NPtcp Mbps (median) | pktlab Mbps (median) | ratio of medians | ratio of fastest "
-          "| ratio per run (min-max) |\n|---|---|---|---|---|---|")  # fmt: skip
-    med_ratios = []
-    for b in schedule(MAX):
-        if b <= 64 * 1024:
-            continue
-        r, o = ref[b], ours[b]
-        per_run = [x / y for x, y in zip(o, r, strict=True)]
-        med_ratios.append(statistics.median(o) / statistics.median(r))
-        print(f"| {b:,} | {statistics.median(r):,.0f} | {statistics.median(o):,.0f} | {med_ratios[-1]:.2f} | "
-              f"{max(o) / max(r):.2f} | {min(per_run):.2f}-{max(per_run):.2f} |")  # fmt: skip
-    print(f"\nratio of medians over the sizes: median {statistics.median(med_ratios):.2f}, "
-          f"min {min(med_ratios):.2f}, max {max(med_ratios):.2f}")
+          "| median of run ratios | run ratios (min-max) | pktlab trials set aside (steal) | collapsed |\n"
+          "|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    for _, row in table.iterrows():
+        b = int(row["bytes"])
+        stolen = sum(p.stolen for r in ours for p in r.points if p.bytes == b)
+        print(f"| {b:,} | {row['reference Mbps']:,.0f} | {row['ours Mbps']:,.0f} | {row['ratio of medians']:.2f} | "
+              f"{row['ratio of fastest']:.2f} | {row['median run ratio']:.2f} | {row['min run ratio']:.2f}-"
+              f"{row['max run ratio']:.2f} | {stolen} | {'yes' if row['collapsed'] else 'no'} |")  # fmt: skip
+    m = table["median run ratio"]
+    print(f"\nmedian of run ratios over the sizes: median {m.median():.2f}, min {m.min():.2f}, max {m.max():.2f}; "
+          f"collapsed sizes: {int(table['collapsed'].sum())} of {len(table)}")
 
 
 def nat_table() -> None:

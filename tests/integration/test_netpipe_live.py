@@ -3,64 +3,57 @@
 from __future__ import annotations
 
 import shutil
-import statistics
 from pathlib import Path
 
 import pytest
 
 import pktlab
 from pktlab import Lab
-from pktlab.measure.netpipe import netpipe, nptcp, schedule
+from pktlab.measure.netpipe import compare_runs, netpipe, nptcp, schedule
 from tests.conftest import needs_root, pktlab_rules
 
 pytestmark = [needs_root, pytest.mark.skipif(shutil.which("NPtcp") is None, reason="netpipe-tcp is not installed")]
 MAX = 1 << 20
-RUNS = 5
+RUNS = 7
 
 
 def test_agrees_with_nptcp_at_every_block_size(lab: Lab, tmp_path: Path) -> None:
     """pktlab.netpipe and NPtcp, alternating on the same path: the same sizes, and no collapse at any of them.
 
-    A busy machine only ever slows a run down, so, as NetPIPE keeps the fastest of its
-    trials, each block size compares the fastest of RUNS interleaved runs of each tool.
-    Even so, single sizes of either tool fall between two modes here (~10 or ~35 Gbps with
-    another process on a core; NPtcp as much as pktlab), so one size can be off by 2x: the
-    check is on the whole curve above 64 KiB.  It fails on a collapse like issue 21's
-    (pktlab at 0.25-0.42 of NPtcp from 256 KiB on) or a factor of two from confusing one-way
-    and round-trip times; the per-size agreement is measured, with its spread, in
-    bench/bench_netpipe.py (BENCHMARKS.md).
+    This VM's host steals CPU time from it (a third of 262 KB trials, which then run at a third of
+    the speed: issue 21), so single runs of either tool drop to a slow mode at random sizes.
+    pktlab sets such trials aside (``Point.stolen``); NPtcp, the reference, does not.  A size
+    counts as collapsed only when pktlab is below half of NPtcp both in the fastest of the RUNS
+    interleaved runs and in the median of the per-run ratios (``compare_runs``): steal moves one
+    of the two, a measurement slow by itself (issue 21: 0.25-0.42 of NPtcp from 256 KiB on, in
+    every run) moves both.  The per-size table, with its spread, is in BENCHMARKS.md
+    (bench/bench_netpipe.py agree).
     """
-    ref: dict[int, list[float]] = {}
-    ours: dict[int, list[float]] = {}
-    lat_ref: list[float] = []
-    lat: list[float] = []
     sizes = schedule(MAX)
+    ours, ref = [], []
     for _ in range(RUNS):
-        n = nptcp(lab, max_bytes=MAX, repeats=30)
-        r = netpipe(lab, [None], max_bytes=MAX, repeats=30)
-        assert [p.bytes for p in n.points] == sizes, f"NPtcp's sizes: {[p.bytes for p in n.points]}"
-        assert [p.bytes for p in r.points] == sizes, f"pktlab's sizes: {[p.bytes for p in r.points]}"
-        for p in n.points:
-            ref.setdefault(p.bytes, []).append(p.mbps)
-        for p in r.points:
-            ours.setdefault(p.bytes, []).append(p.mbps)
-        lat_ref += [p.seconds for p in n.points if p.bytes <= 64]
-        lat += [p.seconds for p in r.points if p.bytes <= 64]
-    ratios = {b: max(ours[b]) / max(ref[b]) for b in sizes if b > 64 * 1024}
-    print("\npktlab/NPtcp per block size: " + ", ".join(f"{b}: {x:.2f}" for b, x in ratios.items()))
-    low = {b: round(x, 2) for b, x in ratios.items() if x < 0.5}
-    assert len(low) <= len(ratios) // 5, f"pktlab.netpipe below half of NPtcp at {low}"
-    middle = statistics.median(ratios.values())
-    # The lower bound is the collapse check (issue 21: pktlab at 0.25-0.42 of NPtcp from 256 KiB on).
-    # Above, 2.5 and not 1.4: a tool can stay in the slow mode at a band of sizes in all of its runs
-    # (2026-12-01, clean-clone loop: NPtcp slow at 131-393 KB in five of five runs while pktlab reached
-    # the fast mode, 1.5-2.6x per size, median 1.59). A timing error of a factor two (one-way against
-    # round-trip time) shows at every size, small blocks included, which the latency check below catches.
-    assert 0.7 <= middle <= 2.5, f"pktlab.netpipe / NPtcp above 64 KiB: median over the sizes {middle:.2f}"
-    latency = min(lat) / min(lat_ref)
-    print(f"median ratio above 64 KiB {middle:.2f}; small-block latency pktlab/NPtcp {latency:.2f}")
-    assert 0.6 <= latency <= 1.6, f"small-block latency {latency:.2f} x NPtcp's"
-    r.to_netpipe(tmp_path / "pktlab.out")
+        ref.append(nptcp(lab, max_bytes=MAX, repeats=30))
+        ours.append(netpipe(lab, [None], max_bytes=MAX, repeats=30))
+        assert [p.bytes for p in ref[-1].points] == sizes, f"NPtcp's sizes: {[p.bytes for p in ref[-1].points]}"
+        assert [p.bytes for p in ours[-1].points] == sizes, f"pktlab's sizes: {[p.bytes for p in ours[-1].points]}"
+    table = compare_runs(ours, ref)
+    assert list(table["bytes"]) == [b for b in sizes if b > 64 * 1024]
+    shown = table.round(2).to_string(index=False)
+    print("\n" + shown)
+    collapsed = list(table.loc[table["collapsed"], "bytes"])
+    # 3 of 24: issue 21's collapse covered 7 or more sizes; noise collapsed none in 15 rounds of 7 runs
+    # (2026-12-02, 10 idle, 5 with a CPU-bound process on one core; /tmp data in the note of that day)
+    assert len(collapsed) <= len(table) // 8, f"pktlab.netpipe collapsed at {collapsed}:\n{shown}"
+    middle = float(table["median run ratio"].median())
+    # 0.7-2.5: seen 0.85-1.49 in those 15 rounds. Above 1.4 when NPtcp sits in its slow mode at a band of
+    # sizes in every run while pktlab sets stolen trials aside. A timing error of a factor two (one-way
+    # against round-trip time) shows at every size, small blocks included: the latency check catches it.
+    assert 0.7 <= middle <= 2.5, f"pktlab.netpipe / NPtcp above 64 KiB: median over the sizes {middle:.2f}\n{shown}"
+    lat_ref = min(p.seconds for r in ref for p in r.points if p.bytes <= 64)
+    lat = min(p.seconds for r in ours for p in r.points if p.bytes <= 64)
+    print(f"median run ratio above 64 KiB {middle:.2f}; small-block latency pktlab/NPtcp {lat / lat_ref:.2f}")
+    assert 0.6 <= lat / lat_ref <= 1.6, f"small-block latency {lat / lat_ref:.2f} x NPtcp's"
+    ours[-1].to_netpipe(tmp_path / "pktlab.out")
     assert len((tmp_path / "pktlab.out").read_text().splitlines()) == len(sizes)
 
 

@@ -1,4 +1,5 @@
-"""NetPIPE's method: the block schedule, the output format, the saturation point (no kernel needed)."""
+"""NetPIPE's method: the block schedule, the output format, the saturation point, steal-free trials, the
+comparison of runs (no kernel needed: loopback and synthetic runs)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pktlab.measure.netpipe import NetpipeResult, Point, saturation_point, schedule
+from pktlab.measure import netpipe as np_mod
+from pktlab.measure.netpipe import NetpipeResult, Point, compare_runs, saturation_point, schedule
 
 
 def test_schedule_follows_netpipe() -> None:
@@ -46,7 +48,7 @@ def test_np_out_format_and_summary(tmp_path: Path) -> None:
     assert int(b) == 4096 and float(mbps) == pytest.approx(4096 * 8 / (30e-6 + 4096 / 1e9) / 1e6, rel=1e-5)
     assert float(t) == pytest.approx(30e-6 + 4096 / 1e9, abs=1e-8)
     df = r.df
-    assert list(df.columns) == ["config", "bytes", "repeats", "seconds", "usec", "Mbps"]
+    assert list(df.columns) == ["config", "bytes", "repeats", "seconds", "usec", "Mbps", "stolen", "clean"]
     summary = r.summary()
     assert summary["latency us"][0] == pytest.approx(30.001, rel=1e-3)
     assert r.plot() is not None
@@ -64,3 +66,83 @@ def test_progress_outside_a_terminal_prints_whole_lines(capsys: pytest.CaptureFi
     assert "\r" not in err and err.endswith("\n")
     assert 2 <= len(lines) <= 10 and lines[-1].startswith("no queue: 40/40 points")
     assert all(line.startswith("no queue: ") for line in lines)
+
+
+def _runs(curve: dict[int, list[float]]) -> list[NetpipeResult]:
+    """Runs whose Mbps at each size are the given lists (run i takes element i)."""
+    n = len(next(iter(curve.values())))
+    return [NetpipeResult([Point("x", b, 30, b * 8 / (m[i] * 1e6)) for b, m in curve.items()], ["x"]) for i in range(n)]
+
+
+def test_compare_runs_finds_a_collapse_but_not_a_slow_mode_in_single_runs() -> None:
+    sizes = [b for b in schedule(1 << 20) if b > 64 * 1024]
+    ref = _runs({b: [20_000.0] * 7 for b in sizes})
+    # steal: every size drops to a third in two of seven runs (a different pair for each size)
+    noisy = {b: [20_000.0 / 3 if i in (k % 7, (k + 3) % 7) else 20_000.0 for i in range(7)]
+             for k, b in enumerate(sizes)}  # fmt: skip
+    table = compare_runs(_runs(noisy), ref)
+    assert list(table["bytes"]) == sizes and not table["collapsed"].any()
+    assert table["median run ratio"].median() == pytest.approx(1.0)
+    # issue 21: from 256 KiB on, a third of the reference in every run
+    collapse = {b: [20_000.0 / 3 if b >= 256 * 1024 else 20_000.0] * 7 for b in sizes}
+    table = compare_runs(_runs(collapse), ref)
+    assert list(table.loc[table["collapsed"], "bytes"]) == [b for b in sizes if b >= 256 * 1024]
+    # the reference in its slow mode in one run only: the fastest-run ratio moves, the median does not
+    ref_noisy = _runs({b: [60_000.0] + [20_000.0] * 6 for b in sizes})
+    table = compare_runs(_runs({b: [20_000.0] * 7 for b in sizes}), ref_noisy)
+    assert (table["ratio of fastest"] < 0.5).all() and not table["collapsed"].any()
+    with pytest.raises(ValueError, match="same number of runs"):
+        compare_runs(ref[:3], ref)
+
+
+def test_steal_ticks_reads_proc_stat() -> None:
+    everything = np_mod.steal_ticks()
+    assert everything >= 0 and np_mod.steal_ticks([0]) <= everything + 100  # ticks only grow; cpu0 is part of all
+
+
+def test_trials_with_steal_are_set_aside(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The client's loop on loopback, with the host's steal faked: disturbed trials are replaced, then given up on."""
+    import json
+    import socket
+    import threading
+
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    port = ls.getsockname()[1]
+    ls.close()
+    server = threading.Thread(target=np_mod._serve, args=(port, "tcp"), daemon=True)
+    server.start()
+    ticks = iter(range(1, 10_000))
+    stealing = {"sizes": {1000}}  # every trial of 1000-byte blocks has steal; 2000: every other trial
+    calls = {"n": 0}
+
+    def fake_steal(cpus=None):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        size = current["size"]
+        if size in stealing["sizes"] or (size == 2000 and calls["n"] % 4 == 0):
+            return next(ticks)  # a new value each reading: steal during the trial
+        return 0
+
+    current = {"size": 0}
+    from pktlab.measure import _pingpong
+
+    real = _pingpong.round_trips
+
+    def trip(fd: int, size: int, count: int) -> float:
+        current["size"] = size
+        return real(fd, size, count)
+
+    monkeypatch.setattr(_pingpong, "round_trips", trip)
+    monkeypatch.setattr(np_mod, "steal_ticks", fake_steal)
+    for _ in range(50):  # the server thread listens once it has bound
+        try:
+            np_mod._run("127.0.0.1", port, [500, 1000, 2000], 0.001, 3, 5, "tcp")
+            break
+        except ConnectionRefusedError:
+            threading.Event().wait(0.05)
+    server.join(5)
+    points = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [p["bytes"] for p in points] == [500, 1000, 2000]
+    assert points[0]["stolen"] == 0 and points[0]["clean"]
+    assert points[1]["stolen"] == 9 and not points[1]["clean"]  # every trial stolen: the budget, 3 x 3 trials
+    assert points[2]["stolen"] >= 1 and points[2]["clean"]
