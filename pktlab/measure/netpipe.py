@@ -9,8 +9,9 @@ trip.  It stops at ``max_bytes`` or when a transfer takes more than a second.
 
 Steal time: on a virtual machine the host may take a CPU away for milliseconds (the
 guest's ``steal`` in /proc/stat).  A trial during which the host stole time from the CPUs
-of the two ends measures the host's scheduling, not the network path: such a trial is set
-aside and another run in its place (at most ``3 * trials`` in all), and the point keeps the
+of the two ends (more than 5 % of the trial's time; /proc/stat counts in 10 ms ticks, so in
+a trial shorter than 200 ms any steal) measures the host's scheduling, not the network path:
+such a trial is set aside and another run in its place (at most ``3 * trials`` in all), and the point keeps the
 fastest steal-free trial (``Point.stolen`` counts the trials set aside; ``Point.clean`` is
 False when every trial had steal, and the point is then the fastest of them).  Measured on
 this project's 2-CPU VM (issue 21): trials of 262,144-byte blocks with steal ran at a median
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 PERTURBATION = 3
 STOP_SECONDS = 1.0  # NetPIPE's STOPTM: a transfer this slow ends the run
 STEAL_BUDGET = 3  # at most this many times `trials` trials per point when the host steals CPU time
+STEAL_SHARE = 0.05  # a trial is disturbed when the host took more than this share of its time
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")  # /proc/stat's unit
 PORT = 5201 + 100
 
 
@@ -557,8 +560,11 @@ def _run(
             if proto == "udp":
                 conn.recv(16)  # the server is ready for this trial
             before = steal_ticks(steal_cpus)
-            t = trip(fd, size, repeats) / repeats
-            (stolen if steal_ticks(steal_cpus) != before else clean).append(t)
+            seconds = trip(fd, size, repeats)
+            took = (steal_ticks(steal_cpus) - before) / TICKS_PER_SECOND
+            # disturbed: the host took more than STEAL_SHARE of the trial's time (a tick's change is 10 ms
+            # at most, so in a trial shorter than 200 ms any change counts)
+            (stolen if took > STEAL_SHARE * seconds else clean).append(seconds / repeats)
         best = min(clean or stolen)
         last = best
         print(json.dumps({"bytes": size, "repeats": repeats, "seconds": best / 2, "stolen": len(stolen),

@@ -10,15 +10,10 @@ Resume delivers the rest, none lost.  Screenshots go to test-output/browser/.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -27,6 +22,7 @@ import pytest
 from pktlab import Lab
 from pktlab.kernel import netns
 from pktlab.lab.network import wait_until
+from tests.browser.conftest import jupyter_server, kernel_ready
 from tests.conftest import needs_root
 
 pytestmark = [
@@ -96,25 +92,6 @@ class Sender:
         self.sock.close()
 
 
-def kernel_ready(base: str, token: str) -> bool:
-    """True once the server has a session for live.ipynb whose kernel is idle with a browser connected."""
-    try:
-        with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=2) as r:
-            sessions = json.load(r)
-    except OSError:
-        return False
-    return any(
-        s["path"].endswith("live.ipynb") and s["kernel"]["execution_state"] == "idle" and s["kernel"]["connections"]
-        for s in sessions
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_notebook(root: Path, server_ns: str) -> Path:
     cells = [
         nbformat.v4.new_code_cell(
@@ -135,47 +112,8 @@ def write_notebook(root: Path, server_ns: str) -> Path:
 @pytest.fixture(params=["lab", "notebook"])
 def jupyterlab(request, tmp_path: Path):  # type: ignore[no-untyped-def]
     """A Jupyter server on loopback: JupyterLab 4, or Notebook 7 (the classic Notebook's successor)."""
-    app = request.param
-    port, token = free_port(), secrets.token_hex(16)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    # a server of its own: settings, workspaces and runtime files in tmp_path, not the user's ~/.jupyter, so no
-    # workspace of an earlier run is restored and no first-run prompt (news, updates) opens over the page
-    env = dict(os.environ)
-    for var, sub in (("JUPYTERLAB_SETTINGS_DIR", "settings"), ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
-                     ("JUPYTER_RUNTIME_DIR", "runtime")):  # fmt: skip
-        env[var] = str(tmp_path / sub)
-        (tmp_path / sub).mkdir()
-    quiet = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
-    quiet.mkdir(parents=True)
-    (quiet / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    with open(tmp_path / "jupyter.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter", app, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}", "--allow-root",
-             *(["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-               if app == "lab" else [])],
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
-        )  # fmt: skip
-        try:
-            assert wait_until(up, 60, 0.1), (tmp_path / "jupyter.log").read_text()[-2000:]
-            yield base, token, tmp_path, app
-        finally:
-            proc.terminate()  # our own child, by PID; it shuts its kernels down
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    with jupyter_server(request.param, tmp_path) as server:
+        yield server
 
 
 def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # type: ignore[no-untyped-def]
@@ -198,7 +136,8 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
             page.wait_for_selector(".jp-Notebook", timeout=60_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
             # the page's kernel connection is up (the server says so), so Run All is not lost on the way
-            assert wait_until(lambda: kernel_ready(base, token), 60, 0.2), "the notebook's kernel did not connect"
+            ready = lambda: kernel_ready(base, token, "live.ipynb")  # noqa: E731
+            assert wait_until(ready, 60, 0.2), "the notebook's kernel did not connect"
 
             def click(selector: str) -> None:
                 """Click, failing at once with the dialog's text if a dialog covers the page."""
@@ -268,7 +207,7 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
                 return
             page.reload()
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-            assert wait_until(lambda: kernel_ready(base, token), 60, 0.2), "the reloaded page's kernel did not connect"
+            assert wait_until(ready, 60, 0.2), "the reloaded page's kernel did not connect"
             click("div.lm-MenuBar-itemLabel:text-is('Run')")
             click("li.lm-Menu-item:has-text('Run All Cells')")
             page.wait_for_selector(".pktlab-packets", timeout=60_000)

@@ -1,0 +1,131 @@
+"""Every notebook in notebooks/, run top to bottom in JupyterLab in headless Chromium with no way out to the network.
+
+What a student sees and the notebook tests (nbclient, no browser) cannot: for each notebook, no error
+output, no JavaScript error in the console, no request that left the machine (the browser's requests
+to anything but the test's own Jupyter server are refused, as on a machine with no internet), every
+Bokeh figure drawn (a canvas in each plot view), and in 03-live-firewall the dashboard's packet table
+showing the drops of the handler swapped in under traffic.  A screenshot per notebook goes to
+test-output/browser/walk/.  Live mode (root), with the notebook tests' reduced sizes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from pktlab.lab.network import wait_until
+from tests.browser.conftest import jupyter_server, kernel_ready
+from tests.conftest import needs_root
+
+pytestmark = [
+    needs_root,
+    pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed"),
+]
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((REPO / "notebooks").rglob("*.ipynb"))
+OUT = REPO / "test-output" / "browser" / "walk"
+SMALL = {"PKTLAB_NETPIPE_MAX": "65536", "PKTLAB_CACHE_MAX": "4096", "PKTLAB_FILTER_COUNT": "10000"}
+
+# Counts each notebook's figures by what it shows: the checks below assert every one was drawn
+PROMPTS_JS = """() => Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt'))
+                      .map(e => e.textContent.trim())"""
+FIGURES_JS = """() => {
+  // BokehJS draws into shadow roots: walk them, count plot views and those with a canvas
+  const views = [];
+  const walk = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      if (el.classList && (el.classList.contains('bk-Figure') || el.classList.contains('bk-Plot'))) views.push(el);
+      if (el.shadowRoot) walk(el.shadowRoot);
+    }
+  };
+  walk(document);
+  const drawn = views.filter(v => {
+    const r = v.shadowRoot || v;
+    return r.querySelector('canvas') !== null;
+  });
+  return [views.length, drawn.length];
+}"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("walk")
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    with jupyter_server("lab", root, env_extra={**SMALL, "PKTLAB_REPLAY": ""}) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"], headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[str(p.relative_to(REPO / "notebooks")) for p in NOTEBOOKS])
+def test_notebook_in_the_browser(path: Path, server, browser) -> None:  # type: ignore[no-untyped-def]
+    base, token, root, _ = server
+    rel = path.relative_to(REPO).as_posix()
+    shot = OUT / (path.relative_to(REPO / "notebooks").with_suffix("").as_posix().replace("/", "-") + ".png")
+    OUT.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    refused: list[str] = []
+
+    def only_loopback(route) -> None:  # type: ignore[no-untyped-def]
+        host = urlparse(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost") or route.request.url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: console.append(f"uncaught: {e}"))
+    try:
+        page.goto(f"{base}/lab/tree/{rel}?token={token}&reset")
+        page.wait_for_selector(".jp-Notebook", timeout=60_000)
+        assert wait_until(lambda: kernel_ready(base, token, rel), 60, 0.2), f"{rel}: the kernel did not connect"
+        if page.locator(".jp-Dialog").count():
+            raise AssertionError(f"a dialog is open over the page: {page.locator('.jp-Dialog').first.inner_text()!r}")
+        page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
+        page.click("li.lm-Menu-item:has-text('Run All Cells')")
+
+        def finished() -> bool:
+            prompts = page.evaluate(PROMPTS_JS)
+            return bool(prompts) and "[*]:" not in prompts and kernel_ready(base, token, rel)
+
+        # a queued cell shows [*] until it ran; JupyterLab clears the queue after an error, so this ends either way
+        assert wait_until(lambda: page.evaluate(PROMPTS_JS).count("[*]:") > 0 or finished(), 30, 0.2)
+        assert wait_until(finished, 300, 0.5), f"{rel}: still running after 5 minutes"
+        page.wait_for_timeout(1500)  # the last outputs' views render (BokehJS draws after the output arrives)
+        prompts = page.evaluate(PROMPTS_JS)
+        assert all(p.startswith("[") and p[1:-2].isdigit() for p in prompts), f"{rel}: cells not run: {prompts}"
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
+        assert not tracebacks, f"{rel}: error output:\n{tracebacks[0][-2000:]}"
+        views, drawn = page.evaluate(FIGURES_JS)
+        assert drawn == views, f"{rel}: {views - drawn} of {views} Bokeh figures not drawn"
+        if path.stem in ("04-netpipe-nat", "05-kernel-view", "06-packet-cache", "07-filter-costs"):
+            assert views > 0, f"{rel}: no Bokeh figure in the page"
+        if path.stem == "03-live-firewall":
+            cells = page.locator(".slick-cell").all_inner_texts()
+            assert "drop" in cells, f"{rel}: the dashboard's table shows no drop after the swap: {cells[:12]}"
+        assert not refused, f"{rel}: the page tried to reach the network: {refused[:5]}"
+        assert not console, f"{rel}: JavaScript errors: {console[:5]}"
+        page.screenshot(path=str(shot), full_page=True)
+    except BaseException:
+        page.screenshot(path=str(shot.with_name(shot.stem + "-failure.png")), full_page=True)
+        raise
+    finally:
+        context.close()
