@@ -28,6 +28,7 @@ _ICMP = {(1, 0): "echo-reply", (1, 8): "echo-request", (1, 3): "destination-unre
          (58, 128): "echo-request", (58, 129): "echo-reply", (58, 1): "destination-unreachable",
          (58, 135): "neighbor-solicitation", (58, 136): "neighbor-advertisement"}  # fmt: skip
 FORMAT = "pktlab-trace/1"
+COPY_DELIVERED = "a copy was delivered to a socket before"  # said of a drop after delivery (ping_rcv)
 
 
 def _transport(head: bytes) -> tuple[int, int] | None:
@@ -268,8 +269,8 @@ class Trace:
     def plot(self) -> Any:
         """Swimlanes: one lane per host and hook (device, netfilter hooks, local delivery), the kernel's time on x.
 
-        Each packet is a coloured path through the lanes; drops are red
-        crosses; hover shows the step, its verdict and its time.
+        Each packet is a coloured path through the lanes; drops are red crosses (grey where a
+        copy of the packet had reached a socket before); hover shows the step, its verdict and its time.
         """
         from bokeh.models import ColumnDataSource, HoverTool
         from bokeh.palettes import Category10_10
@@ -288,6 +289,7 @@ class Trace:
             tools="pan,xwheel_zoom,box_zoom,reset",
         )
         hover_renderers = []
+        drops: list[Step] = []
         for n, p in enumerate(self.packets):
             src = ColumnDataSource(
                 {
@@ -302,10 +304,16 @@ class Trace:
             colour = Category10_10[n % 10]
             fig.line("t", "lane", source=src, color=colour, alpha=0.6, line_width=2, legend_label=f"packet {n}")
             hover_renderers.append(fig.scatter("t", "lane", source=src, color=colour, size=8))
-            drops = [s for s in p.steps if s.kind == "drop"]
-            if drops:
-                fig.scatter([(s.t_ns - t0) / 1e3 for s in drops], [f"{s.host} {s.lane}" for s in drops],
-                            marker="x", size=16, line_width=3, color="red")  # fmt: skip
+            drops += [s for s in p.steps if s.kind == "drop"]
+        # a drop after a copy reached a socket (ping_rcv freeing the original) is not a lost packet: grey, not red
+        after_copy = [s for s in drops if COPY_DELIVERED in s.text]
+        for group, colour, label in ((
+            [s for s in drops if s not in after_copy], "red", "dropped"),
+            (after_copy, "grey", "freed after a copy reached a socket"),
+        ):  # fmt: skip
+            if group:
+                fig.scatter([(s.t_ns - t0) / 1e3 for s in group], [f"{s.host} {s.lane}" for s in group],
+                            marker="x", size=16, line_width=3, color=colour, legend_label=label)  # fmt: skip
         fig.add_tools(
             HoverTool(
                 renderers=hover_renderers,

@@ -48,7 +48,7 @@ from ..kernel import netns as _netns
 from ..kernel import rules as _rules
 from .kernel_steps import KernelClock, KernelStep
 from .nft_trace import TraceListener, TraceMessage, rule_texts
-from .timeline import HOOKS, Step, Trace, TracedPacket, identity
+from .timeline import COPY_DELIVERED, HOOKS, Step, Trace, TracedPacket, identity
 
 if TYPE_CHECKING:
     from ..lab.network import Host, Lab
@@ -430,7 +430,7 @@ class Tracer:
                 s.text += f" by {culprit.text}"
             s.text += f" (in {s.where})"
             if any(b.kind == "socket" for b in before):
-                s.text += "; a copy was delivered to a socket before"
+                s.text += "; " + COPY_DELIVERED
 
 
 def trace(

@@ -215,6 +215,12 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
             assert page.locator("canvas").count() > 0, "the reloaded dashboard drew no plot"
             broken = [c for c in console if "Could not create a view" in c or "Failed to create view" in c]
             assert not broken, broken
+            # and it is live: new traffic shows in the reloaded page
+            shown = packets()
+            sender = Sender(lab.client.netns, lab.server.addr, limit=300)
+            assert wait_until(lambda: packets() >= shown + 100, 20, 0.1), (
+                f"the reloaded dashboard does not update: shows {packets()}, had {shown}, {sender.sent} more sent"
+            )
             page.screenshot(path=str(out / "5-reloaded.png"), full_page=True)
             (out / "result.json").write_text(json.dumps({"sent": sent, "received": receiver.total}))
         except BaseException:

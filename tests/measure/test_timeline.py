@@ -9,7 +9,7 @@ import pytest
 
 from pktlab.measure.kernel_steps import KernelStep, parse_line
 from pktlab.measure.nft_trace import decode, parse_ruleset, split
-from pktlab.measure.timeline import Step, Trace, TracedPacket, describe, identity
+from pktlab.measure.timeline import COPY_DELIVERED, Step, Trace, TracedPacket, describe, identity
 
 # an ICMP echo request 10.77.1.1 > 10.77.2.2, TTL 64, id 0x1234 seq 1, and the router's copy (TTL 63, new checksum)
 PING = bytes.fromhex("4500005412344000400100000a4d01010a4d0202" "0800f7ff12340001")
@@ -74,7 +74,17 @@ def test_the_plot_has_a_lane_per_host_and_hook_and_the_kernels_time() -> None:
                                                         "server device in", "server PREROUTING"]))  # fmt: skip
     (line,) = [r for r in fig.renderers if r.glyph.__class__.__name__ == "Line"]
     assert list(line.data_source.data["t"]) == [0.0, 3.0, 5.0, 9.0, 12.0, 14.0]
-    assert any(r.glyph.__class__.__name__ == "Scatter" and r.glyph.marker == "x" for r in fig.renderers)  # the drop
+    (cross,) = [r for r in fig.renderers if r.glyph.__class__.__name__ == "Scatter" and r.glyph.marker == "x"]
+    assert cross.glyph.line_color == "red"  # the drop
+    labels = [item.label.value for item in fig.legend[0].items]
+    assert labels == ["packet 0", "dropped"]
+    # a drop after a copy reached a socket (ping_rcv freeing the original) is drawn grey and said so
+    steps = [Step("client", t_ns(0), "local", "deliver", "delivered to a socket (icmp)"),
+             Step("client", t_ns(2), "local", "drop", "dropped: NO_SOCKET (in ping_rcv); " + COPY_DELIVERED)]
+    fig = Trace([TracedPacket(PING, steps)], "icmp", ["client"]).plot()
+    (cross,) = [r for r in fig.renderers if r.glyph.__class__.__name__ == "Scatter" and r.glyph.marker == "x"]
+    assert cross.glyph.line_color == "grey"
+    assert [item.label.value for item in fig.legend[0].items] == ["packet 0", "freed after a copy reached a socket"]
 
 
 def test_a_trace_saved_loads_back_the_same(tmp_path) -> None:
