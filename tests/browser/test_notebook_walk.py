@@ -4,7 +4,9 @@ What a student sees and the notebook tests (nbclient, no browser) cannot: for ea
 output, no JavaScript error in the console, no request that left the machine (the browser's requests
 to anything but loopback fail, as on a machine with no internet), every
 Bokeh figure drawn (a canvas in each plot view), and in 03-live-firewall the dashboard's packet table
-showing the drops of the handler swapped in under traffic.  A screenshot per notebook goes to
+showing the drops of the handler swapped in under traffic; and what each notebook printed, checked as
+the notebook tests check a live run (tests/notebooks/expected.py: with chromium here, this walk is the
+live run of the notebooks).  A screenshot per notebook, and one per figure, go to
 test-output/browser/walk/.  Live mode (root), with the notebook tests' reduced sizes.
 """
 
@@ -19,6 +21,7 @@ import pytest
 from pktlab.lab.network import wait_until
 from tests.browser.conftest import jupyter_server, kernel_ready
 from tests.conftest import needs_root
+from tests.notebooks.expected import check_live_output
 
 pytestmark = [
     needs_root,
@@ -32,6 +35,8 @@ SMALL = {"PKTLAB_NETPIPE_MAX": "65536", "PKTLAB_CACHE_MAX": "4096", "PKTLAB_FILT
 # Counts each notebook's figures by what it shows: the checks below assert every one was drawn
 PROMPTS_JS = """() => Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt'))
                       .map(e => e.textContent.trim())"""
+OUTPUTS_JS = """() => Array.from(document.querySelectorAll('.jp-Notebook .jp-OutputArea-output'))
+                      .map(e => e.textContent)"""
 FIGURES_JS = """() => {
   // BokehJS draws into nested shadow roots (bk-Figure > bk-Canvas > canvas): walk them all
   const deep = (root, test, out) => {
@@ -70,9 +75,12 @@ def browser():  # type: ignore[no-untyped-def]
         # listens); a route handler instead (Playwright's context.route) kept JupyterLab's kernel from starting
         offline = ["--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1;localhost"]
         b = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", *offline], headless=True)
+        # one context for the walk: JupyterLab's scripts are fetched and compiled once, then come from its cache
+        context = b.new_context(viewport={"width": 1400, "height": 1600})
         try:
-            yield b
+            yield context
         finally:
+            context.close()
             b.close()
 
 
@@ -82,10 +90,8 @@ def test_notebook_in_the_browser(path: Path, server, browser) -> None:  # type: 
     rel = path.relative_to(REPO).as_posix()
     shot = OUT / (path.relative_to(REPO / "notebooks").with_suffix("").as_posix().replace("/", "-") + ".png")
     OUT.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1600})
     refused: list[str] = []
-
-    page = context.new_page()
+    page = browser.new_page()
     console: list[str] = []
     page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: console.append(f"uncaught: {e}"))
@@ -112,6 +118,8 @@ def test_notebook_in_the_browser(path: Path, server, browser) -> None:  # type: 
         errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
         tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t]  # pktlab's own notices are not errors
         assert not tracebacks, f"{rel}: error output:\n{tracebacks[0][-2000:]}"
+        # what the notebook printed: the same checks as the notebook tests' live run (nbclient)
+        check_live_output(path.stem, "\n".join(page.evaluate(OUTPUTS_JS)))
         views, drawn = page.evaluate(FIGURES_JS)
         assert drawn == views, f"{rel}: {views - drawn} of {views} Bokeh figures not drawn"
         if path.stem in ("04-netpipe-nat", "05-kernel-view", "06-packet-cache", "07-filter-costs"):
@@ -130,4 +138,4 @@ def test_notebook_in_the_browser(path: Path, server, browser) -> None:  # type: 
         page.screenshot(path=str(shot.with_name(shot.stem + "-failure.png")))
         raise
     finally:
-        context.close()
+        page.close()

@@ -1,0 +1,51 @@
+"""What each notebook prints when it runs live: checked by the notebook tests (nbclient) and by the browser walk."""
+
+from __future__ import annotations
+
+import re
+
+
+def check_live_output(stem: str, text: str) -> None:
+    """Assert the live run of notebook ``stem`` printed what a correct run prints (``text``: its outputs)."""
+    assert "Traceback" not in text
+    assert "mode: live" in text
+    if stem == "01-quickstart":
+        assert "namespaces left: []" in text
+        assert "600-byte datagrams passed: 0; 100-byte datagrams passed: 50" in text
+        assert "received 100 of 100; 10 errors kept" in text
+    if stem == "03-live-firewall":
+        m = re.search(r"verdicts: \{'accept': (\d+), 'drop': (\d+)\}", text)
+        assert m and int(m.group(1)) > int(m.group(2)) > 0  # all accepted first, then odd ones dropped
+        assert "sent 3000, received " + m.group(1) in text
+        assert "flags S" in text and "bytes received by the server: 2048" in text
+        assert "lab down: True | dashboard running: False" in text
+    if stem == "04-netpipe-nat":
+        m = re.search(r"pktlab NAT / scapy NAT: (\d+)x", text)
+        assert m and int(m.group(1)) >= 10 and "handler errors: 0" in text
+        assert "same bytes out of both: True" in text
+    if stem == "05-kernel-view":
+        assert "port 9000: 20 delivered; port 9001: 20 delivered\nthe handler saw 20 packets, ports [9000]" in text
+        assert "libpcap cannot compile the filter" in text
+        assert "delivered 20 of 30; queued 20; decided in the kernel 10" in text
+        assert "after the swap: delivered 30 of 30" in text
+        assert "pktlab queue 2" in text and "FORWARD" in text and "lab down: True" in text
+        assert "received by eth0" in text and "µs here" in text  # the timeline, on the kernel's clock
+        for why in ("NO_SOCKET", "NETFILTER_DROP by ip filter FORWARD", "handler no_9302"):
+            assert why in text, why
+        assert "pktlab: watching client, router, server for 10 s" in text
+        assert "5 drops seen, reasons ['NO_SOCKET']" in text
+    if stem == "02-protocol-views":
+        assert "received 5 of 5" in text and "PKTLAB" in text and "10.77.1.9" in text
+        assert "lab down: True" in text
+    if stem == "06-packet-cache":
+        assert "first read: 5000 bytes, intact True" in text and "the server served it" in text
+        assert "second read: 5000 bytes, intact True" in text and "data from 10.77.2.2" in text
+        assert "the server got no request" in text and "handler errors: 0" in text
+        m = re.search(r"largest file, delayed server / cache: (\d+)x", text)
+        assert m and int(m.group(1)) >= 5  # 9 blocks a 40 ms round trip each, against a cache next door
+        assert "lab down: True" in text
+    if stem == "07-filter-costs":
+        m = re.search(r"kernel / user space at 64 instructions: ([0-9.]+)x", text)
+        # a program run where the packet lies, against the packet's trip to the notebook and back
+        assert m and float(m.group(1)) > 1.5 and "lab down: True" in text
+        assert "1400-byte datagrams, copy 128 bytes / whole packet" in text
