@@ -25,6 +25,26 @@ from ..errors import MissingToolError, PktlabError
 
 TRACEFS = "/sys/kernel/tracing"
 _LOST = re.compile(r"Lost (\d+) events")
+READY_MARK = 0x50AD1E  # skb->mark of the datagram that proves skb:kfree_skb is attached (see probe_drop)
+READY_LINE = "pktlab-ready"
+
+
+def probe_drop() -> None:
+    """Send one loopback datagram marked READY_MARK to a closed port: the kernel drops it (NO_SOCKET) in skb:kfree_skb.
+
+    bpftrace prints "Attaching N probes..." before it attaches them, so that line is no proof; a
+    script whose kfree_skb probe prints :data:`READY_LINE` once it
+    sees a drop of an skb marked :data:`READY_MARK` (and reports it as nothing else), which only an attached
+    probe can.
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # closed again when this block ends: nobody listens there
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, READY_MARK)
+        s.sendto(b"pktlab: is bpftrace attached?", ("127.0.0.1", port))
 _SYMBOL = re.compile(r"\{\s*(\d+),\s*\"(\w+)\"\s*\}")
 
 
@@ -100,10 +120,17 @@ class BpftraceProcess:
         self._proc: subprocess.Popen[str] | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._proven: threading.Event | None = None
         self._err: list[str] = []
 
-    def start(self, timeout: float = 20.0) -> BpftraceProcess:
-        """Start bpftrace and wait until its probes are attached; raise with bpftrace's reason if they are not."""
+    def start(self, timeout: float = 20.0, prove: Callable[[], None] | None = None) -> BpftraceProcess:
+        """Start bpftrace and wait until its probes are attached; raise with bpftrace's reason if they are not.
+
+        ``prove``: a function that makes an event the script answers with :data:`READY_LINE`
+        (:func:`probe_drop` for a kfree_skb script that answers a drop marked :data:`READY_MARK`); it is
+        called every 50 ms after bpftrace says it attaches, until the line comes.  Without it,
+        "Attaching" is taken as ready.
+        """
         self._proc = subprocess.Popen(
             [require(), "-B", "line", "-e", self.script],
             stdout=subprocess.PIPE,
@@ -115,7 +142,15 @@ class BpftraceProcess:
         )
         self._thread = threading.Thread(target=self._read, name="pktlab-bpftrace", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout) or self._proc.poll() is not None:  # "Attaching N probes..." once attached
+        end = time.monotonic() + timeout
+        attached = self._ready.wait(timeout)  # "Attaching N probes...": printed before it attaches them
+        if attached and prove is not None:
+            self._proven = threading.Event()
+            while not self._proven.is_set() and time.monotonic() < end and self._proc.poll() is None:
+                prove()
+                self._proven.wait(0.05)
+            attached = self._proven.is_set()
+        if not attached or self._proc.poll() is not None:
             err = self.stop()
             raise PktlabError(f"bpftrace did not attach to {self.what} ({err or 'no output'}); see `pktlab doctor`")
         atexit.register(self.stop)
@@ -126,6 +161,10 @@ class BpftraceProcess:
         for line in self._proc.stdout:
             if line.startswith("Attaching"):
                 self._ready.set()
+                continue
+            if line.rstrip("\n") == READY_LINE:
+                if self._proven is not None:
+                    self._proven.set()
                 continue
             m = _LOST.search(line)
             if m:

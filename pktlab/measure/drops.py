@@ -49,7 +49,8 @@ tracepoint:skb:kfree_skb
   $ns = (uint32)0;
   if ($skb->dev != 0) {{ $ns = $skb->dev->nd_net.net->ns.inum; }}
   else if ($skb->sk != 0) {{ $ns = $skb->sk->__sk_common.skc_net.net->ns.inum; }}
-  if ({predicate}) {{
+  if ($skb->mark == {ready_mark}) {{ printf("{ready_line}\\n"); }}
+  else if ({predicate}) {{
     $p = $skb->head + $skb->network_header;
     $n = $skb->tail - $skb->network_header;
     printf("D %llu %u %u %s %r\\n", nsecs, $ns, args->reason, ksym(args->location), buf($p, $n < {head} ? $n : {head}));
@@ -189,9 +190,13 @@ class DropWatch:
             except FileNotFoundError:
                 raise LabError(f"host {h.role}'s namespace {h.netns} is gone; is the lab still up?") from None
         predicate = " || ".join(f"$ns == {n}" for n in self._inum)
-        script = _SCRIPT.format(predicate=predicate, head=HEAD)
+        script = _SCRIPT.format(predicate=predicate, head=HEAD, ready_mark=_bpftrace.READY_MARK,
+                                ready_line=_bpftrace.READY_LINE)  # fmt: skip
         self._counters = {h.netns: drop_counters(h.netns) for h in self.hosts}  # drop rules' counters, to name them
-        self._bpftrace = _bpftrace.BpftraceProcess(script, self._on_line, "skb:kfree_skb").start()
+        # started once the probe has seen a drop made for the purpose: a drop right after drops() returns is seen
+        self._bpftrace = _bpftrace.BpftraceProcess(script, self._on_line, "skb:kfree_skb").start(
+            prove=_bpftrace.probe_drop
+        )
         self._t0 = time.monotonic()
         return self
 
