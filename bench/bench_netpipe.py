@@ -9,7 +9,9 @@
     NAT handler (views) and the same NAT with scapy, each measured with pktlab.netpipe in a
     client-router-server lab.  Goal: pktlab NAT >= 50x the scapy NAT.
 (0) pktlab.netpipe against NPtcp on the same path, per block size above 64 KiB (issue 21).
-Run: `.venv/bin/python bench/bench_netpipe.py [agree] [queue] [nat]` (as root; all three by default).
+(s) Steal time and a ping-pong's speed (issue 21's cause): STEAL_TRIALS trials of 30 round trips of
+    STEAL_BYTES on one connection, the host's steal ticks of both CPUs read around each trial.
+Run: `.venv/bin/python bench/bench_netpipe.py [agree] [queue] [nat] [steal]` (as root; the first three by default).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pktlab.measure.netpipe import compare_runs, nptcp, steal_ticks  # noqa: E40
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 MAX = int(os.environ.get("BENCH_NETPIPE_MAX", str(1 << 20)))
 AGREE_RUNS = int(os.environ.get("BENCH_AGREE_RUNS", "7"))
+STEAL_TRIALS = int(os.environ.get("BENCH_STEAL_TRIALS", "400"))
+STEAL_BYTES = int(os.environ.get("BENCH_STEAL_BYTES", "262144"))
 
 
 def nptcp_max(lab: pktlab.Lab) -> float:
@@ -95,6 +99,58 @@ def agreement_table() -> None:
     m = table["median run ratio"]
     print(f"\nmedian of run ratios over the sizes: median {m.median():.2f}, min {m.min():.2f}, max {m.max():.2f}; "
           f"collapsed sizes: {int(table['collapsed'].sum())} of {len(table)}")
+
+
+def steal_table() -> None:
+    """Trials with and without the host's steal time: the same connection, block size and round trips."""
+    from pktlab.lab.network import wait_ready
+    from pktlab.measure.netpipe import PORT
+
+    cpus = sorted(os.sched_getaffinity(0))
+    with pktlab.Lab() as lab:
+        server = lab.server.popen([sys.executable, "-m", "pktlab.measure.netpipe", "serve", "--port", str(PORT),
+                                   "--cpu", str(cpus[-1])])  # fmt: skip
+        try:
+            wait_ready(server, "ping-pong server")
+            out = lab.client.run([sys.executable, __file__, "steal-client", lab.server.addr, str(cpus[0]),
+                                  str(cpus[-1])], timeout=600).stdout  # fmt: skip
+        finally:
+            if server.poll() is None:
+                server.kill()
+            server.wait(5)
+    trials = [tuple(float(x) for x in line.split()) for line in out.splitlines() if line.strip()]
+    clean = [g for g, ticks in trials if ticks == 0]
+    hit = [g for g, ticks in trials if ticks > 0]
+    print(f"\n### Steal time and the ping-pong ({len(trials)} trials of 30 round trips of {STEAL_BYTES:,} bytes)\n")
+    print("| trials | count | median Gbps | slowest Gbps | fastest Gbps |\n|---|---|---|---|---|")
+    for name, g in (("no steal during the trial", clean), ("steal during the trial", hit)):
+        if g:
+            print(f"| {name} | {len(g)} | {statistics.median(g):.1f} | {min(g):.1f} | {max(g):.1f} |")
+    slow = [t for t in trials if t[0] < 0.5 * statistics.median(clean or [1.0])]
+    with_steal = sum(1 for t in slow if t[1] > 0)
+    print(f"\ntrials below half the steal-free median: {len(slow)}, of which {with_steal} had steal")
+
+
+def steal_client(host: str, c_cpu: int, s_cpu: int) -> None:
+    """In the lab's client: one connection, STEAL_TRIALS trials; prints Gbps and steal ticks per trial."""
+    import socket
+    import struct
+
+    from pktlab.measure._pingpong import round_trips
+
+    from pktlab.measure.netpipe import PORT
+
+    os.sched_setaffinity(0, {c_cpu})
+    conn = socket.create_connection((host, PORT), timeout=10)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.settimeout(None)
+    for _ in range(STEAL_TRIALS):
+        conn.sendall(struct.pack("!QQ", STEAL_BYTES, 30))
+        before = steal_ticks([c_cpu, s_cpu])
+        seconds = round_trips(conn.fileno(), STEAL_BYTES, 30)
+        print(f"{STEAL_BYTES * 8 * 30 * 2 / seconds / 1e9:.2f} {steal_ticks([c_cpu, s_cpu]) - before}", flush=True)
+    conn.sendall(struct.pack("!QQ", 0, 0))
+    conn.close()
 
 
 def nat_table() -> None:
@@ -166,6 +222,9 @@ def _nats(vip: str, real: str, client: str):  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["steal-client"]:
+        steal_client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        sys.exit(0)
     parts = sys.argv[1:] or ["agree", "queue", "nat"]
     if "agree" in parts:
         agreement_table()
@@ -173,3 +232,5 @@ if __name__ == "__main__":
         queue_table()
     if "nat" in parts:
         nat_table()
+    if "steal" in parts:
+        steal_table()
