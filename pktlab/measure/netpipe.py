@@ -36,7 +36,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,8 +125,7 @@ class NetpipeResult:
 
     def relabel(self, names: dict[str, str]) -> NetpipeResult:
         """The same points with configurations renamed (``{"no queue": "kernel NAT"}``)."""
-        pts = [Point(names.get(p.config, p.config), p.bytes, p.repeats, p.seconds, p.stolen, p.clean)
-               for p in self.points]  # fmt: skip
+        pts = [replace(p, config=names.get(p.config, p.config)) for p in self.points]
         return NetpipeResult(pts, [names.get(c, c) for c in self.configs])
 
     def _repr_html_(self) -> str:
