@@ -19,6 +19,7 @@ test: setup lint
 bench: setup
 	$(PY) bench/bench_queue.py
 	$(PY) bench/bench_offload.py
+	$(PY) bench/bench_filters.py
 	$(PY) bench/bench_netpipe.py
 	$(PY) bench/bench_dashboard.py
 	$(PY) bench/bench_replay.py

@@ -25,47 +25,20 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 
-from harness import alternate
+from harness import alternate, iperf_udp64
 
 import pktlab
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 PORT = 5201
-CPUS = sorted(os.sched_getaffinity(0))  # sender pinned to the first, receiver to the last
 
 
 def iperf(lab: pktlab.Lab) -> tuple[float, float]:
-    """Received datagrams per second and loss fraction of one iperf3 UDP run."""
-    server = lab.server.popen(["iperf3", "-s", "-1", "-p", str(PORT), "-A", str(CPUS[-1])], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # until the server listens
-            probe = lab.server.run(["ss", "-ltn", f"sport = :{PORT}"], check=False)
-            if str(PORT) in probe.stdout:
-                break
-            time.sleep(0.05)
-        out = lab.client.run(
-            [
-                "iperf3", "-c", lab.server.addr, "-p", str(PORT), "-A", str(CPUS[0]),
-                "-u", "-l", "64", "-b", "0", "-t", str(SECONDS), "-J",
-            ],  # fmt: skip
-            timeout=SECONDS + 30,
-        ).stdout
-    finally:
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    end = json.loads(out)["end"]["sum"]
-    got = end["packets"] - end["lost_packets"]
-    return got / end["seconds"], end["lost_packets"] / max(1, end["packets"])
+    return iperf_udp64(lab, PORT, SECONDS)
 
 
 def no_rule(lab: pktlab.Lab) -> tuple[float, float]:

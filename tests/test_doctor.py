@@ -25,6 +25,12 @@ def test_doctor_says_live_mode_works_here() -> None:
     assert extras == [("drops (pktlab.drops)", True), ("timeline (pktlab.trace)", True)], str(report)
 
 
+def test_pktlab_replay_forces_replay_mode_on_a_live_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert doctor.mode() == "live"
+    monkeypatch.setenv("PKTLAB_REPLAY", "1")
+    assert doctor.mode() == "replay"
+
+
 def test_without_cap_net_admin_doctor_says_replay_only_and_why() -> None:
     # root without CAP_NET_ADMIN (the capability removed from the bounding set): the kernel refuses, doctor explains
     out = subprocess.run(

