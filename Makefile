@@ -20,6 +20,7 @@ bench: setup
 	$(PY) bench/bench_queue.py
 	$(PY) bench/bench_offload.py
 	$(PY) bench/bench_filters.py
+	$(PY) bench/bench_copy.py
 	$(PY) bench/bench_netpipe.py
 	$(PY) bench/bench_dashboard.py
 	$(PY) bench/bench_replay.py

@@ -13,7 +13,7 @@ reported:
   (c) the same with the longest expression, 64 instructions (xt_bpf's limit);
   (d) the 64-instruction program run in user space: every datagram queued
       (fail-closed, so what arrives is what the handler filtered), a handler
-      calling ``prog.matches(bytes(pkt))``.
+      calling ``prog.matches(pkt)``.
 Run: `.venv/bin/python bench/bench_filters.py` (as root).
 """
 
@@ -60,7 +60,7 @@ def in_user_space(lab: pktlab.Lab) -> tuple[float, float]:
 
         @s.handler
         def bpf_in_user_space(pkt):
-            return pkt.drop() if prog.matches(bytes(pkt)) else None
+            return pkt.drop() if prog.matches(pkt) else None
 
         r = iperf_udp64(lab, PORT, SECONDS)
         assert not s.errors and s.status().packets > 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 from . import datasets
 from .doctor import mode
 from .errors import (
+    CopyRangeError,
     FilterError,
     HandlerError,
     LabError,
@@ -72,6 +73,7 @@ __all__ = [
     "Handler",
     "HandlerFailure",
     "Host",
+    "CopyRangeError",
     "Lab",
     "LabError",
     "Link",

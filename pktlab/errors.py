@@ -14,6 +14,7 @@ Every message names the cause and the fix, in one sentence where possible::
     ├── HandlerError                 a handler is not callable / returned a non-verdict
     ├── SendError                    a packet sent by pkt.reply / Session.send could not leave
     └── PacketFormatError            a view read past the end of a packet or met a bad length
+        └── CopyRangeError           a read or write needs bytes of the packet the kernel did not copy
 """
 
 from __future__ import annotations
@@ -65,6 +66,18 @@ class HandlerError(PktlabError):
 
 class PacketFormatError(PktlabError, ValueError):
     """A packet is too short or has an inconsistent length for the view read."""
+
+
+class CopyRangeError(PacketFormatError):
+    """A handler read or wrote past the part of a packet the queue copied to user space (its copy range).
+
+    ``needed`` is how many bytes from the packet's start the access needed, ``copied`` how many
+    the kernel copied, ``length`` the packet's whole length.
+    """
+
+    def __init__(self, message: str, needed: int = 0, copied: int = 0, length: int = 0) -> None:
+        super().__init__(message)
+        self.needed, self.copied, self.length = needed, copied, length
 
 
 class SendError(PktlabError):

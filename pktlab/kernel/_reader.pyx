@@ -33,6 +33,7 @@ cdef extern from "<sys/socket.h>":
         msghdr msg_hdr
         unsigned int msg_len
     int recvmmsg(int fd, mmsghdr* msgs, unsigned int vlen, int flags, timespec* timeout) nogil
+    ssize_t send(int fd, const void* buf, size_t n, int flags) nogil
     int MSG_DONTWAIT
     int MSG_TRUNC
 
@@ -53,6 +54,12 @@ cdef extern from "libnetfilter_queue/linux_nfnetlink_queue.h":
     int NFQA_UID
     int NFQA_GID
     int NFQA_SKB_INFO
+    int NFQA_CAP_LEN
+    int NFQNL_MSG_CONFIG
+    int NFQA_CFG_PARAMS
+
+cdef extern from "libnfnetlink/linux_nfnetlink.h":
+    int NFNL_SUBSYS_QUEUE
 
 DEF READ_SLOTS = 16  # messages taken per recvmmsg call
 DEF READ_SLOT_BYTES = 73728  # one netlink message: a 64 KiB packet and its attributes (< 1 KiB) fit
@@ -86,10 +93,48 @@ def configure_queue(NfQueue q, unsigned int copy_range, bint fail_open, bint gso
         raise OSError(errno, "cannot set the queue's GSO flag (kernel older than 3.10?)")
 
 
+def send_copy_range(int fd, unsigned int queue, unsigned int copy_range):
+    """Set the copy range of a bound queue from the thread that reads it, without waiting for an answer.
+
+    libnetfilter_queue's ``nfq_set_mode`` waits for the kernel's acknowledgement on the
+    queue's socket, where packet messages arrive too, and would dispatch them from inside
+    the call.  This sends the same NFQNL_MSG_CONFIG message (NFQA_CFG_PARAMS: copy range,
+    NFQNL_COPY_PACKET) without asking for one; the kernel applies it to every packet queued
+    afterwards.  A refusal would come back as an NLMSG_ERROR message, which the reader
+    passes over like any message that is not a packet.
+    """
+    cdef unsigned char msg[32]
+    cdef unsigned int n = 16 + 4 + 12
+    cdef unsigned short v16
+    cdef unsigned int v32
+    memset(msg, 0, sizeof(msg))
+    v32 = n
+    memcpy(msg, &v32, 4)  # nlmsghdr: length, type, flags (NLM_F_REQUEST), sequence, port (host order)
+    v16 = <unsigned short>((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG)
+    memcpy(msg + 4, &v16, 2)
+    v16 = 1
+    memcpy(msg + 6, &v16, 2)
+    msg[16] = 0  # nfgenmsg: family AF_UNSPEC, version 0, the queue number big-endian
+    msg[18] = (queue >> 8) & 0xFF
+    msg[19] = queue & 0xFF
+    v16 = 4 + 5  # the attribute: length (without padding), type, then the packed params struct
+    memcpy(msg + 20, &v16, 2)
+    v16 = <unsigned short>NFQA_CFG_PARAMS
+    memcpy(msg + 22, &v16, 2)
+    msg[24] = (copy_range >> 24) & 0xFF
+    msg[25] = (copy_range >> 16) & 0xFF
+    msg[26] = (copy_range >> 8) & 0xFF
+    msg[27] = copy_range & 0xFF
+    msg[28] = <unsigned char>NFQNL_COPY_PACKET
+    if send(fd, msg, n, 0) != n:
+        raise OSError(errno, f"cannot set the copy range of queue {queue} to {copy_range}")
+
+
 cdef inline bint message_owner(const unsigned char* m, Py_ssize_t n, long long* uid, long long* gid,
-                               int* skbinfo) nogil:
+                               int* skbinfo, long long* cap_len) nogil:
     """The NFQA_UID and NFQA_GID attributes of one queue message, if it has both (-1 each if not),
-    and its NFQA_SKB_INFO flags (0 without: GSO, checksum not ready, checksum not verified).
+    its NFQA_SKB_INFO flags (0 without: GSO, checksum not ready, checksum not verified) and its
+    NFQA_CAP_LEN (the packet's whole length when the copy range cut it; 0 when it came whole).
 
     The layout is netlink's: a 16-byte nlmsghdr, the 4-byte nfgenmsg, then attributes (2-byte
     length, 2-byte type, host order, padded to 4 bytes), the values big-endian.
@@ -101,18 +146,22 @@ cdef inline bint message_owner(const unsigned char* m, Py_ssize_t n, long long* 
     uid[0] = -1
     gid[0] = -1
     skbinfo[0] = 0
+    cap_len[0] = 0
     while off + 4 <= n:
         memcpy(head, m + off, 4)
         alen = head[0]
         atype = head[1] & 0x7FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
         if alen < 4 or off + alen > n:
             break
-        if alen >= 8 and (atype == NFQA_UID or atype == NFQA_GID or atype == NFQA_SKB_INFO):
+        if alen >= 8 and (atype == NFQA_UID or atype == NFQA_GID or atype == NFQA_SKB_INFO
+                          or atype == NFQA_CAP_LEN):
             v = (<long long>m[off + 4] << 24) | (m[off + 5] << 16) | (m[off + 6] << 8) | m[off + 7]
             if atype == NFQA_UID:
                 uid[0] = v
             elif atype == NFQA_GID:
                 gid[0] = v
+            elif atype == NFQA_CAP_LEN:
+                cap_len[0] = v
             else:
                 skbinfo[0] = <int>v
         off += (alen + 3) & ~3
@@ -148,6 +197,7 @@ cdef class QueueReader:
     cdef public object sink  # told the owner of each packet's socket: sink.owner = (uid, gid) or None
     cdef long long owner_uid, owner_gid  # what the sink was last told (-1: None)
     cdef int skbinfo  # what the sink was last told of NFQA_SKB_INFO
+    cdef long long cap_len  # what the sink was last told of NFQA_CAP_LEN
 
     def __cinit__(self):
         cdef int i
@@ -164,14 +214,15 @@ cdef class QueueReader:
         self.owner_uid = -2  # nothing told yet: the first packet always tells
         self.owner_gid = -2
         self.skbinfo = -1
+        self.cap_len = -1
 
     cdef int _note_owner(self, const unsigned char* m, Py_ssize_t n) except -1:
-        """Tell the sink whose socket the next packet belongs to, and its skb info (only when they change)."""
-        cdef long long uid, gid
+        """Tell the sink whose socket the next packet belongs to, its skb info and whole length (when they change)."""
+        cdef long long uid, gid, cap_len
         cdef int info
         if self.sink is None:
             return 0
-        if not message_owner(m, n, &uid, &gid, &info):
+        if not message_owner(m, n, &uid, &gid, &info, &cap_len):
             uid = gid = -1
         if uid != self.owner_uid or gid != self.owner_gid:
             self.sink.owner = (uid, gid) if uid >= 0 else None
@@ -179,6 +230,9 @@ cdef class QueueReader:
         if info != self.skbinfo:
             self.sink.skbinfo = info
             self.skbinfo = info
+        if cap_len != self.cap_len:
+            self.sink.cap_len = cap_len
+            self.cap_len = cap_len
         return 0
 
     def __dealloc__(self):

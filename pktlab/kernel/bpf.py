@@ -20,7 +20,7 @@ import ctypes.util
 import threading
 from dataclasses import dataclass
 from html import escape
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import FilterError, MissingToolError
 
@@ -142,12 +142,22 @@ class BpfProgram:
         with _lock:
             return "\n".join(lib.bpf_image(ctypes.byref(insns[n]), n).decode() for n in range(len(self.instructions)))
 
-    def matches(self, data: bytes) -> bool:
-        """Whether the filter accepts ``data`` (a packet of this program's link type)."""
+    def matches(self, data: Any) -> bool:
+        """Whether the filter accepts ``data``: a packet's bytes (of this program's link type) or a ``pktlab.Packet``.
+
+        A packet of which only a part was copied (a session's ``copy=``) is filtered as libpcap
+        filters a capture cut by its snap length: the program sees the copied bytes and the
+        packet's whole length, and a test of a byte beyond the copy fails.
+        """
         lib = _libpcap()
-        hdr = _PktHdr(_Timeval(0, 0), len(data), len(data))
+        if hasattr(data, "copied"):  # a Packet: its copied bytes, its whole length
+            length, data = len(data), data.raw[: data.copied]
+        else:
+            data = bytes(data)
+            length = len(data)
+        hdr = _PktHdr(_Timeval(0, 0), len(data), length)
         prog = self._program()
-        return bool(lib.pcap_offline_filter(ctypes.byref(prog), ctypes.byref(hdr), bytes(data)))
+        return bool(lib.pcap_offline_filter(ctypes.byref(prog), ctypes.byref(hdr), data))
 
     def __str__(self) -> str:
         return self.dump()

@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import MissingToolError, PktlabError, PrivilegeError, QueueBusyError
 from . import netns
 from . import proc as kernel
-from ._reader import QueueReader, configure_queue
+from ._reader import QueueReader, configure_queue, send_copy_range
 
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_CONFIG = 2
@@ -82,8 +82,18 @@ def _import_nfq() -> Any:
     return netfilterqueue
 
 
+HEADERS_RANGE = 128  # copy="headers": IPv4 with options and TCP with options (120 bytes) fit, IPv6 and TCP too
+FULL_RANGE = 65535  # the largest copy range: every IP packet, GSO packets too, whole
+COPY_MODES = ("full", "headers", "auto")
+
+
 class QueueSource:
-    """Packets from NFQUEUE ``queue`` in namespace ``netns`` (None: this process's)."""
+    """Packets from NFQUEUE ``queue`` in namespace ``netns`` (None: this process's).
+
+    ``copy_range`` bytes of each packet are copied to user space; ``copy_auto`` starts
+    with :data:`HEADERS_RANGE` and copies whole packets from the first one a handler
+    read past its copied part (:meth:`grow_copy`).
+    """
 
     def __init__(
         self,
@@ -95,6 +105,7 @@ class QueueSource:
         sock_bytes: int = 8 << 20,
         fail_open: bool = True,
         gso: bool = False,
+        copy_auto: bool = False,
     ) -> None:
         if not 0 < copy_range <= 65535:
             raise PktlabError(f"copy range {copy_range} is out of range; use 1..65535 bytes")
@@ -118,6 +129,8 @@ class QueueSource:
         self.netns = netns
         self.max_len = max_len
         self.copy_range = copy_range
+        self.copy_auto = copy_auto
+        self._copy_start = copy_range  # where copy_auto starts again (start(), reset_copy())
         self.sock_bytes = sock_bytes
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
@@ -164,6 +177,7 @@ class QueueSource:
         self._stop = False
         self._paused = False
         self._steps = 0
+        self.copy_range = self._copy_start
         self._enobufs_before += self._reader.enobufs
         self._reader = QueueReader()
         self._reader.sink = self.owner_sink
@@ -183,6 +197,36 @@ class QueueSource:
             self._thread.join()
             self._close_pipe()
             raise box["error"]
+
+    def describe_copy(self) -> str:
+        """How much of each packet is copied, in words (for status())."""
+        if self.copy_auto:
+            now = "whole packets now" if self.copy_range > self._copy_start else "headers so far"
+            return f"auto (the first {self._copy_start} bytes, whole packets once a handler reads further; {now})"
+        if self.copy_range >= FULL_RANGE:
+            return "full (whole packets)"
+        return f"the first {self.copy_range} bytes" + (" (headers)" if self.copy_range == HEADERS_RANGE else "")
+
+    def grow_copy(self, copied: int) -> bool:
+        """A handler needed more of a packet than the ``copied`` bytes: True if a repeat will copy more.
+
+        Called by the reading thread, in the callback.  With ``copy_auto`` the queue's copy
+        range becomes :data:`FULL_RANGE` for every packet queued from now on (packets queued
+        before still come with the smaller copy: a repeat sends them through the queue again).
+        """
+        if self.copy_range > copied:
+            return True
+        if not self.copy_auto or self.copy_range >= FULL_RANGE or self._fd < 0:
+            return False
+        send_copy_range(self._fd, self.queue, FULL_RANGE)
+        self.copy_range = FULL_RANGE
+        return True
+
+    def reset_copy(self) -> None:
+        """``copy_auto``: copy headers only again (the handlers changed; they may need less)."""
+        if self.copy_auto and self._fd >= 0 and self.copy_range != self._copy_start:
+            send_copy_range(self._fd, self.queue, self._copy_start)
+            self.copy_range = self._copy_start
 
     def _bind(self, nfq_mod: Any, callback: Callable[[Any], None]) -> Any:
         netns.enter(self.netns)

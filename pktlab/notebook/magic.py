@@ -71,7 +71,10 @@ def _parsers() -> dict[str, _Parser]:
     att.add_argument("--default", default="accept")
     att.add_argument("--on-error", default="accept")
     att.add_argument("--max-len", type=int, default=4096)
-    att.add_argument("--copy-range", type=int, default=65535)
+    att.add_argument("--copy", default=None, choices=["full", "headers", "auto"],
+                     help="how much of each packet to copy to the notebook: whole packets, the first 128 bytes, "
+                     "or headers until a handler reads further")  # fmt: skip
+    att.add_argument("--copy-range", type=int, default=None, help="copy the first N bytes of each packet")
     att.add_argument("--no-gso", dest="gso", action="store_false",
                      help="have the kernel cut GSO packets into segments before queueing them (slower)")
     att.add_argument("--flow-verdicts", action="store_true",
@@ -331,6 +334,7 @@ class PktlabMagicState:
             on_error=a.on_error,
             max_len=a.max_len,
             copy_range=a.copy_range,
+            copy=a.copy,
             flow_verdicts=a.flow_verdicts,
             gso=a.gso,
             sock_bytes=a.sock_bytes,

@@ -26,6 +26,8 @@ cdef class PacketCore:
     cdef public object _send  # where pkt.reply sends: the session's Sender (None: the packet has no session)
     cdef public object _flow  # the packet's Flow, or the session's flow table until tracking starts (None: no session)
     cdef public int _skbinfo  # the kernel's NFQA_SKB_INFO flags (1 checksum not ready, 2 GSO, 4 not verified)
+    cdef public Py_ssize_t _wire  # the packet's whole length when only its first part was copied (0: copied whole)
+    cdef public bint _short  # a read or write needed bytes that were not copied (the dispatcher may copy again)
     cdef int _l4proto  # transport protocol (-1 none), its offset and whether the packet is a fragment:
     cdef Py_ssize_t _l4off  # found once per layout (see _relayout), kept in C: no tuple per packet
     cdef int _l4frag  # 0 not a fragment, 1 the first fragment, 2 a later one (no transport header)
@@ -40,6 +42,7 @@ cdef class PacketCore:
     cdef object __weakref__
 
     cpdef object _writable(self)
+    cpdef int _need(self, Py_ssize_t end, str what) except -1
     cpdef void _relayout(self)
     cdef int _find_l4(self) except -1
     cpdef tuple _upper(self)
@@ -78,6 +81,8 @@ cdef inline PacketCore Packet_from(object cls, object meta, object data, double 
     pkt._owner = None
     pkt._ipv = None
     pkt._l4v = None
+    pkt._wire = 0
+    pkt._short = False
     pkt.time = now
     return pkt
 
@@ -131,6 +136,8 @@ cdef inline bint packet_recycle(PacketCore pkt, Py_ssize_t refs):
     pkt._dirty = False
     pkt._modified = False
     pkt._l4known = False
+    pkt._wire = 0
+    pkt._short = False
     return True
 
 

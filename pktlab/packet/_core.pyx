@@ -13,7 +13,7 @@ from cpython.list cimport PyList_GET_ITEM
 from libc.string cimport memcpy, memset
 
 from pktlab._common cimport buf_ptr
-from pktlab.errors import PacketFormatError
+from pktlab.errors import CopyRangeError, PacketFormatError
 
 
 cdef extern from "<arpa/inet.h>":
@@ -37,6 +37,34 @@ def set_view_classes(ipv4, ipv6, udp, tcp, icmp, icmpv6):
     global _IPv4, _IPv6, _UDP, _TCP, _ICMP, _ICMPv6
     _IPv4, _IPv6, _UDP, _TCP, _ICMP, _ICMPv6 = ipv4, ipv6, udp, tcp, icmp, icmpv6
 
+
+
+COPY_FIX = "attach with copy='auto' (copies what the handlers read) or copy='full'"
+
+
+def not_copied(PacketCore pkt, str what, Py_ssize_t end):
+    """The error of an access to bytes the copy range left in the kernel; marks the packet for a new copy."""
+    cdef Py_ssize_t n = len(pkt._buf)
+    pkt._short = True
+    if pkt._meta is not None and hasattr(pkt._meta, "l3"):  # a packet of a capture file: its snap length cut it
+        return CopyRangeError(
+            f"{what} needs {'the whole packet' if end <= 0 else f'bytes up to {end:,}'}, but the capture holds "
+            f"only the first {n:,} of this {pkt._wire:,}-byte packet (its snap length); capture with a larger "
+            "snap length (tcpdump -s 0) to read further",
+            pkt._wire if end <= 0 else end, n, pkt._wire,
+        )
+    if end <= 0:  # a write: the verdict would carry the copied part only, and the kernel would cut the packet
+        return CopyRangeError(
+            f"{what} needs the whole packet, but the kernel copied only the first {n:,} of its "
+            f"{pkt._wire:,} bytes (the session's copy range), and a verdict with the copied part would cut "
+            f"it; the packet was not changed: {COPY_FIX}",
+            pkt._wire, n, pkt._wire,
+        )
+    return CopyRangeError(
+        f"{what} needs bytes up to {end:,}, but the kernel copied only the first {n:,} of this "
+        f"{pkt._wire:,}-byte packet (the session's copy range): {COPY_FIX}",
+        end, n, pkt._wire,
+    )
 
 
 def too_big(Py_ssize_t size, bint gso=False):
@@ -162,11 +190,35 @@ cdef class PacketCore:
             raise ValueError(f"link {link!r} is not 'ip' (what a queue gives) or 'ethernet'")
 
     cpdef object _writable(self):
-        """The buffer as a bytearray (copied once), marking the packet modified."""
+        """The buffer as a bytearray (copied once), marking the packet modified.
+
+        Refuses a packet of which only a part was copied: its verdict would cut it in the kernel.
+        """
+        if self._wire:
+            raise not_copied(self, "a rewrite", 0)
         if type(self._buf) is not bytearray:
             self._buf = bytearray(self._buf)
         self._modified = True
         return self._buf
+
+    cpdef int _need(self, Py_ssize_t end, str what) except -1:
+        """Raise :class:`CopyRangeError` when bytes up to ``end`` were not copied (``end`` < 0: the whole packet)."""
+        if self._wire:
+            if end < 0 or end > self._wire:
+                end = self._wire  # the whole packet, or a read past its end: what of it exists
+            if end > len(self._buf):
+                raise not_copied(self, what, end)
+        return 0
+
+    @property
+    def copied(self):
+        """How many bytes of the packet the kernel copied to user space (all of them unless the copy range cut it)."""
+        return len(self._buf)
+
+    @property
+    def complete(self):
+        """True when the whole packet was copied (see :attr:`copied`)."""
+        return self._wire == 0
 
     cpdef void _relayout(self):
         """Forget the layers found so far: the bytes were changed in a way that may move them."""
@@ -184,6 +236,8 @@ cdef class PacketCore:
         self._l4frag = 0
         p = buf_ptr(self._buf, &n)
         if l3 >= 0:
+            if self._wire and n < l3 + 40:  # too little copied to tell the IP header's version and length
+                self._need(l3 + (20 if n > l3 and p[l3] >> 4 == 4 else 40), "the IP header")
             p += l3
             n -= l3
             if n >= 20 and p[0] >> 4 == 4:
@@ -236,6 +290,8 @@ cdef class PacketCore:
         if self._ipv is not None and type(self._ipv) is cls:
             return self._ipv
         p = buf_ptr(self._buf, &n)
+        if self._wire and 0 <= self._l3 and n <= self._l3:
+            self._need(self._l3 + 1, "the IP header")
         if self._l3 < 0 or n <= self._l3 or p[self._l3] >> 4 != version:
             return None
         if self._ipv_spare is not None and type(self._ipv_spare) is cls:
@@ -279,7 +335,8 @@ cdef class PacketCore:
         return self._layer(58, _ICMPv6)
 
     def __len__(self):
-        return len(self._buf)
+        """The packet's length (in the kernel: also when only its first part was copied)."""
+        return self._wire if self._wire else len(self._buf)
 
 
 # Packet_from, packet_done and packet_recycle are inline, in _core.pxd: the dispatcher calls them per packet.
@@ -349,6 +406,8 @@ cdef class Field:
 
     cdef object _short(self, ViewCore v, Py_ssize_t n):
         start = v._off + self._byte
+        if v._pkt._wire and start + self._nbytes <= v._pkt._wire:
+            return not_copied(v._pkt, f"{type(v).__name__.lower()}.{self.name}", start + self._nbytes)
         return PacketFormatError(
             f"{type(v).__name__.lower()}.{self.name} lies past the end of the {n}-byte packet "
             f"(needs bytes {start}..{start + self._nbytes - 1}); the packet is truncated or its "

@@ -114,6 +114,8 @@ def packet_html(pkt: Any, width: int = 16) -> str:
             style = f" style='background:{o[0]}' title='{escape('; '.join(o[1]), quote=True)}'" if o else ""
             cells.append(f"<span{style}>{data[i]:02x}</span>")
         lines.append(f"<span style='{MUTED}'>{off:04x}</span>  " + " ".join(cells))
+    if pkt._wire:  # the copy range cut it: say where the bytes end
+        lines.append(f"<span style='{MUTED}'>… {pkt._wire - len(data):,} more bytes not copied (copy range)</span>")
     dump = "<pre style='margin:0;font-size:12px;line-height:1.5'>" + "\n".join(lines) + "</pre>"
     head = escape(repr(pkt))
     return (

@@ -64,10 +64,23 @@ class RawBytes:
         self._pkt = pkt
 
     def __getitem__(self, key: int | slice) -> Any:
-        v = self._pkt._buf[key]
+        pkt = self._pkt
+        if pkt._wire:  # only the first part was copied: a read beyond it (or from the end) needs more
+            if isinstance(key, slice):
+                stop = key.stop
+                if key.step is None or key.step > 0:
+                    pkt._need(-1 if stop is None or stop < 0 or (key.start or 0) < 0 else stop,
+                              f"pkt.raw[{key.start}:{key.stop}]")  # fmt: skip
+                else:
+                    pkt._need(-1, "a reversed pkt.raw slice")
+            else:
+                pkt._need(-1 if key < 0 else key + 1, f"pkt.raw[{key}]")
+        v = pkt._buf[key]
         return bytes(v) if isinstance(key, slice) else v
 
     def __setitem__(self, key: int | slice, value: Any) -> None:
+        if self._pkt._wire:
+            self._pkt._writable()  # refuses: only the first part of the packet was copied
         if isinstance(key, slice):
             n = len(self._pkt._buf)
             past = [i for i in (key.start, key.stop) if i is not None and not -n <= i <= n]
@@ -82,9 +95,10 @@ class RawBytes:
         self._pkt._relayout()
 
     def __len__(self) -> int:
-        return len(self._pkt._buf)
+        return len(self._pkt)
 
     def hex(self, sep: str = " ") -> str:
+        self._pkt._need(-1, "pkt.raw.hex()")
         return bytes(self._pkt._buf).hex(sep)
 
     def __repr__(self) -> str:
@@ -186,6 +200,7 @@ class Packet(PacketCore):
 
     # -- bytes ----------------------------------------------------------------
     def __bytes__(self) -> bytes:
+        self._need(-1, "bytes(pkt)")
         if self._dirty:
             self._fixup()
         return bytes(self._buf)
@@ -223,6 +238,7 @@ class Packet(PacketCore):
                 )
             data = bytes(self._buf[: self._l3 - 2]) + etype + data
         self._buf = bytearray(data)
+        self._wire = 0  # the new packet is all here
         self._modified = True
         self._dirty = fix_checksums
         self._relayout()
@@ -316,10 +332,14 @@ class Packet(PacketCore):
         """The DNS message of UDP port 53 (either direction), or of TCP port 53 after its length prefix."""
         u = self.udp
         if u is not None:
-            return DNS(self, u.payload_offset) if 53 in (u.sport, u.dport) else None
+            if 53 not in (u.sport, u.dport):
+                return None
+            self._need(-1, "pkt.dns")
+            return DNS(self, u.payload_offset)
         t = self.tcp
         if t is not None and 53 in (t.sport, t.dport):
             off = t.payload_offset
+            self._need(-1, "pkt.dns")
             return DNS(self, off + 2) if len(self._buf) >= off + 2 + 12 else None
         return None
 

@@ -112,6 +112,8 @@ class VarField:
         n = int(self.length(view))
         size = len(view._pkt._buf)
         if n < 0 or start + n > size:
+            if n >= 0:
+                view._pkt._need(start + n, f"{type(view).__name__.lower()}.{self.name}")
             raise PacketFormatError(
                 f"{type(view).__name__.lower()}.{self.name} claims {n} bytes at offset {start} but the packet "
                 f"has {size}; it is truncated or its length field is wrong"

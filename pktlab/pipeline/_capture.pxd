@@ -14,3 +14,4 @@ cdef class CapturedPacket(NfPacket):
     cdef public double time
     cdef public Py_ssize_t l3
     cdef public bint eth
+    cdef public Py_ssize_t wire  # the frame's length on the wire when the capture kept less of it (0: all kept)

@@ -149,7 +149,8 @@ cdef class CapturedPacket(NfPacket):
     (with the new payload and mark a handler gave) goes to ``sink(packet,
     code, payload, mark)`` instead of the kernel.  ``data`` is the frame as read
     (with its Ethernet header, if any); ``l3`` is where the IP header starts in
-    it (-1: not IP).
+    it (-1: not IP); ``wire`` its length on the wire when the capture's snap
+    length kept only a part of it (0: all of it is here).
     """
 
     def __init__(self, unsigned int pid, unsigned int hook, bytes data, double time, bint eth, Py_ssize_t l3,
@@ -242,6 +243,7 @@ cdef class CaptureFile:
         cdef double t, wait
         cdef bytes frame
         cdef Py_ssize_t l3
+        cdef CapturedPacket cp
         cdef timespec ts
         if self.p == NULL:
             return END
@@ -278,7 +280,10 @@ cdef class CaptureFile:
                     with nogil:
                         nanosleep(&ts, NULL)
             l3 = ethernet_l3(<const unsigned char*>PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame)) if self.eth else 0
-            dispatch(CapturedPacket(<unsigned int>self.read_count, self.hook, frame, t, self.eth, l3, verdicts))
+            cp = CapturedPacket(<unsigned int>self.read_count, self.hook, frame, t, self.eth, l3, verdicts)
+            if hdr.len > hdr.caplen and hdr.caplen >= self.strip:
+                cp.wire = hdr.len - self.strip
+            dispatch(cp)
             if limit > 0:
                 limit -= 1
             if stop_if is not None and stop_if():

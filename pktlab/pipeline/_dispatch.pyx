@@ -151,6 +151,12 @@ cdef class Dispatcher:
     cdef public bint seqadj_on
     cdef public object owner  # (uid, gid) of the packet being dispatched, set by the queue reader (None: none)
     cdef public int skbinfo  # NFQA_SKB_INFO of the packet being dispatched, set by the queue reader
+    cdef public long long cap_len  # NFQA_CAP_LEN of that packet: its whole length if only a part was copied, else 0
+    # a packet a handler needed more of than was copied: regrow(copied) is True when a repeat copies more
+    # (a live queue with copy="auto"; None: the handler gets the CopyRangeError)
+    cdef public object regrow
+    cdef public long long recopied  # packets sent through the queue again for a larger copy
+    cdef Py_ssize_t busy_wire
     cdef public object on_seqadj  # called with True when the first connection gets state, False when none has
     cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
     cdef public dict tcp_high  # stream key -> sequence number after the highest byte accepted (bounded)
@@ -423,7 +429,7 @@ cdef class Dispatcher:
         except BaseException as exc:
             code = self._internal(nf, exc).code
         self.rescued += 1
-        self._push(nf, data, self.busy_time, code, t0, now, h.name, err, False)
+        self._push(nf, data, self.busy_time, code, t0, now, h.name, err, False, self.busy_wire)
         return h
 
     # -- per packet -------------------------------------------------------------
@@ -479,7 +485,7 @@ cdef class Dispatcher:
         off = record_offset(nf)
         if code == NF_ACCEPT and self.seqadj is not None:
             self._note_passed(<const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off)
-        self.ring.push(pkt.time, nf.id, nf.hook, len(original) - off,
+        self.ring.push(pkt.time, nf.id, nf.hook, (pkt._wire if pkt._wire > len(original) else len(original)) - off,
                        <const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off, code, 0,
                        mono_ns(), by, None, modified)
 
@@ -645,7 +651,7 @@ cdef class Dispatcher:
                     err = err2
                     by = h.name if h is not None else None
                 packet_done(pkt)
-                self._push(nf, data, pkt.time, verdict.code, t0, mono_ns(), by, err, modified)
+                self._push(nf, data, pkt.time, verdict.code, t0, mono_ns(), by, err, modified, pkt._wire)
                 progress = True
                 if force:
                     break  # one at a time: the others may be in order now
@@ -722,9 +728,11 @@ cdef class Dispatcher:
         cdef Py_ssize_t off = 0
         cdef double now
         cdef CapturedPacket cp
+        cdef Py_ssize_t wire = self.cap_len
         if nf._queue is None:
             cp = <CapturedPacket>nf
             now = cp.time
+            wire = cp.wire
             off = record_offset(nf)
             if off > n:
                 off = n
@@ -736,7 +744,8 @@ cdef class Dispatcher:
             code = self._internal(nf, exc).code
         if code == NF_ACCEPT and self.seqadj is not None:
             self._note_passed(nf.payload + off, n - off)
-        self.ring.push(now, nf.id, nf.hook, n - off, nf.payload + off, n - off, code, 0, mono_ns(), None, None, False)
+        self.ring.push(now, nf.id, nf.hook, (wire if wire > n else n) - off,
+                       nf.payload + off, n - off, code, 0, mono_ns(), None, None, False)
 
     cdef PacketCore _packet(self, NfPacket nf, bytes data, PacketCore spare):
         """The packet handlers see: ``spare`` (an emptied earlier one) reused, or a new one."""
@@ -762,9 +771,11 @@ cdef class Dispatcher:
             pkt._l3 = cp.l3
             pkt._eth = cp.eth
             pkt._skbinfo = 0
+            pkt._wire = cp.wire if cp.wire > len(data) else 0
         else:
             pkt._owner = self.owner
             pkt._skbinfo = self.skbinfo
+            pkt._wire = self.cap_len if self.cap_len > len(data) else 0
             if pkt._eth:  # a spare that last held a captured frame
                 pkt._l3 = 0
                 pkt._eth = False
@@ -779,9 +790,12 @@ cdef class Dispatcher:
         cdef bint given = False
         cdef bint own = pkt is None
         cdef bint modified = False
+        cdef bint recopy = False
+        cdef Py_ssize_t wire = 0
         verdict = None
         by = None
         err = None
+        caught = None
         if data is None:
             data = b""
         try:
@@ -798,6 +812,7 @@ cdef class Dispatcher:
             self.busy_data = data
             self.busy_seq = my_seq
             self.busy_t0 = t0  # the deadline runs from the packet's start in the chain
+            self.busy_wire = wire = pkt._wire
             h = None
             flows = self.flows
             if flows is not None and flows.decided:  # a flow verdict decides its connection's packets
@@ -815,6 +830,9 @@ cdef class Dispatcher:
                     if self.stolen and my_seq in self.stolen:
                         self._returned(my_seq, h, pkt)
                         return
+                    if pkt._short and pkt._wire and self.regrow is not None:
+                        caught = exc  # copied again whole, if the queue can (below), else this handler's error
+                        break
                     err = self.chain.failed(h, pkt, exc)
                     verdict = self._on_error
                     by = h.name
@@ -838,27 +856,43 @@ cdef class Dispatcher:
             self.busy_t0 = 0
             self.busy_nf = None
             self.busy_data = None
-            if flows is not None and flows.decided and h is not None:  # the handler that gave a flow verdict
-                f = pkt._flow
-                if getattr(f, "verdict", None) is not None and f.decided_by is None:
-                    f.decided_by = by
-            if verdict is None:
-                verdict = self._default
-            if pkt._modified and h is not None and len(pkt._buf) - record_offset(nf) > 65535:
-                err = self.chain.failed(h, pkt, too_big(len(pkt._buf) - record_offset(nf), pkt._skbinfo & 2))
-                verdict = self._on_error
-                by = h.name
-                pkt._modified = False
-                pkt._mark = None
-            try:
-                verdict, err2, modified = self._adjust_give(nf, pkt, data, verdict, h, True)
-            except SeqAdjWait:  # after a gap in its TCP stream: kept back until the gap fills or a moment passes
-                self._keep_back(nf, pkt, data, verdict, by, err, t0, h)
-                return
-            if err2 is not None:
-                err = err2
-                by = h.name if h is not None else None
-            given = True
+            if pkt._short and pkt._wire and self.regrow is not None:
+                # a handler read past the copied part (and raised, or caught the error): nothing it decided
+                # counts; a repeat sends the packet through the queue again, copied whole this time
+                if self.regrow(len(data)):
+                    pkt._modified = False
+                    pkt._mark = None
+                    self._give(nf, NF_REPEAT, False)
+                    self.recopied += 1
+                    recopy = given = True
+                elif caught is not None:
+                    err = self.chain.failed(h, pkt, caught)
+                    verdict = self._on_error
+                    by = h.name
+                    pkt._modified = False
+                    pkt._mark = None
+            if not recopy:
+                if flows is not None and flows.decided and h is not None:  # the handler that gave a flow verdict
+                    f = pkt._flow
+                    if getattr(f, "verdict", None) is not None and f.decided_by is None:
+                        f.decided_by = by
+                if verdict is None:
+                    verdict = self._default
+                if pkt._modified and h is not None and len(pkt._buf) - record_offset(nf) > 65535:
+                    err = self.chain.failed(h, pkt, too_big(len(pkt._buf) - record_offset(nf), pkt._skbinfo & 2))
+                    verdict = self._on_error
+                    by = h.name
+                    pkt._modified = False
+                    pkt._mark = None
+                try:
+                    verdict, err2, modified = self._adjust_give(nf, pkt, data, verdict, h, True)
+                except SeqAdjWait:  # after a gap in its TCP stream: kept back until the gap fills or a moment passes
+                    self._keep_back(nf, pkt, data, verdict, by, err, t0, h)
+                    return
+                if err2 is not None:
+                    err = err2
+                    by = h.name if h is not None else None
+                given = True
         except BaseException as exc:
             if not given:
                 verdict = self._internal(nf, exc)
@@ -870,19 +904,25 @@ cdef class Dispatcher:
                 self.spare = pkt
             else:
                 packet_done(pkt)
+        if recopy:
+            return  # not recorded: the packet comes back, copied whole, and is recorded then
         if now == 0.0:  # the packet could not be made (pktlab's own failure)
             now = wall_time()
-        self._push(nf, data, now, verdict.code, t0, mono_ns(), by, err, modified)
+        self._push(nf, data, now, verdict.code, t0, mono_ns(), by, err, modified, wire)
         if self.reorder and given:
             self._release(now, False)
 
     cdef void _push(self, NfPacket nf, bytes data, double now, int code, long long t0, long long decided, by, err,
-                    bint modified):
-        """The packet's record entry (the record keeps packets as they arrived); an accepted TCP segment noted."""
+                    bint modified, Py_ssize_t wire):
+        """The packet's record entry (the record keeps packets as they arrived); an accepted TCP segment noted.
+
+        ``wire``: the packet's whole length when only a part of it was copied (0: ``data`` is all of it).
+        """
         cdef Py_ssize_t off = record_offset(nf)
         if off > len(data):
             off = len(data)
         if code == NF_ACCEPT and self.seqadj is not None:
             self._note_passed(<const unsigned char*>PyBytes_AS_STRING(data) + off, len(data) - off)
-        self.ring.push(now, nf.id, nf.hook, len(data) - off, <const unsigned char*>PyBytes_AS_STRING(data) + off,
+        self.ring.push(now, nf.id, nf.hook, (wire if wire > len(data) else len(data)) - off,
+                       <const unsigned char*>PyBytes_AS_STRING(data) + off,
                        len(data) - off, code, decided - t0, decided, by, err, modified)

@@ -35,7 +35,7 @@ from ..kernel import rules as _rules
 from ..kernel.flow_rules import FlowRules, KernelFlow
 from ..kernel.offload import Offload
 from ..kernel.proc import QueueCounters, require_net_admin
-from ..kernel.queue import QueueSource, batch_verdict_prefix
+from ..kernel.queue import COPY_MODES, FULL_RANGE, HEADERS_RANGE, QueueSource, batch_verdict_prefix
 from ..kernel.sender import RawSender
 from ..packet.model import HOOK_NAMES, Packet
 from ..packet.replies import outgoing
@@ -55,6 +55,9 @@ if TYPE_CHECKING:
     from ..kernel.netns import Place
 
 _SESSION_SEQ = itertools.count(1)
+# how much of each packet a queue copies to user space when attach() is not told (copy=):
+# chosen by measurement, see BENCHMARKS.md "How much of each packet to copy"
+COPY_DEFAULT = "full"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
 _BYTECODE = re.compile(r'--bytecode (?:"(\d+),[^"]*"|(\d+),\S*)')
 _OFFLOAD_SEQ = itertools.count(1)
@@ -95,6 +98,8 @@ class Status:
     flows: int | None = None  # flows tracked (None: tracking not started)
     decided_flows: int = 0  # flows a handler gave a flow verdict
     kernel_flows: bool = False  # their later packets are decided in the kernel (live)
+    copy: str = ""  # how much of each packet is copied (live): "full", "headers", "auto" or "N bytes"
+    recopied: int = 0  # copy="auto": packets sent through the queue again to be copied whole
 
     def lines(self) -> list[str]:
         state = ("attached, PAUSED" if self.paused else "attached") if self.attached else "detached"
@@ -119,6 +124,9 @@ class Status:
                 f"  kernel: waiting {k.queue_total}  queue_dropped {k.queue_dropped}  "
                 f"user_dropped {k.user_dropped}  copy_range {k.copy_range}"
             )
+            if self.copy:
+                again = f", {self.recopied} packet(s) queued again to be copied whole" if self.recopied else ""
+                out.append(f"  copy: {self.copy}{again}")
             if not self.fail_open:
                 mode = "fail-closed: a full queue drops"
             elif self.holding_when_full:
@@ -178,6 +186,23 @@ class Status:
         return "<pre>" + escape(str(self)) + "</pre>"
 
 
+def _copy_setting(copy: str | None, copy_range: int | None) -> tuple[int, bool]:
+    """(copy range, copy grows on demand) of the ``copy=`` / ``copy_range=`` options."""
+    if copy is not None and copy_range is not None:
+        raise SessionError(
+            f"copy={copy!r} and copy_range={copy_range!r} both say how much of each packet to copy; give one"
+        )
+    if copy_range is not None:
+        return copy_range, False
+    mode = COPY_DEFAULT if copy is None else copy
+    if mode not in COPY_MODES:
+        raise SessionError(
+            f"copy={copy!r} is not a copy mode; use 'full' (whole packets), 'headers' (the first "
+            f"{HEADERS_RANGE} bytes) or 'auto' (headers, and whole packets once a handler reads further)"
+        )
+    return (FULL_RANGE if mode == "full" else HEADERS_RANGE), mode == "auto"
+
+
 class Session(ChainOwner):
     """A packet source (a kernel queue or a capture) bound to one handler chain.
 
@@ -200,7 +225,7 @@ class Session(ChainOwner):
         default: str | Verdict = "accept",
         on_error: str | Verdict = "accept",
         max_len: int = 4096,
-        copy_range: int = 65535,
+        copy_range: int | None = None,
         sock_bytes: int = 8 << 20,
         batch: int = 64,
         record_size: int = 100_000,
@@ -210,9 +235,11 @@ class Session(ChainOwner):
         filter: str | None = None,  # noqa: A002 - the word users know from tcpdump
         flow_verdicts: bool = False,
         gso: bool = True,
+        copy: str | None = None,
     ) -> None:
         if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue <= 65535:
             raise SessionError(f"queue number {queue!r} is not valid; use an integer 0..65535")
+        copy_range, copy_auto = _copy_setting(copy, copy_range)
         self.queue = queue
         if name is not None and not _NAME_RE.fullmatch(str(name)):
             raise SessionError(
@@ -246,10 +273,12 @@ class Session(ChainOwner):
         self._init_chain(default, on_error, record_size, snaplen, deadline, 60)
         self.source: QueueSource | CaptureSource = QueueSource(
             queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes, fail_open=fail_open,
-            gso=gso,
+            gso=gso, copy_auto=copy_auto,
         )
         self.rules: _rules.RuleSet | None = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
         self._make_dispatcher(batch_verdict_prefix(queue), batch)
+        if copy_auto:
+            self._dispatch.regrow = self.source.grow_copy
 
     @classmethod
     def from_capture(
@@ -618,6 +647,8 @@ class Session(ChainOwner):
     def _handler_replaced(self, name: str) -> None:
         if self._dispatch.flows.decided:
             self.revoke_flows(handler=name)
+        if isinstance(self.source, QueueSource):
+            self.source.reset_copy()  # copy="auto": the new code may need less of each packet
 
     # -- offloaded verdicts --------------------------------------------------------
     def offload(self, expr: str, verdict: str | Verdict = "drop", *, mark: int | None = None) -> Offload:
@@ -800,6 +831,8 @@ class Session(ChainOwner):
             tcp_adjusted=len(self._dispatch.seqadj.adjuster),
             kept_back=self._dispatch.reordered,
             flows=len(self._dispatch.flows) if self._dispatch.flows.enabled else None,
+            copy=self.source.describe_copy(),
+            recopied=self._dispatch.recopied,
         )
 
     def _replay_status(self, src: CaptureSource) -> Status:

@@ -45,6 +45,7 @@ class View(ViewCore):
         end = self._off + self.header_len
         n = len(self._pkt._buf)
         if end > n:
+            self._pkt._need(end, f"{type(self).__name__.lower()}'s header")
             raise PacketFormatError(
                 f"the {type(self).__name__} header at offset {self._off} claims {end - self._off} bytes but the "
                 f"packet ends after {n - self._off}; it is truncated or its length field is wrong"
@@ -54,7 +55,9 @@ class View(ViewCore):
     @property
     def payload(self) -> bytes:
         """The bytes after this layer's header."""
-        return bytes(self._pkt._buf[self.payload_offset :])
+        start = self.payload_offset
+        self._pkt._need(-1, f"{type(self).__name__.lower()}.payload")
+        return bytes(self._pkt._buf[start:])
 
     @payload.setter
     def payload(self, data: bytes) -> None:

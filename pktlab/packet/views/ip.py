@@ -96,7 +96,11 @@ class IPv6(View):
 
     def upper(self) -> tuple[int, int, int]:
         """(protocol, offset, fragment) of the first non-extension header; see :func:`ipv6_upper`."""
-        return ipv6_upper(self._pkt._buf, self._off)
+        try:
+            return ipv6_upper(self._pkt._buf, self._off)
+        except PacketFormatError:
+            self._pkt._need(len(self._pkt._buf) + 1, "ipv6's extension headers")  # raises if not all were copied
+            raise
 
     @property
     def header_len(self) -> int:
