@@ -38,6 +38,7 @@ from .kernel.bpf import BpfProgram
 from .kernel.offload import Offload
 from .lab.conditions import Conditions, Link
 from .lab.network import Host, Lab, PingResult, UdpFlow, UdpResult
+from .measure.copy_cost import queue_cost
 from .measure.drops import Drop, Drops, DropWatch, drops
 from .measure.netpipe import NetpipeResult, netpipe
 from .measure.tftp_cache import TftpCache
@@ -112,6 +113,7 @@ __all__ = [
     "mac",
     "mode",
     "netpipe",
+    "queue_cost",
     "protocol",
     "protocols",
     "raw",

@@ -453,12 +453,22 @@ class Lab:
         keep: int = 0,
         ipv6: bool = False,
         to: str | None = None,
+        segment: int = 0,
     ) -> UdpFlow:
         """Start ``count`` numbered UDP datagrams from ``src`` to ``dst``; see :meth:`udp`."""
         s = src if isinstance(src, Host) else self[src]
         d = dst if isinstance(dst, Host) else self[dst]
         self._check_open()
         _check_udp(count, size, rate, timeout, ipv6)
+        if segment:
+            if not isinstance(segment, int) or not 8 <= segment < size or segment + (48 if ipv6 else 28) > 1500:
+                raise LabError(
+                    f"segment {segment!r} does not cut {size}-byte sends into datagrams that fit the lab's links; "
+                    f"give 8..{min(size - 1, 1500 - (48 if ipv6 else 28))} bytes"
+                )
+            count_in = count * -(-size // segment)  # what the receiver counts: every segment is a datagram
+        else:
+            count_in = count
         started: list[subprocess.Popen[str]] = []
         with _stopped_on_error(started):
             recv = self._traffic(
@@ -469,7 +479,7 @@ class Lab:
                 "--port",
                 str(port),
                 "--count",
-                str(count),
+                str(count_in),
                 "--timeout",
                 str(timeout),
                 "--idle",
@@ -494,6 +504,8 @@ class Lab:
                 str(rate),
                 "--timeout",
                 str(timeout),
+                "--segment",
+                str(segment),
             )
             started.append(send)
         return UdpFlow(recv, send, timeout)
@@ -505,7 +517,9 @@ class Lab:
         ``timeout`` seconds; the receiver stops ``idle`` seconds after the last one.
         ``keep=N`` returns the first N payloads as the receiver saw them; ``ipv6=True``
         sends to the destination's IPv6 address, ``to=`` to another address (a NAT's, say)
-        while the receiver still runs in ``dst``.
+        while the receiver still runs in ``dst``.  ``segment=N`` makes each send one GSO packet of ``size``
+        bytes that the kernel cuts into N-byte datagrams (UDP_SEGMENT) only where it must: a
+        queue bound with GSO (the default) sees it whole; the receiver counts the datagrams.
         """
         return self.start_udp(count, **kwargs).wait()
 

@@ -37,20 +37,36 @@ def socket_drops(sock: socket.socket) -> int:
     return 0
 
 
-def udp_send(dst: str, port: int, count: int, size: int, rate: float, timeout: float) -> dict:
-    """Send ``count`` numbered datagrams of ``size`` bytes at ``rate``/s (0: unpaced)."""
+UDP_SEGMENT = 103  # <linux/udp.h>: the socket's sends become GSO packets cut into datagrams of this size
+
+
+def udp_send(dst: str, port: int, count: int, size: int, rate: float, timeout: float, segment: int = 0) -> dict:
+    """Send ``count`` numbered datagrams of ``size`` bytes at ``rate``/s (0: unpaced).
+
+    ``segment``: each send is one GSO packet of ``size`` bytes that the kernel cuts into datagrams
+    of ``segment`` bytes (UDP_SEGMENT) as late as it can; every one of them starts with its own
+    number (send ``seq`` carries ``seq * n`` .. ``seq * n + n - 1`` for ``n`` segments).
+    """
     size = max(size, SEQ.size)
     pad = bytes(size - SEQ.size)
     family = socket.AF_INET6 if ":" in dst else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    if segment:
+        sock.setsockopt(socket.SOL_UDP, UDP_SEGMENT, segment)
+        sizes = [min(segment, size - at) for at in range(0, size, segment)]
+        pads = [bytes(max(0, n - SEQ.size)) for n in sizes]
     start = time.monotonic()
     deadline = start + timeout
     sent = errors = 0
     batch = 32
     for seq in range(count):
         try:
-            sock.sendto(SEQ.pack(seq) + pad, (dst, port))
+            if segment:
+                base = seq * len(sizes)
+                sock.sendto(b"".join(SEQ.pack(base + i) + p for i, p in enumerate(pads)), (dst, port))
+            else:
+                sock.sendto(SEQ.pack(seq) + pad, (dst, port))
             sent += 1
         except OSError:
             errors += 1
@@ -305,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--rate", type=float, default=0.0)
     s.add_argument("--timeout", type=float, default=30.0)
+    s.add_argument("--segment", type=int, default=0)
     r = sub.add_parser("udp-recv")
     r.add_argument("--port", type=int, default=9000)
     r.add_argument("--count", type=int, default=10)
@@ -362,7 +379,7 @@ def _run(a: argparse.Namespace) -> dict:
     elif a.kind == "dns-query":
         out = dns_query(a.server, a.name, a.timeout, a.port)
     elif a.kind == "udp-send":
-        out = udp_send(a.dst, a.port, a.count, a.size, a.rate, a.timeout)
+        out = udp_send(a.dst, a.port, a.count, a.size, a.rate, a.timeout, a.segment)
     elif a.kind == "udp-recv":
         out = udp_recv(a.port, a.count, a.timeout, a.idle, a.keep, a.bind)
     elif a.kind == "tcp-send":

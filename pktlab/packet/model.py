@@ -67,14 +67,13 @@ class RawBytes:
         pkt = self._pkt
         if pkt._wire:  # only the first part was copied: a read beyond it (or from the end) needs more
             if isinstance(key, slice):
-                stop = key.stop
-                if key.step is None or key.step > 0:
-                    pkt._need(-1 if stop is None or stop < 0 or (key.start or 0) < 0 else stop,
-                              f"pkt.raw[{key.start}:{key.stop}]")  # fmt: skip
-                else:
-                    pkt._need(-1, "a reversed pkt.raw slice")
+                start, stop = key.start or 0, key.stop
+                reverse = key.step is not None and key.step < 0
+                end = -1 if reverse or stop is None or stop < 0 or start < 0 else stop
             else:
-                pkt._need(-1 if key < 0 else key + 1, f"pkt.raw[{key}]")
+                end = -1 if key < 0 else key + 1
+            if end < 0 or end > len(pkt._buf):  # the message is made only here: reads are a hot path
+                pkt._need(end, f"pkt.raw[{key.start}:{key.stop}]" if isinstance(key, slice) else f"pkt.raw[{key}]")
         v = pkt._buf[key]
         return bytes(v) if isinstance(key, slice) else v
 

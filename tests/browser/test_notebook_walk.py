@@ -21,7 +21,7 @@ import pytest
 from pktlab.lab.network import wait_until
 from tests.browser.conftest import jupyter_server, kernel_ready
 from tests.conftest import needs_root
-from tests.notebooks.expected import check_live_output
+from tests.notebooks.expected import SMALL_COSTS, check_live_output
 
 pytestmark = [
     needs_root,
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").rglob("*.ipynb"))
 OUT = REPO / "test-output" / "browser" / "walk"
 SMALL = {"PKTLAB_NETPIPE_MAX": "65536", "PKTLAB_CACHE_MAX": "4096",
-         "PKTLAB_FILTER_COUNT": "10000", "PKTLAB_FILTER_ROUNDS": "1"}
+         "PKTLAB_FILTER_COUNT": "10000", "PKTLAB_FILTER_ROUNDS": "1", **SMALL_COSTS}
 
 # Counts each notebook's figures by what it shows: the checks below assert every one was drawn
 PROMPTS_JS = """() => Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt'))
@@ -123,7 +123,7 @@ def test_notebook_in_the_browser(path: Path, server, browser) -> None:  # type: 
         check_live_output(path.stem, "\n".join(page.evaluate(OUTPUTS_JS)))
         views, drawn = page.evaluate(FIGURES_JS)
         assert drawn == views, f"{rel}: {views - drawn} of {views} Bokeh figures not drawn"
-        if path.stem in ("04-netpipe-nat", "05-kernel-view", "06-packet-cache", "07-filter-costs"):
+        if path.stem in ("04-netpipe-nat", "05-kernel-view", "06-packet-cache", "07-filter-costs", "08-copy-costs"):
             assert views > 0, f"{rel}: no Bokeh figure in the page"
         if path.stem == "03-live-firewall":
             cells = page.locator(".slick-cell").all_inner_texts()

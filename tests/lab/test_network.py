@@ -74,3 +74,18 @@ def test_tcp_helper_counts_bytes() -> None:
     with Lab() as lab:
         r = lab.tcp(1 << 20)
         assert r["received"] == 1 << 20 and not r["timeout"]
+
+
+def test_gso_sends_reach_a_queue_whole_and_the_receiver_as_datagrams(lab: Lab) -> None:
+    import pktlab
+
+    seen: list[int] = []
+    with pktlab.attach(1, rule="-p udp --dport 9000", netns=lab.server) as s:
+        s.add_handler(lambda pkt: seen.append(len(pkt)), "sizes")
+        r = lab.udp(5, size=4000, rate=100, segment=1472, keep=15)
+    # each 4000-byte send: one GSO packet through the queue, three datagrams (1472, 1472, 1056) at the socket
+    assert seen == [4028] * 5
+    assert r.unique == 15 and r.missing_count == 0
+    assert sorted(len(p) for p in r.payloads) == [1056] * 5 + [1472] * 10
+    with pytest.raises(LabError, match="does not cut 4000-byte sends into datagrams that fit"):
+        lab.udp(1, size=4000, segment=1600)

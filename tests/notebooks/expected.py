@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+# notebook 08's measurement at test size: three sizes (one a GSO packet), one position, 2,000 datagrams a run
+SMALL_COSTS = {"PKTLAB_COST_COUNT": "2000", "PKTLAB_COST_REPEATS": "2", "PKTLAB_COST_SIZES": "256,1024,16384",
+               "PKTLAB_COST_POSITIONS": "1023"}  # fmt: skip
+
 
 def check_live_output(stem: str, text: str) -> None:
     """Assert the live run of notebook ``stem`` printed what a correct run prints (``text``: its outputs)."""
@@ -53,3 +57,8 @@ def check_live_output(stem: str, text: str) -> None:
         m = re.search(r"kernel / user space at 64 instructions: ([0-9.]+)x", text)
         assert m and float(m.group(1)) > 0 and "lab down: True" in text
         assert "1400-byte datagrams, copy 128 bytes / whole packet" in text
+    if stem == "08-copy-costs":
+        # every figure measured (queue_cost raises when a datagram was lost or a handler failed), the tables shown
+        m = re.search(r"a packet's trip: ([0-9,]+) to ([0-9,]+) cycles here", text)
+        assert m and "copying 768 more bytes" in text and "a 16,384-byte GSO packet" in text, m
+        assert "lab down: True" in text

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_root
-from tests.notebooks.expected import check_live_output
+from tests.notebooks.expected import SMALL_COSTS, check_live_output
 
 NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").rglob("*.ipynb"))  # assignments/ too
 
@@ -31,6 +31,8 @@ def _run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str)
     monkeypatch.setenv("PKTLAB_CACHE_MAX", "4096")  # 06-packet-cache: files up to 4 KiB
     monkeypatch.setenv("PKTLAB_FILTER_COUNT", "10000")  # 07-filter-costs: datagrams per measurement
     monkeypatch.setenv("PKTLAB_FILTER_ROUNDS", "1")  # 07-filter-costs: one round of the alternating runs
+    for var, value in SMALL_COSTS.items():  # 08-copy-costs: fewer and shorter runs
+        monkeypatch.setenv(var, value)
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "\n".join(
@@ -77,6 +79,8 @@ def test_notebook_runs_top_to_bottom_in_replay_mode(
     if path.stem == "06-packet-cache":
         assert "second request answered by the cache: 3 blocks, 1300 bytes, same as the server's: True" in text
         assert "download times: live mode only" in text
+    if path.stem == "08-copy-costs":
+        assert "measured in live mode only" in text and "ns to read the last byte" in text
     if path.stem == "07-filter-costs":
         assert "the kernel side: live mode only" in text and "snap length: live mode only" in text
         assert "64 instructions:" in text and "µs per packet in user space" in text

@@ -56,7 +56,8 @@ class View(ViewCore):
     def payload(self) -> bytes:
         """The bytes after this layer's header."""
         start = self.payload_offset
-        self._pkt._need(-1, f"{type(self).__name__.lower()}.payload")
+        if self._pkt._wire:  # only a part was copied (the message is made only then: this is a hot path)
+            self._pkt._need(-1, f"{type(self).__name__.lower()}.payload")
         return bytes(self._pkt._buf[start:])
 
     @payload.setter

@@ -30,7 +30,8 @@ class HTTP:
 
     # -- parsing ------------------------------------------------------------------
     def _text(self) -> bytes:
-        self._pkt._need(min(self._off + MAX_HEAD, len(self._pkt)), "pkt.http")
+        if self._pkt._wire:
+            self._pkt._need(min(self._off + MAX_HEAD, len(self._pkt)), "pkt.http")
         return bytes(self._pkt._buf[self._off : self._off + MAX_HEAD])
 
     def _lines(self) -> list[tuple[int, int]]:
@@ -101,7 +102,8 @@ class HTTP:
     @property
     def body(self) -> bytes:
         """What of the body is in this segment (empty when the head is incomplete)."""
-        self._pkt._need(-1, "http.body")
+        if self._pkt._wire:
+            self._pkt._need(-1, "http.body")
         data = bytes(self._pkt._buf[self._off :])
         end = data.find(b"\r\n\r\n")
         return data[end + 4 :] if end >= 0 else b""
@@ -240,7 +242,8 @@ def find(pkt: Any) -> HTTP | None:
     if t is None or not (t.sport in PORTS or t.dport in PORTS):
         return None
     off = t.payload_offset
-    pkt._need(min(off + 8, len(pkt)), "pkt.http")
+    if pkt._wire:
+        pkt._need(min(off + 8, len(pkt)), "pkt.http")
     start = bytes(pkt._buf[off : off + 8])
     if start.startswith(b"HTTP/1.") or any(start.startswith(m + b" ") for m in METHODS):
         return HTTP(pkt, off)
