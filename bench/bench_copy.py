@@ -21,15 +21,13 @@ Run: `.venv/bin/python bench/bench_copy.py` (as root).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
 from bench_tcp_rewrite import PORT, iperf
-from harness import alternate
+from harness import alternate, run_one_if_asked
 
 import pktlab
 
@@ -85,15 +83,9 @@ CONFIGS: dict[str, Callable[[pktlab.Lab], dict[str, float]]] = {
 }
 
 
-def run_one(name: str) -> int:
-    with pktlab.Lab("router") as lab:
-        print(json.dumps(CONFIGS[name](lab)))
-    return 0
-
-
 def main() -> int:
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
-        return run_one(sys.argv[2])
+    if (code := run_one_if_asked(CONFIGS, "router")) is not None:
+        return code
     show = lambda _, r: (f"{r['bps'] / 1e9:.3f} Gbit/s, {r['copied']:,.0f} B copied per packet, "  # noqa: E731
                          f"{r['us_per_packet']:.2f} µs of the reader's CPU per packet")
     runs = alternate(__file__, CONFIGS, REPEATS, show)

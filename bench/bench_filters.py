@@ -19,13 +19,11 @@ Run: `.venv/bin/python bench/bench_filters.py` (as root).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import sys
 from collections.abc import Callable
 
-from harness import alternate, iperf_udp64
+from harness import alternate, iperf_udp64, run_one_if_asked
 
 import pktlab
 
@@ -75,15 +73,9 @@ CONFIGS: dict[str, Callable[[pktlab.Lab], tuple[float, float]]] = {
 }
 
 
-def run_one(name: str) -> int:
-    with pktlab.Lab() as lab:
-        print(json.dumps(CONFIGS[name](lab)))
-    return 0
-
-
 def main() -> int:
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
-        return run_one(sys.argv[2])
+    if (code := run_one_if_asked(CONFIGS)) is not None:
+        return code
     runs = alternate(__file__, CONFIGS, REPEATS, lambda _, r: f"{r[0]:,.0f} pkt/s received, {r[1]:.1%} lost", 120)
     meds = {name: statistics.median(p for p, _ in rs) for name, rs in runs.items()}
     base = meds["(a) no rule"]

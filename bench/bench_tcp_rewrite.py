@@ -23,14 +23,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 from collections.abc import Callable
 
-from harness import alternate
+from harness import alternate, iperf3_server, run_one_if_asked
 
 import pktlab
-from pktlab.lab.network import wait_until
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
@@ -40,18 +37,10 @@ QUEUE = 1
 
 def iperf(lab: pktlab.Lab) -> float:
     """Bits per second the iperf3 server received in one TCP run."""
-    server = lab.server.popen(["iperf3", "-s", "-1", "-p", str(PORT)], stdout=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: str(PORT) in lab.server.run(["ss", "-ltn", f"sport = :{PORT}"], check=False).stdout)
+    with iperf3_server(lab, PORT):
         out = lab.client.run(
             ["iperf3", "-c", lab.server.addr, "-p", str(PORT), "-t", str(SECONDS), "-J"], timeout=SECONDS + 30
         ).stdout
-    finally:
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
     return json.loads(out)["end"]["sum_received"]["bits_per_second"]
 
 
@@ -107,15 +96,9 @@ CONFIGS: dict[str, Callable[[pktlab.Lab], float]] = {
 }
 
 
-def run_one(name: str) -> int:
-    with pktlab.Lab("router") as lab:
-        print(json.dumps(CONFIGS[name](lab)))
-    return 0
-
-
 def main() -> int:
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
-        return run_one(sys.argv[2])
+    if (code := run_one_if_asked(CONFIGS, "router")) is not None:
+        return code
     runs = alternate(__file__, CONFIGS, REPEATS, lambda _, bps: f"{bps / 1e9:.3f} Gbit/s")
     base = statistics.median(runs["(a) queue, handler reads the header and accepts"])
     print(f"\nTCP via iperf3 through a router lab, {SECONDS:g} s per run, median of {REPEATS}, {os.cpu_count()} CPUs\n")

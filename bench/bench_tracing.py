@@ -17,14 +17,12 @@ Run: `.venv/bin/python bench/bench_tracing.py` (as root).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import sys
 from collections.abc import Callable
 
 from bench_offload import PORT, REPEATS, SECONDS, iperf
-from harness import alternate
+from harness import alternate, run_one_if_asked
 
 import pktlab
 
@@ -53,15 +51,9 @@ CONFIGS: dict[str, Callable[[pktlab.Lab], dict[str, float]]] = {
 }
 
 
-def run_one(name: str) -> int:
-    with pktlab.Lab() as lab:
-        print(json.dumps(CONFIGS[name](lab)))
-    return 0
-
-
 def main() -> int:
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
-        return run_one(sys.argv[2])
+    if (code := run_one_if_asked(CONFIGS)) is not None:
+        return code
     def show(name: str, r: dict[str, float]) -> str:
         extra = f", traced {r['traced']}, lost events {r['lost']}" if "traced" in r else ""
         return f"{r['pps']:,.0f} pkt/s received, {r['loss']:.1%} lost{extra}"

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pktlab
@@ -33,13 +34,23 @@ def alternate(
     return runs
 
 
-def iperf_udp64(lab: pktlab.Lab, port: int, seconds: float) -> tuple[float, float]:
-    """Received datagrams per second and loss fraction of one iperf3 run of 64-byte UDP datagrams at full speed.
+def run_one_if_asked(configs: dict[str, Callable[[pktlab.Lab], Any]], topology: str = "pair") -> int | None:
+    """As the child ``script --one NAME``: measure that configuration in a fresh lab, print its result as JSON.
 
-    From the lab's client to an iperf3 server in its server, sender pinned to the first CPU, receiver to the last.
+    Returns the exit code then, None in the parent (no ``--one``).
     """
-    cpus = sorted(os.sched_getaffinity(0))
-    server = lab.server.popen(["iperf3", "-s", "-1", "-p", str(port), "-A", str(cpus[-1])], stdout=subprocess.DEVNULL)
+    if len(sys.argv) != 3 or sys.argv[1] != "--one":
+        return None
+    with pktlab.Lab(topology) as lab:
+        print(json.dumps(configs[sys.argv[2]](lab)))
+    return 0
+
+
+@contextmanager
+def iperf3_server(lab: pktlab.Lab, port: int, cpu: int | None = None) -> Iterator[None]:
+    """A one-shot iperf3 server in the lab's server, listening when the block starts, reaped when it ends."""
+    argv = ["iperf3", "-s", "-1", "-p", str(port), *(["-A", str(cpu)] if cpu is not None else [])]
+    server = lab.server.popen(argv, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # until the server listens
@@ -47,6 +58,22 @@ def iperf_udp64(lab: pktlab.Lab, port: int, seconds: float) -> tuple[float, floa
             if str(port) in probe.stdout:
                 break
             time.sleep(0.05)
+        yield
+    finally:
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def iperf_udp64(lab: pktlab.Lab, port: int, seconds: float) -> tuple[float, float]:
+    """Received datagrams per second and loss fraction of one iperf3 run of 64-byte UDP datagrams at full speed.
+
+    From the lab's client to an iperf3 server in its server, sender pinned to the first CPU, receiver to the last.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    with iperf3_server(lab, port, cpus[-1]):
         out = lab.client.run(
             [
                 "iperf3", "-c", lab.server.addr, "-p", str(port), "-A", str(cpus[0]),
@@ -54,12 +81,6 @@ def iperf_udp64(lab: pktlab.Lab, port: int, seconds: float) -> tuple[float, floa
             ],  # fmt: skip
             timeout=seconds + 30,
         ).stdout
-    finally:
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
     end = json.loads(out)["end"]["sum"]
     got = end["packets"] - end["lost_packets"]
     return got / end["seconds"], end["lost_packets"] / max(1, end["packets"])
