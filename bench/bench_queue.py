@@ -79,9 +79,13 @@ def cpu_ns(tid: int) -> int:
 class BareReader:
     """NetfilterQueue with an accept-only callback, in the lab namespace, reading once started."""
 
-    def __init__(self, ns: str, match: tuple[str, ...] = ("-p", "udp", "--dport", "9000")) -> None:
+    def __init__(
+        self, ns: str, match: tuple[str, ...] = ("-p", "udp", "--dport", "9000"), hook: str = "INPUT", gso: bool = False
+    ) -> None:
         self.ns = ns
         self.match = match
+        self.hook = hook
+        self.gso = gso  # NFQA_CFG_F_GSO on its queue (NetfilterQueue's API cannot set it; pktlab's configure_queue)
         self.count = [0]
         self._stop = False
         self._ready = threading.Event()
@@ -101,6 +105,10 @@ class BareReader:
 
         q = NetfilterQueue()
         q.bind(QUEUE, cb, max_len=MAX_LEN, sock_len=SOCK_BYTES)
+        if self.gso:
+            from pktlab.kernel._reader import configure_queue
+
+            configure_queue(q, 65535, False, True)
         self._ready.set()
         self._go.wait()
         poller = select.poll()
@@ -121,7 +129,7 @@ class BareReader:
     def __enter__(self) -> BareReader:
         self._t.start()
         self._ready.wait(5)
-        self.rules.install([rules.QueueRule(QUEUE, "INPUT", self.match)])
+        self.rules.install([rules.QueueRule(QUEUE, self.hook, self.match)])
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,11 @@ median reported:
       iperf3's control connection (small messages) is left alone;
   (c), (d): as (a) and (b) with the queue bound with ``gso=True``
       (NFQA_CFG_F_GSO): the kernel queues GSO packets whole, up to 64 KiB,
-      instead of cutting each into ~45 segments first.
+      instead of cutting each into ~45 segments first;
+  (e) pktlab with no handler, GSO packets whole;
+  (f), (g): bare NetfilterQueue (its own loop, a callback that only accepts,
+      bench_queue.py's reader) on the same queue, without and with the GSO
+      flag (set with pktlab's configure_queue: NetfilterQueue's API has none).
 Run: `.venv/bin/python bench/bench_tcp_rewrite.py` (as root).
 """
 
@@ -25,6 +29,7 @@ import os
 import statistics
 from collections.abc import Callable
 
+from bench_queue import BareReader
 from harness import alternate, iperf3_server, run_one_if_asked
 
 import pktlab
@@ -87,12 +92,32 @@ def grow_every_gso_packet(lab: pktlab.Lab) -> float:
     return _through(lab, grow, gso=True)
 
 
+def no_handler_gso(lab: pktlab.Lab) -> float:
+    s = pktlab.attach(QUEUE, rule="-p tcp", hook="FORWARD", netns=lab.router, deadline=None, max_len=1 << 16)
+    try:
+        return iperf(lab)
+    finally:
+        s.detach()
+
+
+def bare(gso: bool) -> Callable[[pktlab.Lab], float]:
+    def run(lab: pktlab.Lab) -> float:
+        with BareReader(lab.router.netns, ("-p", "tcp"), hook="FORWARD", gso=gso) as reader:
+            reader.start_reading()
+            return iperf(lab)
+
+    return run
+
+
 CONFIGS: dict[str, Callable[[pktlab.Lab], float]] = {
     "(0) no queue": no_queue,
     "(a) queue, handler reads the header and accepts": accept_only,
     "(b) queue, handler grows every data segment by 2 bytes": grow_every_segment,
     "(c) as (a), the queue bound with gso=True (GSO packets whole)": accept_only_gso,
     "(d) as (b), gso=True: every GSO packet grown by 2 bytes": grow_every_gso_packet,
+    "(e) pktlab, no handler, GSO packets whole": no_handler_gso,
+    "(f) bare NetfilterQueue, accept-only callback (segments)": bare(False),
+    "(g) bare NetfilterQueue, accept-only callback, GSO flag set": bare(True),
 }
 
 
@@ -107,6 +132,10 @@ def main() -> int:
     for name, rs in runs.items():
         med = statistics.median(rs)
         print(f"| {name} | {med / 1e9:.3f} | {med / base:.1%} | {', '.join(f'{r / 1e9:.3f}' for r in rs)} |")
+    med = {name[:3]: statistics.median(rs) for name, rs in runs.items()}
+    print(f"\npktlab without a handler, GSO (e): {med['(e)'] / med['(0)']:.1%} of no queue, "
+          f"{med['(e)'] / med['(f)']:.1f}x bare NetfilterQueue on segments (f), "
+          f"{med['(e)'] / med['(g)']:.1f}x bare NetfilterQueue with the GSO flag (g)")
     return 0
 
 

@@ -56,11 +56,13 @@ cdef inline Py_ssize_t record_offset(NfPacket nf):
 
 
 cdef inline bint tcp_stream_end(const unsigned char* p, Py_ssize_t n, unsigned char* key, Py_ssize_t* klen,
-                                unsigned int* end, unsigned int* start=NULL) noexcept:
+                                unsigned int* end, unsigned int* start=NULL, Py_ssize_t wire=0) noexcept:
     """The stream key (addresses, then ports, as in the packet) of an IPv4/IPv6 TCP segment, and the
     sequence number after it (SYN and FIN count one each; ``start``: its own); False for anything else
-    (fragments, IPv6 with extension headers, malformed)."""
+    (fragments, IPv6 with extension headers, malformed).  ``n`` bytes are at ``p``; ``wire``: the
+    packet's whole length when only those were copied (its headers must be among them)."""
     cdef Py_ssize_t ihl, t, doff, total
+    cdef Py_ssize_t whole = wire if wire > n else n
     cdef unsigned int seq
     cdef unsigned char flags
     if n < 20:
@@ -68,7 +70,8 @@ cdef inline bint tcp_stream_end(const unsigned char* p, Py_ssize_t n, unsigned c
     if p[0] >> 4 == 4:
         ihl = (p[0] & 15) * 4
         total = (p[2] << 8) | p[3]
-        if p[9] != 6 or ihl < 20 or total > n or total < ihl + 20 or ((p[6] & 0x3f) << 8 | p[7]) != 0:
+        if p[9] != 6 or ihl < 20 or total > whole or total < ihl + 20 or ihl + 20 > n \
+                or ((p[6] & 0x3f) << 8 | p[7]) != 0:
             return False
         memcpy(key, p + 12, 8)
         klen[0] = 8
@@ -77,7 +80,7 @@ cdef inline bint tcp_stream_end(const unsigned char* p, Py_ssize_t n, unsigned c
         if n < 60 or p[6] != 6:
             return False
         total = 40 + ((p[4] << 8) | p[5])
-        if total > n or total < 60:
+        if total > whole or total < 60:
             return False
         memcpy(key, p + 8, 32)
         klen[0] = 32
@@ -484,7 +487,8 @@ cdef class Dispatcher:
         packet_done(pkt)  # as after any verdict: no packet <-> view cycle keeping the queue alive
         off = record_offset(nf)
         if code == NF_ACCEPT and self.seqadj is not None:
-            self._note_passed(<const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off)
+            self._note_passed(<const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off,
+                              pkt._wire - off if pkt._wire else 0)
         self.ring.push(pkt.time, nf.id, nf.hook, (pkt._wire if pkt._wire > len(original) else len(original)) - off,
                        <const unsigned char*>PyBytes_AS_STRING(original) + off, len(original) - off, code, 0,
                        mono_ns(), by, None, modified)
@@ -517,7 +521,7 @@ cdef class Dispatcher:
             self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
         return 0
 
-    cdef void _note_passed(self, const unsigned char* p, Py_ssize_t n):
+    cdef void _note_passed(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t wire=0):
         """Remember how far each TCP stream has gone through accepted packets.
 
         A handler's first rewrite of a connection may come on a segment behind bytes that already went
@@ -528,7 +532,7 @@ cdef class Dispatcher:
         cdef Py_ssize_t klen = 0
         cdef unsigned int end = 0
         cdef unsigned int old
-        if not tcp_stream_end(p, n, key, &klen, &end):
+        if not tcp_stream_end(p, n, key, &klen, &end, NULL, wire):
             return
         k = (<char*>key)[:klen]
         o = self.tcp_high.get(k)
@@ -743,7 +747,7 @@ cdef class Dispatcher:
         except BaseException as exc:
             code = self._internal(nf, exc).code
         if code == NF_ACCEPT and self.seqadj is not None:
-            self._note_passed(nf.payload + off, n - off)
+            self._note_passed(nf.payload + off, n - off, wire - off if wire > n else 0)
         self.ring.push(now, nf.id, nf.hook, (wire if wire > n else n) - off,
                        nf.payload + off, n - off, code, 0, mono_ns(), None, None, False)
 
@@ -922,7 +926,8 @@ cdef class Dispatcher:
         if off > len(data):
             off = len(data)
         if code == NF_ACCEPT and self.seqadj is not None:
-            self._note_passed(<const unsigned char*>PyBytes_AS_STRING(data) + off, len(data) - off)
+            self._note_passed(<const unsigned char*>PyBytes_AS_STRING(data) + off, len(data) - off,
+                              wire - off if wire > len(data) else 0)
         self.ring.push(now, nf.id, nf.hook, (wire if wire > len(data) else len(data)) - off,
                        <const unsigned char*>PyBytes_AS_STRING(data) + off,
                        len(data) - off, code, decided - t0, decided, by, err, modified)

@@ -647,8 +647,10 @@ class Session(ChainOwner):
     def _handler_replaced(self, name: str) -> None:
         if self._dispatch.flows.decided:
             self.revoke_flows(handler=name)
-        if isinstance(self.source, QueueSource):
-            self.source.reset_copy()  # copy="auto": the new code may need less of each packet
+        if isinstance(self.source, QueueSource) and not len(self._dispatch.seqadj.adjuster):
+            # copy="auto": the new code may need less of each packet (not while connections are adjusted:
+            # their later packets get new sequence numbers, which needs them whole)
+            self.source.reset_copy()
 
     # -- offloaded verdicts --------------------------------------------------------
     def offload(self, expr: str, verdict: str | Verdict = "drop", *, mark: int | None = None) -> Offload:
