@@ -392,6 +392,11 @@ class Tracer:
             owner[where] = key
             later.setdefault(where, []).append((st.t_ns, key))
             packets[key].steps.append(self._step(ht, st))
+            if st.kind in ("transmit", "consumed", "drop"):
+                # the packet left this host (its buffer goes on to the next namespace) or was freed: a buffer
+                # at this address from now on is another packet's (an echo reply reusing the request's memory
+                # came back through the client and joined the request, loop run m21b-1)
+                del owner[where]
         for st in receives:  # a receive belongs to the packet of the next step at the same address on that host
             ht = by_inode[st.netns_inode]
             nxt = next((k for t, k in later.get((st.netns_inode, st.skb), []) if t >= st.t_ns), None)
