@@ -34,6 +34,7 @@ from typing import Any
 
 from ..errors import LabError
 from ..kernel import netns
+from ..lab.traffic import UDP_SEGMENT
 
 # Student's t at 97.5 % for n-1 degrees of freedom (n = 2..30): a 95 % interval of a mean
 _T975 = [
@@ -88,7 +89,6 @@ class Cost:
 
 PORT = 9000
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>: root may exceed rmem_max
-UDP_SEGMENT = 103  # <linux/udp.h>
 
 
 def _sockets(lab: Any, segment: int) -> tuple[socket.socket, socket.socket]:
