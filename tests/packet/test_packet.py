@@ -180,6 +180,25 @@ def test_payload_rewrite_checksum_matches_scapy(sport: int, dport: int, before: 
     assert bytes(p) == bytes(ref)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["tcp", "udp", "tcp6", "udp6"]), st.binary(max_size=3000), st.integers(0, 2**32 - 1))
+def test_checksums_of_every_length_match_scapy(kind: str, payload: bytes, seq: int) -> None:
+    """The checksum sum runs 16 bytes at a time with a tail of 4, 2 and 1: every length and remainder."""
+    l3 = IP(src="10.1.1.1", dst="10.2.2.2") if kind in ("tcp", "udp") else IPv6(src="fd77::1", dst="fd77::2")
+    l4 = TCP(sport=1, dport=2, seq=seq) if kind.startswith("tcp") else UDP(sport=seq & 0xFFFF, dport=2)
+    p = P(l3 / l4 / Raw(b"x"))
+    p.payload = payload
+    assert bytes(p) == bytes(l3 / l4 / Raw(payload))
+
+
+def test_checksum_of_a_64k_packet_matches_scapy() -> None:
+    body = bytes(range(256)) * 255 + b"odd"  # 65,283 bytes: a GSO packet's size, an odd length
+    p = P(IP(src="10.1.1.1", dst="10.2.2.2") / TCP(sport=1, dport=2) / Raw(body[:100]))
+    p.payload = body[: 65535 - 40]
+    p.ip.dst = "10.3.3.3"
+    assert bytes(p) == bytes(IP(src="10.1.1.1", dst="10.3.3.3") / TCP(sport=1, dport=2) / Raw(body[: 65535 - 40]))
+
+
 REAL = [
     bytes(IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=5, dport=9000) / b"payload"),
     bytes(IP(src="10.77.1.1", dst="10.77.1.2", options=b"\x94\x04\x00\x00") / TCP(flags="S", options=[("MSS", 1460)])),
