@@ -15,9 +15,16 @@ reported:
       fail-closed here, so what arrives is what the handler accepted;
   (d) a handler that returns ``pkt.accept(flow=True)``: the first datagram of
       the flow goes through the queue, the kernel accepts the rest
-      (conntrack and a connmark rule in front of the queue rule, the session
-      attached with ``flow_verdicts=True``).
-Run: `.venv/bin/python bench/bench_offload.py` (as root).
+      (conntrack, the connection's mark copied to the packet, and a mark rule
+      in front of the queue rule; the session attached with
+      ``flow_verdicts=True``);
+  (e) a pktlab session with no handler (fail-closed: what arrives went through
+      the queue): issue 16's "UDP 64 B, pktlab no handler" against (a);
+  (t) no pktlab, conntrack on in the server's namespace (an nftables chain
+      at INPUT with one ``ct mark`` rule that matches nothing): what tracking
+      the connection costs, which (d) pays before any rule of pktlab's.
+Run: `.venv/bin/python bench/bench_offload.py` (as root; ``BENCH_CONFIGS=d,t`` runs
+only those and (a)).
 """
 
 from __future__ import annotations
@@ -87,12 +94,38 @@ def flow_verdict(lab: pktlab.Lab) -> tuple[float, float]:
         s.detach()
 
 
+def no_handler(lab: pktlab.Lab) -> tuple[float, float]:
+    s = pktlab.attach(1, rule=f"-p udp --dport {PORT}", netns=lab.server, bypass=False, fail_open=False)
+    try:
+        r = iperf(lab)
+        assert s.record.n > 0, "no packet reached the queue"
+        return r
+    finally:
+        s.detach()
+
+
+def conntrack_only(lab: pktlab.Lab) -> tuple[float, float]:
+    table = (
+        "table inet pktlab_bench_ct {\n chain input {\n  type filter hook input priority 0;\n"
+        "  ct mark 0x1 counter\n }\n}\n"
+    )
+    lab.server.run(["nft", "-f", "-"], input=table)
+    try:
+        return iperf(lab)
+    finally:
+        lab.server.run(["nft", "delete", "table", "inet", "pktlab_bench_ct"])
+
+
 CONFIGS: dict[str, Callable[[pktlab.Lab], tuple[float, float]]] = {
     "(a) no rule": no_rule,
     "(b) offloaded accept (xt_bpf rule in front of the queue)": offloaded,
     "(c) the same decision in a pktlab handler": in_handler,
     "(d) the first datagram's handler accepts the flow in the kernel (pkt.accept(flow=True))": flow_verdict,
+    "(e) pktlab, no handler": no_handler,
+    "(t) no pktlab, conntrack on": conntrack_only,
 }
+if only := os.environ.get("BENCH_CONFIGS"):  # e.g. BENCH_CONFIGS=d,t: those and the baseline (a)
+    CONFIGS = {k: v for k, v in CONFIGS.items() if k[1] == "a" or k[1] in only.split(",")}
 
 
 def main() -> int:

@@ -9,15 +9,21 @@ travels on the packet's mark:
   in its namespace); the deciding packet gets the verdict ACCEPT with the bit
   set; an nftables chain of pktlab's at the same hook, right behind the queue
   rule's table (priority + 1), copies the bit into the connection's mark
-  (``ct mark``) and clears it from the packet's; in front of the queue rule,
-  ``-m connmark --mark BIT/BIT -j ACCEPT`` accepts every later packet of the
-  connection, both directions, in the kernel.  (An nftables accept would end
-  only its own chain: the queue rule would still see the packet.)
+  (``ct mark``) and clears it from the packet's.  A chain just in front of
+  the queue rule's table (priority - 1) copies the bit back from the
+  connection to every later packet, both directions, and
+  ``-m mark --mark BIT/BIT -j ACCEPT`` in front of the queue rule accepts it
+  in the kernel; the chain behind clears the bit again.  (An nftables accept
+  would end only its own chain: the queue rule would still see the packet.
+  iptables-nft makes ``-m mark`` native nftables expressions, where
+  ``-m connmark`` would run xt_connmark through the compat layer for every
+  packet.)
 * drop: a dropped packet's connection is never confirmed by conntrack, so a
   mark cannot outlive it; pktlab adds the flow (addresses, protocol, ports,
   both directions) to an nftables set of its table, and a chain just in
   front of the queue rule's table (priority - 1) drops the set's packets,
-  counting them per flow.  TCP and UDP only: other protocols' flow drops are
+  counting them per flow (its lookups join that chain with the first flow
+  dropped: until then no packet pays for them).  TCP and UDP only: other protocols' flow drops are
   made by pktlab for the packets that reach the session.
 
 Conntrack accounting (``nf_conntrack_acct``) gives each accepted
@@ -79,6 +85,7 @@ class FlowRules:
         self.accept_bit = SLOTS[self.slot]
         self.table = f"{TABLE_PREFIX}{os.getpid()}_{key}_s{self.slot}"
         self._acct_before: str | None = None
+        self._drop_rules = False  # the set lookups join the chain in front with the first flow dropped
         self.installed = False
 
     def _free_slot(self) -> int:
@@ -102,13 +109,12 @@ class FlowRules:
         keep = 0xFFFFFFFF & ~a
         key4 = "ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service"
         key6 = "ipv6_addr . ipv6_addr . inet_proto . inet_service . inet_service"
-        tup = "saddr . {0} daddr . meta l4proto . th sport . th dport"
         chain = (
             f"table inet {self.table} {{\n"
             f"  set drop4 {{ type {key4}; counter; }}\n"
             f"  set drop6 {{ type {key6}; counter; }}\n"
             f"  chain before {{\n    type filter hook {r.hook.lower()} priority {prio - 1};\n"
-            f"    ip {tup.format('ip')} @drop4 drop\n    ip6 {tup.format('ip6')} @drop6 drop\n  }}\n"
+            f"    ct mark & {a:#x} == {a:#x} meta mark set meta mark | {a:#x}\n  }}\n"
             f"  chain after {{\n    type filter hook {r.hook.lower()} priority {prio + 1};\n"
             f"    meta mark & {a:#x} == {a:#x} ct mark set ct mark | {a:#x} meta mark set meta mark & {keep:#x}\n"
             f"  }}\n}}\n"
@@ -116,9 +122,10 @@ class FlowRules:
         proc = _netns.run(self.netns, ["nft", "-f", "-"], input=chain, check=False)
         if proc.returncode != 0:
             raise SessionError(f"nft could not add the flow verdicts' chains: {proc.stderr.strip()}")
+        self._drop_rules = False
         try:
             tag = _compile("").tagged((FRONT_MAGIC, os.getpid(), self.key)).match_args()
-            line = [*r.matches(), "-m", "connmark", "--mark", f"{a:#x}/{a:#x}", *tag, "-j", "ACCEPT"]
+            line = [*r.matches(), "-m", "mark", "--mark", f"{a:#x}/{a:#x}", *tag, "-j", "ACCEPT"]
             self.rules.put_front(self.key, [(r, line)])
             self._accounting_on()
         except BaseException:
@@ -132,6 +139,14 @@ class FlowRules:
             return False
         name = "drop6" if ":" in a[0] else "drop4"
         p = "tcp" if proto == 6 else "udp"
+        if not self._drop_rules:
+            tup = "saddr . {0} daddr . meta l4proto . th sport . th dport"
+            rules = (f"add rule inet {self.table} before ip {tup.format('ip')} @drop4 drop\n"
+                     f"add rule inet {self.table} before ip6 {tup.format('ip6')} @drop6 drop\n")  # fmt: skip
+            proc = _netns.run(self.netns, ["nft", "-f", "-"], input=rules, check=False)
+            if proc.returncode != 0:
+                raise SessionError(f"nft could not add the flow drop rules: {proc.stderr.strip()}")
+            self._drop_rules = True
         elems = f"{{ {a[0]} . {b[0]} . {p} . {a[1]} . {b[1]}, {b[0]} . {a[0]} . {p} . {b[1]} . {a[1]} }}"
         proc = _netns.run(self.netns, ["nft", "add", "element", "inet", self.table, name, elems], check=False)
         if proc.returncode != 0:
