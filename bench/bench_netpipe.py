@@ -7,7 +7,12 @@
     of REPEATS.  Goal (issue 4): (b) >= 90 % of (a).
 (2) The NAT experiment of notebooks/04-netpipe-nat.ipynb at full size: kernel DNAT, the pktlab
     NAT handler (views) and the same NAT with scapy, each measured with pktlab.netpipe in a
-    client-router-server lab.  Goal: pktlab NAT >= 50x the scapy NAT.
+    client-router-server lab.  Goal: pktlab NAT >= 50x the scapy NAT.  Beside them, the same
+    queue on the same path without NAT (the client talks to the server's own address): with no
+    handler, with a handler that reads the addresses and writes nothing, and with one that writes
+    a byte back unchanged (the whole packet then goes back with its verdict, as a NAT's does) -
+    the floors a NAT through the queue cannot beat (issue 16's goal: pktlab NAT >= 25 % of the
+    kernel's).
 (0) pktlab.netpipe against NPtcp on the same path, per block size above 64 KiB (issue 21).
 (s) Steal time and a ping-pong's speed (issue 21's cause): STEAL_TRIALS trials of 30 round trips of
     STEAL_BYTES on one connection, the host's steal ticks of both CPUs read around each trial.
@@ -169,7 +174,22 @@ def nat_run(gso: bool) -> None:
         lab.router.run(["iptables", "-t", "nat", "-F"])
         s = pktlab.attach(1, rule="-s 10.77.0.0/16", hook="PREROUTING", netns=lab.router, gso=gso)
         try:
+            # the queue's own floor on this path (no NAT: the client talks to the server's address): nothing
+            # written back, then a handler that reads the addresses a NAT compares and writes nothing
+            res = res + pktlab.netpipe(lab, [s], max_bytes=MAX).relabel(
+                {"queue 1 (no handler)": "queue, no handler, no NAT"}
+            )
+            s.add_handler(_reads(vip), "read")
+            res = res + pktlab.netpipe(lab, [s], max_bytes=MAX).relabel(
+                {"queue 1 (read)": "queue, handler reads ip.src/ip.dst, no NAT"}
+            )
+            s.add_handler(_writes_back, "write")
+            s.remove_handler("read")
+            res = res + pktlab.netpipe(lab, [s], max_bytes=MAX).relabel(
+                {"queue 1 (write)": "queue, handler writes one byte back unchanged, no NAT"}
+            )
             s.add_handler(views, "nat")
+            s.remove_handler("write")
             res = res + pktlab.netpipe(lab, [s], max_bytes=MAX, to=vip).relabel({"queue 1 (nat)": "pktlab NAT"})
             s.add_handler(scapy_nat, "nat")
             res = res + pktlab.netpipe(lab, [s], max_bytes=MAX, to=vip).relabel(
@@ -189,6 +209,22 @@ def nat_run(gso: bool) -> None:
     for c, row in table.iterrows():
         print(f"| {c} | {row['max Mbps']:,.1f} | {row['latency us']:.1f} | {int(row['saturation bytes']):,} | "
               f"{row['max Mbps'] / sc:,.0f}x | {row['max Mbps'] / k:.1%} |")  # fmt: skip
+
+
+def _writes_back(pkt):  # type: ignore[no-untyped-def]
+    """The NAT's verdict without its rewrite: the packet goes back whole, its checksums made again."""
+    pkt.raw[0] = pkt.raw[0]
+    return None
+
+
+def _reads(vip: str):  # type: ignore[no-untyped-def]
+    def read_addresses(pkt):  # type: ignore[no-untyped-def]
+        ip = pkt.ip
+        if ip is not None and (ip.dst == vip or ip.src == vip):
+            return pkt.drop()
+        return None
+
+    return read_addresses
 
 
 def _nats(vip: str, real: str, client: str):  # type: ignore[no-untyped-def]

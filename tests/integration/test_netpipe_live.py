@@ -26,8 +26,9 @@ def test_agrees_with_nptcp_at_every_block_size(lab: Lab, tmp_path: Path) -> None
     counts as collapsed only when pktlab is below half of NPtcp both in the fastest of the RUNS
     interleaved runs and in the median of the per-run ratios (``compare_runs``): steal moves one
     of the two, a measurement slow by itself (issue 21: 0.25-0.42 of NPtcp from 256 KiB on, in
-    every run) moves both.  The per-size table, with its spread, is in BENCHMARKS.md
-    (bench/bench_netpipe.py agree).
+    every run; loop run m22-1 on an AMD EPYC: 0.24-0.48 at the sizes whose buffer glibc mapped
+    16 bytes into a page, fixed by a page-aligned buffer) moves both.  The per-size table, with
+    its spread, is in BENCHMARKS.md (bench/bench_netpipe.py agree).
     """
     sizes = schedule(MAX)
     ours, ref = [], []
