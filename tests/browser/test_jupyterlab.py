@@ -67,9 +67,14 @@ class Receiver:
 
 
 class Sender:
-    """Numbered datagrams from the lab's client, ``rate`` per second, at most ``limit``, until stopped."""
+    """Numbered datagrams from the lab's client, ``rate`` per second, at most ``limit``, until stopped.
 
-    def __init__(self, ns: str, dst: str, rate: float = 100.0, limit: int = 3000) -> None:
+    The default lasts 3 minutes: every step until the test stops it needs traffic (Pause is checked
+    by packets waiting in the kernel).  With 3,000 (30 s) the datagrams ran out before Pause in loop
+    run m23-5, where a CPU-bound process slowed the page's first steps to 48 s.
+    """
+
+    def __init__(self, ns: str, dst: str, rate: float = 100.0, limit: int = 18_000) -> None:
         self.sock: socket.socket = netns.call_in(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         self.dst, self.rate, self.limit = dst, rate, limit
         self.sent = 0
@@ -183,6 +188,8 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
             got = receiver.total
             assert wait_until(lambda: waiting() >= 100, 20, 0.1), "the kernel queue did not grow while paused"
             assert receiver.total == got, "the receiver still got datagrams while paused"
+            sender.stop()  # what waits now is all Step and Resume need: the queue stays far below its 4,096
+            sent = sender.sent
             # every packet the chain passed was delivered: the page's counter settles on exactly that number
             assert wait_until(lambda: packets() == got, 10, 0.1), f"page shows {packets()}, delivered {got}"
             page.screenshot(path=str(out / "2-paused.png"), full_page=True)
@@ -195,8 +202,6 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
             time.sleep(1.0)
             assert receiver.total == got + 1, "Step + Accept must deliver exactly one datagram"
 
-            sender.stop()
-            sent = sender.sent
             click("button:has-text('Resume')")
             assert wait_until(lambda: receiver.total >= sent, 20), f"{receiver.total} of {sent} after Resume"
             time.sleep(0.5)
