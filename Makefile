@@ -14,7 +14,7 @@ lint: setup
 	.venv/bin/ruff check pktlab tests bench scripts notebooks
 
 test: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 bench: setup
 	$(PY) bench/bench_queue.py

@@ -10,6 +10,8 @@ NetfilterQueue (pinned in pyproject.toml) and Debian's libnetfilter-queue-dev
 headers; ``.pxd`` files carry what one compiled module uses of another.
 """
 
+import os
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -30,5 +32,7 @@ setup(
             ext("measure/_pingpong"),
         ],
         compiler_directives={"language_level": "3"},
-    )
+        nthreads=os.cpu_count() or 1,
+    ),
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},  # the six C files compile side by side
 )

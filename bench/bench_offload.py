@@ -23,6 +23,17 @@ reported:
   (t) no pktlab, conntrack on in the server's namespace (an nftables chain
       at INPUT with one ``ct mark`` rule that matches nothing): what tracking
       the connection costs, which (d) pays before any rule of pktlab's.
+CPU accounting (second table): /proc/stat per CPU, and this process's and
+its queue reader thread's /proc/self/.../stat, around each iperf3 run: how
+busy each CPU was, CPU-microseconds per received datagram (all CPUs, all
+processes, softirq included), and of those the notebook process's user and
+system time (the reader's in brackets).  The last column is the most a
+configuration with a queue could reach if pktlab's user-space part cost
+nothing: every CPU busy, each datagram sent costing what the run's CPU time
+minus the process's user time, spread over every datagram sent (also those
+the full queue dropped), cost (the kernel's queue path, with pktlab's
+batching); an upper bound, since a dropped datagram costs less than one
+delivered.
 Run: `.venv/bin/python bench/bench_offload.py` (as root; ``BENCH_CONFIGS=d,t`` runs
 only those and (a)).
 """
@@ -33,7 +44,7 @@ import os
 import statistics
 from collections.abc import Callable
 
-from harness import alternate, iperf_udp64, run_one_if_asked
+from harness import alternate, cpu_meter, iperf_udp64, run_one_if_asked
 
 import pktlab
 
@@ -42,15 +53,20 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 PORT = 5201
 
 
-def iperf(lab: pktlab.Lab) -> tuple[float, float]:
-    return iperf_udp64(lab, PORT, SECONDS)
+Result = tuple[float, float, dict]  # received datagrams/s, loss, CPU accounting (harness.cpu_meter)
 
 
-def no_rule(lab: pktlab.Lab) -> tuple[float, float]:
+def iperf(lab: pktlab.Lab) -> Result:
+    with cpu_meter() as cpu:
+        pps, loss = iperf_udp64(lab, PORT, SECONDS)
+    return pps, loss, cpu
+
+
+def no_rule(lab: pktlab.Lab) -> Result:
     return iperf(lab)
 
 
-def offloaded(lab: pktlab.Lab) -> tuple[float, float]:
+def offloaded(lab: pktlab.Lab) -> Result:
     s = pktlab.attach(1, rule=f"-p udp --dport {PORT}", netns=lab.server, bypass=False, fail_open=False)
     try:
         s.offload(f"udp and dst port {PORT}", "accept")
@@ -61,7 +77,7 @@ def offloaded(lab: pktlab.Lab) -> tuple[float, float]:
         s.detach()
 
 
-def in_handler(lab: pktlab.Lab) -> tuple[float, float]:
+def in_handler(lab: pktlab.Lab) -> Result:
     s = pktlab.attach(
         1, rule=f"-p udp --dport {PORT}", netns=lab.server, bypass=False, fail_open=False, max_len=1 << 16
     )
@@ -78,7 +94,7 @@ def in_handler(lab: pktlab.Lab) -> tuple[float, float]:
         s.detach()
 
 
-def flow_verdict(lab: pktlab.Lab) -> tuple[float, float]:
+def flow_verdict(lab: pktlab.Lab) -> Result:
     s = pktlab.attach(1, rule=f"-p udp --dport {PORT}", netns=lab.server, bypass=False, fail_open=False,
                       flow_verdicts=True)  # fmt: skip
     try:
@@ -94,7 +110,7 @@ def flow_verdict(lab: pktlab.Lab) -> tuple[float, float]:
         s.detach()
 
 
-def no_handler(lab: pktlab.Lab) -> tuple[float, float]:
+def no_handler(lab: pktlab.Lab) -> Result:
     s = pktlab.attach(1, rule=f"-p udp --dport {PORT}", netns=lab.server, bypass=False, fail_open=False)
     try:
         r = iperf(lab)
@@ -104,7 +120,7 @@ def no_handler(lab: pktlab.Lab) -> tuple[float, float]:
         s.detach()
 
 
-def conntrack_only(lab: pktlab.Lab) -> tuple[float, float]:
+def conntrack_only(lab: pktlab.Lab) -> Result:
     table = (
         "table inet pktlab_bench_ct {\n chain input {\n  type filter hook input priority 0;\n"
         "  ct mark 0x1 counter\n }\n}\n"
@@ -116,7 +132,7 @@ def conntrack_only(lab: pktlab.Lab) -> tuple[float, float]:
         lab.server.run(["nft", "delete", "table", "inet", "pktlab_bench_ct"])
 
 
-CONFIGS: dict[str, Callable[[pktlab.Lab], tuple[float, float]]] = {
+CONFIGS: dict[str, Callable[[pktlab.Lab], Result]] = {
     "(a) no rule": no_rule,
     "(b) offloaded accept (xt_bpf rule in front of the queue)": offloaded,
     "(c) the same decision in a pktlab handler": in_handler,
@@ -132,16 +148,45 @@ def main() -> int:
     if (code := run_one_if_asked(CONFIGS)) is not None:
         return code
     runs = alternate(__file__, CONFIGS, REPEATS, lambda _, r: f"{r[0]:,.0f} pkt/s received, {r[1]:.1%} lost", 120)
-    base = statistics.median(p for p, _ in runs["(a) no rule"])
+    base = statistics.median(p for p, _, _ in runs["(a) no rule"])
     print(f"\n64-byte UDP via iperf3, {SECONDS:g} s per run, median of {REPEATS}, {os.cpu_count()} CPUs\n")
     print("| configuration | received pkt/s | ratio to (a) | sender-side loss (median) | runs (pkt/s) |")
     print("|---|---|---|---|---|")
     for name, rs in runs.items():
-        med = statistics.median(p for p, _ in rs)
-        loss = statistics.median(x for _, x in rs)
-        all_runs = ", ".join(f"{p:,.0f}" for p, _ in rs)
+        med = statistics.median(p for p, _, _ in rs)
+        loss = statistics.median(x for _, x, _ in rs)
+        all_runs = ", ".join(f"{p:,.0f}" for p, _, _ in rs)
         print(f"| {name} | {med:,.0f} | {med / base:.1%} | {loss:.1%} | {all_runs} |")
+    print_cpu(runs)
     return 0
+
+
+def print_cpu(runs: dict[str, list[Result]]) -> None:
+    """Where the CPU time went, per configuration (medians over the runs)."""
+
+    def per_pkt(r: Result, key: str) -> float:  # CPU-microseconds per received datagram
+        return r[2][key] / (r[0] * SECONDS) * 1e6
+
+    def ceiling(r: Result) -> float:  # received/s with every CPU busy and no user-space time, over (a)'s median
+        # per datagram *sent*: as if each one the full queue dropped had cost as much as one delivered (it costs
+        # less: it stops at the queue), so that a reader fast enough to lose none is not credited with their CPU
+        sent = r[0] * SECONDS / (1 - r[1])
+        return len(r[2]["busy"]) / ((r[2]["busy_cpu_s"] - r[2]["process_user_s"]) / sent) / base
+
+    base = statistics.median(p for p, _, _ in runs["(a) no rule"])
+    print("\nCPU during the iperf3 runs (medians; busy = not idle, softirq included)\n")
+    print("| configuration | busy per CPU | steal | CPU-us per datagram | process user us (reader) "
+          "| process sys us (reader) | ceiling if user space cost nothing |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for name, rs in runs.items():
+        cpus = sorted(rs[0][2]["busy"])
+        med = statistics.median
+        busy = " / ".join(f"{med(r[2]['busy'][c] for r in rs):.0%}" for c in cpus)
+        steal = " / ".join(f"{med(r[2]['steal'][c] for r in rs):.0%}" for c in cpus)
+        cols = [f"{med(per_pkt(r, k) for r in rs):.2f}" for k in ("busy_cpu_s", "process_user_s", "reader_user_s",
+                                                                   "process_sys_s", "reader_sys_s")]  # fmt: skip
+        top = f"{med(ceiling(r) for r in rs):.1%} of (a)" if rs[0][2]["reader_threads"] else "no queue"
+        print(f"| {name} | {busy} | {steal} | {cols[0]} | {cols[1]} ({cols[2]}) | {cols[3]} ({cols[4]}) | {top} |")
 
 
 if __name__ == "__main__":

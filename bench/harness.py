@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -84,3 +85,59 @@ def iperf_udp64(lab: pktlab.Lab, port: int, seconds: float) -> tuple[float, floa
     end = json.loads(out)["end"]["sum"]
     got = end["packets"] - end["lost_packets"]
     return got / end["seconds"], end["lost_packets"] / max(1, end["packets"])
+
+
+def _cpu_jiffies() -> dict[str, list[int]]:
+    """Per CPU (cpu0, cpu1, ...): user, nice, system, idle, iowait, irq, softirq, steal jiffies from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *vals = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                out[name] = [int(v) for v in vals[:8]]
+    return out
+
+
+def _thread_jiffies(tid: int | None = None) -> tuple[int, int]:
+    """User and system jiffies of one thread of this process, or of the whole process (fields 14 and 15 of stat)."""
+    with open(f"/proc/self/task/{tid}/stat" if tid else "/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+@contextmanager
+def cpu_meter(thread_prefix: str = "pktlab-queue-") -> Iterator[dict[str, Any]]:
+    """What the CPUs and this process's reader threads did during the block, filled in when it ends.
+
+    ``busy``: per CPU, the fraction of the block's time not idle (user, system, irq and softirq all count;
+    steal is reported apart); ``busy_cpu_s``: CPU-seconds busy in total; ``reader_user_s``/``reader_sys_s``:
+    the CPU time of the threads whose name starts with ``thread_prefix`` (the queue reader);
+    ``process_user_s``/``process_sys_s``: this whole process's (every thread; not its children).
+    Resolution: one jiffy (10 ms) per counter.
+    """
+    hz = os.sysconf("SC_CLK_TCK")
+    tids = [t.native_id for t in threading.enumerate() if t.name.startswith(thread_prefix) and t.native_id]
+    before, tbefore, t0 = _cpu_jiffies(), {t: _thread_jiffies(t) for t in tids}, time.monotonic()
+    pbefore = _thread_jiffies()
+    result: dict[str, Any] = {}
+    try:
+        yield result
+    finally:
+        after, wall, pafter = _cpu_jiffies(), time.monotonic() - t0, _thread_jiffies()
+        busy, steal = {}, {}
+        for cpu, vals in after.items():
+            d = [a - b for a, b in zip(vals, before[cpu], strict=True)]
+            busy[cpu] = (d[0] + d[1] + d[2] + d[5] + d[6]) / hz / wall
+            steal[cpu] = d[7] / hz / wall
+        user = sys_ = 0
+        for t, (u0, s0) in tbefore.items():
+            try:
+                u1, s1 = _thread_jiffies(t)
+            except FileNotFoundError:  # the thread ended inside the block: its time is lost to the count
+                continue
+            user, sys_ = user + u1 - u0, sys_ + s1 - s0
+        result.update(
+            wall_s=wall, busy=busy, steal=steal, busy_cpu_s=sum(busy.values()) * wall,
+            reader_user_s=user / hz, reader_sys_s=sys_ / hz, reader_threads=len(tids),
+            process_user_s=(pafter[0] - pbefore[0]) / hz, process_sys_s=(pafter[1] - pbefore[1]) / hz,
+        )  # fmt: skip

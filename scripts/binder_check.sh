@@ -47,6 +47,8 @@ echo "binder_check: fresh venv of $("$python" --version) as nobody in $work"
 as_nobody "$python" -m venv "$work/env"
 echo "binder_check: binder/postBuild"
 (cd "$work/repo" && as_nobody bash binder/postBuild)
+echo "binder_check: the test runner and what repo2docker's image brings (ipykernel, nbclient), as nobody"
+as_nobody pip install -q --no-cache-dir "pytest>=8" "pytest-timeout>=2.3" "nbclient>=0.10" "nbformat>=5.10" "ipykernel>=6.29"
 echo "binder_check: every notebook in replay mode, as nobody"
 cd "$work/repo"
 as_nobody python -c "import pktlab; m = pktlab.mode(); print('pktlab.mode():', m); assert m == 'replay', m"

@@ -1,8 +1,9 @@
 """Bounded traffic programs run inside lab hosts.
 
-Each program is started as ``python -m pktlab.lab.traffic KIND ...`` in a
-namespace, is bounded by a count and a time limit, and prints one JSON
-line with what it did.  Receivers print ``ready`` first so the caller can
+Each program is started as ``python -P .../pktlab/lab/traffic.py KIND ...``
+in a namespace (a file run alone: it imports only the standard library, and
+scapy for DNS, so it starts without importing pktlab), is bounded by a count
+and a time limit, and prints one JSON line with what it did.  Receivers print ``ready`` first so the caller can
 start the sender only once the socket is bound.
 """
 

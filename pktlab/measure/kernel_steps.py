@@ -10,10 +10,17 @@ the trace's iptables rules sets):
   describes; the n-th stamp of a socket is its n-th message (netlink queues
   are in order, and a message the socket could not take has no stamp);
 * ``net:netif_receive_skb`` (a device received the packet; remembered by the
-  packet's address for every packet of the namespaces, and reported only once
-  the packet turns out to be traced, since the flag is set after the device
-  step; a received packet has an input interface, which tells its entry from
-  one a locally made packet at the same address left behind), ``net:net_dev_queue``
+  packet's data buffer for every packet of the namespaces, and reported only
+  once the packet turns out to be traced, since the flag is set after the
+  device step; a received packet has an input interface, which tells its entry
+  from one a locally made packet left behind).  Keyed by the data buffer
+  (``skb->head``), not the ``sk_buff``'s address: a clone (what a ping socket
+  is handed) has an address of its own but shares the data, and an address
+  recycled from an earlier packet once named that packet's receive (a test
+  run saw an echo reply shown received by the client before the server sent
+  it: the ping socket's clone had the address of an earlier, freed packet).  An entry is forgotten
+  when its packet is freed (unless the data is shared with a clone);
+  ``net:net_dev_queue``
   and ``net:net_dev_start_xmit`` (the packet goes to a device's queueing
   discipline, then to the device);
 * ``sock:sk_data_ready`` on IPv4/IPv6 sockets (delivered to a socket),
@@ -44,8 +51,10 @@ _SKB_NS = """
 # the device step of a packet that has just turned out to be traced, then this step
 _REPORT = """
       if ($skb->skb_iif != 0) {{
-        $r = @rx[$skb];
-        if ($r.0 != 0 && $r.2 == $ns) {{ printf("R %llu %u %llu %d\\n", $r.0, $r.2, $skb, $r.1); delete(@rx[$skb]); }}
+        $r = @rx[$skb->head];
+        if ($r.0 != 0 && $r.2 == $ns) {{
+          printf("R %llu %u %llu %d\\n", $r.0, $r.2, $skb, $r.1); delete(@rx[$skb->head]);
+        }}
       }}
       $p = $skb->head + $skb->network_header;
       $n = (int64)$skb->tail - (int64)$skb->network_header;
@@ -58,7 +67,7 @@ tracepoint:net:netif_receive_skb
 {{
   $skb = (struct sk_buff *)args->skbaddr;
   $ns = $skb->dev->nd_net.net->ns.inum;
-  if ({namespaces}) {{ @rx[$skb] = (nsecs, $skb->dev->ifindex, $ns); }}
+  if ({namespaces}) {{ @rx[$skb->head] = (nsecs, $skb->dev->ifindex, $ns); }}
 }}
 tracepoint:net:net_dev_queue
 {{
@@ -98,6 +107,7 @@ tracepoint:skb:consume_skb
     {skb_ns}
     if ({namespaces}) {{ {report_c} }}
   }}
+  if (!$skb->cloned) {{ delete(@rx[$skb->head]); }}
 }}
 tracepoint:skb:kfree_skb
 {{
@@ -106,6 +116,7 @@ tracepoint:skb:kfree_skb
     {skb_ns}
     if ({namespaces}) {{ {report_d} }}
   }}
+  if (!$skb->cloned) {{ delete(@rx[$skb->head]); }}
 }}
 """
 _STAMP = re.compile(r"^N (\d+) (\d+) (\d+)$")

@@ -399,9 +399,15 @@ class Tracer:
                 del owner[where]
         for st in receives:  # a receive belongs to the packet of the next step at the same address on that host
             ht = by_inode[st.netns_inode]
-            nxt = next((k for t, k in later.get((st.netns_inode, st.skb), []) if t >= st.t_ns), None)
-            if nxt is not None:
-                packets[nxt].steps.append(self._step(ht, st))
+            t_nxt, nxt = next(((t, k) for t, k in later.get((st.netns_inode, st.skb), []) if t >= st.t_ns), (0, None))
+            if nxt is None:
+                continue
+            # ... unless the packet was elsewhere in between: then the receive is another packet's, left behind
+            # at the same buffer (what the script's keying by data buffer prevents; checked, not assumed)
+            role = ht.host.role
+            if any(o.host != role and st.t_ns < o.t_ns < t_nxt for o in packets[nxt].steps):
+                continue
+            packets[nxt].steps.append(self._step(ht, st))
 
     def _step(self, ht: _HostTrace, st: KernelStep) -> Step:
         role = ht.host.role

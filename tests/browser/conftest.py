@@ -82,3 +82,21 @@ def jupyter_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+
+def queue_diagnostics(ns: str) -> str:
+    """Where the packets of a lab server's queue could have gone, for a failure message.
+
+    The server namespace's queue rules with their counters and the queues bound there and in
+    the host's namespace (``/proc/net/netfilter/nfnetlink_queue``: queue, netlink port id,
+    waiting, copy mode, range, dropped, user dropped, last id): a rule that counted packets
+    while no reader was bound in that namespace passed them unseen (``--queue-bypass``).
+    """
+    from pktlab.kernel import netns
+
+    def queues(where: str | None) -> str:
+        return netns.run(where, ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout.strip() or "none"
+
+    rules = [line for line in netns.run(ns, ["iptables-save", "-c"]).stdout.splitlines() if "NFQUEUE" in line]
+    return f"queue rules in {ns}: {rules}; queues bound there: {queues(ns)}; in the host namespace: {queues(None)}"

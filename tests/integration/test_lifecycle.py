@@ -177,7 +177,7 @@ def test_cleaning_kills_what_a_killed_process_left_running_in_its_lab(tmp_path) 
     # the lab's own programs, by PID: other pktlab traffic on the machine (a notebook's lab, another test
     # run) is not this lab's and must not count (a check by command line alone once failed on it)
     programs = {pid: _cmdline(pid) for n in names for pid in netns.pids_in(n)}
-    assert programs and all(b"pktlab.lab.traffic" in cmd for cmd in programs.values()), programs
+    assert programs and all(b"pktlab/lab/traffic.py" in cmd for cmd in programs.values()), programs
     proc.kill()  # kill -9: no atexit, no teardown
     proc.wait(10)
     out = subprocess.run([sys.executable, "-m", "pktlab", "doctor", "--clean"], capture_output=True, text=True)

@@ -58,7 +58,8 @@ def test_a_ping_through_the_router_has_kernel_times_that_rise_along_its_path(rou
         assert len(t) == 2 and t.lost == 0
         request, reply = t.packets
         assert "echo-request" in request.summary() and "echo-reply" in reply.summary()
-        assert request.hosts == ["client", "router", "server"] and reply.hosts == ["server", "router", "client"]
+        assert request.hosts == ["client", "router", "server"], t.text()
+        assert reply.hosts == ["server", "router", "client"], t.text()
         assert request.hooks("client") == ["OUTPUT", "POSTROUTING"]
         assert request.hooks("router") == ["PREROUTING", "FORWARD", "POSTROUTING"]
         assert request.hooks("server") == ["PREROUTING", "INPUT"]

@@ -158,3 +158,36 @@ def test_the_kernel_scripts_lines_become_steps_and_stamps() -> None:
     sock = parse_line(r"S 130 1 77 17 E\x00", reasons)
     assert isinstance(sock, KernelStep) and (sock.kind, sock.socket_proto, sock.head) == ("socket", 17, b"E\x00")
     assert parse_line("Attaching 7 probes...", reasons) is None
+
+
+def _joined_receives(receive_at_us: float) -> list[str]:
+    """The client's steps of an echo reply after joining kernel steps, with one receive reported at ``receive_at_us``.
+
+    As bpftrace reports it: the receive comes with the address of the step that reported it (the ping socket's
+    clone, 0xA), the reply was sent by the server at 100 µs and handed to the client's socket at 200 µs.
+    """
+    from types import SimpleNamespace
+
+    from pktlab.measure.tracer import Tracer
+
+    reply = PING[:12] + PING[16:20] + PING[12:16] + b"\x00" + PING[21:]
+    hosts = {1: "client", 3: "server"}
+    tracer = Tracer.__new__(Tracer)
+    tracer._hosts = [
+        SimpleNamespace(inode=i, host=SimpleNamespace(role=r), links={2: "eth0"}) for i, r in hosts.items()
+    ]
+    tracer._clock = SimpleNamespace(steps=[
+        KernelStep(t_ns(receive_at_us), 1, "receive", 0xA, 2, b""),
+        KernelStep(t_ns(100), 3, "transmit", 0xB, 2, reply),
+        KernelStep(t_ns(200), 1, "socket", 0xA, None, reply, socket_proto=1),
+    ])  # fmt: skip
+    packet = TracedPacket(reply, [Step("server", t_ns(90), "OUTPUT", "hook", "OUTPUT hook")])
+    tracer._kernel_steps({packet.key: packet})
+    return [s.kind for s in sorted(packet.steps, key=lambda s: s.t_ns) if s.host == "client"]
+
+
+def test_a_receive_left_at_a_recycled_address_is_not_joined_to_a_later_packet() -> None:
+    # a full run once showed an echo reply received by the client before the server sent it: the ping socket's
+    # clone had the address of an earlier packet whose receive was still remembered there
+    assert _joined_receives(10) == ["socket"]
+    assert _joined_receives(150) == ["receive", "socket"]  # after the server sent it: the reply's own
