@@ -7,7 +7,9 @@ counter line) and updates its data sources from the session's
 :class:`~pktlab.notebook.livestats.Monitor` thread, twice a second by default.  In a
 notebook it is shown through jupyter_bokeh's ``BokehModel`` (an ipywidget:
 JupyterLab 4 and the classic Notebook), whose model changes are synced to
-the page as they happen, also while other cells run.
+the page as they happen, also while other cells run (as
+:class:`~pktlab.notebook.bokeh_widget.LiveBokehModel`, so that a view drawn
+while updates flow does not freeze).
 """
 
 from __future__ import annotations
@@ -150,11 +152,11 @@ class Dashboard:
             self.updates += 1
 
     def widget(self) -> Any:
-        """The dashboard as an ipywidget (jupyter_bokeh's BokehModel)."""
+        """The dashboard as an ipywidget (jupyter_bokeh's BokehModel, with patches any view can join)."""
         if self._model is None:
-            from jupyter_bokeh import BokehModel
+            from .bokeh_widget import LiveBokehModel
 
-            self._model = BokehModel(self.layout)
+            self._model = LiveBokehModel(self.layout)
         return self._model
 
     def _ipython_display_(self) -> None:

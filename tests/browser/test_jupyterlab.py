@@ -168,9 +168,10 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
 
             sender = Sender(lab.client.netns, lab.server.addr)
             # the message tells apart: nothing sent (sender), sent but not queued (received directly), queued but
-            # not shown (the page's counter). Loop run m17-3 failed here once with the counter at 0, and a full run
-            # on 2026-12-02 with "0 read and 0 waiting; 2009 sent, 2009 received": every datagram passed the queue
-            # unseen; the kernel's side (rule counters, bound queues, where the reader threads live) is added
+            # not shown (the page's counter), with the kernel's side (rule counters, bound queues). Loop run m17-3
+            # and a full run on 2026-12-02 failed here with the counter at 0 and every datagram delivered: the view
+            # had been drawn between two fragments of a patch and read every later one a fragment off
+            # (pktlab/notebook/bokeh_widget.py, which the dashboard now uses, lets a view join at any fragment)
             assert wait_until(lambda: packets() >= 50, 20, 0.1), (
                 f"the dashboard's counter did not rise: page shows {packets()} read and {waiting()} waiting; "
                 f"{sender.sent} sent, {receiver.total} received by the server's socket; "
@@ -214,8 +215,8 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
 
             # issue 19, item 3: the page reloaded (nothing saved, same kernel) and the cells run again: the new
             # page has no BokehJS until the dashboard's own output loads it, so the view must be made and drawn.
-            # JupyterLab only.  Not asserted: that the new view then gets the live updates; in 1 of 5 loop runs
-            # (and once in Notebook 7) it did not, cause not found yet (issue 19)
+            # JupyterLab only. The new view must then get the live updates too: in 1 of 5 loop runs (and once in
+            # Notebook 7) it did not, when it was drawn between two fragments of a patch (see bokeh_widget.py)
             if app != "lab":
                 return
             page.reload()
