@@ -12,6 +12,12 @@ done
 if ((${#missing[@]})); then
     echo "setup: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # an earlier set-up stopped mid-install (Ctrl-C) leaves packages unpacked but not configured,
+    # and apt-get then refuses everything until this is run
+    if [ -n "$(dpkg --audit 2>/dev/null)" ]; then
+        echo "setup: finishing an interrupted package installation (dpkg --configure -a)"
+        dpkg --configure -a >/dev/null
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

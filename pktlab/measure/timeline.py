@@ -272,7 +272,7 @@ class Trace:
         Each packet is a coloured path through the lanes; drops are red crosses (grey where a
         copy of the packet had reached a socket before); hover shows the step, its verdict and its time.
         """
-        from bokeh.models import ColumnDataSource, HoverTool
+        from bokeh.models import ColumnDataSource, HoverTool, NumeralTickFormatter
         from bokeh.palettes import Category10_10
         from bokeh.plotting import figure
 
@@ -280,11 +280,15 @@ class Trace:
         hosts = list(dict.fromkeys([h for p in self.packets for h in p.hosts] + self.hosts))
         lanes = [f"{h} {lane}" for h in hosts for lane in LANES if (h, lane) in used]
         t0 = min((p.start_ns for p in self.packets), default=0)
+        span_ns = max((s.t_ns for p in self.packets for s in p.steps), default=t0) - t0
+        # µs for a packet's path, ms once packets spread over more than a tenth of a second
+        # (an axis of 800,000 µs printed as 8.000e+5)
+        unit, per_ns = ("ms", 1e6) if span_ns > 100_000_000 else ("µs", 1e3)
         fig = figure(
             y_range=list(reversed(lanes)) or ["(no packet)"],
             height=max(220, 24 * len(lanes) + 90),
             width=850,
-            x_axis_label="µs since the first packet's first step (the kernel's clock)",
+            x_axis_label=f"{unit} since the first packet's first step (the kernel's clock)",
             title=f"trace of {self.filter or 'every packet'}: {len(self.packets)} packet(s)",
             tools="pan,xwheel_zoom,box_zoom,reset",
         )
@@ -293,7 +297,7 @@ class Trace:
         for n, p in enumerate(self.packets):
             src = ColumnDataSource(
                 {
-                    "t": [(s.t_ns - t0) / 1e3 for s in p.steps],
+                    "t": [(s.t_ns - t0) / per_ns for s in p.steps],
                     "lane": [f"{s.host} {s.lane}" for s in p.steps],
                     "step": [s.text[:90] for s in p.steps],
                     "verdict": [s.verdict or "" for s in p.steps],
@@ -312,15 +316,16 @@ class Trace:
             (after_copy, "grey", "freed after a copy reached a socket"),
         ):  # fmt: skip
             if group:
-                fig.scatter([(s.t_ns - t0) / 1e3 for s in group], [f"{s.host} {s.lane}" for s in group],
+                fig.scatter([(s.t_ns - t0) / per_ns for s in group], [f"{s.host} {s.lane}" for s in group],
                             marker="x", size=16, line_width=3, color=colour, legend_label=label)  # fmt: skip
         fig.add_tools(
             HoverTool(
                 renderers=hover_renderers,
                 tooltips=[("packet", "@packet"), ("step", "@step"), ("verdict", "@verdict"),
-                          ("time", "@t{0.0} µs (+@dt{0.0})")],  # fmt: skip
+                          ("time", f"@t{{0,0.0[00]}} {unit} (+@dt{{0,0.0}} µs)")],  # fmt: skip
             )
         )
+        fig.xaxis.formatter = NumeralTickFormatter(format="0,0.[00]")
         if self.packets:
             fig.legend.click_policy = "hide"
             fig.legend.location = "top_left"

@@ -63,7 +63,9 @@ class Dashboard:
         pps = figure(title="rate", y_range=DataRange1d(start=0), **kw)
         pps.yaxis.axis_label = "packets/s"
         pps.line("t", "pps", source=self.rates, legend_label="packets/s", color="#1f77b4")
-        mbps = pps.line("t", "mbps", source=self.rates, legend_label="Mbps", color="#ff7f0e", y_range_name="mbps")
+        # dashed and wider: with packets of one size the two lines coincide, and a solid Mbps line hid packets/s
+        mbps = pps.line("t", "mbps", source=self.rates, legend_label="Mbps", color="#ff7f0e", y_range_name="mbps",
+                        line_dash="dashed", line_width=2)  # fmt: skip
         pps.extra_y_ranges = {"mbps": DataRange1d(start=0, renderers=[mbps])}
         pps.add_layout(LinearAxis(y_range_name="mbps", axis_label="Mbps"), "right")
         ver = figure(title="verdicts per second", y_range=DataRange1d(start=0), **kw)
@@ -80,6 +82,7 @@ class Dashboard:
         ker.line("t", "depth", source=self.kernel, legend_label="waiting", color="#8c564b")
         ker.line("t", "drops", source=self.kernel, legend_label="dropped (total)", color="#d62728")
         for fig in (pps, ver, ker):  # legends under the plot, not over the data
+            fig.xaxis.ticker.desired_num_ticks = 4  # time labels a second apart overlapped at 420 px
             legend = fig.legend[0]
             legend.orientation = "horizontal"
             fig.add_layout(legend, "below")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from bokeh.models import DatetimeAxis, Plot
+
 import pktlab
 from pktlab import Lab
 from pktlab.lab.network import wait_until
@@ -75,6 +77,22 @@ def test_replay_has_a_dashboard_too() -> None:
     assert sum(d.table.data["size"]) > 0 and d.kernel.data["t"] == []
     # each update replaces the table view's filter: what makes BokehJS redraw a table whose row count stays
     assert d._tbl.view.filter is not first
+
+
+def test_the_plots_read_at_a_glance() -> None:
+    d = pktlab.replay("lab-udp-sizes").dashboard(period=0.05)
+    try:
+        figs = [f for f in d.layout.select({"type": Plot}) if isinstance(f.xaxis[0], DatetimeAxis)]
+        # rate, verdicts, kernel queue: four time labels at 420 px (labels one second apart overlapped)
+        assert len(figs) == 3 and all(f.xaxis[0].ticker.desired_num_ticks == 4 for f in figs)
+        (rate,) = [f for f in figs if f.title.text == "rate"]
+        (mbps,) = [r for r in rate.renderers if r.glyph.y == "mbps"]
+        # packets of one size make Mbps and packets/s one line: dashed, so the one under it shows
+        assert mbps.glyph.line_dash == [6]  # bokeh's "dashed"
+        (pps,) = [r for r in rate.renderers if r.glyph.y == "pps"]
+        assert pps.glyph.line_dash == [] and mbps.glyph.line_width > pps.glyph.line_width
+    finally:
+        d.close()
 
 
 def test_a_failing_update_is_said_in_the_page_not_swallowed() -> None:

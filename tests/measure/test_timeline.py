@@ -87,6 +87,24 @@ def test_the_plot_has_a_lane_per_host_and_hook_and_the_kernels_time() -> None:
     assert [item.label.value for item in fig.legend[0].items] == ["packet 0", "freed after a copy reached a socket"]
 
 
+def test_the_plot_reads_in_ms_once_packets_spread_over_more_than_a_tenth_of_a_second() -> None:
+    # one packet's path stays in µs
+    fig = trace().plot()
+    assert fig.xaxis[0].axis_label.startswith("µs since")
+    # ten pings a tenth of a second apart (notebook 05): ms, with plain numbers on the axis, not 8.000e+5
+    pings = [TracedPacket(PING, [Step("client", t_ns(n * 100_000), "OUTPUT", "hook", "OUTPUT hook"),
+                                 Step("client", t_ns(n * 100_000 + 40), "device out", "transmit", "transmitted")])
+             for n in range(10)]  # fmt: skip
+    fig = Trace(pings, "icmp", ["client"]).plot()
+    assert fig.xaxis[0].axis_label.startswith("ms since")
+    assert fig.xaxis[0].formatter.__class__.__name__ == "NumeralTickFormatter"
+    lines = [r for r in fig.renderers if r.glyph.__class__.__name__ == "Line"]
+    assert list(lines[9].data_source.data["t"]) == [900.0, 900.04]
+    assert list(lines[9].data_source.data["dt"]) == [0.0, 40.0]  # the step's own time stays in µs, as the hover says
+    (hover,) = [t for t in fig.tools if t.__class__.__name__ == "HoverTool"]
+    assert dict(hover.tooltips)["time"] == "@t{0,0.0[00]} ms (+@dt{0,0.0} µs)"
+
+
 def test_a_trace_saved_loads_back_the_same(tmp_path) -> None:
     tr = trace()
     path = tmp_path / "t.json"
