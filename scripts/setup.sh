@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iptables nftables libnetfilter-queue-dev libpcap-dev netpipe-tcp iperf3 iputils-ping tcpdump iproute2 procps coreutils util-linux build-essential chromium python3-venv bpftrace)
+APT_PACKAGES=(python3-dev python3-venv iptables nftables libnetfilter-queue-dev libpcap-dev netpipe-tcp iperf3 iputils-ping tcpdump iproute2 procps coreutils util-linux build-essential chromium bpftrace)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,7 +27,13 @@ for m in nfnetlink_queue xt_NFQUEUE xt_comment xt_bpf xt_TRACE nft_compat; do mo
 # the kernel's tracepoints, for pktlab.drops (bpftrace reads them there)
 if [ ! -e /sys/kernel/tracing/events ]; then mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true; fi
 
-PY=${PYTHON:-python3}
+# Debian's Python: every user of the machine can run it (a Python under /root, pyenv's say, only root can),
+# and pktlab's live mode runs notebooks as ordinary users and its lab helper in their user namespaces
+PY=${PYTHON:-/usr/bin/python3}
+if [ -f .venv/pyvenv.cfg ] && [ "$(sed -n 's/^home = //p' .venv/pyvenv.cfg)" != "$(dirname "$(readlink -f "$PY")")" ]; then
+    echo "setup: .venv was made from another Python than $PY; making it again"
+    rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv

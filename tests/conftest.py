@@ -9,16 +9,25 @@ import subprocess
 import pytest
 
 from pktlab import Lab
-from pktlab.kernel import netns
+from pktlab.kernel import netns, privilege
 
 _QUEUES = itertools.count(10)
 
 
 def _is_root() -> bool:
-    return os.geteuid() == 0
+    """True in root mode: the host's own namespace and kernel tracepoints are ours."""
+    return privilege.current().name == "root"
 
 
-needs_root = pytest.mark.skipif(not _is_root(), reason="needs root: namespaces, iptables and NFQUEUE")
+def _is_live() -> bool:
+    """True when labs and queues work: root mode, or user-namespace mode (an ordinary user)."""
+    return privilege.current().live
+
+
+# what only root can do: kernel tracepoints (pktlab.trace's kernel times, pktlab.drops), the host's namespace
+needs_root = pytest.mark.skipif(not _is_root(), reason="needs root: kernel tracepoints or the host's own namespace")
+# everything live: labs, queues, rules, in either privilege mode
+needs_live = pytest.mark.skipif(not _is_live(), reason="no live mode here (neither root nor user namespaces)")
 
 
 def pktlab_rules(ns: str | None) -> list[str]:
@@ -72,8 +81,8 @@ def queue_num() -> int:
 @pytest.fixture
 def lab():
     """A two-host lab, removed after the test whatever happened, and checked gone."""
-    if not _is_root():
-        pytest.skip("needs root: namespaces, iptables and NFQUEUE")
+    if not _is_live():
+        pytest.skip("no live mode here (neither root nor user namespaces)")
     lab = Lab()
     names = [h.netns for h in lab.hosts.values()]
     try:
@@ -86,8 +95,8 @@ def lab():
 
 @pytest.fixture
 def router_lab():
-    if not _is_root():
-        pytest.skip("needs root: namespaces, iptables and NFQUEUE")
+    if not _is_live():
+        pytest.skip("no live mode here (neither root nor user namespaces)")
     lab = Lab("router")
     try:
         yield lab
@@ -98,6 +107,7 @@ def router_lab():
 @pytest.fixture(autouse=True, scope="session")
 def _nothing_left_at_end():
     yield
-    if _is_root():
+    if _is_live():
         assert my_namespaces() == [], f"namespaces left at the end of the run: {my_namespaces()}"
+    if _is_root():
         assert pktlab_rules(None) == [], "pktlab rules left in the host namespace"

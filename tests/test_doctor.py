@@ -10,9 +10,9 @@ import pytest
 
 from pktlab import doctor
 from pktlab.kernel import netns
-from tests.conftest import needs_root, pktlab_rules
+from tests.conftest import needs_live, pktlab_rules
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def test_doctor_says_live_mode_works_here() -> None:

@@ -154,15 +154,10 @@ class FlowRules:
         return True
 
     def _accounting_on(self) -> None:
-        def swap() -> str:
-            with open(_ACCT) as f:
-                before = f.read().strip()
-            if before != "1":
-                with open(_ACCT, "w") as f:
-                    f.write("1")
-            return before
-
-        self._acct_before = _netns.call_in(self.netns, swap, thread=True) if os.path.exists(_ACCT) else None
+        if os.path.exists(_ACCT):
+            self._acct_before = _netns.call_in(self.netns, _set_accounting, "1", thread=True)
+        else:
+            self._acct_before = None
 
     def remove(self) -> None:
         """Clear the bits from every connection, remove the chain and the rules, restore accounting."""
@@ -175,19 +170,13 @@ class FlowRules:
             self.rules.drop_front(self.key)
             _netns.run(self.netns, ["nft", "delete", "table", "inet", self.table], check=False)
             if self._acct_before not in (None, "1"):
-                before = self._acct_before
-
-                def restore() -> None:
-                    with open(_ACCT, "w") as f:
-                        f.write(str(before))
-
-                _netns.call_in(self.netns, restore, thread=True)
+                _netns.call_in(self.netns, _set_accounting, str(self._acct_before), thread=True)
 
     def flows(self) -> list[KernelFlow]:
         """The flows decided in the kernel, with its packet counts: accepted (conntrack) and dropped (the set)."""
         if not self.installed:
             return []
-        accepted = [f for f, _ in _netns.call_in(self.netns, self._dump, False, thread=True)]
+        accepted = _netns.call_in(self.netns, _accepted_flows, self.accept_bit, thread=True)
         return accepted + self._dropped()
 
     def _dropped(self) -> list[KernelFlow]:
@@ -214,7 +203,7 @@ class FlowRules:
         """Take flows off the kernel's hands (all, or those whose (proto, src, sport, dst, dport) is given)."""
         if not self.installed:
             return 0
-        n = _netns.call_in(self.netns, self._clear, which, thread=True)
+        n = _netns.call_in(self.netns, _clear_accepted, self.accept_bit, which, thread=True)
         for f in self._dropped():
             if which is None or (f.proto, f.src, f.sport, f.dst, f.dport) in which:
                 p = "tcp" if f.proto == 6 else "udp"
@@ -225,44 +214,57 @@ class FlowRules:
                 n += 1
         return n
 
-    def _dump(self, with_msgs: bool) -> list[tuple[KernelFlow, Any]]:
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
 
-        out = []
-        for family in (socket.AF_INET, socket.AF_INET6):
-            ct = NFCTSocket(nfgen_family=family)
-            try:
-                for m in ct.dump(mark=self.accept_bit, mark_mask=self.accept_bit):
-                    out.append((_flow(m, "accept"), m if with_msgs else None))
-            finally:
-                ct.close()
-        return out
+def _set_accounting(value: str) -> str:
+    """Write conntrack's accounting switch of the calling thread's namespace; return what it was."""
+    with open(_ACCT) as f:
+        before = f.read().strip()
+    if before != value:
+        with open(_ACCT, "w") as f:
+            f.write(value)
+    return before
 
-    def _clear(self, which: set[tuple[int, str, int | None, str, int | None]] | None) -> int:
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, NFCTSocket
 
-        n = 0
-        for family in (socket.AF_INET, socket.AF_INET6):
-            ct = NFCTSocket(nfgen_family=family)
-            try:
-                for bit in (self.accept_bit,):
-                    for m in list(ct.dump(mark=bit, mark_mask=bit)):
-                        f = _flow(m, "")
-                        if which is not None and (f.proto, f.src, f.sport, f.dst, f.dport) not in which:
-                            continue
-                        tup = NFCTAttrTuple.from_netlink(family, m.get_attr("CTA_TUPLE_ORIG"))
-                        mark = (m.get_attr("CTA_MARK") or 0) & ~ALL_BITS
-                        try:
-                            if f.proto in (6, 17):
-                                ct.entry("set", mark=mark, tuple_orig=tup)
-                            else:  # ctnetlink finds ICMP entries by fields pyroute2's tuple lacks: forget the entry
-                                ct.entry("del", tuple_orig=tup)
-                            n += 1
-                        except Exception:  # the connection ended meanwhile: nothing to clear
-                            continue
-            finally:
-                ct.close()
-        return n
+def _accepted_flows(accept_bit: int) -> list[KernelFlow]:
+    """The connections carrying ``accept_bit`` in the calling thread's namespace."""
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
+
+    out = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        ct = NFCTSocket(nfgen_family=family)
+        try:
+            out += [_flow(m, "accept") for m in ct.dump(mark=accept_bit, mark_mask=accept_bit)]
+        finally:
+            ct.close()
+    return out
+
+
+def _clear_accepted(accept_bit: int, which: set[tuple[int, str, int | None, str, int | None]] | None) -> int:
+    """Take ``accept_bit`` off the connections (all, or those in ``which``); how many."""
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, NFCTSocket
+
+    n = 0
+    for family in (socket.AF_INET, socket.AF_INET6):
+        ct = NFCTSocket(nfgen_family=family)
+        try:
+            for bit in (accept_bit,):
+                for m in list(ct.dump(mark=bit, mark_mask=bit)):
+                    f = _flow(m, "")
+                    if which is not None and (f.proto, f.src, f.sport, f.dst, f.dport) not in which:
+                        continue
+                    tup = NFCTAttrTuple.from_netlink(family, m.get_attr("CTA_TUPLE_ORIG"))
+                    mark = (m.get_attr("CTA_MARK") or 0) & ~ALL_BITS
+                    try:
+                        if f.proto in (6, 17):
+                            ct.entry("set", mark=mark, tuple_orig=tup)
+                        else:  # ctnetlink finds ICMP entries by fields pyroute2's tuple lacks: forget the entry
+                            ct.entry("del", tuple_orig=tup)
+                        n += 1
+                    except Exception:  # the connection ended meanwhile: nothing to clear
+                        continue
+        finally:
+            ct.close()
+    return n
 
 
 def _flow(m: Any, verdict: str) -> KernelFlow:

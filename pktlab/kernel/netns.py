@@ -1,11 +1,18 @@
-"""Doing things inside a network namespace without moving the whole process.
+"""Doing things inside a lab host's network namespace, in either privilege mode.
 
-A network namespace is per thread on Linux: a thread that calls ``setns``
-creates its sockets (netlink ones included) in that namespace while the
-rest of the process stays where it was.  pktlab uses this for the queue
-reader (which lives in the lab's namespace for its whole life) and for
-short look-ups such as reading ``/proc/thread-self/net/...``.  Commands
-run through ``ip netns exec``.
+This is the one seam between pktlab and "a place in a lab".  Two implementations sit behind
+the same functions, chosen by :mod:`pktlab.kernel.privilege`:
+
+* **root**: namespaces live under ``/var/run/netns``.  A network namespace is per thread on
+  Linux: a thread that calls ``setns`` creates its sockets (netlink ones included) there while
+  the rest of the process stays where it was (:func:`call_in`); commands run through
+  ``ip netns exec``.
+* **userns** (an ordinary user): a helper in a user namespace of its own owns the namespaces
+  (:class:`pktlab.kernel.userns.UserRealm`); :func:`call_in` runs the (module-level) function
+  in the helper, inside the host, and sockets come back as descriptors; commands run through
+  ``nsenter`` into the helper's namespaces, then ``ip netns exec``.
+
+Callers name a host by its namespace name; the name says which helper owns it.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ..errors import LabError, MissingToolError
+from ..errors import LabError, MissingToolError, PrivilegeError
+
+if TYPE_CHECKING:
+    from .userns import UserRealm
 
 T = TypeVar("T")
 
@@ -35,17 +45,140 @@ class Place(Protocol):
     def netns_and_lab(self) -> tuple[str, Any]: ...
 
 
+class _Realms:
+    """This process's lab helpers (user-namespace mode) and the namespace names each owns."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.shared: UserRealm | None = None
+        self.owner: dict[str, UserRealm] = {}
+
+    def of(self, name: str | None) -> UserRealm | None:
+        if name is None:
+            return None
+        with self.lock:
+            return self.owner.get(name)
+
+    def for_new_lab(self) -> UserRealm | None:
+        """The helper a new lab's namespaces go to (None: root mode, /var/run/netns)."""
+        from . import privilege
+
+        if privilege.require_live("create a lab").name == "root":
+            return None
+        from .userns import UserRealm
+
+        with self.lock:
+            if self.shared is None or not self.shared.alive:
+                if self.shared is not None:
+                    self._forget(self.shared)
+                self.shared = UserRealm()
+            return self.shared
+
+    def _forget(self, realm: UserRealm) -> None:
+        for n in [n for n, r in self.owner.items() if r is realm]:
+            del self.owner[n]
+
+    def close(self) -> None:
+        with self.lock:
+            realm, self.shared = self.shared, None
+            if realm is not None:
+                self._forget(realm)
+        if realm is not None:
+            realm.close()
+
+
+_REALMS = _Realms()
+
+
+def helper_for_new_lab() -> UserRealm | None:
+    """Where a new lab's namespaces are made: None in root mode, else this process's lab helper (started now)."""
+    return _REALMS.for_new_lab()
+
+
+def helper_pid(name: str) -> int | None:
+    """The PID of the helper that owns namespace ``name`` (None: a root-mode namespace)."""
+    realm = _REALMS.of(name)
+    return realm.pid if realm is not None else None
+
+
+def close_helpers() -> None:
+    """End this process's lab helper (its namespaces and what runs in them go with it)."""
+    _REALMS.close()
+
+
+def call_in_helper(realm: UserRealm | None, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` where ``realm``'s namespaces are made: in its helper, or (None) in a thread of this process."""
+    return in_thread(fn, *args) if realm is None else realm.call(None, fn, *args)
+
+
+def create(name: str, realm: UserRealm | None) -> None:
+    """Make the network namespace ``name`` (in ``realm``'s helper, or under /var/run/netns)."""
+    if realm is None:
+        in_thread(create_here, name)
+        return
+    realm.call(None, create_here, name)
+    with _REALMS.lock:
+        _REALMS.owner[name] = realm
+        realm.names.add(name)
+
+
+def remove(name: str) -> None:
+    """Kill what still runs in namespace ``name`` and remove it."""
+    realm = _REALMS.of(name)
+    if realm is None:
+        in_thread(remove_here, name)
+        return
+    try:
+        realm.call(None, remove_here, name)
+    finally:
+        with _REALMS.lock:
+            _REALMS.owner.pop(name, None)
+            realm.names.discard(name)
+
+
+def create_here(name: str) -> None:
+    """Make namespace ``name`` under this process's /var/run/netns (root, or inside the helper)."""
+    from pyroute2 import netns as _netns
+
+    _netns.create(name)
+
+
+def remove_here(name: str) -> None:
+    """Kill what runs in namespace ``name`` (by PID, found through /proc) and remove it."""
+    import signal
+
+    from pyroute2 import netns as _netns
+
+    for pid in pids_in(name):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        _netns.remove(name)
+    except FileNotFoundError:
+        pass
+
+
 def enter(name: str | None) -> None:
-    """Move the *calling thread* into the named namespace (``None``: stay)."""
+    """Move the *calling thread* into the named namespace (``None``: stay); root mode and the helper only."""
     if name is None:
         return
     from pyroute2 import netns as _netns
 
+    if _REALMS.of(name) is not None:
+        raise LabError(f"namespace {name!r} belongs to a lab helper; a thread cannot enter it, use netns.call_in")
     if not os.path.exists(os.path.join(NETNS_DIR, name)):
         raise LabError(
             f"network namespace {name!r} does not exist; bring the lab up first (pktlab.Lab() or %pktlab lab up)"
         )
-    _netns.setns(name, flags=0)
+    try:
+        _netns.setns(name, flags=0)
+    except PermissionError:
+        raise PrivilegeError(
+            f"namespace {name!r} is not one of this process's labs (entering another user's namespace needs root); "
+            "make a lab of your own with pktlab.Lab()"
+        ) from None
 
 
 def in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -58,7 +191,15 @@ def in_thread(fn: Callable[..., T], *args: Any) -> T:
 
 
 def call_in(name: str | None, fn: Callable[..., T], *args: Any, thread: bool = False) -> T:
-    """Run ``fn(*args)`` inside namespace ``name``, in a short-lived thread unless ``name`` is None."""
+    """Run ``fn(*args)`` inside namespace ``name``, in a short-lived thread unless ``name`` is None.
+
+    In a helper's namespace ``fn`` runs in the helper: it must be a module-level function (or a
+    static method), its arguments and result must pickle, and sockets in the result arrive as
+    sockets of this process.
+    """
+    realm = _REALMS.of(name)
+    if realm is not None:
+        return realm.call(name, fn, *args)
     if name is None and not thread:
         return fn(*args)
     box: dict[str, Any] = {}
@@ -78,9 +219,21 @@ def call_in(name: str | None, fn: Callable[..., T], *args: Any, thread: bool = F
     return box["value"]
 
 
+def socket_in(name: str | None, family: int, kind: int, proto: int = 0) -> Any:
+    """A socket made inside namespace ``name``: it lives there, wherever the thread that uses it is."""
+    import socket
+
+    return call_in(name, socket.socket, family, kind, proto)
+
+
 def argv_in(name: str | None, argv: Sequence[str]) -> list[str]:
-    """The argv that runs ``argv`` inside namespace ``name``."""
-    return ["ip", "netns", "exec", name, *argv] if name else list(argv)
+    """The argv that runs ``argv`` inside namespace ``name`` (as a child of this process)."""
+    if not name:
+        return list(argv)
+    realm = _REALMS.of(name)
+    if realm is not None:
+        return realm.argv_in(name, argv)
+    return ["ip", "netns", "exec", name, *argv]
 
 
 def run(
@@ -108,11 +261,21 @@ def run(
     return proc
 
 
+def namespace_id(name: str) -> tuple[int, int] | None:
+    """(device, inode) that identify namespace ``name`` (as /proc/PID/ns/net shows it); None if it is gone."""
+    path = os.path.join(NETNS_DIR, name)
+    realm = _REALMS.of(name)
+    try:
+        st = realm.call(None, os.stat, path) if realm is not None else os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def pids_in(name: str) -> list[int]:
     """The processes whose network namespace is the named one (found through /proc)."""
-    try:
-        target = os.stat(os.path.join(NETNS_DIR, name))
-    except FileNotFoundError:
+    target = namespace_id(name)
+    if target is None:
         return []
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -120,14 +283,20 @@ def pids_in(name: str) -> list[int]:
             st = os.stat(f"/proc/{pid}/ns/net")
         except OSError:  # ended meanwhile, or not ours to look at
             continue
-        if (st.st_ino, st.st_dev) == (target.st_ino, target.st_dev):
+        if (st.st_dev, st.st_ino) == target:
             out.append(int(pid))
     return out
 
 
 def list_names() -> list[str]:
-    """Names of the namespaces under /var/run/netns."""
-    try:
-        return sorted(os.listdir(NETNS_DIR))
-    except FileNotFoundError:
-        return []
+    """Names of the lab namespaces this process can use: its lab helper's, and /var/run/netns's in root mode."""
+    from . import privilege
+
+    with _REALMS.lock:
+        here = set(_REALMS.owner)
+    if privilege.current().name != "userns":
+        try:
+            here |= set(os.listdir(NETNS_DIR))
+        except FileNotFoundError:
+            pass
+    return sorted(here)

@@ -24,7 +24,9 @@ from ..errors import MissingToolError, PktlabError, PrivilegeError, QueueBusyErr
 from . import netns
 from . import proc as kernel
 from ._reader import QueueReader, configure_queue, send_copy_range
+from .privilege import require_place
 
+NETLINK_NETFILTER = 12  # the netlink family of netfilter's queue (and conntrack) messages
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_CONFIG = 2
 NFQNL_MSG_VERDICT_BATCH = 3  # enum nfqnl_msg_types: PACKET, VERDICT, CONFIG, VERDICT_BATCH
@@ -182,7 +184,7 @@ class QueueSource:
         self._reader = QueueReader()
         self._reader.sink = self.owner_sink
         nfq_mod = _import_nfq()
-        kernel.require_net_admin(f"bind NFQUEUE {self.queue}")
+        require_place(f"bind NFQUEUE {self.queue}", self.netns)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         ready = threading.Event()
@@ -229,17 +231,23 @@ class QueueSource:
             self.copy_range = self._copy_start
 
     def _bind(self, nfq_mod: Any, callback: Callable[[Any], None]) -> Any:
-        netns.enter(self.netns)
         try:
-            q = nfq_mod.NetfilterQueue()
+            if self.netns is None:
+                q = nfq_mod.NetfilterQueue()
+            else:  # the socket is made inside the lab host (by its helper in user-namespace mode) and read here
+                sock = netns.socket_in(self.netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+                try:
+                    q = nfq_mod.NetfilterQueue(sockfd=sock.fileno())
+                finally:
+                    sock.close()  # NetfilterQueue keeps a duplicate
         except OSError as exc:
-            raise PrivilegeError(f"cannot open the netfilter queue socket ({exc}); run as root") from None
+            raise PrivilegeError(f"cannot open the netfilter queue socket ({exc}); run `pktlab doctor`") from None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "rcvbuf limit": we read the real size below
             try:
                 q.bind(self.queue, callback, max_len=self.max_len, range=self.copy_range, sock_len=self.sock_bytes)
             except OSError:
-                other = kernel.queue_counters().get(self.queue)
+                other = kernel.queue_counters(self.netns).get(self.queue)
                 where = f"namespace {self.netns}" if self.netns else "the host namespace"
                 who = f" (netlink port {other.portid})" if other else ""
                 raise QueueBusyError(
@@ -270,7 +278,6 @@ class QueueSource:
         self._serve(q, self._reader)
 
     def _successor(self, reader: QueueReader) -> None:
-        netns.enter(self.netns)
         self._serve(self._q, reader)
 
     def _serve(self, q: Any, reader: QueueReader) -> None:
@@ -356,7 +363,7 @@ class QueueSource:
         """True when the kernel holds no more packets for us, or the drain deadline passed."""
         if time.monotonic() > self._drain_until:
             return True
-        c = kernel.queue_counters().get(self.queue)
+        c = kernel.queue_counters(self.netns).get(self.queue)
         return c is None or c.queue_total == 0
 
     @property

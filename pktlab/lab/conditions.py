@@ -234,25 +234,8 @@ class LinkEnd:
             self.conditions = c = replace(c, delay=new.delay, jitter=new.jitter)
 
     def _set_rate(self, bits: float) -> None:
-        def tc() -> None:
-            from pyroute2 import IPRoute
-            from pyroute2.netlink.exceptions import NetlinkError
-            from pyroute2.netlink.rtnl import TC_H_ROOT
-
-            with IPRoute() as ipr:
-                idx = ipr.link_lookup(ifname=self.ifname)[0]
-                if bits:
-                    burst = max(int(bits / 8 * 0.004), 3200)  # 4 ms of the rate, at least two full frames
-                    ipr.tc("replace", "tbf", idx, 0x10000, rate=f"{int(bits)}bit", burst=burst, latency=TBF_LATENCY)
-                else:
-                    try:
-                        ipr.tc("del", index=idx, handle=0x10000, parent=TC_H_ROOT)
-                    except NetlinkError as exc:
-                        if exc.code not in (errno.ENOENT, errno.EINVAL):  # EINVAL/ENOENT: no root qdisc of ours
-                            raise
-
         try:
-            netns.call_in(self.host.netns, tc)
+            netns.call_in(self.host.netns, set_tbf, self.ifname, bits)
         except Exception as exc:
             raise LabError(f"cannot set the rate of {self.label} ({exc}); is the lab still up?") from None
 
@@ -395,3 +378,22 @@ class Link:
 def _if_number(ifname: str) -> int:
     m = re.search(r"(\d+)$", ifname)
     return int(m.group(1)) if m else 0
+
+
+def set_tbf(ifname: str, bits: float) -> None:
+    """Limit what leaves ``ifname`` (in the calling thread's namespace) to ``bits`` per second (0: no limit)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.rtnl import TC_H_ROOT
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        if bits:
+            burst = max(int(bits / 8 * 0.004), 3200)  # 4 ms of the rate, at least two full frames
+            ipr.tc("replace", "tbf", idx, 0x10000, rate=f"{int(bits)}bit", burst=burst, latency=TBF_LATENCY)
+        else:
+            try:
+                ipr.tc("del", index=idx, handle=0x10000, parent=TC_H_ROOT)
+            except NetlinkError as exc:
+                if exc.code not in (errno.ENOENT, errno.EINVAL):  # EINVAL/ENOENT: no root qdisc of ours
+                    raise

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import LabError
 from ..kernel import netns
-from ..kernel.proc import pid_alive, require_net_admin
+from ..kernel.proc import pid_alive
 from ..teardown import Teardown
 
 _LAB_SEQ = itertools.count(1)
@@ -52,18 +52,9 @@ def sweep_stale() -> list[str]:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            netns.in_thread(_remove_netns, name)
+            netns.remove(name)
             removed.append(name)
     return removed
-
-
-def _remove_netns(name: str) -> None:
-    from pyroute2 import netns as _netns
-
-    try:
-        _netns.remove(name)
-    except FileNotFoundError:
-        pass
 
 
 def _cmd_argv(cmd: str | list[str]) -> list[str]:
@@ -240,7 +231,7 @@ class Lab:
         if topology not in TOPOLOGIES:
             raise LabError(f"unknown topology {topology!r}; use one of {', '.join(TOPOLOGIES)}")
         _check_subnets(subnet, subnet6)
-        require_net_admin("create a lab")
+        self._helper = netns.helper_for_new_lab()  # None: root mode; else the user-namespace helper
         sweep_stale()
         self.topology = topology
         self.subnet = subnet
@@ -255,93 +246,28 @@ class Lab:
         self._lock = threading.Lock()
         atexit.register(self.down)
         try:
-            netns.in_thread(self._build)
+            self._build()
         except BaseException:
             self.down()
             raise
 
     # -- building ---------------------------------------------------------
-    def _host(self, role: str) -> Host:
-        name = f"pktlab-{self.id}-{role}"
-        from pyroute2 import netns as _netns
-
-        _netns.create(name)
-        host = Host(role=role, netns=name, lab=self)
-        self.hosts[role] = host
-        netns.call_in(name, self._loopback_up)
-        # no duplicate address detection: IPv6 (link-local included) works as soon as a link is up
-        host.run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])
-        return host
-
-    @staticmethod
-    def _loopback_up() -> None:
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ip:
-            ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
-
-    def _link(self, net: int, a: Host, a_if: str, b: Host, b_if: str) -> None:
-        """A veth link on subnet ``net``: ``a`` gets host number 1, ``b`` 2 (IPv4 /24 and IPv6 /64)."""
-        from pyroute2 import NetNS
-
-        with NetNS(a.netns) as ns:
-            ns.link("add", ifname=a_if, kind="veth", peer={"ifname": b_if, "net_ns_fd": b.netns})
-        for host, ifname, num in ((a, a_if, 1), (b, b_if, 2)):
-            v4, v6 = f"{self.subnet}.{net}.{num}", f"{self.subnet6}:{net}::{num}"
-            with NetNS(host.netns) as ns:
-                idx = ns.link_lookup(ifname=ifname)[0]
-                ns.addr("add", index=idx, address=v4, prefixlen=24)
-                ns.addr("add", index=idx, address=v6, prefixlen=64, flags=IFA_F_NODAD)
-                ns.link("set", index=idx, state="up")
-            host.addrs[ifname] = v4
-            host.addrs6[ifname] = v6
-            # neighbour solicitations retried after 100 ms, not 1 s: the first one can leave before the
-            # other end of a new veth answers, and a fresh lab's first IPv6 datagrams would wait a second
-            host.run(["sysctl", "-qw", f"net.ipv6.neigh.{ifname}.retrans_time_ms=100"])
-        self._wires.append((a, a_if, b, b_if))
-
-    @staticmethod
-    def _route(host: Host, gateway: str, gateway6: str) -> None:
-        from pyroute2 import NetNS
-
-        with NetNS(host.netns) as ns:
-            ns.route("add", dst="default", gateway=gateway)
-            ns.route("add", dst="default", gateway=gateway6, family=socket.AF_INET6)
-
     def _build(self) -> None:
-        self._build_hosts()
-        self._wait_links_up()
-
-    def _wait_links_up(self, timeout: float = 3.0) -> None:
-        """Wait until the kernel reports every lab link UP (carrier changes reach IPv6 with a delay)."""
-        from pyroute2 import NetNS
-
-        end = time.monotonic() + timeout
-        for host in self.hosts.values():
-            with NetNS(host.netns) as ns:
-                for ifname in host.addrs:
-                    while True:
-                        link = ns.link("get", index=ns.link_lookup(ifname=ifname)[0])[0]
-                        if link.get("state") == "up" and link.get_attr("IFLA_OPERSTATE") == "UP":
-                            break
-                        if time.monotonic() > end:
-                            raise LabError(f"link {ifname} of {host.role} did not come up within {timeout} s")
-                        time.sleep(0.01)
-
-    def _build_hosts(self) -> None:
-        n, n6 = self.subnet, self.subnet6
-        client = self._host("client")
+        roles = ("client", "server") if self.topology == "pair" else ("client", "router", "server")
+        for role in roles:
+            name = f"pktlab-{self.id}-{role}"
+            netns.create(name, self._helper)
+            self.hosts[role] = Host(role=role, netns=name, lab=self)
+        names = {role: h.netns for role, h in self.hosts.items()}
+        built = netns.call_in_helper(self._helper, build_hosts, self.topology, names, self.subnet, self.subnet6)
+        for role, (addrs, addrs6) in built.items():
+            self.hosts[role].addrs.update(addrs)
+            self.hosts[role].addrs6.update(addrs6)
+        h = self.hosts
         if self.topology == "pair":
-            server = self._host("server")
-            self._link(1, client, "eth0", server, "eth0")
-            return
-        router = self._host("router")
-        server = self._host("server")
-        self._link(1, client, "eth0", router, "eth0")
-        self._link(2, router, "eth1", server, "eth0")
-        self._route(client, f"{n}.1.2", f"{n6}:1::2")
-        self._route(server, f"{n}.2.1", f"{n6}:2::1")
-        router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+            self._wires.append((h["client"], "eth0", h["server"], "eth0"))
+        else:
+            self._wires += [(h["client"], "eth0", h["router"], "eth0"), (h["router"], "eth1", h["server"], "eth0")]
 
     # -- access -----------------------------------------------------------
     @property
@@ -652,7 +578,7 @@ class Lab:
         present = set(netns.list_names())
         for host in reversed(list(self.hosts.values())):
             if host.netns in present:
-                td.step(f"removing namespace {host.netns}", netns.in_thread, _remove_netns, host.netns)
+                td.step(f"removing namespace {host.netns}", netns.remove, host.netns)
         if not td.failures:
             atexit.unregister(self.down)
         td.finish("call lab.down() again, or run `pktlab doctor --clean`")
@@ -662,6 +588,85 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+
+def build_hosts(
+    topology: str, names: dict[str, str], subnet: str, subnet6: str
+) -> dict[str, tuple[dict[str, str], dict[str, str]]]:
+    """Bring up the lab's namespaces (made already): loopback, links, addresses, routes, forwarding.
+
+    Runs where the namespaces are made (a thread of a root process, or the user-namespace
+    helper) and returns each role's IPv4 and IPv6 addresses by interface.
+    """
+    out: dict[str, tuple[dict[str, str], dict[str, str]]] = {role: ({}, {}) for role in names}
+    for name in names.values():
+        netns.call_in(name, _loopback_up)
+        # no duplicate address detection: IPv6 (link-local included) works as soon as a link is up
+        netns.run(name, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])
+    links = [(1, "client", "eth0", "server", "eth0")] if topology == "pair" else [
+        (1, "client", "eth0", "router", "eth0"), (2, "router", "eth1", "server", "eth0")]  # fmt: skip
+    for net, a, a_if, b, b_if in links:
+        _link(names, out, subnet, subnet6, net, a, a_if, b, b_if)
+    if topology == "router":
+        _route(names["client"], f"{subnet}.1.2", f"{subnet6}:1::2")
+        _route(names["server"], f"{subnet}.2.1", f"{subnet6}:2::1")
+        netns.run(names["router"], ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+    _wait_links_up(names, out)
+    return out
+
+
+def _loopback_up() -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ip:
+        ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+
+
+def _link(names: dict[str, str], out: dict[str, tuple[dict[str, str], dict[str, str]]], subnet: str,
+          subnet6: str, net: int, a: str, a_if: str, b: str, b_if: str) -> None:  # fmt: skip
+    """A veth link on subnet ``net``: ``a`` gets host number 1, ``b`` 2 (IPv4 /24 and IPv6 /64)."""
+    from pyroute2 import NetNS
+
+    with NetNS(names[a]) as ns:
+        ns.link("add", ifname=a_if, kind="veth", peer={"ifname": b_if, "net_ns_fd": names[b]})
+    for role, ifname, num in ((a, a_if, 1), (b, b_if, 2)):
+        v4, v6 = f"{subnet}.{net}.{num}", f"{subnet6}:{net}::{num}"
+        with NetNS(names[role]) as ns:
+            idx = ns.link_lookup(ifname=ifname)[0]
+            ns.addr("add", index=idx, address=v4, prefixlen=24)
+            ns.addr("add", index=idx, address=v6, prefixlen=64, flags=IFA_F_NODAD)
+            ns.link("set", index=idx, state="up")
+        out[role][0][ifname] = v4
+        out[role][1][ifname] = v6
+        # neighbour solicitations retried after 100 ms, not 1 s: the first one can leave before the
+        # other end of a new veth answers, and a fresh lab's first IPv6 datagrams would wait a second
+        netns.run(names[role], ["sysctl", "-qw", f"net.ipv6.neigh.{ifname}.retrans_time_ms=100"])
+
+
+def _route(name: str, gateway: str, gateway6: str) -> None:
+    from pyroute2 import NetNS
+
+    with NetNS(name) as ns:
+        ns.route("add", dst="default", gateway=gateway)
+        ns.route("add", dst="default", gateway=gateway6, family=socket.AF_INET6)
+
+
+def _wait_links_up(names: dict[str, str], out: dict[str, tuple[dict[str, str], dict[str, str]]],
+                   timeout: float = 3.0) -> None:  # fmt: skip
+    """Wait until the kernel reports every lab link UP (carrier changes reach IPv6 with a delay)."""
+    from pyroute2 import NetNS
+
+    end = time.monotonic() + timeout
+    for role, name in names.items():
+        with NetNS(name) as ns:
+            for ifname in out[role][0]:
+                while True:
+                    link = ns.link("get", index=ns.link_lookup(ifname=ifname)[0])[0]
+                    if link.get("state") == "up" and link.get_attr("IFLA_OPERSTATE") == "UP":
+                        break
+                    if time.monotonic() > end:
+                        raise LabError(f"link {ifname} of {role} did not come up within {timeout} s")
+                    time.sleep(0.01)
 
 
 @contextmanager

@@ -94,21 +94,23 @@ SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>: root may exceed rmem_max
 def _sockets(lab: Any, segment: int) -> tuple[socket.socket, socket.socket]:
     """A sending socket in the lab's client (GSO sends of ``segment`` bytes each if set), a parked one in the server."""
 
-    def sender() -> socket.socket:
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        if segment:
-            tx.setsockopt(socket.SOL_UDP, UDP_SEGMENT, segment)
-        return tx
+    return netns.call_in(lab.client.netns, _sender, segment), netns.call_in(lab.server.netns, _parked)
 
-    def parked() -> socket.socket:
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 30)
-        rx.bind(("0.0.0.0", PORT))
-        rx.setblocking(False)
-        return rx
 
-    return netns.call_in(lab.client.netns, sender), netns.call_in(lab.server.netns, parked)
+def _sender(segment: int) -> socket.socket:
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    if segment:
+        tx.setsockopt(socket.SOL_UDP, UDP_SEGMENT, segment)
+    return tx
+
+
+def _parked() -> socket.socket:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 30)
+    rx.bind(("0.0.0.0", PORT))
+    rx.setblocking(False)
+    return rx
 
 
 def _parked_count(rx: socket.socket) -> int:

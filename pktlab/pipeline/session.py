@@ -34,7 +34,8 @@ from ..kernel import offload as _offload
 from ..kernel import rules as _rules
 from ..kernel.flow_rules import FlowRules, KernelFlow
 from ..kernel.offload import Offload
-from ..kernel.proc import QueueCounters, require_net_admin
+from ..kernel.privilege import require_place
+from ..kernel.proc import QueueCounters
 from ..kernel.queue import COPY_MODES, FULL_RANGE, HEADERS_RANGE, QueueSource, batch_verdict_prefix
 from ..kernel.sender import RawSender
 from ..packet.model import HOOK_NAMES, Packet
@@ -460,7 +461,7 @@ class Session(ChainOwner):
             atexit.register(self.detach)
             return self
         assert self.rules is not None and self.rule is not None
-        require_net_admin(f"attach NFQUEUE {self.queue}")
+        require_place(f"attach NFQUEUE {self.queue}", self.netns)
         if self._lab is not None and self._lab.closed:
             raise SessionError("the lab this session was made for is down; bring a new lab up")
         if self.netns is None:

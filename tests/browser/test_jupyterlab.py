@@ -23,10 +23,10 @@ from pktlab import Lab
 from pktlab.kernel import netns
 from pktlab.lab.network import wait_until
 from tests.browser.conftest import jupyter_server, kernel_ready, queue_diagnostics
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 
 pytestmark = [
-    needs_root,
+    needs_live,
     pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed"),
 ]
 OUT = Path(__file__).resolve().parents[2] / "test-output" / "browser"

@@ -20,11 +20,11 @@ import pytest
 
 from pktlab.lab.network import wait_until
 from tests.browser.conftest import jupyter_server, kernel_ready
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 from tests.notebooks.expected import SMALL_COSTS, check_live_output
 
 pytestmark = [
-    needs_root,
+    needs_live,
     pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed"),
 ]
 REPO = Path(__file__).resolve().parents[2]

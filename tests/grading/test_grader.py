@@ -13,7 +13,7 @@ import pytest
 
 from pktlab.grading import extract_solution, grade
 from pktlab.grading.assignments import ASSIGNMENTS
-from tests.conftest import _is_root, my_namespaces, needs_root, pktlab_rules
+from tests.conftest import _is_root, my_namespaces, needs_live, pktlab_rules
 
 ROOT = Path(__file__).resolve().parents[2] / "notebooks" / "assignments"
 
@@ -69,7 +69,7 @@ def test_replay_checks_without_root(tmp_path: Path, assignment: str) -> None:
     assert report.total == 7 and "SKIP" in str(report)
 
 
-@needs_root
+@needs_live
 @pytest.mark.parametrize("assignment", sorted(ASSIGNMENTS))
 def test_reference_gets_full_marks_and_a_seeded_bug_partial(tmp_path: Path, assignment: str) -> None:
     ref = (ROOT / assignment / "grading" / "reference.py").read_text()
@@ -80,7 +80,7 @@ def test_reference_gets_full_marks_and_a_seeded_bug_partial(tmp_path: Path, assi
     assert all(r.reason for r in bug.results if not r.passed)
 
 
-@needs_root
+@needs_live
 @pytest.mark.parametrize("kind", ["raises", "loops", "escapes", "exits"])
 def test_failing_solutions_get_zero_and_a_reason(tmp_path: Path, kind: str) -> None:
     assignment = "firewall"
@@ -129,7 +129,7 @@ def _running_with_cmdline(cmdline: str) -> list[str]:
     return out
 
 
-@needs_root
+@needs_live
 def test_a_solution_cannot_touch_the_teachers_files(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -146,7 +146,7 @@ def test_a_solution_cannot_touch_the_teachers_files(tmp_path: Path) -> None:
     assert report.score == 0 and "tried to reach outside its sandbox" in str(report), str(report)
 
 
-@needs_root
+@needs_live
 def test_a_solution_cannot_read_the_reference_or_the_heldback_capture(tmp_path: Path) -> None:
     code = (
         "import pktlab.grading.assignments as A\nexec(open(A.ROOT / 'firewall' / 'grading' / 'reference.py').read())\n"
@@ -158,7 +158,7 @@ def test_a_solution_cannot_read_the_reference_or_the_heldback_capture(tmp_path: 
     assert report.score == 0 and "PermissionError" in str(report), str(report)
 
 
-@needs_root
+@needs_live
 def test_a_solution_cannot_change_the_firewall(tmp_path: Path) -> None:
     code = (
         "import subprocess\n"
@@ -171,7 +171,7 @@ def test_a_solution_cannot_change_the_firewall(tmp_path: Path) -> None:
     assert my_namespaces() == [] and pktlab_rules(None) == []
 
 
-@needs_root
+@needs_live
 def test_a_solution_cannot_reach_the_network(tmp_path: Path) -> None:
     import socket
     import threading
@@ -205,7 +205,7 @@ def test_a_solution_cannot_reach_the_network(tmp_path: Path) -> None:
     assert "network" in str(report) or "outside its sandbox" in str(report), str(report)
 
 
-@needs_root
+@needs_live
 def test_a_solution_that_forks_is_told_so_and_leaves_nothing(tmp_path: Path) -> None:
     ref = (ROOT / "firewall" / "grading" / "reference.py").read_text()
     marker = f"75.{os.getpid()}"  # a command line no other process has (other graders may run as nobody too)
@@ -238,7 +238,7 @@ def test_a_solution_that_prints_a_lot_is_graded_like_a_quiet_one(tmp_path: Path)
     assert report.score == report.total == 7, str(report)  # no pipe fills up and stalls it
 
 
-@needs_root
+@needs_live
 def test_a_grader_killed_mid_check_leaves_no_solution_running() -> None:
     import time
 
@@ -276,7 +276,7 @@ FLOW_FIREWALL = (  # the README's stateful firewall with pkt.flow (issue 15): a 
 )
 
 
-@needs_root
+@needs_live
 def test_a_firewall_written_with_pkt_flow_gets_full_marks(tmp_path: Path) -> None:
     report = grade(notebook(tmp_path, "firewall", FLOW_FIREWALL, "flow"))
     assert report.score == report.total == 10, str(report)

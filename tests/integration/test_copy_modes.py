@@ -14,9 +14,9 @@ import pytest
 
 import pktlab
 from pktlab import CopyRangeError, Lab, SessionError
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 SIZE = 1000  # datagram payload: far beyond the 128 bytes of a headers-only copy
 

@@ -9,10 +9,10 @@ from bokeh.models import DatetimeAxis, Plot
 import pktlab
 from pktlab import Lab
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 
 
-@needs_root
+@needs_live
 def test_dashboard_updates_at_2_hz_and_stops_on_detach(lab: Lab, queue_num: int) -> None:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     d = s.dashboard()
@@ -34,7 +34,7 @@ def test_dashboard_updates_at_2_hz_and_stops_on_detach(lab: Lab, queue_num: int)
     assert d.updates == n and not d.running  # stopped with the session
 
 
-@needs_root
+@needs_live
 def test_controls_pause_step_inspect_and_resume(lab: Lab, queue_num: int) -> None:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     s.add_handler(lambda p: None, "look")

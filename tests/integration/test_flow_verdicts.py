@@ -10,9 +10,9 @@ import pytest
 import pktlab
 from pktlab import Lab
 from pktlab.kernel import netns
-from tests.conftest import needs_root, pktlab_rules
+from tests.conftest import needs_live, pktlab_rules
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def _nft_tables(ns: str) -> list[str]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pktlab
 from pktlab import Lab, SessionError
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def seq(p) -> int:  # type: ignore[no-untyped-def]

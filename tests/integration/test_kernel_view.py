@@ -9,9 +9,9 @@ import pytest
 import pktlab
 from pktlab import FilterError, Lab
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_root, pktlab_rules
+from tests.conftest import needs_live, pktlab_rules
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def test_filtered_attach_queues_only_matching_packets(lab: Lab, queue_num: int) -> None:

@@ -10,9 +10,9 @@ import pktlab
 from pktlab import Lab, TeardownError
 from pktlab.kernel import netns
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_root, pktlab_rules
+from tests.conftest import needs_live, pktlab_rules
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def test_reattach_reads_again(lab: Lab, queue_num: int) -> None:

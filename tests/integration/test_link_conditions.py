@@ -14,9 +14,9 @@ import pytest
 from pktlab import Lab, LabError
 from pktlab.kernel import netns
 from pktlab.lab.conditions import Conditions
-from tests.conftest import needs_root, pktlab_rules
+from tests.conftest import needs_live, pktlab_rules
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def test_a_delay_on_both_directions_adds_twice_it_to_the_round_trip(router_lab: Lab) -> None:

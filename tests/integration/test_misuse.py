@@ -6,9 +6,9 @@ import pytest
 
 import pktlab
 from pktlab import Lab, SessionError
-from tests.conftest import needs_root, pktlab_rules
+from tests.conftest import needs_live, pktlab_rules
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def all_rules(ns: str) -> list[str]:

@@ -6,9 +6,9 @@ import pytest
 
 import pktlab
 from pktlab import Lab
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 VIP = "10.77.2.100"  # the address the client talks to; the router maps it to the server
 

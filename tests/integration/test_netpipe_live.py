@@ -10,9 +10,9 @@ import pytest
 import pktlab
 from pktlab import Lab
 from pktlab.measure.netpipe import compare_runs, netpipe, nptcp, schedule
-from tests.conftest import needs_root, pktlab_rules
+from tests.conftest import needs_live, pktlab_rules
 
-pytestmark = [needs_root, pytest.mark.skipif(shutil.which("NPtcp") is None, reason="netpipe-tcp is not installed")]
+pytestmark = [needs_live, pytest.mark.skipif(shutil.which("NPtcp") is None, reason="netpipe-tcp is not installed")]
 MAX = 1 << 20
 RUNS = 7
 

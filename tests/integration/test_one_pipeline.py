@@ -20,9 +20,9 @@ import pytest
 import pktlab
 from pktlab import Lab, Packet
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 COUNT = 40
 FIELDS = ["proto", "src", "dst", "sport", "dport", "size", "verdict", "handler", "error", "modified"]

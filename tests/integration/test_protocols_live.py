@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pktlab
 from pktlab import Lab
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 from tests.packet.test_user_protocols import define_ticker
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def test_user_protocol_rewrite_reaches_the_receiver(lab: Lab, queue_num: int) -> None:

@@ -17,9 +17,9 @@ import pytest
 import pktlab
 from pktlab import Lab
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def _seq(data: bytes) -> int:

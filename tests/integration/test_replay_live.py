@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pktlab
 from pktlab import Lab
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def mixed(pkt):

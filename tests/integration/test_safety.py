@@ -8,9 +8,9 @@ import time
 import pktlab
 from pktlab import Lab
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_root, pktlab_rules, read_every_view
+from tests.conftest import needs_live, pktlab_rules, read_every_view
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def _waiting(s: pktlab.Session) -> int:

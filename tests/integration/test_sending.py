@@ -11,9 +11,9 @@ import pytest
 import pktlab
 from pktlab import Lab, PacketFormatError, SendError, SessionError
 from pktlab.lab.network import wait_ready, wait_until
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 PORT = 9556
 

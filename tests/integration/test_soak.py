@@ -13,9 +13,9 @@ import time
 
 import pktlab
 from pktlab import Lab
-from tests.conftest import needs_root, pktlab_rules
+from tests.conftest import needs_live, pktlab_rules
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 SECONDS = float(os.environ.get("PKTLAB_SOAK_SECONDS", "120"))
 RATE = int(os.environ.get("PKTLAB_SOAK_RATE", "60000"))

@@ -11,9 +11,9 @@ import pktlab
 from pktlab import Lab
 from pktlab.kernel import netns
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_root, pktlab_rules
+from tests.conftest import needs_live, pktlab_rules
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def test_drop_handler_stops_udp_and_ping(lab: Lab, queue_num: int) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pktlab
 from pktlab import Lab, TftpCache
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def test_a_repeat_read_is_served_from_the_cache_and_never_reaches_the_server(router_lab: Lab, queue_num: int) -> None:

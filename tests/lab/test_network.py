@@ -8,9 +8,9 @@ import pytest
 
 from pktlab import Lab, LabError
 from pktlab.kernel import netns
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 
-pytestmark = needs_root
+pytestmark = needs_live
 
 
 def test_pair_lab_reaches_both_ways_and_goes_away() -> None:

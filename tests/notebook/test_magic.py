@@ -6,7 +6,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from pktlab.kernel import netns
-from tests.conftest import needs_root, pktlab_rules
+from tests.conftest import needs_live, pktlab_rules
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_handler_cell_needs_a_session_and_valid_code(shell) -> None:
     assert "no session is attached" in err
 
 
-@needs_root
+@needs_live
 def test_full_cycle_through_magics(shell, capsys) -> None:
     lab, err = run(shell, "%pktlab lab up")
     assert err is None
@@ -131,7 +131,7 @@ def test_full_cycle_through_magics(shell, capsys) -> None:
     assert not [h.netns for h in lab.hosts.values() if h.netns in netns.list_names()]
 
 
-@needs_root
+@needs_live
 def test_unload_tears_everything_down(shell) -> None:
     lab, _ = run(shell, "%pktlab lab up --topology router")
     s, err = run(shell, '%pktlab attach 22 --on router --hook FORWARD --rule "-p udp"')
@@ -141,13 +141,13 @@ def test_unload_tears_everything_down(shell) -> None:
     shell.run_line_magic("load_ext", "pktlab")
 
 
-@needs_root
+@needs_live
 def test_doctor_magic(shell) -> None:
     report, err = run(shell, "%pktlab doctor")
     assert err is None and report.live and "live mode" in str(report)
 
 
-@needs_root
+@needs_live
 def test_filter_offload_and_trace_magics(shell) -> None:
     _, err = run(shell, '%pktlab attach 1 --filter "udp and dst prot 53"')
     assert "no lab is up" in err  # the lab is checked first; the filter next
@@ -201,7 +201,7 @@ def test_replay_through_magics_needs_no_root(shell) -> None:
     assert err is None
 
 
-@needs_root
+@needs_live
 def test_netpipe_magic_measures_without_and_with_the_queue(shell) -> None:
     _, err = run(shell, "%pktlab lab up")
     assert err is None
@@ -228,7 +228,7 @@ def test_dashboard_and_controls_magics_on_a_replay(shell) -> None:
     c.close()
 
 
-@needs_root
+@needs_live
 def test_link_magic_sets_shows_and_clears_conditions(shell, capsys) -> None:
     _, err = run(shell, "%pktlab link client server --delay 5ms")
     assert "no lab is up" in err
@@ -249,7 +249,7 @@ def test_link_magic_sets_shows_and_clears_conditions(shell, capsys) -> None:
     assert "no link between 'client' and 'router'" in err
 
 
-@needs_root
+@needs_live
 def test_drops_magic_prints_each_drop_as_it_happens(shell, capsys) -> None:
     import subprocess
     import sys

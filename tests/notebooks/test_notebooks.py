@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import needs_root
+from tests.conftest import needs_live
 from tests.notebooks.expected import SMALL_COSTS, check_live_output
 
 NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").rglob("*.ipynb"))  # assignments/ too
@@ -47,7 +47,7 @@ def _run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str)
     return text
 
 
-@needs_root
+@needs_live
 @pytest.mark.skipif(shutil.which("chromium") is not None,
                     reason="the browser walk runs every notebook live and checks the same outputs "
                     "(tests/browser/test_notebook_walk.py)")  # fmt: skip
