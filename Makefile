@@ -13,8 +13,11 @@ demo: setup
 lint: setup
 	.venv/bin/ruff check pktlab tests bench scripts notebooks
 
+# the whole suite as root (root mode), then the live suite again as an ordinary user (user-namespace mode);
+# the browser and notebook runs take that user's place themselves (they start Jupyter as an ordinary user)
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	bash scripts/test_as_user.sh pktlab-student --durations=10 tests --ignore=tests/browser --ignore=tests/notebooks
 
 bench: setup
 	$(PY) bench/bench_queue.py

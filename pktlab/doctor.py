@@ -6,8 +6,6 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from .kernel import proc as kernel
-
 
 @dataclass(frozen=True)
 class Check:
@@ -112,9 +110,15 @@ def mode() -> str:
 
 
 def _privileges() -> str:
-    if not kernel.has_net_admin():
-        raise RuntimeError(f"running as uid {os.geteuid()} without CAP_NET_ADMIN")
-    return "CAP_NET_ADMIN" + (" (root)" if os.geteuid() == 0 else "")
+    from .kernel import privilege
+
+    mode = privilege.current()
+    if not mode.live:
+        raise RuntimeError(mode.reason)
+    if mode.name == "root":
+        return f"root mode: {mode.reason}; labs under /var/run/netns, the host's namespace and tracepoints too"
+    return (f"user-namespace mode: {mode.reason}; every lab feature works, kernel tracepoints "
+            "(pktlab.trace, pktlab.drops) and the host's own namespace need root")  # fmt: skip
 
 
 def _nfq() -> str:
@@ -147,11 +151,14 @@ def run(clean: bool = False) -> Report:
     checks = [
         _try("kernel", _kernel, "load it as root: modprobe nfnetlink_queue xt_NFQUEUE"),
         _try("tools", _tools, "run `make setup` (apt-get install iptables iproute2)"),
-        _try("privileges", _privileges, "run as root (sudo)"),
+        _try("privileges", _privileges, "run as root, or allow unprivileged user namespaces (see the README)"),
         _try("python packages", _nfq, "run `make setup` (it builds NetfilterQueue and pktlab's compiled parts)"),
     ]
     cleaned: list[str] = []
-    if clean and checks[2].ok:  # before the live check, whose lab would sweep silently
+    from .kernel import privilege
+
+    # before the live check, whose lab would sweep silently; an ordinary user's labs end with their helper
+    if clean and checks[2].ok and privilege.current().name == "root":
         from .kernel import flow_rules, rules
         from .lab import network as lab
 

@@ -52,3 +52,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 .venv/bin/python -c "import netfilterqueue, pyroute2, scapy, pktlab" || { echo "setup: import check failed" >&2; exit 1; }
+
+# Two ordinary users for the tests of user-namespace mode (live labs without root): the suite runs again as
+# the first; the second is the other student of the two-users test.  Root only; nothing to do for anyone else.
+if [ "$(id -u)" = 0 ]; then
+    for u in pktlab-student pktlab-student2; do
+        id -u "$u" >/dev/null 2>&1 || useradd --system --create-home --home-dir "/var/lib/$u" --shell /bin/bash "$u"
+    done
+fi

@@ -83,7 +83,14 @@ def unescape(text: str) -> bytes:
 
 
 def require() -> str:
-    """The bpftrace executable's path, or a :class:`MissingToolError` naming the fix."""
+    """The bpftrace executable's path, or an error naming the fix (not installed, or not root)."""
+    from .privilege import require_root
+
+    require_root(
+        "reading the kernel's tracepoints (pktlab.trace's kernel times, pktlab.drops)",
+        "an ordinary user cannot attach BPF programs; a session's record (s.df) says what its handlers decided, "
+        "and `iptables-save -c` in a lab host (host.run) counts what each rule dropped",
+    )
     path = shutil.which("bpftrace")
     if path is None:
         raise MissingToolError("bpftrace is not installed; run `make setup` (apt-get install bpftrace)")

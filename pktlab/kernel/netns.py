@@ -101,6 +101,16 @@ def helper_pid(name: str) -> int | None:
     return realm.pid if realm is not None else None
 
 
+def queue_may_rewrite(name: str | None) -> bool:
+    """False where the kernel refuses a queue verdict's new payload: a namespace of a lab helper.
+
+    Linux drops a queued packet whose verdict carries a new payload when the packet's network
+    namespace belongs to a user namespace other than the initial one (``nfqnl_mangle`` answers
+    EPERM); a rewritten packet must leave another way there (see ``Dispatcher.reinject``).
+    """
+    return _REALMS.of(name) is None
+
+
 def close_helpers() -> None:
     """End this process's lab helper (its namespaces and what runs in them go with it)."""
     _REALMS.close()

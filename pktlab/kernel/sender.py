@@ -73,8 +73,11 @@ class RawSender:
     def _where(self) -> str:
         return f"namespace {self.netns}" if self.netns else "the host namespace"
 
-    def send(self, data: bytes) -> None:
-        """Send the IP packet ``data`` (checked and checksummed by the caller); raise SendError with the cause."""
+    def send(self, data: bytes, mark: int | None = None) -> None:
+        """Send the IP packet ``data`` (checked and checksummed by the caller); raise SendError with the cause.
+
+        ``mark``: the packet leaves with this mark (pktlab's sent bit added), as a verdict's mark would.
+        """
         version = data[0] >> 4
         if version == 4:
             dst = socket.inet_ntop(socket.AF_INET, data[16:20])
@@ -84,7 +87,15 @@ class RawSender:
             addr = (dst, 0, 0, 0)
         s = self._socket(version)
         try:
-            s.sendto(data, addr)
+            if mark is None:
+                s.sendto(data, addr)
+            else:
+                with self._lock:
+                    s.setsockopt(socket.SOL_SOCKET, SO_MARK, (mark | SENT_MARK) & 0xFFFFFFFF)
+                    try:
+                        s.sendto(data, addr)
+                    finally:
+                        s.setsockopt(socket.SOL_SOCKET, SO_MARK, SENT_MARK)
         except OSError as exc:
             why = _REASONS.get(exc.errno or 0)
             text = why.format(dst=dst, where=self._where(), size=len(data)) if why else f"{exc.strerror}"

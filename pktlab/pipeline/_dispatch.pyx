@@ -164,6 +164,10 @@ cdef class Dispatcher:
     cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
     cdef public dict tcp_high  # stream key -> sequence number after the highest byte accepted (bounded)
     cdef public object sender  # the session's Sender: what pkt.reply sends through
+    # set where the kernel refuses a queue's new payloads (a lab of user-namespace mode: nfqnl_mangle answers
+    # EPERM outside the initial user namespace and the packet is dropped): reinject(data, mark) sends the
+    # rewritten packet from the host itself, and the original is dropped
+    cdef public object reinject
     cdef public object flows  # the session's FlowTable: every packet is counted in it once tracking started
     cdef list reorder  # packets kept back after a gap in their stream: [nf, pkt, data, verdict, by, err, t0, h]
     cdef public double reorder_window  # how long one waits for its gap (s)
@@ -332,6 +336,10 @@ cdef class Dispatcher:
             return 0
         if nf._queue.qh == NULL:
             raise RuntimeError("the queue has been unbound")
+        if buf is not None and self.reinject is not None and code == NF_ACCEPT:
+            self.reinject(bytes(buf), mark)  # raises with the reason: the packet then gets the error verdict
+            self._give(nf, NF_DROP, True)
+            return 0
         if self.batch_limit > 1 and self.fd >= 0:  # an NFQNL_MSG_VERDICT names its packet: safe while holding
             self._queue_verdict(nf.id, code, mark, buf)
             nf._verdict_is_set = True

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import PktlabError, QueueBusyError, SessionError
 from ..kernel import bpf as _bpf
 from ..kernel import flow_rules as _flow_rules
+from ..kernel import netns as _netns
 from ..kernel import offload as _offload
 from ..kernel import rules as _rules
 from ..kernel.flow_rules import FlowRules, KernelFlow
@@ -386,6 +387,8 @@ class Session(ChainOwner):
             return Sender(ring, lambda data, t: src.accepted.append(t, data), link=lambda: src.link, clock=clock,
                           ready=self._why_not_sending)  # fmt: skip
         self._raw = RawSender(self.netns)
+        if not _netns.queue_may_rewrite(self.netns):  # the kernel drops new payloads there: the host sends them
+            self._dispatch.reinject = self._raw.send
         return Sender(ring, lambda data, t: self._raw.send(data), ready=self._why_not_sending)
 
     def _why_not_sending(self) -> str | None:
