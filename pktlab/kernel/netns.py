@@ -71,6 +71,10 @@ class _Realms:
             if self.shared is None or not self.shared.alive:
                 if self.shared is not None:
                     self._forget(self.shared)
+                else:  # ended (and reaped) by this process at exit, not left to init
+                    import atexit
+
+                    atexit.register(self.close)
                 self.shared = UserRealm()
             return self.shared
 
@@ -243,6 +247,10 @@ def argv_in(name: str | None, argv: Sequence[str]) -> list[str]:
     realm = _REALMS.of(name)
     if realm is not None:
         return realm.argv_in(name, argv)
+    from . import privilege
+
+    if privilege.current().name == "userns":
+        raise LabError(f"namespace {name!r} is not one of your labs; use a host of a lab you made (pktlab.Lab())")
     return ["ip", "netns", "exec", name, *argv]
 
 

@@ -496,11 +496,12 @@ class Lab:
         """
         self._check_open()
         s, d = self[src], self[dst]
+        _check_dns(name, answer)
         with _stopped_on_error([]) as started:
-            server = self._traffic(d, "dns-serve", "--answer", answer, "--count", "1", "--timeout", str(timeout))
+            server = self._traffic(d, "dns-serve", f"--answer={answer}", "--count", "1", "--timeout", str(timeout))
             started.append(server)
             wait_ready(server, f"DNS responder in {d.role}")
-            query = self._traffic(s, "dns-query", "--server", to or d.addr, "--name", name, "--timeout", str(timeout))
+            query = self._traffic(s, "dns-query", "--server", to or d.addr, f"--name={name}", "--timeout", str(timeout))
             started.append(query)
             q_out, q_err = query.communicate(timeout=timeout + 10)
             server.communicate(timeout=timeout + 10)
@@ -527,14 +528,15 @@ class Lab:
         """
         self._check_open()
         s, d = self[src], self[dst]
-        name = filename or "lab.bin"
+        name = "lab.bin" if filename is None else filename
+        _check_tftp_name(name)
         server = None
         with _stopped_on_error([]) as started:
             if serve:
                 server = self._traffic(d, "tftp-serve", "--size", str(size), "--timeout", str(timeout))
                 started.append(server)
                 wait_ready(server, f"TFTP server in {d.role}")
-            get = self._traffic(s, "tftp-get", "--server", d.addr, "--file", name, "--timeout", str(timeout))
+            get = self._traffic(s, "tftp-get", "--server", d.addr, f"--file={name}", "--timeout", str(timeout))
             started.append(get)
             g_out, g_err = get.communicate(timeout=timeout + 10)
             if server is not None:  # closing its stdin says the reader is done: a server with no request stops
@@ -699,6 +701,32 @@ def _check_subnets(subnet: str, subnet6: str) -> None:
         ipaddress.IPv6Address(f"{subnet6}:ffff::ffff")
     except ValueError:
         raise LabError(f"subnet6 {subnet6!r} is not the first group of an IPv6 address (like 'fd77')") from None
+
+
+def _check_dns(name: Any, answer: Any) -> None:
+    """Refuse a query name or an answer that cannot be sent (before any program starts)."""
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(answer)
+    except ValueError:
+        raise LabError(f"answer {answer!r} is not an IPv4 address; give one like '10.77.2.53'") from None
+    if not isinstance(name, str) or not name.strip(".") or "\0" in name:
+        raise LabError(f"name {name!r} is not a DNS name; give one like 'lab.example.'")
+    try:
+        labels = name.rstrip(".").encode("ascii").split(b".")
+    except UnicodeEncodeError:
+        raise LabError(f"name {name!r} is not ASCII; give its IDNA form (name.encode('idna').decode())") from None
+    if len(name.rstrip(".")) > 253 or any(not 0 < len(label) <= 63 for label in labels):
+        raise LabError(f"name {name!r} does not fit DNS (labels of 1..63 bytes, 253 in all); give a shorter one")
+
+
+def _check_tftp_name(name: Any) -> None:
+    """Refuse a TFTP file name that cannot be sent in a read request."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise LabError(f"filename {name!r} cannot be sent: TFTP names are non-empty text without NUL bytes")
+    if len(name.encode()) > 500:
+        raise LabError(f"filename of {len(name.encode())} bytes does not fit a TFTP request (512 bytes); shorten it")
 
 
 def _check_udp(count: Any, size: Any, rate: Any, timeout: Any, ipv6: bool) -> None:

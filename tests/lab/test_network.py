@@ -89,3 +89,21 @@ def test_gso_sends_reach_a_queue_whole_and_the_receiver_as_datagrams(lab: Lab) -
     assert sorted(len(p) for p in r.payloads) == [1056] * 5 + [1472] * 10
     with pytest.raises(LabError, match="does not cut 4000-byte sends into datagrams that fit"):
         lab.udp(1, size=4000, segment=1600)
+
+
+def test_traffic_values_are_data_never_options_and_bad_ones_are_refused_at_once(lab: Lab) -> None:
+    for bad, match in (
+        (dict(answer="1.2.3.4; x"), "answer '1.2.3.4; x' is not an IPv4 address"),
+        (dict(name="a\0b."), "is not a DNS name"),
+        (dict(name="x" * 64 + ".example."), "does not fit DNS"),
+        (dict(name="bücher.example."), "is not ASCII"),
+    ):
+        with pytest.raises(LabError, match=match):
+            lab.dns(**bad)
+    for bad_name, match in (("a\0b", "without NUL"), ("", "non-empty"), ("x" * 600, "does not fit a TFTP request")):
+        with pytest.raises(LabError, match=match):
+            lab.tftp(filename=bad_name)
+    # a name that starts like an option is sent as a name
+    got = lab.tftp(filename="--help")
+    assert got["complete"] and got["ok"]
+    assert lab.dns("-h.example.", answer="10.77.2.54")["addresses"] == ["10.77.2.54"]
