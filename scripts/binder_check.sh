@@ -39,9 +39,11 @@ git ls-files -co --exclude-standard -z | tar -C "$repo" --null -T - -cf - | tar 
 chown -R nobody:nogroup "$work"
 chmod 755 "$work"
 
+# Binder's pods allow no user namespaces (their seccomp profile refuses unshare(CLONE_NEWUSER)); this machine
+# does, so PKTLAB_PRIVILEGE=root stands for that here: without root, no live mode, as on Binder
 as_nobody() {
     runuser -u nobody -- env -i HOME="$work/home" PATH="$work/env/bin:/usr/bin:/bin:/usr/sbin:/sbin" \
-        LANG=C.UTF-8 PIP_NO_INPUT=1 "$@"
+        LANG=C.UTF-8 PIP_NO_INPUT=1 PKTLAB_PRIVILEGE=root "$@"
 }
 echo "binder_check: fresh venv of $("$python" --version) as nobody in $work"
 as_nobody "$python" -m venv "$work/env"

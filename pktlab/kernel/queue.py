@@ -36,6 +36,26 @@ NFQA_CFG_F_FAIL_OPEN = 1
 NLM_F_REQUEST = 1
 
 
+_PORT_HOLDER: list[socket.socket] = []
+_PORT_LOCK = threading.Lock()
+
+
+def _hold_process_port() -> None:
+    """Keep this process's own netlink port id (its PID) taken, once, for as long as it lives.
+
+    ``NetfilterQueue(sockfd=...)`` binds the given socket to the port id that its own throwaway
+    socket got here, in *this* namespace.  The first netlink socket of a process gets the PID,
+    and so would every later throwaway once the previous one is closed: two queues in one lab
+    host would ask for the same port there (EADDRINUSE).  With the PID held, each throwaway gets
+    a random port id of its own.
+    """
+    with _PORT_LOCK:
+        if not _PORT_HOLDER:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            s.bind((0, 0))
+            _PORT_HOLDER.append(s)
+
+
 def batch_verdict_prefix(queue: int) -> bytes:
     """The first 24 bytes of an NFQNL_MSG_VERDICT_BATCH message for ``queue``.
 
@@ -235,6 +255,7 @@ class QueueSource:
             if self.netns is None:
                 q = nfq_mod.NetfilterQueue()
             else:  # the socket is made inside the lab host (by its helper in user-namespace mode) and read here
+                _hold_process_port()
                 sock = netns.socket_in(self.netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
                 try:
                     q = nfq_mod.NetfilterQueue(sockfd=sock.fileno())

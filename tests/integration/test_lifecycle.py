@@ -10,7 +10,7 @@ import pktlab
 from pktlab import Lab, TeardownError
 from pktlab.kernel import netns
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_live, pktlab_rules
+from tests.conftest import needs_live, needs_root, pktlab_rules
 
 pytestmark = needs_live
 
@@ -108,11 +108,6 @@ def test_ipv6_extension_headers_and_fragments_in_the_record(lab: Lab, queue_num:
     from scapy.layers.inet import UDP
     from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, fragment6
 
-    def send_raw(packets: list) -> None:  # IPv6 header included (IPPROTO_RAW), from the client's namespace
-        with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
-            for p in packets:
-                sock.sendto(bytes(p), (dst, 0))
-
     src, dst = lab.client.addr6, lab.server.addr6
     s = pktlab.attach(queue_num, rule="-p udp", family="ipv6", netns=lab.server)  # ip6tables walks the ext headers
     seen: list[tuple[int | None, int]] = []
@@ -126,7 +121,10 @@ def test_ipv6_extension_headers_and_fragments_in_the_record(lab: Lab, queue_num:
         big = IPv6(src=src, dst=dst) / IPv6ExtHdrFragment() / UDP(sport=4001, dport=9001) / bytes(3000)
         frags = fragment6(big, 1280)
         assert len(frags) >= 3
-        netns.call_in(lab.client.netns, send_raw, [with_ext, *frags])
+        # IPv6 header included (IPPROTO_RAW), from a socket in the client's namespace
+        with netns.socket_in(lab.client.netns, socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+            for p in [with_ext, *frags]:
+                sock.sendto(bytes(p), (dst, 0))
         assert wait_until(lambda: s.record.n >= 1 + len(frags))
         df = s.df
         udp = df[df["proto"] == "udp"]
@@ -159,6 +157,7 @@ def test_ctrl_c_during_a_flow_stops_its_programs(lab: Lab) -> None:
     assert lab.udp(10).unique == 10  # the port is free again: running the cell again works
 
 
+@needs_root  # root mode's sweeping; in user-namespace mode the helper cleans up itself (test_userns.py)
 def test_cleaning_kills_what_a_killed_process_left_running_in_its_lab(tmp_path) -> None:
     import subprocess
     import sys

@@ -6,6 +6,7 @@ import pytest
 
 import pktlab
 from pktlab import Lab, SessionError
+from pktlab.kernel import netns
 from tests.conftest import needs_live, pktlab_rules
 
 pytestmark = needs_live
@@ -14,7 +15,7 @@ pytestmark = needs_live
 def all_rules(ns: str) -> list[str]:
     import subprocess
 
-    out = subprocess.run(["ip", "netns", "exec", ns, "iptables-save"], capture_output=True, text=True, check=True)
+    out = subprocess.run(netns.argv_in(ns, ["iptables-save"]), capture_output=True, text=True, check=True)
     return [line for line in out.stdout.splitlines() if line.startswith("-A")]
 
 
