@@ -29,10 +29,10 @@ bench: setup
 	$(PY) bench/bench_replay.py
 	$(PY) bench/bench_tracing.py
 
-# JupyterLab from the project's venv on the notebooks (root: the live mode needs it); it prints the URL with its token
-LAB_PORT ?= 8888
+# JupyterLab from the project's venv on the notebooks, as an ordinary user (live through user namespaces;
+# root runs it as pktlab-student on a copy in that user's home); it prints the URL with its token
 lab: setup
-	.venv/bin/jupyter lab --allow-root --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --ServerApp.root_dir=notebooks
+	bash scripts/lab.sh
 
 # the Binder path as far as this machine can check it (also run by make test)
 binder-check:

@@ -131,7 +131,7 @@ def _nfq() -> str:
 
 
 def _live_queue() -> str:
-    """Make a throwaway lab, bind a queue with a rule in it, pass a packet, tear down."""
+    """Make a throwaway lab, bind a queue with a rule in it, pass and rewrite packets, tear down."""
     from .lab.network import Lab
     from .pipeline.session import attach
 
@@ -141,9 +141,17 @@ def _live_queue() -> str:
             r = lab.udp(3, port=9, idle=0.5)
             if s.record.n != 3 or r.unique != 3:
                 raise RuntimeError(f"sent 3 datagrams, the queue saw {s.record.n} and the receiver got {r.unique}")
+
+            def stamp(pkt):  # type: ignore[no-untyped-def]
+                pkt.udp.payload = pkt.udp.payload[:4] + b"PKTL"
+
+            s.add_handler(stamp, "stamp")
+            r = lab.udp(3, port=9, size=8, idle=0.5, keep=3)
+            if r.unique != 3 or any(p[4:] != b"PKTL" for p in r.payloads):
+                raise RuntimeError(f"3 datagrams rewritten by a handler, the receiver got {r.unique} rewritten ones")
         finally:
             s.detach()
-    return "namespaces, veth, an NFQUEUE rule and a bound queue carried 3 datagrams"
+    return "namespaces, veth, an NFQUEUE rule and a bound queue carried 3 datagrams, and 3 rewritten by a handler"
 
 
 def run(clean: bool = False) -> Report:

@@ -59,7 +59,9 @@ def _decide(forced: str, net_admin: bool) -> Mode:
     if net_admin:
         return Mode("root", "this process has CAP_NET_ADMIN (root)")
     if why_not is None:
-        return Mode("userns", f"uid {os.geteuid()} is an ordinary user; labs live in user namespaces it owns")
+        uid = os.geteuid()
+        who = f"uid {uid} without CAP_NET_ADMIN" if uid == 0 else f"uid {uid} is an ordinary user"
+        return Mode("userns", f"{who}; labs live in user namespaces it owns")
     return Mode(None, f"uid {os.geteuid()} is not root and {why_not}")
 
 

@@ -71,7 +71,7 @@ def _read_queue_proc() -> str:
     try:
         with open(QUEUE_PROC) as f:
             return f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):  # no queue module, or the host's queues, which a user may not see
         return ""
 
 

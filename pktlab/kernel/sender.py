@@ -20,6 +20,7 @@ from . import netns
 
 SENT_MARK = 0x20000000  # one bit of skb->mark: "sent by pktlab", skipped by pktlab's queue rules
 SO_MARK = getattr(socket, "SO_MARK", 36)
+IP_MTU, IPV6_MTU = 14, 24  # <linux/in.h>, <linux/in6.h>: a connected socket's path MTU
 
 _REASONS = {
     errno.ENETUNREACH: "there is no route to {dst} in {where}; add one or answer a reachable address",
@@ -49,6 +50,7 @@ class RawSender:
     def __init__(self, netns_name: str | None) -> None:
         self.netns = netns_name
         self._socks: dict[int, socket.socket] = {}
+        self._mtus: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _socket(self, version: int) -> socket.socket:
@@ -69,6 +71,23 @@ class RawSender:
                     ) from None
                 self._socks[version] = s
             return s
+
+    def path_mtu(self, data: bytes) -> int:
+        """The MTU of the route that the IP packet ``data`` takes from this namespace (cached per destination)."""
+        version = data[0] >> 4
+        dst = socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6,
+                               data[16:20] if version == 4 else data[24:40])  # fmt: skip
+        mtu = self._mtus.get(dst)
+        if mtu is None:
+            family = socket.AF_INET if version == 4 else socket.AF_INET6
+            with netns.socket_in(self.netns, family, socket.SOCK_DGRAM) as probe:
+                probe.connect((dst, 9))
+                if version == 4:
+                    mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
+                else:
+                    mtu = probe.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+            self._mtus[dst] = mtu
+        return mtu
 
     def _where(self) -> str:
         return f"namespace {self.netns}" if self.netns else "the host namespace"

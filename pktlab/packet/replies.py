@@ -57,7 +57,7 @@ def _fits(version: int, body_len: int) -> None:
         raise PacketFormatError(f"a reply of {body_len:,} bytes does not fit an IP packet (65,535 at most)")
 
 
-def _checksummed(data: bytes) -> bytes:
+def checksummed(data: bytes) -> bytes:
     """``data`` with its IP lengths and IP/transport checksums computed (the verdict-time fix-up)."""
     core = PacketCore(None, bytearray(data))
     fix_packet(core)
@@ -138,7 +138,7 @@ def reply_to(
             "build the packet yourself and send it with s.send"
         )
     _fits(version, len(body))
-    return _checksummed(_ip_header(version, dst, src, proto, len(body)) + body)
+    return checksummed(_ip_header(version, dst, src, proto, len(body)) + body)
 
 
 def outgoing(data: Any, *, fix: bool = True) -> bytes:
@@ -161,4 +161,4 @@ def outgoing(data: Any, *, fix: bool = True) -> bytes:
         raise PacketFormatError(f"the IPv4 header length {(raw[0] & 15) * 4} does not fit the {len(raw)}-byte packet")
     if len(raw) > 0xFFFF:
         raise PacketFormatError(f"{len(raw):,} bytes do not fit an IP packet (65,535 at most)")
-    return _checksummed(raw) if fix else raw
+    return checksummed(raw) if fix else raw

@@ -206,7 +206,7 @@ cdef class Dispatcher:
     # -- verdicts --------------------------------------------------------------
     cdef int _batch_add(self, unsigned int pid, int code) except -1:
         if self.b_count and code != self.b_code:
-            self._flush()
+            self._close_run()  # a run of the other verdict follows in the same write
         self.b_code = code
         self.b_last = pid
         self.b_count += 1

@@ -67,3 +67,30 @@ def _ethernet(answering: Any, version: int) -> bytes:
         head = bytes(answering)[:12]  # an Ethernet frame's packet: its bytes start with the frame
         return head[6:12] + head[0:6] + ETHERTYPE[version]
     return bytes(12) + ETHERTYPE[version]
+
+
+def reinjector(raw: Any) -> Callable[[bytes, int | None], None]:
+    """What sends a rewritten packet where the kernel refuses a verdict's new payload (``Dispatcher.reinject``).
+
+    ``raw`` is the session's :class:`~pktlab.kernel.sender.RawSender`.  A TCP packet longer than its
+    route's MTU (a GSO packet) is cut into segments first; any other packet that does not fit is refused.
+    """
+    from ..errors import SendError
+    from ..packet.segments import tcp_segments
+
+    def send(data: bytes, mark: int | None) -> None:
+        if len(data) > 1280:  # the smallest MTU of an IPv6 link: shorter packets fit any route
+            mtu = raw.path_mtu(data)
+            if len(data) > mtu:
+                proto = data[9] if data[0] >> 4 == 4 else data[6]
+                if proto != 6:
+                    raise SendError(
+                        f"the rewritten {len(data):,}-byte GSO packet is longer than its route's MTU ({mtu}) and only "
+                        "TCP can be cut into segments here; attach with gso=False (--no-gso) to rewrite it"
+                    )
+                for segment in tcp_segments(data, mtu):
+                    raw.send(segment, mark)
+                return
+        raw.send(data, mark)
+
+    return send

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from pktlab.kernel import netns
-from tests.conftest import needs_live, pktlab_rules
+from pktlab.kernel import netns, privilege
+from tests.conftest import needs_live, needs_root, pktlab_rules
 
 
 @pytest.fixture
@@ -173,10 +173,13 @@ def test_filter_offload_and_trace_magics(shell) -> None:
         prog, err = run(shell, '%pktlab bpf "icmp"')
         assert err is None and "ret" in prog.dump()
         tr, err = run(shell, '%pktlab trace --filter "icmp" --count 1 --background --on client,router')
-        assert err is None and "send traffic" in repr(tr)
-        lab.ping(1)
-        t = tr.wait()
-        assert len(t) == 1 and [h for h, _ in t.packets[0].passes] == ["client", "router"]
+        if privilege.current().name == "root":
+            assert err is None and "send traffic" in repr(tr)
+            lab.ping(1)
+            t = tr.wait()
+            assert len(t) == 1 and [h for h, _ in t.packets[0].passes] == ["client", "router"]
+        else:  # kernel tracepoints: root only, said in one sentence with what works instead
+            assert err is not None and "needs root" in err and "s.df" in err and "\n" not in err
         _, err = run(shell, "%pktlab trace --count 0")
         assert "count must be a number of packets from 1 to 10,000" in err
     finally:
@@ -249,7 +252,7 @@ def test_link_magic_sets_shows_and_clears_conditions(shell, capsys) -> None:
     assert "no link between 'client' and 'router'" in err
 
 
-@needs_live
+@needs_root  # kernel tracepoints (test_filter_offload_and_trace_magics checks the refusal without root)
 def test_drops_magic_prints_each_drop_as_it_happens(shell, capsys) -> None:
     import subprocess
     import sys
