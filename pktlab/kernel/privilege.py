@@ -21,10 +21,25 @@ import subprocess
 from dataclasses import dataclass
 
 from ..errors import PrivilegeError
-from .proc import has_net_admin
 
+CAP_NET_ADMIN = 12
 ENV = "PKTLAB_PRIVILEGE"
 MODES = ("root", "userns")
+
+
+def has_net_admin() -> bool:
+    """True when this process may change netfilter state: CAP_NET_ADMIN in its effective set.
+
+    uid 0 alone is not enough (a container or ``setpriv`` can take the capability away).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import PrivilegeError
 from . import netns
 
-CAP_NET_ADMIN = 12
 QUEUE_PROC = "/proc/thread-self/net/netfilter/nfnetlink_queue"
 
 
@@ -21,30 +19,6 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def has_net_admin() -> bool:
-    """True when this process may change netfilter state: CAP_NET_ADMIN in its effective set.
-
-    uid 0 alone is not enough (a container or ``setpriv`` can take the capability away).
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except OSError:
-        pass
-    return os.geteuid() == 0
-
-
-def require_net_admin(action: str) -> None:
-    """Raise :class:`PrivilegeError` unless this process may ``action``."""
-    if not has_net_admin():
-        raise PrivilegeError(
-            f"to {action} pktlab needs root or CAP_NET_ADMIN; start Python or the Jupyter server as root "
-            "(sudo), then try again"
-        )
 
 
 @dataclass(frozen=True)
