@@ -241,7 +241,10 @@ def socket_in(name: str | None, family: int, kind: int, proto: int = 0) -> Any:
 
 
 def argv_in(name: str | None, argv: Sequence[str]) -> list[str]:
-    """The argv that runs ``argv`` inside namespace ``name`` (as a child of this process)."""
+    """The argv that runs ``argv`` inside namespace ``name`` (as a child of this process).
+
+    ``name`` is a lab host's namespace name, or (root mode) the path of a namespace file.
+    """
     if not name:
         return list(argv)
     realm = _REALMS.of(name)
@@ -251,6 +254,8 @@ def argv_in(name: str | None, argv: Sequence[str]) -> list[str]:
 
     if privilege.current().name == "userns":
         raise LabError(f"namespace {name!r} is not one of your labs; use a host of a lab you made (pktlab.Lab())")
+    if name.startswith("/"):  # a namespace file given by path (root looking into another user's lab, say)
+        return ["nsenter", f"--net={name}", *argv]
     return ["ip", "netns", "exec", name, *argv]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,8 +13,12 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pktlab.lab.network import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+RUNUSER = shutil.which("runuser", path="/usr/sbin:/usr/bin:/sbin:/bin") or "runuser"
 
 
 def kernel_ready(base: str, token: str, notebook: str) -> bool:
@@ -35,14 +40,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+STUDENT = "pktlab-student"
+
+
+def server_user() -> str | None:
+    """Who runs the test's Jupyter server: as root, the ordinary user the set-up made (notebooks live through user
+    namespaces, as on a hub); None (this process's user) when not root, or when that user cannot read this
+    checkout (scripts/test_as_user.sh then runs the browser tests from a readable copy)."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pwd.getpwnam(STUDENT)
+    except KeyError:
+        return None
+    probe = subprocess.run([RUNUSER, "-u", STUDENT, "--", sys.executable, "-c", "import pktlab"], cwd="/",
+                           capture_output=True, env={"PYTHONPATH": str(REPO)})  # fmt: skip
+    return STUDENT if probe.returncode == 0 else None
+
+
+def lab_path(where: dict[str, Any], role: str) -> str:
+    """A namespace of a lab made by the notebook's kernel, as this (root) process can enter it: by path when a
+    lab helper of another user owns it (``/proc/PID/root/run/netns/NAME``), else by name."""
+    name = where[role]
+    return f"/proc/{where['helper']}/root/run/netns/{name}" if where.get("helper") else name
+
+
 @contextmanager
 def jupyter_server(
-    app: str, root: Path, env_extra: dict[str, str] | None = None
+    app: str, root: Path, env_extra: dict[str, str] | None = None, user: str | None = None
 ) -> Iterator[tuple[str, str, Path, str]]:
     """JupyterLab 4 (``app="lab"``) or Notebook 7 serving ``root``; yields (base URL, token, root, app).
 
     Settings, workspaces and runtime files live in ``root``, not the user's ~/.jupyter, so no workspace of an
-    earlier run is restored and no first-run prompt (news, updates) opens over the page.
+    earlier run is restored and no first-run prompt (news, updates) opens over the page.  ``user``: the server
+    (and its kernels) run as that ordinary user, who is given ``root``.
     """
     port, token = free_port(), secrets.token_hex(16)
     base = f"http://127.0.0.1:{port}"
@@ -55,6 +88,14 @@ def jupyter_server(
             return False
 
     env = dict(os.environ, **(env_extra or {}))
+    prefix: list[str] = []
+    if user is not None:
+        import pwd
+
+        home = pwd.getpwnam(user).pw_dir
+        env = {k: v for k, v in env.items() if not k.startswith(("PKTLAB_PRIVILEGE", "JUPYTER", "PYTHON"))}
+        env.update(HOME=home, USER=user, LOGNAME=user, PYTHONDONTWRITEBYTECODE="1")
+        prefix = [RUNUSER, "-u", user, "--"]
     for var, sub in (("JUPYTERLAB_SETTINGS_DIR", "settings"), ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
                      ("JUPYTER_RUNTIME_DIR", "runtime")):  # fmt: skip
         env[var] = str(root / sub)
@@ -64,9 +105,20 @@ def jupyter_server(
     (quiet / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False})
     )
+    served = None
+    if user is not None:  # pytest's folders are root's alone: the user's server gets a copy it owns
+        import tempfile
+
+        served = Path(tempfile.mkdtemp(prefix="pktlab-jupyter-", dir="/tmp"))
+        shutil.copytree(root, served, dirs_exist_ok=True)
+        root = served
+        subprocess.run(["chown", "-R", f"{user}:", str(root)], check=True)
+        for var, sub in (("JUPYTERLAB_SETTINGS_DIR", "settings"), ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+                         ("JUPYTER_RUNTIME_DIR", "runtime")):  # fmt: skip
+            env[var] = str(root / sub)
     with open(root / "jupyter.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter", app, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            [*prefix, sys.executable, "-m", "jupyter", app, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
              *(["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
                if app == "lab" else [])],
@@ -82,6 +134,8 @@ def jupyter_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+            if served is not None:
+                shutil.rmtree(served, ignore_errors=True)
 
 
 

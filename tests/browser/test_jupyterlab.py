@@ -1,8 +1,9 @@
 """The dashboard and controls in a real JupyterLab and Notebook 7 page, driven by headless Chromium (Playwright).
 
-The test makes a lab, counts what the server's socket receives, and sends a bounded
-stream of numbered datagrams; a notebook in JupyterLab attaches to the lab's server and
-shows the dashboard and the controls.  In the page: the packet counter rises; Pause
+A notebook in JupyterLab, run by an ordinary user (user-namespace mode) when the test runs as
+root, makes a lab, attaches to its server and shows the dashboard and the controls; the test
+enters that lab (by path, as root), counts what the server's socket receives, and sends a bounded
+stream of numbered datagrams.  In the page: the packet counter rises; Pause
 stops it while the kernel queue grows; Step + Accept delivers exactly one datagram;
 Resume delivers the rest, none lost.  Screenshots go to test-output/browser/.
 """
@@ -19,10 +20,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pktlab import Lab
 from pktlab.kernel import netns
 from pktlab.lab.network import wait_until
-from tests.browser.conftest import jupyter_server, kernel_ready, queue_diagnostics
+from tests.browser.conftest import jupyter_server, kernel_ready, lab_path, queue_diagnostics, server_user
 from tests.conftest import needs_live
 
 pytestmark = [
@@ -75,7 +75,7 @@ class Sender:
     """
 
     def __init__(self, ns: str, dst: str, rate: float = 100.0, limit: int = 18_000) -> None:
-        self.sock: socket.socket = netns.call_in(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        self.sock: socket.socket = netns.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
         self.dst, self.rate, self.limit = dst, rate, limit
         self.sent = 0
         self._stop = False
@@ -97,12 +97,19 @@ class Sender:
         self.sock.close()
 
 
-def write_notebook(root: Path, server_ns: str) -> Path:
+def write_notebook(root: Path) -> Path:
+    """The notebook makes its own lab (its kernel may be an ordinary user's) and says where it is in where.json."""
     cells = [
         nbformat.v4.new_code_cell(
-            "import pktlab\n"
+            "import json, pktlab\n"
+            "from pktlab.kernel import netns\n"
             "if 's' not in globals():  # run again after a page reload (same kernel): the same session\n"
-            f"    s = pktlab.attach(1, rule='-p udp --dport 9000', netns={server_ns!r})\n"
+            "    lab = pktlab.Lab()\n"
+            "    s = pktlab.attach(1, rule='-p udp --dport 9000', netns=lab.server)\n"
+            "    where = {'helper': netns.helper_pid(lab.server.netns), 'server': lab.server.netns,\n"
+            "             'client': lab.client.netns, 'addr': lab.server.addr}\n"
+            "    with open('where.json', 'w') as f:\n"
+            "        json.dump(where, f)\n"
             "d = s.dashboard()\nd"
         ),
         nbformat.v4.new_code_cell("c = s.controls()\nc"),
@@ -116,19 +123,20 @@ def write_notebook(root: Path, server_ns: str) -> Path:
 
 @pytest.fixture(params=["lab", "notebook"])
 def jupyterlab(request, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A Jupyter server on loopback: JupyterLab 4, or Notebook 7 (the classic Notebook's successor)."""
-    with jupyter_server(request.param, tmp_path) as server:
+    """A Jupyter server on loopback: JupyterLab 4, or Notebook 7 (the classic Notebook's successor), run by an
+    ordinary user when this test runs as root (see server_user)."""
+    write_notebook(tmp_path)
+    with jupyter_server(request.param, tmp_path, user=server_user()) as server:
         yield server
 
 
-def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # type: ignore[no-untyped-def]
+def test_dashboard_and_controls_in_jupyterlab(jupyterlab) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import sync_playwright
 
     base, token, root, app = jupyterlab
     out = OUT / app
-    write_notebook(root, lab.server.netns)
     out.mkdir(parents=True, exist_ok=True)
-    receiver = Receiver(lab.server.netns)
+    receiver: Receiver | None = None
     sender: Sender | None = None
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"], headless=True)
@@ -155,6 +163,11 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
             click("li.lm-Menu-item:has-text('Run All Cells')")
             page.wait_for_selector(".pktlab-packets", timeout=60_000)
             page.wait_for_selector("button:has-text('Pause')", timeout=60_000)
+            # the kernel's lab, entered from here (root) by path when an ordinary user's helper owns it
+            where = json.loads((root / "where.json").read_text())
+            server_ns, client_ns = lab_path(where, "server"), lab_path(where, "client")
+            assert (where["helper"] is not None) == (server_user() is not None), where
+            receiver = Receiver(server_ns)
 
             def packets() -> int:
                 return int(page.locator(".pktlab-packets").first.inner_text())
@@ -166,7 +179,7 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
                 """The texts of the packet table's visible cells (SlickGrid, inside BokehJS's shadow roots)."""
                 return page.locator(".slick-cell").all_inner_texts()
 
-            sender = Sender(lab.client.netns, lab.server.addr)
+            sender = Sender(client_ns, where["addr"])
             # the message tells apart: nothing sent (sender), sent but not queued (received directly), queued but
             # not shown (the page's counter), with the kernel's side (rule counters, bound queues). Loop run m17-3
             # and a full run on 2026-12-02 failed here with the counter at 0 and every datagram delivered: the view
@@ -175,7 +188,7 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
             assert wait_until(lambda: packets() >= 50, 20, 0.1), (
                 f"the dashboard's counter did not rise: page shows {packets()} read and {waiting()} waiting; "
                 f"{sender.sent} sent, {receiver.total} received by the server's socket; "
-                + queue_diagnostics(lab.server.netns)
+                + queue_diagnostics(server_ns)
             )
             first = packets()
             assert wait_until(lambda: len(table()) > 0, 20, 0.1), "the packet table shows no rows"
@@ -231,12 +244,12 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
             assert not broken, broken
             # and it is live: new traffic shows in the reloaded page
             shown = packets()
-            sender = Sender(lab.client.netns, lab.server.addr, limit=300)
+            sender = Sender(client_ns, where["addr"], limit=300)
             assert wait_until(lambda: packets() >= shown + 100, 20, 0.1), (
                 f"the reloaded dashboard does not update: shows {packets()}, had {shown}, {sender.sent} more sent"
             )
             page.screenshot(path=str(out / "5-reloaded.png"), full_page=True)
-            (out / "result.json").write_text(json.dumps({"sent": sent, "received": receiver.total}))
+            (out / "result.json").write_text(json.dumps({"sent": sent, "received": receiver.total, **where}))
         except BaseException:
             page.screenshot(path=str(out / "failure.png"), full_page=True)
             (out / "console.txt").write_text("\n".join(console))
@@ -244,5 +257,6 @@ def test_dashboard_and_controls_in_jupyterlab(lab: Lab, jupyterlab) -> None:  # 
         finally:
             if sender is not None:
                 sender.stop()
-            receiver.close()
+            if receiver is not None:
+                receiver.close()
             browser.close()
