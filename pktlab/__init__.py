@@ -17,7 +17,7 @@ Heavy libraries (pandas, scapy, bokeh, IPython) load only when used.
 from __future__ import annotations
 
 from . import datasets
-from .doctor import mode
+from .doctor import mode, privilege_mode
 from .errors import (
     CopyRangeError,
     FilterError,
@@ -113,6 +113,7 @@ __all__ = [
     "mac",
     "mode",
     "netpipe",
+    "privilege_mode",
     "queue_cost",
     "protocol",
     "protocols",

@@ -109,6 +109,14 @@ def mode() -> str:
     return "live"
 
 
+def privilege_mode() -> str | None:
+    """``"root"``, ``"userns"`` (an ordinary user: labs in user namespaces; no kernel tracepoints) or None (no
+    live mode); ``PKTLAB_PRIVILEGE`` forces one.  ``mode()`` says whether live mode works at all."""
+    from .kernel import privilege
+
+    return privilege.current().name
+
+
 def _privileges() -> str:
     from .kernel import privilege
 

@@ -8,8 +8,8 @@ mount namespaces:
 
 - as root it then drops to ``nobody`` with no capabilities and ``no_new_privs``;
   without root it runs in a new user namespace too, as the grader's own user with
-  no capabilities outside it (so files that user may write are not protected: grade
-  as root for that);
+  no capabilities outside it, and every mount it sees is read-only (the grader's
+  files are that user's: the solution may read them, but change none);
 - the assignments' grading folders (held-back captures, reference solutions) are
   covered by an empty tmpfs;
 - its network namespace is empty (loopback down): it reaches no network, and the
@@ -69,9 +69,14 @@ def _unshare_argv(hidden: Sequence[Path]) -> list[str]:
         drop[1:1] = [f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     # sh covers each hidden folder with an empty tmpfs, then becomes the sandbox's Python (-I: no user site,
     # no PYTHON* variables, no current directory on the path)
+    # without root the solution runs as the grader's own user (root of its user namespace): every mount it sees is
+    # made read-only, so that it can change none of that user's files either
+    readonly = "" if root else (
+        "awk '{print $2}' /proc/self/mounts | while read -r m; do mount -o remount,bind,ro \"$m\" 2>/dev/null; done; "
+    )
     script = (
         'for d in "$@"; do mount -t tmpfs -o size=4k,mode=0 pktlab-hidden "$d" || exit 97; done; '
-        f'exec {" ".join(drop)} -- "$PKTLAB_SANDBOX_PYTHON" -I -m pktlab.grading.sandbox'
+        f'{readonly}exec {" ".join(drop)} -- "$PKTLAB_SANDBOX_PYTHON" -I -m pktlab.grading.sandbox'
     )
     return ["unshare", *ns, "--", "sh", "-c", script, "sh", *[str(p) for p in hidden if p.is_dir()]]
 

@@ -107,10 +107,33 @@ def _sender(segment: int) -> socket.socket:
 
 def _parked() -> socket.socket:
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 30)
+    try:
+        rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 30)
+    except PermissionError:  # an ordinary user (user-namespace mode): as large as net.core.rmem_max allows
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 30)
     rx.bind(("0.0.0.0", PORT))
     rx.setblocking(False)
     return rx
+
+
+def _check_room(room: int) -> None:
+    """Refuse at once when the paused packets cannot wait in socket buffers this process may ask for.
+
+    Only root may force a socket buffer beyond ``net.core.rmem_max`` (SO_RCVBUFFORCE checks the
+    initial namespace); an ordinary user's sockets stop at twice that.
+    """
+    from ..kernel import privilege
+
+    if privilege.current().name == "root":
+        return
+    with open("/proc/sys/net/core/rmem_max") as f:
+        most = 2 * int(f.read())
+    if most < room:
+        raise LabError(
+            f"queue_cost holds its packets in socket buffers of {room:,} bytes, more than an ordinary user may ask "
+            f"for ({most:,}, twice net.core.rmem_max); measure as root, or have root raise it "
+            f"(sysctl -w net.core.rmem_max={room})"
+        )
 
 
 def _parked_count(rx: socket.socket) -> int:
@@ -149,10 +172,11 @@ def queue_cost(
         raise ValueError("repeats must be at least 2 (a confidence interval needs two runs)")
     per_packet: list[float] = []
     expected = count * (-(-size // segment) if segment else 1)
+    # room for every message while paused: the kernel queue and the socket they wait in
+    room = min(0x7FFFFFFF, max(8 << 20, count * (min(size + 28, copy_range or 65535) + 512) * 2))
+    _check_room(room)
     for _ in range(repeats):
         tx, rx = _sockets(lab, segment)
-        # room for every message while paused: the kernel queue and the socket they wait in
-        room = min(0x7FFFFFFF, max(8 << 20, count * (min(size + 28, copy_range or 65535) + 512) * 2))
         s = attach(1, rule=f"-p udp --dport {PORT}", netns=lab.server, copy=copy, copy_range=copy_range,
                    fail_open=False, deadline=None, max_len=count + 64, sock_bytes=room)  # fmt: skip
         try:

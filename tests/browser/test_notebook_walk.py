@@ -7,7 +7,8 @@ Bokeh figure drawn (a canvas in each plot view), and in 03-live-firewall the das
 showing the drops of the handler swapped in under traffic; and what each notebook printed, checked as
 the notebook tests check a live run (tests/notebooks/expected.py: with chromium here, this walk is the
 live run of the notebooks).  A screenshot per notebook, and one per figure, go to
-test-output/browser/walk/.  Live mode (root), with the notebook tests' reduced sizes.
+test-output/browser/walk/.  Live mode, with the notebook tests' reduced sizes; as a student on a hub: when
+the suite runs as root, JupyterLab runs as the ordinary user the set-up made (user-namespace mode).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from urllib.parse import urlparse
 import pytest
 
 from pktlab.lab.network import wait_until
-from tests.browser.conftest import jupyter_server, kernel_ready
+from tests.browser.conftest import jupyter_server, kernel_ready, server_user
 from tests.conftest import needs_live
 from tests.notebooks.expected import SMALL_COSTS, check_live_output
 
@@ -63,7 +64,7 @@ FIGURES_JS = """() => {
 def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("walk")
     shutil.copytree(REPO / "notebooks", root / "notebooks")
-    with jupyter_server("lab", root, env_extra={**SMALL, "PKTLAB_REPLAY": ""}) as s:
+    with jupyter_server("lab", root, env_extra={**SMALL, "PKTLAB_REPLAY": ""}, user=server_user()) as s:
         yield s
 
 

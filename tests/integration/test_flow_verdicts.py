@@ -93,7 +93,7 @@ def test_without_flow_verdicts_at_attach_the_kernel_takes_over_from_the_next_pac
         # each carried the mark again
         handlers = [e.handler for e in s.record.tail(100)]
         assert 1 <= len(handlers) <= 16 and handlers[0] == "decide"
-        assert set(handlers[1:]) == {"flow (decide)"}
+        assert set(handlers[1:]) <= {"flow (decide)"}
         assert len(s.flows_offloaded) == 1
         s.revoke_flows()
         assert s.flows_offloaded == []
