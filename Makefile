@@ -28,6 +28,7 @@ bench: setup
 	$(PY) bench/bench_dashboard.py
 	$(PY) bench/bench_replay.py
 	$(PY) bench/bench_tracing.py
+	$(PY) bench/bench_userns.py
 
 # JupyterLab from the project's venv on the notebooks, as an ordinary user (live through user namespaces;
 # root runs it as pktlab-student on a copy in that user's home); it prints the URL with its token

@@ -99,6 +99,27 @@ def helper_for_new_lab() -> UserRealm | None:
     return _REALMS.for_new_lab()
 
 
+def prestart_helper() -> None:
+    """In user-namespace mode, start this process's lab helper now, in the background.
+
+    The first lab then does not wait for it (a Python start and pktlab's import, ~0.3 s); a failure is
+    not lost: the first ``Lab()`` tries again and raises it.
+    """
+    from ..errors import PktlabError
+    from . import privilege
+
+    if privilege.current().name != "userns":
+        return
+
+    def start() -> None:
+        try:
+            _REALMS.for_new_lab()
+        except PktlabError:
+            pass
+
+    threading.Thread(target=start, name="pktlab-userns-prestart", daemon=True).start()
+
+
 def helper_pid(name: str) -> int | None:
     """The PID of the helper that owns namespace ``name`` (None: a root-mode namespace)."""
     realm = _REALMS.of(name)

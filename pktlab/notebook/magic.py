@@ -492,9 +492,12 @@ def _make_magics_class() -> Any:
 
 
 def load(ipython: Any) -> None:
+    from ..kernel import netns
+
     magics = _make_magics_class()(ipython)
     ipython.register_magics(magics)
     ipython._pktlab_magics = magics
+    netns.prestart_helper()  # an ordinary user's first `%pktlab lab up` does not wait for the lab helper
 
 
 def unload(ipython: Any) -> None:
