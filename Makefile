@@ -17,7 +17,7 @@ lint: setup
 # the browser and notebook runs take that user's place themselves (they start Jupyter as an ordinary user)
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
-	bash scripts/test_as_user.sh pktlab-student --durations=10 tests --ignore=tests/browser --ignore=tests/notebooks
+	bash scripts/test_as_user.sh pktlab-student -rs --durations=10 tests --ignore=tests/browser --ignore=tests/notebooks
 
 bench: setup
 	$(PY) bench/bench_queue.py

@@ -26,6 +26,16 @@ def _is_live() -> bool:
 
 # what only root can do: kernel tracepoints (pktlab.trace's kernel times, pktlab.drops), the host's namespace
 needs_root = pytest.mark.skipif(not _is_root(), reason="needs root: kernel tracepoints or the host's own namespace")
+
+
+def root_only(why: str) -> pytest.MarkDecorator:
+    """Skip outside root mode, saying why: what only root mode has, or what only root can set up for a test."""
+    return pytest.mark.skipif(not _is_root(), reason=f"root mode only: {why}")
+
+
+# a lab and a reader in different processes: root mode's shared /var/run/netns; an ordinary user's labs end
+# with their process (tests/integration/test_userns.py kills one and checks nothing is left)
+other_process = root_only("another process's lab (an ordinary user's labs end with their process: test_userns.py)")
 # everything live: labs, queues, rules, in either privilege mode
 needs_live = pytest.mark.skipif(not _is_live(), reason="no live mode here (neither root nor user namespaces)")
 

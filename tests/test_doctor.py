@@ -11,7 +11,7 @@ import pytest
 
 from pktlab import doctor
 from pktlab.kernel import netns, privilege
-from tests.conftest import needs_live, needs_root, pktlab_rules
+from tests.conftest import needs_live, needs_root, pktlab_rules, root_only
 
 pytestmark = needs_live
 
@@ -40,7 +40,7 @@ def test_pktlab_replay_forces_replay_mode_on_a_live_machine(monkeypatch: pytest.
     assert doctor.mode() == "replay"
 
 
-@needs_root
+@root_only("takes CAP_NET_ADMIN away to show the doctor without it")
 def test_without_cap_net_admin_doctor_takes_user_namespaces_or_says_replay_only_and_why() -> None:
     # root without CAP_NET_ADMIN (the capability removed from the bounding set, as in a container): user namespaces
     out = subprocess.run(
@@ -101,7 +101,7 @@ def test_doctor_clean_removes_only_dead_processes_leftovers() -> None:
         subprocess.run(["iptables", "-D", *rule], capture_output=True)
 
 
-@needs_root  # to become another user
+@root_only("becomes another user to show the doctor without privileges")
 def test_doctor_without_privileges_names_the_fix(tmp_path) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is needed to drop privileges")

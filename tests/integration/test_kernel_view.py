@@ -9,7 +9,7 @@ import pytest
 import pktlab
 from pktlab import FilterError, Lab
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_live, needs_root, pktlab_rules
+from tests.conftest import needs_live, other_process, pktlab_rules
 
 pytestmark = needs_live
 
@@ -104,7 +104,7 @@ def test_offloaded_mark_goes_on_to_the_queue(lab: Lab, queue_num: int) -> None:
         s.detach()
 
 
-@needs_root  # another process attaching in this lab: root mode's shared namespaces (an ordinary user's are per process)
+@other_process
 def test_offload_rules_of_a_killed_process_are_swept(lab: Lab, queue_num: int) -> None:
     import os
     import signal

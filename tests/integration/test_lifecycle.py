@@ -10,7 +10,7 @@ import pktlab
 from pktlab import Lab, TeardownError
 from pktlab.kernel import netns
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_live, needs_root, pktlab_rules
+from tests.conftest import needs_live, other_process, pktlab_rules
 
 pytestmark = needs_live
 
@@ -157,7 +157,7 @@ def test_ctrl_c_during_a_flow_stops_its_programs(lab: Lab) -> None:
     assert lab.udp(10).unique == 10  # the port is free again: running the cell again works
 
 
-@needs_root  # root mode's sweeping; in user-namespace mode the helper cleans up itself (test_userns.py)
+@other_process
 def test_cleaning_kills_what_a_killed_process_left_running_in_its_lab(tmp_path) -> None:
     import subprocess
     import sys

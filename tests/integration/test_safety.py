@@ -8,7 +8,7 @@ import time
 import pktlab
 from pktlab import Lab
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_live, needs_root, pktlab_rules, read_every_view
+from tests.conftest import needs_live, other_process, pktlab_rules, read_every_view
 
 pytestmark = needs_live
 
@@ -93,7 +93,7 @@ def test_whole_packets_beyond_4016_bytes_are_copied(lab: Lab, queue_num: int) ->
         s.detach()
 
 
-@needs_root  # a reader in another process than its lab: root mode (an ordinary user's lab ends with its kernel)
+@other_process
 def test_kill_9_of_the_reader_process_leaves_traffic_flowing(lab: Lab, queue_num: int, tmp_path) -> None:
     import os
     import signal

@@ -12,7 +12,7 @@ import pktlab
 from pktlab import Lab
 from pktlab.kernel import netns
 from pktlab.lab.network import wait_until
-from tests.conftest import needs_live, needs_root, pktlab_rules
+from tests.conftest import needs_live, needs_root, other_process, pktlab_rules, root_only
 
 pytestmark = needs_live
 
@@ -392,7 +392,7 @@ def test_interpreter_exit_tears_down_labs_and_sessions(tmp_path) -> None:
     assert ns.startswith("pktlab-") and ns not in netns.list_names()
 
 
-@needs_root  # root mode's sweeping; an ordinary user's labs end with their helper (test_userns.py)
+@other_process
 def test_killed_process_leftovers_are_swept_by_the_next_lab(tmp_path) -> None:
     import subprocess
     import sys
@@ -412,7 +412,7 @@ def test_killed_process_leftovers_are_swept_by_the_next_lab(tmp_path) -> None:
         assert ns not in netns.list_names()
 
 
-@needs_root  # to drop privileges
+@root_only("drops privileges to show the error without them")
 def test_no_privileges_is_one_clear_sentence(tmp_path) -> None:
     import shutil
     import subprocess

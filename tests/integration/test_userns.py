@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import needs_root
+from tests.conftest import root_only
 
 PROGRAM = Path(__file__).with_name("student_program.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def _processes_of(uid: int) -> list[int]:
     return out
 
 
-@needs_root
+@root_only("switches to two ordinary users (they run in user-namespace mode)")
 def test_two_ordinary_users_each_see_only_their_own_lab_and_the_host_network_does_not_change() -> None:
     for s in STUDENTS:
         _user(s)
@@ -105,7 +105,7 @@ def test_two_ordinary_users_each_see_only_their_own_lab_and_the_host_network_doe
     assert _host_network() == before
 
 
-@needs_root
+@root_only("switches to two ordinary users (they run in user-namespace mode)")
 def test_killing_an_ordinary_users_kernel_mid_traffic_leaves_nothing() -> None:
     u = _user(STUDENTS[1])
     _readable_by_students()

@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.conftest import needs_root
+from tests.conftest import root_only
 
 ROOT = Path(__file__).parents[2]
 
@@ -21,7 +21,7 @@ def test_runtime_pins_a_python_pyproject_accepts() -> None:
     assert m and need and int(m.group(1)) >= int(need.group(1)), f"binder/runtime.txt {pin!r} vs requires-python {req}"
 
 
-@needs_root  # to switch to the unprivileged user; the notebooks then run without any privilege
+@root_only("switches to the unprivileged user nobody; the notebooks then run without any privilege")
 def test_postbuild_then_every_notebook_in_replay_mode_as_nobody() -> None:
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "binder_check.sh")], capture_output=True, text=True, timeout=1200, check=False
