@@ -7,7 +7,8 @@ works as root too; the same code path an ordinary user takes).  Per round and mo
   ``BENCH_PRESTART=1``: started a second before, as ``%load_ext pktlab`` does), then the median of 5
   more pair labs and of 3 router labs;
 * UDP 64 B at full speed (iperf3, 3 s) through the server's INPUT queue, datagrams/s received: (b) no
-  handler, (c) a handler reading ``udp.dport``, (f) a handler rewriting ``ip.ttl`` (bench_queue's
+  handler, (c) a handler reading ``udp.dport``, (d) one reading ``ip.src``, ``ip.dst`` and ``udp.dport``,
+  (e) the same through scapy, (f) a handler rewriting ``ip.ttl`` (bench_queue's
   configurations, measured with traffic instead of its drain: the drain needs socket buffers of
   hundreds of MB, which an ordinary user cannot have);
 * TCP (iperf3, 3 s, GSO packets whole) through a router's FORWARD queue, Gbit/s: (a) a handler reading
@@ -68,14 +69,28 @@ def _one() -> dict[str, float]:
         with pktlab.Lab("router"):
             router.append(time.perf_counter() - t)
     out["pair_lab_s"], out["router_lab_s"] = statistics.median(pair), statistics.median(router)
+    seen: list[Any] = [None]
+
+    def views_read(pkt: Any) -> None:
+        seen[0] = (pkt.ip.src, pkt.ip.dst, pkt.udp.dport)
+
+    def scapy_read(pkt: Any) -> None:
+        from scapy.layers.inet import IP
+
+        p = IP(bytes(pkt))
+        seen[0] = (p.src, p.dst, p.dport)
+
     udp_handlers = {
         "udp64_b_none_pps": None,
         "udp64_c_read_pps": lambda pkt: pkt.udp.dport and None,
+        "udp64_d_views_pps": views_read,
+        "udp64_e_scapy_pps": scapy_read,
         "udp64_f_rewrite_pps": lambda pkt: setattr(pkt.ip, "ttl", 33),
     }
     with pktlab.Lab() as lab:
         for i, (key, fn) in enumerate(udp_handlers.items()):
-            with pktlab.attach(1 + i, rule="-p udp --dport 5201", netns=lab.server) as s:
+            deadline = None if key.startswith("udp64_e") else 0.5  # scapy's first parse imports a lot
+            with pktlab.attach(1 + i, rule="-p udp --dport 5201", netns=lab.server, deadline=deadline) as s:
                 if fn is not None:
                     s.add_handler(fn, "h")
                 out[key] = iperf_udp64(lab, 5201, 3.0)[0]
