@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
@@ -37,20 +39,42 @@ def namespace_ids() -> set[tuple[int, int]]:
 
 
 def kill_in_namespaces(sig: int = signal.SIGKILL) -> int:
-    """Send ``sig`` to every process whose network namespace is one of the helper's; how many."""
+    """Send ``sig`` to every process in one of the helper's network namespaces or in its user namespace; how many.
+
+    The user namespace catches a program on its way in (``nsenter`` has entered it, ``ip netns exec`` has
+    not yet entered the host).
+    """
     ids = namespace_ids()
+    me = os.stat("/proc/self/ns/user")
     n = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         if int(pid) == os.getpid():
             continue
         try:
-            st = os.stat(f"/proc/{pid}/ns/net")
-            if (st.st_dev, st.st_ino) in ids:
+            net = os.stat(f"/proc/{pid}/ns/net")
+            user = os.stat(f"/proc/{pid}/ns/user")
+            if (net.st_dev, net.st_ino) in ids or (user.st_dev, user.st_ino) == (me.st_dev, me.st_ino):
                 os.kill(int(pid), sig)
                 n += 1
         except OSError:  # ended meanwhile, or not ours
             continue
     return n
+
+
+def kill_until_quiet(quiet: float = 0.3, most: float = 3.0) -> None:
+    """Kill what runs in the helper's namespaces until none has been seen for ``quiet`` s (at most ``most`` s).
+
+    A program the notebook kernel started just before it died may still be inside ``nsenter`` (it holds the
+    namespaces open and enters them a moment later): scanning once would miss it.
+    """
+    end = time.monotonic() + most
+    calm_since = time.monotonic()
+    while time.monotonic() < end:
+        if kill_in_namespaces():
+            calm_since = time.monotonic()
+        elif time.monotonic() - calm_since >= quiet:
+            return
+        time.sleep(0.02)
 
 
 def _names(path: str) -> list[str]:
@@ -64,7 +88,9 @@ def _serve(sock: socket.socket) -> None:
     from . import netns
     from .userns import recv_msg, send_msg, take_sockets
 
-    while True:
+    while not _TERM:
+        if not select.select([sock], [], [], 0.5)[0]:
+            continue
         got = recv_msg(sock)
         if got is None:
             return
@@ -111,8 +137,11 @@ def _close_sockets(value: Any) -> None:
             _close_sockets(v)
 
 
+_TERM: list[int] = []  # the parent-death signal came: serve no more (a flag, so that it never cuts the cleanup short)
+
+
 def _on_term(signum: int, frame: Any) -> None:
-    raise SystemExit(0)
+    _TERM.append(signum)
 
 
 def main(argv: list[str]) -> int:
@@ -133,7 +162,7 @@ def main(argv: list[str]) -> int:
     try:
         _serve(sock)
     finally:
-        kill_in_namespaces()
+        kill_until_quiet()
     return 0
 
 
