@@ -6,7 +6,8 @@ works as root too; the same code path an ordinary user takes).  Per round and mo
 * lab start: the first ``Lab()`` of the process (in user-namespace mode it starts the lab helper, unless
   ``BENCH_PRESTART=1``: started a second before, as ``%load_ext pktlab`` does), then the median of 5
   more pair labs and of 3 router labs;
-* UDP 64 B at full speed (iperf3, 3 s) through the server's INPUT queue, datagrams/s received: (b) no
+* UDP 64 B at full speed (iperf3, 3 s) through the server's INPUT queue, datagrams/s the reader took and
+  datagrams/s received (the queue is fail-open: what the reader cannot take passes unseen): (b) no
   handler, (c) a handler reading ``udp.dport``, (d) one reading ``ip.src``, ``ip.dst`` and ``udp.dport``,
   (e) the same through scapy, (f) a handler rewriting ``ip.ttl`` (bench_queue's
   configurations, measured with traffic instead of its drain: the drain needs socket buffers of
@@ -93,7 +94,9 @@ def _one() -> dict[str, float]:
             with pktlab.attach(1 + i, rule="-p udp --dport 5201", netns=lab.server, deadline=deadline) as s:
                 if fn is not None:
                     s.add_handler(fn, "h")
-                out[key] = iperf_udp64(lab, 5201, 3.0)[0]
+                out[key.replace("_pps", "_received_pps")] = iperf_udp64(lab, 5201, 3.0)[0]
+                # what the reader took (the rest passed unseen, fail-open): its own rate, the path's cost
+                out[key.replace("_pps", "_reader_pps")] = s.status().packets / 3.0
     tcp_handlers = {
         "tcp_a_read_gbps": lambda pkt: pkt.tcp.dport and None,
         "tcp_rewrite_gbps": lambda pkt: setattr(pkt.ip, "ttl", 33),
