@@ -136,11 +136,6 @@ def queue_may_rewrite(name: str | None) -> bool:
     return _REALMS.of(name) is None
 
 
-def close_helpers() -> None:
-    """End this process's lab helper (its namespaces and what runs in them go with it)."""
-    _REALMS.close()
-
-
 def call_in_helper(realm: UserRealm | None, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` where ``realm``'s namespaces are made: in its helper, or (None) in a thread of this process."""
     return in_thread(fn, *args) if realm is None else realm.call(None, fn, *args)

@@ -20,7 +20,6 @@ signal; either way it kills what runs in its namespaces first, so the namespaces
 
 from __future__ import annotations
 
-import itertools
 import os
 import pickle
 import queue
@@ -144,7 +143,6 @@ class _Spawner:
 
 
 _SPAWNER = _Spawner()
-_SEQ = itertools.count(1)
 
 
 class UserRealm:
@@ -185,7 +183,6 @@ class UserRealm:
                 f"({err.splitlines()[-1] if err else 'no output'}); run `pktlab doctor` to see why"
             )
         self.pid = self.proc.pid
-        self.serial = next(_SEQ)
 
     # -- life -------------------------------------------------------------------------------------------------
     @property
