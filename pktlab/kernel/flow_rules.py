@@ -247,21 +247,20 @@ def _clear_accepted(accept_bit: int, which: set[tuple[int, str, int | None, str,
     for family in (socket.AF_INET, socket.AF_INET6):
         ct = NFCTSocket(nfgen_family=family)
         try:
-            for bit in (accept_bit,):
-                for m in list(ct.dump(mark=bit, mark_mask=bit)):
-                    f = _flow(m, "")
-                    if which is not None and (f.proto, f.src, f.sport, f.dst, f.dport) not in which:
-                        continue
-                    tup = NFCTAttrTuple.from_netlink(family, m.get_attr("CTA_TUPLE_ORIG"))
-                    mark = (m.get_attr("CTA_MARK") or 0) & ~ALL_BITS
-                    try:
-                        if f.proto in (6, 17):
-                            ct.entry("set", mark=mark, tuple_orig=tup)
-                        else:  # ctnetlink finds ICMP entries by fields pyroute2's tuple lacks: forget the entry
-                            ct.entry("del", tuple_orig=tup)
-                        n += 1
-                    except Exception:  # the connection ended meanwhile: nothing to clear
-                        continue
+            for m in list(ct.dump(mark=accept_bit, mark_mask=accept_bit)):
+                f = _flow(m, "")
+                if which is not None and (f.proto, f.src, f.sport, f.dst, f.dport) not in which:
+                    continue
+                tup = NFCTAttrTuple.from_netlink(family, m.get_attr("CTA_TUPLE_ORIG"))
+                mark = (m.get_attr("CTA_MARK") or 0) & ~ALL_BITS
+                try:
+                    if f.proto in (6, 17):
+                        ct.entry("set", mark=mark, tuple_orig=tup)
+                    else:  # ctnetlink finds ICMP entries by fields pyroute2's tuple lacks: forget the entry
+                        ct.entry("del", tuple_orig=tup)
+                    n += 1
+                except Exception:  # the connection ended meanwhile: nothing to clear
+                    continue
         finally:
             ct.close()
     return n

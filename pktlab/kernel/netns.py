@@ -143,10 +143,9 @@ def call_in_helper(realm: UserRealm | None, fn: Callable[..., T], *args: Any) ->
 
 def create(name: str, realm: UserRealm | None) -> None:
     """Make the network namespace ``name`` (in ``realm``'s helper, or under /var/run/netns)."""
+    call_in_helper(realm, create_here, name)
     if realm is None:
-        in_thread(create_here, name)
         return
-    realm.call(None, create_here, name)
     with _REALMS.lock:
         _REALMS.owner[name] = realm
         realm.names.add(name)

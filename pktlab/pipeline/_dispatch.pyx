@@ -30,6 +30,7 @@ from pktlab.pipeline._capture cimport CapturedPacket
 from pktlab.pipeline._ring cimport Ring
 from pktlab.pipeline.seqadj import SeqAdjError, SeqAdjWait
 from pktlab.packet.verdicts import ACCEPT, DROP
+from pktlab.errors import SessionError
 
 cdef extern from "<arpa/inet.h>":
     unsigned int htonl(unsigned int)
@@ -520,6 +521,11 @@ cdef class Dispatcher:
         if pkt._modified and pkt._dirty:
             fix_packet(pkt)
         if code == NF_REPEAT:
+            if pkt._modified and self.reinject is not None:
+                raise SessionError(
+                    "a rewritten packet cannot be repeated here: the kernel refuses a queue's new payloads in a lab "
+                    "of user-namespace mode; accept it (pktlab then sends it from the host), or repeat it unchanged"
+                )
             if pkt._mark is not None:
                 nf.set_mark(pkt._mark)
             if pkt._modified:

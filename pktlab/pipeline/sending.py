@@ -79,18 +79,17 @@ def reinjector(raw: Any) -> Callable[[bytes, int | None], None]:
     from ..packet.segments import tcp_segments
 
     def send(data: bytes, mark: int | None) -> None:
-        if len(data) > 1280:  # the smallest MTU of an IPv6 link: shorter packets fit any route
-            mtu = raw.path_mtu(data)
-            if len(data) > mtu:
-                proto = data[9] if data[0] >> 4 == 4 else data[6]
-                if proto != 6:
-                    raise SendError(
-                        f"the rewritten {len(data):,}-byte GSO packet is longer than its route's MTU ({mtu}) and only "
-                        "TCP can be cut into segments here; attach with gso=False (--no-gso) to rewrite it"
-                    )
-                for segment in tcp_segments(data, mtu):
-                    raw.send(segment, mark)
-                return
-        raw.send(data, mark)
+        mtu = raw.path_mtu(data)  # cached per destination
+        if len(data) <= mtu:
+            raw.send(data, mark)
+            return
+        proto = data[9] if data[0] >> 4 == 4 else data[6]
+        if proto != 6:
+            raise SendError(
+                f"the rewritten {len(data):,}-byte GSO packet is longer than its route's MTU ({mtu}) and only "
+                "TCP can be cut into segments here; attach with gso=False (--no-gso) to rewrite it"
+            )
+        for segment in tcp_segments(data, mtu):
+            raw.send(segment, mark)
 
     return send

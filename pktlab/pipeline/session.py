@@ -81,6 +81,7 @@ class Status:
     rate_pps: float
     last_errors: list[HandlerFailure] = field(default_factory=list)
     internal_errors: int = 0
+    last_internal_error: str | None = None  # the newest one's reason
     rule_hits: int = 0
     passed_unseen: int = 0
     enobufs: int = 0
@@ -178,7 +179,8 @@ class Status:
         for f in self.last_errors:
             out.append(f"  error: {f}")
         if self.internal_errors:
-            out.append(f"  pktlab internal errors: {self.internal_errors}")
+            last = f" (the last: {self.last_internal_error})" if self.last_internal_error else ""
+            out.append(f"  pktlab internal errors: {self.internal_errors}{last}")
         return out
 
     def __str__(self) -> str:
@@ -821,6 +823,7 @@ class Session(ChainOwner):
             rate_pps=self.rate(),
             last_errors=self.errors[-3:],
             internal_errors=self.source.internal_errors + self._dispatch.internal_errors,
+            last_internal_error=self._dispatch.last_internal_error or self.source.last_internal_error,
             rule_hits=hits,
             passed_unseen=unseen,
             enobufs=self.source.enobufs,
@@ -855,6 +858,7 @@ class Session(ChainOwner):
             rate_pps=self.rate(),
             last_errors=self.errors[-3:],
             internal_errors=src.internal_errors + self._dispatch.internal_errors,
+            last_internal_error=self._dispatch.last_internal_error or src.last_internal_error,
             passed_unseen=src.unseen,
             stuck=[(h.name, time.time() - (h.stuck_since or time.time()), h.rescued) for h in self.chain.stuck],
             rescued=self._dispatch.rescued,

@@ -10,7 +10,7 @@ import pytest
 
 import pktlab
 from pktlab import Lab
-from pktlab.kernel import netns
+from pktlab.kernel import netns, privilege
 from pktlab.lab.network import wait_until
 from tests.conftest import needs_live, needs_root, other_process, pktlab_rules, root_only
 
@@ -452,6 +452,27 @@ def test_repeat_reinjects_and_a_mark_ends_the_loop(lab: Lab, queue_num: int) -> 
         assert s.record.counts[pktlab.REPEAT] == 30 and s.record.n == 30
     finally:
         s.detach()
+
+
+def test_a_rewritten_packet_repeated_goes_round_again_or_is_refused_with_the_reason(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000 -m mark ! --mark 5", netns=lab.server)
+    try:
+
+        @s.handler
+        def again(pkt):
+            pkt.udp.payload = pkt.udp.payload[:4] + b"PKTL"
+            return pkt.repeat(mark=5)
+
+        r = lab.udp(5, size=8, keep=5)
+        status = s.status()
+    finally:
+        s.detach()
+    assert r.unique == 5
+    if privilege.current().name == "root":  # the kernel takes the new payload with the repeat
+        assert all(p[4:] == b"PKTL" for p in r.payloads) and status.internal_errors == 0
+    else:  # it would drop it: pktlab refuses, and the packet gets the error verdict (accept), unchanged
+        assert all(p[4:] == bytes(4) for p in r.payloads) and status.internal_errors == 5
+        assert "a rewritten packet cannot be repeated here" in "\n".join(status.lines())
 
 
 def test_ipv6_udp_rewrite_through_the_queue(lab: Lab, queue_num: int) -> None:
