@@ -1,7 +1,8 @@
 """Builds the compiled parts; everything else is in pyproject.toml.
 
 Each sits beside what it speeds up, one job each: the queue reader
-(``kernel/_reader``), the packet core and view fields (``packet/_core``), the
+(``kernel/_reader``), the raw sender (``kernel/_resend``: replies and re-sent
+rewrites), the packet core and view fields (``packet/_core``), the
 record ring (``pipeline/_ring``), the capture source (``pipeline/_capture``:
 libpcap), the dispatcher (``pipeline/_dispatch``) and NetPIPE's timed loops
 (``measure/_pingpong``).  The reader, the dispatcher and the capture source
@@ -25,6 +26,7 @@ setup(
     ext_modules=cythonize(
         [
             ext("kernel/_reader", ("netfilter_queue",)),
+            ext("kernel/_resend"),
             ext("packet/_core"),
             ext("pipeline/_ring"),
             ext("pipeline/_capture", ("pcap",)),
@@ -34,5 +36,5 @@ setup(
         compiler_directives={"language_level": "3"},
         nthreads=os.cpu_count() or 1,
     ),
-    options={"build_ext": {"parallel": os.cpu_count() or 1}},  # the six C files compile side by side
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},  # the seven C files compile side by side
 )

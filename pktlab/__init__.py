@@ -16,46 +16,119 @@ Heavy libraries (pandas, scapy, bokeh, IPython) load only when used.
 
 from __future__ import annotations
 
-from . import datasets
-from .doctor import mode, privilege_mode
-from .errors import (
-    CopyRangeError,
-    FilterError,
-    HandlerError,
-    LabError,
-    MissingToolError,
-    PacketFormatError,
-    PktlabError,
-    PrivilegeError,
-    QueueBusyError,
-    RuleError,
-    SendError,
-    SessionError,
-    TeardownError,
-)
-from .kernel import bpf
-from .kernel.bpf import BpfProgram
-from .kernel.offload import Offload
-from .lab.conditions import Conditions, Link
-from .lab.network import Host, Lab, PingResult, UdpFlow, UdpResult
-from .measure.copy_cost import queue_cost
-from .measure.drops import Drop, Drops, DropWatch, drops
-from .measure.netpipe import NetpipeResult, netpipe
-from .measure.tftp_cache import TftpCache
-from .measure.timeline import Trace
-from .measure.tracer import Tracer, trace
-from .packet.model import Packet, SkbInfo
-from .packet.user_protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
-from .packet.user_protocols import registry as protocols
-from .packet.verdicts import ACCEPT, DROP, REPEAT, Verdict
-from .pipeline.flows import Flow
-from .pipeline.handlers import Handler, HandlerFailure
-from .pipeline.record import Entry, Record
-from .pipeline.replay import ReplaySession, replay
-from .pipeline.seqadj import SeqAdjError
-from .pipeline.session import Session, Status, attach
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import datasets
+    from .doctor import mode, privilege_mode
+    from .errors import (
+        CopyRangeError,
+        FilterError,
+        HandlerError,
+        LabError,
+        MissingToolError,
+        PacketFormatError,
+        PktlabError,
+        PrivilegeError,
+        QueueBusyError,
+        RuleError,
+        SendError,
+        SessionError,
+        TeardownError,
+    )
+    from .kernel import bpf
+    from .kernel.bpf import BpfProgram
+    from .kernel.offload import Offload
+    from .lab.conditions import Conditions, Link
+    from .lab.network import Host, Lab, PingResult, UdpFlow, UdpResult
+    from .measure.copy_cost import queue_cost
+    from .measure.drops import Drop, Drops, DropWatch, drops
+    from .measure.netpipe import NetpipeResult, netpipe
+    from .measure.tftp_cache import TftpCache
+    from .measure.timeline import Trace
+    from .measure.tracer import Tracer, trace
+    from .packet.model import Packet, SkbInfo
+    from .packet.user_protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
+    from .packet.user_protocols import registry as protocols
+    from .packet.verdicts import ACCEPT, DROP, REPEAT, Verdict
+    from .pipeline.flows import Flow
+    from .pipeline.handlers import Handler, HandlerFailure
+    from .pipeline.record import Entry, Record
+    from .pipeline.replay import ReplaySession, replay
+    from .pipeline.seqadj import SeqAdjError
+    from .pipeline.session import Session, Status, attach
 
 __version__ = "0.1.0"
+
+# name -> (module, attribute; None: the module itself).  Loaded at first use (PEP 562), so that
+# importing one part of pktlab (a lab helper, a traffic program) does not import every other part.
+_EXPORTS: dict[str, tuple[str, str | None]] = {
+    "datasets": (".datasets", None),
+    "mode": (".doctor", "mode"),
+    "privilege_mode": (".doctor", "privilege_mode"),
+    "CopyRangeError": (".errors", "CopyRangeError"),
+    "FilterError": (".errors", "FilterError"),
+    "HandlerError": (".errors", "HandlerError"),
+    "LabError": (".errors", "LabError"),
+    "MissingToolError": (".errors", "MissingToolError"),
+    "PacketFormatError": (".errors", "PacketFormatError"),
+    "PktlabError": (".errors", "PktlabError"),
+    "PrivilegeError": (".errors", "PrivilegeError"),
+    "QueueBusyError": (".errors", "QueueBusyError"),
+    "RuleError": (".errors", "RuleError"),
+    "SendError": (".errors", "SendError"),
+    "SessionError": (".errors", "SessionError"),
+    "TeardownError": (".errors", "TeardownError"),
+    "bpf": (".kernel.bpf", None),
+    "BpfProgram": (".kernel.bpf", "BpfProgram"),
+    "Offload": (".kernel.offload", "Offload"),
+    "Conditions": (".lab.conditions", "Conditions"),
+    "Link": (".lab.conditions", "Link"),
+    "Host": (".lab.network", "Host"),
+    "Lab": (".lab.network", "Lab"),
+    "PingResult": (".lab.network", "PingResult"),
+    "UdpFlow": (".lab.network", "UdpFlow"),
+    "UdpResult": (".lab.network", "UdpResult"),
+    "queue_cost": (".measure.copy_cost", "queue_cost"),
+    "Drop": (".measure.drops", "Drop"),
+    "Drops": (".measure.drops", "Drops"),
+    "DropWatch": (".measure.drops", "DropWatch"),
+    "drops": (".measure.drops", "drops"),
+    "NetpipeResult": (".measure.netpipe", "NetpipeResult"),
+    "netpipe": (".measure.netpipe", "netpipe"),
+    "TftpCache": (".measure.tftp_cache", "TftpCache"),
+    "Trace": (".measure.timeline", "Trace"),
+    "Tracer": (".measure.tracer", "Tracer"),
+    "trace": (".measure.tracer", "trace"),
+    "Packet": (".packet.model", "Packet"),
+    "SkbInfo": (".packet.model", "SkbInfo"),
+    "addr4": (".packet.user_protocols", "addr4"),
+    "addr6": (".packet.user_protocols", "addr6"),
+    "bits": (".packet.user_protocols", "bits"),
+    "mac": (".packet.user_protocols", "mac"),
+    "protocol": (".packet.user_protocols", "protocol"),
+    "raw": (".packet.user_protocols", "raw"),
+    "text": (".packet.user_protocols", "text"),
+    "uint": (".packet.user_protocols", "uint"),
+    "varbytes": (".packet.user_protocols", "varbytes"),
+    "protocols": (".packet.user_protocols", "registry"),
+    "ACCEPT": (".packet.verdicts", "ACCEPT"),
+    "DROP": (".packet.verdicts", "DROP"),
+    "REPEAT": (".packet.verdicts", "REPEAT"),
+    "Verdict": (".packet.verdicts", "Verdict"),
+    "Flow": (".pipeline.flows", "Flow"),
+    "Handler": (".pipeline.handlers", "Handler"),
+    "HandlerFailure": (".pipeline.handlers", "HandlerFailure"),
+    "Entry": (".pipeline.record", "Entry"),
+    "Record": (".pipeline.record", "Record"),
+    "ReplaySession": (".pipeline.replay", "ReplaySession"),
+    "replay": (".pipeline.replay", "replay"),
+    "SeqAdjError": (".pipeline.seqadj", "SeqAdjError"),
+    "Session": (".pipeline.session", "Session"),
+    "Status": (".pipeline.session", "Status"),
+    "attach": (".pipeline.session", "attach"),
+}
 
 __all__ = [
     "ACCEPT",
@@ -140,3 +213,20 @@ def unload_ipython_extension(ipython: object) -> None:
     from .notebook.magic import unload
 
     unload(ipython)
+
+
+def __getattr__(name: str) -> Any:
+    """The public name ``name``, imported from its module at first use."""
+    try:
+        module, attribute = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'pktlab' has no attribute {name!r}") from None
+    value = importlib.import_module(module, __name__)
+    if attribute is not None:
+        value = getattr(value, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

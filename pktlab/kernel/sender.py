@@ -12,11 +12,13 @@ its queue.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import threading
 
 from ..errors import SendError
 from . import netns
+from ._resend import Resender
 
 SENT_MARK = 0x20000000  # one bit of skb->mark: "sent by pktlab", skipped by pktlab's queue rules
 SO_MARK = getattr(socket, "SO_MARK", 36)
@@ -52,6 +54,7 @@ class RawSender:
         self._socks: dict[int, socket.socket] = {}
         self._mtus: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._resender = Resender(self, SENT_MARK)
 
     def _socket(self, version: int) -> socket.socket:
         s = self._socks.get(version)
@@ -92,36 +95,35 @@ class RawSender:
     def _where(self) -> str:
         return f"namespace {self.netns}" if self.netns else "the host namespace"
 
+    def fileno(self, version: int) -> int:
+        """The raw IPv4 or IPv6 socket's descriptor (opened at the first call)."""
+        return self._socket(version).fileno()
+
+    def failure(self, err: int, data: bytes) -> SendError:
+        """The error for a send of the IP packet ``data`` that failed with ``err``, naming the cause."""
+        version = data[0] >> 4
+        dst = socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6,
+                               data[16:20] if version == 4 else data[24:40])  # fmt: skip
+        why = _REASONS.get(err)
+        text = why.format(dst=dst, where=self._where(), size=len(data)) if why else os.strerror(err)
+        return SendError(f"the packet to {dst} was not sent: {text}")
+
+    @property
+    def resender(self) -> Resender:
+        """What re-sends rewritten packets (``Dispatcher.reinject``): a GSO TCP packet is cut into segments."""
+        return self._resender
+
     def send(self, data: bytes, mark: int | None = None) -> None:
         """Send the IP packet ``data`` (checked and checksummed by the caller); raise SendError with the cause.
 
         ``mark``: the packet leaves with this mark (pktlab's sent bit added), as a verdict's mark would.
+        A packet longer than its route's MTU is refused.
         """
-        version = data[0] >> 4
-        if version == 4:
-            dst = socket.inet_ntop(socket.AF_INET, data[16:20])
-            addr: tuple = (dst, 0)
-        else:
-            dst = socket.inet_ntop(socket.AF_INET6, data[24:40])
-            addr = (dst, 0, 0, 0)
-        s = self._socket(version)
-        try:
-            if mark is None:
-                s.sendto(data, addr)
-            else:
-                with self._lock:
-                    s.setsockopt(socket.SOL_SOCKET, SO_MARK, (mark | SENT_MARK) & 0xFFFFFFFF)
-                    try:
-                        s.sendto(data, addr)
-                    finally:
-                        s.setsockopt(socket.SOL_SOCKET, SO_MARK, SENT_MARK)
-        except OSError as exc:
-            why = _REASONS.get(exc.errno or 0)
-            text = why.format(dst=dst, where=self._where(), size=len(data)) if why else f"{exc.strerror}"
-            raise SendError(f"the packet to {dst} was not sent: {text}") from None
+        self._resender.send(bytes(data), mark, False)
 
     def close(self) -> None:
         with self._lock:
+            self._resender.forget()
             for s in self._socks.values():
                 s.close()
             self._socks.clear()

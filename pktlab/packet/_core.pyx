@@ -77,59 +77,6 @@ def too_big(Py_ssize_t size, bint gso=False):
     )
 
 
-cdef unsigned short _ONE = 1
-cdef bint _LITTLE = (<unsigned char*>&_ONE)[0] == 1
-
-
-cdef inline unsigned long long csum_add(const unsigned char* p, Py_ssize_t n, unsigned long long s) nogil:
-    """Add ``n`` bytes to a one's-complement sum as big-endian 16-bit words.
-
-    Summed four bytes at a time in the machine's byte order, folded, and swapped back (RFC 1071:
-    the one's-complement sum does not depend on byte order): a rewritten 64 KiB GSO packet's
-    checksum took ~50 us two bytes at a time, most of a NAT handler's cost per packet.
-    """
-    cdef unsigned long long acc = 0
-    cdef unsigned long long acc2 = 0
-    cdef unsigned long long a
-    cdef unsigned long long b
-    cdef unsigned int w
-    cdef unsigned short h
-    cdef Py_ssize_t i = 0
-    while i + 16 <= n:  # two 8-byte words per turn, their 32-bit halves into two sums (no carries lost)
-        memcpy(&a, p + i, 8)
-        memcpy(&b, p + i + 8, 8)
-        acc += <unsigned int>a + (a >> 32)
-        acc2 += <unsigned int>b + (b >> 32)
-        i += 16
-    acc += acc2
-    while i + 4 <= n:
-        memcpy(&w, p + i, 4)
-        acc += w
-        i += 4
-    if i + 2 <= n:
-        memcpy(&h, p + i, 2)
-        acc += h
-        i += 2
-    if i < n:  # the last odd byte is the high byte of a big-endian word
-        acc += p[i] if _LITTLE else (<unsigned long long>p[i]) << 8
-    while acc >> 16:
-        acc = (acc & 0xFFFF) + (acc >> 16)
-    if _LITTLE:
-        acc = ((acc & 0xFF) << 8) | (acc >> 8)
-    return s + acc
-
-
-cdef inline unsigned int csum_fold(unsigned long long s) nogil:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return (~s) & 0xFFFF
-
-
-cdef inline void put16(unsigned char* p, unsigned int v) nogil:
-    p[0] = (v >> 8) & 0xFF
-    p[1] = v & 0xFF
-
-
 cdef void fix_l4(unsigned char* p, Py_ssize_t n, int proto, Py_ssize_t off, unsigned long long pseudo, bint v4):
     cdef Py_ssize_t at
     cdef unsigned int c

@@ -75,21 +75,4 @@ def reinjector(raw: Any) -> Callable[[bytes, int | None], None]:
     ``raw`` is the session's :class:`~pktlab.kernel.sender.RawSender`.  A TCP packet longer than its
     route's MTU (a GSO packet) is cut into segments first; any other packet that does not fit is refused.
     """
-    from ..errors import SendError
-    from ..packet.segments import tcp_segments
-
-    def send(data: bytes, mark: int | None) -> None:
-        mtu = raw.path_mtu(data)  # cached per destination
-        if len(data) <= mtu:
-            raw.send(data, mark)
-            return
-        proto = data[9] if data[0] >> 4 == 4 else data[6]
-        if proto != 6:
-            raise SendError(
-                f"the rewritten {len(data):,}-byte GSO packet is longer than its route's MTU ({mtu}) and only "
-                "TCP can be cut into segments here; attach with gso=False (--no-gso) to rewrite it"
-            )
-        for segment in tcp_segments(data, mtu):
-            raw.send(segment, mark)
-
-    return send
+    return raw.resender

@@ -439,6 +439,28 @@ def test_no_privileges_is_one_clear_sentence(tmp_path) -> None:
     assert out.stdout.count("\n") == 1
 
 
+def test_a_rewritten_packets_mark_acts_after_the_queue(lab: Lab, queue_num: int) -> None:
+    # in user-namespace mode the rewritten packet is sent again from the host: its mark must go with it
+    # (with pktlab's sent bit added there, so a rule matches the mark's own bits: 6/0xffff)
+    lab.server.run(
+        ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "9000", "-m", "mark", "--mark", "6/0xffff", "-j", "DROP"]
+    )
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", hook="PREROUTING", netns=lab.server)
+    try:
+
+        @s.handler
+        def rewrite_and_mark_odd(pkt):
+            seq = int.from_bytes(pkt.udp.payload[:4], "big")
+            pkt.udp.payload = pkt.udp.payload[:4] + b"seen"
+            return pkt.accept(mark=6) if seq % 2 else pkt.accept()
+
+        r = lab.udp(20, size=8, keep=20)
+    finally:
+        s.detach()
+    assert sorted(int.from_bytes(p[:4], "big") for p in r.payloads) == list(range(0, 20, 2))
+    assert all(p[4:] == b"seen" for p in r.payloads)
+
+
 def test_repeat_reinjects_and_a_mark_ends_the_loop(lab: Lab, queue_num: int) -> None:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000 -m mark ! --mark 5", netns=lab.server)
     try:

@@ -1,4 +1,4 @@
-"""tcp_segments: a GSO-sized TCP packet cut as the kernel would, checked against scapy."""
+"""Cutting a rewritten GSO packet for re-sending (user-namespace mode): as the kernel would, checked with scapy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
 from pktlab import PacketFormatError
-from pktlab.packet.segments import tcp_segments
+from pktlab.kernel import _resend
 
 
 def _valid(seg: bytes, ip_cls: type) -> bool:
@@ -30,7 +30,7 @@ def test_a_gso_packet_becomes_segments_with_the_kernels_flags_and_numbers(ip_cls
     if ip_cls is IP:
         ip.id = 65534
     whole = bytes(ip / TCP(sport=4000, dport=80, seq=2**32 - 100, flags="FPAC", window=500) / payload)
-    segs = tcp_segments(whole, 1500)
+    segs = _resend.tcp_segments(whole, 1500)
     head = (20 if ip_cls is IP else 40) + 20
     assert len(segs) == -(-len(payload) // (1500 - head)) and all(len(s) <= 1500 for s in segs)
     parsed = [ip_cls(s) for s in segs]
@@ -44,8 +44,8 @@ def test_a_gso_packet_becomes_segments_with_the_kernels_flags_and_numbers(ip_cls
 
 def test_what_fits_is_left_whole_and_what_is_not_tcp_is_refused() -> None:
     small = bytes(IP(dst="10.0.0.1") / TCP() / (b"x" * 10))
-    assert tcp_segments(small, 1500) == [small]
+    assert _resend.tcp_segments(small, 1500) == [small]
     with pytest.raises(PacketFormatError, match="only TCP"):
-        tcp_segments(bytes(IP(dst="10.0.0.1", proto=17) / bytes(3000)), 1500)
+        _resend.tcp_segments(bytes(IP(dst="10.0.0.1", proto=17) / bytes(3000)), 1500)
     with pytest.raises(PacketFormatError, match="leaves no room"):
-        tcp_segments(bytes(IP(dst="10.0.0.1") / TCP() / bytes(100)), 40)
+        _resend.tcp_segments(bytes(IP(dst="10.0.0.1") / TCP() / bytes(100)), 40)
