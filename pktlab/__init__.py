@@ -16,10 +16,10 @@ Heavy libraries (pandas, scapy, bokeh, IPython) load only when used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from . import datasets
     from .doctor import mode, privilege_mode
     from .errors import (
@@ -215,13 +215,13 @@ def unload_ipython_extension(ipython: object) -> None:
     unload(ipython)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     """The public name ``name``, imported from its module at first use."""
     try:
         module, attribute = _EXPORTS[name]
     except KeyError:
         raise AttributeError(f"module 'pktlab' has no attribute {name!r}") from None
-    value = importlib.import_module(module, __name__)
+    value = _importlib.import_module(module, __name__)
     if attribute is not None:
         value = getattr(value, attribute)
     globals()[name] = value
