@@ -4,7 +4,8 @@
 lab's client to its server the way NetPIPE (NPtcp) does: block sizes from 1
 byte up, the increment doubling every other step, each size also perturbed
 by ±3 bytes, and for every size the fastest of three trials (NetPIPE's
-TRIALS as Debian builds NPtcp) of enough round trips to take a steady time; the one-way time of a block is half a round
+TRIALS as Debian builds NPtcp), each of as many round trips as NPtcp makes (its RUNTM rule,
+:func:`trial_round_trips`), all on one connection; the one-way time of a block is half a round
 trip.  It stops at ``max_bytes`` or when a transfer takes more than a second.
 
 Steal time: on a virtual machine the host may take a CPU away for milliseconds (the
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,20 +52,26 @@ if TYPE_CHECKING:
 
 PERTURBATION = 3
 STOP_SECONDS = 1.0  # NetPIPE's STOPTM: a transfer this slow ends the run
+RUNTM = 0.10  # NetPIPE's RUNTM as Debian builds NPtcp (Linux): sets a trial's round trips (see round_trips)
+QUICK_RUNTM = 0.01  # netpipe(quick=True): trials ten times shorter
+TRIALS = 3  # NetPIPE's TRIALS (Linux): the fastest of three trials is the point
+WARMUP = 100  # NetPIPE's first round trips, of the first size: the first point's one-way time
+MAX_ROUND_TRIPS = 1_000_000  # a bound on one trial whatever the clock said
 STEAL_BUDGET = 3  # at most this many times `trials` trials per point when the host steals CPU time
 STEAL_SHARE = 0.05  # a trial is disturbed when the host took more than this share of its time
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")  # /proc/stat's unit
 PORT = 5201 + 100
 
 
-def schedule(max_bytes: int, start: int = 1, perturbation: int = PERTURBATION) -> list[int]:
-    """NetPIPE's block sizes up to ``max_bytes``: the increment doubles every other step, each size ±perturbation.
+def steps(max_bytes: int, start: int = 1, perturbation: int = PERTURBATION) -> list[tuple[int, int]]:
+    """NetPIPE's block sizes up to ``max_bytes``, each with the increment of its step (which sets its round trips).
 
-    Perturbed points appear once the increment exceeds ``perturbation + 1`` (as in NetPIPE 3.7).
+    The increment doubles every other step, each size ±perturbation; perturbed points appear once the
+    increment exceeds ``perturbation + 1`` (as in NetPIPE 3.7).
     """
     if max_bytes < start or start < 1:
         raise ValueError(f"max_bytes ({max_bytes}) must be at least start ({start}), which is at least 1")
-    sizes: list[int] = []
+    out: list[tuple[int, int]] = []
     inc = start // 2 if start > 1 else 1
     nq = 1 if start > 1 else 0
     n = start
@@ -72,11 +80,27 @@ def schedule(max_bytes: int, start: int = 1, perturbation: int = PERTURBATION) -
             inc = inc + inc if nq % 2 else inc
         points = (n - perturbation, n, n + perturbation) if inc > perturbation + 1 else (n,)
         for p in points:
-            if 1 <= p <= max_bytes and (not sizes or p > sizes[-1]):
-                sizes.append(p)
+            if 1 <= p <= max_bytes and (not out or p > out[-1][0]):
+                out.append((p, inc))
         n += inc
         nq += 1
-    return sizes
+    return out
+
+
+def schedule(max_bytes: int, start: int = 1, perturbation: int = PERTURBATION) -> list[int]:
+    """NetPIPE's block sizes up to ``max_bytes`` (see :func:`steps`)."""
+    return [size for size, _ in steps(max_bytes, start, perturbation)]
+
+
+def trial_round_trips(runtm: float, previous: int, inc: int, one_way: float, trials: int = TRIALS) -> int:
+    """NPtcp's round trips per trial: ``RUNTM`` over the previous block's one-way time, scaled by the step.
+
+    ``nrepeat = MAX(RUNTM / ((bufflen / (bufflen - inc + 1)) * tlast), TRIALS)`` in NetPIPE 3.7's
+    ``netpipe.c``, ``bufflen`` being the previous block's size and ``tlast`` its one-way time: a
+    trial lasts about ``2 * RUNTM`` divided by that scale (0.07-0.2 s with RUNTM 0.1).
+    """
+    scale = previous / (previous - inc + 1.0)
+    return int(min(MAX_ROUND_TRIPS, max(runtm / (scale * max(one_way, 1e-9)), trials)))
 
 
 @dataclass
@@ -274,9 +298,9 @@ def _cpu_args(cpu: int | None) -> list[str]:
 
 def _measure(
     lab: Lab,
-    sizes: list[int],
+    sizes: list[tuple[int, int]],
     label: str,
-    point_seconds: float,
+    runtm: float,
     trials: int,
     pin: tuple[int, int] | None,
     repeats: int | None,
@@ -291,8 +315,9 @@ def _measure(
                                "--proto", proto, *_cpu_args(s_cpu)])  # fmt: skip
     try:
         wait_ready(server, "ping-pong server in the lab server")
-        args = ["run", "--host", to or lab.server.addr, "--port", str(PORT), "--sizes", ",".join(map(str, sizes)),
-                "--point-seconds", str(point_seconds), "--trials", str(trials), *_cpu_args(c_cpu),
+        args = ["run", "--host", to or lab.server.addr, "--port", str(PORT),
+                "--sizes", ",".join(f"{n}:{i}" for n, i in sizes),
+                "--runtm", str(runtm), "--trials", str(trials), *_cpu_args(c_cpu),
                 *(["--steal-cpus", f"{c_cpu},{s_cpu}"] if pin is not None else []),
                 *(["--repeats", str(repeats)] if repeats else []), "--proto", proto]  # fmt: skip
         client = lab.client.popen([sys.executable, "-m", "pktlab.measure.netpipe", *args])
@@ -321,8 +346,10 @@ def netpipe(
     through: Sequence[Session | None] = (None,),
     *,
     max_bytes: int = 1 << 20,
-    point_seconds: float = 0.05,
-    trials: int = 3,
+    start: int = 1,
+    quick: bool = False,
+    runtm: float | None = None,
+    trials: int = TRIALS,
     pin: tuple[int, int] | None = (0, -1),
     repeats: int | None = None,
     to: str | None = None,
@@ -333,8 +360,13 @@ def netpipe(
     ``proto="udp"`` ping-pongs single datagrams instead (blocks up to 65,507 bytes; a lost
     datagram ends the run with an error).  ``to`` is the address the client connects to
     (a NAT's, say; default: the server's).
-    ``repeats`` fixes the round trips per trial (NPtcp's ``-n``) instead of deriving them
-    from ``point_seconds``.  ``pin`` puts the client and the server on these CPUs (indexes
+    Block sizes run from ``start`` to ``max_bytes`` (NPtcp's ``-l`` and ``-u``).  Each trial's round
+    trips follow NPtcp's rule (:func:`trial_round_trips`: ``runtm``, default NetPIPE's RUNTM of 0.1 s, over
+    the previous block's one-way time), so a trial lasts 0.1-0.2 s and a run up to 1 MiB about a minute per
+    configuration, and the figures are NPtcp's.  ``quick=True`` makes trials ten times shorter (a run in
+    about 10 s), which reads lower from ~128 KiB on: a connection whose blocks are few and far between
+    does not reach the pace of a sustained one.  ``repeats`` fixes the round trips per trial (NPtcp's
+    ``-n``) instead.  ``pin`` puts the client and the server on these CPUs (indexes
     into the CPUs this process may use; the default: first and last), so a run does not
     depend on where the scheduler puts
     them — on a machine with few CPUs, waking a process on another CPU costs more than the
@@ -346,7 +378,12 @@ def netpipe(
         raise SessionError(f"max_bytes {max_bytes!r} must be a block size of at least 1 byte (default 1 MiB)")
     if proto == "udp" and max_bytes > UDP_MAX:
         max_bytes = UDP_MAX  # one datagram per message
-    sizes = schedule(max_bytes)
+    if not isinstance(start, int) or isinstance(start, bool) or not 1 <= start <= max_bytes:
+        raise SessionError(f"start {start!r} must be a block size from 1 to max_bytes ({max_bytes})")
+    if runtm is not None and not runtm > 0:
+        raise SessionError(f"runtm {runtm!r} must be a positive number of seconds (NetPIPE's RUNTM is 0.1)")
+    sizes = steps(max_bytes, start)
+    runtm = runtm if runtm is not None else QUICK_RUNTM if quick else RUNTM
     sessions = [s for s in through if s is not None]
     sessions += [s for s in getattr(lab, "sessions", []) if s not in sessions and s.attached]  # the lab's own
     for s in sessions:
@@ -356,7 +393,7 @@ def netpipe(
     for c in through:
         label = _label(c)
         with _out_of_path(s for s in sessions if s is not c):
-            result.points += _measure(lab, sizes, label, point_seconds, trials, pin, repeats, to, proto)
+            result.points += _measure(lab, sizes, label, runtm, trials, pin, repeats, to, proto)
         result.configs.append(label)
     return result
 
@@ -368,15 +405,18 @@ def nptcp(
     lab: Lab,
     *,
     max_bytes: int = 1 << 20,
-    repeats: int | None = 30,
+    start: int = 1,
+    repeats: int | None = None,
     pin: tuple[int, int] | None = (0, -1),
+    to: str | None = None,
     label: str = "NPtcp",
     timeout: float = 300.0,
 ) -> NetpipeResult:
     """Debian's NPtcp from the lab's client to its server, pinned as :func:`netpipe` pins its own ends.
 
-    The reference ``netpipe`` is checked against: the same block sizes (NetPIPE's schedule),
-    ``repeats`` round trips per trial (``-n``; None: NPtcp picks them), the fastest of its trials.
+    The reference ``netpipe`` is checked against: the same block sizes (NetPIPE's schedule from
+    ``start``, ``-l``, to ``max_bytes``, ``-u``), its own round trips per trial (or ``repeats``,
+    ``-n``), the fastest of its trials; ``to`` is the address it connects to (default: the server's).
     The client starts once the server's socket listens (no fixed sleep).
     """
     from ..lab.network import wait_until
@@ -395,22 +435,27 @@ def nptcp(
 
     with tempfile.TemporaryDirectory(prefix="pktlab-nptcp-") as d:
         out = Path(d) / "np.out"
-        server = lab.server.popen([*taskset(s_cpu), "NPtcp"], stdout=subprocess.DEVNULL)
+        # the receiver runs the same schedule: it must start where the transmitter starts
+        server = lab.server.popen([*taskset(s_cpu), "NPtcp", "-l", str(start), "-u", str(max_bytes)],
+                                  stdout=subprocess.DEVNULL)  # fmt: skip
         try:
             if not wait_until(lambda: listening() or server.poll() is not None, timeout=10) or server.poll():
                 raise LabError("NPtcp's server did not start listening in the lab server within 10 s")
-            argv = [*taskset(c_cpu), "NPtcp", "-h", lab.server.addr, "-o", str(out), "-u", str(max_bytes)]
-            lab.client.run([*argv, *(["-n", str(repeats)] if repeats else [])], timeout=timeout)
+            argv = [*taskset(c_cpu), "NPtcp", "-h", to or lab.server.addr, "-o", str(out), "-l", str(start),
+                    "-u", str(max_bytes)]  # fmt: skip
+            done = lab.client.run([*argv, *(["-n", str(repeats)] if repeats else [])], timeout=timeout)
             server.wait(10)
         finally:
             if server.poll() is None:
                 server.kill()
                 server.wait(5)
+        # its progress on stderr names each point's round trips per trial: "  7:      12 bytes  4166 times -->"
+        trips = {int(m[1]): int(m[2]) for m in re.finditer(r"^\s*\d+:\s+(\d+) bytes\s+(\d+) times", done.stderr, re.M)}
         points = []
         for line in out.read_text().splitlines():
             size, _mbps, secs, *_ = line.split()
             if int(size) <= max_bytes:  # NPtcp also runs the +3 perturbation of its last size
-                points.append(Point(label, int(size), repeats or 0, float(secs)))
+                points.append(Point(label, int(size), trips.get(int(size), repeats or 0), float(secs)))
     return NetpipeResult(points, [label])
 
 
@@ -527,8 +572,8 @@ def steal_ticks(cpus: Sequence[int] | None = None) -> int:
 def _run(
     host: str,
     port: int,
-    sizes: list[int],
-    point_seconds: float,
+    sizes: list[tuple[int, int]],
+    runtm: float,
     trials: int,
     fixed: int | None,
     proto: str,
@@ -551,26 +596,31 @@ def _run(
         conn.settimeout(None)
         trip = round_trips
     fd = conn.fileno()
-    last = 1e-4  # seconds per round trip of the previous size: sets the repeat count
-    for size in sizes:
-        repeats = fixed or max(3, min(100_000, int(point_seconds / trials / max(last, 1e-7))))  # NetPIPE: RUNTM/tlast
+
+    def trial(size: int, count: int) -> float:
+        conn.sendall(struct.pack("!QQ", size, count))
+        if proto == "udp":
+            conn.recv(16)  # the server is ready for this trial
+        return trip(fd, size, count)
+
+    previous = sizes[0][0]
+    one_way = trial(previous, WARMUP) / WARMUP / 2  # NetPIPE: tlast for the first point
+    for size, inc in sizes:
+        repeats = fixed or trial_round_trips(runtm, previous, inc, one_way, trials)
         clean: list[float] = []
         stolen: list[float] = []
         while len(clean) < trials and len(clean) + len(stolen) < STEAL_BUDGET * trials:
-            conn.sendall(struct.pack("!QQ", size, repeats))
-            if proto == "udp":
-                conn.recv(16)  # the server is ready for this trial
             before = steal_ticks(steal_cpus)
-            seconds = trip(fd, size, repeats)
+            seconds = trial(size, repeats)
             took = (steal_ticks(steal_cpus) - before) / TICKS_PER_SECOND
             # disturbed: the host took more than STEAL_SHARE of the trial's time (a tick's change is 10 ms
             # at most, so in a trial shorter than 200 ms any change counts)
             (stolen if took > STEAL_SHARE * seconds else clean).append(seconds / repeats)
-        best = min(clean or stolen)
-        last = best
-        print(json.dumps({"bytes": size, "repeats": repeats, "seconds": best / 2, "stolen": len(stolen),
+        one_way = min(clean or stolen) / 2
+        previous = size
+        print(json.dumps({"bytes": size, "repeats": repeats, "seconds": one_way, "stolen": len(stolen),
                           "clean": bool(clean)}), flush=True)  # fmt: skip
-        if best / 2 > STOP_SECONDS:
+        if one_way > STOP_SECONDS:
             break
     conn.sendall(struct.pack("!QQ", 0, 0))
     conn.close()
@@ -587,9 +637,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run")
     r.add_argument("--host", required=True)
     r.add_argument("--port", type=int, default=PORT)
-    r.add_argument("--sizes", required=True)
-    r.add_argument("--point-seconds", type=float, default=0.05)
-    r.add_argument("--trials", type=int, default=3)
+    r.add_argument("--sizes", required=True, help="SIZE:INCREMENT,... (see steps())")
+    r.add_argument("--runtm", type=float, default=RUNTM)
+    r.add_argument("--trials", type=int, default=TRIALS)
     r.add_argument("--repeats", type=int, default=None)
     r.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
     r.add_argument("--steal-cpus", default=None, help="CPUs of the two ends, whose steal time disturbs a trial")
@@ -602,8 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         _serve(a.port, a.proto)
     else:
         steal = [int(c) for c in a.steal_cpus.split(",")] if a.steal_cpus else None
-        _run(a.host, a.port, [int(x) for x in a.sizes.split(",")], a.point_seconds, a.trials, a.repeats, a.proto,
-             steal)  # fmt: skip
+        sizes = [(int(size), int(inc)) for size, inc in (x.split(":") for x in a.sizes.split(","))]
+        _run(a.host, a.port, sizes, a.runtm, a.trials, a.repeats, a.proto, steal)
     return 0
 
 

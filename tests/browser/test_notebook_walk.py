@@ -31,7 +31,7 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").rglob("*.ipynb"))
 OUT = REPO / "test-output" / "browser" / "walk"
-SMALL = {"PKTLAB_NETPIPE_MAX": "65536", "PKTLAB_CACHE_MAX": "4096",
+SMALL = {"PKTLAB_NETPIPE_MAX": "65536", "PKTLAB_NETPIPE_QUICK": "1", "PKTLAB_CACHE_MAX": "4096",
          "PKTLAB_FILTER_COUNT": "10000", "PKTLAB_FILTER_ROUNDS": "1", **SMALL_COSTS}
 
 # Counts each notebook's figures by what it shows: the checks below assert every one was drawn

@@ -26,6 +26,24 @@ def test_schedule_follows_netpipe() -> None:
         schedule(0)
 
 
+def test_steps_carry_the_increment_that_sets_each_trials_round_trips() -> None:
+    s = np_mod.steps(1 << 20)
+    assert [n for n, _ in s] == schedule(1 << 20)
+    assert s[:3] == [(1, 1), (2, 1), (3, 1)] and dict(s)[1 << 17] == 1 << 16  # the increment after its update
+    assert np_mod.steps(1 << 20, start=65536)[:4] == [(65533, 32768), (65536, 32768), (65539, 32768), (98301, 32768)]
+
+
+def test_trial_round_trips_follow_nptcps_rule() -> None:
+    """NPtcp's RUNTM rule: at the previous block's pace a trial lasts 2 RUNTM over the step's scale, at least 3."""
+    for previous, inc, one_way in [(131069, 32768, 42e-6), (1024, 256, 9e-6), (1, 1, 5e-6)]:
+        n = np_mod.trial_round_trips(0.1, previous, inc, one_way)
+        scale = previous / (previous - inc + 1)
+        assert n == int(0.1 / (scale * one_way))
+        assert abs(n * 2 * one_way - 0.2 / scale) <= 2 * one_way  # the trial's length at the previous pace
+    assert np_mod.trial_round_trips(0.1, 1 << 20, 1 << 18, 0.5) == 3  # a slow block: NetPIPE's TRIALS at least
+    assert np_mod.trial_round_trips(0.1, 4, 1, 0.0) == np_mod.MAX_ROUND_TRIPS  # a clock that said 0: bounded
+
+
 def test_saturation_point_on_synthetic_curves() -> None:
     # a latency + bandwidth model: t = L + n / B; throughput n / t approaches B
     latency, bandwidth = 30e-6, 10e9 / 8
@@ -136,7 +154,7 @@ def test_trials_with_steal_are_set_aside(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setattr(np_mod, "steal_ticks", fake_steal)
     for _ in range(50):  # the server thread listens once it has bound
         try:
-            np_mod._run("127.0.0.1", port, [500, 1000, 2000], 0.001, 3, 5, "tcp")
+            np_mod._run("127.0.0.1", port, [(500, 250), (1000, 500), (2000, 1000)], 0.001, 3, 5, "tcp")
             break
         except ConnectionRefusedError:
             threading.Event().wait(0.05)

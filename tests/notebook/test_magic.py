@@ -211,7 +211,7 @@ def test_netpipe_magic_measures_without_and_with_the_queue(shell) -> None:
     try:
         s, err = run(shell, '%pktlab attach 23 --rule "-p tcp"')
         assert err is None
-        r, err = run(shell, "%pktlab netpipe --max 512")
+        r, err = run(shell, "%pktlab netpipe --max 512 --quick")  # trials of ~10-20 ms: a few seconds
         assert err is None and r.configs == ["no queue", "queue 23 (no handler)"]
         assert s.record.n > 0 and "NetPIPE" in r._repr_html_()
         _, err = run(shell, "%pktlab netpipe --max lots")

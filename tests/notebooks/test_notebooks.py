@@ -28,6 +28,7 @@ def _run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str)
     from nbclient import NotebookClient
 
     monkeypatch.setenv("PKTLAB_NETPIPE_MAX", "65536")  # 04-netpipe-nat: the reduced run
+    monkeypatch.setenv("PKTLAB_NETPIPE_QUICK", "1")  # with trials ten times shorter than NPtcp's
     monkeypatch.setenv("PKTLAB_CACHE_MAX", "4096")  # 06-packet-cache: files up to 4 KiB
     monkeypatch.setenv("PKTLAB_FILTER_COUNT", "10000")  # 07-filter-costs: datagrams per measurement
     monkeypatch.setenv("PKTLAB_FILTER_ROUNDS", "1")  # 07-filter-costs: one round of the alternating runs
