@@ -29,6 +29,7 @@ bench: setup
 	$(PY) bench/bench_replay.py
 	$(PY) bench/bench_tracing.py
 	$(PY) bench/bench_userns.py
+	$(PY) bench/bench_failing_handler.py
 
 # JupyterLab from the project's venv on the notebooks, as an ordinary user (live through user namespaces;
 # root runs it as pktlab-student on a copy in that user's home); it prints the URL with its token

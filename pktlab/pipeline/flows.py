@@ -215,11 +215,12 @@ class FlowTable:
     def observe(self, pkt: Any) -> Flow | None:
         """Count the packet in its flow (made if new) and return the flow; None for a packet that is not IP."""
         self.enabled = True
-        try:
+        try:  # what names the flow and its TCP state: a packet too short or inconsistent for it has no flow
             ends = self.endpoints(pkt)
-        except PktlabError:  # malformed: no flow
-            return None
-        if ends is None:
+            if ends is None:
+                return None
+            tcp_flags = pkt.tcp.flagbits if ends[0] == 6 and pkt.tcp is not None else 0
+        except PktlabError:  # malformed (PacketFormatError): the packet's fault, not a flow's
             return None
         proto, src, dst = ends
         key = (proto, src, dst) if (src, dst) <= (dst, src) else (proto, dst, src)
@@ -227,7 +228,6 @@ class FlowTable:
         if now - self._swept >= 1.0:
             self._sweep(now)
         f = self.flows.get(key)
-        tcp_flags = pkt.tcp.flagbits if proto == 6 and pkt.tcp is not None else 0
         if f is not None and f.closed and tcp_flags & SYN and not tcp_flags & ACK:
             f = None  # a new connection on the ports of a finished one
         if f is None:

@@ -38,13 +38,25 @@ class Handler:
 
 @dataclass(frozen=True)
 class HandlerFailure:
-    """A handler exception, kept with the packet it failed on."""
+    """A handler exception, kept with the packet it failed on.
+
+    ``traceback`` is the text of its last frames.  The first failures of each handler are
+    written out at once (their source lines as they were); later ones keep only the frames'
+    places and read the lines when ``traceback`` is first looked at: a handler that raises on
+    every packet then costs a few microseconds more per packet, not a formatted traceback each.
+    """
 
     time: float
     handler: str
     packet: str
     error: str
-    traceback: str
+    _frames: traceback.StackSummary | str = field(repr=False, compare=False)
+
+    @property
+    def traceback(self) -> str:
+        if isinstance(self._frames, str):
+            return self._frames
+        return "".join([*self._frames.format(), self.error]).rstrip()
 
     def __str__(self) -> str:
         return f"{self.handler} raised {self.error} on {self.packet}"
@@ -67,10 +79,18 @@ def _check_fn(fn: object, name: str) -> None:
         ) from None
 
 
-def trim_traceback(exc: BaseException, keep: int = 6) -> str:
+TRACEBACK_FRAMES = 6  # the frames of a failure's traceback that are kept (the handler's own, near the end)
+WRITTEN_OUT = 5  # the first failures of each handler whose tracebacks are written out at once
+
+
+def _last_frames(exc: BaseException, keep: int, lines: bool) -> traceback.StackSummary:
+    frames = list(traceback.walk_tb(exc.__traceback__))[-keep:]
+    return traceback.StackSummary.extract(iter(frames), lookup_lines=lines)
+
+
+def trim_traceback(exc: BaseException, keep: int = TRACEBACK_FRAMES) -> str:
     """The last ``keep`` frames of an exception's traceback, as text."""
-    frames = traceback.extract_tb(exc.__traceback__)[-keep:]
-    lines = traceback.format_list(frames) + traceback.format_exception_only(type(exc), exc)
+    lines = _last_frames(exc, keep, True).format() + traceback.format_exception_only(type(exc), exc)
     return "".join(lines).rstrip()
 
 
@@ -83,6 +103,7 @@ class HandlerChain:
         self.on_replace: Callable[[str], object] | None = None  # with a handler's name: replaced or removed
         self.active: tuple[Handler, ...] = ()
         self.failures: deque[HandlerFailure] = deque(maxlen=max_failures)
+        self.left_out = 0  # failures no longer kept in ``failures`` (it keeps the newest max_failures)
         # told of each handler's first failure (the session says it in the cell's output)
         self.on_first_failure: Callable[[Handler, HandlerFailure], None] | None = None
 
@@ -203,13 +224,21 @@ class HandlerChain:
             return None, self.failed(handler, pkt, exc)
 
     def record_failure(self, handler: Handler, pkt: Any, exc: BaseException) -> HandlerFailure:
-        """Keep an exception a handler raised, with a trimmed traceback."""
+        """Keep an exception a handler raised, with its last frames (written out for its first few)."""
         try:
             summary = repr(pkt)
         except Exception as e:  # a broken packet must not hide the handler's error
             summary = f"<packet: {e}>"
-        failure = HandlerFailure(
-            time.time(), handler.name, summary, f"{type(exc).__name__}: {exc}", trim_traceback(exc)
-        )
+        try:
+            error = f"{type(exc).__name__}: {exc}"
+        except Exception as e:  # an exception whose str() raises
+            error = f"{type(exc).__name__} (its message raised {type(e).__name__})"
+        if handler.errors <= WRITTEN_OUT:
+            frames: traceback.StackSummary | str = trim_traceback(exc)
+        else:
+            frames = _last_frames(exc, TRACEBACK_FRAMES, False)
+        if len(self.failures) == self.failures.maxlen:
+            self.left_out += 1
+        failure = HandlerFailure(time.time(), handler.name, summary, error, frames)
         self.failures.append(failure)
         return failure

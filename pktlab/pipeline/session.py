@@ -80,6 +80,7 @@ class Status:
     kernel: QueueCounters | None
     rate_pps: float
     last_errors: list[HandlerFailure] = field(default_factory=list)
+    errors_left_out: int = 0  # handler failures s.errors no longer keeps (it keeps the newest 1,000)
     internal_errors: int = 0
     last_internal_error: str | None = None  # the newest one's reason
     rule_hits: int = 0
@@ -178,6 +179,8 @@ class Status:
             out.append(f"  {self.stuck_threads} reading thread(s) still inside a stuck handler call")
         for f in self.last_errors:
             out.append(f"  error: {f}")
+        if self.errors_left_out:
+            out.append(f"  s.errors keeps the newest failures; {self.errors_left_out:,} older ones were left out")
         if self.internal_errors:
             last = f" (the last: {self.last_internal_error})" if self.last_internal_error else ""
             out.append(f"  pktlab internal errors: {self.internal_errors}{last}")
@@ -822,6 +825,7 @@ class Session(ChainOwner):
             kernel=k,
             rate_pps=self.rate(),
             last_errors=self.errors[-3:],
+            errors_left_out=self.chain.left_out,
             internal_errors=self.source.internal_errors + self._dispatch.internal_errors,
             last_internal_error=self._dispatch.last_internal_error or self.source.last_internal_error,
             rule_hits=hits,
@@ -857,6 +861,7 @@ class Session(ChainOwner):
             kernel=None,
             rate_pps=self.rate(),
             last_errors=self.errors[-3:],
+            errors_left_out=self.chain.left_out,
             internal_errors=src.internal_errors + self._dispatch.internal_errors,
             last_internal_error=self._dispatch.last_internal_error or src.last_internal_error,
             passed_unseen=src.unseen,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import traceback
 
 import pytest
 
 from pktlab import HandlerError
+from pktlab.pipeline import handlers as handlers_mod
 from pktlab.pipeline.handlers import HandlerChain, trim_traceback
 
 
@@ -88,6 +90,37 @@ def test_failures_are_kept_with_trimmed_traceback() -> None:
         raise KeyError("k")
     except KeyError as exc:
         assert trim_traceback(exc).endswith("KeyError: 'k'")
+
+
+def _deep(n: int) -> None:
+    if n:
+        _deep(n - 1)
+    raise ZeroDivisionError(f"depth {n}")  # the line a traceback must show
+
+
+def test_a_handler_failing_on_every_packet_keeps_the_first_written_out_and_the_rest_cheap() -> None:
+    c = HandlerChain(max_failures=50)
+    h = c.add(lambda p: None, "h")
+    for _ in range(80):
+        try:
+            _deep(10)
+        except ZeroDivisionError as exc:
+            c.failed(h, "<pkt>", exc)
+    assert h.errors == 80 and len(c.failures) == 50 and c.left_out == 30
+    newest = c.failures[-1]
+    assert isinstance(newest._frames, traceback.StackSummary)  # not written out until looked at
+    assert len(newest._frames) == handlers_mod.TRACEBACK_FRAMES  # the last frames only
+    text = newest.traceback  # then read: the frames, the source line, the error
+    assert ", in _deep" in text and 'raise ZeroDivisionError(f"depth {n}")' in text
+    assert text.endswith("ZeroDivisionError: depth 0")
+    assert str(newest) == "h raised ZeroDivisionError: depth 0 on '<pkt>'"
+    c2 = HandlerChain()
+    h2 = c2.add(lambda p: None, "h2")
+    try:
+        _deep(1)
+    except ZeroDivisionError as exc:
+        c2.failed(h2, "<pkt>", exc)
+    assert isinstance(c2.failures[0]._frames, str) and c2.failures[0].traceback == c2.failures[0]._frames
 
 
 def test_before_and_after_together_are_refused() -> None:
