@@ -24,3 +24,24 @@ cdef inline const unsigned char* buf_ptr(object buf, Py_ssize_t* n) except NULL:
         n[0] = PyByteArray_GET_SIZE(buf)
         return <const unsigned char*>PyByteArray_AS_STRING(buf)
     raise TypeError(f"packet buffer must be bytes or bytearray, not {type(buf).__name__}")
+
+
+# The message headers of recvmmsg/sendmmsg (the reader reads with them, the raw sender sends with them)
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len

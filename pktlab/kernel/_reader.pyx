@@ -12,26 +12,12 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from posix.time cimport timespec
 
+from pktlab._common cimport iovec, mmsghdr, msghdr
+
 from netfilterqueue._impl cimport NetfilterQueue as NfQueue
 from netfilterqueue._impl cimport nfq_handle_packet, nfq_q_handle, nfq_set_mode
 
-cdef extern from "<sys/uio.h>":
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-
 cdef extern from "<sys/socket.h>":
-    struct msghdr:
-        void* msg_name
-        unsigned int msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
     int recvmmsg(int fd, mmsghdr* msgs, unsigned int vlen, int flags, timespec* timeout) nogil
     ssize_t send(int fd, const void* buf, size_t n, int flags) nogil
     int MSG_DONTWAIT

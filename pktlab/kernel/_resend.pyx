@@ -21,29 +21,13 @@ from libc.errno cimport EINTR, errno
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy, memset
 
+from pktlab._common cimport iovec, mmsghdr, msghdr, socklen_t
 from pktlab.packet._core cimport csum_add, csum_fold, put16
 
 from pktlab.errors import PacketFormatError, SendError
 
 
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-
 cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    struct msghdr:
-        void* msg_name
-        socklen_t msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
     struct cmsghdr:
         size_t cmsg_len
         int cmsg_level
