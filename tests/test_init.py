@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pktlab
 
@@ -19,6 +21,26 @@ def test_all_is_exactly_the_public_api() -> None:
     assert set(pktlab.__all__) - {"__version__"} == public | exported_modules
     for name in pktlab.__all__:
         assert hasattr(pktlab, name)
+
+
+def test_the_names_type_checkers_see_are_the_names_loaded_at_first_use() -> None:
+    """pktlab/__init__ names each public name twice: imported for type checkers, and in the table it loads from."""
+    tree = ast.parse(Path(pktlab.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test))
+    seen = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom)
+        for alias in node.names:
+            name = alias.asname or alias.name
+            seen[name] = ("." * node.level + (node.module or "") + ("" if node.module else alias.name),
+                          None if not node.module else alias.name)  # fmt: skip
+    exports = pktlab._EXPORTS
+    assert set(seen) == set(exports)
+    for name, (module, attribute) in exports.items():
+        if attribute is None:  # a module by name: `from . import datasets` or `from .kernel import bpf`
+            assert getattr(pktlab, name).__name__ == "pktlab" + module
+        else:
+            assert seen[name] == (module, attribute), name
 
 
 def test_import_is_light() -> None:

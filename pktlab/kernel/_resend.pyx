@@ -17,6 +17,15 @@ The sockets, the route's MTU and the words of an error come from the namespace's
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.pythread cimport (
+    NOWAIT_LOCK,
+    WAIT_LOCK,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+    PyThread_type_lock,
+)
 from libc.errno cimport EINTR, errno
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy, memset
@@ -185,8 +194,14 @@ cdef class Resender:
     cdef mmsghdr* msgs
     cdef iovec* iovs
     cdef Py_ssize_t room  # segments the three buffers hold
+    # held while the buffers above are filled and sent: the reader re-sends rewrites and pkt.reply, while
+    # a notebook thread may s.send(); the sendmmsg runs without the GIL, so the GIL alone does not guard them
+    cdef PyThread_type_lock lock
 
     def __cinit__(self, raw, unsigned int sent_mark):
+        self.lock = PyThread_allocate_lock()
+        if self.lock == NULL:
+            raise MemoryError()
         self.raw = raw
         self.sent_mark = sent_mark
         self.fd4 = -1
@@ -194,6 +209,8 @@ cdef class Resender:
         self.last_version = 0
 
     def __dealloc__(self):
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
         free(self.heads)
         free(self.msgs)
         free(self.iovs)
@@ -256,9 +273,15 @@ cdef class Resender:
                         "can be cut into segments here; attach with gso=False (--no-gso) to rewrite it"
                     )
                 _plan(p, n, mtu, &plan)
-        self._room(plan.count)
-        self._fill(p, n, &plan, &addr, addr_len, control if control_len else NULL, control_len)
-        self._send_all(fd, plan.count, data)
+        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+            with nogil:  # the holder needs the GIL back to finish
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            self._room(plan.count)
+            self._fill(p, n, &plan, &addr, addr_len, control if control_len else NULL, control_len)
+            self._send_all(fd, plan.count, data)
+        finally:
+            PyThread_release_lock(self.lock)
 
     cdef int _fd(self, int version) except -1:
         if version == 4 and self.fd4 >= 0:

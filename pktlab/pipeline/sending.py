@@ -67,12 +67,3 @@ def _ethernet(answering: Any, version: int) -> bytes:
         head = bytes(answering)[:12]  # an Ethernet frame's packet: its bytes start with the frame
         return head[6:12] + head[0:6] + ETHERTYPE[version]
     return bytes(12) + ETHERTYPE[version]
-
-
-def reinjector(raw: Any) -> Callable[[bytes, int | None], None]:
-    """What sends a rewritten packet where the kernel refuses a verdict's new payload (``Dispatcher.reinject``).
-
-    ``raw`` is the session's :class:`~pktlab.kernel.sender.RawSender`.  A TCP packet longer than its
-    route's MTU (a GSO packet) is cut into segments first; any other packet that does not fit is refused.
-    """
-    return raw.resender

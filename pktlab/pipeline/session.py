@@ -50,7 +50,7 @@ from .flows import FlowTable
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .holding import HeldPacket, HeldPackets
 from .record import Record
-from .sending import Sender, reinjector
+from .sending import Sender
 from .tcp_adjust import TcpAdjust
 
 if TYPE_CHECKING:
@@ -393,7 +393,7 @@ class Session(ChainOwner):
                           ready=self._why_not_sending)  # fmt: skip
         self._raw = RawSender(self.netns)
         if not _netns.queue_may_rewrite(self.netns):  # the kernel drops new payloads there: the host sends them
-            self._dispatch.reinject = reinjector(self._raw)
+            self._dispatch.reinject = self._raw.resender  # C: a GSO TCP packet is cut into segments
         return Sender(ring, lambda data, t: self._raw.send(data), ready=self._why_not_sending)
 
     def _why_not_sending(self) -> str | None:

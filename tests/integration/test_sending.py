@@ -123,6 +123,38 @@ def test_s_send_of_a_scapy_packet_is_received(lab: Lab, queue_num: int) -> None:
     assert sent.udp.dport == PORT + 1 and s.record.sent == 1
 
 
+def test_sends_from_a_notebook_thread_and_from_handlers_at_once_all_arrive_intact(lab: Lab, queue_num: int) -> None:
+    """s.send in this thread while the reader answers every question (pkt.reply) and rewrites it: both go
+    through the session's one raw sender (in user-namespace mode the rewrite too); every packet of both
+    arrives with its own bytes (the kernel delivers a UDP datagram only with a right checksum)."""
+    from scapy.layers.inet import IP, UDP
+
+    n = 300
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+
+        @s.handler
+        def answer_and_rewrite(pkt):
+            seq = pkt.udp.payload[:4]
+            pkt.reply(b"A" + seq)
+            pkt.udp.payload = seq + b"rewritten"
+            return pkt.accept()
+
+        recv = _receiver(lab.client, PORT + 1, n, keep=n)
+        flow = lab.start_udp(n, size=8, rate=3000, idle=1.0, keep=n)
+        for i in range(n):
+            s.send(IP(src=lab.server.addr, dst=lab.client.addr) / UDP(sport=4242, dport=PORT + 1) / (b"S%03d" % i))
+        r = flow.wait()
+        got = _finish(recv)
+        status = s.status()
+    finally:
+        s.detach()
+    assert sorted(bytes.fromhex(p) for p in got["payloads"]) == [b"S%03d" % i for i in range(n)]
+    assert sorted(int.from_bytes(p[:4], "big") for p in r.payloads) == list(range(n))
+    assert all(p[4:] == b"rewritten" for p in r.payloads)
+    assert s.record.sent == 2 * n and status.internal_errors == 0 and not s.errors
+
+
 def test_what_cannot_be_sent_says_why(lab: Lab, queue_num: int) -> None:
     from scapy.layers.inet import IP, UDP
 
