@@ -35,11 +35,12 @@ def test_agrees_with_nptcp_run_with_its_defaults(lab: Lab, tmp_path: Path) -> No
     by the bandwidth its trials so far let it estimate, so the trials' length sets the figures.
     Checked exactly: both tools' round trips per trial follow NetPIPE's RUNTM rule from the previous
     point's time (NPtcp's own counts, from its progress output, against ``trial_round_trips``).
-    The figures themselves: BBR puts either tool into a slower mode in some runs (NPtcp too), so the
-    best-against-best table over alternated runs is a benchmark (BENCHMARKS.md, bench/bench_netpipe.py
-    agree: 0.94-1.23 at every size); here one run of each must not part at most sizes (median over the
-    sizes above 64 KiB within 0.6-1.6: a timing error, one-way against round trip, shows at every
-    size), and the small-block latency agrees within 0.6-1.6.
+    The figures themselves: from 128 to 512 KiB BBR puts either tool into a slower mode in some runs
+    (NPtcp too: one run of each parted by 0.36-3.45 there, both ways), so the best-against-best table
+    over alternated runs is a benchmark (BENCHMARKS.md, bench/bench_netpipe.py agree: 0.96-1.23 at
+    every size). Here one run of each must not part at most of the schedule's sizes (median over all
+    of them within 0.6-1.6: a timing error, one-way against round trip, shows at every size; the
+    BBR-sensitive sizes are a fifth of the schedule), and the small-block latency agrees within 0.6-1.6.
     """
     sizes = schedule(MAX)
     ref = nptcp(lab, max_bytes=MAX)
@@ -48,11 +49,11 @@ def test_agrees_with_nptcp_run_with_its_defaults(lab: Lab, tmp_path: Path) -> No
     assert [p.bytes for p in ours.points] == sizes, f"pktlab's sizes: {[p.bytes for p in ours.points]}"
     assert _follows_the_rule(ref) == [], "NPtcp's round trips are not the rule pktlab follows"
     assert _follows_the_rule(ours) == [], "pktlab's round trips do not follow NPtcp's rule"
-    table = compare_runs([ours], [ref])
+    table = compare_runs([ours], [ref], above=0)
     shown = table.round(2).to_string(index=False)
     print("\n" + shown)
     middle = float(table["ratio of fastest"].median())
-    assert 0.6 <= middle <= 1.6, f"pktlab.netpipe / NPtcp above 64 KiB: median over the sizes {middle:.2f}\n{shown}"
+    assert 0.6 <= middle <= 1.6, f"pktlab.netpipe / NPtcp: median over the sizes {middle:.2f}\n{shown}"
     lat_ref = min(p.seconds for p in ref.points if p.bytes <= 64)
     lat = min(p.seconds for p in ours.points if p.bytes <= 64)
     assert 0.6 <= lat / lat_ref <= 1.6, f"small-block latency {lat / lat_ref:.2f} x NPtcp's"
