@@ -52,6 +52,7 @@ if _typing.TYPE_CHECKING:
     from .packet.user_protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
     from .packet.user_protocols import registry as protocols
     from .packet.verdicts import ACCEPT, DROP, REPEAT, Verdict
+    from .pipeline.export import to_pcap
     from .pipeline.flows import Flow
     from .pipeline.handlers import Handler, HandlerFailure
     from .pipeline.record import Entry, Record
@@ -124,6 +125,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Record": (".pipeline.record", "Record"),
     "ReplaySession": (".pipeline.replay", "ReplaySession"),
     "replay": (".pipeline.replay", "replay"),
+    "to_pcap": (".pipeline.export", "to_pcap"),
     "SeqAdjError": (".pipeline.seqadj", "SeqAdjError"),
     "Session": (".pipeline.session", "Session"),
     "Status": (".pipeline.session", "Status"),
@@ -192,6 +194,7 @@ __all__ = [
     "protocols",
     "raw",
     "replay",
+    "to_pcap",
     "text",
     "trace",
     "uint",

@@ -133,7 +133,7 @@ def capture(path: str | os.PathLike[str], packets: Iterable[Any], *, start: floa
         raise ValueError("a capture has one link type: give all packets with an Ethernet layer, or none")
     w = RawPcapWriter(str(path), linktype=1 if items and all(eth) else 101, snaplen=65535, sync=False)
     try:
-        w._write_header(None)
+        w.write_header(None)
         for i, p in enumerate(items):
             data = bytes(p)
             t = start + i * gap

@@ -62,7 +62,7 @@ def write_raw(path: Path, packets: list[tuple[float, bytes, int]]) -> None:
 
     w = RawPcapWriter(str(path), linktype=101, snaplen=65535, sync=False)
     try:
-        w._write_header(None)
+        w.write_header(None)
         for t, data, wirelen in packets:
             w.write_packet(data, sec=int(t), usec=int((t % 1) * 1e6), wirelen=wirelen)
     finally:

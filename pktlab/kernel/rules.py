@@ -26,7 +26,14 @@ from .proc import pid_alive
 from .sender import SENT_MARK
 
 HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
-DEFAULT_TABLE = {
+# Where a session's queue rule goes unless table= says otherwise.  An ACCEPT ends only the chain (the
+# table) it is given in; the packet then meets every later table at the hook.  An observing session
+# (the default) queues in the mangle table, which every hook has and which runs after conntrack and
+# before nat and filter: what it accepts still meets the firewall's rules (the filter table) as if
+# pktlab were not there.  A deciding session queues at the top of the filter table where the hook has
+# one, like a firewall rule: what it accepts skips the rules below it in that chain.
+OBSERVING_TABLE = dict.fromkeys(HOOKS, "mangle")
+DECIDING_TABLE = {
     "PREROUTING": "mangle",
     "INPUT": "filter",
     "FORWARD": "filter",
@@ -117,13 +124,14 @@ class QueueRule:
     prefix: tuple[str, ...] = ()  # extra matches put in front (e.g. a BPF filter)
     skip_sent: bool = True  # leave out packets pktlab sent itself (a link's delay line takes them too)
     last: bool = False  # at the end of its chain, not the top (a link's delay line: after the user's rules)
+    decide: bool = False  # the filter table's chain (DECIDING_TABLE), not mangle's, unless table= is given
 
     def __post_init__(self) -> None:
         hook = self.hook.upper()
         object.__setattr__(self, "hook", hook)
         if hook not in HOOKS:
             raise RuleError(f"unknown hook {self.hook!r}; use one of {', '.join(HOOKS)}")
-        table = self.table or DEFAULT_TABLE[hook]
+        table = self.table or (DECIDING_TABLE if self.decide else OBSERVING_TABLE)[hook]
         object.__setattr__(self, "table", table)
         if table not in TABLE_HOOKS:
             raise RuleError(f"unknown table {table!r}; use one of {', '.join(TABLE_HOOKS)}")
@@ -221,20 +229,79 @@ class SavedRule(NamedTuple):
     packets: int  # how many packets have matched it
 
 
-def saved_rules(netns_name: str | None, tool: str = "iptables") -> list[SavedRule]:
-    """Every rule of a namespace, with its packet counter, from ``iptables-save -c``."""
+def saved_ruleset(netns_name: str | None, tool: str = "iptables") -> tuple[list[SavedRule], dict[tuple[str, str], str]]:
+    """Every rule of a namespace, with its packet counter, and every built-in chain's policy
+    (``{(table, chain): "ACCEPT"}``), from ``iptables-save -c``."""
     proc = netns.run(netns_name, [f"{tool}-save", "-c"], check=False)
     if proc.returncode != 0:
         raise RuleError(f"{tool}-save failed: {proc.stderr.strip()}; is {tool} installed and are you root?")
     table = ""
     out = []
+    policies = {}
     for line in proc.stdout.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
         elif line.startswith("[") and " -A " in line:
             counters, rest = line.split(" ", 1)
             out.append(SavedRule(table, shlex.split(rest), int(counters[1:-1].split(":")[0])))
-    return out
+        elif line.startswith(":"):
+            chain, _, policy = line[1:].partition(" ")
+            if policy.split(" ")[0] != "-":
+                policies[(table, chain)] = policy.split(" ")[0]
+    return out, policies
+
+
+def saved_rules(netns_name: str | None, tool: str = "iptables") -> list[SavedRule]:
+    """Every rule of a namespace, with its packet counter, from ``iptables-save -c``."""
+    return saved_ruleset(netns_name, tool)[0]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """What a packet accepted at a queue rule no longer meets: the rules below it in its chain, and the
+    chain's policy (a verdict ends only the chain it is given in: later tables still run)."""
+
+    table: str
+    chain: str
+    rules: tuple[SavedRule, ...]
+    policy: str
+
+    def text(self) -> str:
+        """One sentence for the person attaching, naming what gets skipped and the first drop among it."""
+        n = len(self.rules)
+        drops = [r for r in self.rules if _target(r.tokens) in ("DROP", "REJECT")]
+        parts = [f"{n} rule{'s' if n != 1 else ''} below it"] if n else []
+        if self.policy == "DROP":
+            parts.append("the chain's DROP policy")
+        what = " and ".join(parts)
+        if drops:
+            what += f", among them `{rule_text(drops[0].tokens)}`"
+            if len(drops) > 1:
+                what += f" and {len(drops) - 1} more dropping"
+        return f"a packet it accepts in {self.table}/{self.chain} skips {what}"
+
+
+def _target(tokens: Sequence[str]) -> str | None:
+    for i, tok in enumerate(tokens[:-1]):
+        if tok in ("-j", "--jump", "-g", "--goto"):
+            return tokens[i + 1]
+    return None
+
+
+def rule_text(tokens: Sequence[str]) -> str:
+    """A saved rule as a person reads it: its matches and target, without ``-A CHAIN`` and pktlab's comment."""
+    out: list[str] = []
+    skip = 0
+    body = list(tokens[2:]) if tokens[:1] == ["-A"] else list(tokens)
+    for i, tok in enumerate(body):
+        if skip:
+            skip -= 1
+            continue
+        if tok == "-m" and body[i + 1 : i + 2] == ["comment"]:
+            skip = 3  # -m comment --comment TEXT
+            continue
+        out.append(tok)
+    return restore_join(out)
 
 
 def _tag_of(tokens: list[str]) -> str | None:
@@ -307,6 +374,26 @@ class RuleSet:
 
     def _tools(self) -> list[str]:
         return sorted({t for r in self.rules for t in FAMILIES[r.family]} or {"iptables"})
+
+    def skipped(self) -> list[Skipped]:
+        """Per queue rule of this session: what a packet it accepts skips (rules below it, a DROP policy)."""
+        out = []
+        for tool in self._tools():
+            rules, policies = saved_ruleset(self.netns, tool)
+            for queue_rule in self.rules:
+                if not isinstance(queue_rule, QueueRule) or tool not in FAMILIES[queue_rule.family]:
+                    continue
+                where = (queue_rule.table or "", queue_rule.hook)
+                chain = [r for r in rules if (r.table, r.tokens[1]) == where]
+                mine = [i for i, r in enumerate(chain) if _tag_of(r.tokens) == self.tag]
+                if not mine:
+                    continue
+                # the firewall's rules: pktlab's own (another session's queue, offloads) are the tool's, not yours
+                below = tuple(r for r in chain[mine[-1] + 1 :] if front_id(r.tokens) is None and not _tag_of(r.tokens))
+                policy = policies.get(where, "ACCEPT")
+                if below or policy == "DROP":
+                    out.append(Skipped(where[0], where[1], below, policy))
+        return out
 
     def installed(self) -> list[str]:
         """The session's rules as the kernel has them now (iptables-save lines)."""

@@ -60,6 +60,9 @@ def _parsers() -> dict[str, _Parser]:
     att.add_argument("--filter", default=None, help="tcpdump filter run in the kernel, e.g. 'udp and dst port 53'")
     att.add_argument("--hook", default="INPUT", type=str.upper, choices=HOOKS)
     att.add_argument("--table", default=None)
+    att.add_argument("--decide", action="store_true",
+                     help="queue in the filter table like a firewall rule: what the handlers accept skips the rules "
+                     "below (default: observe, in mangle, so every firewall rule still applies)")  # fmt: skip
     att.add_argument("--family", default="ipv4", choices=["ipv4", "ipv6", "both"])
     att.add_argument("--on", default="server", help="lab host to attach in (client, router, server)")
     att.add_argument("--lab", default=None, help="lab name (default: the current lab)")
@@ -80,6 +83,9 @@ def _parsers() -> dict[str, _Parser]:
     att.add_argument("--flow-verdicts", action="store_true",
                      help="ready for pkt.accept(flow=True) from the first packet (conntrack follows every connection)")
     att.add_argument("--sock-bytes", type=int, default=8 << 20)
+    att.add_argument("--snaplen", type=int, default=256,
+                     help="bytes of each packet the record keeps (65535: whole packets, for to_pcap and Wireshark)")
+    att.add_argument("--record-size", type=int, default=100_000, help="packets the record keeps")
     att.add_argument("--deadline", default="0.5", help="seconds a handler may take before its packet is rescued")
     att.add_argument("--name", default=None)
 
@@ -338,8 +344,11 @@ class PktlabMagicState:
             copy_range=a.copy_range,
             copy=a.copy,
             flow_verdicts=a.flow_verdicts,
+            decide=a.decide,
             gso=a.gso,
             sock_bytes=a.sock_bytes,
+            snaplen=a.snaplen,
+            record_size=a.record_size,
             deadline=_deadline(a.deadline),
             name=a.name,
             filter=a.filter,

@@ -13,13 +13,16 @@ from typing import Any
 
 from ..packet.model import Packet
 from ..packet.verdicts import Verdict
+from . import export
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .record import Record
+from .tcp_analysis import Followed, follow
 
 
 class ChainOwner:
     """Handler management, default and error verdicts, and the record of a session."""
 
+    name: str
     chain: HandlerChain
     record: Record
     _default: Verdict
@@ -108,6 +111,20 @@ class ChainOwner:
         """The record as a pandas DataFrame (one row per packet)."""
         return self.record.df()
 
+    def flow(self, flow_id: int) -> Any:
+        """One flow's packets from the record (``s.df`` rows whose ``flow`` is ``flow_id``), both directions."""
+        df = self.df
+        if flow_id not in set(df["flow"].dropna()):
+            raise KeyError(f"no flow {flow_id} in the record of {self.name}; s.df['flow'] lists the flows it holds")
+        return df[df["flow"] == flow_id].reset_index(drop=True)
+
+    def follow(self, flow_id: int) -> Followed:
+        """Flow ``flow_id``'s two byte streams as they passed the session (``.client``, ``.server``), reassembled
+        like Wireshark's Follow TCP Stream; ``.missing`` counts bytes that did not pass or that the record cut
+        (attach with ``snaplen=65535`` to keep whole packets)."""
+        return follow(self.record.entries(), flow_id)
+
     def to_pcap(self, path: str | os.PathLike[str]) -> int:
-        """Write the packets seen (up to ``snaplen`` bytes each) to a pcap file."""
-        return self.record.to_pcap(str(path))
+        """Write the packets seen (up to ``snaplen`` bytes each) to a pcapng file, each with a comment naming its
+        session, verdict and handler; :func:`pktlab.to_pcap` merges several sessions into one file."""
+        return export.to_pcap(self, path)

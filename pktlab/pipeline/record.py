@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 from ..packet.model import HOOK_NAMES, summarize
 from ..packet.verdicts import ACCEPT, DROP, REPEAT, Verdict
 from ._ring import Ring
+from .tcp_analysis import COLUMNS as TCP_COLUMNS
+from .tcp_analysis import analyse
 
 SENT = 255  # the "verdict" code of a packet pktlab sent itself (pkt.reply, Session.send): it had no verdict
 VERDICT_NAMES = {**{v.code: str(v) for v in (ACCEPT, DROP, REPEAT)}, SENT: "sent"}
@@ -34,6 +36,7 @@ COLUMNS = [
     "handler_us",
     "error",
     "modified",
+    *TCP_COLUMNS,
 ]
 
 
@@ -65,7 +68,9 @@ class Record:
 
     def __init__(self, capacity: int = 100_000, snaplen: int = 256) -> None:
         if capacity < 1:
-            raise ValueError("record capacity must be at least 1")
+            raise ValueError(f"record_size {capacity} is too small; a record keeps at least 1 packet")
+        if not 20 <= snaplen <= 65535:
+            raise ValueError(f"snaplen {snaplen} is out of range; keep 20..65535 bytes of each packet (65535: whole)")
         if capacity * snaplen > MAX_RECORD_BYTES:  # the ring is allocated and touched up front
             fit = max(1, MAX_RECORD_BYTES // max(1, snaplen))
             raise ValueError(
@@ -121,8 +126,10 @@ class Record:
         return iter(self.entries())
 
     def rows(self) -> list[dict[str, Any]]:
+        """One dict per entry: what the record has, then the TCP-level reading of it (see ``tcp_analysis``)."""
         out = []
-        for e in self:
+        entries = self.entries()
+        for e, tcp in zip(entries, analyse(entries), strict=True):
             s = summarize(e.head)
             out.append(
                 {
@@ -137,6 +144,7 @@ class Record:
                     "handler_us": e.handler_us,
                     "error": e.error,
                     "modified": e.modified,
+                    **tcp,
                 }
             )
         return out
@@ -147,28 +155,11 @@ class Record:
 
         df = pd.DataFrame(self.rows(), columns=COLUMNS)
         df["time"] = pd.to_datetime(df["time"], unit="s")
-        for col in ("handler", "error"):  # no handler decided, no error: None, as everywhere else (pandas made NaN)
+        for col in ("handler", "error", "side", "flags", "analysis"):  # None, as everywhere else (pandas made NaN)
             df[col] = df[col].astype(object).where(df[col].notna(), None)
+        for col in ("flow", "seq", "ack", "len", "win", "seq_raw", "ack_raw"):  # integers, missing where not TCP
+            df[col] = df[col].astype("Int64")
         return df
-
-    def to_pcap(self, path: str) -> int:
-        """Write the packets in the ring (up to ``snaplen`` bytes each) to a pcap, in the order they arrived.
-
-        A held packet's entry is made when its verdict is given, later than the
-        packets after it; the capture has it where it came.  Returns the count.
-        """
-        from scapy.utils import RawPcapWriter
-
-        entries = sorted(self.entries(), key=lambda e: e.time)
-        w = RawPcapWriter(str(path), linktype=101, snaplen=max(self.snaplen, 65535), sync=False)
-        try:
-            w._write_header(None)  # an empty record still yields a valid file
-            for e in entries:
-                sec = int(e.time)
-                w.write_packet(e.head, sec=sec, usec=int((e.time - sec) * 1e6), wirelen=e.size)
-        finally:
-            w.close()
-        return len(entries)
 
     def counters(self) -> dict[str, int]:
         return {

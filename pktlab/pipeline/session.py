@@ -243,6 +243,7 @@ class Session(ChainOwner):
         flow_verdicts: bool = False,
         gso: bool = True,
         copy: str | None = None,
+        decide: bool = False,
     ) -> None:
         if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue <= 65535:
             raise SessionError(f"queue number {queue!r} is not valid; use an integer 0..65535")
@@ -270,7 +271,7 @@ class Session(ChainOwner):
                 )
         self.filter = _bpf.compile(filter) if filter else None
         prefix = tuple(self.filter.match_args()) if self.filter is not None else ()
-        self.rule = _rules.QueueRule(queue, hook, tuple(match), table, bypass, family, prefix)
+        self.rule = _rules.QueueRule(queue, hook, tuple(match), table, bypass, family, prefix, decide=bool(decide))
         self._offloads: dict[str, Offload] = {}
         self._flow_rules: FlowRules | None = None
         # flow verdicts ready from attach on: conntrack follows every connection from its first packet,
@@ -347,7 +348,10 @@ class Session(ChainOwner):
         self.chain = HandlerChain()
         self.chain.on_replace = self._handler_replaced
         self.chain.on_first_failure = self._first_failure
-        self.record = Record(record_size, snaplen)
+        try:
+            self.record = Record(record_size, snaplen)
+        except ValueError as exc:
+            raise SessionError(str(exc)) from None
         self._watchdog: threading.Thread | None = None
         self._watching = threading.Event()
         self._attached = False
@@ -505,7 +509,23 @@ class Session(ChainOwner):
         atexit.register(self.detach)
         if self._lab is not None:
             self._lab.track_session(self)
+        self._say_what_accepts_skip()
         return self
+
+    def _say_what_accepts_skip(self) -> None:
+        """Once per attach: the rules below the queue rule that a packet the handlers accept no longer meets."""
+        assert self.rules is not None and self.rule is not None
+        said = set()
+        for skipped in self.rules.skipped():
+            text = skipped.text()
+            if text in said:
+                continue  # the same in iptables and ip6tables
+            said.add(text)
+            if self.rule.decide and skipped.table == _rules.DECIDING_TABLE[self.rule.hook]:
+                fix = "attach without decide=True (--decide) to observe: what it accepts then meets them as without it"
+            else:
+                fix = "they share its chain; attach in another table (table=) to let them run"
+            self._say(f"{text}; {fix}")
 
     # -- hung handlers -----------------------------------------------------------------
     def _start_watchdog(self) -> None:
@@ -941,7 +961,7 @@ class Session(ChainOwner):
         spool = src.dropped if dropped else src.accepted
         w = RawPcapWriter(str(path), linktype=1 if src.link == "ethernet" else 101, snaplen=65535, sync=False)
         try:
-            w._write_header(None)  # an empty result still yields a valid file
+            w.write_header(None)  # an empty result still yields a valid file
             for t, data in spool:
                 sec = int(t)
                 w.write_packet(data, sec=sec, usec=int((t - sec) * 1e6), wirelen=len(data))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pktlab import Lab, RuleError
-from pktlab.kernel.rules import QueueRule, RuleSet, make_tag, parse_match, sweep_stale
+from pktlab.kernel.rules import QueueRule, RuleSet, SavedRule, Skipped, make_tag, parse_match, rule_text, sweep_stale
 from tests.conftest import pktlab_rules
 
 
@@ -54,6 +54,32 @@ def test_queue_rule_defaults_and_spec() -> None:
         QueueRule(1, "PREROUTING", table="filter")
     with pytest.raises(RuleError, match="out of range"):
         QueueRule(70000)
+
+
+def test_observing_and_deciding_tables() -> None:
+    """Observing (the default) queues in mangle at every hook; deciding in filter where the hook has it."""
+    for hook in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"):
+        assert QueueRule(1, hook).table == "mangle"
+    decided = {h: QueueRule(1, h, decide=True).table for h in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT")}
+    assert decided == {"PREROUTING": "mangle", "INPUT": "filter", "FORWARD": "filter", "OUTPUT": "filter"}
+    assert QueueRule(1, "OUTPUT", table="raw", decide=True).table == "raw"  # table= wins
+
+
+def _saved(*line: str) -> SavedRule:
+    return SavedRule("filter", list(line), 0)
+
+
+def test_what_an_accept_skips_reads_as_one_sentence() -> None:
+    drop = _saved("-A", "FORWARD", "-p", "udp", "-m", "udp", "--sport", "53", "-j", "DROP")
+    log = _saved("-A", "FORWARD", "-m", "comment", "--comment", "my note", "-j", "LOG")
+    other = _saved("-A", "FORWARD", "-m", "comment", "--comment", "pktlab:12:delay-eth1", "-j", "NFQUEUE")
+    assert rule_text(log.tokens) == "-j LOG" and rule_text(drop.tokens) == "-p udp -m udp --sport 53 -j DROP"
+    text = Skipped("filter", "FORWARD", (log, drop, drop), "ACCEPT").text()
+    assert text == ("a packet it accepts in filter/FORWARD skips 3 rules below it, among them "
+                    "`-p udp -m udp --sport 53 -j DROP` and 1 more dropping")  # fmt: skip
+    policy = Skipped("filter", "INPUT", (), "DROP").text()
+    assert policy == "a packet it accepts in filter/INPUT skips the chain's DROP policy"
+    assert Skipped("mangle", "POSTROUTING", (other,), "ACCEPT").text().endswith("skips 1 rule below it")
 
 
 def test_install_remove_and_sweep_in_a_namespace(lab: Lab) -> None:

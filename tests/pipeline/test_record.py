@@ -8,6 +8,7 @@ from scapy.utils import rdpcap
 
 from pktlab import ACCEPT, DROP
 from pktlab import testing as t
+from pktlab.pipeline.export import to_pcap
 from pktlab.pipeline.record import Record
 
 
@@ -39,19 +40,46 @@ def test_dataframe_columns_and_values() -> None:
     assert set(df["hook"]) == {"INPUT"} and set(df["proto"]) == {"udp"}
 
 
+class _Named:
+    """What export.to_pcap takes: a name and a record (a session has both)."""
+
+    def __init__(self, name: str, record: Record) -> None:
+        self.name, self.record = name, record
+
+
 def test_empty_record_gives_empty_frame_and_valid_pcap(tmp_path) -> None:
     r = Record(capacity=3)
     assert len(r.df()) == 0
-    assert r.to_pcap(str(tmp_path / "e.pcap")) == 0
-    assert len(rdpcap(str(tmp_path / "e.pcap"))) == 0
+    assert to_pcap(_Named("s", r), tmp_path / "e.pcapng") == 0
+    assert len(rdpcap(str(tmp_path / "e.pcapng"))) == 0
 
 
-def test_pcap_keeps_wire_length(tmp_path) -> None:
+def test_pcap_keeps_wire_length_and_says_it_was_cut(tmp_path, capsys) -> None:
     r = Record(capacity=3)
     r.append(entry(1)._replace(size=1500))  # seen 1500 bytes, kept the head
-    r.to_pcap(str(tmp_path / "p.pcap"))
-    p = rdpcap(str(tmp_path / "p.pcap"))[0]
-    assert p.wirelen == 1500 and p[UDP].dport == 9000
+    to_pcap(_Named("s", r), tmp_path / "p.pcapng")
+    p = rdpcap(str(tmp_path / "p.pcapng"))[0]
+    assert p.wirelen == 1500 and UDP in p and p[UDP].dport == 9000
+    assert p.comments == [b"pktlab session=s verdict=accept handler=none cut to 29 of 1500 bytes (the record's snaplen)"]  # noqa: E501
+    said = capsys.readouterr().err
+    assert "1 of 1 packets were cut to the record's snaplen (256 bytes); attach with snaplen=65535" in said
+
+
+def test_sessions_merge_in_time_order(tmp_path) -> None:
+    a, b = Record(capacity=10), Record(capacity=10)
+    for i in (0, 2, 4):
+        a.append(entry(i))
+    for i in (1, 3):
+        b.append(entry(i, DROP, err="Traceback ...\nValueError: bad"))
+    b.append(entry(5)._replace(verdict="sent"))
+    assert to_pcap([_Named("client", a), _Named("server", b)], tmp_path / "m.pcapng") == 6
+    pkts = rdpcap(str(tmp_path / "m.pcapng"))
+    assert [p[UDP].sport for p in pkts] == [1000, 1001, 1002, 1003, 1004, 1005]
+    assert [p.comments[0].split()[1] for p in pkts] == [b"session=client", b"session=server"] * 3
+    assert pkts[1].comments == [b"pktlab session=server verdict=drop handler=h error=ValueError: bad"]
+    assert pkts[5].direction == 2  # pktlab sent it: outbound
+    with pytest.raises(ValueError, match="same name"):
+        to_pcap([_Named("x", a), _Named("x", b)], tmp_path / "bad.pcapng")
 
 
 def test_count_since_counts_the_newest_entries() -> None:
