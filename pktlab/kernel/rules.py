@@ -311,6 +311,12 @@ def _tag_of(tokens: list[str]) -> str | None:
     return None
 
 
+def tag_name(tokens: list[str]) -> str | None:
+    """The pktlab name in a saved rule's comment (a session's name, ``loss-eth0-1``), or None."""
+    m = _TAG_RE.match(_tag_of(tokens) or "")
+    return m.group(2) if m else None
+
+
 def _delete(netns_name: str | None, tool: str, rules: Iterable[SavedRule]) -> int:
     tables: dict[str, list[str]] = defaultdict(list)
     n = 0

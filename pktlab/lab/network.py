@@ -217,6 +217,21 @@ def wait_ready(proc: subprocess.Popen[str], what: str, timeout: float = 10.0) ->
         raise LabError(f"{what} did not start: {err.strip()[-300:] or 'no output'}")
 
 
+def _tftp_stopped(got: dict[str, Any]) -> str:
+    """Where a TFTP read stopped, from what the reading side and the server (if any) said."""
+    server = got.get("server")
+    if got.get("complete"):
+        return "file received" if got.get("ok", True) else "file received, with content other than the server's"
+    if server is None:
+        return f"no complete answer from the path ({got.get('bytes', 0)} bytes arrived)"
+    if server.get("reason") == "no request":
+        return "the read request was sent and did not reach the server's socket"
+    if server.get("served"):
+        return f"the server sent the whole file; the reading side got {got.get('bytes', 0)} bytes of it"
+    return (f"the server sent {server.get('bytes', 0)} bytes and then gave up ({server.get('reason')}): "
+            f"its blocks or the acknowledgements were lost; the reading side got {got.get('bytes', 0)}")  # fmt: skip
+
+
 class Lab:
     """Network namespaces joined by veth links.
 
@@ -477,7 +492,17 @@ class Lab:
             r_out, r_err = recv.communicate(timeout=timeout + 10)
         if not r_out.strip():
             raise LabError(f"TCP flow failed: receiver said {r_err.strip()[-300:]!r}, sender {s_err.strip()[-300:]!r}")
-        return json.loads(r_out.strip().splitlines()[-1])
+        got = json.loads(r_out.strip().splitlines()[-1])
+        sent = json.loads(s_out.strip().splitlines()[-1]).get("sent") if s_out.strip() else None
+        got["sent"] = sent
+        if sent is None:
+            why = (s_err.strip().splitlines() or ["no output"])[-1][:200]
+            got["stopped"] = f"the sender did not get through ({why})"
+        elif got["received"] == nbytes:
+            got["stopped"] = "all bytes received"
+        else:
+            got["stopped"] = f"the sender sent {sent:,} of {nbytes:,} bytes; the receiver got {got['received']:,}"
+        return got
 
     def dns(
         self,
@@ -504,10 +529,21 @@ class Lab:
             query = self._traffic(s, "dns-query", "--server", to or d.addr, f"--name={name}", "--timeout", str(timeout))
             started.append(query)
             q_out, q_err = query.communicate(timeout=timeout + 10)
-            server.communicate(timeout=timeout + 10)
+            d_out, _ = server.communicate(timeout=timeout + 10)
         if not q_out.strip():
             raise LabError(f"DNS query failed: {q_err.strip()[-300:]!r}")
-        return json.loads(q_out.strip().splitlines()[-1])
+        got = json.loads(q_out.strip().splitlines()[-1])
+        served = json.loads(d_out.strip().splitlines()[-1]) if d_out.strip() else {"answered": 0, "queries": 0}
+        got["server"] = served
+        if got["answered"]:
+            got["stopped"] = "answer received"
+        elif served["answered"]:
+            got["stopped"] = "the server answered; its answer did not reach the querying side"
+        elif served["queries"]:
+            got["stopped"] = "the query reached the server, which did not answer it"
+        else:
+            got["stopped"] = "the query was sent and did not reach the server's socket"
+        return got
 
     def tftp(
         self,
@@ -546,6 +582,7 @@ class Lab:
         got = json.loads(g_out.strip().splitlines()[-1])
         if server is not None:
             got["server"] = json.loads(s_out.strip().splitlines()[-1]) if s_out.strip() else {"served": False}
+        got["stopped"] = _tftp_stopped(got)
         return got
 
     def ping(self, count: int = 3, *, src: str = "client", dst: str = "server", **kwargs: Any) -> PingResult:

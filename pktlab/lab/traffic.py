@@ -208,12 +208,13 @@ def dns_serve(answer: str, count: int, timeout: float, port: int) -> dict:
     sock.bind(("0.0.0.0", port))
     sock.settimeout(timeout)
     _ready()
-    answered = 0
+    answered = queries = 0
     while answered < count:
         try:
             data, peer = sock.recvfrom(4096)
         except TimeoutError:
             break
+        queries += 1
         q = DNS(data)
         if q.qr != 0 or not q.qd:
             continue
@@ -223,7 +224,7 @@ def dns_serve(answer: str, count: int, timeout: float, port: int) -> dict:
         )
         sock.sendto(bytes(reply), peer)
         answered += 1
-    return {"answered": answered}
+    return {"answered": answered, "queries": queries}
 
 
 def dns_query(server: str, name: str, timeout: float, port: int) -> dict:

@@ -238,7 +238,8 @@ class DropWatch:
                 rise = n - before.get(k, ("", 0))[1]
                 if rise > 0:
                     credit[f"{k[0]} {k[1]} {k[2]}: {rule}"] = credit.get(f"{k[0]} {k[1]} {k[2]}: {rule}", 0) + rise
-        rose = [r for r, n in credit.items() if n > 0]
+        other = "ip6 " if d.head[:1] and d.head[0] >> 4 == 4 else "ip "  # an IPv4 packet meets no ip6 table's rule
+        rose = [r for r, n in credit.items() if n > 0 and not r.startswith(other)]
         if not rose:
             return d
         credit[max(rose, key=lambda r: credit[r])] -= 1  # one drop of the rises accounted for

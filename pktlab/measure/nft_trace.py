@@ -95,7 +95,9 @@ def decode(msg: bytes) -> TraceMessage | None:
         v = _attrs(a[_VERDICT], 0, len(a[_VERDICT]))
         raw = _be32(v.get(1))
         if raw is not None:
-            code = raw - (1 << 32) if raw & 0x80000000 else raw
+            # nft's own verdicts are -1..-5; a queue verdict carries its number in the upper 16 bits
+            # (queue 32768 and above would read negative as a signed value)
+            code = raw - (1 << 32) if raw >= (1 << 32) - 16 else raw
             target = _string(v.get(2)) or None
     elif _POLICY in a:
         code = _be32(a.get(_POLICY))
@@ -201,35 +203,84 @@ _COUNTER = re.compile(r"\s*counter packets (\d+) bytes \d+")
 
 
 def rule_texts(netns: str | None) -> dict[tuple[str, str, str, int], str]:
-    """Every rule of a namespace's ruleset by (family, table, chain, handle), as ``nft`` writes it (no counters)."""
-    return parse_ruleset(_netns.run(netns, ["nft", "-a", "list", "ruleset"], check=False).stdout)
+    """Every rule of a namespace's ruleset by (family, table, chain, handle), as ``nft`` writes it (no counters);
+    pktlab's own rules named for what made them (:func:`label`)."""
+    return {k: named for k, (named, _, _) in _labelled(netns).items()}
 
 
 def drop_counters(netns: str | None) -> dict[tuple[str, str, str, int], tuple[str, int]]:
     """The rules of a namespace that drop and count: (family, table, chain, handle) -> (rule, packets counted)."""
-    text = _netns.run(netns, ["nft", "-a", "list", "ruleset"], check=False).stdout
-    out = {}
-    for key, (rule, packets) in _parse(text).items():
-        if packets is not None and re.search(r"\bdrop$", rule):
-            out[key] = (rule, packets)
-    return out
+    return {k: (named, n) for k, (named, rule, n) in _labelled(netns).items() if n is not None and _DROPS.search(rule)}
 
 
 def parse_ruleset(text: str) -> dict[tuple[str, str, str, int], str]:
     """The rules of ``nft -a list ruleset``'s output by (family, table, chain, handle), counters left out."""
-    return {k: rule for k, (rule, _) in _parse(text).items()}
+    return {k: rule for k, (rule, _, _) in _parse(text).items()}
 
 
-def _parse(text: str) -> dict[tuple[str, str, str, int], tuple[str, int | None]]:
-    out: dict[tuple[str, str, str, int], tuple[str, int | None]] = {}
+def label(name: str, rule: str) -> str:
+    """What a rule pktlab installed is, for a person: the link condition or the session that made it.
+
+    ``name`` is the pktlab name in the rule's comment (``loss-eth0-1``, ``delay-eth0``, a session's
+    name) and ``rule`` its text as nft writes it.
+    """
+    if m := re.fullmatch(r"loss-(.+)-\d+", name):
+        share = re.search(r"meta random & 2147483647 < (\d+)", rule)
+        what = f"{int(share.group(1)) / 2**31:.1%} loss" if share else "random loss"
+        return f"link condition: {what} arriving on {m.group(1)}"
+    if re.fullmatch(r"trace-\d+", name):
+        return "pktlab.trace: the packet is followed from here"
+    if m := re.fullmatch(r"delay-(.+)", name):
+        queue = re.search(r"queue num (\d+)", rule)
+        return f"link condition: the delay line of {m.group(1)}" + (f" (queue {queue.group(1)})" if queue else "")
+    return f"pktlab session {name}: {rule}"
+
+
+_DROPS = re.compile(r"\bdrop$")
+
+
+def _labelled(netns: str | None) -> dict[tuple[str, str, str, int], tuple[str, str, int | None]]:
+    """The ruleset: (family, table, chain, handle) -> (the rule as a person reads it, as nft writes it, its counter).
+
+    nft does not show iptables' comments, where pktlab's rules carry their name; iptables-save does,
+    in the same order within each chain, so a rule's position in its chain joins the two views.
+    """
+    from ..errors import MissingToolError
+    from ..kernel.rules import saved_rules, tag_name
+
+    names: dict[tuple[str, str, str, int], str] = {}
+    for family, tool in (("ip", "iptables"), ("ip6", "ip6tables")):
+        try:
+            saved = saved_rules(netns, tool)
+        except (RuleError, MissingToolError):
+            continue
+        seen: dict[tuple[str, str, str], int] = {}
+        for r in saved:
+            where = (family, r.table, r.tokens[1])
+            seen[where] = seen.get(where, -1) + 1
+            if (name := tag_name(r.tokens)) is not None:
+                names[(*where, seen[where])] = name
+    out = {}
+    listed = _netns.run(netns, ["nft", "-a", "list", "ruleset"], check=False).stdout
+    for key, (rule, packets, index) in _parse(listed).items():
+        name = names.get((*key[:3], index))
+        out[key] = (label(name, rule) if name else rule, rule, packets)
+    return out
+
+
+def _parse(text: str) -> dict[tuple[str, str, str, int], tuple[str, int | None, int]]:
+    """(family, table, chain, handle) -> (the rule's text without its counter, its packet count, its position)."""
+    out: dict[tuple[str, str, str, int], tuple[str, int | None, int]] = {}
     family = table = chain = ""
+    index = 0
     for line in text.splitlines():
         if m := _TABLE_LINE.match(line):
             family, table, chain = m.group(1), m.group(2), ""
         elif m := _CHAIN_LINE.match(line):
-            chain = m.group(1)
+            chain, index = m.group(1), 0
         elif chain and (m := _RULE_LINE.match(line)) and not line.strip().startswith(("type ", "chain ")):
             c = _COUNTER.search(m.group(1))
             rule = _COUNTER.sub("", m.group(1)).strip()
-            out[(family, table, chain, int(m.group(2)))] = (rule, int(c.group(1)) if c else None)
+            out[(family, table, chain, int(m.group(2)))] = (rule, int(c.group(1)) if c else None, index)
+            index += 1
     return out

@@ -362,8 +362,13 @@ class Tracer:
             for e in reversed(s.record.tail(4096)):
                 if not t_ns < e.decided_ns < t_ns + 10**10 or identity(bytes(e.head)) != key:
                     continue
-                by = f"handler {e.handler}" if e.handler else "no handler decided"
-                what = f"pktlab queue {queue} ({s.name}): {by}, {e.handler_us:.1f} µs in handlers"
+                if e.handler:
+                    by = f"handler {e.handler}, {e.handler_us:.1f} µs in handlers"
+                elif e.handler_us:
+                    by = f"no handler decided, {e.handler_us:.1f} µs in handlers"
+                else:
+                    by = "no handler ran"
+                what = f"pktlab queue {queue} ({s.name}): {by}"
                 what += (" (rewritten)" if e.modified else "") + (f"; {e.error}" if e.error else "")
                 return [Step(ht.host.role, e.decided_ns, lane, "pktlab", what, e.verdict)]
         return []

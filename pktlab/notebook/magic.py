@@ -38,7 +38,7 @@ USAGE = """\
 %pktlab doctor [--clean]                                what this machine allows; --clean removes leftovers
 %pktlab pause | resume                                  hold packets in the kernel queue / let them through
 %pktlab dashboard [NAME] | controls [NAME]               live plots / pause, step, inspect, toggle (a session)
-%pktlab handlers | handler off|on|remove NAME
+%pktlab handlers [SESSION] | handler off|on|remove|show NAME
 %%pktlab handler NAME [--before H] [--after H]          the cell is the body of NAME(pkt)"""
 
 
@@ -103,7 +103,7 @@ def _parsers() -> dict[str, _Parser]:
     hd.add_argument("--after", default=None)
 
     hl = _Parser(prog="%pktlab handler", add_help=False)
-    hl.add_argument("action", choices=["on", "off", "remove"])
+    hl.add_argument("action", choices=["on", "off", "remove", "show"])
     hl.add_argument("name")
     hl.add_argument("--session", default=None)
     off = _Parser(prog="%pktlab offload", add_help=False)
@@ -268,11 +268,14 @@ class PktlabMagicState:
             s.pause() if cmd == "pause" else s.resume()
             return None
         if cmd == "handlers":
-            s = self.session()
-            return [(h.name, h.enabled, h.errors) for h in s.chain]
+            s = self.session(rest[0] if rest else None)
+            return s.handler_table()
         if cmd == "handler":
             a = self.parsers["handler"].parse_args(rest)
             s = self.session(a.session)
+            if a.action == "show":
+                print(s.handler_source(a.name))
+                return None
             if a.action == "remove":
                 s.remove_handler(a.name)
             else:

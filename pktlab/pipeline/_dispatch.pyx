@@ -575,7 +575,8 @@ cdef class Dispatcher:
 
     # -- TCP sequence adjustment ---------------------------------------------------------
     cdef bint _needs_seqadj(self, PacketCore pkt, int code):
-        """An accepted TCP packet that a handler changed, of a connection with state, or a SYN (its MSS)."""
+        """An accepted TCP packet that a handler changed, of a connection with state, or a SYN (its MSS) while
+        handlers run."""
         cdef const unsigned char* p
         cdef Py_ssize_t n
         if self.seqadj is None or code != NF_ACCEPT:
@@ -589,7 +590,10 @@ cdef class Dispatcher:
         if pkt._modified or self.seqadj_on:
             return True
         p = buf_ptr(pkt._buf, &n)
-        return pkt._l4off + 13 < n and p[pkt._l4off + 13] & 0x02 and self.seqadj_headroom > 0
+        # a SYN's MSS makes room for segments a handler may grow: only while the session has handlers (a
+        # delay line or a session that only looks leaves TCP as it is)
+        return (pkt._l4off + 13 < n and p[pkt._l4off + 13] & 0x02 and self.seqadj_headroom > 0
+                and len(self.chain.active) > 0)
 
     cdef int _seqadj(self, PacketCore pkt, bytes original, bint rewrite, bint wait=False) except -1:
         """Adjust an accepted TCP packet in place (raises SeqAdjError, nothing changed, for an impossible rewrite)."""

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import HandlerError
 from ..packet.model import Packet
 from ..packet.verdicts import Verdict
 from . import export
@@ -99,6 +100,35 @@ class ChainOwner:
     @property
     def handlers(self) -> list[str]:
         return self.chain.names
+
+    def handler_table(self) -> Any:
+        """The handlers as a DataFrame: name, on, packets (whose verdict it gave, in the record), drops, errors."""
+        import pandas as pd
+
+        decided: dict[str, list[int]] = {}
+        for e in self.record.entries():
+            if e.handler is not None:
+                n = decided.setdefault(e.handler, [0, 0])
+                n[0] += 1
+                n[1] += e.verdict == "drop"
+        rows = [{"name": h.name, "on": h.enabled, "packets": decided.get(h.name, [0, 0])[0],
+                 "drops": decided.get(h.name, [0, 0])[1], "errors": h.errors} for h in self.chain]  # fmt: skip
+        return pd.DataFrame(rows, columns=["name", "on", "packets", "drops", "errors"])
+
+    def handler_source(self, name: str) -> str:
+        """The source of handler ``name``: its cell (``%%pktlab handler``) or its function's code."""
+        import inspect
+
+        h = next((h for h in self.chain if h.name == name), None)
+        if h is None:
+            have = ", ".join(self.handlers) or "none"
+            raise HandlerError(f"no handler {name!r} in {self.name}; its handlers are {have}")
+        if h.source:
+            return h.source
+        try:
+            return inspect.getsource(h.fn)
+        except (OSError, TypeError):
+            return f"# the source of {name} is not available (a function made outside a file or cell): {h.fn!r}"
 
     # -- looking at what happened -------------------------------------------------
     @property

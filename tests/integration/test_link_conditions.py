@@ -91,3 +91,28 @@ def test_conditions_change_while_traffic_flows_and_lose_nothing(lab: Lab) -> Non
     link.set(delay=0, jitter=0)  # the held packets leave at once
     got = flow.wait()
     assert got.sent == 3000 and got.unique == 3000 and got.duplicates == 0
+
+
+def test_a_delay_and_a_looking_session_leave_tcp_as_it_is(lab: Lab, queue_num: int) -> None:
+    """No MSS clamp where no handler may grow a payload: the delay line, a session without handlers."""
+    from scapy.layers.inet import TCP
+
+    import pktlab
+
+    def mss(pkt) -> int:
+        return int(dict(pkt.scapy[TCP].options)["MSS"])
+
+    lab.link("client", "server").set(delay="2ms")  # the client's delay line holds its SYN
+    seen: list[int] = []
+    server = pktlab.attach(queue_num, rule="-p tcp --dport 9001 --tcp-flags SYN SYN", netns=lab.server)
+    looker = pktlab.attach(queue_num + 1, rule="-p tcp --sport 9001 --tcp-flags SYN SYN", hook="OUTPUT",
+                           netns=lab.server)  # fmt: skip
+    try:
+        server.add_handler(lambda pkt: seen.append(mss(pkt)), "syn_mss")  # reads, before its own clamp
+        assert lab.tcp(4096)["received"] == 4096
+        assert seen == [1460]  # as the client sent it, through the delay line
+        answer = looker.record.tail(1)[0]
+        assert mss(pktlab.Packet(None, answer.head)) == 1460  # the server's SYN-ACK, seen by a session that looks
+    finally:
+        server.detach()
+        looker.detach()

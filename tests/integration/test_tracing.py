@@ -167,3 +167,23 @@ def test_a_flood_is_traced_only_as_far_as_the_count_asks(lab: Lab) -> None:
     with pytest.raises(ValueError, match="from 1 to 10,000"):
         pktlab.trace(lab, "udp", count=10_001)
     _assert_gone(lab)
+
+
+def test_link_conditions_are_named_in_traces_and_drops(router_lab: Lab) -> None:
+    """The delay line and the loss rule read as the link condition that made them, verdicts with queue numbers."""
+    lab = router_lab
+    lab.link("router", "server").set(delay="5ms", loss=0.9)
+    w = pktlab.drops(lab, "udp and dst port 9300", seconds=20)
+    with pktlab.trace(lab, "udp and dst port 9300", count=6, timeout=20) as tr:
+        _send(lab, 9300, 6)
+    seen = w.stop()
+    text = tr.result.text()
+    assert "link condition: the delay line of eth1 (queue 65101)" in text, text
+    assert "queue num 65101 bypass -> queue" not in text and " -> -" not in text  # no raw verdict numbers
+    lost = [p.dropped for p in tr.result.packets if p.dropped is not None and p.dropped.host == "server"
+            and p.dropped.reason == "NETFILTER_DROP"]  # fmt: skip
+    assert lost, text  # 90 % of six: at least one, but for one run in a million
+    assert all("link condition: 90.0% loss arriving on eth0" in (d.by or "") for d in lost), [d.by for d in lost]
+    rules = [d.rule for d in seen.drops if d.reason == "NETFILTER_DROP"]
+    assert rules and all("link condition: 90.0% loss arriving on eth0" in (r or "") for r in rules), rules
+    assert not any("pktlab_trace" in t for t in _tables(lab))  # the trace's own parts gone; the link's stay

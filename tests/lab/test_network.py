@@ -107,3 +107,22 @@ def test_traffic_values_are_data_never_options_and_bad_ones_are_refused_at_once(
     got = lab.tftp(filename="--help")
     assert got["complete"] and got["ok"]
     assert lab.dns("-h.example.", answer="10.77.2.54")["addresses"] == ["10.77.2.54"]
+
+
+def test_the_helpers_say_where_an_exchange_stopped(router_lab: Lab) -> None:
+    """From the lab's own counters (what each end's program saw): sent, reached the server, answered, received."""
+    lab = router_lab
+    assert lab.dns(timeout=3)["stopped"] == "answer received"
+    drop_answers = ["FORWARD", "-p", "udp", "--sport", "53", "-j", "DROP"]
+    lab.router.run(["iptables", "-I", *drop_answers])
+    r = lab.dns(timeout=1)
+    assert not r["answered"] and r["server"] == {"answered": 1, "queries": 1}
+    assert r["stopped"] == "the server answered; its answer did not reach the querying side"
+    lab.router.run(["iptables", "-D", *drop_answers])
+    lab.router.run(["iptables", "-I", "FORWARD", "-p", "udp", "--dport", "53", "-j", "DROP"])
+    assert lab.dns(timeout=1)["stopped"] == "the query was sent and did not reach the server's socket"
+    assert lab.tftp(700, timeout=1)["stopped"] == "file received"  # TFTP is port 69: not dropped
+    lab.router.run(["iptables", "-I", "FORWARD", "-p", "udp", "--dport", "69", "-j", "DROP"])
+    assert lab.tftp(700, timeout=1)["stopped"] == "the read request was sent and did not reach the server's socket"
+    r = lab.tcp(10_000, timeout=5)
+    assert r["stopped"] == "all bytes received" and r["sent"] == 10_000

@@ -186,7 +186,7 @@ def test_filter_offload_and_trace_magics(shell) -> None:
         run(shell, "%pktlab lab down")
 
 
-def test_replay_through_magics_needs_no_root(shell) -> None:
+def test_replay_through_magics_needs_no_root(shell, capsys) -> None:
     r, err = run(shell, "%pktlab replay lab-udp --filter 'udp[8:4] < 10'")
     assert err is None and r.filter
     cell = "%%pktlab handler odd\nif int.from_bytes(pkt.udp.payload[:4], 'big') % 2:\n    return pkt.drop()\n"
@@ -194,6 +194,14 @@ def test_replay_through_magics_needs_no_root(shell) -> None:
     assert err is None and r.handlers == ["odd"]
     st, err = run(shell, "%pktlab run")
     assert err is None and st.counters["drop"] == 5 and st.passed_unseen == 10
+    table, err = run(shell, "%pktlab handlers")
+    assert err is None and list(table.columns) == ["name", "on", "packets", "drops", "errors"]
+    assert table.to_dict("records") == [{"name": "odd", "on": True, "packets": 5, "drops": 5, "errors": 0}]
+    capsys.readouterr()
+    _, err = run(shell, "%pktlab handler show odd")
+    assert err is None and "return pkt.drop()" in capsys.readouterr().out
+    _, err = run(shell, "%pktlab handler show even")
+    assert err is not None and "no handler 'even'" in err and "its handlers are odd" in err
     _, err = run(shell, "%pktlab pause")  # a replay pauses like a queue (step() through it)
     assert err is None and r.paused
     _, err = run(shell, "%pktlab resume")
