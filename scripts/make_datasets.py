@@ -196,6 +196,37 @@ def http_get(lab: pktlab.Lab) -> None:
         lab.client.run([sys.executable, "-c", fetch], timeout=20)
 
 
+SLOW_PAGE_BYTES = 128 * 1024
+
+
+def slow_page_content() -> bytes:
+    """The page of ``lab-web-slow``: deterministic bytes, so a capture can be checked against them."""
+    return bytes((i * 13 + 5) % 256 for i in range(SLOW_PAGE_BYTES))
+
+
+def slow_page(lab: pktlab.Lab) -> None:
+    """One HTTP GET of a 128 KiB page through a router whose links are slow (20 ms each way to the server) and
+    lossy (10 % of what the router sends the client is lost on the way)."""
+    import tempfile
+
+    from pktlab.lab.network import wait_until
+
+    lab.link("router", "server").set(delay="20ms")
+    lab.link("client", "router").set(loss=0.1, direction="b>a")
+    with tempfile.TemporaryDirectory() as root:
+        Path(root, "page.bin").write_bytes(slow_page_content())
+        os.chmod(root, 0o755)
+        lab.server.popen([sys.executable, "-m", "http.server", "8080", "--directory", root])
+        if not wait_until(lambda: ":8080" in lab.server.run("ss -ltn").stdout, timeout=10):
+            raise RuntimeError("the HTTP server in the lab did not start listening")
+        fetch = (
+            "import urllib.request; "
+            f"r = urllib.request.urlopen('http://{lab.server.addr}:8080/page.bin', timeout=30); "
+            "body = r.read(); print(r.status, len(body))"
+        )
+        lab.client.run([sys.executable, "-c", fetch], timeout=60)
+
+
 def main() -> int:
     OUT.mkdir(exist_ok=True)
     entries = [
@@ -263,6 +294,19 @@ def main() -> int:
             tftp_read,
             "one TFTP read (RFC 1350, octet mode) of a 1,300-byte file: the request to port 69, three "
             "DATA blocks from the server's transfer port and their ACKs, seen forwarded by the router",
+            topology="router",
+            on="router",
+            hook="FORWARD",
+        )
+    )
+    entries.append(
+        capture(
+            "lab-web-slow",
+            "-p tcp -m multiport --ports 8080",
+            slow_page,
+            "one HTTP/1.1 GET of a 128 KiB page (Python's http.server) over slow and lossy links: 20 ms each way "
+            "between router and server, 10 % loss from router to client; both directions, seen forwarded by the "
+            "router (notebook 09's slow web page in replay mode)",
             topology="router",
             on="router",
             hook="FORWARD",

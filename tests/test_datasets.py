@@ -182,3 +182,27 @@ def test_the_recorded_traces_show_a_packets_life_and_three_drops() -> None:
     assert "udp dport 9301 drop" in drops["by"][1] and "handler no_9302" in drops["by"][2]
     with pytest.raises(pktlab.PktlabError, match="the recorded traces are lab-drops, lab-ping"):
         pktlab.datasets.trace("nope")
+
+
+def test_the_slow_page_capture_has_the_whole_page_and_its_retransmissions() -> None:
+    import sys
+
+    import pktlab
+
+    load("lab-web-slow")
+    sys.path.insert(0, str(DATA.parent / "scripts"))
+    try:
+        from make_datasets import slow_page_content
+    finally:
+        sys.path.pop(0)
+    s = pktlab.replay("lab-web-slow", snaplen=65535, record_size=5000)
+    s.run()
+    df = s.df
+    assert set(df["flow"]) == {0} and list(df.loc[:1, "flags"]) == ["S", "AS"]
+    rtt = df.loc[1, "t"] - df.loc[0, "t"]
+    assert 0.040 <= rtt < 0.080  # the 20 ms delay each way, seen from the router
+    marks = df["analysis"].dropna()
+    assert marks.str.contains("retransmission").sum() >= 3 and marks.str.contains("duplicate ack").any()
+    f = s.follow(0)
+    assert f.missing == {"client": 0, "server": 0} and f.client.startswith(b"GET /page.bin HTTP/1.1\r\n")
+    assert f.server.startswith(b"HTTP/1.0 200 OK\r\n") and f.server.endswith(slow_page_content())

@@ -64,6 +64,22 @@ def check_live_output(stem: str, text: str) -> None:
         m = re.search(r"kernel / user space at 64 instructions: ([0-9.]+)x", text)
         assert m and float(m.group(1)) > 0 and "lab down: True" in text
         assert "1400-byte datagrams, copy 128 bytes / whole packet" in text
+    if stem == "09-slow-web-page":
+        assert "the page: 131072 bytes in" in text and "the page itself: True" in text
+        m = re.search(r"SYN to SYN-ACK (\d+) ms from the router", text)
+        assert m and 40 <= int(m.group(1)) < 200, m and m.group(0)  # the 20 ms delay each way
+        assert "bytes missing from the record: {'client': 0, 'server': 0}" in text
+        assert "delay 20 ms" in text and "loss 10 %" in text
+        m = re.search(r"tshark's retransmissions: (\d+); pktlab's: (\d+); the same frames: (\w+)", text)
+        assert m and m.group(1) == m.group(2) and m.group(3) == "True", m and m.group(0)
+        if "kernel tracepoints: yes" in text:  # root: the kernel names the causes
+            assert "link condition: the delay line of eth1 (queue 65101)" in text
+            m = re.search(r"(\d+) drops; by: (.*)", text)
+            assert m and (m.group(1) == "0" or m.group(2) == "['ip raw PREROUTING: link condition: 10.0% loss "
+                                                              "arriving on eth0']"), m and m.group(0)  # fmt: skip
+        else:
+            assert "drops and traces need the kernel's tracepoints: root's live mode only" in text
+        assert "lab down: True" in text
     if stem == "08-copy-costs" and "queue costs: measured as root only" in text:  # an ordinary user
         assert "measured in live mode only" in text and "ns to read the last byte" in text
     elif stem == "08-copy-costs":
