@@ -9,8 +9,10 @@ attributes do not come with queued packets on this kernel
 from the packets that pass the session, live or replayed alike.
 
 Tracking costs a little per packet, so it starts with ``s.track_flows()``, or
-the first time a handler reads ``pkt.flow`` or the notebook reads ``s.flows``;
-from then on every packet of the session is counted (what passed before is not).  The table is bounded:
+the first time a handler reads ``pkt.flow``; from then on every packet of the
+session is counted (what passed before is not).  ``s.flows`` does not need it:
+it reads the flows from the record, after the fact (``tcp_analysis.flow_summary``),
+and adds the tracked flows' ``state`` and flow verdicts.  The table is bounded:
 idle flows expire (TCP after ``tcp_idle`` s, closed or reset ones after
 ``closed_idle`` s, others after ``idle`` s), and beyond ``max_flows`` the flow
 seen longest ago goes.
@@ -199,6 +201,11 @@ class FlowTable:
         return len(self.flows)
 
     @staticmethod
+    def key(proto: int, src: tuple, dst: tuple) -> tuple:
+        """A flow's key, the same for both directions: (protocol, one endpoint, the other) in a fixed order."""
+        return (proto, src, dst) if (src, dst) <= (dst, src) else (proto, dst, src)
+
+    @staticmethod
     def endpoints(pkt: Any) -> tuple[int, tuple, tuple] | None:
         """(protocol, source, destination) of an IP packet; endpoints are (address, port or ICMP id or None)."""
         ip = pkt.ip or pkt.ipv6
@@ -223,7 +230,7 @@ class FlowTable:
         except PktlabError:  # malformed (PacketFormatError): the packet's fault, not a flow's
             return None
         proto, src, dst = ends
-        key = (proto, src, dst) if (src, dst) <= (dst, src) else (proto, dst, src)
+        key = self.key(proto, src, dst)
         now = pkt.time
         if now - self._swept >= 1.0:
             self._sweep(now)

@@ -52,6 +52,7 @@ from .holding import HeldPacket, HeldPackets
 from .record import Record
 from .sending import Sender
 from .tcp_adjust import TcpAdjust
+from .tcp_analysis import FLOW_COLUMNS, PROTO_NAMES, flow_summary
 
 if TYPE_CHECKING:
     from ..kernel.netns import Place
@@ -427,11 +428,27 @@ class Session(ChainOwner):
 
     @property
     def flows(self) -> Any:
-        """Every flow seen since tracking started, as a pandas DataFrame (one row per flow).
+        """Every flow in the record as a pandas DataFrame, one row per flow (``flow`` as in ``s.df``).
 
-        Reading it (or ``pkt.flow`` in a handler) starts the tracking; see :mod:`pktlab.pipeline.flows`.
+        Read from the record after the fact, so complete from the first packet it holds: ``a`` is the
+        client (it sent the SYN, else the first packet), packets and bytes per direction, the verdicts
+        (``accepted``, ``dropped``), retransmissions, the TCP state the flags say; ``flow_verdict`` and
+        ``state`` (a handler's ``pkt.flow.state``) from flow tracking, where a handler started it.
         """
-        return self._dispatch.flows.df()
+        import pandas as pd
+
+        rows = flow_summary(self.record.entries())
+        tracked = self._dispatch.flows
+        numbers = {name: n for n, name in PROTO_NAMES.items()}
+        for r in rows:
+            key = FlowTable.key(numbers.get(r["proto"], -1), (r["a"], r["aport"]), (r["b"], r["bport"]))
+            f = tracked.flows.get(key)
+            r["flow_verdict"] = f.verdict if f is not None else None
+            r["state"] = dict(f.state) if f is not None else {}
+        df = pd.DataFrame(rows, columns=[*FLOW_COLUMNS, "flow_verdict", "state"])
+        for c in ("first", "last"):
+            df[c] = pd.to_datetime(df[c], unit="s")
+        return df
 
     @property
     def is_replay(self) -> bool:

@@ -16,19 +16,22 @@ capture reads the same in both.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ..errors import PacketFormatError
 from ..packet.model import ipv6_upper
 
-__all__ = ["COLUMNS", "Followed", "analyse", "follow"]
+__all__ = ["COLUMNS", "FLOW_COLUMNS", "Followed", "analyse", "follow", "flow_summary"]
 
 COLUMNS = ["t", "flow", "side", "flags", "seq", "ack", "len", "win", "analysis", "seq_raw", "ack_raw"]
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 _LETTERS = ((CWR, "C"), (ECE, "E"), (URG, "U"), (ACK, "A"), (PSH, "P"), (RST, "R"), (SYN, "S"), (FIN, "F"))
 MOD = 1 << 32
+_ECHO = {1: (0, 8), 58: (128, 129)}  # ICMP and ICMPv6 echo request and reply types
 DEFAULT_OOO_NS = 3_000_000  # Wireshark's out-of-order window before it has measured the handshake's RTT
 FAST_RETRANS_NS = 20_000_000  # a retransmission within 20 ms of the second duplicate ACK is a fast one
 
@@ -66,6 +69,24 @@ class _Conn:
     dirs: dict[bool, _Direction] = field(default_factory=lambda: {True: _Direction(), False: _Direction()})
     syn_ns: int = 0
     first_rtt_ns: int = 0  # SYN to the ACK of the SYN-ACK: Wireshark's out-of-order window once known
+    fins: set[bool] = field(default_factory=set)  # the sides (from the client?) that sent a FIN
+    reset: bool = False
+    synack: bool = False
+
+    @property
+    def closed(self) -> bool:
+        return self.reset or len(self.fins) == 2
+
+    @property
+    def tcp_state(self) -> str:
+        """What the flags seen say of the connection (the same words as ``pkt.flow.tcp_state``)."""
+        if self.reset:
+            return "reset"
+        if len(self.fins) == 2:
+            return "closed"
+        if self.fins:
+            return "fin-wait"
+        return "syn-sent" if self.syn_ns and not self.synack else "established"
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,7 @@ class _Seg:
     length: int = 0
     win: int = 0
     payload_at: int = 0  # where the TCP payload starts in the recorded bytes
+    whole: bool = False  # a TCP header was recorded whole (the fields above are read from it)
 
 
 def _parse(head: bytes, size: int) -> _Seg | None:
@@ -99,6 +121,9 @@ def _parse(head: bytes, size: int) -> _Seg | None:
             l4len = (int.from_bytes(head[4:6], "big") or size - 40) + 40 - off
         else:
             return None
+        if proto in (1, 58) and not frag and len(head) >= off + 8 and head[off] in _ECHO[proto]:
+            ident = int.from_bytes(head[off + 4 : off + 6], "big")  # an echo's id names the exchange (as pkt.flow)
+            return _Seg(proto, (bytes(src), ident), (bytes(dst), ident))
         if proto not in (6, 17) or frag or len(head) < off + 4:
             return _Seg(proto, (bytes(src), None), (bytes(dst), None))
         sport, dport = struct.unpack_from("!HH", head, off)
@@ -106,15 +131,23 @@ def _parse(head: bytes, size: int) -> _Seg | None:
             return _Seg(proto, (bytes(src), sport), (bytes(dst), dport))
         seq, ack, doff, flags, win = struct.unpack_from("!IIBBH", head, off + 4)
         hdr = (doff >> 4) * 4
-        return _Seg(6, (bytes(src), sport), (bytes(dst), dport), flags, seq, ack, l4len - hdr, win, off + hdr)
-    except (IndexError, ValueError, struct.error):
+        return _Seg(6, (bytes(src), sport), (bytes(dst), dport), flags, seq, ack, l4len - hdr, win, off + hdr, True)
+    except (IndexError, ValueError, struct.error, PacketFormatError):
         return None
 
 
 def analyse(entries: Iterable[Any]) -> list[dict[str, Any]]:
     """One dict of :data:`COLUMNS` per entry (in the order given: the record's arrival order)."""
+    return _analyse(entries)[0]
+
+
+def _analyse(entries: Iterable[Any]) -> tuple[list[dict[str, Any]], list[_Conn | None], list[_Seg | None]]:
+    """The rows of :func:`analyse`, each entry's connection and its parsed headers."""
     conns: dict[tuple, _Conn] = {}
     out: list[dict[str, Any]] = []
+    rows_conn: list[_Conn | None] = []
+    segs: list[_Seg | None] = []
+    next_id = 0
     t0: float | None = None
     for e in entries:
         t0 = e.time if t0 is None else t0
@@ -122,19 +155,29 @@ def analyse(entries: Iterable[Any]) -> list[dict[str, Any]]:
         row["t"] = e.time - t0
         out.append(row)
         seg = _parse(bytes(e.head), e.size)
+        segs.append(seg)
         if seg is None:
+            rows_conn.append(None)
             continue
         key = (seg.proto, *sorted((seg.src, seg.dst)))
         conn = conns.get(key)
-        if conn is None:
-            client = seg.dst if seg.proto == 6 and seg.flags & (SYN | ACK) == SYN | ACK else seg.src
-            conn = conns[key] = _Conn(key, len(conns), client)
+        if conn is None or (conn.closed and seg.whole and seg.flags & (SYN | ACK) == SYN):  # new, or ports reused
+            client = seg.dst if seg.whole and seg.flags & (SYN | ACK) == SYN | ACK else seg.src
+            conn = conns[key] = _Conn(key, next_id, client)
+            next_id += 1
         row["flow"] = conn.id
         fwd_is_client = seg.src == conn.client
         row["side"] = "client" if fwd_is_client else "server"
-        if seg.proto == 6:
+        if seg.whole:
             _tcp(conn, seg, fwd_is_client, int(e.time * 1e6) * 1000, row)  # µs: what an exported pcapng keeps
-    return out
+            if seg.flags & RST:
+                conn.reset = True
+            if seg.flags & FIN:
+                conn.fins.add(fwd_is_client)
+            if seg.flags & (SYN | ACK) == SYN | ACK:
+                conn.synack = True
+        rows_conn.append(conn)
+    return out, rows_conn, segs
 
 
 def _tcp(conn: _Conn, seg: _Seg, from_client: bool, now: int, row: dict[str, Any]) -> None:
@@ -240,3 +283,45 @@ def follow(entries: Iterable[Any], flow_id: int) -> Followed:
             covered = rel + n
         out[side], missing[side] = bytes(stream), lost
     return Followed(out["client"], out["server"], missing)
+
+
+FLOW_COLUMNS = ["flow", "proto", "a", "aport", "b", "bport", "tcp_state", "packets_ab", "packets_ba", "bytes_ab",
+                "bytes_ba", "accepted", "dropped", "retransmissions", "first", "last"]  # fmt: skip
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+
+
+def flow_summary(entries: Iterable[Any]) -> list[dict[str, Any]]:
+    """One dict of :data:`FLOW_COLUMNS` per flow of the entries, in order of first appearance.
+
+    ``a`` is the client (the side that sent the SYN, else the first packet's source); packets
+    and bytes (IP lengths) are counted per direction, whatever their verdict; ``accepted`` and
+    ``dropped`` count the verdicts; ``first`` and ``last`` are the packets' times.
+    """
+    entries = list(entries)
+    rows, conns, _ = _analyse(entries)
+    out: dict[int, dict[str, Any]] = {}
+    states: dict[int, _Conn] = {}
+    for e, row, conn in zip(entries, rows, conns, strict=True):
+        if conn is None:
+            continue
+        f = out.get(conn.id)
+        if f is None:
+            proto, x, y = conn.key
+            server = y if x == conn.client else x
+            f = out[conn.id] = {"flow": conn.id, "proto": PROTO_NAMES.get(proto, str(proto)),
+                                "a": str(ipaddress.ip_address(conn.client[0])), "aport": conn.client[1],
+                                "b": str(ipaddress.ip_address(server[0])), "bport": server[1], "tcp_state": None,
+                                "packets_ab": 0, "packets_ba": 0, "bytes_ab": 0, "bytes_ba": 0, "accepted": 0,
+                                "dropped": 0, "retransmissions": 0, "first": e.time, "last": e.time}  # fmt: skip
+            states[conn.id] = conn
+        d = "ab" if row["side"] == "client" else "ba"
+        f[f"packets_{d}"] += 1
+        f[f"bytes_{d}"] += e.size
+        f["accepted"] += e.verdict == "accept"
+        f["dropped"] += e.verdict == "drop"
+        f["retransmissions"] += bool(row["analysis"] and "retransmission" in row["analysis"])
+        f["first"], f["last"] = min(f["first"], e.time), max(f["last"], e.time)
+    for fid, f in out.items():
+        if states[fid].key[0] == 6:
+            f["tcp_state"] = states[fid].tcp_state
+    return list(out.values())

