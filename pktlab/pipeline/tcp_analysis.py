@@ -107,14 +107,14 @@ def _parse(head: bytes, size: int) -> _Seg | None:
     """Addresses, ports and the TCP header of a recorded packet; None when it is not IP."""
     try:
         v = head[0] >> 4
-        if v == 4:
+        if v == 4 and len(head) >= 20 and head[0] & 15 >= 5:
             ihl = (head[0] & 15) * 4
             proto = head[9]
             src, dst = head[12:16], head[16:20]
             total = int.from_bytes(head[2:4], "big") or size  # 0: a GSO packet over 64 KiB
             frag = int.from_bytes(head[6:8], "big") & 0x1FFF
             off, l4len = ihl, total - ihl
-        elif v == 6:
+        elif v == 6 and len(head) >= 40:
             proto, off, later = ipv6_upper(head, 0)
             src, dst = head[8:24], head[24:40]
             frag = later

@@ -1,5 +1,6 @@
 """Malformed packets are the packet's fault, never pktlab's: truncated, bit-flipped and random packets
-replayed through handlers that touch every view give no pktlab internal error and no crash.
+replayed through handlers that touch every view give no pktlab internal error and no crash, and the
+record reads at the TCP level (s.df, s.flows, s.follow) without an exception.
 
 The replay runs in a subprocess, so that a crash in compiled code fails this test instead of the suite.
 """
@@ -86,7 +87,14 @@ s = pktlab.replay(str(path))
 s.add_handler(touch_every_view, "touch")
 s.run()
 st = s.status()
-print(json.dumps({"packets": len(packets), "record": s.record.n, "internal": st.internal_errors,
+try:  # the record read at the TCP level: every malformed packet is a row, never an exception
+    df, flows = s.df, s.flows
+    for fid in sorted(set(df["flow"].dropna()))[:50]:
+        s.follow(int(fid))
+    tcp_level = [len(df), len(flows)]
+except Exception as exc:
+    tcp_level = [f"{type(exc).__name__}: {exc}"]
+print(json.dumps({"packets": len(packets), "record": s.record.n, "internal": st.internal_errors, "tcp_level": tcp_level,
                   "last_internal": st.last_internal_error, "handler_errors": len(s.errors), "odd": odd[:5],
                   "odd_count": len(odd)}))
 """
@@ -102,3 +110,4 @@ def test_malformed_packets_cause_no_internal_error_and_no_crash(tmp_path: Path) 
         assert got["internal"] == 0, f"seed {seed}: pktlab internal errors: {got}"
         assert got["odd_count"] == 0, f"seed {seed}: views raised what is not a PacketFormatError: {got}"
         assert got["handler_errors"] == 0, got
+        assert got["tcp_level"][0] == got["packets"], got  # s.df, s.flows and s.follow read every packet
