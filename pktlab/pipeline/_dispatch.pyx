@@ -159,6 +159,7 @@ cdef class Dispatcher:
     # a packet a handler needed more of than was copied: regrow(copied) is True when a repeat copies more
     # (a live queue with copy="auto"; None: the handler gets the CopyRangeError)
     cdef public object regrow
+    cdef public object rewrites  # told the bytes a rewritten packet went on with: rewrites(id, time, bytes)
     cdef public long long recopied  # packets sent through the queue again for a larger copy
     cdef Py_ssize_t busy_wire
     cdef public object on_seqadj  # called with True when the first connection gets state, False when none has
@@ -493,6 +494,8 @@ cdef class Dispatcher:
             self._flush()  # the reader may be idle: send it now
         finally:
             self.held_count -= 1
+        if modified and self.rewrites is not None:
+            self._note_rewrite(nf, pkt, pkt.time)
         packet_done(pkt)  # as after any verdict: no packet <-> view cycle keeping the queue alive
         off = record_offset(nf)
         if code == NF_ACCEPT and self.seqadj is not None:
@@ -672,6 +675,8 @@ cdef class Dispatcher:
                 if err2 is not None:
                     err = err2
                     by = h.name if h is not None else None
+                if modified and self.rewrites is not None:
+                    self._note_rewrite(nf, pkt, pkt.time)
                 packet_done(pkt)
                 self._push(nf, data, pkt.time, verdict.code, t0, mono_ns(), by, err, modified, pkt._wire)
                 progress = True
@@ -921,6 +926,8 @@ cdef class Dispatcher:
         if pkt is not None:
             if not given:
                 modified = pkt._modified
+            if modified and self.rewrites is not None and not recopy:  # before the packet is reused
+                self._note_rewrite(nf, pkt, now)
             # only this frame references a packet the dispatcher made and no handler kept: reuse it
             if own and packet_recycle(pkt, 1):
                 self.spare = pkt
@@ -933,6 +940,18 @@ cdef class Dispatcher:
         self._push(nf, data, now, verdict.code, t0, mono_ns(), by, err, modified, wire)
         if self.reorder and given:
             self._release(now, False)
+
+    cdef void _note_rewrite(self, NfPacket nf, PacketCore pkt, double now):
+        """Hand the bytes a rewritten packet went on with to ``rewrites`` (the record keeps them beside its entry).
+
+        After the verdict: a failure here is pktlab's own, counted, and costs the packet nothing.
+        """
+        cdef Py_ssize_t off = record_offset(nf)
+        try:
+            self.rewrites(nf.id, now, bytes(pkt._buf[off:]))
+        except Exception as exc:
+            self.internal_errors += 1
+            self.last_internal_error = f"recording a rewrite: {type(exc).__name__}: {exc}"
 
     cdef void _push(self, NfPacket nf, bytes data, double now, int code, long long t0, long long decided, by, err,
                     bint modified, Py_ssize_t wire):

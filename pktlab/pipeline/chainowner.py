@@ -148,11 +148,12 @@ class ChainOwner:
             raise KeyError(f"no flow {flow_id} in the record of {self.name}; s.df['flow'] lists the flows it holds")
         return df[df["flow"] == flow_id].reset_index(drop=True)
 
-    def follow(self, flow_id: int) -> Followed:
-        """Flow ``flow_id``'s two byte streams as they passed the session (``.client``, ``.server``), reassembled
-        like Wireshark's Follow TCP Stream; ``.missing`` counts bytes that did not pass or that the record cut
-        (attach with ``snaplen=65535`` to keep whole packets)."""
-        return follow(self.record.entries(), flow_id)
+    def follow(self, flow_id: int, *, delivered: bool = False) -> Followed:
+        """Flow ``flow_id``'s two byte streams (``.client``, ``.server``), reassembled like Wireshark's Follow TCP
+        Stream: what each side sent, as it reached the session; ``delivered=True``: what went on (drops left out,
+        handlers' rewrites applied).  ``.missing`` counts bytes that did not pass or that the record cut (attach
+        with ``snaplen=65535`` to keep whole packets)."""
+        return follow(self.record.entries(), flow_id, delivered=delivered, rewritten=self.record.rewritten)
 
     def to_pcap(self, path: str | os.PathLike[str]) -> int:
         """Write the packets seen (up to ``snaplen`` bytes each) to a pcapng file, each with a comment naming its

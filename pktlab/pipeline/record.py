@@ -9,6 +9,7 @@ path.  Field positions are known here only: the rest of pktlab reads names.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -81,10 +82,23 @@ class Record:
         self.capacity = capacity
         self.snaplen = snaplen
         self.ring = Ring(capacity, snaplen)
+        # the first snaplen bytes of each rewritten packet as it went on, by (id, time): as many as entries
+        self._rewrites: OrderedDict[tuple[int, float], bytes] = OrderedDict()
 
     def clear(self) -> None:
         """Forget every entry and counter."""
         self.ring.clear()
+        self._rewrites.clear()
+
+    def note_rewrite(self, pid: int, time: float, data: bytes) -> None:
+        """Keep what a rewritten packet went on with (the dispatcher calls this; entries keep it as it arrived)."""
+        self._rewrites[(pid, time)] = data[: self.snaplen]
+        while len(self._rewrites) > self.capacity:
+            self._rewrites.popitem(last=False)
+
+    def rewritten(self, e: Entry) -> bytes | None:
+        """The first ``snaplen`` bytes entry ``e``'s packet went on with, if a handler rewrote it (else None)."""
+        return self._rewrites.get((e.id, e.time)) if e.modified else None
 
     def append(self, e: Entry) -> None:
         """Add an entry by hand (what a test or a tool made; the dispatcher fills the ring itself)."""

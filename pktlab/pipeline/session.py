@@ -368,6 +368,7 @@ class Session(ChainOwner):
             self.chain, self.record.ring, self._default, self._on_error, Packet, Verdict, batch_prefix, batch
         )
         self._dispatch.seqadj = TcpAdjust()
+        self._dispatch.rewrites = self.record.note_rewrite  # what rewritten packets went on with (s.follow)
         self._dispatch.flows = FlowTable()
         self._dispatch.flows.on_decide = self._decide_flow
         self._dispatch.seqadj_headroom = self._dispatch.seqadj.headroom

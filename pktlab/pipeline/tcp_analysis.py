@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -244,10 +244,14 @@ class Followed(NamedTuple):
     missing: dict[str, int]  # per side, bytes that never passed the session or that the record cut off (0: whole)
 
 
-def follow(entries: Iterable[Any], flow_id: int) -> Followed:
-    """Reassemble flow ``flow_id`` (the ``flow`` column) from the packets that passed (all but the dropped).
+def follow(entries: Iterable[Any], flow_id: int, *, delivered: bool = False,
+           rewritten: Callable[[Any], bytes | None] | None = None) -> Followed:  # fmt: skip
+    """Reassemble flow ``flow_id`` (the ``flow`` column): each side's bytes in sequence order, each once.
 
-    Retransmitted and overlapping bytes count once.  Bytes that never passed (a gap in the
+    By default what each side sent, as its packets reached the session (dropped ones too).
+    ``delivered=True``: what went on to the other side: dropped packets left out, and a
+    rewritten packet's bytes as the handler left them (``rewritten(entry)`` gives them, or
+    None for a packet that went on as it came).  Bytes that never passed (a gap in the
     sequence) or that the record cut off (its snaplen) are left out and counted in ``missing``.
     """
     entries = list(entries)
@@ -257,15 +261,19 @@ def follow(entries: Iterable[Any], flow_id: int) -> Followed:
     segs: dict[str, list[tuple[int, int, bytes]]] = {"client": [], "server": []}
     isn: dict[str, int] = {}
     for e, row in zip(entries, rows, strict=True):
-        if row["flow"] != flow_id or row["flags"] is None or e.verdict == "drop":
+        if row["flow"] != flow_id or row["flags"] is None or (delivered and e.verdict == "drop"):
             continue
         side = row["side"]
-        if "S" in row["flags"]:
-            isn.setdefault(side, (row["seq_raw"] + 1) % MOD)
-        seg = _parse(bytes(e.head), e.size) if row["len"] else None
-        if seg is not None:
-            segs[side].append((row["seq_raw"], row["len"], bytes(e.head[seg.payload_at : seg.payload_at + row["len"]])))
-    out: dict[str, bytes] = {}
+        out = rewritten(e) if delivered and rewritten is not None else None
+        seg = _parse(bytes(out), len(out)) if out is not None else _parse(bytes(e.head), e.size)
+        if seg is None or not seg.whole:
+            continue
+        head = out if out is not None else e.head
+        if seg.flags & SYN:
+            isn.setdefault(side, (seg.seq + 1) % MOD)
+        if seg.length > 0:
+            segs[side].append((seg.seq, seg.length, bytes(head[seg.payload_at : seg.payload_at + seg.length])))
+    out_streams: dict[str, bytes] = {}
     missing: dict[str, int] = {}
     for side, items in segs.items():
         start = isn.get(side, items[0][0] if items else 0)  # no SYN seen: from the first segment that passed
@@ -281,8 +289,8 @@ def follow(entries: Iterable[Any], flow_id: int) -> Followed:
             stream += take
             lost += rel + n - covered - len(take)  # cut to the record's snaplen
             covered = rel + n
-        out[side], missing[side] = bytes(stream), lost
-    return Followed(out["client"], out["server"], missing)
+        out_streams[side], missing[side] = bytes(stream), lost
+    return Followed(out_streams["client"], out_streams["server"], missing)
 
 
 FLOW_COLUMNS = ["flow", "proto", "a", "aport", "b", "bport", "tcp_state", "packets_ab", "packets_ba", "bytes_ab",

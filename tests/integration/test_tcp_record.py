@@ -116,3 +116,23 @@ def test_follow_gives_the_bytes_each_side_sent(router_lab: Lab, queue_num: int, 
     assert len(f.server) - f.server.index(b"\r\n\r\n") - 4 == len(content)
     with pytest.raises(KeyError, match="no flow 7"):
         merged.follow(7)
+
+
+def test_follow_shows_what_was_sent_and_what_a_rewrite_delivered(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p tcp --dport 9001", netns=lab.server, snaplen=65535, record_size=2000)
+    try:
+
+        @s.handler
+        def shout(pkt):
+            n = len(pkt.tcp.payload)
+            if n:
+                pkt.tcp.payload = b"A" * n  # the same length: the connection needs no adjustment
+            return pkt.accept()
+
+        assert lab.tcp(200_000)["received"] == 200_000
+    finally:
+        s.detach()
+    sent, delivered = s.follow(0), s.follow(0, delivered=True)
+    assert sent.client == bytes(200_000) and sent.missing["client"] == 0  # the client sends zeros
+    assert delivered.client == b"A" * 200_000 and delivered.missing["client"] == 0
+    assert s.df["modified"].sum() >= 1

@@ -59,7 +59,10 @@ def test_follow_reassembles_once_and_counts_what_is_missing() -> None:
     entries = _exchange()
     f = follow(entries, 0)
     assert f.client == b"GET / HTTP/1.1\r\n\r\n" and f.server == b"200 OK" and f.missing == {"client": 0, "server": 0}
-    gap = follow([e for e in entries if e.id not in (10, 11)], 0)  # the segment was dropped and never sent again
+    assert follow(entries, 0, delivered=True) == f  # the dropped segment was sent again
+    resent = [e for e in entries if e.id not in (10, 11)]  # as if the dropped segment had never been sent again
+    assert follow(resent, 0).client == b"GET / HTTP/1.1\r\n\r\n"  # what the client sent
+    gap = follow(resent, 0, delivered=True)  # what went on to the server
     assert gap.client == b"GET / \r\n" and gap.missing["client"] == 10
     cut = follow([*entries[:11], _e(12, 400.1, cut=41, flags="PA", seq=5000, ack=1018, payload=b"200 OK", **S)], 0)
     assert cut.server == b"2" and cut.missing["server"] == 5  # the record kept 41 bytes: 40 of headers, 1 of payload
@@ -104,3 +107,12 @@ def test_flows_from_the_record_have_verdicts_and_the_client_first() -> None:
               ack=1019, **S), _e(15, 403, flags="S", seq=77, **C)]  # fmt: skip
     first, again = flow_summary(closed)
     assert first["tcp_state"] == "closed" and again["tcp_state"] == "syn-sent" and again["flow"] == 1
+
+
+def test_follow_delivered_has_the_handlers_rewrites() -> None:
+    entries = _exchange()
+    new = t.tcp(raw=True, flags="PA", seq=5000, ack=1018, payload=b"404 NO", **S)  # a handler changed the answer
+    entries[11] = entries[11]._replace(modified=True)
+    by_id = {12: new}
+    f = follow(entries, 0, delivered=True, rewritten=lambda e: by_id.get(e.id) if e.modified else None)
+    assert f.server == b"404 NO" and follow(entries, 0).server == b"200 OK"  # sent, and delivered
