@@ -177,23 +177,29 @@ def content(path: Path) -> list[Any]:
     return out
 
 
-def http_get(lab: pktlab.Lab) -> None:
-    """One HTTP/1.1 GET from the client to a Python http.server on the server, through the router."""
+def serve_and_get(lab: pktlab.Lab, name: str, content: bytes) -> None:
+    """One HTTP/1.1 GET of ``name`` from the client to a Python http.server on the server, through the router."""
     import tempfile
 
-    with tempfile.TemporaryDirectory() as root:
-        Path(root, "index.html").write_text("<h1>pktlab</h1>\n")
-        lab.server.popen([sys.executable, "-m", "http.server", "8080", "--directory", root])
-        from pktlab.lab.network import wait_until
+    from pktlab.lab.network import wait_until
 
+    with tempfile.TemporaryDirectory() as root:
+        Path(root, name).write_bytes(content)
+        os.chmod(root, 0o755)
+        lab.server.popen([sys.executable, "-m", "http.server", "8080", "--directory", root])
         if not wait_until(lambda: ":8080" in lab.server.run("ss -ltn").stdout, timeout=10):
             raise RuntimeError("the HTTP server in the lab did not start listening")
         # the body is read before exit: closing with unread data would make the client's kernel send a RST
         fetch = (
             "import urllib.request; "
-            f"r = urllib.request.urlopen('http://{lab.server.addr}:8080/index.html'); r.read(); print(r.status)"
+            f"r = urllib.request.urlopen('http://{lab.server.addr}:8080/{name}', timeout=30); r.read(); print(r.status)"
         )
-        lab.client.run([sys.executable, "-c", fetch], timeout=20)
+        lab.client.run([sys.executable, "-c", fetch], timeout=60)
+
+
+def http_get(lab: pktlab.Lab) -> None:
+    """One HTTP/1.1 GET of a small index.html."""
+    serve_and_get(lab, "index.html", b"<h1>pktlab</h1>\n")
 
 
 SLOW_PAGE_BYTES = 128 * 1024
@@ -207,24 +213,9 @@ def slow_page_content() -> bytes:
 def slow_page(lab: pktlab.Lab) -> None:
     """One HTTP GET of a 128 KiB page through a router whose links are slow (20 ms each way to the server) and
     lossy (10 % of what the router sends the client is lost on the way)."""
-    import tempfile
-
-    from pktlab.lab.network import wait_until
-
     lab.link("router", "server").set(delay="20ms")
     lab.link("client", "router").set(loss=0.1, direction="b>a")
-    with tempfile.TemporaryDirectory() as root:
-        Path(root, "page.bin").write_bytes(slow_page_content())
-        os.chmod(root, 0o755)
-        lab.server.popen([sys.executable, "-m", "http.server", "8080", "--directory", root])
-        if not wait_until(lambda: ":8080" in lab.server.run("ss -ltn").stdout, timeout=10):
-            raise RuntimeError("the HTTP server in the lab did not start listening")
-        fetch = (
-            "import urllib.request; "
-            f"r = urllib.request.urlopen('http://{lab.server.addr}:8080/page.bin', timeout=30); "
-            "body = r.read(); print(r.status, len(body))"
-        )
-        lab.client.run([sys.executable, "-c", fetch], timeout=60)
+    serve_and_get(lab, "page.bin", slow_page_content())
 
 
 def main() -> int:
