@@ -947,8 +947,8 @@ cdef class Dispatcher:
         After the verdict: a failure here is pktlab's own, counted, and costs the packet nothing.
         """
         cdef Py_ssize_t off = record_offset(nf)
-        try:
-            self.rewrites(nf.id, now, bytes(pkt._buf[off:]))
+        try:  # the first snaplen bytes, as the entry keeps of the packet as it came
+            self.rewrites(nf.id, now, bytes(pkt._buf[off : off + self.ring.snaplen]))
         except Exception as exc:
             self.internal_errors += 1
             self.last_internal_error = f"recording a rewrite: {type(exc).__name__}: {exc}"

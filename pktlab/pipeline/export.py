@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from ..errors import SessionError
 from .record import Entry, Record
 
 LINKTYPE_RAW = 101  # packets start at the IP header, IPv4 or IPv6
@@ -55,10 +56,12 @@ def to_pcap(sources: Recorded | Sequence[Recorded], path: str | os.PathLike[str]
     from scapy.packet import Raw
     from scapy.utils import PcapNgWriter
 
-    many = list(sources) if isinstance(sources, Sequence) else [sources]
+    many = list(sources) if isinstance(sources, Sequence) and not isinstance(sources, str) else [sources]
+    if not many or not all(hasattr(s, "record") and hasattr(s, "name") for s in many):
+        raise SessionError("to_pcap takes a session (or a list of them) and then the path: to_pcap([s1, s2], path)")
     names = [s.name for s in many]
     if len(set(names)) != len(names):
-        raise ValueError(f"two sessions have the same name ({', '.join(names)}); give them different names")
+        raise SessionError(f"two sessions have the same name ({', '.join(names)}); give them different names")
     streams = [_timed(s.name, s.record.entries()) for s in many]
     w = PcapNgWriter(str(path))
     w.linktype = LINKTYPE_RAW

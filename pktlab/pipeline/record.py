@@ -91,7 +91,11 @@ class Record:
         self._rewrites.clear()
 
     def note_rewrite(self, pid: int, time: float, data: bytes) -> None:
-        """Keep what a rewritten packet went on with (the dispatcher calls this; entries keep it as it arrived)."""
+        """Keep what a rewritten packet went on with (the dispatcher calls this; entries keep it as it arrived).
+
+        As many as the record has entries, ``snaplen`` bytes each: when every packet is rewritten the record
+        takes up to twice its ring's memory.
+        """
         self._rewrites[(pid, time)] = data[: self.snaplen]
         while len(self._rewrites) > self.capacity:
             self._rewrites.popitem(last=False)

@@ -57,8 +57,7 @@ class _Direction:
     lastack_ns: int = 0
     lastwin: int = -1
     dupacks: int = 0  # duplicate ACKs in a row (-1: an ACK of a packet not seen came first)
-    keepalive: bool = False  # the last segment was a keep-alive
-    zero_window_probe: bool = False  # the last segment was a zero-window probe
+    keepalive: bool = False  # the last segment was a keep-alive (its answer is no duplicate ACK)
 
 
 @dataclass
@@ -232,7 +231,7 @@ def _tcp(conn: _Conn, seg: _Seg, from_client: bool, now: int, row: dict[str, Any
     if not probe and (seq == fwd.maxseqtobeacked or not fwd.maxseqtobeacked):
         fwd.maxseqtobeacked = fwd.nextseq
     fwd.lastwin, fwd.lastack, fwd.lastack_ns = win, ack, now
-    fwd.keepalive, fwd.zero_window_probe = keepalive, probe
+    fwd.keepalive = keepalive
     row["analysis"] = ", ".join(marks) or None
 
 

@@ -6,7 +6,7 @@ import pytest
 from scapy.layers.inet import UDP
 from scapy.utils import rdpcap
 
-from pktlab import ACCEPT, DROP
+from pktlab import ACCEPT, DROP, SessionError
 from pktlab import testing as t
 from pktlab.pipeline.export import to_pcap
 from pktlab.pipeline.record import Record
@@ -78,8 +78,10 @@ def test_sessions_merge_in_time_order(tmp_path) -> None:
     assert [p.comments[0].split()[1] for p in pkts] == [b"session=client", b"session=server"] * 3
     assert pkts[1].comments == [b"pktlab session=server verdict=drop handler=h error=ValueError: bad"]
     assert pkts[5].direction == 2  # pktlab sent it: outbound
-    with pytest.raises(ValueError, match="same name"):
+    with pytest.raises(SessionError, match="same name"):
         to_pcap([_Named("x", a), _Named("x", b)], tmp_path / "bad.pcapng")
+    with pytest.raises(SessionError, match=r"a session \(or a list of them\) and then the path"):
+        to_pcap(str(tmp_path / "swapped.pcapng"), [_Named("x", a)])  # type: ignore[arg-type]
 
 
 def test_count_since_counts_the_newest_entries() -> None:
