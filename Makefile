@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (main job) and `make test` (tests).
 # Both run the idempotent set-up first.
-.PHONY: setup demo test lint bench clean lab binder-check
+.PHONY: setup demo test lint bench clean lab binder-check wheel
 
 PY := .venv/bin/python
 
@@ -35,6 +35,10 @@ bench: setup
 # root runs it as pktlab-student on a copy in that user's home); it prints the URL with its token
 lab: setup
 	bash scripts/lab.sh
+
+# manylinux wheels of pktlab and NetfilterQueue in dist/, carrying their C libraries (pip install dist/*.whl)
+wheel: setup
+	bash scripts/wheel.sh dist
 
 # the Binder path as far as this machine can check it (also run by make test)
 binder-check:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib as _importlib
 import typing as _typing
 
+from . import version as _version
+
 if _typing.TYPE_CHECKING:
     from . import datasets
     from .doctor import mode, privilege_mode
@@ -60,7 +62,7 @@ if _typing.TYPE_CHECKING:
     from .pipeline.seqadj import SeqAdjError
     from .pipeline.session import Session, Status, attach
 
-__version__ = "0.1.0"
+__version__ = _version.VERSION
 
 # name -> (module, attribute; None: the module itself).  Loaded at first use (PEP 562), so that
 # importing one part of pktlab (a lab helper, a traffic program) does not import every other part.

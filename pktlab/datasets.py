@@ -10,13 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import PktlabError
 
-DATA_DIR = Path(os.environ.get("PKTLAB_DATASETS", Path(__file__).resolve().parents[1] / "datasets"))
+
+def _data_dir() -> Path:
+    """Where the datasets are: $PKTLAB_DATASETS, the checkout's datasets/, or where a wheel installed them."""
+    if "PKTLAB_DATASETS" in os.environ:
+        return Path(os.environ["PKTLAB_DATASETS"])
+    checkout = Path(__file__).resolve().parents[1] / "datasets"
+    installed = Path(sys.prefix) / "share" / "pktlab" / "datasets"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+DATA_DIR = _data_dir()
 
 
 def manifest() -> list[dict[str, Any]]:

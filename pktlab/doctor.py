@@ -6,6 +6,8 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from .version import VERSION
+
 
 @dataclass(frozen=True)
 class Check:
@@ -135,7 +137,8 @@ def _nfq() -> str:
     from .kernel import _reader  # noqa: F401 - the compiled parts must load too
     from .pipeline import _capture, _dispatch  # noqa: F401
 
-    return f"NetfilterQueue {getattr(netfilterqueue, '__version__', '?')} and pktlab's compiled parts load"
+    nfq = getattr(netfilterqueue, "__version__", "?")
+    return f"pktlab {VERSION} with NetfilterQueue {nfq}: its compiled parts load"
 
 
 def _live_queue() -> str:

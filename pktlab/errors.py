@@ -32,6 +32,14 @@ class MissingToolError(PktlabError):
     """A system tool or Python package pktlab needs is not installed."""
 
 
+def notebook_extra_missing(what: str, exc: ImportError) -> MissingToolError:
+    """The error of a notebook feature whose packages are not installed: the core installs without Jupyter."""
+    return MissingToolError(
+        f"{what} needs pktlab's notebook extra ({exc.name or exc} is not installed); "
+        "install it with pip install 'pktlab[notebook]'"
+    )
+
+
 class RuleError(PktlabError):
     """iptables refused a rule."""
 

@@ -45,6 +45,9 @@ class ChainOwner:
 
     def dashboard(self, period: float = 0.5, window: float = 300.0) -> Any:
         """Live plots of this session, updated every ``period`` s (see :mod:`pktlab.notebook.dashboard`)."""
+        from ..notebook import require
+
+        require("s.dashboard()")  # bokeh and jupyter_bokeh come with pktlab[notebook]
         from ..notebook.dashboard import Dashboard
 
         return Dashboard(self, period, window)

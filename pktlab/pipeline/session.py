@@ -744,6 +744,9 @@ class Session(ChainOwner):
 
     def controls(self, period: float = 0.5) -> Any:
         """Pause, step, inspect, toggle handlers, set verdicts (see :mod:`pktlab.notebook.controls`)."""
+        from ..notebook import require
+
+        require("s.controls()")  # ipywidgets comes with pktlab[notebook]
         from ..notebook.controls import Controls
 
         return Controls(self, period)
