@@ -68,3 +68,19 @@ def test_a_deciding_session_names_a_drop_policy(router_lab: Lab, queue_num: int,
         assert "skips the chain's DROP policy" in capsys.readouterr().err
     finally:
         s.detach()
+
+
+def test_the_dns_fault_of_the_debugging_session_stays_visible(router_lab: Lab, queue_num: int) -> None:
+    """The issue's case: DNS replies dropped in the router's FORWARD chain; attaching to watch must not fix DNS."""
+    lab = router_lab
+    lab.router.run(["iptables", "-A", "FORWARD", "-p", "udp", "--sport", "53", "-j", "DROP"])
+    without = lab.dns(timeout=1)
+    s = pktlab.attach(queue_num, rule="-p udp", hook="FORWARD", netns=lab.router)
+    try:
+        observed = lab.dns(timeout=1)
+        assert s.record.n == 2  # the query and the answer, both seen (and accepted: the DROP below still ran)
+    finally:
+        s.detach()
+    lost = "the server answered; its answer did not reach the querying side"
+    assert without["stopped"] == observed["stopped"] == lost
+    assert _drops(lab) == 2  # one answer dropped each time, attached or not
