@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib as _importlib
 import typing as _typing
 
+from . import pipeline as _pipeline
 from . import version as _version
 
 if _typing.TYPE_CHECKING:
@@ -204,6 +205,47 @@ __all__ = [
     "unload_ipython_extension",
     "__version__",
 ]
+
+
+def _dashboard(owner: object, period: float, window: float) -> object:
+    from .notebook import require
+
+    require("s.dashboard()")  # bokeh and jupyter_bokeh come with pktlab[notebook]
+    from .notebook.dashboard import Dashboard
+
+    return Dashboard(owner, period, window)
+
+
+def _controls(owner: object, period: float) -> object:
+    from .notebook import require
+
+    require("s.controls()")  # ipywidgets comes with pktlab[notebook]
+    from .notebook.controls import Controls
+
+    return Controls(owner, period)
+
+
+def _monitor(owner: object, period: float, window: float) -> object:
+    from .notebook.livestats import Monitor
+
+    return Monitor(owner, period, window)
+
+
+def _dataset(source: object) -> object:
+    from .datasets import resolve
+
+    return resolve(source)  # type: ignore[arg-type]
+
+
+def _dataset_names() -> list[str]:
+    from .datasets import names
+
+    return names()
+
+
+# what the pipeline uses of later stages (it declares the hooks; it imports none of those stages)
+_pipeline.HOOKS.update(dashboard=_dashboard, controls=_controls, monitor=_monitor, dataset=_dataset,
+                       datasets=_dataset_names)  # fmt: skip
 
 
 def load_ipython_extension(ipython: object) -> None:

@@ -10,9 +10,10 @@ from .errors import PktlabError
 
 def demo(count: int = 2000) -> int:
     """A headless end-to-end run: lab up, attach, hot-swap handlers under traffic, tear down."""
-    from . import Lab, attach
     from .kernel import netns as _netns
     from .kernel import rules
+    from .lab.network import Lab
+    from .pipeline.session import attach
 
     with Lab() as lab:
         print(f"lab up: {lab}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "pktlab"
@@ -81,3 +82,51 @@ def test_no_import_cycles() -> None:
         if start not in state:
             visit(start)
     assert not cycles, cycles
+
+
+# The stages of the flow, in order: a module may import its own stage and earlier ones, never a later one
+# (README "Layout"). The front (pktlab/__init__.py) re-exports everything and wires the pipeline's hooks.
+STAGES = [
+    {"errors", "version", "teardown", "_common"},
+    {"kernel", "packet"},
+    {"pipeline"},
+    {"lab"},
+    {"measure", "datasets"},  # the bundled captures and the recorded traces (pktlab.Trace): the pipeline's hook
+    {"notebook", "grading", "doctor"},
+    {"testing", "cli", "__main__"},
+]
+_CIMPORT = re.compile(r"^\s*(?:from\s+(\.*[\w.]*)\s+c?import\s+([\w, ]+)|c?import\s+([\w.]+))", re.M)
+
+
+def _stage(module: str) -> int:
+    part = module.split(".")[1] if "." in module else ""
+    return next((i for i, names in enumerate(STAGES) if part in names), len(STAGES))  # the front: last
+
+
+def _compiled_imports(path: Path) -> list[str]:
+    """The pktlab modules a .pyx or .pxd file cimports or imports (Cython's syntax is not Python's ast)."""
+    package = _module(path).rpartition(".")[0].split(".")
+    out = []
+    for m in _CIMPORT.finditer(path.read_text()):
+        target = m.group(1) or m.group(3) or ""
+        if target.startswith("."):
+            dots = len(target) - len(target.lstrip("."))
+            rest = [target.lstrip(".")] if target.strip(".") else []
+            target = ".".join(package[: len(package) - (dots - 1)] + rest)
+        if target.startswith("pktlab"):
+            out.append(target)
+    return out
+
+
+def test_no_module_imports_a_later_stage_of_the_flow() -> None:
+    """Lazy imports (in functions) and Cython's cimports count; the pipeline reaches later stages through its
+    declared hooks (pktlab.pipeline.HOOKS), which the front fills."""
+    bad = []
+    for path in sorted(PKG.rglob("*.py")) + sorted(PKG.rglob("*.pyx")) + sorted(PKG.rglob("*.pxd")):
+        mod = _module(path)
+        if mod == "pktlab" or "_vendor" in path.parts:
+            continue
+        targets = [t for t, _ in _imports(path)] if path.suffix == ".py" else _compiled_imports(path)
+        bad += [f"{mod} imports {t}" for t in targets if _stage(t) > _stage(mod)]
+    assert not bad, bad
+

@@ -48,7 +48,7 @@ class Assignment:
 # -- helpers used by the checks ---------------------------------------------------
 def _rows(s: Any) -> list[tuple[Any, ...]]:
     """(packet, verdict) for every replayed packet."""
-    from .. import Packet
+    from ..packet.model import Packet
 
     frames = list(s.packets)  # read the capture once
     return [(Packet(None, frames[e.id - 1].data), e.verdict) for e in s.record]
@@ -165,7 +165,7 @@ def _dns_pairs(s: Any) -> list[tuple[bytes, bytes | None]]:
 
 
 def _answers(data: bytes) -> tuple[str | None, list[str]]:
-    from .. import Packet
+    from ..packet.model import Packet
 
     d = Packet(None, data).dns
     if d is None or not d.qr:
@@ -214,7 +214,7 @@ def _dns_others_untouched(s: Any) -> Result:
 
 
 def _describe_bytes(data: bytes) -> str:
-    from .. import Packet
+    from ..packet.model import Packet
 
     return Packet(None, data).summary()
 

@@ -241,9 +241,7 @@ def _annotations(cls: type) -> dict[str, Any]:
     """The class's annotations, evaluated (a cell with ``from __future__ import annotations`` gives text)."""
     module = sys.modules.get(cls.__module__)
     env = {**(vars(module) if module else {}), **vars(cls)}
-    import pktlab
-
-    env.setdefault("pktlab", pktlab)
+    env.setdefault("pktlab", sys.modules["pktlab"])  # the front: always loaded first, as this package's parent
     out = {}
     for name, ann in cls.__dict__.get("__annotations__", {}).items():
         out[name] = eval(ann, env) if isinstance(ann, str) else ann  # noqa: S307 - the user's own class

@@ -11,13 +11,22 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import HandlerError
+from ..errors import HandlerError, MissingToolError
 from ..packet.model import Packet
 from ..packet.verdicts import Verdict
-from . import export
+from . import HOOKS, export
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .record import Record
 from .tcp_analysis import Followed, follow
+
+
+def hook(name: str) -> Callable[..., Any]:
+    """The pipeline's hook ``name`` (``pktlab.pipeline.HOOKS``, registered by pktlab's front)."""
+    try:
+        return HOOKS[name]
+    except KeyError:
+        raise MissingToolError(f"no {name} is registered; import pktlab (its front registers the pipeline's hooks)") \
+            from None
 
 
 class ChainOwner:
@@ -37,20 +46,13 @@ class ChainOwner:
 
     def _live_monitor(self, period: float = 0.5, window: float = 300.0) -> Any:
         """The session's one statistics thread (made on first use)."""
-        from ..notebook.livestats import Monitor
-
         if self._monitor is None:
-            self._monitor = Monitor(self, period, window)
+            self._monitor = hook("monitor")(self, period, window)
         return self._monitor
 
     def dashboard(self, period: float = 0.5, window: float = 300.0) -> Any:
         """Live plots of this session, updated every ``period`` s (see :mod:`pktlab.notebook.dashboard`)."""
-        from ..notebook import require
-
-        require("s.dashboard()")  # bokeh and jupyter_bokeh come with pktlab[notebook]
-        from ..notebook.dashboard import Dashboard
-
-        return Dashboard(self, period, window)
+        return hook("dashboard")(self, period, window)
 
     @property
     def default(self) -> Verdict:

@@ -53,6 +53,11 @@ class HandlerFailure:
     _frames: traceback.StackSummary | str = field(repr=False, compare=False)
 
     @property
+    def written_out(self) -> bool:
+        """Whether the traceback's text was made when the handler failed (else it is made when first read)."""
+        return isinstance(self._frames, str)
+
+    @property
     def traceback(self) -> str:
         if isinstance(self._frames, str):
             return self._frames

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from ..errors import SessionError
+from .chainowner import hook
 from .session import Session, Status
 
 # the names a replay had before it became a Session (kept importable)
@@ -31,11 +32,9 @@ def replay(source: str | os.PathLike[str], **options: Any) -> Session:
     (what ``pkt.hook`` says), ``deadline`` (s, default 1), ``record_size``,
     ``snaplen``, ``name``.
     """
-    from .. import datasets
-
     if not isinstance(source, str | os.PathLike):
         raise SessionError(
-            f"replay() takes a capture's path or a dataset name ({', '.join(datasets.names())}), "
+            f"replay() takes a capture's path or a dataset name ({', '.join(hook('datasets')())}), "
             f"not {type(source).__name__} {source!r}"
         )
     unknown = sorted(set(options) - {"default", "on_error", "filter", "hook", "deadline", "record_size", "snaplen",
@@ -45,4 +44,4 @@ def replay(source: str | os.PathLike[str], **options: Any) -> Session:
             f"replay() has no option {', '.join(unknown)}; use default, on_error, filter, hook, deadline, "
             "record_size, snaplen or name"
         )
-    return Session.from_capture(str(datasets.resolve(source)), **options)
+    return Session.from_capture(str(hook("dataset")(source)), **options)

@@ -45,7 +45,7 @@ from ..packet.verdicts import Verdict
 from ..teardown import Teardown
 from ._dispatch import Dispatcher
 from .capture import CapturePackets, CaptureSource
-from .chainowner import ChainOwner
+from .chainowner import ChainOwner, hook
 from .flows import FlowTable
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .holding import HeldPacket, HeldPackets
@@ -744,12 +744,7 @@ class Session(ChainOwner):
 
     def controls(self, period: float = 0.5) -> Any:
         """Pause, step, inspect, toggle handlers, set verdicts (see :mod:`pktlab.notebook.controls`)."""
-        from ..notebook import require
-
-        require("s.controls()")  # ipywidgets comes with pktlab[notebook]
-        from ..notebook.controls import Controls
-
-        return Controls(self, period)
+        return hook("controls")(self, period)
 
     # -- holding and stepping ------------------------------------------------------------
     def hold(self, predicate: Callable[[Packet], Any] | None) -> HeldPackets:
