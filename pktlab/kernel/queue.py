@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import MissingToolError, PktlabError, PrivilegeError, QueueBusyError
+from ..options import DEFAULT
 from . import netns
 from . import proc as kernel
 from ._reader import QueueReader, configure_queue, send_copy_range
@@ -122,9 +123,9 @@ class QueueSource:
         queue: int,
         *,
         netns: str | None = None,
-        max_len: int = 4096,
+        max_len: int = DEFAULT.max_len,
         copy_range: int = 65535,
-        sock_bytes: int = 8 << 20,
+        sock_bytes: int = DEFAULT.sock_bytes,
         fail_open: bool = True,
         gso: bool = False,
         copy_auto: bool = False,

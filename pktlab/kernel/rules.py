@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..errors import MissingToolError, RuleError
+from ..options import NETFILTER_HOOKS
 from . import netns
 from .proc import pid_alive
 from .sender import SENT_MARK
 
-HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+HOOKS = NETFILTER_HOOKS
 # Where a session's queue rule goes unless table= says otherwise.  An ACCEPT ends only the chain (the
 # table) it is given in; the packet then meets every later table at the hook.  An observing session
 # (the default) queues in the mangle table, which every hook has and which runs after conntrack and

@@ -14,8 +14,8 @@ import textwrap
 from typing import Any
 
 from ..errors import PktlabError
-from ..kernel.rules import HOOKS
 from ..lab.network import TOPOLOGIES, Lab
+from ..options import ATTACH, parse_deadline
 from ..pipeline.session import Session, attach
 from ..teardown import Teardown
 
@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
         raise PktlabError(f"{self.prog}: {message}; run %pktlab help for the syntax")
 
 
-def _parsers() -> dict[str, _Parser]:
+def make_parsers() -> dict[str, _Parser]:
     lab = _Parser(prog="%pktlab lab", add_help=False)
     lab.add_argument("action", choices=["up", "down", "status"])
     lab.add_argument("name", nargs="?")
@@ -56,38 +56,21 @@ def _parsers() -> dict[str, _Parser]:
 
     att = _Parser(prog="%pktlab attach", add_help=False)
     att.add_argument("queue", type=int)
-    att.add_argument("--rule", default=None, help="iptables match, e.g. '-p udp --dport 9000'")
-    att.add_argument("--filter", default=None, help="tcpdump filter run in the kernel, e.g. 'udp and dst port 53'")
-    att.add_argument("--hook", default="INPUT", type=str.upper, choices=HOOKS)
-    att.add_argument("--table", default=None)
-    att.add_argument("--decide", action="store_true",
-                     help="queue in the filter table like a firewall rule: what the handlers accept skips the rules "
-                     "below (default: observe, in mangle, so every firewall rule still applies)")  # fmt: skip
-    att.add_argument("--family", default="ipv4", choices=["ipv4", "ipv6", "both"])
+    for opt in ATTACH:  # declared once, in pktlab.options
+        if not opt.magic:
+            continue
+        if opt.switch:
+            att.add_argument(opt.magic_flag(), dest=opt.name, action="store_false" if opt.default else "store_true",
+                             help=opt.help)  # fmt: skip
+        else:
+            att.add_argument(opt.magic_flag(), dest=opt.name, default=opt.default, type=opt.kind, choices=opt.choices,
+                             help=opt.help)  # fmt: skip
+    # what only the magic has: where to attach, and one switch for both fail-open settings
     att.add_argument("--on", default="server", help="lab host to attach in (client, router, server)")
     att.add_argument("--lab", default=None, help="lab name (default: the current lab)")
-    att.add_argument("--host", action="store_true", help="attach in the host's own namespace")
-    att.add_argument("--all", action="store_true", help="allow a rule with no match on the host")
     att.add_argument(
         "--fail-closed", action="store_true", help="drop instead of pass when no reader is bound or the queue is full"
     )
-    att.add_argument("--default", default="accept")
-    att.add_argument("--on-error", default="accept")
-    att.add_argument("--max-len", type=int, default=4096)
-    att.add_argument("--copy", default=None, choices=["full", "headers", "auto"],
-                     help="how much of each packet to copy to the notebook: whole packets, the first 128 bytes, "
-                     "or headers until a handler reads further")  # fmt: skip
-    att.add_argument("--copy-range", type=int, default=None, help="copy the first N bytes of each packet")
-    att.add_argument("--no-gso", dest="gso", action="store_false",
-                     help="have the kernel cut GSO packets into segments before queueing them (slower)")
-    att.add_argument("--flow-verdicts", action="store_true",
-                     help="ready for pkt.accept(flow=True) from the first packet (conntrack follows every connection)")
-    att.add_argument("--sock-bytes", type=int, default=8 << 20)
-    att.add_argument("--snaplen", type=int, default=256,
-                     help="bytes of each packet the record keeps (65535: whole packets, for to_pcap and Wireshark)")
-    att.add_argument("--record-size", type=int, default=100_000, help="packets the record keeps")
-    att.add_argument("--deadline", default="0.5", help="seconds a handler may take before its packet is rescued")
-    att.add_argument("--name", default=None)
 
     det = _Parser(prog="%pktlab detach", add_help=False)
     det.add_argument("name", nargs="?")
@@ -178,7 +161,7 @@ class PktlabMagicState:
         self.sessions: dict[str, Any] = {}  # Session (a queue or a replay)
         self.current_lab: str | None = None
         self.current_session: str | None = None
-        self.parsers = _parsers()
+        self.parsers = make_parsers()
 
     # -- lookup ----------------------------------------------------------------
     def lab(self, name: str | None = None) -> Lab:
@@ -231,7 +214,7 @@ class PktlabMagicState:
             from ..pipeline.replay import replay
 
             r = replay(a.source, filter=a.filter, name=a.name, default=a.default, on_error=a.on_error,
-                       deadline=_deadline(a.deadline))  # fmt: skip
+                       deadline=parse_deadline(a.deadline))  # fmt: skip
             self.sessions[r.name] = r
             self.current_session = r.name
             return r
@@ -327,35 +310,11 @@ class PktlabMagicState:
 
     def cmd_attach(self, a: argparse.Namespace) -> Session:
         netns: Any = None
-        if not a.host:
+        if not a.allow_host:
             lab = self.lab(a.lab)
             netns = lab[a.on]
-        s = attach(
-            a.queue,
-            rule=a.rule,
-            hook=a.hook,
-            table=a.table,
-            family=a.family,
-            netns=netns,
-            allow_host=a.host,
-            allow_all=a.all,
-            bypass=not a.fail_closed,
-            fail_open=not a.fail_closed,
-            default=a.default,
-            on_error=a.on_error,
-            max_len=a.max_len,
-            copy_range=a.copy_range,
-            copy=a.copy,
-            flow_verdicts=a.flow_verdicts,
-            decide=a.decide,
-            gso=a.gso,
-            sock_bytes=a.sock_bytes,
-            snaplen=a.snaplen,
-            record_size=a.record_size,
-            deadline=_deadline(a.deadline),
-            name=a.name,
-            filter=a.filter,
-        )
+        options = {opt.name: getattr(a, opt.name) for opt in ATTACH if opt.magic}
+        s = attach(a.queue, netns=netns, bypass=not a.fail_closed, fail_open=not a.fail_closed, **options)
         self.sessions[s.name] = s
         self.current_session = s.name
         return s
@@ -448,15 +407,6 @@ class PktlabMagicState:
         self.labs.clear()
         self.current_session = self.current_lab = None
         td.finish("run %pktlab doctor --clean to remove what is left")
-
-
-def _deadline(text: str) -> float | None:
-    if text.lower() in ("none", "off"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise PktlabError(f"--deadline {text!r} is not a number of seconds; use e.g. 0.05, or none") from None
 
 
 def handler_source(name: str, body: str) -> str:

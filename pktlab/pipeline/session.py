@@ -39,6 +39,7 @@ from ..kernel.privilege import require_place
 from ..kernel.proc import QueueCounters
 from ..kernel.queue import COPY_MODES, FULL_RANGE, HEADERS_RANGE, QueueSource, batch_verdict_prefix
 from ..kernel.sender import RawSender
+from ..options import DEFAULT as D
 from ..packet.model import HOOK_NAMES, Packet
 from ..packet.replies import outgoing
 from ..packet.verdicts import Verdict
@@ -62,6 +63,18 @@ _SESSION_SEQ = itertools.count(1)
 # chosen by measurement, see BENCHMARKS.md "How much of each packet to copy"
 COPY_DEFAULT = "full"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+
+
+def _session_name(name: str | None, prefix: str, why: str) -> str:
+    """The name given (checked: it goes into rules and file names), else ``prefix-N``."""
+    if name is None:
+        return f"{prefix}-{next(_SESSION_SEQ)}"
+    if not _NAME_RE.fullmatch(str(name)):
+        raise SessionError(
+            f"session name {name!r} is not allowed; use 1-48 letters, digits, '_', '.' or '-', "
+            f"starting with a letter or digit{why}"
+        )
+    return str(name)
 _BYTECODE = re.compile(r'--bytecode (?:"(\d+),[^"]*"|(\d+),\S*)')
 _OFFLOAD_SEQ = itertools.count(1)
 
@@ -212,7 +225,7 @@ def _copy_setting(copy: str | None, copy_range: int | None) -> tuple[int, bool]:
 
 
 class Session(ChainOwner):
-    """A packet source (a kernel queue or a capture) bound to one handler chain.
+    """A packet source (a kernel queue or a capture) bound to one handler chain (options: ``pktlab.options``).
 
     Use :func:`attach` for a queue and :func:`pktlab.replay` for a capture.
     """
@@ -221,41 +234,36 @@ class Session(ChainOwner):
         self,
         queue: int,
         *,
-        rule: str | Sequence[str] | None = None,
-        hook: str = "INPUT",
-        table: str | None = None,
-        family: str = "ipv4",
+        rule: str | Sequence[str] | None = D.rule,
+        hook: str = D.hook,
+        table: str | None = D.table,
+        family: str = D.family,
         netns: str | Place | None = None,  # a lab host, a lab (its server) or a namespace's name
-        allow_host: bool = False,
-        allow_all: bool = False,
-        bypass: bool = True,
-        fail_open: bool = True,
-        default: str | Verdict = "accept",
-        on_error: str | Verdict = "accept",
-        max_len: int = 4096,
-        copy_range: int | None = None,
-        sock_bytes: int = 8 << 20,
-        batch: int = 64,
-        record_size: int = 100_000,
-        snaplen: int = 256,
-        deadline: float | None = 0.5,  # far above scheduling noise: a starved reader was seen past 50 ms
-        name: str | None = None,
-        filter: str | None = None,  # noqa: A002 - the word users know from tcpdump
-        flow_verdicts: bool = False,
-        gso: bool = True,
-        copy: str | None = None,
-        decide: bool = False,
+        allow_host: bool = D.allow_host,
+        allow_all: bool = D.allow_all,
+        bypass: bool = D.bypass,
+        fail_open: bool = D.fail_open,
+        default: str | Verdict = D.default,
+        on_error: str | Verdict = D.on_error,
+        max_len: int = D.max_len,
+        copy_range: int | None = D.copy_range,
+        sock_bytes: int = D.sock_bytes,
+        batch: int = D.batch,
+        record_size: int = D.record_size,
+        snaplen: int = D.snaplen,
+        deadline: float | None = D.deadline,  # far above scheduling noise: a starved reader was seen past 50 ms
+        name: str | None = D.name,
+        filter: str | None = D.filter,  # noqa: A002 - the word users know from tcpdump
+        flow_verdicts: bool = D.flow_verdicts,
+        gso: bool = D.gso,
+        copy: str | None = D.copy,
+        decide: bool = D.decide,
     ) -> None:
         if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue <= 65535:
             raise SessionError(f"queue number {queue!r} is not valid; use an integer 0..65535")
         copy_range, copy_auto = _copy_setting(copy, copy_range)
         self.queue = queue
-        if name is not None and not _NAME_RE.fullmatch(str(name)):
-            raise SessionError(
-                f"session name {name!r} is not allowed; use 1-48 letters, digits, '_', '.' or '-', "
-                "starting with a letter or digit (it goes into the session's firewall rules)"
-            )
-        self.name = name or f"q{queue}-{next(_SESSION_SEQ)}"
+        self.name = _session_name(name, f"q{queue}", " (it goes into the session's firewall rules)")
         self._lab, self.netns = _resolve_netns(netns)
         match = _rules.parse_match(rule)
         if self.netns is None:
@@ -305,12 +313,7 @@ class Session(ChainOwner):
     ) -> Session:
         """A session whose packets come from the capture file ``path``; see :func:`pktlab.replay`."""
         self = cls.__new__(cls)
-        if name is not None and not _NAME_RE.fullmatch(str(name)):
-            raise SessionError(
-                f"session name {name!r} is not allowed; use 1-48 letters, digits, '_', '.' or '-', "
-                "starting with a letter or digit"
-            )
-        self.name = name or f"replay-{next(_SESSION_SEQ)}"
+        self.name = _session_name(name, "replay", "")
         self.queue = None
         self._lab, self.netns = None, None
         self.rule = None
