@@ -47,13 +47,13 @@ from ..teardown import Teardown
 from ._dispatch import Dispatcher
 from .capture import CapturePackets, CaptureSource
 from .chainowner import ChainOwner, hook
-from .flows import FlowTable
+from .flows import PROTO_NAMES, FlowTable
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .holding import HeldPacket, HeldPackets
 from .record import Record
 from .sending import Sender
 from .tcp_adjust import TcpAdjust
-from .tcp_analysis import FLOW_COLUMNS, PROTO_NAMES, flow_summary
+from .tcp_analysis import FLOW_COLUMNS, flow_summary
 
 if TYPE_CHECKING:
     from ..kernel.netns import Place

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from ..errors import PacketFormatError
 from ..packet.model import ipv6_upper
+from .flows import PROTO_NAMES
 
 __all__ = ["COLUMNS", "FLOW_COLUMNS", "Followed", "analyse", "follow", "flow_summary"]
 
@@ -254,17 +255,18 @@ def follow(entries: Iterable[Any], flow_id: int, *, delivered: bool = False,
     sequence) or that the record cut off (its snaplen) are left out and counted in ``missing``.
     """
     entries = list(entries)
-    rows = analyse(entries)
+    rows, _, parsed = _analyse(entries)
     if not any(r["flow"] == flow_id for r in rows):
         raise KeyError(f"no flow {flow_id} in the record; the flow column of s.df lists the flows it holds")
     segs: dict[str, list[tuple[int, int, bytes]]] = {"client": [], "server": []}
     isn: dict[str, int] = {}
-    for e, row in zip(entries, rows, strict=True):
+    for e, row, seg in zip(entries, rows, parsed, strict=True):
         if row["flow"] != flow_id or row["flags"] is None or (delivered and e.verdict == "drop"):
             continue
         side = row["side"]
         out = rewritten(e) if delivered and rewritten is not None else None
-        seg = _parse(bytes(out), len(out)) if out is not None else _parse(bytes(e.head), e.size)
+        if out is not None:  # what the handler left: its own headers (sequence numbers, lengths)
+            seg = _parse(bytes(out), len(out))
         if seg is None or not seg.whole:
             continue
         head = out if out is not None else e.head
@@ -294,9 +296,6 @@ def follow(entries: Iterable[Any], flow_id: int, *, delivered: bool = False,
 
 FLOW_COLUMNS = ["flow", "proto", "a", "aport", "b", "bport", "tcp_state", "packets_ab", "packets_ba", "bytes_ab",
                 "bytes_ba", "accepted", "dropped", "retransmissions", "first", "last"]  # fmt: skip
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
-
-
 def flow_summary(entries: Iterable[Any]) -> list[dict[str, Any]]:
     """One dict of :data:`FLOW_COLUMNS` per flow of the entries, in order of first appearance.
 
