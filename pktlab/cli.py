@@ -97,17 +97,24 @@ def grade(paths: list[str], *, as_json: bool, live: bool | None) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The ``pktlab`` command line (the docs' reference of it is made from this parser)."""
     p = argparse.ArgumentParser(prog="pktlab", description="a Jupyter-first interactive packet lab")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="headless end-to-end demo on a lab (needs root)")
-    d.add_argument("--count", type=int, default=2000)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    d = sub.add_parser("demo", help="headless end-to-end demo on a lab (live mode: root, or an ordinary user "
+                       "where user namespaces are allowed)")  # fmt: skip
+    d.add_argument("--count", type=int, default=2000, help="datagrams the demo sends")
     doc = sub.add_parser("doctor", help="check what this machine allows; --clean removes leftovers")
     doc.add_argument("--clean", action="store_true", help="remove namespaces and rules left by dead pktlab processes")
     g = sub.add_parser("grade", help="grade student notebooks of a pktlab assignment")
     g.add_argument("notebooks", nargs="+", help="student notebooks, or folders of them")
     g.add_argument("--json", action="store_true", help="one JSON object per notebook instead of text")
-    g.add_argument("--no-live", action="store_true", help="skip the live checks (they need root)")
+    g.add_argument("--no-live", action="store_true", help="skip the live checks (replay checks only)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = make_parser()
     a = p.parse_args(argv)
     try:
         if a.cmd == "demo":

@@ -19,28 +19,6 @@ from ..options import ATTACH, parse_deadline
 from ..pipeline.session import Session, attach
 from ..teardown import Teardown
 
-USAGE = """\
-%pktlab lab up [--topology pair|router] [--name NAME]   make a lab (client/server namespaces)
-%pktlab lab down [NAME] | lab status
-%pktlab link A B [--delay 20ms] [--jitter 5ms] [--loss 1%] [--rate 10mbit] [--direction both|a>b|b>a] [--clear]
-                                                        conditions of the link between lab hosts A and B
-%pktlab attach N [--rule MATCH] [--filter TCPDUMP] [--hook HOOK] [--on HOST] [--host] [options]
-%pktlab offload "EXPR" accept|drop|mark [--mark N] | offload remove "EXPR" | offload list
-%pktlab trace [--filter EXPR] [--count N] [--timeout S] [--on HOSTS] [--background]
-                                                        follow packets hook by hook through the lab's hosts
-%pktlab netpipe [--max BYTES] [--udp] [--to ADDR] [--quick]  NetPIPE client -> server, without and with each queue
-%pktlab drops [--filter EXPR] [--seconds N] [--on HOSTS] [--background]  each packet the lab's kernels drop, and why
-%pktlab bpf "EXPR"                                      the BPF program of a tcpdump filter (like tcpdump -d)
-%pktlab replay SOURCE [--filter EXPR] [--name N]         a capture (path or dataset name) as the current session
-%pktlab run [--pace X] [--limit N]                      run the current replay through its handlers
-%pktlab detach [NAME] [--all]
-%pktlab status [NAME]
-%pktlab doctor [--clean]                                what this machine allows; --clean removes leftovers
-%pktlab pause | resume                                  hold packets in the kernel queue / let them through
-%pktlab dashboard [NAME] | controls [NAME]               live plots / pause, step, inspect, toggle (a session)
-%pktlab handlers [SESSION] | handler off|on|remove|show NAME
-%%pktlab handler NAME [--before H] [--after H]          the cell is the body of NAME(pkt)"""
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # never sys.exit() inside a kernel
@@ -48,14 +26,46 @@ class _Parser(argparse.ArgumentParser):
 
 
 def make_parsers() -> dict[str, _Parser]:
-    lab = _Parser(prog="%pktlab lab", add_help=False)
-    lab.add_argument("action", choices=["up", "down", "status"])
-    lab.add_argument("name", nargs="?")
-    lab.add_argument("--topology", choices=TOPOLOGIES, default="pair")
-    lab.add_argument("--name", dest="name_opt")
+    """Every ``%pktlab`` command's parser, in the order ``%pktlab help`` lists them: the one declaration of the
+    magic's syntax, from which its help and the docs' reference of the magics are made."""
 
-    att = _Parser(prog="%pktlab attach", add_help=False)
-    att.add_argument("queue", type=int)
+    def cmd(name: str, what: str, prog: str | None = None) -> _Parser:
+        parser = _Parser(prog=prog or f"%pktlab {name}", description=what, add_help=False)
+        parsers[name] = parser
+        return parser
+
+    def session_arg(parser: _Parser, name: str = "--session") -> None:
+        if name.startswith("-"):
+            parser.add_argument(name, default=None, help="the session's name (default: the current session)")
+        else:
+            parser.add_argument(name, nargs="?", default=None, help="the session's name (default: the current session)")
+
+    def lab_arg(parser: _Parser) -> None:
+        parser.add_argument("--lab", default=None, help="the lab's name (default: the current lab)")
+
+    parsers: dict[str, _Parser] = {}
+    lab = cmd("lab", "makes a lab (up), tears one down, detaching its sessions first (down), or lists each lab's "
+              "hosts, addresses, namespaces, link conditions and sessions (status)")  # fmt: skip
+    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("name", nargs="?", help="the lab's name (up: default 'lab'; down: default the current lab)")
+    lab.add_argument("--topology", choices=TOPOLOGIES, default="pair",
+                     help="pair: client - server; router: client - router - server")  # fmt: skip
+    lab.add_argument("--name", dest="name_opt", metavar="NAME", help="the lab's name, as an option")
+
+    ln = cmd("link", "sets the conditions of the link between two lab hosts, or with no option shows them")
+    ln.add_argument("a", help="a lab host (client, router, server)")
+    ln.add_argument("b", help="the host at the other end of the link")
+    ln.add_argument("--delay", default=None, help="e.g. 20ms (0: none)")
+    ln.add_argument("--jitter", default=None, help="e.g. 5ms, ± around the delay")
+    ln.add_argument("--loss", default=None, help="e.g. 1%% or 0.01")
+    ln.add_argument("--rate", default=None, help="e.g. 10mbit (0: no limit)")
+    ln.add_argument("--direction", default="both", choices=["both", "a>b", "b>a"],
+                    help="both directions, or only from the first host named (a>b) or to it (b>a)")  # fmt: skip
+    ln.add_argument("--clear", action="store_true", help="remove every condition of the link")
+    lab_arg(ln)
+
+    att = cmd("attach", "binds an NFQUEUE in a lab host (default: the current lab's server) and returns the session")
+    att.add_argument("queue", type=int, help="the NFQUEUE number, 0-65535")
     for opt in ATTACH:  # declared once, in pktlab.options
         if not opt.magic:
             continue
@@ -67,89 +77,107 @@ def make_parsers() -> dict[str, _Parser]:
                              help=opt.help)  # fmt: skip
     # what only the magic has: where to attach, and one switch for both fail-open settings
     att.add_argument("--on", default="server", help="lab host to attach in (client, router, server)")
-    att.add_argument("--lab", default=None, help="lab name (default: the current lab)")
+    lab_arg(att)
     att.add_argument(
         "--fail-closed", action="store_true", help="drop instead of pass when no reader is bound or the queue is full"
     )
 
-    det = _Parser(prog="%pktlab detach", add_help=False)
-    det.add_argument("name", nargs="?")
-    det.add_argument("--all", action="store_true")
-
-    st = _Parser(prog="%pktlab status", add_help=False)
-    st.add_argument("name", nargs="?")
-
-    hd = _Parser(prog="%%pktlab handler", add_help=False)
-    hd.add_argument("name")
-    hd.add_argument("--session", default=None)
-    hd.add_argument("--before", default=None)
-    hd.add_argument("--after", default=None)
-
-    hl = _Parser(prog="%pktlab handler", add_help=False)
-    hl.add_argument("action", choices=["on", "off", "remove", "show"])
-    hl.add_argument("name")
-    hl.add_argument("--session", default=None)
-    off = _Parser(prog="%pktlab offload", add_help=False)
+    off = cmd("offload", "gives matching packets a verdict in the kernel, before the queue (again with the same "
+              "filter: swapped atomically); 'offload list', 'offload remove \"EXPR\"'")  # fmt: skip
     off.add_argument("expr", help="tcpdump filter, or 'remove'/'list'")
-    off.add_argument("verdict", nargs="?", default=None)
-    off.add_argument("--mark", type=lambda x: int(x, 0), default=None)
-    off.add_argument("--session", default=None)
-    rp = _Parser(prog="%pktlab replay", add_help=False)
-    rp.add_argument("source", help="pcap/pcapng path or dataset name (pktlab.datasets.names())")
-    rp.add_argument("--filter", default=None)
-    rp.add_argument("--name", default=None)
-    rp.add_argument("--default", default="accept")
-    rp.add_argument("--on-error", default="accept")
-    rp.add_argument("--deadline", default="1.0")
-    run = _Parser(prog="%pktlab run", add_help=False)
-    run.add_argument("--pace", type=float, default=None, help="1.0 = real time; default: as fast as possible")
-    run.add_argument("--limit", type=int, default=None)
-    run.add_argument("--session", default=None)
-    npp = _Parser(prog="%pktlab netpipe", add_help=False)
+    off.add_argument("verdict", nargs="?", default=None, help="accept, drop or mark (after remove: the filter)")
+    off.add_argument("--mark", type=lambda x: int(x, 0), default=None, help="the mark to set (mark, or accept)")
+    session_arg(off)
+
+    tr = cmd("trace", "follows packets step by step through the lab's hosts, with the kernel's times (root only)")
+    tr.add_argument("--filter", default="", help="tcpdump filter of the packets to trace")
+    tr.add_argument("--count", type=int, default=5, help="packets to trace")
+    tr.add_argument("--timeout", type=float, default=10.0, help="seconds before the trace ends anyway")
+    tr.add_argument("--on", default=None, help="comma-separated lab hosts (default: all)")
+    lab_arg(tr)
+    tr.add_argument("--background", action="store_true", help="return at once; .wait() gives the trace")
+
+    dr = cmd("drops", "prints every packet the lab's kernels drop as it happens, with the kernel's reason, and "
+             "returns them (root only)")  # fmt: skip
+    dr.add_argument("--filter", default="", help="tcpdump filter of the packets to report")
+    dr.add_argument("--seconds", type=float, default=10.0, help="how long to watch")
+    dr.add_argument("--on", default=None, help="comma-separated lab hosts (default: all)")
+    dr.add_argument("--background", action="store_true", help="return once watching; .wait() or .stop() gives them")
+    lab_arg(dr)
+
+    bp = cmd("bpf", "the BPF program of a tcpdump expression, listed like tcpdump -d")
+    bp.add_argument("expr", help='one quoted tcpdump expression, e.g. "udp and port 53"')
+
+    npp = cmd("netpipe", "NetPIPE from the lab's client to its server, with no queue and then through each of the "
+              "lab's sessions")  # fmt: skip
     npp.add_argument("--max", type=int, default=1 << 20, help="largest block, bytes")
     npp.add_argument("--udp", action="store_true", help="ping-pong datagrams instead of TCP")
     npp.add_argument("--to", default=None, help="address the client talks to (default: the server's)")
     npp.add_argument("--quick", action="store_true",
                      help="trials ten times shorter than NPtcp's (~10 s a run; reads lower from ~128 KiB)")
-    npp.add_argument("--lab", default=None)
-    ln = _Parser(prog="%pktlab link", add_help=False)
-    ln.add_argument("a", help="a lab host (client, router, server)")
-    ln.add_argument("b", help="the host at the other end of the link")
-    ln.add_argument("--delay", default=None, help="e.g. 20ms (0: none)")
-    ln.add_argument("--jitter", default=None, help="e.g. 5ms, ± around the delay")
-    ln.add_argument("--loss", default=None, help="e.g. 1%% or 0.01")
-    ln.add_argument("--rate", default=None, help="e.g. 10mbit (0: no limit)")
-    ln.add_argument("--direction", default="both", choices=["both", "a>b", "b>a"])
-    ln.add_argument("--clear", action="store_true", help="remove every condition of the link")
-    ln.add_argument("--lab", default=None)
-    dr = _Parser(prog="%pktlab drops", add_help=False)
-    dr.add_argument("--filter", default="", help="tcpdump filter of the packets to report")
-    dr.add_argument("--seconds", type=float, default=10.0)
-    dr.add_argument("--on", default=None, help="comma-separated lab hosts (default: all)")
-    dr.add_argument("--background", action="store_true", help="return once watching; .wait() or .stop() gives them")
-    dr.add_argument("--lab", default=None)
-    tr = _Parser(prog="%pktlab trace", add_help=False)
-    tr.add_argument("--filter", default="", help="tcpdump filter of the packets to trace")
-    tr.add_argument("--count", type=int, default=5)
-    tr.add_argument("--timeout", type=float, default=10.0)
-    tr.add_argument("--on", default=None, help="comma-separated lab hosts (default: all)")
-    tr.add_argument("--lab", default=None)
-    tr.add_argument("--background", action="store_true", help="return at once; .wait() gives the trace")
-    return {
-        "netpipe": npp,
-        "replay": rp,
-        "run": run,
-        "trace": tr,
-        "drops": dr,
-        "lab": lab,
-        "link": ln,
-        "attach": att,
-        "detach": det,
-        "status": st,
-        "handler-cell": hd,
-        "handler": hl,
-        "offload": off,
-    }
+    lab_arg(npp)
+
+    det = cmd("detach", "removes the session's rules, gives every held packet its verdict, unbinds")
+    session_arg(det, "name")
+    det.add_argument("--all", action="store_true", help="every session of the magic")
+    session_arg(cmd("status", "counters from pktlab and from the kernel, rules, handlers, last errors"), "name")
+    session_arg(cmd("pause", "stops reading: packets wait in the kernel queue (up to --max-len)"), "name")
+    session_arg(cmd("resume", "reads again, oldest first"), "name")
+    session_arg(cmd("dashboard", "live plots of a session (bokeh)"), "name")
+    session_arg(cmd("controls", "pause, step and inspect, handler toggles, verdicts (ipywidgets)"), "name")
+    doc = cmd("doctor", "what this machine allows (live or replay only, and why), checked for real")
+    doc.add_argument("--clean", action="store_true", help="first remove what dead pktlab processes left")
+
+    rp = cmd("replay", "a capture as the current session; its handlers run on it with %pktlab run")
+    rp.add_argument("source", help="pcap/pcapng path or dataset name (pktlab.datasets.names())")
+    rp.add_argument("--filter", default=None, help="tcpdump filter: other packets go to the output unseen")
+    rp.add_argument("--name", default=None, help="the session's name")
+    rp.add_argument("--default", default="accept", help="the verdict of a packet no handler decided")
+    rp.add_argument("--on-error", default="accept", help="the verdict of a packet whose handler failed")
+    rp.add_argument("--deadline", default="1.0", help="seconds a handler may take (none: no watchdog)")
+    run = cmd("run", "runs the current replay through its handlers")
+    run.add_argument("--pace", type=float, default=None, help="1.0 = real time; default: as fast as possible")
+    run.add_argument("--limit", type=int, default=None, help="only the first N packets")
+    session_arg(run)
+
+    session_arg(cmd("handlers", "a table of the session's handlers (name, on, packets, drops, errors)"), "name")
+    hl = cmd("handler", "turns a handler off or on, removes it, or prints its source")
+    hl.add_argument("action", choices=["on", "off", "remove", "show"])
+    hl.add_argument("name", help="the handler's name")
+    session_arg(hl)
+    hd = cmd("handler-cell", "the cell is the body of def NAME(pkt): ...; running it again replaces NAME in place",
+             prog="%%pktlab handler")  # fmt: skip
+    hd.add_argument("name", help="the handler's name")
+    session_arg(hd)
+    hd.add_argument("--before", default=None, help="put it before this handler")
+    hd.add_argument("--after", default=None, help="put it after this handler")
+    return parsers
+
+
+def _value_name(action: argparse.Action) -> str:
+    if action.choices:
+        return "|".join(str(c) for c in action.choices)
+    return (action.metavar or action.dest).upper()
+
+
+def syntax(parser: argparse.ArgumentParser) -> str:
+    """One command's syntax as people write it: the command, its positional arguments, then its options."""
+    words = [parser.prog]
+    for act in parser._actions:  # argparse has no public iterator over a parser's arguments
+        if act.option_strings:
+            continue
+        words.append(f"[{_value_name(act)}]" if act.nargs == "?" else _value_name(act))
+    for act in parser._actions:
+        if not act.option_strings:
+            continue
+        flag = act.option_strings[0]
+        words.append(f"[{flag}]" if act.nargs == 0 else f"[{flag} {_value_name(act)}]")
+    return " ".join(words)
+
+
+def usage_text(parsers: dict[str, argparse.ArgumentParser]) -> str:
+    """``%pktlab help``: each command's syntax and what it does, from its parser."""
+    return "\n".join(f"{syntax(p)}\n    {p.description}" for p in parsers.values())
 
 
 class PktlabMagicState:
@@ -191,7 +219,7 @@ class PktlabMagicState:
         except ValueError as exc:
             raise PktlabError(f"cannot read the arguments ({exc}); check the quotes") from None
         if not argv or argv[0] in ("help", "-h", "--help"):
-            print(USAGE)
+            print(usage_text(self.parsers))
             return None
         cmd, rest = argv[0], argv[1:]
         if cmd == "lab":
@@ -236,23 +264,20 @@ class PktlabMagicState:
         if cmd == "bpf":
             from ..kernel import bpf
 
-            if len(rest) != 1:
-                raise PktlabError('%pktlab bpf takes one quoted tcpdump expression: %pktlab bpf "udp and port 53"')
-            return bpf.compile(rest[0])
+            return bpf.compile(self.parsers["bpf"].parse_args(rest).expr)
         if cmd == "doctor":
             from .. import doctor
 
-            return doctor.run(clean="--clean" in rest)
+            return doctor.run(clean=self.parsers["doctor"].parse_args(rest).clean)
         if cmd in ("dashboard", "controls"):
-            s = self.session(rest[0] if rest else None)
+            s = self.session(self.parsers[cmd].parse_args(rest).name)
             return s.dashboard() if cmd == "dashboard" else s.controls()
         if cmd in ("pause", "resume"):
-            s = self.session(rest[0] if rest else None)
+            s = self.session(self.parsers[cmd].parse_args(rest).name)
             s.pause() if cmd == "pause" else s.resume()
             return None
         if cmd == "handlers":
-            s = self.session(rest[0] if rest else None)
-            return s.handler_table()
+            return self.session(self.parsers["handlers"].parse_args(rest).name).handler_table()
         if cmd == "handler":
             a = self.parsers["handler"].parse_args(rest)
             s = self.session(a.session)
