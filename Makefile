@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (main job) and `make test` (tests).
 # Both run the idempotent set-up first.
-.PHONY: setup demo test lint bench clean lab binder-check wheel
+.PHONY: setup demo test lint docs bench clean lab binder-check wheel
 
 PY := .venv/bin/python
 
@@ -13,9 +13,13 @@ demo: setup
 lint: setup
 	.venv/bin/ruff check pktlab tests bench scripts notebooks
 
+# the documentation site in build/site (strict: broken links, missing references, undocumented public names fail it)
+docs: setup
+	bash scripts/docs.sh
+
 # the whole suite as root (root mode), then the live suite again as an ordinary user (user-namespace mode);
 # the browser and notebook runs take that user's place themselves (they start Jupyter as an ordinary user)
-test: setup lint
+test: setup lint docs
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 	bash scripts/test_as_user.sh pktlab-student -rs --durations=10 tests --ignore=tests/browser --ignore=tests/notebooks
 

@@ -46,7 +46,7 @@ def make_parsers() -> dict[str, _Parser]:
     parsers: dict[str, _Parser] = {}
     lab = cmd("lab", "makes a lab (up), tears one down, detaching its sessions first (down), or lists each lab's "
               "hosts, addresses, namespaces, link conditions and sessions (status)")  # fmt: skip
-    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("action", choices=["up", "down", "status"], help="what to do")
     lab.add_argument("name", nargs="?", help="the lab's name (up: default 'lab'; down: default the current lab)")
     lab.add_argument("--topology", choices=TOPOLOGIES, default="pair",
                      help="pair: client - server; router: client - router - server")  # fmt: skip
@@ -142,7 +142,7 @@ def make_parsers() -> dict[str, _Parser]:
 
     session_arg(cmd("handlers", "a table of the session's handlers (name, on, packets, drops, errors)"), "name")
     hl = cmd("handler", "turns a handler off or on, removes it, or prints its source")
-    hl.add_argument("action", choices=["on", "off", "remove", "show"])
+    hl.add_argument("action", choices=["on", "off", "remove", "show"], help="what to do with the handler")
     hl.add_argument("name", help="the handler's name")
     session_arg(hl)
     hd = cmd("handler-cell", "the cell is the body of def NAME(pkt): ...; running it again replaces NAME in place",

@@ -235,6 +235,7 @@ class Registry:
 
 _BUILTIN_PARENTS = ("ip", "ipv6", "udp", "tcp", "icmp", "icmpv6")
 registry = Registry()
+"""The user-defined protocols, ``pktlab.protocols``: list them, ``.remove(name)``, ``.clear()``."""
 
 
 def _annotations(cls: type) -> dict[str, Any]:

@@ -43,5 +43,8 @@ class Verdict:
 
 
 ACCEPT = Verdict("accept", 1)
+"""The packet goes on (``pkt.accept()`` returns it; ``"accept"`` counts as it)."""
 DROP = Verdict("drop", 0)
+"""The kernel frees the packet (``pkt.drop()``)."""
 REPEAT = Verdict("repeat", 4)
+"""The packet goes through its hook again from the start (``pkt.repeat()``; marked, a rule can skip the queue)."""

@@ -21,24 +21,25 @@ from .tcp_analysis import analyse
 
 SENT = 255  # the "verdict" code of a packet pktlab sent itself (pkt.reply, Session.send): it had no verdict
 VERDICT_NAMES = {**{v.code: str(v) for v in (ACCEPT, DROP, REPEAT)}, SENT: "sent"}
-COLUMNS = [
-    "time",
-    "direction",
-    "id",
-    "hook",
-    "size",
-    "proto",
-    "src",
-    "dst",
-    "sport",
-    "dport",
-    "verdict",
-    "handler",
-    "handler_us",
-    "error",
-    "modified",
-    *TCP_COLUMNS,
-]
+# ``s.df``'s columns, with what each holds (the docs' reference is made from this)
+COLUMNS: dict[str, str] = {
+    "time": "when the packet reached the chain (a replay: its capture time)",
+    "direction": "in: a packet that reached the session; sent: one pktlab sent (pkt.reply, s.send)",
+    "id": "the kernel's packet id (a replay: its number in the capture)",
+    "hook": "PREROUTING, INPUT, FORWARD, OUTPUT or POSTROUTING",
+    "size": "bytes from the IP header, as the packet arrived",
+    "proto": "tcp, udp, icmp, icmpv6 or the protocol number",
+    "src": "source address",
+    "dst": "destination address",
+    "sport": "source port (None: no ports, or a later fragment)",
+    "dport": "destination port",
+    "verdict": "accept, drop, repeat, or sent",
+    "handler": "the handler whose verdict it got (None: the default verdict)",
+    "handler_us": "time in the handlers, µs (0: no handler ran)",
+    "error": "the handler's error, if it failed",
+    "modified": "a handler rewrote it",
+    **TCP_COLUMNS,
+}
 
 
 class Entry(NamedTuple):
@@ -171,7 +172,7 @@ class Record:
         """The ring as a pandas DataFrame, one row per packet."""
         import pandas as pd
 
-        df = pd.DataFrame(self.rows(), columns=COLUMNS)
+        df = pd.DataFrame(self.rows(), columns=list(COLUMNS))
         df["time"] = pd.to_datetime(df["time"], unit="s")
         for col in ("handler", "error", "side", "flags", "analysis"):  # None, as everywhere else (pandas made NaN)
             df[col] = df[col].astype(object).where(df[col].notna(), None)

@@ -83,34 +83,34 @@ _OFFLOAD_SEQ = itertools.count(1)
 class Status:
     """A snapshot of a session: counters from pktlab and from the kernel."""
 
-    name: str
-    queue: int
-    netns: str | None
-    attached: bool
-    paused: bool
-    rules: list[str]
-    handlers: list[tuple[str, bool, int]]
-    counters: dict[str, int]
-    kernel: QueueCounters | None
-    rate_pps: float
-    last_errors: list[HandlerFailure] = field(default_factory=list)
+    name: str  # the session's name
+    queue: int  # the NFQUEUE number (a replay: -1)
+    netns: str | None  # the namespace it is attached in (None: the host's, or a replay)
+    attached: bool  # reading packets now
+    paused: bool  # not reading: packets wait in the kernel queue
+    rules: list[str]  # the iptables rules it installed, as iptables-save writes them
+    handlers: list[tuple[str, bool, int]]  # (name, enabled, packets it decided) per handler, in chain order
+    counters: dict[str, int]  # packets, then per verdict (accept, drop, repeat), sent and errors
+    kernel: QueueCounters | None  # the kernel's counters of the queue: waiting, queue_dropped, user_dropped
+    rate_pps: float  # packets per second over the last second
+    last_errors: list[HandlerFailure] = field(default_factory=list)  # the newest handler failures
     errors_left_out: int = 0  # handler failures s.errors no longer keeps (it keeps the newest 1,000)
-    internal_errors: int = 0
+    internal_errors: int = 0  # pktlab's own failures on the packet path (the packet got the error verdict)
     last_internal_error: str | None = None  # the newest one's reason
-    rule_hits: int = 0
-    passed_unseen: int = 0
-    enobufs: int = 0
-    fail_open: bool = True
+    rule_hits: int = 0  # packets that hit the queue rule (the kernel's counter)
+    passed_unseen: int = 0  # packets the kernel passed without queueing (fail-open; a replay: outside the filter)
+    enobufs: int = 0  # socket overruns the reader met (the kernel had more than the socket buffer held)
+    fail_open: bool = True  # a full queue passes packets (False: drops them)
     holding_when_full: bool = False  # fail-open, made fail-closed while TCP connections are adjusted
-    stuck: list[tuple[str, float, int]] = field(default_factory=list)
-    rescued: int = 0
-    stuck_threads: int = 0
-    filter: str | None = None
+    stuck: list[tuple[str, float, int]] = field(default_factory=list)  # (handler, seconds, packet id) past deadline
+    rescued: int = 0  # packets the watchdog gave the error verdict because their handler hung
+    stuck_threads: int = 0  # reader threads still inside a hung handler call
+    filter: str | None = None  # the tcpdump filter run in the kernel (a replay: by libpcap)
     offloads: list[tuple[str, int]] = field(default_factory=list)  # description, packets decided
     source: str | None = None  # a replay: the capture's file name (None: a kernel queue)
     packets: int = 0  # a replay: packets read from the capture (those outside the filter too)
     seconds: float = 0.0  # a replay: how long the last run() took
-    held: int = 0
+    held: int = 0  # packets held for the notebook (s.hold), their verdicts not given yet
     tcp_adjusted: int = 0  # TCP connections whose lengths a handler changed (sequence adjustment state)
     kept_back: int = 0  # TCP segments kept back until a gap in their stream filled
     flows: int | None = None  # flows tracked (None: tracking not started)

@@ -28,7 +28,21 @@ from .flows import PROTO_NAMES
 
 __all__ = ["COLUMNS", "FLOW_COLUMNS", "Followed", "analyse", "follow", "flow_summary"]
 
-COLUMNS = ["t", "flow", "side", "flags", "seq", "ack", "len", "win", "analysis", "seq_raw", "ack_raw"]
+# the columns the TCP analysis adds to ``s.df``, with what each holds (the docs' reference is made from this)
+COLUMNS: dict[str, str] = {
+    "t": "seconds since the record's first packet",
+    "flow": "the flow's id, one for both directions, numbered as flows appear (None: not TCP, UDP or ICMP echo)",
+    "side": "client (the side that sent the SYN, else the first packet's source) or server",
+    "flags": "TCP flags as letters (e.g. AP)",
+    "seq": "sequence number relative to the direction's ISN",
+    "ack": "acknowledgement number relative to the other direction's ISN",
+    "len": "TCP payload bytes, from the IP lengths (a packet cut by snaplen still counts whole)",
+    "win": "the window field as sent (not scaled)",
+    "analysis": "Wireshark's marker: retransmission, fast retransmission, spurious retransmission, out-of-order, "
+    "duplicate ack or keep-alive (None: none)",
+    "seq_raw": "the sequence number as sent",
+    "ack_raw": "the acknowledgement number as sent",
+}
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 _LETTERS = ((CWR, "C"), (ECE, "E"), (URG, "U"), (ACK, "A"), (PSH, "P"), (RST, "R"), (SYN, "S"), (FIN, "F"))
 MOD = 1 << 32
@@ -294,8 +308,25 @@ def follow(entries: Iterable[Any], flow_id: int, *, delivered: bool = False,
     return Followed(out_streams["client"], out_streams["server"], missing)
 
 
-FLOW_COLUMNS = ["flow", "proto", "a", "aport", "b", "bport", "tcp_state", "packets_ab", "packets_ba", "bytes_ab",
-                "bytes_ba", "accepted", "dropped", "retransmissions", "first", "last"]  # fmt: skip
+# ``s.flows``' columns from the record, with what each holds
+FLOW_COLUMNS: dict[str, str] = {
+    "flow": "the flow's id (the one s.df uses)",
+    "proto": "tcp, udp, icmp or icmpv6",
+    "a": "the client's address (it sent the SYN, else the first packet)",
+    "aport": "the client's port",
+    "b": "the server's address",
+    "bport": "the server's port",
+    "tcp_state": "syn-sent, syn-received, established, fin-wait, closing, closed or reset (None: not TCP)",
+    "packets_ab": "packets from a to b, whatever their verdict",
+    "packets_ba": "packets from b to a",
+    "bytes_ab": "bytes (IP lengths) from a to b",
+    "bytes_ba": "bytes from b to a",
+    "accepted": "packets accepted",
+    "dropped": "packets dropped",
+    "retransmissions": "TCP segments s.df marks as a retransmission of any kind",
+    "first": "the first packet's time",
+    "last": "the last packet's time",
+}
 def flow_summary(entries: Iterable[Any]) -> list[dict[str, Any]]:
     """One dict of :data:`FLOW_COLUMNS` per flow of the entries, in order of first appearance.
 
