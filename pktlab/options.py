@@ -73,7 +73,7 @@ ATTACH: tuple[Option, ...] = (
            kind=int),  # fmt: skip
     Option("deadline", 0.5, "seconds a handler may take before its packet is rescued (none: no watchdog)",
            kind=parse_deadline),  # fmt: skip
-    Option("name", None, "the session's name (it goes into its rules)"),
+    Option("name", None, "the session's name: 1-48 letters, digits, _ . - (it goes into its rules)"),
     Option("flow_verdicts", False, "ready for pkt.accept(flow=True) from the first packet (conntrack follows every "
            "connection)"),  # fmt: skip
     Option("gso", True, "have the kernel cut GSO packets into segments before queueing them (slower)",

@@ -184,7 +184,9 @@ def fields(arg: str | None) -> str:
 def include(arg: str | None) -> str:
     path = ROOT / (arg or "")
     text = path.read_text()
-    return text.split("\n", 1)[1] if text.startswith("# ") else text  # the page has its own title
+    text = text.split("\n", 1)[1] if text.startswith("# ") else text  # the page has its own title
+    # links between files of the repository are not pages of the site: the file's path, as code
+    return re.sub(r"\[([^\]]+)\]\((?!https?:)([^)#]+)\)", lambda m: f"`{m.group(2)}`", text)
 
 
 GENERATORS = {"api": api, "magics": magics, "cli": cli, "options": options, "errors": errors, "fields": fields,

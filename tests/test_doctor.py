@@ -125,5 +125,5 @@ def test_doctor_without_privileges_names_the_fix(tmp_path) -> None:
     )
     assert out.returncode == 1
     assert "FAIL  privileges: PKTLAB_PRIVILEGE=root but this process is uid 65534 without CAP_NET_ADMIN" in out.stdout
-    assert "run as root, or allow unprivileged user namespaces (see the README)" in out.stdout
+    assert "run as root, or allow unprivileged user namespaces (see docs/how-to/without-root.md)" in out.stdout
     assert "=> replay only: no live queue here (privileges)" in out.stdout and "ok    replay:" in out.stdout

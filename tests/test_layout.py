@@ -85,7 +85,7 @@ def test_no_import_cycles() -> None:
 
 
 # The stages of the flow, in order: a module may import its own stage and earlier ones, never a later one
-# (README "Layout"). The front (pktlab/__init__.py) re-exports everything and wires the pipeline's hooks.
+# (docs/explanation/design.md). The front (pktlab/__init__.py) re-exports everything and wires the pipeline's hooks.
 STAGES = [
     {"errors", "version", "options", "teardown", "_common"},
     {"kernel", "packet"},
