@@ -170,7 +170,8 @@ def run(clean: bool = False) -> Report:
     checks = [
         _try("kernel", _kernel, "load it as root: modprobe nfnetlink_queue xt_NFQUEUE"),
         _try("tools", _tools, "run `make setup` (apt-get install iptables iproute2)"),
-        _try("privileges", _privileges, "run as root, or allow unprivileged user namespaces (see docs/how-to/without-root.md)"),
+        _try("privileges", _privileges,
+             "run as root, or allow unprivileged user namespaces (see docs/how-to/without-root.md)"),
         _try("python packages", _nfq, "run `make setup` (it builds NetfilterQueue and pktlab's compiled parts)"),
     ]
     cleaned: list[str] = []

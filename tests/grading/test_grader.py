@@ -265,7 +265,8 @@ def test_a_grader_killed_mid_check_leaves_no_solution_running() -> None:
     assert _running_with_cmdline(f"sleep\0{marker}\0") == [], "the sandbox outlived its grader"
 
 
-FLOW_FIREWALL = (  # the docs' stateful firewall (docs/how-to/tcp.md) with pkt.flow (issue 15): a few lines, no bookkeeping of its own
+# the stateful firewall of docs/how-to/tcp.md, with pkt.flow (issue 15): a few lines, no bookkeeping of its own
+FLOW_FIREWALL = (
     "def firewall(pkt):\n"
     "    t = pkt.tcp\n"
     "    if t is None:\n"

@@ -290,7 +290,8 @@ def test_a_full_queue_drops_instead_of_passing_unadjusted_segments(router_lab: L
     the transfer completes intact, and the queue is fail-open again once the connection's state is gone.
 
     (16 places hold the first flight, sent before any verdict: the state exists before the queue can
-    overflow.  What passes unseen before a connection's first rewrite cannot be adjusted: see docs/explanation/seqadj.md.)
+    overflow.  What passes unseen before a connection's first rewrite cannot be adjusted: see
+    docs/explanation/seqadj.md.)
     """
     unit, repeat = "0123456789abcde~", 2 * 1024 * 1024 // 16
     srv = serve(router_lab, unit, repeat, 1, close=True)
