@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from .errors import PktlabError
+from .options import DeclaredParser
 
 
 def demo(count: int = 2000) -> int:
@@ -97,16 +97,16 @@ def grade(paths: list[str], *, as_json: bool, live: bool | None) -> int:
     return 1 if failed else 0
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser() -> DeclaredParser:
     """The ``pktlab`` command line (the docs' reference of it is made from this parser)."""
-    p = argparse.ArgumentParser(prog="pktlab", description="a Jupyter-first interactive packet lab")
+    p = DeclaredParser(prog="pktlab", description="a Jupyter-first interactive packet lab")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    d = sub.add_parser("demo", help="headless end-to-end demo on a lab (live mode: root, or an ordinary user "
+    d = p.add_command(sub, "demo", help="headless end-to-end demo on a lab (live mode: root, or an ordinary user "
                        "where user namespaces are allowed)")  # fmt: skip
     d.add_argument("--count", type=int, default=2000, help="datagrams the demo sends")
-    doc = sub.add_parser("doctor", help="check what this machine allows; --clean removes leftovers")
+    doc = p.add_command(sub, "doctor", help="check what this machine allows; --clean removes leftovers")
     doc.add_argument("--clean", action="store_true", help="remove namespaces and rules left by dead pktlab processes")
-    g = sub.add_parser("grade", help="grade student notebooks of a pktlab assignment")
+    g = p.add_command(sub, "grade", help="grade student notebooks of a pktlab assignment")
     g.add_argument("notebooks", nargs="+", help="student notebooks, or folders of them")
     g.add_argument("--json", action="store_true", help="one JSON object per notebook instead of text")
     g.add_argument("--no-live", action="store_true", help="skip the live checks (replay checks only)")

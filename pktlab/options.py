@@ -7,6 +7,7 @@ fails if one of them disagrees with the declaration.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -25,6 +26,29 @@ def parse_deadline(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise PktlabError(f"--deadline {text!r} is not a number of seconds; use e.g. 0.05, or none") from None
+
+
+class DeclaredParser(argparse.ArgumentParser):
+    """An argparse parser that keeps what was declared: its arguments in order (``arguments``) and its
+    subcommands with their help (``commands``), so that help texts and the docs' reference are made from the
+    declaration (argparse itself has no public way to list them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.arguments: list[argparse.Action] = []
+        self.commands: dict[str, tuple[str, DeclaredParser]] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if "-h" not in action.option_strings:  # -h is argparse's own
+            self.arguments.append(action)
+        return action
+
+    def add_command(self, sub: Any, name: str, help: str) -> DeclaredParser:
+        """``sub.add_parser(name, help=help)``, kept in :attr:`commands`."""
+        parser = sub.add_parser(name, help=help)
+        self.commands[name] = (help, parser)
+        return parser
 
 
 @dataclass(frozen=True)

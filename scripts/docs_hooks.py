@@ -96,11 +96,9 @@ def api(_arg: str | None) -> str:
     return "\n\n".join(f"## {title}\n\n" + "\n\n".join(parts) for title, parts in sections.items() if parts)
 
 
-def _arguments(parser: argparse.ArgumentParser) -> list[tuple[str, str, str]]:
+def _arguments(parser: Any) -> list[tuple[str, str, str]]:
     rows = []
-    for act in parser._actions:  # argparse offers no public way to list a parser's arguments
-        if isinstance(act, argparse._SubParsersAction | argparse._HelpAction):
-            continue
+    for act in parser.arguments:  # pktlab.options.DeclaredParser keeps them
         name = ", ".join(act.option_strings) or act.dest.upper()
         if act.choices and not isinstance(act.choices, dict):
             name += " " + "|".join(str(c) for c in act.choices)
@@ -124,12 +122,9 @@ def magics(_arg: str | None) -> str:
 def cli(_arg: str | None) -> str:
     from pktlab.cli import make_parser
 
-    top = make_parser()
-    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
-    helps = {a.dest: a.help for a in sub._choices_actions}
     parts = []
-    for name, parser in sub.choices.items():
-        parts.append(f"### `pktlab {name}`\n\n{helps.get(name, '')}\n")
+    for name, (what, parser) in make_parser().commands.items():
+        parts.append(f"### `pktlab {name}`\n\n{what}\n")
         rows = _arguments(parser)
         if rows:
             parts.append(_table(("argument", "default", "what it is"), rows) + "\n")

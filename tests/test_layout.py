@@ -130,3 +130,58 @@ def test_no_module_imports_a_later_stage_of_the_flow() -> None:
         bad += [f"{mod} imports {t}" for t in targets if _stage(t) > _stage(mod)]
     assert not bad, bad
 
+
+
+# names that are private by spelling but public by protocol (IPython's display hook, namedtuple's API, the
+# interpreter's own): reading them is using the object as documented
+PROTOCOL_NAMES = {"_repr_html_", "_repr_mimebundle_", "_ipython_display_", "_asdict", "_replace", "_fields",
+                  "_make", "_field_defaults", "_exit", "_getframe", "_current_frames"}  # fmt: skip
+_DECLARED = re.compile(r"^\s*(?:cdef|cpdef|def|class)\b[^=(:]*?\b(_[a-z]\w*)\b|^\s*(?:self\.)?(_[a-z]\w*)\s*[:=]", re.M)
+
+
+def _declared_in(folder: Path, recursive: bool = False) -> set[str]:
+    """Private names a package folder's own modules declare (Python, and Cython's .pyx/.pxd)."""
+    names: set[str] = set()
+    for path in folder.rglob("*") if recursive else folder.glob("*"):
+        if path.suffix == ".py":
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    names.add(node.name)
+                elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                    names.add(node.attr)
+                elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                    names.add(node.id)
+        elif path.suffix in (".pyx", ".pxd"):
+            names |= {a or b for a, b in _DECLARED.findall(path.read_text())}
+    return {n for n in names if n.startswith("_")}
+
+
+def _private_reads(path: Path) -> list[tuple[int, str]]:
+    """``x._name`` in the file, where x is not self or cls (a private attribute of some other object)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and node.attr not in PROTOCOL_NAMES
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):  # fmt: skip
+            out.append((node.lineno, node.attr))
+    return out
+
+
+def test_no_module_reads_a_private_attribute_of_another_stage() -> None:
+    # a stage's folder is one unit (the views and the packet core share the packet's fields): a private name
+    # may be used by the modules of the folder that declares it, and nowhere else
+    bad = []
+    for path in PKG.rglob("*.py"):
+        parts = path.relative_to(PKG).parts
+        own = _declared_in(PKG / parts[0], recursive=True) if len(parts) > 1 else _declared_in(PKG)
+        bad += [f"{path.relative_to(PKG)}:{n} reads .{a}" for n, a in _private_reads(path) if a not in own]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_test_reads_a_private_name() -> None:
+    tests = Path(__file__).resolve().parent
+    bad = []
+    for path in tests.rglob("*.py"):
+        own = _declared_in(path.parent)  # the tests' own helpers (private names of their folder)
+        bad += [f"{path.relative_to(tests)}:{n} reads .{a}" for n, a in _private_reads(path) if a not in own]
+    assert not bad, "\n".join(bad)

@@ -177,6 +177,11 @@ class QueueSource:
         self.owner_sink: Any = None
 
     @property
+    def reader(self) -> QueueReader:
+        """The compiled reader of the queue's socket (its counters: batches, enobufs)."""
+        return self._reader
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

@@ -510,7 +510,8 @@ def _blocking_with_timeout(sock: Any, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
-def _serve(port: int, proto: str) -> None:
+def serve(port: int, proto: str) -> None:
+    """The server end (run in the lab's server): echo each block back, until a block of size 0."""
     import socket
     import struct
 
@@ -569,7 +570,7 @@ def steal_ticks(cpus: Sequence[int] | None = None) -> int:
     return total
 
 
-def _run(
+def run_client(
     host: str,
     port: int,
     sizes: list[tuple[int, int]],
@@ -579,6 +580,7 @@ def _run(
     proto: str,
     steal_cpus: list[int] | None = None,
 ) -> None:
+    """The client end (run in the lab's client): NetPIPE's trials for each size, one result line per size."""
     import socket
     import struct
 
@@ -649,11 +651,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.cpu is not None:
         os.sched_setaffinity(0, {a.cpu})
     if a.cmd == "serve":
-        _serve(a.port, a.proto)
+        serve(a.port, a.proto)
     else:
         steal = [int(c) for c in a.steal_cpus.split(",")] if a.steal_cpus else None
         sizes = [(int(size), int(inc)) for size, inc in (x.split(":") for x in a.sizes.split(","))]
-        _run(a.host, a.port, sizes, a.runtm, a.trials, a.repeats, a.proto, steal)
+        run_client(a.host, a.port, sizes, a.runtm, a.trials, a.repeats, a.proto, steal)
     return 0
 
 

@@ -186,6 +186,11 @@ class Tracer:
         self._result: Trace | None = None
         self.running = False
 
+    @property
+    def messages_kept(self) -> int:
+        """The kernel's trace messages the tracer holds for its packets (bounded by ``count``)."""
+        return sum(len(ht.messages) for ht in self._hosts)
+
     def _on_message(self, ht: _HostTrace, n: int, msg: TraceMessage | None) -> None:
         """One trace message of a host, in the order the kernel sent them.
 
@@ -290,7 +295,8 @@ class Tracer:
         lost = self._clock.lost if self._clock is not None else 0
         for ht in self._hosts:
             lost += self._netfilter_steps(ht, chosen, packets) + (ht.listener.overflows if ht.listener else 0)
-        self._kernel_steps(packets)
+        if self._clock is not None:
+            join_kernel_steps(packets, self._hosts, self._clock.steps)
         out = [p for p in packets.values() if p.steps]
         for p in out:
             p.steps.sort(key=lambda s: s.t_ns)
@@ -373,63 +379,6 @@ class Tracer:
                 return [Step(ht.host.role, e.decided_ns, lane, "pktlab", what, e.verdict)]
         return []
 
-    def _kernel_steps(self, packets: dict[tuple[Any, ...], TracedPacket]) -> None:
-        """Device, socket and end-of-life steps, joined to packets by identity, else by the kernel's packet address."""
-        if self._clock is None:
-            return
-        by_inode = {ht.inode: ht for ht in self._hosts}
-        owner: dict[tuple[int, int], tuple[Any, ...]] = {}
-        later: dict[tuple[int, int], list[tuple[int, tuple[Any, ...]]]] = {}
-        receives: list[KernelStep] = []
-        for st in sorted(self._clock.steps, key=lambda s: s.t_ns):
-            ht = by_inode.get(st.netns_inode)
-            if ht is None:
-                continue
-            if st.kind == "receive":
-                receives.append(st)
-                continue
-            where = (st.netns_inode, st.skb)
-            key: tuple[Any, ...] | None = identity(st.head) if st.head else None
-            if key not in packets:
-                key = owner.get(where)
-            if key is None or key not in packets:
-                continue
-            owner[where] = key
-            later.setdefault(where, []).append((st.t_ns, key))
-            packets[key].steps.append(self._step(ht, st))
-            if st.kind in ("transmit", "consumed", "drop"):
-                # the packet left this host (its buffer goes on to the next namespace) or was freed: a buffer
-                # at this address from now on is another packet's (an echo reply reusing the request's memory
-                # came back through the client and joined the request, loop run m21b-1)
-                del owner[where]
-        for st in receives:  # a receive belongs to the packet of the next step at the same address on that host
-            ht = by_inode[st.netns_inode]
-            t_nxt, nxt = next(((t, k) for t, k in later.get((st.netns_inode, st.skb), []) if t >= st.t_ns), (0, None))
-            if nxt is None:
-                continue
-            # ... unless the packet was elsewhere in between: then the receive is another packet's, left behind
-            # at the same buffer (what the script's keying by data buffer prevents; checked, not assumed)
-            role = ht.host.role
-            if any(o.host != role and st.t_ns < o.t_ns < t_nxt for o in packets[nxt].steps):
-                continue
-            packets[nxt].steps.append(self._step(ht, st))
-
-    def _step(self, ht: _HostTrace, st: KernelStep) -> Step:
-        role = ht.host.role
-        dev = ht.links.get(st.ifindex or 0, f"ifindex {st.ifindex}")
-        if st.kind == "receive":
-            return Step(role, st.t_ns, "device in", st.kind, f"received by {dev}")
-        if st.kind == "device queue":
-            return Step(role, st.t_ns, "device out", st.kind, f"queued to {dev}'s queueing discipline")
-        if st.kind == "transmit":
-            return Step(role, st.t_ns, "device out", st.kind, f"transmitted by {dev}")
-        if st.kind == "socket":
-            proto = _SOCKET_PROTOS.get(st.socket_proto or 0, f"protocol {st.socket_proto}")
-            return Step(role, st.t_ns, "local", st.kind, f"delivered to a socket ({proto})")
-        if st.kind == "consumed":
-            return Step(role, st.t_ns, "local", st.kind, "buffer freed after use (consume_skb, not a drop)")
-        return Step(role, st.t_ns, "local", "drop", f"dropped: {st.reason}", reason=st.reason, where=st.where)
-
     @staticmethod
     def _name_drops(p: TracedPacket) -> None:
         """A drop's lane is where the packet was; a netfilter drop names its rule, a queue's drop its handler."""
@@ -464,3 +413,64 @@ def trace(
         print(tr.result.text())
     """
     return Tracer(target, filter, count, timeout).start()
+
+
+def join_kernel_steps(packets: dict[tuple[Any, ...], TracedPacket], hosts: Any, steps: Any) -> None:
+    """Device, socket and end-of-life steps, joined to packets by identity, else by the kernel's packet address.
+
+    ``hosts``: each traced host (``inode`` of its namespace, ``host.role``, ``links``: ifindex to name);
+    ``steps``: the kernel's steps (:class:`KernelStep`) in any order.
+    """
+    by_inode = {ht.inode: ht for ht in hosts}
+    owner: dict[tuple[int, int], tuple[Any, ...]] = {}
+    later: dict[tuple[int, int], list[tuple[int, tuple[Any, ...]]]] = {}
+    receives: list[KernelStep] = []
+    for st in sorted(steps, key=lambda s: s.t_ns):
+        ht = by_inode.get(st.netns_inode)
+        if ht is None:
+            continue
+        if st.kind == "receive":
+            receives.append(st)
+            continue
+        where = (st.netns_inode, st.skb)
+        key: tuple[Any, ...] | None = identity(st.head) if st.head else None
+        if key not in packets:
+            key = owner.get(where)
+        if key is None or key not in packets:
+            continue
+        owner[where] = key
+        later.setdefault(where, []).append((st.t_ns, key))
+        packets[key].steps.append(kernel_step(ht, st))
+        if st.kind in ("transmit", "consumed", "drop"):
+            # the packet left this host (its buffer goes on to the next namespace) or was freed: a buffer
+            # at this address from now on is another packet's (an echo reply reusing the request's memory
+            # came back through the client and joined the request, loop run m21b-1)
+            del owner[where]
+    for st in receives:  # a receive belongs to the packet of the next step at the same address on that host
+        ht = by_inode[st.netns_inode]
+        t_nxt, nxt = next(((t, k) for t, k in later.get((st.netns_inode, st.skb), []) if t >= st.t_ns), (0, None))
+        if nxt is None:
+            continue
+        # ... unless the packet was elsewhere in between: then the receive is another packet's, left behind
+        # at the same buffer (what the script's keying by data buffer prevents; checked, not assumed)
+        role = ht.host.role
+        if any(o.host != role and st.t_ns < o.t_ns < t_nxt for o in packets[nxt].steps):
+            continue
+        packets[nxt].steps.append(kernel_step(ht, st))
+
+def kernel_step(ht: Any, st: KernelStep) -> Step:
+    """One kernel step as a step of the trace, on the host it happened in."""
+    role = ht.host.role
+    dev = ht.links.get(st.ifindex or 0, f"ifindex {st.ifindex}")
+    if st.kind == "receive":
+        return Step(role, st.t_ns, "device in", st.kind, f"received by {dev}")
+    if st.kind == "device queue":
+        return Step(role, st.t_ns, "device out", st.kind, f"queued to {dev}'s queueing discipline")
+    if st.kind == "transmit":
+        return Step(role, st.t_ns, "device out", st.kind, f"transmitted by {dev}")
+    if st.kind == "socket":
+        proto = _SOCKET_PROTOS.get(st.socket_proto or 0, f"protocol {st.socket_proto}")
+        return Step(role, st.t_ns, "local", st.kind, f"delivered to a socket ({proto})")
+    if st.kind == "consumed":
+        return Step(role, st.t_ns, "local", st.kind, "buffer freed after use (consume_skb, not a drop)")
+    return Step(role, st.t_ns, "local", "drop", f"dropped: {st.reason}", reason=st.reason, where=st.where)

@@ -62,7 +62,7 @@ class Controls:
         ])  # fmt: skip
         self._refresh_toggles()
         self.refresh(None)
-        self._monitor = session._live_monitor(period, 300.0)
+        self._monitor = session.live_monitor(period, 300.0)
         self._monitor.subscribe(self.refresh)
 
     def _do(self, fn: Any) -> None:

@@ -89,10 +89,10 @@ class Dashboard:
         cols = [TableColumn(field=c, title=c, formatter=DateFormatter(format="%H:%M:%S.%3N")) if c == "time"
                 else TableColumn(field=c, title=c) for c in self.table.data]  # fmt: skip
         tbl = DataTable(source=self.table, columns=cols, width=860, height=260, index_position=None)
-        self._tbl = tbl
+        self.packet_table = tbl  # the newest packets (a bokeh DataTable)
         self.layout = column(self.counter, row(pps, ver), row(hist, ker), tbl, name="pktlab-dashboard")
-        self._monitor = session._live_monitor(period, window)
-        self._monitor.subscribe(self.update, on_error=self._show_error)
+        self.monitor = session.live_monitor(period, window)  # the statistics thread it is drawn from
+        self.monitor.subscribe(self.update, on_error=self._show_error)
         self.updates = 0
         self._model: Any = None
 
@@ -147,7 +147,7 @@ class Dashboard:
                 # BokehJS redraws a DataTable when its view's indices change; with as many rows as before
                 # (a full table) they do not, and the table kept its first rows (seen in JupyterLab). A new
                 # filter object is a change of the view itself, which makes the table redraw.
-                self._tbl.view.filter = AllIndices()
+                self.packet_table.view.filter = AllIndices()
                 self.counter.text = self._counter_text(s)
             finally:
                 if hold:
@@ -178,8 +178,8 @@ class Dashboard:
 
     def close(self) -> None:
         """Stop updating (the plots stay as they are)."""
-        self._monitor.unsubscribe(self.update)
+        self.monitor.unsubscribe(self.update)
 
     @property
     def running(self) -> bool:
-        return self._monitor.running and self.update in self._monitor._subs
+        return self.monitor.running and self.update in self.monitor._subs

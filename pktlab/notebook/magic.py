@@ -15,12 +15,12 @@ from typing import Any
 
 from ..errors import PktlabError
 from ..lab.network import TOPOLOGIES, Lab
-from ..options import ATTACH, parse_deadline
+from ..options import ATTACH, DeclaredParser, parse_deadline
 from ..pipeline.session import Session, attach
 from ..teardown import Teardown
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(DeclaredParser):
     def error(self, message: str) -> Any:  # never sys.exit() inside a kernel
         raise PktlabError(f"{self.prog}: {message}; run %pktlab help for the syntax")
 
@@ -160,14 +160,14 @@ def _value_name(action: argparse.Action) -> str:
     return (action.metavar or action.dest).upper()
 
 
-def syntax(parser: argparse.ArgumentParser) -> str:
+def syntax(parser: DeclaredParser) -> str:
     """One command's syntax as people write it: the command, its positional arguments, then its options."""
     words = [parser.prog]
-    for act in parser._actions:  # argparse has no public iterator over a parser's arguments
+    for act in parser.arguments:
         if act.option_strings:
             continue
         words.append(f"[{_value_name(act)}]" if act.nargs == "?" else _value_name(act))
-    for act in parser._actions:
+    for act in parser.arguments:
         if not act.option_strings:
             continue
         flag = act.option_strings[0]
@@ -175,7 +175,7 @@ def syntax(parser: argparse.ArgumentParser) -> str:
     return " ".join(words)
 
 
-def usage_text(parsers: dict[str, argparse.ArgumentParser]) -> str:
+def usage_text(parsers: dict[str, DeclaredParser]) -> str:
     """``%pktlab help``: each command's syntax and what it does, from its parser."""
     return "\n".join(f"{syntax(p)}\n    {p.description}" for p in parsers.values())
 

@@ -331,6 +331,11 @@ cdef class ViewCore:
         self._pkt = pkt
         self._off = offset
 
+    @property
+    def packet(self):
+        """The packet this view is a window on."""
+        return self._pkt
+
 
 # IPv4 addresses already formatted (a packet stream has few distinct ones): a direct-mapped
 # table of 4096 entries, looked up without allocating; a collision just formats again

@@ -137,6 +137,29 @@ class Packet(PacketCore):
                 f"{', '.join(protocol_registry.names) or 'none'} (define one with @pktlab.protocol)"
             ) from None
 
+    @classmethod
+    def copied_part(cls, meta: Any, data: bytes, length: int, time: float = 0.0, link: str = "ip") -> Packet:
+        """A packet of ``length`` bytes of which only ``data``, its first part, is here (a copy range, a snaplen)."""
+        if len(data) > length:
+            raise ValueError(f"a packet of {length} bytes cannot have {len(data)} of them copied")
+        pkt = cls(meta, data, time, link)
+        pkt._wire = length if len(data) < length else 0
+        return pkt
+
+    def like(self, data: bytes) -> Packet:
+        """A packet with this one's kernel metadata, time and link type, holding ``data`` (e.g. the bytes it had)."""
+        return Packet(self._meta, data, self.time, "ethernet" if self._eth else "ip")
+
+    @property
+    def ip_offset(self) -> int:
+        """Where the IP header starts in the bytes: 0 from a queue, 14 or 18 in an Ethernet frame, -1 for none."""
+        return self._l3
+
+    @property
+    def copied_bytes(self) -> bytes | bytearray:
+        """The bytes that are here, as they are now (not fixed up, not copied; only :attr:`copied` of them)."""
+        return self._buf
+
     # -- metadata -------------------------------------------------------------
     @property
     def id(self) -> int:

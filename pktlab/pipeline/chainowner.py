@@ -44,8 +44,8 @@ class ChainOwner:
     def _verdicts_changed(self) -> None:
         """Called after ``default`` or ``on_error`` changed (a live session tells its dispatcher)."""
 
-    def _live_monitor(self, period: float = 0.5, window: float = 300.0) -> Any:
-        """The session's one statistics thread (made on first use)."""
+    def live_monitor(self, period: float = 0.5, window: float = 300.0) -> Any:
+        """The session's one statistics thread, shared by its dashboard and controls (made on first use)."""
         if self._monitor is None:
             self._monitor = hook("monitor")(self, period, window)
         return self._monitor

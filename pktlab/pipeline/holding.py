@@ -33,7 +33,7 @@ class HeldPacket:
         self._owner = owner
         self._nf = nf
         self.packet = pkt
-        self._original = pkt._buf  # bytes as the packet arrived (a write through the views copies first)
+        self._original = pkt.copied_bytes  # bytes as the packet arrived (a write through the views copies first)
         self.since = time.monotonic()
         self.verdict: Verdict | None = None
 

@@ -203,7 +203,8 @@ class StreamMap:
     def passed_end(self) -> int | None:
         return self.passed[-1][1] if self.passed else None
 
-    def _mark_passed(self, s: int, e: int) -> None:
+    def mark_passed(self, s: int, e: int) -> None:
+        """Note that the bytes [s, e) of the stream went on (merged into the passed ranges)."""
         if e <= s:
             return
         out = []
@@ -501,7 +502,7 @@ class Connection:
         def commit() -> None:
             if edit is not None:
                 m.add_edit(*edit)
-            m._mark_passed(s, e)
+            m.mark_passed(s, e)
             m.high = max(m.high, e)
 
         return d.value(seq_pos), payload, trimmed, commit

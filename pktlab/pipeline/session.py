@@ -834,6 +834,11 @@ class Session(ChainOwner):
         """The kernel's counters of the queue (None when not bound, and for a replay)."""
         return self.source.counters() if self.source.running else None
 
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The compiled dispatcher the packets go through (its counters: reused, writes, internal_errors)."""
+        return self._dispatch
+
     def rate(self, window: float = 1.0) -> float:
         """Packets per second over the last ``window`` seconds."""
         return self.record.ring.count_since(time.time() - window) / window

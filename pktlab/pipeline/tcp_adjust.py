@@ -110,8 +110,8 @@ class TcpAdjust:
         """
         # the packet as it arrived: the packet itself when no handler changed it (no second parse).  Not with
         # rewrite=False: the dispatcher then clears _modified of a packet that may still hold a refused rewrite
-        same = rewrite and not pkt._modified
-        orig = pkt if same else Packet(pkt._meta, original, pkt.time, "ethernet" if pkt._eth else "ip")
+        same = rewrite and not pkt.modified
+        orig = pkt if same else pkt.like(original)
         try:
             o = orig.tcp
             t = pkt.tcp if rewrite else o
@@ -121,8 +121,8 @@ class TcpAdjust:
             o_opts = o.options
             sack, at = _sack_blocks(o_opts)
             seg = Segment(ipo.src, o.sport, ipo.dst, o.dport, o.seq, o.ack, o.flagbits, o.payload, sack)
-            sent_end = high.get(stream_key(original, pkt._l3 if pkt._l3 > 0 else 0, o.offset)) if high else None
-            out = t.payload if rewrite and pkt._modified else None
+            sent_end = high.get(stream_key(original, max(pkt.ip_offset, 0), o.offset)) if high else None
+            out = t.payload if rewrite and pkt.modified else None
         except PacketFormatError:  # a TCP header that cannot be read as it arrived: nothing to adjust by
             return
         with self._lock:
@@ -138,7 +138,7 @@ class TcpAdjust:
         """Put what the adjuster says into the packet's fields."""
         t = pkt.tcp
         if not rewrite:  # adjust the packet as it arrived: it replaces whatever the handlers did
-            pkt.set_payload(original[pkt._l3 :] if pkt._l3 > 0 else original)
+            pkt.set_payload(original[max(pkt.ip_offset, 0) :])
             t = pkt.tcp
         if res.seq != seg.seq:
             t.seq = (res.seq + t.seq - seg.seq) % MOD  # a handler's own change of the field is kept

@@ -70,13 +70,13 @@ def test_controls_pause_step_inspect_and_resume(lab: Lab, queue_num: int) -> Non
 def test_replay_has_a_dashboard_too() -> None:
     s = pktlab.replay("lab-udp-sizes")
     d = s.dashboard(period=0.05)
-    first = d._tbl.view.filter
+    first = d.packet_table.view.filter
     s.run(pace=10.0)
     assert wait_until(lambda: d.updates >= 3)
     d.close()
     assert sum(d.table.data["size"]) > 0 and d.kernel.data["t"] == []
     # each update replaces the table view's filter: what makes BokehJS redraw a table whose row count stays
-    assert d._tbl.view.filter is not first
+    assert d.packet_table.view.filter is not first
 
 
 def test_the_plots_read_at_a_glance() -> None:
@@ -102,8 +102,8 @@ def test_a_failing_update_is_said_in_the_page_not_swallowed() -> None:
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("no sample today")
 
-    d._monitor.stats.sample = broken
+    d.monitor.stats.sample = broken
     s.run(pace=10.0)
     assert wait_until(lambda: "could not update" in d.counter.text, timeout=10)
     d.close()
-    assert "RuntimeError: no sample today" in d.counter.text and d._monitor.failures >= 1
+    assert "RuntimeError: no sample today" in d.counter.text and d.monitor.failures >= 1

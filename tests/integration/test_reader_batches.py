@@ -45,12 +45,12 @@ def test_a_stuck_reader_hands_its_batch_to_the_successor(lab: Lab, queue_num: in
         s.pause()
         flow = lab.start_udp(100, rate=0, timeout=20, idle=1.0)
         assert wait_until(lambda: (c := s.kernel_counters()) is not None and c.queue_total == 100, 5)
-        reader = s.source._reader
+        reader = s.source.reader
         s.resume()  # the reader takes 16 messages at once and blocks on packet ``stuck_at`` of them
         assert wait_until(lambda: s.record.n == 100, timeout=5), s.record.n
         r = flow.wait()
         assert r.unique == 100 and r.received == 100  # the stuck one by the error verdict, the rest by the chain
-        assert reader.retired and reader.successor is s.source._reader
+        assert reader.retired and reader.successor is s.source.reader
         # the stuck reader dispatched up to the stuck packet; the successor the rest, handed over or read
         assert reader.successor.messages == 100 - (stuck_at + 1) and reader.successor.waiting == 0
         ids = [e.id for e in s.record]
@@ -100,4 +100,4 @@ def test_packets_are_reused_only_when_nothing_kept_them(lab: Lab, queue_num: int
         assert _seq(view.payload) == seq and view.dport == 9000
     # a packet reuses the one before it when nobody kept that one (seq % 10 in 3..9: 7 in 10;
     # kept packets, views and weak references all prevent reuse); the last one has no next
-    assert s._dispatch.reused == 300 // 10 * 7 - 1
+    assert s.dispatcher.reused == 300 // 10 * 7 - 1

@@ -208,7 +208,7 @@ def test_malformed_packets_through_the_queue_never_break_the_reader(lab: Lab, qu
         assert all((c := s.kernel_counters()) is not None and c.queue_total == 0 for s in (v4, v6))
         # the reader is alive and well: ordinary traffic still flows through the same session
         assert lab.udp(50).unique == 50
-        assert v4.source.running and v4.source.internal_errors == 0 and v4._dispatch.internal_errors == 0
+        assert v4.source.running and v4.source.internal_errors == 0 and v4.dispatcher.internal_errors == 0
     finally:
         v4.detach()
         v6.detach()

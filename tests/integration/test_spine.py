@@ -114,7 +114,7 @@ def test_rewrites_marks_drops_and_accepts_interleaved_in_one_write(lab: Lab, que
         deadline = time.monotonic() + 10
         while s.kernel_counters().queue_total < count and time.monotonic() < deadline:  # type: ignore[union-attr]
             time.sleep(0.05)
-        writes_before = s._dispatch.writes
+        writes_before = s.dispatcher.writes
         s.resume()
         r = flow.wait()
         assert sorted(int.from_bytes(p[:4], "big") % 4 for p in r.payloads) == [0] * 500 + [3] * 500
@@ -123,7 +123,7 @@ def test_rewrites_marks_drops_and_accepts_interleaved_in_one_write(lab: Lab, que
             if seq % 4 == 0:
                 assert p[4:] == b"grown:" + bytes(seq % 50)
         assert len(s.record) == count
-        assert s._dispatch.writes - writes_before < count // 4  # verdicts really were written together
+        assert s.dispatcher.writes - writes_before < count // 4  # verdicts really were written together
     finally:
         s.detach()
 

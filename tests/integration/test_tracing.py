@@ -163,7 +163,7 @@ def test_a_flood_is_traced_only_as_far_as_the_count_asks(lab: Lab) -> None:
     t = tr.result
     assert len(t) == 5 and t.lost == 0
     assert all(p.hosts == ["client", "server"] for p in t.packets)
-    assert sum(len(ht.messages) for ht in tr._hosts) <= 5 * 2 * 8  # no message kept for a packet beyond the 5
+    assert tr.messages_kept <= 5 * 2 * 8  # no message kept for a packet beyond the 5
     with pytest.raises(ValueError, match="from 1 to 10,000"):
         pktlab.trace(lab, "udp", count=10_001)
     _assert_gone(lab)

@@ -128,7 +128,7 @@ def test_trials_with_steal_are_set_aside(monkeypatch: pytest.MonkeyPatch, capsys
     ls.bind(("127.0.0.1", 0))
     port = ls.getsockname()[1]
     ls.close()
-    server = threading.Thread(target=np_mod._serve, args=(port, "tcp"), daemon=True)
+    server = threading.Thread(target=np_mod.serve, args=(port, "tcp"), daemon=True)
     server.start()
     ticks = iter(range(1, 10_000))
     stealing = {"sizes": {1000}}  # every trial of 1000-byte blocks has steal; 2000: every other trial
@@ -154,7 +154,7 @@ def test_trials_with_steal_are_set_aside(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setattr(np_mod, "steal_ticks", fake_steal)
     for _ in range(50):  # the server thread listens once it has bound
         try:
-            np_mod._run("127.0.0.1", port, [(500, 250), (1000, 500), (2000, 1000)], 0.001, 3, 5, "tcp")
+            np_mod.run_client("127.0.0.1", port, [(500, 250), (1000, 500), (2000, 1000)], 0.001, 3, 5, "tcp")
             break
         except ConnectionRefusedError:
             threading.Event().wait(0.05)

@@ -186,21 +186,18 @@ def _joined_receives(receive_at_us: float) -> list[str]:
     """
     from types import SimpleNamespace
 
-    from pktlab.measure.tracer import Tracer
+    from pktlab.measure.tracer import join_kernel_steps
 
     reply = PING[:12] + PING[16:20] + PING[12:16] + b"\x00" + PING[21:]
     hosts = {1: "client", 3: "server"}
-    tracer = Tracer.__new__(Tracer)
-    tracer._hosts = [
-        SimpleNamespace(inode=i, host=SimpleNamespace(role=r), links={2: "eth0"}) for i, r in hosts.items()
-    ]
-    tracer._clock = SimpleNamespace(steps=[
+    traced = [SimpleNamespace(inode=i, host=SimpleNamespace(role=r), links={2: "eth0"}) for i, r in hosts.items()]
+    steps = [
         KernelStep(t_ns(receive_at_us), 1, "receive", 0xA, 2, b""),
         KernelStep(t_ns(100), 3, "transmit", 0xB, 2, reply),
         KernelStep(t_ns(200), 1, "socket", 0xA, None, reply, socket_proto=1),
-    ])  # fmt: skip
+    ]
     packet = TracedPacket(reply, [Step("server", t_ns(90), "OUTPUT", "hook", "OUTPUT hook")])
-    tracer._kernel_steps({packet.key: packet})
+    join_kernel_steps({packet.key: packet}, traced, steps)
     return [s.kind for s in sorted(packet.steps, key=lambda s: s.t_ns) if s.host == "client"]
 
 

@@ -164,7 +164,7 @@ def test_filter_offload_and_trace_magics(shell) -> None:
         assert "accept, drop or mark" in err
         off, err = run(shell, '%pktlab offload "udp[8:4] < 3" drop')
         assert err is None and off.verdict == "drop"
-        lab = s._lab
+        lab = s.lab
         assert lab.udp(6, idle=0.5).unique == 3
         listed, _ = run(shell, "%pktlab offload list")
         assert listed == ["udp[8:4] < 3 -> drop"]

@@ -17,9 +17,7 @@ from pktlab import CopyRangeError, Packet, PacketFormatError, testing
 
 
 def partial(pkt_bytes: bytes, copied: int) -> Packet:
-    p = Packet(None, pkt_bytes[:copied])
-    p._wire = len(pkt_bytes)
-    return p
+    return Packet.copied_part(None, pkt_bytes[:copied], len(pkt_bytes))
 
 
 def test_headers_read_and_the_rest_refused() -> None:

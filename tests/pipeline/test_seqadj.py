@@ -316,7 +316,7 @@ def test_the_cut_map_splits_the_out_stream_consistently() -> None:
             a = pos + rng.randrange(0, 20)
             b = a + rng.randrange(0, 8)
             m.add_edit(a, b, bytes(rng.randrange(256) for _ in range(rng.randrange(0, 12))))
-            m._mark_passed(pos, b)
+            m.mark_passed(pos, b)
             pos = b + 1
         whole = m.render(0, 300, data)
         assert len(whole) == m.cut(300) - m.cut(0)

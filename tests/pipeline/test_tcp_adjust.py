@@ -27,7 +27,7 @@ def _outputs(path: Path, handler) -> list:  # type: ignore[no-untyped-def]
 def _options(t) -> dict:  # type: ignore[no-untyped-def]
     from scapy.layers.inet import TCP
 
-    return dict(TCP(bytes(t._pkt._buf[t.offset :])).options)
+    return dict(TCP(bytes(t.packet)[t.offset :]).options)
 
 
 def test_syns_lose_64_bytes_of_mss_so_grown_segments_fit(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_acks_and_sack_blocks_coming_back_are_mapped_to_what_the_sender_sent(tmp
 def _checksum_ok(t) -> bool:  # type: ignore[no-untyped-def]
     from scapy.layers.inet import IP, TCP
 
-    ip = IP(bytes(t._pkt._buf))
+    ip = IP(bytes(t.packet))
     sent = ip[TCP].chksum
     del ip[TCP].chksum
     return IP(bytes(ip))[TCP].chksum == sent
