@@ -41,8 +41,8 @@ def measure(dashboard: bool) -> tuple[float, int]:
             total = seconds = 0.0
             for _ in range(ROUNDS):
                 s.pause()
-                assert s.source._thread is not None and s.source._thread.native_id is not None
-                r = bq.drain(lab, s.resume, lambda: s.record.n, s.source._thread.native_id)
+                assert s.source.thread_id is not None
+                r = bq.drain(lab, s.resume, lambda: s.record.n, s.source.thread_id)
                 total += r.queued
                 seconds += r.queued / r.pps
             return total / seconds, d.updates if d is not None else 0

@@ -295,8 +295,8 @@ def run_pktlab(
         s.add_handler(handler)
 
     try:
-        assert s.source._thread is not None and s.source._thread.native_id is not None
-        return drain(lab, s.resume, lambda: s.record.n, s.source._thread.native_id)
+        assert s.source.thread_id is not None
+        return drain(lab, s.resume, lambda: s.record.n, s.source.thread_id)
     finally:
         s.detach()
 

@@ -185,6 +185,11 @@ class QueueSource:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def thread_id(self) -> int | None:
+        """The reading thread's id (benchmarks pin it to a CPU); None before it starts."""
+        return self._thread.native_id if self._thread is not None else None
+
     def start(
         self,
         callback: Callable[[Any], None],
@@ -202,8 +207,7 @@ class QueueSource:
             raise PktlabError(f"the reader of queue {self.queue} is already running; stop() it first")
         self._on_bound, self._after_read = on_bound, after_read
         # a source can be started again after stop(): a fresh reader, nothing left of the last run's state
-        self._stop = False
-        self._paused = False
+        self._stop = False  # a pause made before start() holds: the first packets wait for step() or resume()
         self._steps = 0
         self.copy_range = self._copy_start
         self._enobufs_before += self._reader.enobufs

@@ -20,25 +20,18 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html import escape
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import PktlabError, QueueBusyError, SessionError
+from ..errors import SessionError
 from ..kernel import bpf as _bpf
-from ..kernel import flow_rules as _flow_rules
-from ..kernel import netns as _netns
-from ..kernel import offload as _offload
 from ..kernel import rules as _rules
-from ..kernel.flow_rules import FlowRules, KernelFlow
+from ..kernel.flow_rules import KernelFlow
 from ..kernel.offload import Offload
-from ..kernel.privilege import require_place
 from ..kernel.proc import QueueCounters
 from ..kernel.queue import COPY_MODES, FULL_RANGE, HEADERS_RANGE, QueueSource, batch_verdict_prefix
-from ..kernel.sender import RawSender
 from ..options import DEFAULT as D
 from ..packet.model import HOOK_NAMES, Packet
 from ..packet.replies import outgoing
@@ -51,7 +44,7 @@ from .flows import PROTO_NAMES, FlowTable
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .holding import HeldPacket, HeldPackets
 from .record import Record
-from .sending import Sender
+from .sources import CaptureReplay, LiveQueue, PacketSource
 from .tcp_adjust import TcpAdjust
 from .tcp_analysis import FLOW_COLUMNS, flow_summary
 
@@ -280,22 +273,20 @@ class Session(ChainOwner):
                 )
         self.filter = _bpf.compile(filter) if filter else None
         prefix = tuple(self.filter.match_args()) if self.filter is not None else ()
-        self.rule = _rules.QueueRule(queue, hook, tuple(match), table, bypass, family, prefix, decide=bool(decide))
-        self._offloads: dict[str, Offload] = {}
-        self._flow_rules: FlowRules | None = None
-        # flow verdicts ready from attach on: conntrack follows every connection from its first packet,
-        # so the kernel takes a flow over right after the packet that decided it (else: from the next one
-        # conntrack sees, when the first decision started it)
-        self.flow_verdicts = bool(flow_verdicts)
+        rule_ = _rules.QueueRule(queue, hook, tuple(match), table, bypass, family, prefix, decide=bool(decide))
         self._init_chain(default, on_error, record_size, snaplen, deadline, 60)
-        self.source: QueueSource | CaptureSource = QueueSource(
+        reader = QueueSource(
             queue, netns=self.netns, max_len=max_len, copy_range=copy_range, sock_bytes=sock_bytes, fail_open=fail_open,
             gso=gso, copy_auto=copy_auto,
         )
-        self.rules: _rules.RuleSet | None = _rules.RuleSet(_rules.make_tag(self.name), self.netns)
+        # flow verdicts ready from attach on (flow_verdicts=True): conntrack follows every connection from its first
+        # packet, so the kernel takes a flow over right after the packet that decided it (else: from the next one
+        # conntrack sees, when the first decision started it)
+        self.source: PacketSource = LiveQueue(
+            reader, rule_, _rules.RuleSet(_rules.make_tag(self.name), self.netns), netns=self.netns, lab=self._lab,
+            flow_verdicts=bool(flow_verdicts), copy_auto=copy_auto,
+        )
         self._make_dispatcher(batch_verdict_prefix(queue), batch)
-        if copy_auto:
-            self._dispatch.regrow = self.source.grow_copy
 
     @classmethod
     def from_capture(
@@ -316,17 +307,12 @@ class Session(ChainOwner):
         self.name = _session_name(name, "replay", "")
         self.queue = None
         self._lab, self.netns = None, None
-        self.rule = None
-        self.rules = None
-        self._offloads = {}
-        self._flow_rules = None
         if not isinstance(hook, str) or hook.upper() not in HOOK_NAMES:
             raise SessionError(f"unknown hook {hook!r}; use one of {', '.join(HOOK_NAMES)}")
         self.hook = hook.upper()
         self.filter = _bpf.compile(filter) if filter else None  # the same check (and message) as live
         self._init_chain(default, on_error, record_size, snaplen, deadline, 600)
-        self.source = CaptureSource(path, filter=filter, hook=HOOK_NAMES.index(self.hook))
-        self._seconds = 0.0
+        self.source = CaptureReplay(CaptureSource(path, filter=filter, hook=HOOK_NAMES.index(self.hook)))
         self._make_dispatcher(batch_verdict_prefix(0), 1)
         return self
 
@@ -360,12 +346,6 @@ class Session(ChainOwner):
         self._watching = threading.Event()
         self._attached = False
 
-    def _live_idle(self, final: bool) -> float | None:
-        """Between two reads of the queue: pass kept-back segments that waited long enough, expire TCP state."""
-        wait = self._dispatch.tick(final)
-        self._dispatch.expire_connections()
-        return wait
-
     def _make_dispatcher(self, batch_prefix: bytes, batch: int) -> None:
         self._dispatch = Dispatcher(
             self.chain, self.record.ring, self._default, self._on_error, Packet, Verdict, batch_prefix, batch
@@ -375,42 +355,16 @@ class Session(ChainOwner):
         self._dispatch.flows = FlowTable()
         self._dispatch.flows.on_decide = self._decide_flow
         self._dispatch.seqadj_headroom = self._dispatch.seqadj.headroom
-        if isinstance(self.source, QueueSource):
-            self.source.on_idle = self._live_idle
-            # a full fail-open queue would pass packets of adjusted connections unadjusted: hold them instead
-            self._dispatch.on_seqadj = self.source.hold_when_full
-            self.source.owner_sink = self._dispatch  # pkt.uid, pkt.gid
-        else:
-            self.source.on_idle = self._dispatch.tick
+        self.source.bind(self)
         self.held = HeldPackets(self, self._dispatch.give_held)
         self._dispatch.on_hold = self.held.add
-        self._dispatch.sender = self._sender = self._make_sender()
+        self._dispatch.sender = self._sender = self.source.make_sender(self)
 
-    def _make_sender(self) -> Sender:
-        """Where pkt.reply and send() go: the namespace's kernel, or a replay's output capture."""
-        ring = self.record.ring
-        src = self.source
-        if isinstance(src, CaptureSource):
-
-            def clock(answering: Any) -> float:  # capture time: the answered packet's, else the newest packet's
-                if answering is not None:
-                    return float(answering.time)
-                newest = self.record.tail(1)
-                return newest[0].time if newest else 0.0
-
-            return Sender(ring, lambda data, t: src.accepted.append(t, data), link=lambda: src.link, clock=clock,
-                          ready=self._why_not_sending)  # fmt: skip
-        self._raw = RawSender(self.netns)
-        if not _netns.queue_may_rewrite(self.netns):  # the kernel drops new payloads there: the host sends them
-            self._dispatch.reinject = self._raw.resender  # C: a GSO TCP packet is cut into segments
-        return Sender(ring, lambda data, t: self._raw.send(data), ready=self._why_not_sending)
-
-    def _why_not_sending(self) -> str | None:
+    def why_not_sending(self) -> str | None:
+        """Why a packet cannot be sent now (None: it can)."""
         if self.source.running:  # from the start of reading (a handler may run before attach() returns)
             return None
-        if self.is_replay:
-            return f"{self.name} is not reading its capture; send from a handler while it runs (s.run(), s.attach())"
-        return f"session {self.name} is detached; attach() it first (it sends from {self.netns or 'the host'})"
+        return self.source.why_not_sending(self)
 
     def send(self, data: Any, *, fix: bool = True) -> Packet:
         """Send a packet you built (bytes from the IP header on, or a scapy ``IP()/...`` packet) from the session.
@@ -457,16 +411,21 @@ class Session(ChainOwner):
     @property
     def is_replay(self) -> bool:
         """True when the packets come from a capture file, not a kernel queue."""
-        return isinstance(self.source, CaptureSource)
+        return self.source.kind == "capture"
 
-    def _live_only(self, what: str) -> None:
-        if self.is_replay:
-            raise SessionError(f"{self.name} replays a capture; {what} needs a live queue (pktlab.attach)")
+    @property
+    def rule(self) -> _rules.QueueRule | None:
+        """The queue rule (None for a replay)."""
+        return self.source.rule
 
-    def _replay_only(self, what: str) -> CaptureSource:
-        if not isinstance(self.source, CaptureSource):
-            raise SessionError(f"session {self.name} reads a live queue; {what} is for a capture (pktlab.replay)")
-        return self.source
+    @rule.setter
+    def rule(self, rule: _rules.QueueRule) -> None:  # a link's delay line places its rule last, before attach
+        self.source.rule = rule
+
+    @property
+    def rules(self) -> _rules.RuleSet | None:
+        """The session's rules in its namespace (None for a replay)."""
+        return self.source.rules
 
     def _verdicts_changed(self) -> None:
         self._dispatch.set_verdicts(self._default, self._on_error)
@@ -486,67 +445,11 @@ class Session(ChainOwner):
         if self._attached:
             raise SessionError(f"session {self.name} is already attached; detach() it first")
         self._dispatch.flows.revoke()  # flow verdicts of an earlier attachment (or run) do not carry over
-        if isinstance(self.source, CaptureSource):
-            self.record.clear()  # a capture read again starts a fresh record
-            self.source.start(self._dispatch)
-            self._attached = True
-            self._start_watchdog()
-            atexit.register(self.detach)
-            return self
-        assert self.rules is not None and self.rule is not None
-        require_place(f"attach NFQUEUE {self.queue}", self.netns)
-        if self._lab is not None and self._lab.closed:
-            raise SessionError("the lab this session was made for is down; bring a new lab up")
-        if self.netns is None:
-            print(f"pktlab: queueing in the HOST namespace: {self.rule.describe()}")
-        _rules.sweep_stale(self.netns)
-        _flow_rules.sweep_stale(self.netns)
-        try:
-            self.source.start(self._dispatch, on_bound=self._bind_fd, after_read=self._dispatch.flush)
-        except QueueBusyError:
-            mine = [x for x in (self._lab.sessions if self._lab is not None else []) if x.queue == self.queue]
-            if not mine:
-                raise
-            raise QueueBusyError(
-                f"queue {self.queue} in {self.netns} is already read by your own session {mine[0].name}; detach "
-                f"it first (%pktlab detach {mine[0].name}, or s.detach()) or pick another queue number"
-            ) from None
-        try:
-            self.rules.install([self.rule])
-        except BaseException:  # nothing of this session's was installed (a same-named session's rules stay)
-            self.source.stop(drain=0.5)
-            raise
-        if self.flow_verdicts:
-            try:
-                self._flow_rules = FlowRules(self.rules, self.rule, self.netns, next(_OFFLOAD_SEQ))
-                self._flow_rules.install()
-            except BaseException:
-                self._flow_rules = None
-                self.rules.remove()
-                self.source.stop(drain=0.5)
-                raise
+        self.source.open(self)
         self._attached = True
         self._start_watchdog()
         atexit.register(self.detach)
-        if self._lab is not None:
-            self._lab.track_session(self)
-        self._say_what_accepts_skip()
         return self
-
-    def _say_what_accepts_skip(self) -> None:
-        """Once per attach: the rules below the queue rule that a packet the handlers accept no longer meets."""
-        assert self.rules is not None and self.rule is not None
-        said = set()
-        for skipped in self.rules.skipped():
-            text = skipped.text()
-            if text in said:
-                continue  # the same in iptables and ip6tables
-            said.add(text)
-            if self.rule.decide and skipped.table == _rules.DECIDING_TABLE[self.rule.hook]:
-                fix = "attach without decide=True (--decide) to observe: what it accepts then meets them as without it"
-            else:
-                fix = "they share its chain; attach in another table (table=) to let them run"
-            self._say(f"{text}; {fix}")
 
     # -- hung handlers -----------------------------------------------------------------
     def _start_watchdog(self) -> None:
@@ -557,7 +460,8 @@ class Session(ChainOwner):
         self._watchdog = threading.Thread(target=self._watch, name=f"pktlab-watchdog-{self.queue}", daemon=True)
         self._watchdog.start()
 
-    def _stop_watchdog(self) -> None:
+    def stop_watchdog(self) -> None:
+        """Stop watching for hung handlers (detach's step)."""
         self._watching.clear()
         self._dispatch.watch_stop = True
         if self._watchdog is not None:
@@ -583,7 +487,7 @@ class Session(ChainOwner):
                     stuck.add(h.name)
                     if time.monotonic() - said.get(h.name, -1e9) > 10:
                         said[h.name] = time.monotonic()
-                        self._say(
+                        self.say(
                             f"handler {h.name!r} did not return within {self.deadline * 1000:.0f} ms: its packet got "
                             f"the error verdict ({self.on_error}) and it is skipped until it returns "
                             f"({h.rescued} packet(s) so far; see status())"
@@ -591,22 +495,21 @@ class Session(ChainOwner):
                 now_stuck = {x.name for x in self.chain.stuck}
                 for name in sorted(stuck - now_stuck):
                     if said.get(name, 0) >= time.monotonic() - 10:
-                        self._say(f"handler {name!r} returned and is back in the chain")
+                        self.say(f"handler {name!r} returned and is back in the chain")
                 stuck = now_stuck
             except Exception as exc:  # pktlab's own failure; keep watching
-                self.source.internal_errors += 1
-                self.source.last_internal_error = f"watchdog: {type(exc).__name__}: {exc}"
+                self.source.note_internal_error(f"watchdog: {type(exc).__name__}: {exc}")
 
     say_failures = True  # a handler's first failure is said in the cell's output (the grader turns it off)
 
     def _first_failure(self, h: Handler, failure: HandlerFailure) -> None:
         if self.say_failures:
-            self._say(
+            self.say(
                 f"handler {h.name!r} failed ({failure.error}); its packet got the error verdict ({self.on_error}); "
                 "further failures are counted in status() and kept with their tracebacks in s.errors"
             )
 
-    def _say(self, message: str) -> None:
+    def say(self, message: str) -> None:
         """A note for the person at the notebook (stderr shows in the running cell's output)."""
         print(f"pktlab [{self.name}]: {message}", file=sys.stderr, flush=True)
 
@@ -615,8 +518,10 @@ class Session(ChainOwner):
         """Handlers skipped because a call of theirs is past the deadline and has not returned."""
         return self.chain.stuck
 
-    def _bind_fd(self, fd: int) -> None:
-        self._dispatch.fd = fd
+    @property
+    def monitor_if_started(self) -> Any:
+        """The live statistics thread, if a dashboard or the controls started one (else None)."""
+        return self._monitor
 
     def detach(self, drain: float = 2.0) -> None:
         """Remove the rule, give every queued and held packet its verdict, unbind. Safe to call twice.
@@ -629,37 +534,15 @@ class Session(ChainOwner):
             return
         self._attached = False
         atexit.unregister(self.detach)
-        if self._lab is not None:
-            self._lab.forget_session(self)
-        self._offloads.clear()
         self._dispatch.hold_fn = None
         td = Teardown(f"session {self.name}")
-        if self._flow_rules is not None:
-            td.step("removing its flow verdicts from the kernel", self._flow_rules.remove)
-            self._flow_rules = None
-        if self.rules is not None:
-            td.step("removing its rules", self.rules.remove)
-        td.step("releasing held packets", self.held.release)  # the default verdict, before the queue goes
-        td.step("stopping the reader", self.source.stop, drain=drain)  # the watchdog still rescues meanwhile
-        td.step("stopping the watchdog", self._stop_watchdog)
-        if not self.is_replay:
-            td.step("closing its sending sockets", self._raw.close)
-        if self._monitor is not None and not self.is_replay:  # a replay's dashboard shows its runs, one after another
-            td.step("stopping the live monitor", self._monitor.stop)
+        self.source.close(self, td, drain)
         td.finish("run `pktlab doctor --clean` to remove what is left")
 
     # -- flow verdicts --------------------------------------------------------------
     def _decide_flow(self, f: Any, verdict: str) -> int:
         """A handler gave ``f`` a flow verdict: live, the kernel decides the rest; the mark bit the verdict carries."""
-        if self.is_replay or self.rules is None or self.rule is None or not self._attached:
-            return 0
-        if self._flow_rules is None:
-            self._flow_rules = FlowRules(self.rules, self.rule, self.netns, next(_OFFLOAD_SEQ))
-        self._flow_rules.install()
-        if verdict == "drop":  # its packet is dropped as decided; the kernel's set drops the rest
-            self._flow_rules.drop(f.proto, f.a, f.b)
-            return 0
-        return self._flow_rules.accept_bit
+        return self.source.decide_flow(self, f, verdict)
 
     @property
     def flows_offloaded(self) -> list[KernelFlow]:
@@ -668,8 +551,9 @@ class Session(ChainOwner):
         Live, the kernel's list (conntrack: packets of both directions since the
         connection began); a replay, the flows pktlab decided, with its counts.
         """
-        if self._flow_rules is not None and self._flow_rules.installed:
-            return self._flow_rules.flows()
+        kernel = self.source.flows_offloaded()
+        if kernel is not None:
+            return kernel
         return [KernelFlow(f.verdict, f.proto, f.a[0], f.a[1], f.b[0], f.b[1], sum(f.packets), sum(f.bytes))
                 for f in self._dispatch.flows.decided_flows()]  # fmt: skip
 
@@ -685,22 +569,13 @@ class Session(ChainOwner):
         Returns how many flows pktlab had decided.
         """
         gone = self._dispatch.flows.revoke(handler)
-        rules = self._flow_rules
-        if rules is not None and rules.installed:
-            if handler is None:
-                rules.clear()
-            elif gone:
-                ends = {(f.proto, f.a[0], f.a[1], f.b[0], f.b[1]) for f in gone}
-                rules.clear(ends | {(p, b, bp, a, ap) for p, a, ap, b, bp in ends})
+        self.source.revoke_flows(None if handler is None else {(f.proto, f.a[0], f.a[1], f.b[0], f.b[1]) for f in gone})
         return len(gone)
 
     def _handler_replaced(self, name: str) -> None:
         if self._dispatch.flows.decided:
             self.revoke_flows(handler=name)
-        if isinstance(self.source, QueueSource) and not len(self._dispatch.seqadj.adjuster):
-            # copy="auto": the new code may need less of each packet (not while connections are adjusted:
-            # their later packets get new sequence numbers, which needs them whole)
-            self.source.reset_copy()
+        self.source.handler_replaced(self)
 
     # -- offloaded verdicts --------------------------------------------------------
     def offload(self, expr: str, verdict: str | Verdict = "drop", *, mark: int | None = None) -> Offload:
@@ -712,38 +587,20 @@ class Session(ChainOwner):
         (``mark=N`` sets the mark and lets the packet go on to the queue);
         ``accept`` with ``mark=N`` marks and accepts.
         """
-        self._live_only("offload()")
-        assert self.rules is not None and self.rule is not None
-        if not self._attached:
-            raise SessionError(f"session {self.name} is not attached; offloads live in its rules, attach first")
-        name, mark = _offload.parse_verdict(verdict, mark)
-        expr = " ".join(str(expr).split())
-        old = self._offloads.get(expr)
-        key = old.key if old is not None else next(_OFFLOAD_SEQ)
-        off = Offload(expr, name, mark, _bpf.compile(expr), key)
-        self.rules.put_front(key, [(self.rule, line) for line in off.lines(self.rule)])
-        self._offloads[expr] = off
-        return off
+        return self.source.offload(self, expr, verdict, mark)
 
     def remove_offload(self, expr: str) -> None:
         """Take an offloaded verdict away: its packets go to the queue again."""
-        expr = " ".join(str(expr).split())
-        off = self._offloads.pop(expr, None)
-        if off is None:
-            raise SessionError(f"no offload for {expr!r}; the session has {sorted(self._offloads) or 'none'}")
-        if self._attached and self.rules is not None:
-            self.rules.drop_front(off.key)
+        self.source.remove_offload(self, expr)
 
     @property
     def offloads(self) -> list[Offload]:
-        return list(self._offloads.values())
+        """The verdicts offloaded to the kernel (a replay: none)."""
+        return self.source.offloads
 
     def offload_hits(self, expr: str) -> int:
         """Packets the kernel decided for this offload so far (its rule's counter)."""
-        off = self._offloads.get(" ".join(str(expr).split()))
-        if off is None:
-            raise SessionError(f"no offload for {expr!r}")
-        return self.rules.front_hits(off.key) if self._attached and self.rules is not None else 0
+        return self.source.offload_hits(self, expr)
 
     def controls(self, period: float = 0.5) -> Any:
         """Pause, step, inspect, toggle handlers, set verdicts (see :mod:`pktlab.notebook.controls`)."""
@@ -789,24 +646,12 @@ class Session(ChainOwner):
             return None
         return self.held[len(self.held) - 1]
 
-    @contextmanager
-    def out_of_path(self) -> Iterator[None]:
+    def out_of_path(self) -> Any:
         """Take the session's rules out for a while (packets flow past the queue), then put them back.
 
-        The reader stays bound and the handlers stay; offloads come back too.
+        A context manager; the reader stays bound and the handlers stay; offloads come back too.
         """
-        self._live_only("out_of_path()")
-        assert self.rules is not None and self.rule is not None
-        if not self._attached:
-            raise SessionError(f"session {self.name} is not attached; there is no rule to take out")
-        offloads = list(self._offloads.values())
-        self.rules.remove()
-        try:
-            yield
-        finally:
-            self.rules.install([self.rule])
-            for off in offloads:
-                self.rules.put_front(off.key, [(self.rule, line) for line in off.lines(self.rule)])
+        return self.source.out_of_path(self)
 
     def pause(self) -> None:
         """Stop reading: packets wait in the kernel queue (``status()`` shows how many) until :meth:`resume`.
@@ -832,7 +677,7 @@ class Session(ChainOwner):
 
     def kernel_counters(self) -> QueueCounters | None:
         """The kernel's counters of the queue (None when not bound, and for a replay)."""
-        return self.source.counters() if self.source.running else None
+        return self.source.counters()
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -844,84 +689,30 @@ class Session(ChainOwner):
         return self.record.ring.count_since(time.time() - window) / window
 
     def status(self) -> Status:
-        if isinstance(self.source, CaptureSource):
-            return self._replay_status(self.source)
-        assert self.rules is not None
-        k = self.kernel_counters()
-        hits = self.rules.hits() if self._attached else 0
-        unseen = 0
-        if k is not None:
-            # packets that hit the rule but never reached the reader: passed by the kernel (fail-open,
-            # or --queue-bypass while no reader was bound) beyond those it counted as dropped
-            unseen = max(0, hits - k.queue_dropped - k.user_dropped - k.queue_total - self.record.n)
-        return Status(
-            name=self.name,
-            queue=self.queue,
-            netns=self.netns,
-            attached=self._attached,
-            paused=self.paused,
-            rules=self.rules.installed() if self._attached else [],
-            handlers=[(h.name, h.enabled, h.errors) for h in self.chain],
-            stuck=[(h.name, time.time() - (h.stuck_since or time.time()), h.rescued) for h in self.chain.stuck],
-            rescued=self._dispatch.rescued,
-            stuck_threads=len(self.source.stuck_threads),
-            counters=self.record.counters(),
-            kernel=k,
-            rate_pps=self.rate(),
-            last_errors=self.errors[-3:],
-            errors_left_out=self.chain.left_out,
-            internal_errors=self.source.internal_errors + self._dispatch.internal_errors,
-            last_internal_error=self._dispatch.last_internal_error or self.source.last_internal_error,
-            rule_hits=hits,
-            passed_unseen=unseen,
-            enobufs=self.source.enobufs,
-            fail_open=self.source.fail_open,
-            holding_when_full=self.source.holding_when_full,
-            filter=self.filter.expr if self.filter is not None else None,
-            offloads=[(o.describe(), self.rules.front_hits(o.key)) for o in self._offloads.values()]
-            if self._attached
-            else [],
-            decided_flows=self._dispatch.flows.decided,
-            kernel_flows=self._flow_rules is not None and self._flow_rules.installed,
-            packets=self.record.n + len(self.held),
-            held=len(self.held),
-            tcp_adjusted=len(self._dispatch.seqadj.adjuster),
-            kept_back=self._dispatch.reordered,
-            flows=len(self._dispatch.flows) if self._dispatch.flows.enabled else None,
-            copy=self.source.describe_copy(),
-            recopied=self._dispatch.recopied,
-        )
-
-    def _replay_status(self, src: CaptureSource) -> Status:
-        return Status(
-            name=self.name,
-            queue=-1,
-            netns=None,
-            attached=self._attached,
-            paused=self.paused,
-            rules=[],
-            handlers=[(h.name, h.enabled, h.errors) for h in self.chain],
-            counters=self.record.counters(),
-            kernel=None,
-            rate_pps=self.rate(),
-            last_errors=self.errors[-3:],
-            errors_left_out=self.chain.left_out,
-            internal_errors=src.internal_errors + self._dispatch.internal_errors,
-            last_internal_error=self._dispatch.last_internal_error or src.last_internal_error,
-            passed_unseen=src.unseen,
-            stuck=[(h.name, time.time() - (h.stuck_since or time.time()), h.rescued) for h in self.chain.stuck],
-            rescued=self._dispatch.rescued,
-            stuck_threads=len(src.stuck_threads),
-            filter=self.filter.expr if self.filter is not None else None,
-            source=Path(src.path).name,
-            packets=src.read_count,
-            decided_flows=self._dispatch.flows.decided,
-            seconds=self._seconds,
-            held=len(self.held),
-            tcp_adjusted=len(self._dispatch.seqadj.adjuster),
-            kept_back=self._dispatch.reordered,
-            flows=len(self._dispatch.flows) if self._dispatch.flows.enabled else None,
-        )
+        """A snapshot: counters from pktlab and, live, from the kernel (see :class:`Status`)."""
+        fields: dict[str, Any] = {
+            "name": self.name,
+            "attached": self._attached,
+            "paused": self.paused,
+            "handlers": [(h.name, h.enabled, h.errors) for h in self.chain],
+            "stuck": [(h.name, time.time() - (h.stuck_since or time.time()), h.rescued) for h in self.chain.stuck],
+            "rescued": self._dispatch.rescued,
+            "stuck_threads": len(self.source.stuck_threads),
+            "counters": self.record.counters(),
+            "rate_pps": self.rate(),
+            "last_errors": self.errors[-3:],
+            "errors_left_out": self.chain.left_out,
+            "filter": self.filter.expr if self.filter is not None else None,
+            "decided_flows": self._dispatch.flows.decided,
+            "held": len(self.held),
+            "tcp_adjusted": len(self._dispatch.seqadj.adjuster),
+            "kept_back": self._dispatch.reordered,
+            "flows": len(self._dispatch.flows) if self._dispatch.flows.enabled else None,
+        }
+        fields.update(self.source.status_fields(self))
+        fields["internal_errors"] += self._dispatch.internal_errors
+        fields["last_internal_error"] = self._dispatch.last_internal_error or fields["last_internal_error"]
+        return Status(**fields)
 
     # -- replaying a capture ------------------------------------------------------------
     def run(self, *, pace: float | None = None, limit: int | None = None, stop_on_error: bool = False) -> Status:
@@ -933,45 +724,25 @@ class Session(ChainOwner):
         ``stop_on_error`` ends the run at the first packet a handler failed on.
         Interrupting the cell stops the run between two packets.
         """
-        src = self._replay_only("run()")
-        if self._attached:
-            raise SessionError(f"{self.name} is already reading its capture; wait() for it or detach() first")
-        self.configure(pace=pace, limit=limit, stop_on_error=stop_on_error)
-        src.resume()  # run() reads to the end: a pause left from stepping would wait for ever
-        t0 = time.monotonic()
-        self.attach()
-        try:
-            src.wait()
-        finally:
-            self._seconds = time.monotonic() - t0
-            self.detach()
-        return self.status()
+        return self.source.run(self, pace, limit, stop_on_error)
 
     def configure(self, *, pace: float | None = None, limit: int | None = None, stop_on_error: bool = False) -> None:
         """Replay: how the next ``attach()`` (or ``run()``) reads the capture."""
-        src = self._replay_only("configure()")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-            raise SessionError(f"limit {limit!r} must be a number of packets, 0 or more (None: all of them)")
-        if pace is not None and (isinstance(pace, bool) or not isinstance(pace, int | float) or pace <= 0):
-            raise SessionError(f"pace {pace!r} must be > 0 (1.0 is real time), or None for as fast as possible")
-        ring = self.record.ring
-        src.configure(pace, limit, (lambda: ring.errors > 0) if stop_on_error else None)
+        self.source.configure(self, pace, limit, stop_on_error)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Replay: wait until the capture has been read to its end; True if it was within ``timeout``."""
-        return self._replay_only("wait()").wait(timeout)
+        return self.source.wait(self, timeout)
 
     @property
     def packets(self) -> CapturePackets:
         """Replay: the capture's packets (``time``, ``data``, ``link``), read from the file when asked."""
-        return CapturePackets(self._replay_only("packets").path)
+        return self.source.packets(self)
 
     @property
     def outputs(self) -> list[tuple[float, bytes, str]]:
         """Replay: what left "the kernel" in the last run (time, bytes as rewritten, link), in order."""
-        src = self._replay_only("outputs")
-        link = src.link
-        return [(t, data, link) for t, data in src.accepted]
+        return self.source.outputs(self)
 
     def write_pcap(self, path: str | os.PathLike[str], *, dropped: bool = False) -> int:
         """Replay: write what would have left the kernel (accepted packets, as rewritten) to a pcap.
@@ -979,33 +750,10 @@ class Session(ChainOwner):
         ``dropped=True`` writes the capture's packets the chain dropped instead.
         Returns how many packets were written.
         """
-        from scapy.utils import RawPcapWriter
-
-        src = self._replay_only("write_pcap()")
-        spool = src.dropped if dropped else src.accepted
-        w = RawPcapWriter(str(path), linktype=1 if src.link == "ethernet" else 101, snaplen=65535, sync=False)
-        try:
-            w.write_header(None)  # an empty result still yields a valid file
-            for t, data in spool:
-                sec = int(t)
-                w.write_packet(data, sec=sec, usec=int((t - sec) * 1e6), wirelen=len(data))
-        except OSError as exc:
-            raise PktlabError(f"cannot write {path}: {exc}") from None
-        finally:
-            w.close()
-        return len(spool)
+        return self.source.write_pcap(self, path, dropped)
 
     def __repr__(self) -> str:
-        if isinstance(self.source, CaptureSource):
-            return (
-                f"<Session {self.name} replaying {Path(self.source.path).name}: {self.record.n} packets, "
-                f"handlers {self.handlers}>"
-            )
-        where = self.netns or "host"
-        state = "attached" if self._attached else "detached"
-        n = self.record.n
-        return f"<Session {self.name} queue {self.queue} in {where} {state}, {n} packets, handlers {self.handlers}>"
-
+        return self.source.describe(self)
 
 def _bpf_length(m: re.Match[str]) -> str:
     return f"--bytecode <{m.group(1) or m.group(2)} BPF instructions>"
