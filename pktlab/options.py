@@ -105,3 +105,32 @@ ATTACH: tuple[Option, ...] = (
 )
 
 DEFAULT = SimpleNamespace(**{o.name: o.default for o in ATTACH})  # DEFAULT.max_len, ...
+
+# the options of pktlab.replay() / Session.from_capture / %pktlab replay: a capture has no kernel, so no rule,
+# queue or copy options; its deadline may be longer (a replay runs as fast as it can, the machine's other work
+# beside it), and its hook is only what pkt.hook says
+REPLAY: tuple[Option, ...] = (
+    Option("filter", None, "tcpdump filter: other packets go to the output unseen"),
+    Option("hook", "INPUT", "what pkt.hook says", kind=str.upper, choices=NETFILTER_HOOKS),
+    Option("default", "accept", "the verdict of a packet no handler decided"),
+    Option("on_error", "accept", "the verdict of a packet whose handler failed"),
+    Option("record_size", 100_000, "packets the record keeps", kind=int),
+    Option("snaplen", 256, "bytes of each packet the record keeps (65535: whole packets)", kind=int),
+    Option("deadline", 1.0, "seconds a handler may take before its packet is rescued (none: no watchdog)",
+           kind=parse_deadline),  # fmt: skip
+    Option("name", None, "the session's name: 1-48 letters, digits, _ . -"),
+)
+REPLAY_DEFAULT = SimpleNamespace(**{o.name: o.default for o in REPLAY})
+
+
+def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
+    """Each option a magic offers, as its flag (``--max-len N``; a switch flips the default)."""
+    for opt in options:
+        if not opt.magic:
+            continue
+        if opt.switch:
+            parser.add_argument(opt.magic_flag(), dest=opt.name, action="store_false" if opt.default else "store_true",
+                                help=opt.help)  # fmt: skip
+        else:
+            parser.add_argument(opt.magic_flag(), dest=opt.name, default=opt.default, type=opt.kind,
+                                choices=opt.choices, help=opt.help)  # fmt: skip

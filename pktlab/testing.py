@@ -125,20 +125,12 @@ def capture(path: str | os.PathLike[str], packets: Iterable[Any], *, start: floa
 
     A scapy packet with an Ethernet layer makes the file an Ethernet capture (all must be, then).
     """
-    from scapy.utils import RawPcapWriter
+    from .pipeline.export import write_pcap
 
     items = list(packets)
     eth = [getattr(p, "name", None) == "Ethernet" for p in items]
     if any(eth) and not all(eth):
         raise ValueError("a capture has one link type: give all packets with an Ethernet layer, or none")
-    w = RawPcapWriter(str(path), linktype=1 if items and all(eth) else 101, snaplen=65535, sync=False)
-    try:
-        w.write_header(None)
-        for i, p in enumerate(items):
-            data = bytes(p)
-            t = start + i * gap
-            sec = int(t)
-            w.write_packet(data, sec=sec, usec=int(round((t - sec) * 1e6)), wirelen=len(data))
-    finally:
-        w.close()
+    write_pcap(path, ((start + i * gap, bytes(p)) for i, p in enumerate(items)),
+               "ethernet" if items and all(eth) else "ip")  # fmt: skip
     return Path(path)

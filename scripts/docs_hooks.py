@@ -131,11 +131,15 @@ def cli(_arg: str | None) -> str:
     return "\n".join(parts)
 
 
-def options(_arg: str | None) -> str:
-    from pktlab.options import ATTACH
+def options(arg: str | None) -> str:
+    """``options ATTACH`` or ``options REPLAY``: a table of the declared options."""
+    from pktlab import options as declared
 
-    rows = [(f"`{o.name}`", repr(o.default), o.magic_flag() if o.magic else "(none)", o.help) for o in ATTACH]
-    return _table(("option", "default", "%pktlab attach flag", "what it is"), rows)
+    which = arg or "ATTACH"
+    rows = [(f"`{o.name}`", repr(o.default), o.magic_flag() if o.magic else "(none)", o.help)
+            for o in getattr(declared, which)]  # fmt: skip
+    magic = "%pktlab attach" if which == "ATTACH" else "%pktlab replay"
+    return _table(("option", "default", f"{magic} flag", "what it is"), rows)
 
 
 def errors(_arg: str | None) -> str:

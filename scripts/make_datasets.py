@@ -58,16 +58,9 @@ def entry(name: str, path: Path, n: int, description: str) -> dict:
 
 def write_raw(path: Path, packets: list[tuple[float, bytes, int]]) -> None:
     """A raw-IP pcap of (time, bytes, original length) triples."""
-    from scapy.utils import RawPcapWriter
+    from pktlab.pipeline.export import write_pcap
 
-    w = RawPcapWriter(str(path), linktype=101, snaplen=65535, sync=False)
-    try:
-        w.write_header(None)
-        for t, data, wirelen in packets:
-            w.write_packet(data, sec=int(t), usec=int((t % 1) * 1e6), wirelen=wirelen)
-    finally:
-        w.close()
-
+    write_pcap(path, packets)
 
 def read_raw(path: Path) -> list[tuple[float, bytes]]:
     from pktlab.pipeline.capture import read_capture

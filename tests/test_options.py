@@ -39,3 +39,15 @@ def test_the_magic_offers_each_option_as_declared() -> None:
     assert (parsed.hook, parsed.gso, parsed.deadline, parsed.max_len, parsed.allow_host) == ("FORWARD", False, None,
                                                                                              9, True)  # fmt: skip
     assert NETFILTER_HOOKS == ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+
+
+def test_replay_takes_every_declared_replay_option_with_its_default() -> None:
+    from pktlab.options import REPLAY
+
+    params = {n: p for n, p in inspect.signature(Session.from_capture).parameters.items()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY}  # fmt: skip
+    assert {o.name: o.default for o in REPLAY} == {n: p.default for n, p in params.items()}
+    rp = make_parsers()["replay"]
+    defaults = vars(rp.parse_args(["lab-udp"]))
+    assert all(defaults[o.name] == o.default for o in REPLAY)
+    assert rp.parse_args(["lab-udp", "--deadline", "none", "--hook", "forward"]).deadline is None

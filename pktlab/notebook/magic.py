@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import PktlabError
 from ..lab.network import TOPOLOGIES, Lab
-from ..options import ATTACH, DeclaredParser, parse_deadline
+from ..options import ATTACH, REPLAY, DeclaredParser, add_options
 from ..pipeline.session import Session, attach
 from ..teardown import Teardown
 
@@ -66,15 +66,7 @@ def make_parsers() -> dict[str, _Parser]:
 
     att = cmd("attach", "binds an NFQUEUE in a lab host (default: the current lab's server) and returns the session")
     att.add_argument("queue", type=int, help="the NFQUEUE number, 0-65535")
-    for opt in ATTACH:  # declared once, in pktlab.options
-        if not opt.magic:
-            continue
-        if opt.switch:
-            att.add_argument(opt.magic_flag(), dest=opt.name, action="store_false" if opt.default else "store_true",
-                             help=opt.help)  # fmt: skip
-        else:
-            att.add_argument(opt.magic_flag(), dest=opt.name, default=opt.default, type=opt.kind, choices=opt.choices,
-                             help=opt.help)  # fmt: skip
+    add_options(att, ATTACH)  # declared once, in pktlab.options
     # what only the magic has: where to attach, and one switch for both fail-open settings
     att.add_argument("--on", default="server", help="lab host to attach in (client, router, server)")
     lab_arg(att)
@@ -130,11 +122,7 @@ def make_parsers() -> dict[str, _Parser]:
 
     rp = cmd("replay", "a capture as the current session; its handlers run on it with %pktlab run")
     rp.add_argument("source", help="pcap/pcapng path or dataset name (pktlab.datasets.names())")
-    rp.add_argument("--filter", default=None, help="tcpdump filter: other packets go to the output unseen")
-    rp.add_argument("--name", default=None, help="the session's name")
-    rp.add_argument("--default", default="accept", help="the verdict of a packet no handler decided")
-    rp.add_argument("--on-error", default="accept", help="the verdict of a packet whose handler failed")
-    rp.add_argument("--deadline", default="1.0", help="seconds a handler may take (none: no watchdog)")
+    add_options(rp, REPLAY)
     run = cmd("run", "runs the current replay through its handlers")
     run.add_argument("--pace", type=float, default=None, help="1.0 = real time; default: as fast as possible")
     run.add_argument("--limit", type=int, default=None, help="only the first N packets")
@@ -241,8 +229,7 @@ class PktlabMagicState:
             a = self.parsers["replay"].parse_args(rest)
             from ..pipeline.replay import replay
 
-            r = replay(a.source, filter=a.filter, name=a.name, default=a.default, on_error=a.on_error,
-                       deadline=parse_deadline(a.deadline))  # fmt: skip
+            r = replay(a.source, **{opt.name: getattr(a, opt.name) for opt in REPLAY})
             self.sessions[r.name] = r
             self.current_session = r.name
             return r

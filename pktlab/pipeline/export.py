@@ -1,4 +1,8 @@
-"""Records written as captures Wireshark reads whole: pcapng, sessions merged in time order, a comment per packet.
+"""Captures written: the one module that writes pcap and pcapng files (scapy's public writers).
+
+:func:`write_pcap` writes packets as a classic pcap (a replay's outputs, test captures, the datasets);
+:func:`to_pcap` writes records as captures Wireshark reads whole: pcapng, sessions merged in time order, a
+comment per packet.
 
 Each packet's comment carries what the capture alone would lose: the
 session, the verdict, the handler that gave it, its error, whether a handler
@@ -21,7 +25,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from ..errors import SessionError
+from ..errors import PktlabError, SessionError
 from .record import Entry, Record
 
 LINKTYPE_RAW = 101  # packets start at the IP header, IPv4 or IPv6
@@ -33,6 +37,36 @@ class Recorded(Protocol):
 
     name: str
     record: Record
+
+
+LINKTYPES = {"ip": LINKTYPE_RAW, "ethernet": 1}
+
+
+def write_pcap(path: str | os.PathLike[str], packets: Iterable[tuple[Any, ...]], link: str = "ip") -> int:
+    """Write ``(time, bytes)`` or ``(time, bytes, length on the wire)`` packets to a classic pcap; how many.
+
+    ``link``: ``"ip"`` (raw IPv4/IPv6, what a queue sees) or ``"ethernet"``.  An empty file is still a valid
+    capture.  A file that cannot be written raises :class:`~pktlab.errors.PktlabError` naming it.
+    """
+    from scapy.utils import RawPcapWriter
+
+    if link not in LINKTYPES:
+        raise ValueError(f"link {link!r} is not one pktlab writes; use 'ip' or 'ethernet'")
+    n = 0
+    try:
+        w = RawPcapWriter(str(path), linktype=LINKTYPES[link], snaplen=65535, sync=False)
+        try:
+            w.write_header(None)
+            for t, data, *wire in packets:
+                sec = int(t)
+                usec = min(999_999, round((t - sec) * 1e6))
+                w.write_packet(data, sec=sec, usec=usec, wirelen=wire[0] if wire else len(data))
+                n += 1
+        finally:
+            w.close()
+    except OSError as exc:
+        raise PktlabError(f"cannot write {path}: {exc}") from None
+    return n
 
 
 def comment(session: str, e: Entry) -> str:

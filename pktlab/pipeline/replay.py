@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from ..errors import SessionError
+from ..options import REPLAY
 from .chainowner import hook
 from .session import Session, Status
 
@@ -28,20 +29,16 @@ ReplayStatus = Status
 def replay(source: str | os.PathLike[str], **options: Any) -> Session:
     """A session reading the capture file (or dataset name) ``source``; add handlers, then ``run()``.
 
-    Options: ``default``, ``on_error``, ``filter`` (tcpdump syntax), ``hook``
-    (what ``pkt.hook`` says), ``deadline`` (s, default 1), ``record_size``,
-    ``snaplen``, ``name``.
+    Options (declared in ``pktlab.options.REPLAY``): ``filter`` (tcpdump syntax), ``hook`` (what ``pkt.hook``
+    says), ``default``, ``on_error``, ``record_size``, ``snaplen``, ``deadline`` (s, default 1), ``name``.
     """
     if not isinstance(source, str | os.PathLike):
         raise SessionError(
             f"replay() takes a capture's path or a dataset name ({', '.join(hook('datasets')())}), "
             f"not {type(source).__name__} {source!r}"
         )
-    unknown = sorted(set(options) - {"default", "on_error", "filter", "hook", "deadline", "record_size", "snaplen",
-                                     "name"})  # fmt: skip
+    known = [o.name for o in REPLAY]
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise SessionError(
-            f"replay() has no option {', '.join(unknown)}; use default, on_error, filter, hook, deadline, "
-            "record_size, snaplen or name"
-        )
+        raise SessionError(f"replay() has no option {', '.join(unknown)}; use {', '.join(known)}")
     return Session.from_capture(str(hook("dataset")(source)), **options)

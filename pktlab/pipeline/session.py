@@ -33,6 +33,7 @@ from ..kernel.offload import Offload
 from ..kernel.proc import QueueCounters
 from ..kernel.queue import COPY_MODES, FULL_RANGE, HEADERS_RANGE, QueueSource, batch_verdict_prefix
 from ..options import DEFAULT as D
+from ..options import REPLAY_DEFAULT as R
 from ..packet.model import HOOK_NAMES, Packet
 from ..packet.replies import outgoing
 from ..packet.verdicts import Verdict
@@ -293,14 +294,14 @@ class Session(ChainOwner):
         cls,
         path: str,
         *,
-        default: str | Verdict = "accept",
-        on_error: str | Verdict = "accept",
-        filter: str | None = None,  # noqa: A002 - tcpdump's word
-        hook: str = "INPUT",
-        deadline: float | None = 1.0,
-        record_size: int = 100_000,
-        snaplen: int = 256,
-        name: str | None = None,
+        filter: str | None = R.filter,  # noqa: A002 - tcpdump's word
+        hook: str = R.hook,
+        default: str | Verdict = R.default,
+        on_error: str | Verdict = R.on_error,
+        record_size: int = R.record_size,
+        snaplen: int = R.snaplen,
+        deadline: float | None = R.deadline,
+        name: str | None = R.name,
     ) -> Session:
         """A session whose packets come from the capture file ``path``; see :func:`pktlab.replay`."""
         self = cls.__new__(cls)

@@ -32,6 +32,7 @@ from ..kernel.queue import QueueSource
 from ..kernel.sender import RawSender
 from ..teardown import Teardown
 from .capture import CapturePackets, CaptureSource
+from .export import write_pcap
 from .sending import Sender
 
 _OFFLOAD_SEQ = itertools.count(1)
@@ -590,19 +591,5 @@ class CaptureReplay:
         return [(t, data, link) for t, data in self.capture.accepted]
 
     def write_pcap(self, session: SourceOwner, path: str | os.PathLike[str], dropped: bool) -> int:
-        from scapy.utils import RawPcapWriter
-
         src = self.capture
-        spool = src.dropped if dropped else src.accepted
-        w = RawPcapWriter(str(path), linktype=1 if src.link == "ethernet" else 101, snaplen=65535, sync=False)
-        try:
-            w.write_header(None)  # an empty result still yields a valid file
-            for t, data in spool:
-                sec = int(t)
-                w.write_packet(data, sec=sec, usec=int((t - sec) * 1e6), wirelen=len(data))
-        except OSError as exc:
-            raise PktlabError(f"cannot write {path}: {exc}") from None
-        finally:
-            w.close()
-        return len(spool)
-
+        return write_pcap(path, src.dropped if dropped else src.accepted, src.link)
