@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from pktlab.version import VERSION
+
 ROOT = Path(__file__).resolve().parents[1]
 USER = "pktlab-student"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("unshare") is None,
@@ -107,10 +109,10 @@ cd /
 """)
     assert out.returncode == 0, out.stderr[-2000:]
     doctor = (place / "doctor.txt").read_text()
-    assert "ok    python packages: pktlab 0.2.0 with NetfilterQueue 1.1.0" in doctor, doctor
+    assert f"ok    python packages: pktlab {VERSION} with NetfilterQueue 1.1.0" in doctor, doctor
     assert "ok    replay:" in doctor and "=> live mode" in doctor, doctor
     replay = json.loads((place / "replay.json").read_text())
-    assert replay == {"version": "0.2.0", "packets": 20, "drop": 10}
+    assert replay == {"version": VERSION, "packets": 20, "drop": 10}
     live = json.loads((place / "live.json").read_text())
     assert (live["passed"], live["dropped"], live["seen"]) == (10, 0, 20), live
     assert live["libs"] and all(".libs/libnetfilter_queue-" in p for p in live["libs"]), live["libs"]
