@@ -12,6 +12,8 @@ mount namespaces:
   files are that user's: the solution may read them, but change none);
 - the assignments' grading folders (held-back captures, reference solutions) are
   covered by an empty tmpfs;
+- ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are its own, empty when it starts (16 MiB each):
+  nothing one check writes there is seen by the next, or by another student's;
 - its network namespace is empty (loopback down): it reaches no network, and the
   firewall, routes and namespaces it could change are its own empty ones;
 - it is process 1 of its PID namespace: when it ends, the kernel ends everything it
@@ -47,6 +49,7 @@ _CALL = struct.Struct("!HIBId")  # handler index, packet id, hook, mark, time
 _REPLY = struct.Struct("!BBq")  # kind, verdict code, mark (-1: unchanged)
 MAX_MESSAGE = 1 << 20
 NOBODY = 65534
+PRIVATE_TMP_BYTES = 16 << 20  # each check's own /tmp: enough for a solution's scratch files, bounded
 
 
 class SandboxError(PktlabError):
@@ -67,18 +70,39 @@ def _unshare_argv(hidden: Sequence[Path]) -> list[str]:
     drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
     if root:
         drop[1:1] = [f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    # sh covers each hidden folder with an empty tmpfs, then becomes the sandbox's Python (-I: no user site,
-    # no PYTHON* variables, no current directory on the path)
+    # sh makes the sandbox's mounts (below), then becomes the sandbox's Python (-I: no user site, no PYTHON*
+    # variables, no current directory on the path)
     # without root the solution runs as the grader's own user (root of its user namespace): every mount it sees is
     # made read-only, so that it can change none of that user's files either
     readonly = "" if root else (
         "awk '{print $2}' /proc/self/mounts | while read -r m; do mount -o remount,bind,ro \"$m\" 2>/dev/null; done; "
     )
+    # a private, empty /tmp (and /var/tmp, /dev/shm): what one check writes there no other check sees, and it
+    # goes with the sandbox's mount namespace; mounted after the read-only pass, so the solution may write there.
+    # What the sandbox itself runs from may live there (a venv or a checkout under /tmp): that is bound back,
+    # read-only, reached through /mnt of the sandbox's own mount namespace meanwhile.  The hidden folders are
+    # covered last, so that a folder under a path bound back is covered where the solution sees it.
     script = (
+        f"{readonly}"
+        "for t in /tmp /var/tmp /dev/shm; do [ -d \"$t\" ] || continue; "
+        'mount --bind "$t" /mnt || exit 96; '
+        f'mount -t tmpfs -o size={PRIVATE_TMP_BYTES},mode=1777,nosuid,nodev pktlab-tmp "$t" || exit 96; '
+        'printf "%s\\n" "$PKTLAB_SANDBOX_KEEP" | while IFS= read -r k; do case "$k" in "$t"/*) r=${k#"$t"/}; '
+        'mkdir -p "$t/$r" && mount --bind "/mnt/$r" "$t/$r" && mount -o remount,bind,ro "$t/$r" || exit 96;; '
+        'esac; done || exit 96; umount -l /mnt || exit 96; done; '
         'for d in "$@"; do mount -t tmpfs -o size=4k,mode=0 pktlab-hidden "$d" || exit 97; done; '
-        f'{readonly}exec {" ".join(drop)} -- "$PKTLAB_SANDBOX_PYTHON" -I -m pktlab.grading.sandbox'
+        f'exec {" ".join(drop)} -- "$PKTLAB_SANDBOX_PYTHON" -I -m pktlab.grading.sandbox'
     )
     return ["unshare", *ns, "--", "sh", "-c", script, "sh", *[str(p) for p in hidden if p.is_dir()]]
+
+
+def _runs_from() -> list[str]:
+    """What the sandbox's Python needs to see: its environment and base installation, and pktlab's files."""
+    import pktlab
+
+    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.abspath(pktlab.__file__)))}
+    paths |= {os.path.realpath(p) for p in paths}  # a venv's python may be a link into another tree
+    return sorted(paths)
 
 
 class Sandbox:
@@ -95,7 +119,7 @@ class Sandbox:
         self.stuck: str | None = None
         self.calls = 0
         env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/nonexistent", "LANG": "C.UTF-8",
-               "PKTLAB_SANDBOX_PYTHON": sys.executable}  # fmt: skip
+               "PKTLAB_SANDBOX_PYTHON": sys.executable, "PKTLAB_SANDBOX_KEEP": "\n".join(_runs_from())}  # fmt: skip
         # what the solution prints goes to a file: a pipe nobody reads would fill up and stall it mid-packet
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close(), with the process
         self._proc = subprocess.Popen(
@@ -146,7 +170,7 @@ class Sandbox:
     def _ended(self) -> str:
         code = self._proc.wait(5) if self._proc.poll() is None else self._proc.returncode
         err = self.printed()[-300:]
-        if code == 97:
+        if code in (96, 97):  # a hidden folder (97) or the private /tmp (96) could not be mounted
             return f"the sandbox could not be set up: {err}"
         return f"the solution ended the check's process (exit code {code})" + (f": {err}" if err else "")
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -131,19 +133,37 @@ def _running_with_cmdline(cmdline: str) -> list[str]:
 
 @needs_live
 def test_a_solution_cannot_touch_the_teachers_files(tmp_path: Path) -> None:
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    for i in range(3):
-        (victim / f"grades-{i}.csv").write_text("alice,10\n")
-    victim.chmod(0o777)  # even a folder anyone may write: the sandbox has no view of it
+    # in the teacher's home, not under /tmp: the sandbox has a /tmp of its own, where this folder would not even be
+    victim = Path(tempfile.mkdtemp(prefix="pktlab-victim-", dir=Path.home()))
+    try:
+        for i in range(3):
+            (victim / f"grades-{i}.csv").write_text("alice,10\n")
+        victim.chmod(0o777)  # even a folder anyone may write
+        code = (
+            f"import os\nVICTIM = {str(victim)!r}\n"
+            "[os.remove(os.path.join(VICTIM, f)) for f in os.listdir(VICTIM)]\n"
+            "def firewall(pkt):\n    return None\n"
+        )
+        report = grade(notebook(tmp_path, "firewall", code, "victim"))
+        assert sorted(p.name for p in victim.iterdir()) == [f"grades-{i}.csv" for i in range(3)]
+        assert report.score == 0 and "tried to reach outside its sandbox" in str(report), str(report)
+    finally:
+        shutil.rmtree(victim)
+
+
+def test_each_check_has_a_private_empty_tmp(tmp_path: Path) -> None:
+    # a solution that leaves a file in /tmp during one check and looks for it in the next: each check's sandbox
+    # starts with an empty /tmp of its own, and the machine's /tmp never sees the file
+    marker = f"pktlab-tmp-{os.getpid()}"
     code = (
-        f"import os\nVICTIM = {str(victim)!r}\n"
-        "[os.remove(os.path.join(VICTIM, f)) for f in os.listdir(VICTIM)]\n"
-        "def firewall(pkt):\n    return None\n"
+        f"import os\nSEEN = os.path.exists('/tmp/{marker}')\nopen('/tmp/{marker}', 'w').write('x')\n"
+        "def firewall(pkt):\n"
+        "    if SEEN:\n        raise RuntimeError('found the file an earlier check left in /tmp')\n"
+        "    return pkt.accept() if pkt.tcp is None or pkt.tcp.dport == 9001 else pkt.drop()\n"
     )
-    report = grade(notebook(tmp_path, "firewall", code, "victim"))
-    assert sorted(p.name for p in victim.iterdir()) == [f"grades-{i}.csv" for i in range(3)]
-    assert report.score == 0 and "tried to reach outside its sandbox" in str(report), str(report)
+    report = grade(notebook(tmp_path, "firewall", code, "tmp"), live=False)
+    assert len(report.results) >= 2 and "found" not in str(report), str(report)
+    assert not Path(f"/tmp/{marker}").exists() and not Path(f"/var/tmp/{marker}").exists()
 
 
 @needs_live
