@@ -97,6 +97,17 @@ def grade(paths: list[str], *, as_json: bool, live: bool | None) -> int:
     return 1 if failed else 0
 
 
+def course(folder: str, assignments: list[str] | None) -> int:
+    from .grading.nbgrader import make_course
+
+    root = make_course(folder, assignments)
+    names = sorted(p.name for p in (root / "source").iterdir())
+    print(f"pktlab: an nbgrader course in {root}: {', '.join(names)}")
+    print(f"  next, in {root}: nbgrader generate_assignment NAME, students' work in submitted/STUDENT/NAME/, then "
+          "nbgrader autograde NAME and nbgrader generate_feedback NAME")
+    return 0
+
+
 def make_parser() -> DeclaredParser:
     """The ``pktlab`` command line (the docs' reference of it is made from this parser)."""
     p = DeclaredParser(prog="pktlab", description="a Jupyter-first interactive packet lab")
@@ -110,6 +121,11 @@ def make_parser() -> DeclaredParser:
     g.add_argument("notebooks", nargs="+", help="student notebooks, or folders of them")
     g.add_argument("--json", action="store_true", help="one JSON object per notebook instead of text")
     g.add_argument("--no-live", action="store_true", help="skip the live checks (replay checks only)")
+    c = p.add_command(sub, "course", help="make an nbgrader course folder with pktlab's assignments (source "
+                      "notebooks with hidden tests, and a configuration that grades them outside the student's kernel)")
+    c.add_argument("folder", help="the course folder to make (nbgrader's course root)")
+    c.add_argument("--assignment", action="append", dest="assignments", default=None,
+                   help="only this assignment (again for more); default: all of them")  # fmt: skip
     return p
 
 
@@ -121,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return demo(a.count)
         if a.cmd == "grade":
             return grade(a.notebooks, as_json=a.json, live=False if a.no_live else None)
+        if a.cmd == "course":
+            return course(a.folder, a.assignments)
         return doctor(a.clean)
     except PktlabError as exc:
         print(f"pktlab: {exc}", file=sys.stderr)

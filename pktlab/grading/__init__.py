@@ -9,8 +9,13 @@ new PID, network and mount namespaces, the grading folders hidden) that gets
 each packet and answers with a verdict, a fresh one per check.  Code that
 raises, hangs, exits, forks or reaches outside makes that check fail with a
 reason instead of stopping the grader.
+
+In nbgrader (:mod:`pktlab.grading.nbgrader`): ``pktlab course DIR`` makes a course folder whose source
+notebooks' hidden tests call :func:`check`, and autograde grades those checks outside the student's kernel.
 """
 
-from .grader import CheckResult, GradeReport, extract_solution, grade
+from .grader import CheckResult, GradeReport, extract_solution, grade, run_check
+from .nbgrader import CheckFailed, check, make_course
 
-__all__ = ["CheckResult", "GradeReport", "extract_solution", "grade"]
+__all__ = ["CheckFailed", "CheckResult", "GradeReport", "check", "extract_solution", "grade", "make_course",
+           "run_check"]  # fmt: skip

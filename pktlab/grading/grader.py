@@ -63,19 +63,25 @@ class GradeReport:
 
 
 def extract_solution(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """The assignment name and the student's code: cells tagged ``solution`` and ``%%pktlab handler`` cells."""
+    """The assignment name and the student's code: cells tagged ``solution`` (or nbgrader's solution cells) and
+    ``%%pktlab handler`` cells."""
     import nbformat
-
-    from ..notebook.magic import handler_source
 
     try:
         nb = nbformat.read(str(path), as_version=4)
     except Exception as exc:
         raise PktlabError(f"{path} is not a notebook nbformat can read ({exc})") from None
+    return extract_cells(nb, Path(path).name)
+
+
+def extract_cells(nb: Any, label: str) -> tuple[str, str]:
+    """:func:`extract_solution` of a notebook already read (``label`` names it in errors)."""
+    from ..notebook.magic import handler_source
+
     name = nb.metadata.get("pktlab", {}).get("assignment")
     if name not in ASSIGNMENTS:
         raise PktlabError(
-            f"{Path(path).name} names no known assignment (metadata pktlab.assignment = {name!r}); "
+            f"{label} names no known assignment (metadata pktlab.assignment = {name!r}); "
             f"the assignments are {', '.join(ASSIGNMENTS)}"
         )
     parts = []
@@ -88,11 +94,11 @@ def extract_solution(path: str | os.PathLike[str]) -> tuple[str, str]:
             words = first.split()
             if len(words) < 3 or not words[2].isidentifier():
                 raise PktlabError(
-                    f"{Path(path).name}: a %%pktlab handler cell has no valid handler name ({first.strip()!r}); "
+                    f"{label}: a %%pktlab handler cell has no valid handler name ({first.strip()!r}); "
                     "the cell must start with %%pktlab handler NAME"
                 )
             parts.append(handler_source(words[2], body))
-        elif "solution" in cell.metadata.get("tags", []):
+        elif "solution" in cell.metadata.get("tags", []) or cell.metadata.get("nbgrader", {}).get("solution"):
             parts.append("\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("%", "!"))))
     return name, "\n\n".join(parts) + "\n"
 
@@ -181,28 +187,41 @@ def _run_live(a: Assignment, check: LiveCheck, code: str) -> tuple[bool, str]:
     return _sandboxed(a, code, run)
 
 
-def grade(path: str | os.PathLike[str], *, live: bool | None = None) -> GradeReport:
-    """Grade one student notebook; ``live=None`` runs live checks where this machine allows them."""
+def run_check(assignment: str, check_name: str, code: str, *, live: bool | None = None) -> CheckResult:
+    """Run one check of ``assignment`` with the solution ``code`` in a fresh sandbox (and lab, for a live one).
+
+    ``live=None``: a live check runs where this machine has live mode, else it is reported as skipped.
+    """
     from ..doctor import mode
 
+    a = ASSIGNMENTS.get(assignment)
+    if a is None:
+        raise PktlabError(f"no assignment {assignment!r}; the assignments are {', '.join(ASSIGNMENTS)}")
+    check = next((c for c in a.checks if c.name == check_name), None)
+    if check is None:
+        names = "; ".join(c.name for c in a.checks)
+        raise PktlabError(f"assignment {assignment} has no check {check_name!r}; its checks are: {names}")
+    if not a.heldback.exists():
+        raise PktlabError(f"the held-back capture {a.heldback} is missing; run scripts/make_grading_data.py")
+    if isinstance(check, LiveCheck):
+        run_live = mode() == "live" if live is None else live
+        if not run_live:
+            why = ("live checks were turned off (--no-live)" if live is False
+                   else "this machine has no live mode (pktlab doctor says why)")  # fmt: skip
+            return CheckResult(check.name, check.points, False, f"skipped: {why}", skipped=True)
+        passed, reason = _run_live(a, check, code)
+    else:
+        passed, reason = _run_replay(a, check, code)
+    return CheckResult(check.name, check.points, passed, reason)
+
+
+def grade(path: str | os.PathLike[str], *, live: bool | None = None) -> GradeReport:
+    """Grade one student notebook; ``live=None`` runs live checks where this machine allows them."""
     name, code = extract_solution(path)
     a = ASSIGNMENTS[name]
     if not a.heldback.exists():
         raise PktlabError(f"the held-back capture {a.heldback} is missing; run scripts/make_grading_data.py")
-    run_live = mode() == "live" if live is None else live
     report = GradeReport(Path(path).name, name)
     for check in a.checks:
-        if isinstance(check, LiveCheck) and not run_live:
-            why = (
-                "live checks were turned off (--no-live)"
-                if live is False
-                else "this machine has no live mode (pktlab doctor says why)"
-            )
-            report.results.append(CheckResult(check.name, check.points, False, f"skipped: {why}", skipped=True))
-            continue
-        if isinstance(check, LiveCheck):
-            passed, reason = _run_live(a, check, code)
-        else:
-            passed, reason = _run_replay(a, check, code)
-        report.results.append(CheckResult(check.name, check.points, passed, reason))
+        report.results.append(run_check(name, check.name, code, live=live))
     return report

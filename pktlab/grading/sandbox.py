@@ -83,20 +83,31 @@ def _unshare_argv(hidden: Sequence[Path]) -> list[str]:
     # read-only, reached through /mnt of the sandbox's own mount namespace meanwhile.  The hidden folders are
     # covered last, so that a folder under a path bound back is covered where the solution sees it.
     script = (
-        f"{readonly}"
-        "for t in /tmp /var/tmp /dev/shm; do [ -d \"$t\" ] || continue; "
-        'mount --bind "$t" /mnt || exit 96; '
-        f'mount -t tmpfs -o size={PRIVATE_TMP_BYTES},mode=1777,nosuid,nodev pktlab-tmp "$t" || exit 96; '
-        'printf "%s\\n" "$PKTLAB_SANDBOX_KEEP" | while IFS= read -r k; do case "$k" in "$t"/*) r=${k#"$t"/}; '
-        'mkdir -p "$t/$r" && mount --bind "/mnt/$r" "$t/$r" && mount -o remount,bind,ro "$t/$r" || exit 96;; '
-        'esac; done || exit 96; umount -l /mnt || exit 96; done; '
+        f"{readonly}{private_tmp_script('PKTLAB_SANDBOX_KEEP')}"
         'for d in "$@"; do mount -t tmpfs -o size=4k,mode=0 pktlab-hidden "$d" || exit 97; done; '
         f'exec {" ".join(drop)} -- "$PKTLAB_SANDBOX_PYTHON" -I -m pktlab.grading.sandbox'
     )
     return ["unshare", *ns, "--", "sh", "-c", script, "sh", *[str(p) for p in hidden if p.is_dir()]]
 
 
-def _runs_from() -> list[str]:
+def private_tmp_script(keep_variable: str) -> str:
+    """sh that gives a fresh mount namespace its own empty /tmp, /var/tmp and /dev/shm (tmpfs, exit 96 on failure).
+
+    The paths (folders or files) listed one per line in the environment variable ``keep_variable`` that lie under
+    them are bound back, read-only (what the process runs from); the originals are reached through /mnt meanwhile.
+    """
+    return (
+        "for t in /tmp /var/tmp /dev/shm; do [ -d \"$t\" ] || continue; "
+        'mount --bind "$t" /mnt || exit 96; '
+        f'mount -t tmpfs -o size={PRIVATE_TMP_BYTES},mode=1777,nosuid,nodev pktlab-tmp "$t" || exit 96; '
+        f'printf "%s\\n" "${keep_variable}" | while IFS= read -r k; do case "$k" in "$t"/*) r=${{k#"$t"/}}; '
+        'if [ -d "/mnt/$r" ]; then mkdir -p "$t/$r"; else mkdir -p "$(dirname "$t/$r")" && : > "$t/$r"; fi && '
+        'mount --bind "/mnt/$r" "$t/$r" && mount -o remount,bind,ro "$t/$r" || exit 96;; '
+        'esac; done || exit 96; umount -l /mnt || exit 96; done; '
+    )
+
+
+def runs_from() -> list[str]:
     """What the sandbox's Python needs to see: its environment and base installation, and pktlab's files."""
     import pktlab
 
@@ -119,7 +130,7 @@ class Sandbox:
         self.stuck: str | None = None
         self.calls = 0
         env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/nonexistent", "LANG": "C.UTF-8",
-               "PKTLAB_SANDBOX_PYTHON": sys.executable, "PKTLAB_SANDBOX_KEEP": "\n".join(_runs_from())}  # fmt: skip
+               "PKTLAB_SANDBOX_PYTHON": sys.executable, "PKTLAB_SANDBOX_KEEP": "\n".join(runs_from())}  # fmt: skip
         # what the solution prints goes to a file: a pipe nobody reads would fill up and stall it mid-packet
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close(), with the process
         self._proc = subprocess.Popen(
