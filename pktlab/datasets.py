@@ -66,10 +66,19 @@ class Dataset:
         return [Packet(None, p.data, p.time, p.link) for p in frames(self.path)]
 
     def scapy(self) -> Any:
-        """The packets as scapy parsed them (``rdpcap``)."""
-        from scapy.utils import rdpcap
+        """The packets as scapy parsed them (read by libpcap, like every capture pktlab reads), times kept."""
+        from scapy.layers.inet import IP
+        from scapy.layers.inet6 import IPv6
+        from scapy.layers.l2 import Ether
 
-        return rdpcap(str(self.path))
+        from .pipeline.capture import frames
+
+        out = []
+        for f in frames(self.path):
+            pkt = Ether(f.data) if f.link == "ethernet" else (IPv6 if f.data[:1] >= b"\x60" else IP)(f.data)
+            pkt.time = f.time
+            out.append(pkt)
+        return out
 
     def __repr__(self) -> str:
         return f"<Dataset {self.name}: {self.packets_expected} packets, {self.description}>"
