@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .errors import PktlabError
@@ -74,26 +75,59 @@ def doctor(clean: bool) -> int:
     return 0 if report.live else 1
 
 
-def grade(paths: list[str], *, as_json: bool, live: bool | None) -> int:
+def grade(paths: list[str], *, as_json: bool, live: bool | None, jobs: int = 1) -> int:
     """Grade each notebook (folders: every .ipynb in them); a notebook that cannot be graded is reported, not fatal."""
     import json
     from pathlib import Path
 
-    from .grading import grade as _grade
+    from .grading import grade_many
 
     notebooks: list[Path] = []
     for p in map(Path, paths):
         notebooks += sorted(p.glob("*.ipynb")) if p.is_dir() else [p]
     failed = 0
-    for nb in notebooks:
-        try:
-            report = _grade(nb, live=live)
-        except PktlabError as exc:
+    for nb, report in grade_many(notebooks, live=live, jobs=jobs):
+        if isinstance(report, str):
             failed += 1
-            err = {"notebook": nb.name, "error": str(exc)}
-            print(json.dumps(err) if as_json else f"{nb.name}: cannot grade: {exc}")
+            err = {"notebook": nb.name, "error": report}
+            print(json.dumps(err) if as_json else f"{nb.name}: cannot grade: {report}", flush=True)
             continue
-        print(json.dumps(report.as_dict()) if as_json else report)
+        print(json.dumps(report.as_dict()) if as_json else report, flush=True)
+    return 1 if failed else 0
+
+
+def autograde(assignment: str, folder: str, jobs: int) -> int:
+    """nbgrader autograde of every submission of ``assignment``, ``jobs`` students at a time."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    root = Path(folder)
+    students = sorted(p.parent.name for p in root.glob(f"submitted/*/{assignment}") if p.is_dir())
+    if not students:
+        raise PktlabError(f"no submissions of {assignment} in {root / 'submitted'} (submitted/STUDENT/{assignment}/)")
+    nbgrader = shutil.which("nbgrader", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    if nbgrader is None:
+        raise PktlabError("nbgrader is not installed; pip install 'pktlab[grading]'")
+    env = {**os.environ, "PATH": f"{Path(nbgrader).parent}:{os.environ.get('PATH', '')}"}
+
+    def one(student: str) -> tuple[str, int, float, str]:
+        t0 = time.monotonic()
+        proc = subprocess.run([nbgrader, "autograde", assignment, "--student", student, "--force"], cwd=root,
+                              env=env, capture_output=True, text=True, check=False)  # fmt: skip
+        return student, proc.returncode, time.monotonic() - t0, proc.stderr[-2000:]
+
+    failed = 0
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each nbgrader is a process of its own
+        for student, code, seconds, err in pool.map(one, students):
+            failed += code != 0
+            print(f"{student}: {'graded' if code == 0 else 'FAILED'} in {seconds:.1f} s"
+                  + ("" if code == 0 else f"\n{err}"), flush=True)  # fmt: skip
+    print(f"pktlab: {len(students)} submission(s) of {assignment} in {time.monotonic() - t0:.1f} s, {jobs} at a time")
     return 1 if failed else 0
 
 
@@ -121,11 +155,17 @@ def make_parser() -> DeclaredParser:
     g.add_argument("notebooks", nargs="+", help="student notebooks, or folders of them")
     g.add_argument("--json", action="store_true", help="one JSON object per notebook instead of text")
     g.add_argument("--no-live", action="store_true", help="skip the live checks (replay checks only)")
+    g.add_argument("--jobs", type=int, default=1, help="notebooks graded at a time, each in a process of its own")
     c = p.add_command(sub, "course", help="make an nbgrader course folder with pktlab's assignments (source "
                       "notebooks with hidden tests, and a configuration that grades them outside the student's kernel)")
     c.add_argument("folder", help="the course folder to make (nbgrader's course root)")
     c.add_argument("--assignment", action="append", dest="assignments", default=None,
                    help="only this assignment (again for more); default: all of them")  # fmt: skip
+    au = p.add_command(sub, "autograde", help="nbgrader autograde of every submission of an assignment, several "
+                       "students at a time (each in its own nbgrader process, kernel, sandboxes and labs)")
+    au.add_argument("assignment", help="the assignment's name in the course")
+    au.add_argument("--course", default=".", help="the course folder (default: the current one)")
+    au.add_argument("--jobs", type=int, default=2, help="students graded at a time")
     return p
 
 
@@ -136,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "demo":
             return demo(a.count)
         if a.cmd == "grade":
-            return grade(a.notebooks, as_json=a.json, live=False if a.no_live else None)
+            return grade(a.notebooks, as_json=a.json, live=False if a.no_live else None, jobs=a.jobs)
+        if a.cmd == "autograde":
+            return autograde(a.assignment, a.course, a.jobs)
         if a.cmd == "course":
             return course(a.folder, a.assignments)
         return doctor(a.clean)

@@ -14,8 +14,8 @@ In nbgrader (:mod:`pktlab.grading.nbgrader`): ``pktlab course DIR`` makes a cour
 notebooks' hidden tests call :func:`check`, and autograde grades those checks outside the student's kernel.
 """
 
-from .grader import CheckResult, GradeReport, extract_solution, grade, run_check
+from .grader import CheckResult, GradeReport, extract_solution, grade, grade_many, run_check
 from .nbgrader import CheckFailed, check, make_course
 
-__all__ = ["CheckFailed", "CheckResult", "GradeReport", "check", "extract_solution", "grade", "make_course",
-           "run_check"]  # fmt: skip
+__all__ = ["CheckFailed", "CheckResult", "GradeReport", "check", "extract_solution", "grade", "grade_many",
+           "make_course", "run_check"]  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,3 +225,35 @@ def grade(path: str | os.PathLike[str], *, live: bool | None = None) -> GradeRep
     for check in a.checks:
         report.results.append(run_check(name, check.name, code, live=live))
     return report
+
+
+def _grade_one(path: str, live: bool | None) -> tuple[GradeReport | None, str | None]:
+    """A worker's job: one notebook's report, or why it could not be graded (never raises)."""
+    try:
+        return grade(path, live=live), None
+    except PktlabError as exc:
+        return None, str(exc)
+
+
+def grade_many(paths: list[Path], *, live: bool | None = None, jobs: int = 1) -> Iterator[tuple[Path, Any]]:
+    """Grade notebooks ``jobs`` at a time, each in a process of its own (its own sandboxes and labs).
+
+    Yields ``(path, GradeReport)`` or ``(path, reason it could not be graded)`` in the order of ``paths``; one
+    notebook's crash, hang or failure costs only its own checks.
+    """
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 64:
+        raise PktlabError(f"jobs={jobs!r}: grade 1 to 64 notebooks at a time")
+    if jobs == 1:
+        for p in paths:
+            report, error = _grade_one(str(p), live)
+            yield p, report if error is None else error
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fresh interpreter per worker (the grader's process may run threads; forking those is unsafe)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_grade_one, str(p), live) for p in paths]
+        for p, f in zip(paths, futures, strict=True):
+            report, error = f.result()
+            yield p, report if error is None else error

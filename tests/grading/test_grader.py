@@ -151,6 +151,20 @@ def test_a_solution_cannot_touch_the_teachers_files(tmp_path: Path) -> None:
         shutil.rmtree(victim)
 
 
+def test_notebooks_graded_in_parallel_get_what_they_get_one_by_one(tmp_path: Path) -> None:
+    from pktlab.grading import grade_many
+
+    codes = {"ref": (ROOT / "firewall" / "grading" / "reference.py").read_text(), "buggy": BUGGY["firewall"],
+             "raises": RAISES.format(fn="firewall"), "exits": EXITS}  # fmt: skip
+    paths = [notebook(tmp_path, "firewall", code, label) for label, code in codes.items()]
+    paths.append(tmp_path / "not-a-notebook.ipynb")
+    paths[-1].write_text("{")
+    one = [(p.name, r if isinstance(r, str) else str(r)) for p, r in grade_many(paths, live=False, jobs=1)]
+    two = [(p.name, r if isinstance(r, str) else str(r)) for p, r in grade_many(paths, live=False, jobs=2)]
+    assert one == two, (one, two)  # the same reports, in the order given, whatever ran beside them
+    assert "score 7/7" in one[0][1] and "score 0/7" in one[2][1] and "not a notebook" in one[-1][1]
+
+
 def test_each_check_has_a_private_empty_tmp(tmp_path: Path) -> None:
     # a solution that leaves a file in /tmp during one check and looks for it in the next: each check's sandbox
     # starts with an empty /tmp of its own, and the machine's /tmp never sees the file
