@@ -107,28 +107,24 @@ def _arguments(parser: Any) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _command(heading: str, what: str, parser: Any, syntax: str | None = None) -> str:
+    """One command's section: its heading, what it does, its syntax, a table of its arguments."""
+    text = f"### {heading}\n\n{what}\n" + (f"\n```\n{syntax}\n```\n" if syntax else "")
+    rows = _arguments(parser)
+    return text + ("\n" + _table(("argument", "default", "what it is"), rows) + "\n" if rows else "")
+
+
 def magics(_arg: str | None) -> str:
     from pktlab.notebook.magic import make_parsers, syntax
 
-    parts = []
-    for key, parser in make_parsers().items():
-        parts.append(f"### `{parser.prog}`{{ #{key} }}\n\n{parser.description}\n\n```\n{syntax(parser)}\n```\n")
-        rows = _arguments(parser)
-        if rows:
-            parts.append(_table(("argument", "default", "what it is"), rows) + "\n")
-    return "\n".join(parts)
+    return "\n".join(_command(f"`{p.prog}`{{ #{key} }}", p.description, p, syntax(p))
+                     for key, p in make_parsers().items())  # fmt: skip
 
 
 def cli(_arg: str | None) -> str:
     from pktlab.cli import make_parser
 
-    parts = []
-    for name, (what, parser) in make_parser().commands.items():
-        parts.append(f"### `pktlab {name}`\n\n{what}\n")
-        rows = _arguments(parser)
-        if rows:
-            parts.append(_table(("argument", "default", "what it is"), rows) + "\n")
-    return "\n".join(parts)
+    return "\n".join(_command(f"`pktlab {name}`", what, p) for name, (what, p) in make_parser().commands.items())
 
 
 def options(arg: str | None) -> str:
