@@ -101,6 +101,7 @@ def private_tmp_script(keep_variable: str) -> str:
         'mount --bind "$t" /mnt || exit 96; '
         f'mount -t tmpfs -o size={PRIVATE_TMP_BYTES},mode=1777,nosuid,nodev pktlab-tmp "$t" || exit 96; '
         f'printf "%s\\n" "${keep_variable}" | while IFS= read -r k; do case "$k" in "$t"/*) r=${{k#"$t"/}}; '
+        '[ -e "$t/$r" ] && continue; '  # already there, through a folder bound back before it
         'if [ -d "/mnt/$r" ]; then mkdir -p "$t/$r"; else mkdir -p "$(dirname "$t/$r")" && : > "$t/$r"; fi && '
         'mount --bind "/mnt/$r" "$t/$r" && mount -o remount,bind,ro "$t/$r" || exit 96;; '
         'esac; done || exit 96; umount -l /mnt || exit 96; done; '
@@ -109,9 +110,8 @@ def private_tmp_script(keep_variable: str) -> str:
 
 def runs_from() -> list[str]:
     """What the sandbox's Python needs to see: its environment and base installation, and pktlab's files."""
-    import pktlab
-
-    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.abspath(pktlab.__file__)))}
+    package = Path(__file__).resolve().parents[1]  # pktlab/, from here: grading/ is one of its folders
+    paths = {sys.prefix, sys.base_prefix, str(package.parent)}
     paths |= {os.path.realpath(p) for p in paths}  # a venv's python may be a link into another tree
     return sorted(paths)
 
