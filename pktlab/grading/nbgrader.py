@@ -78,8 +78,6 @@ def _solution_of(assignment: str, notebook: str | os.PathLike[str] | None) -> st
             f"check() needs the student's solution: give code= or notebook=, or run it in the folder of the one "
             f"notebook of assignment {assignment!r} (found {len(found)} in {Path.cwd()})"
         )
-    import nbformat
-
     name, code = extract_cells(nbformat.read(found[0], as_version=4), found[0].name)
     if name != assignment:
         raise PktlabError(f"{found[0].name} is a notebook of assignment {name!r}, not {assignment!r}")

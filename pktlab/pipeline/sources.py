@@ -119,14 +119,52 @@ def _capture_only(session: SourceOwner, what: str) -> PktlabError:
     return SessionError(f"session {session.name} reads a live queue; {what} is for a capture (pktlab.replay)")
 
 
-class LiveQueue:
+class _Reading:
+    """What both kinds hand on to the threads that read their packets (``reading``: a queue's or a capture's)."""
+
+    reading: Any
+
+    @property
+    def running(self) -> bool:
+        return self.reading.running
+
+    @property
+    def paused(self) -> bool:
+        return self.reading.paused
+
+    @property
+    def stuck_threads(self) -> list[Any]:
+        return self.reading.stuck_threads
+
+    @property
+    def internal_errors(self) -> int:
+        return self.reading.internal_errors
+
+    def pause(self) -> None:
+        self.reading.pause()
+
+    def resume(self) -> None:
+        self.reading.resume()
+
+    def step(self, timeout: float) -> bool:
+        return self.reading.step(timeout)
+
+    def replace_reader(self) -> None:
+        self.reading.replace_reader()
+
+    def note_internal_error(self, text: str) -> None:
+        self.reading.internal_errors += 1
+        self.reading.last_internal_error = text
+
+
+class LiveQueue(_Reading):
     """An NFQUEUE in a namespace: the reader, the queue rule, offloads and flow verdicts in the kernel."""
 
     kind = "queue"
 
     def __init__(self, reader: QueueSource, rule: _rules.QueueRule, rules: _rules.RuleSet, *, netns: str | None,
                  lab: Any, flow_verdicts: bool, copy_auto: bool) -> None:  # fmt: skip
-        self.reader_source = reader  # the queue's reading threads (pktlab.kernel.queue)
+        self.reader_source = self.reading = reader  # the queue's reading threads (pktlab.kernel.queue)
         self.rule = rule
         self.rules = rules
         self.netns = netns
@@ -149,22 +187,6 @@ class LiveQueue:
         return self.reader_source.thread_id
 
     @property
-    def running(self) -> bool:
-        return self.reader_source.running
-
-    @property
-    def paused(self) -> bool:
-        return self.reader_source.paused
-
-    @property
-    def stuck_threads(self) -> list[Any]:
-        return self.reader_source.stuck_threads
-
-    @property
-    def internal_errors(self) -> int:
-        return self.reader_source.internal_errors
-
-    @property
     def max_len(self) -> int:
         """Packets the kernel queue holds."""
         return self.reader_source.max_len
@@ -178,22 +200,6 @@ class LiveQueue:
     def holding_when_full(self) -> bool:
         """Fail-open, but made fail-closed while TCP connections are adjusted."""
         return self.reader_source.holding_when_full
-
-    def pause(self) -> None:
-        self.reader_source.pause()
-
-    def resume(self) -> None:
-        self.reader_source.resume()
-
-    def step(self, timeout: float) -> bool:
-        return self.reader_source.step(timeout)
-
-    def replace_reader(self) -> None:
-        self.reader_source.replace_reader()
-
-    def note_internal_error(self, text: str) -> None:
-        self.reader_source.internal_errors += 1
-        self.reader_source.last_internal_error = text
 
     def counters(self) -> QueueCounters | None:
         return self.reader_source.counters() if self.reader_source.running else None
@@ -431,7 +437,7 @@ class LiveQueue:
         raise _capture_only(session, "write_pcap()")
 
 
-class CaptureReplay:
+class CaptureReplay(_Reading):
     """A capture file read by libpcap, paced or as fast as possible, into output spools."""
 
     kind = "capture"
@@ -439,44 +445,12 @@ class CaptureReplay:
     def __init__(self, capture: CaptureSource) -> None:
         self.rule: _rules.QueueRule | None = None  # a capture has no rules
         self.rules: _rules.RuleSet | None = None
-        self.capture = capture  # the reading thread and the spools (pktlab.pipeline.capture)
+        self.capture = self.reading = capture  # the reading thread and the spools (pktlab.pipeline.capture)
         self.seconds = 0.0  # how long the last run() took
 
     @property
     def path(self) -> str:
         return self.capture.path
-
-    @property
-    def running(self) -> bool:
-        return self.capture.running
-
-    @property
-    def paused(self) -> bool:
-        return self.capture.paused
-
-    @property
-    def stuck_threads(self) -> list[Any]:
-        return self.capture.stuck_threads
-
-    @property
-    def internal_errors(self) -> int:
-        return self.capture.internal_errors
-
-    def pause(self) -> None:
-        self.capture.pause()
-
-    def resume(self) -> None:
-        self.capture.resume()
-
-    def step(self, timeout: float) -> bool:
-        return self.capture.step(timeout)
-
-    def replace_reader(self) -> None:
-        self.capture.replace_reader()
-
-    def note_internal_error(self, text: str) -> None:
-        self.capture.internal_errors += 1
-        self.capture.last_internal_error = text
 
     def counters(self) -> QueueCounters | None:
         return None
