@@ -170,20 +170,29 @@ def _run_live(a: Assignment, check: LiveCheck, code: str) -> tuple[bool, str]:
 
     def run(box: Sandbox) -> tuple[bool, str]:
         with Lab("router") as lab:
-            s = attach(7, rule=check.rule, hook="FORWARD", netns=lab.router, deadline=None, name="grader")
-            s.say_failures = False  # the grade reports failures itself
+            sessions = []
             try:
-                for i, name in enumerate(a.handlers):
-                    s.add_handler(box.handler(i), name)
+                # one queue per hook the check names, the same chain on each (one sandbox: the solution's state
+                # is shared, as one handler cell's would be on two sessions)
+                for q, (hook, rule) in enumerate(check.queues, 7):
+                    s = attach(q, rule=rule, hook=hook, netns=lab.router, deadline=None, name=f"grader-{q}")
+                    sessions.append(s)
+                    s.say_failures = False  # the grade reports failures itself
+                    for i, name in enumerate(a.handlers):
+                        s.add_handler(box.handler(i), name)
                 try:
                     passed, reason = check.traffic(lab)
                 except Exception as exc:  # the traffic itself failed (a flow that never completed)
                     passed, reason = False, f"the lab traffic failed: {exc}"
             finally:
-                s.detach()
+                for s in sessions:
+                    s.detach()
             # code that raises or does not return on the graded traffic fails the check, whatever the traffic did
-            failed = _handler_failures(s)
-            return (False, failed) if failed is not None else (passed, reason)
+            for s in sessions:
+                failed = _handler_failures(s)
+                if failed is not None:
+                    return False, failed
+            return passed, reason
 
     return _sandboxed(a, code, run)
 

@@ -35,6 +35,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -129,6 +130,7 @@ class Sandbox:
         self.timeout = timeout
         self.stuck: str | None = None
         self.calls = 0
+        self._calling = threading.Lock()
         env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/nonexistent", "LANG": "C.UTF-8",
                "PKTLAB_SANDBOX_PYTHON": sys.executable, "PKTLAB_SANDBOX_KEEP": "\n".join(runs_from())}  # fmt: skip
         # what the solution prints goes to a file: a pipe nobody reads would fill up and stall it mid-packet
@@ -193,17 +195,21 @@ class Sandbox:
 
     # -- handler calls -------------------------------------------------------------
     def call(self, index: int, pkt: Any) -> Any:
-        """Run handler ``index`` on ``pkt`` in the sandbox; apply its rewrite and mark; return its verdict."""
-        if self.stuck is not None:
-            raise TimeoutError(f"{self.stuck} did not return; the solution is stuck, so this packet was not handled")
+        """Run handler ``index`` on ``pkt`` in the sandbox; apply its rewrite and mark; return its verdict.
+
+        Sessions on several hooks may call at once, each from its own thread: one call at a time goes through.
+        """
         from ..packet.model import HOOK_NAMES
 
         ip = pkt.eth.payload if pkt.eth is not None else bytes(pkt)
         hook = HOOK_NAMES.index(pkt.hook) if pkt.hook in HOOK_NAMES else 1
         head = _CALL.pack(index, pkt.id & 0xFFFFFFFF, hook, (pkt.mark or 0) & 0xFFFFFFFF, pkt.time)
-        self.calls += 1
-        self._send(CALL, head + ip)
-        kind, code, mark, text, data = self._reply(self.timeout, f"handler {self.names[index]}")
+        with self._calling:
+            if self.stuck is not None:
+                raise TimeoutError(f"{self.stuck} did not return; the solution is stuck, so this packet was not handled")
+            self.calls += 1
+            self._send(CALL, head + ip)
+            kind, code, mark, text, data = self._reply(self.timeout, f"handler {self.names[index]}")
         if kind == RAISED:
             raise HandlerRaised(text)
         if data:
@@ -393,8 +399,8 @@ def _serve() -> int:
         pkt = Packet(CapturedPacket(pid, hook, data, t, False, 0, None, mark), data, t)
         # as the dispatcher does: counted (once per packet, whichever handlers of the chain see it)
         # from the first time a handler asks for a flow on
-        if flows.enabled and pid != counted[0]:
-            counted[:] = [pid, flows.observe(pkt)]
+        if flows.enabled and (hook, pid) != counted[0]:  # two queues (hooks) number their packets apart
+            counted[:] = [(hook, pid), flows.observe(pkt)]
         pkt._flow = counted[1] if flows.enabled else flows
         try:
             v = fns[index](pkt)

@@ -478,7 +478,11 @@ class Lab:
         timeout: float = 30.0,
         to: str | None = None,
     ) -> dict[str, Any]:
-        """Send ``nbytes`` over one TCP connection (to ``dst``, or to address ``to``); return bytes received."""
+        """Send ``nbytes`` over one TCP connection (to ``dst``, or to address ``to``); return what arrived.
+
+        ``received`` bytes, ``sent``, ``seconds``, ``peer`` (the address the receiver saw the connection come
+        from: a NAT's, say) and ``stopped`` (why it ended, in words).
+        """
         self._check_open()
         s, d = self[src], self[dst]
         with _stopped_on_error([]) as started:
@@ -517,7 +521,8 @@ class Lab:
         """One DNS query for ``name`` from ``src`` to a one-shot responder in ``dst`` that answers ``answer``.
 
         Returns what the querying side saw: the reply's source address, its id check,
-        rcode and the A addresses in it.
+        rcode and the A addresses in it; ``server`` says what the responder did (``answered``,
+        ``queries``, and ``peers``: the addresses the queries came from).
         """
         self._check_open()
         s, d = self[src], self[dst]

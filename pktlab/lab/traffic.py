@@ -60,7 +60,9 @@ def udp_send(dst: str, port: int, count: int, size: int, rate: float, timeout: f
     start = time.monotonic()
     deadline = start + timeout
     sent = errors = 0
-    batch = 32
+    # the clock is read every 32 datagrams, so a fast flow costs few system calls; a slow one (up to 2,000/s) is
+    # paced datagram by datagram, as a policer or shaper on its path expects a steady flow
+    batch = 1 if 0 < rate <= 2000 else 32
     for seq in range(count):
         try:
             if segment:
@@ -184,9 +186,9 @@ def tcp_recv(port: int, timeout: float, bind: str) -> dict:
     start = time.monotonic()
     total = 0
     try:
-        conn, _ = srv.accept()
+        conn, peer = srv.accept()
     except TimeoutError:
-        return {"received": 0, "seconds": 0.0, "timeout": True}
+        return {"received": 0, "seconds": 0.0, "timeout": True, "peer": None}
     with conn:
         conn.settimeout(max(0.1, timeout - (time.monotonic() - start)))
         try:
@@ -196,8 +198,8 @@ def tcp_recv(port: int, timeout: float, bind: str) -> dict:
                     break
                 total += len(data)
         except TimeoutError:
-            return {"received": total, "seconds": time.monotonic() - start, "timeout": True}
-    return {"received": total, "seconds": time.monotonic() - start, "timeout": False}
+            return {"received": total, "seconds": time.monotonic() - start, "timeout": True, "peer": peer[0]}
+    return {"received": total, "seconds": time.monotonic() - start, "timeout": False, "peer": peer[0]}
 
 
 def dns_serve(answer: str, count: int, timeout: float, port: int) -> dict:
@@ -209,12 +211,15 @@ def dns_serve(answer: str, count: int, timeout: float, port: int) -> dict:
     sock.settimeout(timeout)
     _ready()
     answered = queries = 0
+    peers: list[str] = []  # the addresses queries came from (a NAT's, say), each once
     while answered < count:
         try:
             data, peer = sock.recvfrom(4096)
         except TimeoutError:
             break
         queries += 1
+        if peer[0] not in peers:
+            peers.append(peer[0])
         q = DNS(data)
         if q.qr != 0 or not q.qd:
             continue
@@ -224,7 +229,7 @@ def dns_serve(answer: str, count: int, timeout: float, port: int) -> dict:
         )
         sock.sendto(bytes(reply), peer)
         answered += 1
-    return {"answered": answered, "queries": queries}
+    return {"answered": answered, "queries": queries, "peers": peers}
 
 
 def dns_query(server: str, name: str, timeout: float, port: int) -> dict:
