@@ -211,6 +211,45 @@ def slow_page(lab: pktlab.Lab) -> None:
     serve_and_get(lab, "page.bin", slow_page_content())
 
 
+def nat_practice(name: str, description: str) -> dict:
+    """What the router's NAT (the assignment's reference) sees of a little traffic: the NAT assignment's practice."""
+    import make_grading_data  # beside this script
+
+    def traffic(lab: pktlab.Lab) -> None:
+        if not (lab.dns("nat.example.", answer="10.77.2.53").get("answered")
+                and lab.tcp(4096, port=8080).get("received") == 4096 and lab.ping(1).received == 1):  # fmt: skip
+            raise RuntimeError("the practice traffic did not get through the reference NAT")
+        make_grading_data.from_outside(lab, (45000,), None, False)
+
+    path = OUT / f"{name}.pcap"
+    return entry(name, path, make_grading_data.nat_capture(path, traffic), description)
+
+
+def police_practice(lab: pktlab.Lab) -> None:
+    if lab.udp(200, size=500 - 28, rate=200).received != 200:
+        raise RuntimeError("the practice flow lost datagrams on its way")
+
+
+NEW_IN_0_4 = {  # the captures of the NAT and policer assignments' practice cells
+    "lab-nat": lambda: nat_practice(
+        "lab-nat",
+        "what a NAT on the router sees (the NAT assignment's practice): a DNS exchange, a TCP connection to port "
+        "8080 and a ping from the client 10.77.1.1, their replies to the router's 10.77.2.1 (ports 40000-40002), "
+        "and a datagram from the server to the router's port 45000 that belongs to no flow",
+    ),
+    "lab-police": lambda: capture(
+        "lab-police",
+        "-p udp",
+        police_practice,
+        "200 numbered 500-byte UDP datagrams at 200 a second (100,000 bytes/s), client -> server port 9000, seen "
+        "forwarded by the router (the policer assignment's practice)",
+        topology="router",
+        on="router",
+        hook="FORWARD",
+    ),
+}
+
+
 def main() -> int:
     OUT.mkdir(exist_ok=True)
     entries = [
@@ -309,6 +348,7 @@ def main() -> int:
             "12 real lab packets cut short or with broken headers, one of each: " + "; ".join(MALFORMED),
         )
     )
+    entries += [make() for make in NEW_IN_0_4.values()]
     manifest = OUT / "MANIFEST.json"
     manifest.write_text(json.dumps(entries, indent=2) + "\n")
     for e in entries:

@@ -206,7 +206,9 @@ class Sandbox:
         head = _CALL.pack(index, pkt.id & 0xFFFFFFFF, hook, (pkt.mark or 0) & 0xFFFFFFFF, pkt.time)
         with self._calling:
             if self.stuck is not None:
-                raise TimeoutError(f"{self.stuck} did not return; the solution is stuck, so this packet was not handled")
+                raise TimeoutError(
+                    f"{self.stuck} did not return; the solution is stuck, so this packet was not handled"
+                )
             self.calls += 1
             self._send(CALL, head + ip)
             kind, code, mark, text, data = self._reply(self.timeout, f"handler {self.names[index]}")

@@ -98,6 +98,10 @@ def test_nbgrader_generates_autogrades_and_gives_feedback_with_pktlabs_reasons(t
         ("firewall", "malicious"): _malicious(marker, course, teacher_file),
         ("dns-rewriter", "correct"): REFERENCE["dns-rewriter"],
         ("dns-rewriter", "wrong"): BUGGY["dns-rewriter"],
+        ("nat", "correct"): REFERENCE["nat"],
+        ("nat", "wrong"): BUGGY["nat"],
+        ("policer", "correct"): REFERENCE["policer"],
+        ("policer", "wrong"): BUGGY["policer"],
     }
     paths = {}
     for (a, student), code in submissions.items():
@@ -121,12 +125,11 @@ def test_nbgrader_generates_autogrades_and_gives_feedback_with_pktlabs_reasons(t
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "pktlab") as gb:
         scores = {(a, s): gb.find_submission(a, s).score for a, s in submissions}
     totals = {a: sum(c.points for c in ASSIGNMENTS[a].checks) for a in ASSIGNMENTS}
-    assert scores["firewall", "correct"] == totals["firewall"]
-    assert scores["dns-rewriter", "correct"] == totals["dns-rewriter"]
+    for a in ASSIGNMENTS:
+        assert scores[a, "correct"] == totals[a], (a, scores)
+        assert 0 < scores[a, "wrong"] < totals[a], (a, scores)
     for key in (("firewall", "crashing"), ("firewall", "hanging"), ("firewall", "malicious")):
         assert scores[key] == 0, (key, scores)
-    assert 0 < scores["firewall", "wrong"] < totals["firewall"]
-    assert 0 < scores["dns-rewriter", "wrong"] < totals["dns-rewriter"]
     # the same notebooks through pktlab grade: the same scores
     for key, path in paths.items():
         assert grade(path).score == scores[key], (key, scores[key])
@@ -140,6 +143,9 @@ def test_nbgrader_generates_autogrades_and_gives_feedback_with_pktlabs_reasons(t
     _nbgrader(course, "generate_feedback", "firewall", "--force")
     html = (course / "feedback" / "wrong" / "firewall" / "firewall.html").read_text()
     assert "a TCP packet of no open connection was accepted: tcp 10.77.1.1" in html
+    _nbgrader(course, "generate_feedback", "nat", "--force")
+    html = (course / "feedback" / "wrong" / "nat" / "nat.html").read_text()
+    assert "an inbound packet of no flow was let in" in html and "is the port of a TCP flow, not of a UDP one" in html
     shutil.rmtree(course / "autograded", ignore_errors=True)
 
 
