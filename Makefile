@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (main job) and `make test` (tests).
 # Both run the idempotent set-up first.
-.PHONY: setup demo test lint docs bench clean lab binder-check wheel
+.PHONY: setup demo test lint docs bench clean lab binder-check wheel hub
 
 PY := .venv/bin/python
 
@@ -11,7 +11,7 @@ demo: setup
 	$(PY) -m pktlab.cli demo
 
 lint: setup
-	.venv/bin/ruff check pktlab tests bench scripts notebooks
+	.venv/bin/ruff check pktlab tests bench scripts notebooks classroom
 
 # the documentation site in build/site (strict: broken links, missing references, undocumented public names fail it)
 docs: setup
@@ -22,6 +22,10 @@ docs: setup
 test: setup lint docs
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 	bash scripts/test_as_user.sh pktlab-student -rs --durations=10 tests --ignore=tests/browser --ignore=tests/notebooks
+
+# a JupyterHub for a class on this machine (root): STUDENTS accounts, their passwords in /var/lib/pktlab-hub/passwords
+hub:
+	STUDENTS=$(or $(STUDENTS),3) bash scripts/hub.sh
 
 bench: setup
 	$(PY) bench/bench_queue.py

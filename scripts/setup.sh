@@ -53,6 +53,22 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 .venv/bin/python -c "import netfilterqueue, pyroute2, scapy, pktlab" || { echo "setup: import check failed" >&2; exit 1; }
 
+# a class's hub (scripts/hub.sh, and its test): JupyterHub's proxy, configurable-http-proxy, from npm, beside the venv
+if [ ! -x .venv/node/node_modules/.bin/configurable-http-proxy ]; then
+    if ! command -v npm >/dev/null; then
+        if [ "$(id -u)" = 0 ]; then
+            echo "setup: installing Debian's nodejs and npm (for JupyterHub's proxy)"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+        else
+            echo "setup: npm is not installed (apt-get install nodejs npm, as root); the hub will not start" >&2
+        fi
+    fi
+    if command -v npm >/dev/null; then
+        echo "setup: installing configurable-http-proxy from npm into .venv/node"
+        npm install --silent --no-audit --no-fund --prefix .venv/node "configurable-http-proxy@5" >/dev/null
+    fi
+fi
+
 # Two ordinary users for the tests of user-namespace mode (live labs without root): the suite runs again as
 # the first; the second is the other student of the two-users test.  Root only; nothing to do for anyone else.
 if [ "$(id -u)" = 0 ]; then

@@ -92,7 +92,7 @@ STAGES = [
     {"pipeline"},
     {"lab"},
     {"measure", "datasets"},  # the bundled captures and the recorded traces (pktlab.Trace): the pipeline's hook
-    {"notebook", "grading", "doctor"},
+    {"notebook", "grading", "doctor", "hub"},
     {"testing", "cli", "__main__"},
 ]
 _CIMPORT = re.compile(r"^\s*(?:from\s+(\.*[\w.]*)\s+c?import\s+([\w, ]+)|c?import\s+([\w.]+))", re.M)
