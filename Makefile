@@ -40,6 +40,7 @@ bench: setup
 	$(PY) bench/bench_failing_handler.py
 	$(PY) bench/bench_record_rewrites.py
 	$(PY) bench/bench_grading.py
+	$(PY) bench/bench_hub_scale.py
 
 # JupyterLab from the project's venv on the notebooks, as an ordinary user (live through user namespaces;
 # root runs it as pktlab-student on a copy in that user's home); it prints the URL with its token

@@ -73,6 +73,25 @@ def _pss(pid: int) -> int:
         return 0
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process started (directly or not) by ``pid``."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
 def _as(user: str, argv: list[str], **kw) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/tmp", "LANG": "C.UTF-8"}
     return subprocess.Popen(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv],
@@ -143,6 +162,24 @@ def idle_costs(user: str) -> dict:
         time.sleep(8)  # both idle, imports done
         out["server_pss_mib"] = round(_pss(server.pid) / 2**20, 1)
         out["ipykernel_pss_mib"] = round(_pss(kernel.pid) / 2**20, 1)
+        # the same kernel once a student's first cells ran: pktlab loaded, a lab up, a session with a handler
+        from jupyter_client import BlockingKernelClient
+
+        client = BlockingKernelClient(connection_file=f"{root}/kernel.json")
+        client.load_connection_file()
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=30)
+            reply = client.execute_interactive(
+                "import pktlab\nlab = pktlab.Lab()\ns = pktlab.attach(1, rule='-p udp', netns=lab.server)\n"
+                "s.add_handler(lambda pkt: None, 'look')\nr = lab.udp(100, rate=100)", timeout=60)
+            assert reply["content"]["status"] == "ok", reply["content"]
+            time.sleep(2)
+            out["kernel_with_lab_pss_mib"] = round(_pss(kernel.pid) / 2**20, 1)
+            out["its_lab_pss_mib"] = round(sum(_pss(q) for q in _descendants(kernel.pid)) / 2**20, 1)
+            client.execute_interactive("s.detach(); lab.down()", timeout=60)
+        finally:
+            client.stop_channels()
     finally:
         for p in (server, kernel):
             p.terminate()  # our own children, by PID
@@ -177,7 +214,12 @@ def main() -> int:
             n += inc
     finally:
         for i in range(1, max(made, default=1) + 1):
-            subprocess.run(["userdel", f"{PREFIX}{i:02d}"], capture_output=True, check=False)
+            name = f"{PREFIX}{i:02d}"
+            for _ in range(100):  # a lab helper still ending
+                if subprocess.run(["pgrep", "-u", name], capture_output=True).returncode != 0:
+                    break
+                time.sleep(0.1)
+            subprocess.run(["userdel", name], capture_output=True, check=False)
         for d in limits.dirs("x"):
             try:
                 d.parent.rmdir()

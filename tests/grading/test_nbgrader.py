@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pktlab.grading import grade, make_course
+from pktlab.grading import grade_many, make_course
 from pktlab.grading.assignments import ASSIGNMENTS
 from tests.conftest import needs_live, pktlab_rules
 from tests.grading.test_grader import BUGGY, LOOPS, RAISES, _running_with_cmdline
@@ -130,9 +130,11 @@ def test_nbgrader_generates_autogrades_and_gives_feedback_with_pktlabs_reasons(t
         assert 0 < scores[a, "wrong"] < totals[a], (a, scores)
     for key in (("firewall", "crashing"), ("firewall", "hanging"), ("firewall", "malicious")):
         assert scores[key] == 0, (key, scores)
-    # the same notebooks through pktlab grade: the same scores
-    for key, path in paths.items():
-        assert grade(path).score == scores[key], (key, scores[key])
+    # the same notebooks through pktlab grade (two at a time, as autograde ran them): the same scores
+    keys = list(paths)
+    for key, (_, report) in zip(keys, grade_many([paths[k] for k in keys], jobs=2), strict=True):
+        assert not isinstance(report, str), (key, report)
+        assert report.score == scores[key], (key, report.score, scores[key])
 
     # the malicious kernel saw no hidden test; its forged "PASS" lines were replaced by pktlab's own results
     graded = nbformat.read(course / "autograded" / "malicious" / "firewall" / "firewall.ipynb", as_version=4)

@@ -100,6 +100,7 @@ def test_a_students_flood_leaves_another_students_lab_whole() -> None:
         # A wanted more than its core and the kernel held it there: its CPU time over the window stays within the
         # cap (1 core; +10 % for the cgroup's accounting, read at the window's edges)
         share = (a1 - a0) / (t1 - t0)
+        print(f"B: {b}; A: {share:.2f} cores over {t1 - t0:.1f} s, held back {held1 - held0} times")
         assert share <= 1.1, f"A used {share:.2f} cores while capped at 1"
         assert held1 > held0, "A was never held at its cap: the flood did not want more than a core"
     finally:

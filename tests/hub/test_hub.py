@@ -117,7 +117,7 @@ def _login(context, base: str, user: str, password: str):  # type: ignore[no-unt
 
 
 def _open_and_run(page, base: str, user: str, rel: str) -> None:  # type: ignore[no-untyped-def]
-    page.goto(f"{base}/user/{user}/lab/tree/{rel}")
+    page.goto(f"{base}/user/{user}/lab/tree/{rel}?reset")  # a fresh workspace: only this notebook open
     page.wait_for_selector(".jp-Notebook", timeout=60_000)
 
     def kernel_ready() -> bool:
@@ -137,7 +137,10 @@ def _finished(page) -> bool:  # type: ignore[no-untyped-def]
 
 
 def _outputs(page, user: str) -> str:  # type: ignore[no-untyped-def]
-    assert wait_until(lambda: _finished(page), 300, 0.5), f"{user}: cells not run: {page.evaluate(PROMPTS_JS)}"
+    if not wait_until(lambda: _finished(page), 150, 0.5):
+        OUT.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(OUT / f"{user}-failure.png"))
+        raise AssertionError(f"{user}: cells not run: {page.evaluate(PROMPTS_JS)}")
     page.wait_for_timeout(500)
     return "\n".join(page.evaluate(OUTPUTS_JS))
 

@@ -116,7 +116,7 @@ def test_the_helpers_say_where_an_exchange_stopped(router_lab: Lab) -> None:
     drop_answers = ["FORWARD", "-p", "udp", "--sport", "53", "-j", "DROP"]
     lab.router.run(["iptables", "-I", *drop_answers])
     r = lab.dns(timeout=1)
-    assert not r["answered"] and r["server"] == {"answered": 1, "queries": 1}
+    assert not r["answered"] and r["server"] == {"answered": 1, "queries": 1, "peers": [lab.client.addr]}
     assert r["stopped"] == "the server answered; its answer did not reach the querying side"
     lab.router.run(["iptables", "-D", *drop_answers])
     lab.router.run(["iptables", "-I", "FORWARD", "-p", "udp", "--dport", "53", "-j", "DROP"])
