@@ -128,17 +128,22 @@ def _fw_live_transfer(lab: Any) -> Result:
     return True, "64 KiB to port 9001 arrived through the router"
 
 
-def _fw_live_blocked(lab: Any) -> Result:
+def _connect_from(host: Any, addr: str, port: int) -> str:
+    """What a TCP connection from lab ``host`` to ``addr``:``port`` came to: connected, refused or timeout (1.5 s)."""
+    import sys
+
     code = (
         "import socket\n"
         "try:\n"
-        f"    socket.create_connection(('{lab.server.addr}', 9002), timeout=1.5); print('connected')\n"
+        f"    socket.create_connection(('{addr}', {port}), timeout=1.5); print('connected')\n"
         "except ConnectionRefusedError: print('refused')\n"
         "except OSError: print('timeout')\n"
     )
-    import sys
+    return host.run([sys.executable, "-c", code], timeout=10).stdout.strip()
 
-    out = lab.client.run([sys.executable, "-c", code], timeout=10).stdout.strip()
+
+def _fw_live_blocked(lab: Any) -> Result:
+    out = _connect_from(lab.client, lab.server.addr, 9002)
     if out != "timeout":
         return False, f"a connection to port 9002 was {out} (its SYN crossed the router); it must be dropped"
     return True, "a connection to port 9002 timed out: its SYN was dropped"
@@ -424,16 +429,7 @@ def _nat_live_ping(lab: Any) -> Result:
 
 
 def _nat_live_unknown(lab: Any) -> Result:
-    import sys
-
-    code = (
-        "import socket\n"
-        "try:\n"
-        f"    socket.create_connection(('{NAT_OUTSIDE}', 45001), timeout=1.5); print('connected')\n"
-        "except ConnectionRefusedError: print('refused')\n"
-        "except OSError: print('timeout')\n"
-    )
-    out = lab.server.run([sys.executable, "-c", code], timeout=10).stdout.strip()
+    out = _connect_from(lab.server, NAT_OUTSIDE, 45001)
     if out != "timeout":
         return False, (f"a connection from the server to the router's port 45001 (no flow) was {out}: its SYN reached "
                        "the router; the NAT must drop it")  # fmt: skip
