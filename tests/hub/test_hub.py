@@ -104,6 +104,9 @@ def running_hub(students: int) -> Iterator[tuple[str, dict[str, str], Path]]:
         shutil.copy(state / "hub.log", OUT / "hub.log")
         _remove_accounts(students)
         shutil.rmtree(state, ignore_errors=True)
+        for d in StudentLimits().dirs("x"):  # the students' parent cgroup, once no student's is left in it
+            if d.parent.is_dir() and not any(c.is_dir() for c in d.parent.iterdir()):
+                d.parent.rmdir()
 
 
 def _login(context, base: str, user: str, password: str):  # type: ignore[no-untyped-def]
