@@ -283,18 +283,21 @@ NAT_FIRST_PORT = 40000  # the first flow's port; each new flow takes the next
 
 
 def _ends(p: Any) -> tuple[int, str, int, str, int] | None:
-    """(protocol, source, source port or echo id, destination, destination port or echo id): TCP, UDP, ICMP echo."""
-    if p.ip is None:
+    """(protocol, source, source port or echo id, destination, destination port or echo id) of a TCP, UDP or ICMP
+    echo packet: the endpoints pkt.flow is named by, flat."""
+    from ..pipeline.flows import FlowTable
+
+    e = FlowTable.endpoints(p)
+    if e is None or e[1][1] is None:
         return None
-    t = p.transport
-    if p.proto in (6, 17) and t is not None:
-        return p.proto, p.ip.src, t.sport, p.ip.dst, t.dport
-    if p.proto == 1 and t is not None and t.type in (0, 8):
-        return 1, p.ip.src, t.id, p.ip.dst, t.id
-    return None
+    proto, (src, sport), (dst, dport) = e
+    return proto, src, sport, dst, dport
 
 
-PROTO = {1: "ICMP", 6: "TCP", 17: "UDP"}
+def _proto(number: int) -> str:
+    from ..pipeline.flows import PROTO_NAMES
+
+    return PROTO_NAMES.get(number, str(number)).upper()
 
 
 def _nat_rows(s: Any) -> tuple[list[tuple[Any, Any, Any]], list[tuple[Any, Any, Any]], dict[tuple, int]]:
@@ -320,7 +323,7 @@ def _flow_text(e: tuple) -> str:
     proto, src, sport, dst, dport = e
     if proto == 1:
         return f"ICMP echo {src} -> {dst} (id {sport})"
-    return f"{PROTO[proto]} {src}:{sport} -> {dst}:{dport}"
+    return f"{_proto(proto)} {src}:{sport} -> {dst}:{dport}"
 
 
 def _nat_ports(out: list[tuple[Any, Any, Any]]) -> tuple[dict[tuple, int], str | None]:
@@ -342,7 +345,7 @@ def _nat_ports(out: list[tuple[Any, Any, Any]]) -> tuple[dict[tuple, int], str |
     for e, port in ports.items():
         other = taken.setdefault((e[0], port), e)
         if other != e:
-            return ports, (f"two flows left from the same {PROTO[e[0]]} port {port} ({_flow_text(other)} and "
+            return ports, (f"two flows left from the same {_proto(e[0])} port {port} ({_flow_text(other)} and "
                            f"{_flow_text(e)}): their replies could not be told apart")  # fmt: skip
     return ports, None
 
@@ -388,7 +391,7 @@ def _nat_unknown_dropped(s: Any) -> Result:
     for p, e, left in unknown:
         if left is not None:
             mine = [f for f, i in flows.items() if NAT_FIRST_PORT + i == e[4]]
-            whose = f" ({e[4]} is the port of a {PROTO[mine[0][0]]} flow, not of a {PROTO[e[0]]} one)" if mine else ""
+            whose = f" ({e[4]} is the port of a {_proto(mine[0][0])} flow, not of a {_proto(e[0])} one)" if mine else ""
             return False, f"an inbound packet of no flow was let in: {p.summary()}{whose}; it must be dropped"
     return True, f"{len(unknown)} inbound packets of no flow dropped"
 
@@ -474,6 +477,12 @@ def _bucket(times_sizes: list[tuple[float, int]]) -> list[bool]:
     return out
 
 
+def _bucket_passes(pkts: list[tuple[float, int, bool]], since: float = float("-inf")) -> int:
+    """Bytes the assignment's bucket lets through of one flow's packets (of those from time ``since`` on)."""
+    verdicts = _bucket([(t, n) for t, n, _ in pkts])
+    return sum(n for (t, n, _), ok in zip(pkts, verdicts, strict=True) if ok and t >= since)
+
+
 def _police_flows(s: Any) -> dict[tuple, list[tuple[float, int, bool]]]:
     """Each flow's packets in order: (time, IP length, accepted by the student's policer)."""
     from ..packet.model import Packet
@@ -504,7 +513,7 @@ def _police_cut(s: Any) -> Result:
     if not fast:
         return False, "the capture's flow at twice the rate was not found"
     for key, pkts in fast:
-        ideal = sum(n for (_, n, _), ok in zip(pkts, _bucket([(t, n) for t, n, _ in pkts]), strict=True) if ok)
+        ideal = _bucket_passes(pkts)
         got = sum(n for _, n, ok in pkts if ok)
         span = pkts[-1][0] - pkts[0][0]
         if not 0.95 * ideal <= got <= 1.05 * ideal:
@@ -554,8 +563,7 @@ def _police_pause(s: Any) -> Result:
             continue
         second = pkts[gaps[0] :]
         got = sum(n for _, n, ok in second if ok)
-        ideal_second = sum(n for (t, n, _), ok in zip(pkts, _bucket([(t, n) for t, n, _ in pkts]), strict=True)
-                           if ok and t >= second[0][0])  # fmt: skip
+        ideal_second = _bucket_passes(pkts, since=second[0][0])
         if got > POLICE_BURST:
             return False, (f"after a pause, {_flow_text(key)} sent {got:,} bytes at once through your policer; the "
                            f"bucket holds at most {POLICE_BURST:,} bytes, whatever the pause")  # fmt: skip

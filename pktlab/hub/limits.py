@@ -113,12 +113,6 @@ class StudentLimits:
                 raise OSError(f"cgroup {d} still holds processes {self.pids(user)}: {exc}") from None
 
 
-def cgroup_of(pid: int) -> str:
-    """The cgroups of a process, as /proc says (one line per hierarchy)."""
-    with open(f"/proc/{pid}/cgroup") as f:
-        return f.read()
-
-
 def kill_all(limits: StudentLimits, user: str) -> list[int]:
     """SIGKILL every process left in ``user``'s cgroup (a server that did not end its kernels); which ones."""
     import signal

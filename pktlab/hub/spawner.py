@@ -9,6 +9,7 @@ server in the student's cgroup (:mod:`pktlab.hub.limits`); every stop ends what 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -68,8 +69,6 @@ class ClassroomSpawner(LocalProcessSpawner):  # type: ignore[misc]
         left = kill_all(self.limits, self.user.name)
         if left:
             self.log.info("pktlab: ended %d process(es) %s's server left running", len(left), self.user.name)
-        import asyncio
-
         for _ in range(50):  # the killed processes leave their cgroup as they are reaped
             if not self.limits.pids(self.user.name):
                 break
