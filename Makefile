@@ -18,10 +18,11 @@ docs: setup
 	bash scripts/docs.sh
 
 # the whole suite as root (root mode), then the live suite again as an ordinary user (user-namespace mode);
-# the browser and notebook runs take that user's place themselves (they start Jupyter as an ordinary user)
+# the browser and notebook runs take that user's place themselves (they start Jupyter as an ordinary user); the
+# soak runs two minutes as root and one as the user
 test: setup lint docs
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
-	bash scripts/test_as_user.sh pktlab-student -rs --durations=10 tests --ignore=tests/browser --ignore=tests/notebooks
+	PKTLAB_SOAK_SECONDS=60 bash scripts/test_as_user.sh pktlab-student -rs --durations=10 tests --ignore=tests/browser --ignore=tests/notebooks
 
 # a JupyterHub for a class on this machine (root): STUDENTS accounts, their passwords in /var/lib/pktlab-hub/passwords
 hub:

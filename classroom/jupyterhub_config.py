@@ -1,6 +1,9 @@
 # JupyterHub for a pktlab class on one machine; scripts/hub.sh starts it (`make hub STUDENTS=N`) with the
 # PKTLAB_HUB_* variables below.  What it gives:
 # - students are the Unix users of the group PKTLAB_HUB_GROUP; each logs in with their password (PAM);
+# - the teacher (PKTLAB_HUB_TEACHER) logs in the same way and grades there: nbgrader's formgrader over the course in
+#   their ~/course, the students' Assignments tab and nbgrader's exchange in PKTLAB_HUB_SHARED
+#   (pktlab.hub.classroom);
 # - each student's server runs as that user (pktlab.hub.spawner.ClassroomSpawner, a LocalProcessSpawner), from
 #   pktlab's shared environment (the venv this hub runs from: root's, every user runs it, none changes it); their
 #   kernels are ordinary users' processes, live through user namespaces;
@@ -8,10 +11,12 @@
 # - a cgroup per student (CPU by equal weight and capped, memory capped: pktlab.hub.limits);
 # - idle servers stopped after PKTLAB_HUB_IDLE seconds (jupyterhub-idle-culler);
 # - the proxy is configurable-http-proxy from npm, on loopback beside the hub.
+import atexit
 import os
 import sys
 from pathlib import Path
 
+from pktlab.hub.classroom import Classroom
 from pktlab.hub.limits import StudentLimits
 from pktlab.hub.spawner import NOTEBOOKS_DIR, ClassroomSpawner
 
@@ -34,13 +39,20 @@ c.JupyterHub.cleanup_servers = True  # the hub's stop stops every student's serv
 
 c.JupyterHub.authenticator_class = "pam"
 c.PAMAuthenticator.allowed_groups = {os.environ.get("PKTLAB_HUB_GROUP", "pktlab-students")}
+teacher = os.environ.get("PKTLAB_HUB_TEACHER", "")
+if teacher:
+    c.PAMAuthenticator.allowed_users = {teacher}
 
 c.JupyterHub.spawner_class = ClassroomSpawner
 c.ClassroomSpawner.course_notebooks = os.environ["PKTLAB_HUB_NOTEBOOKS"]
-c.ClassroomSpawner.limits = StudentLimits(
+if teacher:
+    c.ClassroomSpawner.classroom = Classroom(Path(os.environ["PKTLAB_HUB_SHARED"]), teacher)
+limits = StudentLimits(
     cpu_max=float(os.environ.get("PKTLAB_HUB_CPUS", "1")),
     memory_max=int(os.environ.get("PKTLAB_HUB_MEMORY_MB", "2048")) << 20,
 )
+c.ClassroomSpawner.limits = limits
+atexit.register(limits.remove_parent)  # after the hub stopped every server (and each removed its own cgroup)
 c.Spawner.cmd = [str(venv_bin / "jupyterhub-singleuser")]
 c.Spawner.default_url = f"/lab/tree/{NOTEBOOKS_DIR}"
 c.Spawner.notebook_dir = "~"

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 user=$1; shift
 [ "$(id -u)" = 0 ] || { echo "test_as_user: run as root (it switches to $user)" >&2; exit 2; }
 as_user() { runuser -u "$user" -- env -i HOME="$(getent passwd "$user" | cut -d: -f6)" \
-    PATH=/usr/bin:/bin:/usr/sbin:/sbin PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8 "$@"; }
+    PATH=/usr/bin:/bin:/usr/sbin:/sbin PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8 \
+    ${PKTLAB_SOAK_SECONDS:+PKTLAB_SOAK_SECONDS=$PKTLAB_SOAK_SECONDS} "$@"; }
 where=$PWD
 copy=""
 if ! as_user "$where/.venv/bin/python" -c "import os, sys; sys.path.insert(0, '$where'); os.stat('$where/pyproject.toml'); import pktlab" 2>/dev/null; then

@@ -620,3 +620,8 @@ POLICER = Assignment(
 )
 
 ASSIGNMENTS = {a.name: a for a in (FIREWALL, DNS_REWRITER, NAT, POLICER)}
+
+
+def grading_folders() -> list[Path]:
+    """What a submission must not see: every assignment's grading folder (held-back capture, reference)."""
+    return [a.heldback.parent for a in ASSIGNMENTS.values()]

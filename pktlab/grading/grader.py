@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PktlabError
-from .assignments import ASSIGNMENTS, Assignment, LiveCheck, ReplayCheck
+from .assignments import ASSIGNMENTS, Assignment, LiveCheck, ReplayCheck, grading_folders
 from .sandbox import Sandbox, SandboxError
 
 
@@ -106,11 +106,6 @@ def extract_cells(nb: Any, label: str) -> tuple[str, str]:
 CALL_TIMEOUT = 1.0  # seconds one handler call in the sandbox may take
 
 
-def _hidden() -> list[Path]:
-    """What the solution must not see: every assignment's grading folder (held-back captures, references)."""
-    return [a.heldback.parent for a in ASSIGNMENTS.values()]
-
-
 def _explain(text: str) -> str:
     """A solution's failure in the words of what it tried."""
     if "PermissionError" in text or "Read-only file system" in text or "Operation not permitted" in text:
@@ -133,7 +128,7 @@ def _handler_failures(s: Any) -> str | None:
 def _sandboxed(a: Assignment, code: str, run: Callable[[Sandbox], tuple[bool, str]]) -> tuple[bool, str]:
     """Load the solution in a fresh sandbox, run one check with it, and judge what the solution did."""
     try:
-        box = Sandbox(code, a.handlers, hidden=_hidden(), timeout=CALL_TIMEOUT)
+        box = Sandbox(code, a.handlers, hidden=grading_folders(), timeout=CALL_TIMEOUT)
     except SandboxError as exc:
         return False, _explain(str(exc))
     except TimeoutError:

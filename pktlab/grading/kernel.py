@@ -10,7 +10,9 @@ as the teacher.  A pktlab course (``pktlab course DIR``) has nbgrader start that
 - in a new PID namespace: whatever the cells start ends with the kernel;
 - in a new mount namespace where every mount is read-only except the submission's own folder, ``/tmp`` (and
   ``/var/tmp``, ``/dev/shm``) is private and empty, and the course's ``source``, ``release``, ``submitted`` and
-  ``feedback`` folders, the other students' graded folders and the gradebook are hidden.
+  ``feedback`` folders, the other students' graded folders, the gradebook and the assignments' own grading folders
+  (held-back captures, references: what the submission's folder, copied into its feedback, must not carry) are
+  hidden.
 
 The network namespace stays the machine's (the kernel talks to nbgrader over local sockets); loopback traffic is
 all it can reach that labs cannot.  Where user namespaces are not allowed the kernel cannot be contained and
@@ -27,6 +29,7 @@ from jupyter_client import AsyncKernelManager
 
 from ..errors import PrivilegeError
 from ..kernel.privilege import userns_unavailable
+from .assignments import grading_folders
 from .sandbox import private_tmp_script, runs_from
 
 COURSE_ROOT = "PKTLAB_COURSE_ROOT"  # set by the course's nbgrader_config.py
@@ -34,7 +37,7 @@ COURSE_ROOT = "PKTLAB_COURSE_ROOT"  # set by the course's nbgrader_config.py
 
 def hidden_paths(course: Path, cwd: Path) -> tuple[list[Path], list[Path]]:
     """(folders, files) of the course that a submission's kernel must not see, given where it runs."""
-    folders = [course / n for n in ("source", "release", "submitted", "feedback")]
+    folders = [course / n for n in ("source", "release", "submitted", "feedback")] + grading_folders()
     graded = course / "autograded"
     own = cwd.resolve().parent if graded in cwd.resolve().parents else None
     if graded.is_dir():
@@ -49,7 +52,7 @@ def contained(argv: list[str], cwd: str | None, course: str | None) -> list[str]
     if why is not None:
         raise PrivilegeError(f"the grading kernel cannot be contained here ({why}); autograde stops rather than "
                              "run a submission unsandboxed")  # fmt: skip
-    folders, files = hidden_paths(Path(course), Path(cwd or ".")) if course else ([], [])
+    folders, files = hidden_paths(Path(course), Path(cwd or ".")) if course else (grading_folders(), [])
     work = str(Path(cwd).resolve()) if cwd else ""
     keep = "\n".join([*runs_from(), *(p for p in argv if os.path.isabs(p) and os.path.exists(p)), work])
     script = (

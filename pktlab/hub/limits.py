@@ -112,6 +112,18 @@ class StudentLimits:
             except OSError as exc:
                 raise OSError(f"cgroup {d} still holds processes {self.pids(user)}: {exc}") from None
 
+    def remove_parent(self) -> bool:
+        """Remove the students' parent cgroup if no student's is left in it (the hub's end); whether it is gone."""
+        gone = True
+        for parent in {d.parent for d in self.dirs("-")}:
+            try:
+                parent.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:  # a student's cgroup is still in it
+                gone = False
+        return gone
+
 
 def kill_all(limits: StudentLimits, user: str) -> list[int]:
     """SIGKILL every process left in ``user``'s cgroup (a server that did not end its kernels); which ones."""

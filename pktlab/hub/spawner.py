@@ -2,9 +2,10 @@
 
 :class:`ClassroomSpawner` is JupyterHub's ``LocalProcessSpawner`` (the server runs as the student's Unix user,
 from pktlab's shared environment, so its kernels are ordinary users' processes: live mode through user
-namespaces) with two things added: on the first start the course notebooks are copied into
-``~/pktlab-notebooks`` — as the student, without the assignments' ``grading/`` folders — and every start puts the
-server in the student's cgroup (:mod:`pktlab.hub.limits`); every stop ends what is left there and removes it.
+namespaces) with three things added: on the first start the course notebooks are copied into
+``~/pktlab-notebooks`` — as the student, without the assignments' ``grading/`` folders; every start puts the
+server in the student's cgroup (:mod:`pktlab.hub.limits`), and every stop ends what is left there and removes it;
+each server gets its role's configuration (a student's or the teacher's nbgrader: :mod:`pktlab.hub.classroom`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Instance, Unicode, default
 
+from .classroom import Classroom
 from .limits import StudentLimits, kill_all
 
 NOTEBOOKS_DIR = "pktlab-notebooks"
@@ -34,6 +36,7 @@ class ClassroomSpawner(LocalProcessSpawner):  # type: ignore[misc]
 
     course_notebooks = Unicode(help="the folder of the course notebooks given to each student").tag(config=True)
     limits = Instance(StudentLimits, help="CPU and memory bounds per student").tag(config=True)
+    classroom = Instance(Classroom, allow_none=True, help="the teacher and nbgrader's exchange").tag(config=True)
 
     @default("limits")
     def _default_limits(self) -> StudentLimits:
@@ -53,6 +56,12 @@ class ClassroomSpawner(LocalProcessSpawner):  # type: ignore[misc]
         )  # fmt: skip
         if proc.returncode != 0:
             self.log.warning("pktlab: the notebooks were not copied for %s: %s", self.user.name, proc.stderr[-300:])
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        if self.classroom is not None:
+            env.update(self.classroom.environment(self.user.name))
+        return env
 
     async def start(self) -> Any:
         self.give_notebooks()

@@ -45,6 +45,10 @@ def _malicious(marker: str, course: Path, teacher_file: Path) -> str:
         "    print('HIDDEN TESTS:', SECRET[SECRET.find('BEGIN HIDDEN'):][:200])\n"
         "except OSError as exc:\n    print('could not read the hidden tests:', exc)\n"
         "try:\n"
+        f"    open({str(ASSIGNMENTS['firewall'].heldback)!r}, 'rb').read(4)\n"
+        "    print('HELD-BACK CAPTURE READ')\n"
+        "except OSError as exc:\n    print('could not read the held-back capture:', exc)\n"
+        "try:\n"
         f"    os.remove({str(teacher_file)!r})\n"
         "except OSError as exc:\n    print('could not delete:', exc)\n"
         "subprocess.run(['iptables', '-I', 'INPUT', '-p', 'udp', '--dport', '9', '-m', 'comment', '--comment',\n"
@@ -140,6 +144,7 @@ def test_nbgrader_generates_autogrades_and_gives_feedback_with_pktlabs_reasons(t
     graded = nbformat.read(course / "autograded" / "malicious" / "firewall" / "firewall.ipynb", as_version=4)
     outputs = json.dumps([c.get("outputs", []) for c in graded.cells])
     assert "HIDDEN TESTS:" not in outputs and "could not read the hidden tests" in outputs
+    assert "HELD-BACK CAPTURE READ" not in outputs and "could not read the held-back capture" in outputs
     assert "forged" not in outputs and "started a process that outlived the check" in outputs
 
     _nbgrader(course, "generate_feedback", "firewall", "--force")

@@ -30,7 +30,7 @@ from tests.notebooks.expected import check_live_output
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY = REPO / ".venv" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
-PREFIX, GROUP = "pktlab-hubt", "pktlab-hubtest"
+PREFIX, GROUP, TEACHER = "pktlab-hubt", "pktlab-hubtest", "pktlab-hubt-teacher"
 OUT = REPO / "test-output" / "hub"
 HELDBACK = REPO / "notebooks" / "assignments" / "firewall" / "grading" / "heldback.pcap"
 
@@ -61,20 +61,25 @@ def _ports() -> int:
 
 
 def _remove_accounts(n: int) -> None:
-    for i in range(1, n + 1):
-        subprocess.run(["userdel", "--remove", f"{PREFIX}{i:02d}"], capture_output=True, check=False)
+    for user in [f"{PREFIX}{i:02d}" for i in range(1, n + 1)] + [TEACHER]:
+        subprocess.run(["userdel", "--remove", user], capture_output=True, check=False)
     subprocess.run(["groupdel", GROUP], capture_output=True, check=False)
 
 
 @contextmanager
-def running_hub(students: int) -> Iterator[tuple[str, dict[str, str], Path]]:
-    """scripts/hub.sh with this test's accounts; yields (base URL, {student: password}, state folder)."""
+def running_hub(students: int, after: dict[str, bool] | None = None) -> Iterator[tuple[str, dict[str, str], Path]]:
+    """scripts/hub.sh with this test's accounts; yields (base URL, {student: password}, state folder).
+
+    ``after["parent cgroup left"]`` says, once the hub stopped, whether it left the students' parent cgroup.
+    """
     _remove_accounts(students)  # an earlier run killed before its clean-up
     state = Path(tempfile.mkdtemp(prefix="pktlab-hub-", dir="/var/tmp"))
+    state.chmod(0o755)  # the shared folder (nbgrader's exchange) is in it; the hub's own state stays root's
     port = _ports()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "STUDENTS": str(students), "PKTLAB_HUB_PREFIX": PREFIX, "PKTLAB_HUB_GROUP": GROUP,
-           "PKTLAB_HUB_STATE": str(state / "hub"), "PKTLAB_HUB_PORT": str(port)}  # fmt: skip
+           "PKTLAB_HUB_TEACHER": TEACHER, "PKTLAB_HUB_STATE": str(state / "hub"),
+           "PKTLAB_HUB_SHARED": str(state / "shared"), "PKTLAB_HUB_PORT": str(port)}  # fmt: skip
     log = open(state / "hub.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(["bash", str(REPO / "scripts" / "hub.sh")], stdout=log, stderr=subprocess.STDOUT,
                             env=env, cwd=REPO)  # fmt: skip
@@ -104,9 +109,16 @@ def running_hub(students: int) -> Iterator[tuple[str, dict[str, str], Path]]:
         shutil.copy(state / "hub.log", OUT / "hub.log")
         _remove_accounts(students)
         shutil.rmtree(state, ignore_errors=True)
-        for d in StudentLimits().dirs("x"):  # the students' parent cgroup, once no student's is left in it
-            if d.parent.is_dir() and not any(c.is_dir() for c in d.parent.iterdir()):
-                d.parent.rmdir()
+        limits = StudentLimits()
+        if after is not None:
+            after["parent cgroup left"] = any(d.parent.exists() for d in limits.dirs("-"))
+        limits.remove_parent()  # the hub removes it as it ends; a failure before that may not have
+
+
+def running_as(uid: int) -> list[str]:
+    """The processes of ``uid`` that still run (a zombie has ended: init reaps it when it gets to it)."""
+    out = subprocess.run(["ps", "-u", str(uid), "-o", "pid=,stat=,args="], capture_output=True, text=True, check=False)
+    return [line for line in out.stdout.splitlines() if line.split()[1][0] != "Z"]
 
 
 def _login(context, base: str, user: str, password: str):  # type: ignore[no-untyped-def]
@@ -177,12 +189,14 @@ def test_three_students_run_notebook_01_live_at_once_isolated_and_nothing_is_lef
 
     students = [f"{PREFIX}{i:02d}" for i in (1, 2, 3)]
     rules_before = pktlab_rules(None)
-    with running_hub(3) as (base, passwords, _), sync_playwright() as p:
+    after: dict[str, bool] = {}
+    with running_hub(3, after) as (base, passwords, _), sync_playwright() as p:
         offline = ["--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1;localhost"]
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
                                     args=["--no-sandbox", *offline])  # fmt: skip
         try:
             pages = {}
+            uids = {u: pwd.getpwnam(u).pw_uid for u in students}  # the accounts go with the hub
             for user in students:  # each in a context of its own: its own login cookie
                 pages[user] = _login(browser.new_context(viewport={"width": 1400, "height": 1600}), base, user,
                                      passwords[user])  # fmt: skip
@@ -224,10 +238,10 @@ def test_three_students_run_notebook_01_live_at_once_isolated_and_nothing_is_lef
         limits = StudentLimits()
     # the hub has stopped: nothing of any student is left
     for user in students:
-        left = subprocess.run(["pgrep", "-u", user], capture_output=True, text=True).stdout.split()
-        assert left == [], f"{user} still runs processes {left}"
+        assert running_as(uids[user]) == [], f"{user} still runs processes"
         assert limits.pids(user) == [] and not any(d.exists() for d in limits.dirs(user))
     assert pktlab_rules(None) == rules_before
+    assert after == {"parent cgroup left": False}
     with open("/proc/self/mountinfo") as f:
         assert "pktlab-hidden" not in f.read()
     assert not [n for n in os.listdir("/run/netns") if n.startswith(PREFIX)] if os.path.isdir("/run/netns") else True
