@@ -179,11 +179,12 @@ def run(clean: bool = False) -> Report:
 
     # before the live check, whose lab would sweep silently; an ordinary user's labs end with their helper
     if clean and checks[2].ok and privilege.current().name == "root":
-        from .kernel import flow_rules, rules
+        from .kernel import flow_rules, kernel_handlers, rules
         from .lab import network as lab
 
         cleaned = [f"namespace {n}" for n in lab.sweep_stale()] + [f"host rule {t}" for t in rules.sweep_stale(None)]
         cleaned += [f"host flow table {t}" for t in flow_rules.sweep_stale(None)]
+        cleaned += [f"host kernel handler table {t}" for t in kernel_handlers.sweep_stale(None)]
     if all(c.ok for c in checks):
         checks.append(_try("live queue", _live_queue, "see the message; `pktlab doctor --clean` removes leftovers"))
     replay = _try("replay", _replay, "run `make setup` (scapy) and keep the repository's datasets/ folder")

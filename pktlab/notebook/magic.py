@@ -139,6 +139,8 @@ def make_parsers() -> dict[str, _Parser]:
     session_arg(hd)
     hd.add_argument("--before", default=None, help="put it before this handler")
     hd.add_argument("--after", default=None, help="put it after this handler")
+    hd.add_argument("--kernel", action="store_true", help="compile it into nftables rules that run in the kernel, "
+                    "in front of the queue (a replay runs it in Python); the rules are printed")  # fmt: skip
     return parsers
 
 
@@ -403,8 +405,11 @@ class PktlabMagicState:
         s = self.session(a.session)
         fn = compile_handler(a.name, cell, self.shell.user_ns if self.shell else {})
         replaced = a.name in s.handlers
-        s.add_handler(fn, a.name, before=a.before, after=a.after)
+        h = s.add_handler(fn, a.name, before=a.before, after=a.after, kernel=a.kernel, first_line=0)
         print(f"handler {a.name} {'replaced' if replaced else 'added'} in session {s.name}: {', '.join(s.handlers)}")
+        if h.kernel is not None:
+            where = "in the kernel" if s.chain.in_kernel else "in Python here (a replay), as these rules would"
+            print(f"{a.name} runs {where}; its nftables rules (s.kernel_rules counts them):\n{h.kernel.describe()}")
         return None
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import HandlerError, MissingToolError
+from ..kernel.handler_compile import compile_handler
 from ..packet.model import Packet
 from ..packet.verdicts import Verdict
 from . import HOOKS, export
@@ -82,18 +83,64 @@ class ChainOwner:
         name: str | None = None,
         before: str | None = None,
         after: str | None = None,
+        kernel: bool = False,
     ) -> Any:
-        """Decorator: ``@s.handler`` adds (or, same name, replaces) a handler."""
+        """Decorator: ``@s.handler`` adds (or, same name, replaces) a handler.
+
+        ``kernel=True`` compiles it into nftables rules that run in the kernel, in front of the queue
+        (:mod:`pktlab.kernel.handler_compile` says what it may hold); a replay runs it in Python.
+        """
 
         def register(f: Callable[[Packet], Any]) -> Callable[[Packet], Any]:
-            self.chain.add(f, name, before=before, after=after)
+            self.add_handler(f, name, before=before, after=after, kernel=kernel)
             return f
 
         return register(fn) if fn is not None else register
 
-    def add_handler(self, fn: Callable[[Packet], Any], name: str | None = None, **kwargs: Any) -> Handler:
-        """Add or replace a handler; see :meth:`HandlerChain.add`."""
-        return self.chain.add(fn, name, **kwargs)
+    def add_handler(
+        self, fn: Callable[[Packet], Any], name: str | None = None, *, kernel: bool = False,
+        first_line: int | None = None, **kwargs: Any,
+    ) -> Handler:  # fmt: skip
+        """Add or replace a handler (see :meth:`HandlerChain.add`); ``kernel=True``: compiled, run in the kernel.
+
+        A kernel handler's rules are installed before the chain changes: if the kernel refuses them, the error
+        says why and the chain stays as it was.  ``first_line``: the line number of the ``def`` in messages.
+        """
+        compiled = None
+        if kernel:
+            label = name or getattr(fn, "__name__", None) or "handler"
+            compiled = compile_handler(fn, family=self.handler_family(), name=label, first_line=first_line)
+        return self.chain.add(fn, name, kernel=compiled, **kwargs)
+
+    def offload_handler(self, fn: Callable[[Packet], Any], name: str | None = None) -> Handler:
+        """``add_handler(fn, name, kernel=True)``: the handler compiled into nftables rules, run in the kernel."""
+        return self.add_handler(fn, name, kernel=True)
+
+    def handler_family(self) -> str:
+        """The address family of the packets the handlers see: ``ipv4``, ``ipv6`` or ``both``."""
+        return "both"
+
+    @property
+    def kernel_rules(self) -> Any:
+        """The kernel handlers' nftables rules as a DataFrame: handler, line (of its Python), python, rule,
+        packets (what the rule matched in the kernel; live only, None in a replay, where they run in Python)."""
+        import pandas as pd
+
+        counts = self.kernel_rule_counts()
+        rows = []
+        for h in self.chain:
+            if h.kernel is None:
+                continue
+            mine = [c for c in counts or [] if c.handler == h.name]
+            for i, r in enumerate(h.kernel.rules):
+                packets = mine[i].packets if i < len(mine) else None
+                rows.append({"handler": h.name, "line": r.line, "python": r.python, "rule": r.text.replace("@", ""),
+                             "packets": packets})  # fmt: skip
+        return pd.DataFrame(rows, columns=["handler", "line", "python", "rule", "packets"])
+
+    def kernel_rule_counts(self) -> list[Any] | None:
+        """The installed kernel rules' counters (None: the handlers run in Python here)."""
+        return None
 
     def remove_handler(self, name: str) -> None:
         self.chain.remove(name)

@@ -4,6 +4,10 @@ The chain a packet runs through is an immutable tuple read once per packet;
 adding, replacing or removing a handler builds a new tuple and swaps it in
 with one assignment, so a packet sees either the old chain or the new one,
 never half of each.  Replacing a handler keeps its position.
+
+Kernel handlers (compiled to nftables rules) come first: on a live queue they run before the queue, so in front
+of every Python handler.  While ``in_kernel`` is set (a live queue) the reader's tuple leaves them out, and every
+change to them is first handed to ``on_kernel_change`` (which installs them, or raises and the change is not made).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Handler:
     stuck_since: float | None = None  # set while a call is past the session's deadline
     rescued: int = 0  # packets the watchdog verdicted because this handler did not return in time
     source: str | None = field(default=None, repr=False)
+    kernel: Any = field(default=None, repr=False)  # its nftables rules (a kernel handler), else None
 
 
 @dataclass(frozen=True)
@@ -111,9 +116,20 @@ class HandlerChain:
         self.left_out = 0  # failures no longer kept in ``failures`` (it keeps the newest max_failures)
         # told of each handler's first failure (the session says it in the cell's output)
         self.on_first_failure: Callable[[Handler, HandlerFailure], None] | None = None
+        self.in_kernel = False  # the kernel handlers run in the kernel (a live queue), not in the reader
+        self.on_kernel_change: Callable[[list[Any]], None] | None = None  # installs them; raises: nothing changes
+        self._kernel_now: list[Any] = []  # what was last installed
 
     def _publish(self) -> None:
-        self.active = tuple(h for h in self._handlers if h.enabled and h.stuck_since is None)
+        self.active = tuple(h for h in self._handlers if h.enabled and h.stuck_since is None
+                            and not (self.in_kernel and h.kernel is not None))  # fmt: skip
+
+    def run_in_kernel(self, on: bool) -> None:
+        """A live queue runs the kernel handlers in the kernel (``on``); a capture runs them here."""
+        with self._lock:
+            self.in_kernel = on
+            self._kernel_now = []
+            self._commit(list(self._handlers))
 
     def add(
         self,
@@ -123,8 +139,12 @@ class HandlerChain:
         before: str | None = None,
         after: str | None = None,
         source: str | None = None,
+        kernel: Any = None,
     ) -> Handler:
-        """Add ``fn`` under ``name``; an existing handler of that name is replaced in place."""
+        """Add ``fn`` under ``name``; an existing handler of that name is replaced in place.
+
+        ``kernel``: its compiled rules (it is a kernel handler: it goes among the kernel handlers, in front).
+        """
         name = name or getattr(fn, "__name__", None) or f"handler{len(self._handlers) + 1}"
         if before is not None and after is not None:
             raise HandlerError(
@@ -132,25 +152,53 @@ class HandlerChain:
             )
         _check_fn(fn, name)
         with self._lock:
-            for i, h in enumerate(self._handlers):
-                if h.name == name:
-                    new = Handler(name, fn, h.enabled, source=source)
-                    self._handlers[i] = new
-                    self._publish()
-                    break
+            handlers = list(self._handlers)
+            old = next((i for i, h in enumerate(handlers) if h.name == name), None)
+            if old is not None and (handlers[old].kernel is None) == (kernel is None):
+                replaced = handlers[old]
+                new = Handler(name, fn, replaced.enabled, source=source, kernel=kernel)
+                handlers[old] = new
             else:
-                new = Handler(name, fn, source=source)
-                anchor = before or after
-                if anchor is not None:
-                    idx = self._index(anchor) + (1 if after else 0)
-                    self._handlers.insert(idx, new)
-                else:
-                    self._handlers.append(new)
-                self._publish()
-                return new
-        if self.on_replace is not None:
+                enabled = handlers[old].enabled if old is not None else True
+                if old is not None:
+                    del handlers[old]
+                new = Handler(name, fn, enabled, source=source, kernel=kernel)
+                handlers.insert(self._place(handlers, new, before, after), new)
+            self._commit(handlers)
+        if old is not None and self.on_replace is not None:
             self.on_replace(name)  # e.g. the flow verdicts it gave are taken back: the new code decides again
         return new
+
+    def _place(self, handlers: list[Handler], new: Handler, before: str | None, after: str | None) -> int:
+        """Where ``new`` goes: kernel handlers in front of every Python handler."""
+        kernel_end = sum(1 for h in handlers if h.kernel is not None)
+        anchor = before or after
+        if anchor is None:
+            return kernel_end if new.kernel is not None else len(handlers)
+        idx = next((i for i, h in enumerate(handlers) if h.name == anchor), None)
+        if idx is None:
+            have = ", ".join(h.name for h in handlers) or "none"
+            raise HandlerError(f"no handler named {anchor!r}; the chain has {have}")
+        at = idx + (1 if after else 0)
+        if (new.kernel is not None and at > kernel_end) or (new.kernel is None and at < kernel_end):
+            raise HandlerError(
+                f"handler {new.name!r} cannot go {'before' if before else 'after'} {anchor!r}: kernel handlers run "
+                "before the queue, so in front of every Python handler"
+            )
+        return at
+
+    def _commit(self, handlers: list[Handler]) -> None:
+        """Make ``handlers`` the chain (the lock is held); kernel handlers are installed first, or nothing changes."""
+        kernel = [h.kernel for h in handlers if h.kernel is not None and h.enabled]
+        if self.in_kernel and self.on_kernel_change is not None and kernel != self._kernel_now:
+            self.on_kernel_change(kernel)
+        self._kernel_now = kernel
+        self._handlers = handlers
+        self._publish()
+
+    def kernel_handlers(self) -> list[Any]:
+        """The compiled rules of the kernel handlers that are on, in chain order."""
+        return [h.kernel for h in self._handlers if h.kernel is not None and h.enabled]
 
     def _index(self, name: str) -> int:
         for i, h in enumerate(self._handlers):
@@ -160,20 +208,26 @@ class HandlerChain:
 
     def remove(self, name: str) -> None:
         with self._lock:
-            del self._handlers[self._index(name)]
-            self._publish()
+            handlers = list(self._handlers)
+            del handlers[self._index(name)]
+            self._commit(handlers)
         if self.on_replace is not None:
             self.on_replace(name)
 
     def clear(self) -> None:
         with self._lock:
-            self._handlers.clear()
-            self._publish()
+            self._commit([])
 
     def enable(self, name: str, on: bool = True) -> None:
         with self._lock:
-            self._handlers[self._index(name)].enabled = on
-            self._publish()
+            h = self._handlers[self._index(name)]
+            was = h.enabled
+            h.enabled = on
+            try:
+                self._commit(list(self._handlers))
+            except BaseException:
+                h.enabled = was
+                raise
 
     def __getitem__(self, name: str) -> Handler:
         return self._handlers[self._index(name)]

@@ -101,6 +101,8 @@ class Status:
     stuck_threads: int = 0  # reader threads still inside a hung handler call
     filter: str | None = None  # the tcpdump filter run in the kernel (a replay: by libpcap)
     offloads: list[tuple[str, int]] = field(default_factory=list)  # description, packets decided
+    kernel_rules: list[tuple[str, int, str, int]] = field(default_factory=list)  # kernel handlers' rules (live):
+    # (handler, Python line, nftables rule, packets it matched)
     source: str | None = None  # a replay: the capture's file name (None: a kernel queue)
     packets: int = 0  # a replay: packets read from the capture (those outside the filter too)
     seconds: float = 0.0  # a replay: how long the last run() took
@@ -167,6 +169,8 @@ class Status:
             out.append(f"  filter{' (in the kernel)' if self.source is None else ''}: {self.filter}")
         for desc, hits in self.offloads:
             out.append(f"  offload: {desc}  ({hits} packets decided in the kernel)")
+        for handler, line, rule, hits in self.kernel_rules:
+            out.append(f"  kernel handler {handler}, line {line}: {rule}  ({hits} packets)")
         for r in self.rules:  # a BPF program's bytecode says nothing to a person: its length does
             out.append("  rule: " + _BYTECODE.sub(_bpf_length, r))
         if self.handlers:
@@ -602,6 +606,15 @@ class Session(ChainOwner):
     def offload_hits(self, expr: str) -> int:
         """Packets the kernel decided for this offload so far (its rule's counter)."""
         return self.source.offload_hits(self, expr)
+
+    def handler_family(self) -> str:
+        """The address family of the session's packets (its queue rule's; a replay: both)."""
+        rule = self.source.rule
+        return rule.family if rule is not None else "both"
+
+    def kernel_rule_counts(self) -> list[Any] | None:
+        """The installed kernel handlers' rules with the kernel's counters (None: a replay, or detached)."""
+        return self.source.kernel_rule_counts(self)
 
     def controls(self, period: float = 0.5) -> Any:
         """Pause, step, inspect, toggle handlers, set verdicts (see :mod:`pktlab.notebook.controls`)."""

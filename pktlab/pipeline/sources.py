@@ -21,10 +21,12 @@ from typing import Any, Protocol, runtime_checkable
 from ..errors import PktlabError, QueueBusyError, SessionError
 from ..kernel import bpf as _bpf
 from ..kernel import flow_rules as _flow_rules
+from ..kernel import kernel_handlers as _kernel_handlers
 from ..kernel import netns as _netns
 from ..kernel import offload as _offload
 from ..kernel import rules as _rules
 from ..kernel.flow_rules import FlowRules, KernelFlow
+from ..kernel.kernel_handlers import KernelHandlers, RuleCount
 from ..kernel.offload import Offload
 from ..kernel.privilege import require_place
 from ..kernel.proc import QueueCounters
@@ -93,6 +95,7 @@ class PacketSource(Protocol):
     def flows_offloaded(self) -> list[KernelFlow] | None: ...  # the kernel's flows (None: pktlab's own)
     def revoke_flows(self, ends: set[tuple[Any, ...]] | None) -> None: ...  # take flow verdicts back
     def handler_replaced(self, session: SourceOwner) -> None: ...
+    def kernel_rule_counts(self, session: SourceOwner) -> list[RuleCount] | None: ...  # None: not in a kernel
 
     # -- only a queue (a capture refuses) ----------------------------------------------------
     def offload(self, session: SourceOwner, expr: str, verdict: Any, mark: int | None) -> Offload: ...
@@ -172,6 +175,7 @@ class LiveQueue(_Reading):
         self.flow_verdicts = flow_verdicts  # flow rules at attach (else at the first flow verdict)
         self.copy_auto = copy_auto
         self.flow_rules: FlowRules | None = None
+        self.kernel_handlers: KernelHandlers | None = None  # the session's compiled handlers (made with the first)
         self._offloads: dict[str, Offload] = {}
         self._raw: RawSender | None = None
 
@@ -238,6 +242,7 @@ class LiveQueue(_Reading):
             print(f"pktlab: queueing in the HOST namespace: {self.rule.describe()}")
         _rules.sweep_stale(self.netns)
         _flow_rules.sweep_stale(self.netns)
+        _kernel_handlers.sweep_stale(self.netns)
         d = session.dispatcher
 
         def bound(fd: int) -> None:  # the dispatcher writes batch verdicts to the queue's socket itself
@@ -268,9 +273,39 @@ class LiveQueue(_Reading):
                 self.rules.remove()
                 self.reader_source.stop(drain=0.5)
                 raise
+        session.chain.on_kernel_change = self._install_kernel_handlers
+        try:
+            session.chain.run_in_kernel(True)  # the kernel handlers it has already go in now
+        except BaseException:
+            session.chain.on_kernel_change = None
+            if self.flow_rules is not None:
+                self.flow_rules.remove()
+                self.flow_rules = None
+            self.rules.remove()
+            self.reader_source.stop(drain=0.5)
+            raise
         if self.lab is not None:
             self.lab.track_session(session)
         self._say_what_accepts_skip(session)
+
+    def _install_kernel_handlers(self, handlers: list[Any]) -> None:
+        """The chain's kernel handlers changed: install them (one transaction), or raise and nothing changes."""
+        if handlers and self._offloads:
+            raise SessionError(
+                "this session has offloaded verdicts, which the kernel applies in front of the queue in iptables, "
+                "after kernel handlers; remove the offloads (s.remove_offload) or run the handler in Python"
+            )
+        if self.kernel_handlers is None:
+            if not handlers:
+                return
+            self.kernel_handlers = KernelHandlers(self.rules, self.rule, self.netns, next(_OFFLOAD_SEQ))
+        if self.flow_rules is not None and self.flow_rules.installed:
+            self.kernel_handlers.flow_bit = self.flow_rules.accept_bit
+        self.kernel_handlers.install(handlers)
+
+    def kernel_rule_counts(self, session: SourceOwner) -> list[RuleCount] | None:
+        kh = self.kernel_handlers
+        return kh.counts() if kh is not None and session.attached else None
 
     def _say_what_accepts_skip(self, session: SourceOwner) -> None:
         """Once per attach: the rules below the queue rule that a packet the handlers accept no longer meets."""
@@ -290,6 +325,9 @@ class LiveQueue(_Reading):
         if self.lab is not None:
             self.lab.forget_session(session)
         self._offloads.clear()
+        session.chain.on_kernel_change = None
+        if self.kernel_handlers is not None:
+            td.step("removing its kernel handlers", self.kernel_handlers.remove)
         if self.flow_rules is not None:
             td.step("removing its flow verdicts from the kernel", self.flow_rules.remove)
             self.flow_rules = None
@@ -309,7 +347,12 @@ class LiveQueue(_Reading):
             return 0
         if self.flow_rules is None:
             self.flow_rules = FlowRules(self.rules, self.rule, self.netns, next(_OFFLOAD_SEQ))
-        self.flow_rules.install()
+        if not self.flow_rules.installed:
+            self.flow_rules.install()
+            kh = self.kernel_handlers
+            if kh is not None and kh.installed:  # the connections it accepts skip its kernel handlers from now on
+                kh.flow_bit = self.flow_rules.accept_bit
+                kh.install(kh.installed)
         if verdict == "drop":  # its packet is dropped as decided; the kernel's set drops the rest
             self.flow_rules.drop(flow.proto, flow.a, flow.b)
             return 0
@@ -340,6 +383,11 @@ class LiveQueue(_Reading):
         if not session.attached:
             raise SessionError(f"session {session.name} is not attached; offloads live in its rules, attach first")
         name, mark = _offload.parse_verdict(verdict, mark)
+        if self.kernel_handlers is not None and self.kernel_handlers.installed:
+            raise SessionError(
+                "this session has kernel handlers, which run before the iptables rules an offload would add, so "
+                "the two would decide in another order than pktlab's; remove them or run them in Python first"
+            )
         expr = " ".join(str(expr).split())
         old = self._offloads.get(expr)
         key = old.key if old is not None else next(_OFFLOAD_SEQ)
@@ -371,6 +419,10 @@ class LiveQueue(_Reading):
         if not session.attached:
             raise SessionError(f"session {session.name} is not attached; there is no rule to take out")
         offloads = list(self._offloads.values())
+        kh = self.kernel_handlers
+        compiled = list(kh.installed) if kh is not None else []
+        if kh is not None:
+            kh.remove()
         self.rules.remove()
         try:
             yield
@@ -378,6 +430,8 @@ class LiveQueue(_Reading):
             self.rules.install([self.rule])
             for off in offloads:
                 self.rules.put_front(off.key, [(self.rule, line) for line in off.lines(self.rule)])
+            if kh is not None and compiled:
+                kh.install(compiled)
 
     # -- status ----------------------------------------------------------------------------
     def status_fields(self, session: SourceOwner) -> dict[str, Any]:
@@ -406,6 +460,7 @@ class LiveQueue(_Reading):
             if attached
             else [],
             "kernel_flows": self.kernel_flows,
+            "kernel_rules": [(c.handler, c.line, c.rule, c.packets) for c in self.kernel_rule_counts(session) or []],
             "packets": session.record.n + len(session.held),
             "copy": src.describe_copy(),
             "recopied": session.dispatcher.recopied,
@@ -491,6 +546,9 @@ class CaptureReplay(_Reading):
 
     def revoke_flows(self, ends: set[tuple[Any, ...]] | None) -> None:
         return None
+
+    def kernel_rule_counts(self, session: SourceOwner) -> list[RuleCount] | None:
+        return None  # a replay runs kernel handlers in Python, as it runs the others
 
     def handler_replaced(self, session: SourceOwner) -> None:
         return None

@@ -52,6 +52,7 @@ class IPv4(View):
     version = Field(0, 4)
     ihl = Field(4, 4)
     tos = Field(8, 8)
+    dscp = Field(8, 6)  # the tos byte's upper six bits (Differentiated Services)
     len = Field(16, 16)
     id = Field(32, 16)
     flags = Field(48, 3)
@@ -87,6 +88,7 @@ class IPv6(View):
     header_len_min = 40
     version = Field(0, 4)
     tc = Field(4, 8)
+    dscp = Field(4, 6)  # the traffic class's upper six bits
     fl = Field(12, 20)
     plen = Field(32, 16)
     nh = Field(48, 8)
