@@ -252,61 +252,59 @@ class _Compiler:
         self.rules[chain].append(KernelRule(chain, text, n + self.first - 1, py))
 
     # -- statements ------------------------------------------------------------------------
-    def block(self, stmts: list[ast.stmt], chain: str, facts: _Facts) -> tuple[bool, str]:
-        """Compile ``stmts`` into ``chain``: (whether every path through them returns, the chain they end in)."""
+    def block(self, stmts: list[ast.stmt], chain: str, facts: _Facts, after: str | None = None) -> bool:
+        """Compile ``stmts`` into ``chain``; True if every path through them returns.
+
+        ``after``: the chain of what follows them in an enclosing block (a path that falls off their end goes
+        there; None: off the end of the handler, on to the next one).
+        """
         for i, st in enumerate(stmts):
             if isinstance(st, ast.Pass) or (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant)
                                             and isinstance(st.value.value, str)):  # fmt: skip
                 continue
             if isinstance(st, ast.Return):
                 self.emit(chain, st, self.verdict(st))
-                return True, chain
+                return True
             if isinstance(st, ast.Assign | ast.Expr):
                 self.emit(chain, st, self.statement(st, facts))
                 continue
             if isinstance(st, ast.If):
-                return self.branch(st, stmts[i + 1 :], chain, facts)
+                return self.branch(st, stmts[i + 1 :], chain, facts, after)
             raise self.refuse(st, _CONSTRUCTS.get(type(st), type(st).__name__))
-        return False, chain
+        if after is not None:
+            self.emit(chain, stmts[-1] if stmts else ast.Pass(lineno=1), f"goto @{after}")
+        return False
 
-    def branch(self, st: ast.If, rest: list[ast.stmt], chain: str, facts: _Facts) -> tuple[bool, str]:
+    def branch(self, st: ast.If, rest: list[ast.stmt], chain: str, facts: _Facts, after: str | None) -> bool:
         conjs = self.dnf(st.test, facts, True)
         if len(conjs) > MAX_CONJUNCTS:
             raise self.refuse(st, f"a condition of more than {MAX_CONJUNCTS} alternatives (as rules)")
         then_facts, else_facts = _Facts.common(conjs, facts), _Facts.common(self.dnf(st.test, facts, False), facts)
         inline = self.inline(st.body, facts, conjs)
+        then = None
         if inline is not None:  # one rule per conjunct, ending in a verdict: its rewrites and its verdict
             for conj, text in inline:
                 self.emit(chain, st, " ".join([*(lit.text for lit in conj), text]))
             if not st.orelse:  # the packets the condition did not take go on with the next rules, here
-                return self.block(rest, chain, else_facts)
-            then = None
+                return self.block(rest, chain, else_facts, after)
         else:
             then = self.new_chain(f"{chain}_if{st.lineno}")
             for conj in conjs:
                 self.emit(chain, st, " ".join([*(lit.text for lit in conj), f"goto @{then}"]))
         orelse = self.new_chain(f"{chain}_else{st.lineno}") if st.orelse else None
         cont = self.new_chain(f"{chain}_after{st.lineno}") if rest else None
-        if orelse or cont:  # where the packets go that the condition did not take (else: off the end, on)
-            self.emit(chain, st, f"goto @{orelse or cont}")
-        then_ends = True
-        if then is not None:
-            then_ends, tail = self.block(st.body, then, then_facts)
-            if not then_ends and cont is not None:
-                self.emit(tail, st, f"goto @{cont}")
-        else_ends = False
-        if orelse is not None:
-            else_ends, tail = self.block(st.orelse, orelse, else_facts)
-            if not else_ends and cont is not None:
-                self.emit(tail, st, f"goto @{cont}")
+        nxt = cont or after  # where a branch that does not return goes on
+        if orelse or nxt:  # where the packets go that the condition did not take (else: off the end, on)
+            self.emit(chain, st, f"goto @{orelse or nxt}")
+        then_ends = self.block(st.body, then, then_facts, nxt) if then is not None else True
+        else_ends = self.block(st.orelse, orelse, else_facts, nxt) if orelse is not None else False
         if cont is None:
-            return then_ends and else_ends, chain
+            return then_ends and else_ends
         if then_ends and else_ends:  # nothing reaches what follows the if
             self.chains.remove(cont)
             del self.rules[cont]
-            return True, chain
-        after = else_facts if then_ends else then_facts if else_ends else facts
-        return self.block(rest, cont, after)
+            return True
+        return self.block(rest, cont, else_facts if then_ends else then_facts if else_ends else facts, after)
 
     def inline(self, body: list[ast.stmt], facts: _Facts, conjs: list[_Conj]) -> list[tuple[_Conj, str]] | None:
         """A branch of rewrites and a return as one rule per conjunct (None: it needs a chain of its own)."""
