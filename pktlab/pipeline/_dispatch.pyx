@@ -593,13 +593,14 @@ cdef class Dispatcher:
         if pkt._modified or self.seqadj_on:
             return True
         p = buf_ptr(pkt._buf, &n)
-        # a SYN's MSS makes room for segments a handler may grow: only while the session has handlers (a
-        # delay line or a session that only looks leaves TCP as it is)
+        # a SYN's MSS makes room for segments a handler may grow: only while the session has handlers that can (a
+        # delay line, a session that only looks, or kernel handlers, which change no length, leave TCP as it is)
         return (pkt._l4off + 13 < n and p[pkt._l4off + 13] & 0x02 and self.seqadj_headroom > 0
-                and len(self.chain.active) > 0)
+                and self.chain.may_resize)
 
     cdef int _seqadj(self, PacketCore pkt, bytes original, bint rewrite, bint wait=False) except -1:
         """Adjust an accepted TCP packet in place (raises SeqAdjError, nothing changed, for an impossible rewrite)."""
+        self.seqadj.clamp = self.chain.may_resize  # kernel handlers alone change no length: SYNs keep their MSS
         try:
             self.seqadj.apply(pkt, original, rewrite, wait, self.tcp_high)
         finally:

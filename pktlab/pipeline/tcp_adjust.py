@@ -59,6 +59,7 @@ class TcpAdjust:
     def __init__(self, adjuster: SeqAdjuster | None = None, headroom: int = 64) -> None:
         self.adjuster = adjuster if adjuster is not None else SeqAdjuster()
         self.headroom = headroom
+        self.clamp = True  # take headroom off SYNs' MSS (the dispatcher: only while a handler may grow segments)
         self._lock = threading.Lock()  # the reader thread and a held packet's verdict from the notebook
 
     @property
@@ -129,7 +130,7 @@ class TcpAdjust:
             res = self.adjuster.adjust(seg, out, pkt.time, sent_end=sent_end, wait=wait)
         if res is not None:
             self._write(pkt, original, seg, res, o_opts, at, rewrite)
-        if o.flagbits & 0x02 and self.headroom > 0:
+        if o.flagbits & 0x02 and self.headroom > 0 and self.clamp:
             self._clamp_mss(pkt)
 
     def _write(
