@@ -72,6 +72,10 @@ class HandlerError(PktlabError):
     """A handler is not usable (not callable, wrong signature, bad return)."""
 
 
+class KernelHandlerError(HandlerError):
+    """A handler cannot become nftables rules (``kernel=True``); the message names the line and the construct."""
+
+
 class PacketFormatError(PktlabError, ValueError):
     """A packet is too short or has an inconsistent length for the view read."""
 

@@ -10,7 +10,8 @@ from ipaddress import ip_address, ip_network  # noqa: F401 - the handlers below 
 import pytest
 
 import pktlab
-from pktlab.kernel.handler_compile import KERNEL_ACCEPT, KernelHandlerError, compile_handler
+from pktlab.errors import KernelHandlerError
+from pktlab.kernel.handler_compile import KERNEL_ACCEPT, compile_handler
 
 BLOCKED = {22, 23}
 
@@ -58,7 +59,7 @@ def test_each_construct_becomes_its_rule() -> None:
     ]
     shown = c.describe()
     assert "tcp dport { 22, 23 } drop" in shown
-    assert "# line 19: if pkt.tcp is not None and pkt.tcp.dport in BLOCKED" in shown
+    assert "# line 20: if pkt.tcp is not None and pkt.tcp.dport in BLOCKED" in shown  # its line in this file
 
 
 def test_ipv6_fields_and_presence() -> None:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import HandlerError
+from ..errors import KernelHandlerError
 
 KERNEL_ACCEPT = 0x10000000  # one bit of skb->mark: "a kernel handler accepted this packet" (cleared behind the queue)
 
@@ -92,10 +92,6 @@ _CONSTRUCTS = {
 }  # fmt: skip
 MAX_CONJUNCTS = 64
 FALLBACK = "; without kernel=True the handler runs in Python as it is"
-
-
-class KernelHandlerError(HandlerError):
-    """A handler cannot become nftables rules (the message names the line and the construct)."""
 
 
 @dataclass(frozen=True)

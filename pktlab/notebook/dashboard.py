@@ -106,8 +106,10 @@ class Dashboard:
             else f", waiting in the kernel <span class='pktlab-depth'>{s.queue_depth}</span>"
         )
         flows = f", flows decided <span class='pktlab-flows'>{s.flows_decided}</span>" if s.flows_decided else ""
+        kernel = (f", decided by kernel handlers <span class='pktlab-kernel-decided'>{s.kernel_decided}</span>"
+                  if s.kernel_decided else "")  # fmt: skip
         return (f"<b>{name}</b>: packets <span class='pktlab-packets'>{s.packets}</span>, "
-                f"{s.pps:,.0f} packets/s, {s.mbps:,.2f} Mbps{depth}{flows}")  # fmt: skip
+                f"{s.pps:,.0f} packets/s, {s.mbps:,.2f} Mbps{depth}{flows}{kernel}")  # fmt: skip
 
     def update(self, s: Sample) -> None:
         """Push one sample into the plots (called by the monitor thread)."""

@@ -38,6 +38,7 @@ class Sample:
     queue_depth: int | None  # packets waiting in the kernel now (None: no kernel queue, e.g. a replay)
     kernel_drops: int | None  # packets the kernel dropped or could not deliver, since the start
     flows_decided: int = 0  # connections given a flow verdict (decided in the kernel, live)
+    kernel_decided: int = 0  # packets kernel handlers decided in the kernel (live), since they were installed
     hist_counts: list[int] = field(default_factory=list)  # handler time histogram of the newest entries
     latest: list[Entry] = field(default_factory=list)  # newest record entries, newest first
 
@@ -52,7 +53,8 @@ class LiveStats:
         self.history: deque[Sample] = deque(maxlen=n)
         self._last: tuple[float, int, dict[str, int], int] | None = None
 
-    def sample(self, record: Any, kernel: Any | None, now: float | None = None, flows_decided: int = 0) -> Sample:
+    def sample(self, record: Any, kernel: Any | None, now: float | None = None, flows_decided: int = 0,
+               kernel_decided: int = 0) -> Sample:  # fmt: skip
         now = time.time() if now is None else now
         ring = record.ring
         n = ring.n
@@ -85,7 +87,7 @@ class LiveStats:
             depth = kernel.queue_total
             drops = kernel.queue_dropped + kernel.user_dropped
         latest = list(reversed(tail[-self.latest :]))
-        s = Sample(now, n, pps, mbps, vps, errs, depth, drops, flows_decided, hist, latest)
+        s = Sample(now, n, pps, mbps, vps, errs, depth, drops, flows_decided, kernel_decided, hist, latest)
         self._last = (now, n, counts, errors)
         self.history.append(s)
         return s
@@ -147,7 +149,8 @@ class Monitor:
     def _publish(self) -> None:
         try:
             kc = self.session.kernel_counters() if hasattr(self.session, "kernel_counters") else None
-            s = self.stats.sample(self.session.record, kc, flows_decided=getattr(self.session, "flows_decided", 0))
+            s = self.stats.sample(self.session.record, kc, flows_decided=getattr(self.session, "flows_decided", 0),
+                                  kernel_decided=getattr(self.session, "kernel_decided", 0))  # fmt: skip
             self.ticks += 1
             with self._lock:
                 subs = list(self._subs)

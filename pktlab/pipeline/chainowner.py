@@ -142,6 +142,13 @@ class ChainOwner:
         """The installed kernel rules' counters (None: the handlers run in Python here)."""
         return None
 
+    @property
+    def kernel_decided(self) -> int:
+        """Packets the kernel handlers gave a verdict (accept or drop) in the kernel so far (0: none installed)."""
+        if not self.chain.kernel_handlers():
+            return 0
+        return sum(c.packets for c in self.kernel_rule_counts() or [] if c.rule.split()[-1] in ("accept", "drop"))
+
     def remove_handler(self, name: str) -> None:
         self.chain.remove(name)
 

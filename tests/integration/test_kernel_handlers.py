@@ -134,6 +134,7 @@ def test_the_kernel_decides_live_packets_as_the_python_handler_does(lab: Lab, tm
         assert k.record.n == seen_in.record.n - 20 - 10 - (10 if root else 10)  # accepted in the kernel: not queued
         status = str(k.status())
         assert "kernel handler corpus, line" in status and "(10 packets)" in status
+        assert k.kernel_decided == 40  # dropped 2 x 10, accepted 2 x 10 (IPv4 and IPv6)
     finally:
         for s in (seen_in, k, seen_out):
             s.detach()
@@ -166,12 +167,40 @@ def test_replacing_a_kernel_handler_under_traffic_is_atomic(lab: Lab, queue_num:
             s.add_handler(fns[(swaps + 1) % 2], kernel=True)  # the cell run again, alternately
             swaps += 1
         r = flow.wait()
+        d = s.dashboard()  # the last generation's rules count what they decided; the dashboard says so
+        assert wait_until(lambda: "pktlab-kernel-decided" in d.counter.text, timeout=10), d.counter.text
         assert swaps >= 10 and s.handlers == ["swap", "behind"]
         assert r.unique == count, f"{r.missing_count} lost during {swaps} swaps"
         assert reached_queue == [] and s.record.n == 0  # every packet met one version of the handler
     finally:
         s.detach()
     assert "pktlab_kh" not in netns.run(lab.server.netns, ["nft", "list", "tables"]).stdout
+    assert pktlab_rules(lab.server.netns) == []
+
+
+def test_a_connection_accepted_as_a_flow_skips_the_kernel_handlers(lab: Lab, queue_num: int) -> None:
+    s = pktlab.attach(queue_num, rule="-p tcp --dport 9001", netns=lab.server, flow_verdicts=True)
+    try:
+        syns = []
+
+        @s.handler
+        def first_decides(pkt):
+            syns.append(pkt.tcp.flags.syn)
+            return pkt.accept(flow=True)
+
+        src = "def only_syns(pkt):\n    if pkt.tcp is not None and not pkt.tcp.flags.syn:\n        return pkt.drop()\n"
+        linecache.cache["<only_syns>"] = (len(src), None, src.splitlines(True), "<only_syns>")
+        ns: dict = {}
+        exec(compile(src, "<only_syns>", "exec"), ns)
+        s.add_handler(ns["only_syns"], kernel=True)
+        # the SYN passes the kernel handler and is accepted as a flow in Python; the rest of the connection would
+        # be dropped by the kernel handler, but a connection accepted as a flow skips it, as it skips the queue
+        assert lab.tcp(1 << 20, port=9001)["received"] == 1 << 20
+        assert syns == [True]
+        rules = s.kernel_rule_counts()
+        assert rules and rules[0].packets == 0
+    finally:
+        s.detach()
     assert pktlab_rules(lab.server.netns) == []
 
 

@@ -91,6 +91,21 @@ def test_full_cycle_through_magics(shell, capsys) -> None:
         assert err is None and s.handlers == ["drop_big"]
         assert lab.udp(20, size=600).unique == 20
 
+        # a kernel handler: compiled, its rules printed, its packets decided before the queue
+        capsys.readouterr()
+        _, err = run(shell, "%%pktlab handler fast --kernel\nif pkt.udp is not None and pkt.udp.dport == 9000:\n"
+                            "    return pkt.accept()\n")  # fmt: skip
+        said = capsys.readouterr().out
+        assert err is None and s.handlers == ["fast", "drop_big"], err
+        assert "fast runs in the kernel" in said and "udp dport == 9000" in said and "# line 1: if pkt.udp" in said
+        n = s.record.n
+        assert lab.udp(10, size=600).unique == 10 and s.record.n == n  # drop_big never saw them
+        _, err = run(shell, "%%pktlab handler slow --kernel\nfor x in range(3):\n    pass\n")
+        assert "line 1 (for x in range(3):): a for loop cannot run in the kernel" in err and "\n" not in err
+        assert s.handlers == ["fast", "drop_big"]
+        _, err = run(shell, "%pktlab handler remove fast")
+        assert err is None and s.handlers == ["drop_big"]
+
         _, err = run(shell, "%%pktlab handler broken\nif len(pkt) >:\n    pass\n")
         assert "syntax error on line 1" in err and s.handlers == ["drop_big"]
 
