@@ -18,9 +18,13 @@
     (client to server), "kernel NAT" and "handler NAT" (notebook 04's: to the router's virtual address,
     DNAT in its kernel, or pktlab's NAT handler on a queue in its PREROUTING, which NPtcp's packets
     cross as well).
+(k) Kernel handlers (issue 38): the kernel's NAT, a static NAT handler compiled into nftables rules
+    (kernel=True) and the same handler in Python, alternated on one lab, medians per block size. Goal: the
+    compiled NAT >= 90 % of the kernel NAT's throughput at every size from 64 KiB, latency within 10 %.
 (s) Steal time and a ping-pong's speed (issue 21's cause): STEAL_TRIALS trials of 30 round trips of
     STEAL_BYTES on one connection, the host's steal ticks of both CPUs read around each trial.
-Run: `.venv/bin/python bench/bench_netpipe.py [agree] [queue] [nat] [steal]` (as root; the first three by default).
+Run: `.venv/bin/python bench/bench_netpipe.py [agree] [queue] [nat] [steal] [kernel-nat]` (as root; the first three
+by default).
 """
 
 from __future__ import annotations
@@ -254,6 +258,78 @@ def nat_run(gso: bool) -> None:
               f"{row['max Mbps'] / sc:,.0f}x | {row['max Mbps'] / k:.1%} |")  # fmt: skip
 
 
+def kernel_nat_table(rounds: int = 3) -> None:
+    """Issue 38's three curves: the kernel's NAT, a stateless NAT handler compiled into nftables rules
+    (``kernel=True``), and the same handler run in Python, alternated ``rounds`` times on one lab; per block size
+    the median of the rounds.  Goal: compiled >= 90 % of the kernel NAT's throughput at every size from 64 KiB,
+    latency (the smallest block's one-way time) within 10 %."""
+    import statistics
+
+    vip = "10.77.2.100"
+    names = ("kernel NAT", "compiled NAT (kernel=True)", "the same NAT handler in Python")
+    runs: dict[str, list[dict[int, tuple[float, float]]]] = {n: [] for n in names}
+    with pktlab.Lab("router") as lab:
+        real, client = lab.server.addr, lab.client.addr
+        nat = _stateless_nat(vip, real, client)
+        s = pktlab.attach(1, rule="-s 10.77.0.0/16", hook="PREROUTING", netns=lab.router)
+        try:
+            for _ in range(rounds):
+                for name in names:
+                    if name == "kernel NAT":
+                        with s.out_of_path():
+                            lab.router.run(["iptables", "-t", "nat", "-A", "PREROUTING", "-d", vip, "-j", "DNAT",
+                                            "--to-destination", real])  # fmt: skip
+                            res = pktlab.netpipe(lab, [None], max_bytes=MAX, to=vip)
+                            lab.router.run(["iptables", "-t", "nat", "-F"])
+                    else:
+                        s.add_handler(nat, "nat", kernel=name.startswith("compiled"))
+                        res = pktlab.netpipe(lab, [s], max_bytes=MAX, to=vip)
+                        if name.startswith("compiled"):
+                            rules = s.kernel_rules
+                    runs[name].append({p.bytes: (p.mbps, p.usec) for p in res.points})
+            errors, queued = len(s.errors), s.record.n
+        finally:
+            s.detach()
+    sizes = sorted(set.intersection(*(set(r) for n in names for r in runs[n])))
+    med = {n: {b: (statistics.median(r[b][0] for r in runs[n]), statistics.median(r[b][1] for r in runs[n]))
+               for b in sizes} for n in names}  # fmt: skip
+    k, c, py = names
+    print(f"\n### Kernel handlers: the NAT three ways ({rounds} alternated rounds, medians per block size; up to "
+          f"{MAX:,} bytes; handler errors {errors}; {queued:,} packets reached the queue, all in the Python runs)\n")
+    print("| block bytes | kernel NAT Mbps | compiled Mbps | Python Mbps | compiled / kernel | Python / kernel |\n"
+          "|---|---|---|---|---|---|")  # fmt: skip
+    for b in sizes:
+        if b >= 1 << 10 or b == sizes[0]:
+            kb, cb, pb = med[k][b][0], med[c][b][0], med[py][b][0]
+            print(f"| {b:,} | {kb:,.0f} | {cb:,.0f} | {pb:,.0f} | {cb / kb:.0%} | {pb / kb:.0%} |")
+    big = [b for b in sizes if b >= 64 << 10]
+    worst = min(med[c][b][0] / med[k][b][0] for b in big) if big else float("nan")
+    lat = med[c][sizes[0]][1] / med[k][sizes[0]][1]
+    print(f"\ncompiled / kernel NAT from 64 KiB: worst {worst:.0%} (goal >= 90 %); latency at {sizes[0]} bytes: "
+          f"{med[c][sizes[0]][1]:.1f} us against {med[k][sizes[0]][1]:.1f} us ({lat - 1:+.0%}, goal within 10 %); "
+          f"Python handler latency {med[py][sizes[0]][1]:.1f} us")
+    print("\nThe compiled handler's rules:\n")
+    for _, row in rules.iterrows():
+        print(f"    {row['rule']:<70} # line {row['line']}: {row['python']}")
+
+
+def _stateless_nat(vip: str, real: str, client: str):  # type: ignore[no-untyped-def]
+    """A static NAT both ways that compiles to the kernel: the virtual address to the server and back."""
+
+    def nat(pkt):  # type: ignore[no-untyped-def]
+        if pkt.ip is None:
+            return None
+        if pkt.ip.dst == vip:
+            pkt.ip.dst = real
+            return pkt.accept()
+        if pkt.ip.src == real and pkt.ip.dst == client:
+            pkt.ip.src = vip
+            return pkt.accept()
+        return None
+
+    return nat
+
+
 def _writes_back(pkt):  # type: ignore[no-untyped-def]
     """The NAT's verdict without its rewrite: the packet goes back whole, its checksums made again."""
     pkt.raw[0] = pkt.raw[0]
@@ -313,3 +389,5 @@ if __name__ == "__main__":
         nat_table()
     if "steal" in parts:
         steal_table()
+    if "kernel-nat" in parts:
+        kernel_nat_table()
