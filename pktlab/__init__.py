@@ -46,6 +46,7 @@ if _typing.TYPE_CHECKING:
     from .kernel.offload import Offload
     from .lab.conditions import Conditions, Link
     from .lab.network import Host, Lab, PingResult, UdpFlow, UdpResult
+    from .lab.web import FetchResult, WebServer
     from .measure.copy_cost import queue_cost
     from .measure.drops import Drop, Drops, DropWatch, drops
     from .measure.netpipe import NetpipeResult, netpipe
@@ -53,9 +54,11 @@ if _typing.TYPE_CHECKING:
     from .measure.timeline import Trace
     from .measure.tracer import Tracer, trace
     from .packet.model import Packet, SkbInfo
+    from .packet.tls import server_name as tls_server_name
     from .packet.user_protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
     from .packet.user_protocols import registry as protocols
     from .packet.verdicts import ACCEPT, DROP, REPEAT, Verdict
+    from .pipeline.dpi import name_filter
     from .pipeline.export import to_pcap
     from .pipeline.flows import Flow
     from .pipeline.handlers import Handler, HandlerFailure
@@ -96,6 +99,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "PingResult": (".lab.network", "PingResult"),
     "UdpFlow": (".lab.network", "UdpFlow"),
     "UdpResult": (".lab.network", "UdpResult"),
+    "FetchResult": (".lab.web", "FetchResult"),
+    "WebServer": (".lab.web", "WebServer"),
     "queue_cost": (".measure.copy_cost", "queue_cost"),
     "Drop": (".measure.drops", "Drop"),
     "Drops": (".measure.drops", "Drops"),
@@ -109,6 +114,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "trace": (".measure.tracer", "trace"),
     "Packet": (".packet.model", "Packet"),
     "SkbInfo": (".packet.model", "SkbInfo"),
+    "tls_server_name": (".packet.tls", "server_name"),
     "addr4": (".packet.user_protocols", "addr4"),
     "addr6": (".packet.user_protocols", "addr6"),
     "bits": (".packet.user_protocols", "bits"),
@@ -131,6 +137,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "ReplaySession": (".pipeline.replay", "ReplaySession"),
     "replay": (".pipeline.replay", "replay"),
     "to_pcap": (".pipeline.export", "to_pcap"),
+    "name_filter": (".pipeline.dpi", "name_filter"),
     "SeqAdjError": (".pipeline.seqadj", "SeqAdjError"),
     "Session": (".pipeline.session", "Session"),
     "Status": (".pipeline.session", "Status"),
@@ -183,6 +190,10 @@ __all__ = [
     "UdpFlow",
     "UdpResult",
     "Verdict",
+    "FetchResult",
+    "WebServer",
+    "name_filter",
+    "tls_server_name",
     "addr4",
     "addr6",
     "attach",

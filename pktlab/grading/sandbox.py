@@ -96,15 +96,17 @@ def private_tmp_script(keep_variable: str) -> str:
 
     The paths (folders or files) listed one per line in the environment variable ``keep_variable`` that lie under
     them are bound back, read-only (what the process runs from); the originals are reached through /mnt meanwhile.
+    Binds are recursive: a folder that holds mounts made in a more privileged namespace (a hub's hidden grading
+    folders in a checkout under /tmp) cannot be bound without them, and its mounts stay as they were.
     """
     return (
         "for t in /tmp /var/tmp /dev/shm; do [ -d \"$t\" ] || continue; "
-        'mount --bind "$t" /mnt || exit 96; '
+        'mount --rbind "$t" /mnt || exit 96; '
         f'mount -t tmpfs -o size={PRIVATE_TMP_BYTES},mode=1777,nosuid,nodev pktlab-tmp "$t" || exit 96; '
         f'printf "%s\\n" "${keep_variable}" | while IFS= read -r k; do case "$k" in "$t"/*) r=${{k#"$t"/}}; '
         '[ -e "$t/$r" ] && continue; '  # already there, through a folder bound back before it
         'if [ -d "/mnt/$r" ]; then mkdir -p "$t/$r"; else mkdir -p "$(dirname "$t/$r")" && : > "$t/$r"; fi && '
-        'mount --bind "/mnt/$r" "$t/$r" && mount -o remount,bind,ro "$t/$r" || exit 96;; '
+        'mount --rbind "/mnt/$r" "$t/$r" && mount -o remount,bind,ro "$t/$r" || exit 96;; '
         'esac; done || exit 96; umount -l /mnt || exit 96; done; '
     )
 

@@ -124,14 +124,20 @@ class FlowRules:
             raise SessionError(f"nft could not add the flow verdicts' chains: {proc.stderr.strip()}")
         self._drop_rules = False
         try:
-            tag = _compile("").tagged((FRONT_MAGIC, os.getpid(), self.key)).match_args()
-            line = [*r.matches(), "-m", "mark", "--mark", f"{a:#x}/{a:#x}", *tag, "-j", "ACCEPT"]
-            self.rules.put_front(self.key, [(r, line)])
+            self.put_front()
             self._accounting_on()
         except BaseException:
             _netns.run(self.netns, ["nft", "delete", "table", "inet", self.table], check=False)
             raise
         self.installed = True
+
+    def put_front(self) -> None:
+        """The rule in front of the queue rule that accepts the connections carrying the bit (again, after the
+        session's rules were taken out of the path and put back)."""
+        r, a = self.queue_rule, self.accept_bit
+        tag = _compile("").tagged((FRONT_MAGIC, os.getpid(), self.key)).match_args()
+        line = [*r.matches(), "-m", "mark", "--mark", f"{a:#x}/{a:#x}", *tag, "-j", "ACCEPT"]
+        self.rules.put_front(self.key, [(r, line)])
 
     def drop(self, proto: int, a: tuple[str, int | None], b: tuple[str, int | None]) -> bool:
         """Drop the flow between endpoints ``a`` and ``b`` in the kernel from now on; False for other than TCP/UDP."""

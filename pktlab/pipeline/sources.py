@@ -430,6 +430,8 @@ class LiveQueue(_Reading):
             self.rules.install([self.rule])
             for off in offloads:
                 self.rules.put_front(off.key, [(self.rule, line) for line in off.lines(self.rule)])
+            if self.flow_rules is not None and self.flow_rules.installed:
+                self.flow_rules.put_front()  # the connections accepted as flows skip the queue again
             if kh is not None and compiled:
                 kh.install(compiled)
 

@@ -6,7 +6,8 @@ import re
 
 # notebook 08's measurement at test size: three sizes (one a GSO packet), one position, 2,000 datagrams a run
 SMALL_COSTS = {"PKTLAB_COST_COUNT": "2000", "PKTLAB_COST_REPEATS": "2", "PKTLAB_COST_SIZES": "256,1024,16384",
-               "PKTLAB_COST_POSITIONS": "1023"}  # fmt: skip
+               "PKTLAB_COST_POSITIONS": "1023",
+               "PKTLAB_DPI_SIZE": str(4 << 20)}  # fmt: skip  # (and notebook 10's downloads: 4 MiB)
 
 
 def check_live_output(stem: str, text: str) -> None:
@@ -35,6 +36,13 @@ def check_live_output(stem: str, text: str) -> None:
         # the compiled NAT: measured in root mode; refused with its reason in an ordinary user's lab
         measured = "compiled NAT / kernel NAT:" in text and "reached the queue with the compiled NAT: 0" in text
         assert measured or "compiled NAT: this kernel refuses header rewrites" in text, text[-2000:]
+    if stem == "10-dpi":
+        for proto, code in (("HTTPS", 35), ("HTTP", 56)):
+            assert f"{proto} to blocked.lab.example: curl: ({code}) Recv failure: Connection reset by peer" in text
+        assert "flows per name and verdict: {('www.lab.example', 'accept'): 2, ('blocked.lab.example', 'drop'): 2}" \
+            in text  # fmt: skip
+        m = re.search(r"reached Python: (\d+) of (\d+) \(", text)
+        assert m and 0 < int(m.group(1)) <= 16 and int(m.group(2)) > 10 * int(m.group(1)), m and m.group(0)
     if stem == "05-kernel-view":
         assert "port 9000: 20 delivered; port 9001: 20 delivered\nthe handler saw 20 packets, ports [9000]" in text
         assert "libpcap cannot compile the filter" in text
