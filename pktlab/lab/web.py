@@ -1,7 +1,8 @@
 """Web traffic in a lab: HTTPS and HTTP servers on the server host, fetched with curl from the client.
 
-:class:`WebServer` gives a lab's server a self-signed certificate for some names, serves a file over HTTPS with
-Debian's ``openssl s_server -WWW`` and over plain HTTP with Python's ``http.server``, and :meth:`WebServer.fetch`
+:class:`WebServer` gives a lab's server a self-signed certificate for some names (made by Debian's ``openssl``),
+serves a file over HTTPS and over plain HTTP with Python's ``http.server`` (a thread per connection: a connection
+a firewall left half-open holds up no other; :mod:`pktlab.lab.web_serve`), and :meth:`WebServer.fetch`
 downloads it from the client with ``curl``, asking for a name (``--resolve``: the TLS ClientHello's SNI and the HTTP
 Host header carry it), bounded in time.  What a user would see comes back too: curl's own error line when the
 download fails (``curl: (35) Recv failure: Connection reset by peer``).
@@ -74,12 +75,12 @@ class WebServer:
                 f.write(block)
             f.write(block[: self.size % len(block)])
         server = self.lab.server
-        self.procs.append(server.popen(["openssl", "s_server", "-accept", str(self.tls_port), "-cert", str(self.cert),
-                                        "-key", str(self.key), "-WWW", "-quiet"], cwd=str(self.dir),
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-        self.procs.append(server.popen([sys.executable, "-m", "http.server", str(self.http_port), "--bind",
-                                        server.addr, "--directory", str(self.dir)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        program = Path(__file__).with_name("web_serve.py")
+        proc = server.popen([sys.executable, str(program), str(self.dir), str(self.cert), str(self.key), server.addr,
+                             str(self.tls_port), str(self.http_port)], stderr=subprocess.DEVNULL)  # fmt: skip
+        self.procs.append(proc)
+        if proc.stdout is None or proc.stdout.readline().strip() != "ready":
+            raise LabError("the lab's web server did not start (its ports taken by another program of the lab?)")
         for tls in (True, False):
             if not wait_until(lambda tls=tls: self.fetch(self.names[0], tls=tls, path="/cert.pem", timeout=5).ok, 20,
                               0.2):  # fmt: skip
