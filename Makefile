@@ -34,6 +34,8 @@ bench: setup
 	$(PY) bench/bench_filters.py
 	$(PY) bench/bench_copy.py
 	$(PY) bench/bench_netpipe.py
+	$(PY) bench/bench_netpipe.py kernel-nat
+	$(PY) bench/bench_dpi.py
 	$(PY) bench/bench_dashboard.py
 	$(PY) bench/bench_replay.py
 	$(PY) bench/bench_tracing.py
