@@ -43,6 +43,7 @@ from typing import Any
 
 from ..errors import SessionError
 from . import netns as _netns
+from . import nft_tables
 from .bpf import compile as _compile
 from .rules import FRONT_MAGIC, QueueRule, RuleSet
 
@@ -50,7 +51,7 @@ SLOTS = [1 << (16 + i) for i in range(12)]  # the accept bit of each session dec
 ALL_BITS = sum(SLOTS)
 TABLE_PREFIX = "pktlab_flows_"
 _PRIORITY = {"mangle": -150, "filter": 0, "security": 50, "raw": -300, "nat": -100}
-_TABLE_RE = re.compile(rf"^table inet {TABLE_PREFIX}(\d+)_(\d+)_s(\d+)$")
+_TABLE_RE = re.compile(rf"^table inet (?P<name>{TABLE_PREFIX}(?P<pid>\d+)_\d+_s(?P<slot>\d+))$")
 _ACCT = "/proc/sys/net/netfilter/nf_conntrack_acct"
 
 
@@ -89,8 +90,7 @@ class FlowRules:
         self.installed = False
 
     def _free_slot(self) -> int:
-        out = _netns.run(self.netns, ["nft", "list", "tables"], check=False).stdout
-        used = {int(m.group(3)) for line in out.splitlines() if (m := _TABLE_RE.match(line.strip()))}
+        used = {int(m.group("slot")) for m in nft_tables.matching(self.netns, _TABLE_RE)}
         free = [i for i in range(len(SLOTS)) if i not in used]
         if not free:
             raise SessionError(
@@ -290,14 +290,4 @@ def _flow(m: Any, verdict: str) -> KernelFlow:
 
 def sweep_stale(netns: str | None) -> list[str]:
     """Delete the flow tables of pktlab processes that are gone (their marks would decide connections still)."""
-    from .proc import pid_alive
-
-    out = _netns.run(netns, ["nft", "list", "tables"], check=False).stdout
-    removed = []
-    for line in out.splitlines():
-        m = _TABLE_RE.match(line.strip())
-        if m and not pid_alive(int(m.group(1))):
-            name = line.strip().split()[-1]
-            _netns.run(netns, ["nft", "delete", "table", "inet", name], check=False)
-            removed.append(name)
-    return removed
+    return nft_tables.sweep(netns, _TABLE_RE)

@@ -32,12 +32,13 @@ from dataclasses import dataclass
 
 from ..errors import HandlerError, MissingToolError
 from . import netns as _netns
+from . import nft_tables
 from .bpf import compile as _compile
 from .handler_compile import KERNEL_ACCEPT, CompiledHandler
 from .rules import FRONT_MAGIC, QueueRule, RuleSet
 
 TABLE_PREFIX = "pktlab_kh_"
-_TABLE_RE = re.compile(rf"^table inet ({TABLE_PREFIX}(\d+)_(\d+)_([a-z]+)_([a-z]+))$")
+_TABLE_RE = re.compile(rf"^table inet (?P<name>{TABLE_PREFIX}(?P<pid>\d+)_\d+_(?P<where>[a-z]+_[a-z]+))$")
 _PRIORITY = {"mangle": -150, "filter": 0, "raw": -300, "nat": -100}
 _TRANSLATED = re.compile(r"^nft '?add rule (?:ip|ip6) \S+ \S+ (.*?)(?: counter)?'?$")
 
@@ -100,10 +101,9 @@ class KernelHandlers:
 
     def _others_here(self) -> list[str]:
         """Kernel handler tables of other sessions at this hook and table in this namespace."""
-        out = _netns.run(self.netns, ["nft", "list", "tables"], check=False).stdout
         mine = self.table.split("_", 4)[-1]
-        return [m.group(1) for line in out.splitlines() if (m := _TABLE_RE.match(line.strip()))
-                and m.group(1) != self.table and f"{m.group(4)}_{m.group(5)}" == mine]  # fmt: skip
+        return [m.group("name") for m in nft_tables.matching(self.netns, _TABLE_RE)
+                if m.group("name") != self.table and m.group("where") == mine]  # fmt: skip
 
     def script(self, handlers: Sequence[CompiledHandler]) -> str:
         """The nft commands that make the table hold ``handlers`` (in chain order), replacing what it held.
@@ -232,16 +232,7 @@ def _explain(stderr: str, rewrites: bool) -> str:
 
 def sweep_stale(netns: str | None) -> list[str]:
     """Delete the kernel handler tables of pktlab processes that are gone."""
-    from .proc import pid_alive
-
-    out = _netns.run(netns, ["nft", "list", "tables"], check=False).stdout
-    removed = []
-    for line in out.splitlines():
-        m = _TABLE_RE.match(line.strip())
-        if m and not pid_alive(int(m.group(2))):
-            _netns.run(netns, ["nft", "delete", "table", "inet", m.group(1)], check=False)
-            removed.append(m.group(1))
-    return removed
+    return nft_tables.sweep(netns, _TABLE_RE)
 
 
 __all__ = ["KernelHandlers", "RuleCount", "sweep_stale"]
