@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-dev python3-venv iptables nftables libnetfilter-queue-dev libpcap-dev netpipe-tcp iperf3 iputils-ping tcpdump iproute2 procps coreutils util-linux build-essential chromium bpftrace tshark)
+APT_PACKAGES=(python3-dev python3-venv iptables nftables libnetfilter-queue-dev libpcap-dev netpipe-tcp iperf3 iputils-ping tcpdump iproute2 procps coreutils util-linux build-essential chromium bpftrace tshark curl openssl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -44,13 +44,11 @@ from typing import Any
 from ..errors import SessionError
 from . import netns as _netns
 from . import nft_tables
-from .bpf import compile as _compile
-from .rules import FRONT_MAGIC, QueueRule, RuleSet
+from .rules import TABLE_PRIORITY, QueueRule, RuleSet
 
 SLOTS = [1 << (16 + i) for i in range(12)]  # the accept bit of each session deciding flows: 0x10000..0x8000000
 ALL_BITS = sum(SLOTS)
 TABLE_PREFIX = "pktlab_flows_"
-_PRIORITY = {"mangle": -150, "filter": 0, "security": 50, "raw": -300, "nat": -100}
 _TABLE_RE = re.compile(rf"^table inet (?P<name>{TABLE_PREFIX}(?P<pid>\d+)_\d+_s(?P<slot>\d+))$")
 _ACCT = "/proc/sys/net/netfilter/nf_conntrack_acct"
 
@@ -104,7 +102,7 @@ class FlowRules:
         if self.installed:
             return
         r = self.queue_rule
-        prio = _PRIORITY.get(r.table or "filter", 0)
+        prio = TABLE_PRIORITY.get(r.table or "filter", 0)
         a = self.accept_bit
         keep = 0xFFFFFFFF & ~a
         key4 = "ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service"
@@ -134,10 +132,7 @@ class FlowRules:
     def put_front(self) -> None:
         """The rule in front of the queue rule that accepts the connections carrying the bit (again, after the
         session's rules were taken out of the path and put back)."""
-        r, a = self.queue_rule, self.accept_bit
-        tag = _compile("").tagged((FRONT_MAGIC, os.getpid(), self.key)).match_args()
-        line = [*r.matches(), "-m", "mark", "--mark", f"{a:#x}/{a:#x}", *tag, "-j", "ACCEPT"]
-        self.rules.put_front(self.key, [(r, line)])
+        self.rules.accept_marked(self.key, self.queue_rule, self.accept_bit)
 
     def drop(self, proto: int, a: tuple[str, int | None], b: tuple[str, int | None]) -> bool:
         """Drop the flow between endpoints ``a`` and ``b`` in the kernel from now on; False for other than TCP/UDP."""

@@ -1,6 +1,6 @@
 """A session's kernel handlers installed: one nftables table in front of its queue, swapped in one transaction.
 
-The table ``pktlab_kh_<pid>_<key>`` (family inet) holds, at the session's hook:
+The table ``pktlab_kh_<pid>_<key>_<hook>_<table>`` (family inet) holds, at the session's hook:
 
 - ``select``, a base chain just in front of the queue rule's table (priority - 2, in front of the flow verdicts'
   chains too): the session's own match (its iptables rule translated by ``iptables-translate``), not a packet
@@ -8,15 +8,16 @@ The table ``pktlab_kh_<pid>_<key>`` (family inet) holds, at the session's hook:
   ``jump handlers``;
 - ``handlers``: ``jump`` to each handler's first chain, in the chain's order; a handler's ``return`` (or its end)
   comes back here and the next one runs; what none decided goes on to the queue;
-- one chain per block of each handler (:mod:`pktlab.kernel.handler_compile`), named ``h<i>_<block>``, each rule
-  with a ``counter`` and the comment ``<handler>:<line>``;
+- one chain per block of each handler (:mod:`pktlab.kernel.handler_compile`), named ``g<generation>h<i>_<block>``,
+  each rule with a ``counter`` and the comment ``<handler>:<line>``;
 - ``clear``, a base chain just behind the queue rule's table (priority + 1): takes :data:`KERNEL_ACCEPT` off the
   mark again.
 
 A kernel handler's accept sets :data:`KERNEL_ACCEPT` and ends the table's chains; ``-m mark --mark BIT/BIT -j
 ACCEPT`` in front of the queue rule (iptables, with the session's match) then accepts the packet where a verdict
-from the queue would have.  Every change (a handler added, replaced, switched off) writes the whole table again in
-one ``nft -f`` transaction (delete and add), so a packet meets the old rules or the new ones, never a mix.  The
+from the queue would have.  Every change (a handler added, replaced, switched off) writes the table's rules again in
+one ``nft -f`` transaction (:meth:`KernelHandlers.script`), so a packet meets the old rules or the new ones, never a
+mix.  The
 table goes with the session (detach), with its process (:func:`sweep_stale`: ``pktlab doctor --clean``, and every
 attach) and with a lab's namespace.
 """
@@ -33,13 +34,11 @@ from dataclasses import dataclass
 from ..errors import HandlerError, MissingToolError
 from . import netns as _netns
 from . import nft_tables
-from .bpf import compile as _compile
 from .handler_compile import KERNEL_ACCEPT, CompiledHandler
-from .rules import FRONT_MAGIC, QueueRule, RuleSet
+from .rules import TABLE_PRIORITY, QueueRule, RuleSet
 
 TABLE_PREFIX = "pktlab_kh_"
 _TABLE_RE = re.compile(rf"^table inet (?P<name>{TABLE_PREFIX}(?P<pid>\d+)_\d+_(?P<where>[a-z]+_[a-z]+))$")
-_PRIORITY = {"mangle": -150, "filter": 0, "raw": -300, "nat": -100}
 _TRANSLATED = re.compile(r"^nft '?add rule (?:ip|ip6) \S+ \S+ (.*?)(?: counter)?'?$")
 
 
@@ -113,7 +112,7 @@ class KernelHandlers:
         so it meets the old handlers or the new ones, never a mix.
         """
         r = self.queue_rule
-        prio = _PRIORITY.get(r.table or "filter", 0)
+        prio = TABLE_PRIORITY.get(r.table or "filter", 0)
         t = f"inet {self.table}"
         hook = r.hook.lower()
         lines = [f"add table {t}",
@@ -159,11 +158,7 @@ class KernelHandlers:
         self._chains = self._next_chains
         if not self._front:
             try:
-                tag = _compile("").tagged((FRONT_MAGIC, os.getpid(), self.key)).match_args()
-                r = self.queue_rule
-                line = [*r.matches(), "-m", "mark", "--mark", f"{KERNEL_ACCEPT:#x}/{KERNEL_ACCEPT:#x}", *tag,
-                        "-j", "ACCEPT"]  # fmt: skip
-                self.rules.put_front(self.key, [(r, line)])
+                self.rules.accept_marked(self.key, self.queue_rule, KERNEL_ACCEPT)
             except BaseException:
                 self.remove()
                 raise

@@ -23,6 +23,7 @@ from typing import NamedTuple
 from ..errors import MissingToolError, RuleError
 from ..options import NETFILTER_HOOKS
 from . import netns
+from .bpf import compile as _compile
 from .proc import pid_alive
 from .sender import SENT_MARK
 
@@ -77,6 +78,8 @@ TAG_PREFIX = "pktlab:"
 # three loads of constants that the next instruction overwrites, FRONT_MAGIC, the owner's PID
 # and the rule's number (see bpf.BpfProgram.tagged).
 FRONT_MAGIC = 0x706B746C  # "pktl"
+# the netfilter priority of each iptables table (nftables chains of pktlab's go just before or after one)
+TABLE_PRIORITY = {"raw": -300, "mangle": -150, "nat": -100, "filter": 0, "security": 50}
 _TAG_RE = re.compile(r"^pktlab:(\d+):(.+)$")
 # Packets pktlab sends itself (pkt.reply, Session.send) carry SENT_MARK and pass its rules by
 # (a native nft mark compare, no compat match): a handler never meets its own answers.
@@ -474,6 +477,13 @@ class RuleSet:
             if proc.returncode != 0:
                 raise RuleError(f"iptables refused the rule: {proc.stderr.strip()}; check the filter and target")
         self.front_keys.add(key)
+
+    def accept_marked(self, key: int, rule: QueueRule, bit: int) -> None:
+        """In front of ``rule`` (as rules of ``key``): accept its packets whose mark carries ``bit`` (set by a chain of
+        pktlab's in front of the queue's table: a flow verdict, a kernel handler's accept)."""
+        tag = _compile("").tagged((FRONT_MAGIC, os.getpid(), key)).match_args()
+        self.put_front(key, [(rule, [*rule.matches(), "-m", "mark", "--mark", f"{bit:#x}/{bit:#x}", *tag, "-j",
+                                     "ACCEPT"])])  # fmt: skip
 
     def drop_front(self, key: int) -> int:
         """Delete the rules of ``key``; return how many."""
