@@ -4,7 +4,7 @@ Each sits beside what it speeds up, one job each: the queue reader
 (``kernel/_reader``), the raw sender (``kernel/_resend``: replies and re-sent
 rewrites), the packet core and view fields (``packet/_core``), the
 record ring (``pipeline/_ring``), the capture source (``pipeline/_capture``:
-libpcap), the dispatcher (``pipeline/_dispatch``) and NetPIPE's timed loops
+libpcap), the dispatcher (``pipeline/_dispatch``), TCP sequence adjustment (``pipeline/_seqadj``) and NetPIPE's timed loops
 (``measure/_pingpong``).  The reader, the dispatcher and the capture source
 cimport NetfilterQueue's types, declared in the copy of its ``_impl.pxd`` in
 ``pktlab/_vendor`` (the version pinned in pyproject.toml), and use the
@@ -92,6 +92,7 @@ setup(
             ext("pipeline/_ring"),
             ext("pipeline/_capture", ("pcap",)),
             ext("pipeline/_dispatch", ("netfilter_queue",)),
+            ext("pipeline/_seqadj"),
             ext("measure/_pingpong"),
         ],
         compiler_directives={"language_level": "3"},
@@ -100,5 +101,5 @@ setup(
     ),
     cmdclass={"build_ext": CheckedBuildExt},
     data_files=dataset_files(),
-    options={"build_ext": {"parallel": os.cpu_count() or 1}},  # the seven C files compile side by side
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},  # the eight C files compile side by side
 )

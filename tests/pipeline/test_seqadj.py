@@ -361,7 +361,7 @@ def test_common_affixes_agree_with_a_byte_by_byte_scan() -> None:
     """The halving search (slice compares) finds the same prefix and non-overlapping suffix as a plain scan."""
     import random
 
-    from pktlab.pipeline.seqadj import _common_affixes
+    from pktlab.pipeline.seqadj import common_affixes as _common_affixes
 
     def scan(a: bytes, b: bytes) -> tuple[int, int]:
         n = min(len(a), len(b))
