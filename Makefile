@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/bench_tracing.py
 	$(PY) bench/bench_userns.py
 	$(PY) bench/bench_failing_handler.py
+	$(PY) bench/bench_packet_path.py
 	$(PY) bench/bench_record_rewrites.py
 	$(PY) bench/bench_grading.py
 	$(PY) bench/bench_hub_scale.py

@@ -68,17 +68,19 @@ def iperf3_server(lab: pktlab.Lab, port: int, cpu: int | None = None) -> Iterato
             server.wait()
 
 
-def iperf_udp64(lab: pktlab.Lab, port: int, seconds: float) -> tuple[float, float]:
+def iperf_udp64(lab: pktlab.Lab, port: int, seconds: float, window: str | None = None) -> tuple[float, float]:
     """Received datagrams per second and loss fraction of one iperf3 run of 64-byte UDP datagrams at full speed.
 
     From the lab's client to an iperf3 server in its server, sender pinned to the first CPU, receiver to the last.
+    ``window``: the sockets' buffer size (iperf3 ``-w``, e.g. "4M"); the sender's bounds how many of its
+    datagrams can wait in a queue at once (a queued packet still counts against its sender's buffer).
     """
     cpus = sorted(os.sched_getaffinity(0))
     with iperf3_server(lab, port, cpus[-1]):
         out = lab.client.run(
             [
                 "iperf3", "-c", lab.server.addr, "-p", str(port), "-A", str(cpus[0]),
-                "-u", "-l", "64", "-b", "0", "-t", str(seconds), "-J",
+                "-u", "-l", "64", "-b", "0", "-t", str(seconds), "-J", *(["-w", window] if window else []),
             ],  # fmt: skip
             timeout=seconds + 30,
         ).stdout

@@ -45,3 +45,37 @@ cdef extern from "<sys/socket.h>" nogil:
     struct mmsghdr:
         msghdr msg_hdr
         unsigned int msg_len
+
+
+# One queue message, parsed once by the reader (kernel/_reader.pyx) and read by the dispatcher's path for
+# packets no handler sees (pipeline/_dispatch.pyx), which the reader reaches through a capsule holding a
+# ``QueuePath`` (the kernel stage imports nothing of the pipeline's)
+cdef struct QueueMessage:
+    unsigned int id  # NFQA_PACKET_HDR: the packet's id, hardware protocol and hook
+    unsigned short hw_protocol
+    unsigned char hook
+    unsigned int mark  # NFQA_MARK (0: none)
+    long long ts_sec  # NFQA_TIMESTAMP (0, 0: none)
+    long long ts_usec
+    unsigned int indev, outdev, physindev, physoutdev  # NFQA_IFINDEX_* (0: none)
+    unsigned char hw_addr[8]  # NFQA_HWADDR (has_hw: there)
+    bint has_hw
+    const unsigned char* payload  # NFQA_PAYLOAD, inside the reader's buffer
+    Py_ssize_t payload_len
+    long long cap_len  # NFQA_CAP_LEN: the whole length when the copy range cut the packet (0: whole)
+    long long uid  # NFQA_UID / NFQA_GID of a local socket's packet (-1: none)
+    long long gid
+    int skbinfo  # NFQA_SKB_INFO (0: none)
+
+# 1: the dispatcher gave the packet its verdict and record; 0: it needs a packet object (the reader hands the
+# message to libnetfilter_queue, whose callback makes one)
+ctypedef int (*queue_fast_fn)(object target, const QueueMessage* m) except -1
+# write the verdicts waiting in the dispatcher (the reader calls it once it has read its socket empty)
+ctypedef int (*queue_flush_fn)(object target) except -1
+# a packet a handler sees: its NetfilterQueue packet object, made by the reader from the same parse
+ctypedef int (*queue_packet_fn)(object target, object nf) except -1
+
+cdef struct QueuePath:
+    queue_fast_fn message
+    queue_flush_fn flush
+    queue_packet_fn packet

@@ -2,8 +2,11 @@
 """Reading an NFQUEUE socket, compiled: whole packets, many messages per system call, ENOBUFS counted.
 
 NetfilterQueue binds the queue; :class:`QueueReader` reads its socket with
-``recvmmsg`` and hands each message to libnetfilter_queue, which calls the
-dispatcher (``pktlab.pipeline._dispatch``) for each packet.
+``recvmmsg`` and parses each message once (:func:`parse_message`).  A packet
+that no handler will see is verdicted and recorded by the dispatcher's C path
+straight from that parse (``QueueReader.set_fast``); any other goes to
+libnetfilter_queue, whose callback makes NetfilterQueue's packet object and
+calls the dispatcher (``pktlab.pipeline._dispatch``) with it.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -12,9 +15,12 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from posix.time cimport timespec
 
-from pktlab._common cimport iovec, mmsghdr, msghdr
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+from pktlab._common cimport QueueMessage, QueuePath, iovec, mmsghdr, msghdr
 
 from netfilterqueue._impl cimport NetfilterQueue as NfQueue
+from netfilterqueue._impl cimport Packet as NfPacket
 from netfilterqueue._impl cimport nfq_handle_packet, nfq_q_handle, nfq_set_mode
 
 cdef extern from "<sys/socket.h>":
@@ -22,6 +28,14 @@ cdef extern from "<sys/socket.h>":
     ssize_t send(int fd, const void* buf, size_t n, int flags) nogil
     int MSG_DONTWAIT
     int MSG_TRUNC
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd* fds, unsigned long nfds, int timeout)
+    short POLLIN
 
 cdef extern from "<errno.h>":
     int EAGAIN
@@ -43,6 +57,16 @@ cdef extern from "libnetfilter_queue/linux_nfnetlink_queue.h":
     int NFQA_CAP_LEN
     int NFQNL_MSG_CONFIG
     int NFQA_CFG_PARAMS
+    int NFQA_PACKET_HDR
+    int NFQA_PAYLOAD
+    int NFQA_MARK
+    int NFQA_TIMESTAMP
+    int NFQA_IFINDEX_INDEV
+    int NFQA_IFINDEX_OUTDEV
+    int NFQA_IFINDEX_PHYSINDEV
+    int NFQA_IFINDEX_PHYSOUTDEV
+    int NFQA_HWADDR
+    int NFQNL_MSG_PACKET
 
 cdef extern from "libnfnetlink/linux_nfnetlink.h":
     int NFNL_SUBSYS_QUEUE
@@ -116,42 +140,90 @@ def send_copy_range(int fd, unsigned int queue, unsigned int copy_range):
         raise OSError(errno, f"cannot set the copy range of queue {queue} to {copy_range}")
 
 
-cdef inline bint message_owner(const unsigned char* m, Py_ssize_t n, long long* uid, long long* gid,
-                               int* skbinfo, long long* cap_len) nogil:
-    """The NFQA_UID and NFQA_GID attributes of one queue message, if it has both (-1 each if not),
-    its NFQA_SKB_INFO flags (0 without: GSO, checksum not ready, checksum not verified) and its
-    NFQA_CAP_LEN (the packet's whole length when the copy range cut it; 0 when it came whole).
+cdef inline unsigned long long be64(const unsigned char* p) noexcept:
+    cdef unsigned long long v = 0
+    cdef int i
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return v
 
-    The layout is netlink's: a 16-byte nlmsghdr, the 4-byte nfgenmsg, then attributes (2-byte
-    length, 2-byte type, host order, padded to 4 bytes), the values big-endian.
+
+cdef inline bint parse_message(const unsigned char* m, Py_ssize_t n, QueueMessage* q) noexcept:
+    """Read one queue message's attributes, once: True for a packet message (its id, hook and payload found).
+
+    The layout is netlink's: a 16-byte nlmsghdr (length, type, ...), the 4-byte nfgenmsg, then
+    attributes (2-byte length, 2-byte type, host order, padded to 4 bytes), the values big-endian.
+    Also read: NFQA_UID and NFQA_GID (-1 each unless both are there), NFQA_SKB_INFO (0 without:
+    GSO, checksum not ready, checksum not verified) and NFQA_CAP_LEN (the packet's whole length when
+    the copy range cut it; 0 when it came whole).
     """
     cdef Py_ssize_t off = 20
     cdef unsigned short head[2]
-    cdef unsigned int alen, atype
+    cdef unsigned int alen, atype, mlen
     cdef long long v
-    uid[0] = -1
-    gid[0] = -1
-    skbinfo[0] = 0
-    cap_len[0] = 0
+    cdef bint hdr = False
+    q.uid = -1
+    q.gid = -1
+    q.skbinfo = 0
+    q.cap_len = 0
+    q.payload = NULL
+    q.payload_len = 0
+    q.mark = 0
+    q.ts_sec = q.ts_usec = 0
+    q.indev = q.outdev = q.physindev = q.physoutdev = 0
+    q.has_hw = False
+    if n < 20:
+        return False
+    memcpy(&mlen, m, 4)
+    memcpy(head, m + 4, 2)
+    if head[0] != ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET):
+        return False
+    if mlen < n:
+        n = mlen
     while off + 4 <= n:
         memcpy(head, m + off, 4)
         alen = head[0]
         atype = head[1] & 0x7FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
         if alen < 4 or off + alen > n:
             break
-        if alen >= 8 and (atype == NFQA_UID or atype == NFQA_GID or atype == NFQA_SKB_INFO
-                          or atype == NFQA_CAP_LEN):
+        if atype == NFQA_PAYLOAD:
+            q.payload = m + off + 4
+            q.payload_len = alen - 4
+        elif atype == NFQA_PACKET_HDR and alen >= 11:
+            q.id = (<unsigned int>m[off + 4] << 24) | (m[off + 5] << 16) | (m[off + 6] << 8) | m[off + 7]
+            q.hw_protocol = (m[off + 8] << 8) | m[off + 9]
+            q.hook = m[off + 10]
+            hdr = True
+        elif atype == NFQA_TIMESTAMP and alen >= 20:
+            q.ts_sec = <long long>be64(m + off + 4)
+            q.ts_usec = <long long>be64(m + off + 12)
+        elif atype == NFQA_HWADDR and alen >= 16:
+            memcpy(q.hw_addr, m + off + 8, 8)
+            q.has_hw = True
+        elif alen >= 8:
             v = (<long long>m[off + 4] << 24) | (m[off + 5] << 16) | (m[off + 6] << 8) | m[off + 7]
-            if atype == NFQA_UID:
-                uid[0] = v
+            if atype == NFQA_MARK:
+                q.mark = <unsigned int>v
+            elif atype == NFQA_IFINDEX_INDEV:
+                q.indev = <unsigned int>v
+            elif atype == NFQA_IFINDEX_OUTDEV:
+                q.outdev = <unsigned int>v
+            elif atype == NFQA_IFINDEX_PHYSINDEV:
+                q.physindev = <unsigned int>v
+            elif atype == NFQA_IFINDEX_PHYSOUTDEV:
+                q.physoutdev = <unsigned int>v
+            elif atype == NFQA_UID:
+                q.uid = v
             elif atype == NFQA_GID:
-                gid[0] = v
+                q.gid = v
             elif atype == NFQA_CAP_LEN:
-                cap_len[0] = v
-            else:
-                skbinfo[0] = <int>v
+                q.cap_len = v
+            elif atype == NFQA_SKB_INFO:
+                q.skbinfo = <int>v
         off += (alen + 3) & ~3
-    return uid[0] >= 0 and gid[0] >= 0
+    if q.uid < 0 or q.gid < 0:
+        q.uid = q.gid = -1
+    return hdr and q.payload != NULL
 
 
 cdef class QueueReader:
@@ -184,6 +256,9 @@ cdef class QueueReader:
     cdef long long owner_uid, owner_gid  # what the sink was last told (-1: None)
     cdef int skbinfo  # what the sink was last told of NFQA_SKB_INFO
     cdef long long cap_len  # what the sink was last told of NFQA_CAP_LEN
+    cdef QueuePath* fast  # the dispatcher's path for packets no handler sees and its verdict write (NULL: none)
+    cdef object fast_target
+    cdef public long long fast_packets  # packets that path verdicted without a packet object
 
     def __cinit__(self):
         cdef int i
@@ -202,23 +277,74 @@ cdef class QueueReader:
         self.skbinfo = -1
         self.cap_len = -1
 
-    cdef int _note_owner(self, const unsigned char* m, Py_ssize_t n) except -1:
+    def set_fast(self, target, capsule) -> None:
+        """Give each packet message to ``target``'s C path first (a capsule of a ``QueuePath``).
+
+        The path verdicts and records a packet no handler will see straight from the message,
+        parsed once here: no packet object, no call through Python.  It declines (0) whenever a
+        packet object is needed; the message then goes to libnetfilter_queue as before.  Once the
+        socket is read empty the path's verdict write runs at once, before the reading thread goes
+        back to Python (a packet's verdict waits for no bookkeeping).
+        """
+        self.fast = <QueuePath*>PyCapsule_GetPointer(capsule, "pktlab.QueuePath")
+        self.fast_target = target
+
+    cdef int _dispatch(self, NfQueue q, const unsigned char* m, Py_ssize_t n) except -1:
+        """One message: through the dispatcher's C path if it takes it, else as a packet object.
+
+        The packet object is NetfilterQueue's, filled from this parse as its own callback fills it
+        from libnetfilter_queue's (which would parse the message again); without a dispatcher path the
+        message goes to libnetfilter_queue and NetfilterQueue's callback.
+        """
+        cdef QueueMessage msg
+        cdef NfPacket nf
+        cdef bint packet = parse_message(m, n, &msg)
+        if not packet or self.fast == NULL:
+            self._note_owner(&msg)
+            nfq_handle_packet(q.h, <char*>m, <int>n)
+            return 0
+        if self.fast.message(self.fast_target, &msg):
+            self.fast_packets += 1
+            return 0
+        if q.user_callback is None:
+            return 0  # the queue is being unbound: no verdict can be given (NetfilterQueue ignores it too)
+        self._note_owner(&msg)
+        nf = NfPacket.__new__(NfPacket)
+        nf._queue = q
+        nf.id = msg.id
+        nf.hw_protocol = msg.hw_protocol
+        nf.hook = msg.hook
+        nf.mark = msg.mark
+        nf.payload = <unsigned char*>msg.payload
+        nf.payload_len = msg.payload_len
+        nf.timestamp.tv_sec = msg.ts_sec
+        nf.timestamp.tv_usec = msg.ts_usec
+        if msg.has_hw:
+            memcpy(nf.hw_addr, msg.hw_addr, 8)
+            nf._hwaddr_is_set = True
+        nf.indev = msg.indev
+        nf.outdev = msg.outdev
+        nf.physindev = msg.physindev
+        nf.physoutdev = msg.physoutdev
+        try:
+            self.fast.packet(self.fast_target, nf)
+        finally:
+            nf.drop_refs()  # the message's buffer is read again next: the packet keeps no pointer into it
+        return 0
+
+    cdef int _note_owner(self, const QueueMessage* msg) except -1:
         """Tell the sink whose socket the next packet belongs to, its skb info and whole length (when they change)."""
-        cdef long long uid, gid, cap_len
-        cdef int info
         if self.sink is None:
             return 0
-        if not message_owner(m, n, &uid, &gid, &info, &cap_len):
-            uid = gid = -1
-        if uid != self.owner_uid or gid != self.owner_gid:
-            self.sink.owner = (uid, gid) if uid >= 0 else None
-            self.owner_uid, self.owner_gid = uid, gid
-        if info != self.skbinfo:
-            self.sink.skbinfo = info
-            self.skbinfo = info
-        if cap_len != self.cap_len:
-            self.sink.cap_len = cap_len
-            self.cap_len = cap_len
+        if msg.uid != self.owner_uid or msg.gid != self.owner_gid:
+            self.sink.owner = (msg.uid, msg.gid) if msg.uid >= 0 else None
+            self.owner_uid, self.owner_gid = msg.uid, msg.gid
+        if msg.skbinfo != self.skbinfo:
+            self.sink.skbinfo = msg.skbinfo
+            self.skbinfo = msg.skbinfo
+        if msg.cap_len != self.cap_len:
+            self.sink.cap_len = msg.cap_len
+            self.cap_len = msg.cap_len
         return 0
 
     def __dealloc__(self):
@@ -253,6 +379,32 @@ cdef class QueueReader:
             self.successor.pending.extend(left)
         return 0
 
+    def poll_read(self, NfQueue q, int fd, int wake_fd, int timeout_ms):
+        """Wait for the queue's socket or the wake pipe (at most ``timeout_ms``), then read the socket at once.
+
+        The wait runs without the GIL, and the read follows in C without going back to Python: the
+        time from a packet's arrival to its verdict holds no interpreter work.  Returns True, having
+        read nothing, when the wake pipe is readable (the caller looks at what changed first); else
+        reads everything waiting (:meth:`read`) and returns False.
+        """
+        cdef pollfd fds[2]
+        cdef int r, err
+        fds[0].fd = fd
+        fds[0].events = POLLIN
+        fds[0].revents = 0
+        fds[1].fd = wake_fd
+        fds[1].events = POLLIN
+        fds[1].revents = 0
+        with nogil:
+            r = poll(fds, 2, timeout_ms)
+            err = errno
+        if r < 0 and err != EINTR:
+            raise OSError(err, "waiting for the queue's socket failed")
+        if r > 0 and fds[1].revents:
+            return True
+        self.read(q, fd, -1)
+        return False
+
     def read(self, NfQueue q, int fd, long long limit=-1):
         """Handle everything waiting on ``fd`` (at most ``limit`` messages) without blocking; return how many."""
         cdef int got, i, err
@@ -266,8 +418,7 @@ cdef class QueueReader:
                     return n
                 msg = self.pending.pop(0)
                 n += 1
-                self._note_owner(<const unsigned char*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
-                nfq_handle_packet(q.h, PyBytes_AS_STRING(msg), <int>PyBytes_GET_SIZE(msg))
+                self._dispatch(q, <const unsigned char*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
             while (limit < 0 or n < limit) and not self.retired:
                 want = READ_SLOTS if limit < 0 or limit - n >= READ_SLOTS else <unsigned int>(limit - n)
                 with nogil:
@@ -294,10 +445,11 @@ cdef class QueueReader:
                     if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
                         raise OSError(EMSGSIZE, f"a queue message was longer than {READ_SLOT_BYTES} bytes")
                     n += 1
-                    self._note_owner(<const unsigned char*>self.iov[i].iov_base, self.msgs[i].msg_len)
-                    nfq_handle_packet(q.h, <char*>self.iov[i].iov_base, <int>self.msgs[i].msg_len)
+                    self._dispatch(q, <const unsigned char*>self.iov[i].iov_base, self.msgs[i].msg_len)
                 if <unsigned int>got < want:
                     break  # the socket is empty now: no need to ask again
+            if self.fast != NULL:
+                self.fast.flush(self.fast_target)
             return n
         finally:
             self.messages += n

@@ -175,6 +175,9 @@ class QueueSource:
         # told the owner (uid, gid) of each packet's local socket before the packet is dispatched
         # (``sink.owner``; the dispatcher puts it on the packet)
         self.owner_sink: Any = None
+        # (target, capsule): the dispatcher's C path each parsed message is offered to first
+        # (QueueReader.set_fast): packets no handler sees are verdicted without a packet object
+        self.fast_path: tuple[Any, Any] | None = None
 
     @property
     def reader(self) -> QueueReader:
@@ -211,8 +214,7 @@ class QueueSource:
         self._steps = 0
         self.copy_range = self._copy_start
         self._enobufs_before += self._reader.enobufs
-        self._reader = QueueReader()
-        self._reader.sink = self.owner_sink
+        self._reader = self._new_reader()
         nfq_mod = _import_nfq()
         require_place(f"bind NFQUEUE {self.queue}", self.netns)
         self._wake_r, self._wake_w = os.pipe()
@@ -229,6 +231,13 @@ class QueueSource:
             self._thread.join()
             self._close_pipe()
             raise box["error"]
+
+    def _new_reader(self) -> QueueReader:
+        reader = QueueReader()
+        reader.sink = self.owner_sink
+        if self.fast_path is not None:
+            reader.set_fast(*self.fast_path)
+        return reader
 
     def describe_copy(self) -> str:
         """How much of each packet is copied, in words (for status())."""
@@ -320,15 +329,20 @@ class QueueSource:
         waiting.register(self._wake_r, select.POLLIN)
         try:
             while not reader.retired:
+                timeout = 250 if not self._stop else 10
+                if self._idle_again is not None:  # a kept-back packet's wait ends sooner
+                    timeout = min(timeout, max(1, int(self._idle_again * 1000 + 0.999)))
+                done = False  # the socket was read already (poll_read)
                 if self._paused and not self._stop and self._steps == 0:
                     events = waiting.poll(250)
                 elif reader.waiting:
                     events = []  # messages handed over by a retired reader: dispatch them first
-                else:
-                    timeout = 250 if not self._stop else 10
-                    if self._idle_again is not None:  # a kept-back packet's wait ends sooner
-                        timeout = min(timeout, max(1, int(self._idle_again * 1000 + 0.999)))
-                    events = reading.poll(timeout)
+                elif self._paused and not self._stop:
+                    events = reading.poll(timeout)  # stepping: one packet at a time, below
+                else:  # the wait and the read in C: nothing of Python's between a packet and its verdict
+                    woken = self._poll_read(q, reader, timeout)
+                    events = [(self._wake_r, select.POLLIN)] if woken else []
+                    done = not woken
                 if any(efd == self._wake_r for efd, _ in events):
                     try:
                         os.read(self._wake_r, 64)
@@ -341,7 +355,10 @@ class QueueSource:
                             self._steps -= 1
                             self._stepped.notify_all()
                     continue
-                self._read(q, reader)
+                if not done:
+                    self._read(q, reader)
+                elif self._after_read is not None:
+                    self._after_read()
                 if self.on_idle is not None:
                     self._idle_again = self.on_idle(bool(self._stop))
                 if self._stop and not reader.retired and self._drained():
@@ -363,8 +380,7 @@ class QueueSource:
         returns, then exits without touching the queue.
         """
         old = self._thread
-        successor = QueueReader()
-        successor.sink = self.owner_sink
+        successor = self._new_reader()
         self._reader.retire(successor)  # hands its ENOBUFS count on too
         self._reader = successor
         if old is not None:
@@ -380,6 +396,15 @@ class QueueSource:
         """Reading threads replaced while stuck in a handler that has not returned yet."""
         self.retired_threads = [t for t in self.retired_threads if t.is_alive()]
         return list(self.retired_threads)
+
+    def _poll_read(self, q: Any, reader: QueueReader, timeout: int) -> bool:
+        """Wait for packets or a wake-up; read the packets at once (True: woken, nothing read)."""
+        try:
+            return bool(reader.poll_read(q, self._fd, self._wake_r, timeout))
+        except Exception as exc:  # pktlab's own failure, as in _read
+            self.internal_errors += 1
+            self.last_internal_error = f"{type(exc).__name__}: {exc}"
+            return False
 
     def _read(self, q: Any, reader: QueueReader, limit: int = -1) -> None:
         try:

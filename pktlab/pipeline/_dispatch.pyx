@@ -23,7 +23,9 @@ from posix.unistd cimport write
 from netfilterqueue._impl cimport Packet as NfPacket
 from netfilterqueue._impl cimport nfq_set_verdict
 
-from pktlab._common cimport buf_ptr, mono_ns, wall_time
+from cpython.pycapsule cimport PyCapsule_New
+
+from pktlab._common cimport QueueMessage, QueuePath, buf_ptr, mono_ns, wall_time
 from pktlab.packet._core cimport Packet_from, PacketCore, fix_packet, packet_done, packet_recycle
 from pktlab.packet._core import too_big
 from pktlab.pipeline._capture cimport CapturedPacket
@@ -45,6 +47,28 @@ cdef enum:
     NFQA_PAYLOAD = 10
     OUT_CAP = 196608  # waiting verdict messages; below the socket's default send buffer (212,992)
 
+
+
+cdef int fast_message(object target, const QueueMessage* m) except -1:
+    """The reader's way into :meth:`Dispatcher._fast_message` (a C function it holds in a capsule)."""
+    return (<Dispatcher>target)._fast_message(m)
+
+
+cdef int flush_verdicts(object target) except -1:
+    """The reader's way to write the waiting verdicts as soon as its socket is empty."""
+    return (<Dispatcher>target)._flush()
+
+
+cdef int on_packet(object target, object nf) except -1:
+    """The reader's way into :meth:`Dispatcher._on_packet` with a packet object it made."""
+    (<Dispatcher>target)._on_packet(<NfPacket>nf)
+    return 0
+
+
+cdef QueuePath PATH
+PATH.message = fast_message
+PATH.flush = flush_verdicts
+PATH.packet = on_packet
 
 
 cdef inline Py_ssize_t record_offset(NfPacket nf):
@@ -447,6 +471,9 @@ cdef class Dispatcher:
 
     # -- per packet -------------------------------------------------------------
     def __call__(self, NfPacket nf):
+        self._on_packet(nf)
+
+    cdef void _on_packet(self, NfPacket nf):
         cdef PacketCore pkt = None
         cdef bytes data = None
         if self.hold_fn is not None:
@@ -749,6 +776,42 @@ cdef class Dispatcher:
             return 0
         self._give(nf, code, False)
         return 0
+
+    def fast_path(self):
+        """A capsule of the C functions the queue reader calls: each parsed message first (see _fast_message),
+        and the verdict write once it has read its socket empty."""
+        return PyCapsule_New(<void*>&PATH, "pktlab.QueuePath", NULL)
+
+    cdef int _fast_message(self, const QueueMessage* m) except -1:
+        """A packet no handler sees, verdicted and recorded from the reader's parse: 1, or 0 to decline.
+
+        What :meth:`_fast` does, without NetfilterQueue's packet object or a call through Python:
+        the verdict joins the batch, the record gets the packet, an accepted TCP segment is noted.
+        Declines whenever the packet needs an object (a handler, a hold predicate, flow tracking, TCP
+        connections with adjustment state) or a verdict of its own (no batching, packets held, a
+        repeat), so that the slow path decides exactly as before.
+        """
+        cdef int code = self.default_code
+        cdef Py_ssize_t n = m.payload_len
+        cdef Py_ssize_t wire = m.cap_len if m.cap_len > m.payload_len else 0
+        if (self.hold_fn is not None or self.seqadj_on or code == NF_REPEAT or self.batch_limit <= 1
+                or self.fd < 0 or self.held_count or self.reorder):
+            return 0
+        if self.chain.active:
+            return 0
+        flows = self.flows
+        if flows is not None and flows.enabled:
+            return 0
+        try:
+            self._batch_add(m.id, code)
+        except BaseException as exc:  # pktlab's own failure (the verdict write): counted, as in _fast
+            self.internal_errors += 1
+            self.last_internal_error = f"{type(exc).__name__}: {exc}"
+        if code == NF_ACCEPT and self.seqadj is not None:
+            self._note_passed(m.payload, n, wire)
+        self.ring.push(wall_time(), m.id, m.hook, wire if wire else n, m.payload, n, code, 0, mono_ns(),
+                       None, None, False)
+        return 1
 
     cdef void _fast(self, NfPacket nf):
         cdef int code = self.default_code

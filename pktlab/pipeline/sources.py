@@ -221,6 +221,7 @@ class LiveQueue(_Reading):
         # a full fail-open queue would pass packets of adjusted connections unadjusted: hold them instead
         d.on_seqadj = self.reader_source.hold_when_full
         self.reader_source.owner_sink = d  # pkt.uid, pkt.gid
+        self.reader_source.fast_path = (d, d.fast_path())  # packets no handler sees: no packet object
         if self.copy_auto:
             d.regrow = self.reader_source.grow_copy
 

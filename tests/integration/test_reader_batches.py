@@ -101,3 +101,34 @@ def test_packets_are_reused_only_when_nothing_kept_them(lab: Lab, queue_num: int
     # a packet reuses the one before it when nobody kept that one (seq % 10 in 3..9: 7 in 10;
     # kept packets, views and weak references all prevent reuse); the last one has no next
     assert s.dispatcher.reused == 300 // 10 * 7 - 1
+
+
+def test_packets_no_handler_sees_are_verdicted_from_the_readers_parse(lab: Lab, queue_num: int) -> None:
+    """Without a handler a packet gets its verdict and record entry from the message the reader parsed once
+    (no packet object); with one, every packet reaches it again, and without it the C path takes over again."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+        reader = s.source.reader
+        r = lab.udp(100, rate=0, timeout=20, idle=0.5)
+        assert r.unique == 100 and r.received == 100
+        assert wait_until(lambda: s.record.n == 100, timeout=5), s.record.n
+        assert reader.fast_packets == 100
+        entries = list(s.record)
+        assert len({e.id for e in entries}) == 100 and all(e.verdict == "accept" for e in entries)
+        assert all(e.size == 28 + 64 and e.head[9] == 17 and e.hook == "INPUT" for e in entries)  # IPv4, UDP, 64 B
+
+        seen: list[int] = []
+
+        @s.handler
+        def count(pkt):
+            seen.append(pkt.udp.dport)
+
+        r = lab.udp(100, rate=0, timeout=20, idle=0.5)
+        assert r.received == 100 and len(seen) == 100 and reader.fast_packets == 100
+
+        s.remove_handler("count")
+        r = lab.udp(100, rate=0, timeout=20, idle=0.5)
+        assert r.received == 100 and len(seen) == 100 and reader.fast_packets == 200
+        assert wait_until(lambda: s.record.n == 300, timeout=5), s.record.n
+    finally:
+        s.detach()
