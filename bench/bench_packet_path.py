@@ -106,14 +106,16 @@ def grow(pkt: Any) -> Any:
     return pkt.accept()
 
 
-def _tcp(lab: pktlab.Lab, handler: Callable) -> float:
+def _tcp(lab: pktlab.Lab, handler: Callable) -> dict[str, float]:
+    """Gbit/s, and how many packets got the error verdict (a retransmission cut differently from the first
+    time and grown at a new place cannot be made consistent: pktlab refuses that rewrite, as it should)."""
     s = pktlab.attach(1, rule="-p tcp", hook="FORWARD", netns=lab.router, deadline=None, max_len=1 << 16,
                       gso=True)  # fmt: skip
+    s.say_failures = False
     try:
         s.add_handler(handler, "h")
         gbps = _iperf_tcp(lab)
-        assert not s.errors, s.errors[:1]
-        return gbps
+        return {"gbps": gbps, "errors": s.status().counters["errors"]}
     finally:
         s.detach()
 
@@ -224,7 +226,7 @@ def main(argv: list[str]) -> int:
                 print(f"round {r + 1} {t:6} {n}: {v}", flush=True)
     med: dict[tuple[str, str], Any] = {}
     for k, vs in runs.items():
-        med[k] = {f: statistics.median(v[f] for v in vs) for f in ("avg", "p99")} if isinstance(vs[0], dict) \
+        med[k] = {f: statistics.median(v[f] for v in vs) for f in vs[0]} if isinstance(vs[0], dict) \
             else statistics.median(vs)  # fmt: skip
     print(f"\n{len(CPUS)} CPUs, medians of {rounds} rounds; iperf3 {SECONDS:g} s; {PINGS} pings every 5 ms\n")
     for t in trees:
@@ -247,7 +249,8 @@ def _report(t: str, names: list[str], med: dict[tuple[str, str], Any]) -> None:
         print(f"\nreading three fields / no handler: {u3 / u2:.1%}\n")
     if m("(t1)") is not None:
         t1, t2 = m("(t1)"), m("(t2)")
-        print(f"TCP (GSO): accept-only {t1:.2f} Gbit/s, every GSO packet grown {t2:.2f} Gbit/s: **{t2 / t1:.1%}**\n")
+        print(f"TCP (GSO): accept-only {t1['gbps']:.2f} Gbit/s, every GSO packet grown {t2['gbps']:.2f} Gbit/s: "
+              f"**{t2['gbps'] / t1['gbps']:.1%}** (packets whose rewrite was refused, median: {t2['errors']:.0f})\n")
     if m("(l0)") is not None:
         base = m("(l0)")
         print("| latency | RTT avg µs | p99 µs | added avg µs | added p99 µs |\n|---|---|---|---|---|")

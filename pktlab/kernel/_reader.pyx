@@ -4,9 +4,11 @@
 NetfilterQueue binds the queue; :class:`QueueReader` reads its socket with
 ``recvmmsg`` and parses each message once (:func:`parse_message`).  A packet
 that no handler will see is verdicted and recorded by the dispatcher's C path
-straight from that parse (``QueueReader.set_fast``); any other goes to
-libnetfilter_queue, whose callback makes NetfilterQueue's packet object and
-calls the dispatcher (``pktlab.pipeline._dispatch``) with it.
+straight from that parse (``QueueReader.set_fast``); any other gets
+NetfilterQueue's packet object, filled from the same parse, and goes to the
+dispatcher (``pktlab.pipeline._dispatch``) by a C call.  Without a dispatcher
+path (a bare reader) messages go to libnetfilter_queue and NetfilterQueue's
+callback, as NetfilterQueue's own loop sends them.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -153,9 +155,10 @@ cdef inline bint parse_message(const unsigned char* m, Py_ssize_t n, QueueMessag
 
     The layout is netlink's: a 16-byte nlmsghdr (length, type, ...), the 4-byte nfgenmsg, then
     attributes (2-byte length, 2-byte type, host order, padded to 4 bytes), the values big-endian.
-    Also read: NFQA_UID and NFQA_GID (-1 each unless both are there), NFQA_SKB_INFO (0 without:
-    GSO, checksum not ready, checksum not verified) and NFQA_CAP_LEN (the packet's whole length when
-    the copy range cut it; 0 when it came whole).
+    Read: NFQA_PACKET_HDR, NFQA_PAYLOAD (a pointer into ``m``), what NetfilterQueue's packet object
+    holds (NFQA_MARK, NFQA_TIMESTAMP, NFQA_HWADDR, the NFQA_IFINDEX_* devices), NFQA_UID and NFQA_GID
+    (-1 each unless both are there), NFQA_SKB_INFO (0 without: GSO, checksum not ready, checksum not
+    verified) and NFQA_CAP_LEN (the packet's whole length when the copy range cut it; 0 when it came whole).
     """
     cdef Py_ssize_t off = 20
     cdef unsigned short head[2]

@@ -807,11 +807,16 @@ cdef class Dispatcher:
         except BaseException as exc:  # pktlab's own failure (the verdict write): counted, as in _fast
             self.internal_errors += 1
             self.last_internal_error = f"{type(exc).__name__}: {exc}"
-        if code == NF_ACCEPT and self.seqadj is not None:
-            self._note_passed(m.payload, n, wire)
-        self.ring.push(wall_time(), m.id, m.hook, wire if wire else n, m.payload, n, code, 0, mono_ns(),
-                       None, None, False)
+        self._record_plain(wall_time(), m.id, m.hook, m.payload, n, wire, code)
         return 1
+
+    cdef inline void _record_plain(self, double now, unsigned int pid, unsigned char hook, const unsigned char* p,
+                                   Py_ssize_t n, Py_ssize_t wire, int code):
+        """The record entry of a packet no handler saw (``wire``: its whole length if only ``n`` bytes were
+        copied, else 0); an accepted TCP segment noted."""
+        if code == NF_ACCEPT and self.seqadj is not None:
+            self._note_passed(p, n, wire)
+        self.ring.push(now, pid, hook, wire if wire else n, p, n, code, 0, mono_ns(), None, None, False)
 
     cdef void _fast(self, NfPacket nf):
         cdef int code = self.default_code
@@ -833,10 +838,7 @@ cdef class Dispatcher:
             self._give(nf, code, True)
         except BaseException as exc:
             code = self._internal(nf, exc).code
-        if code == NF_ACCEPT and self.seqadj is not None:
-            self._note_passed(nf.payload + off, n - off, wire - off if wire > n else 0)
-        self.ring.push(now, nf.id, nf.hook, (wire if wire > n else n) - off,
-                       nf.payload + off, n - off, code, 0, mono_ns(), None, None, False)
+        self._record_plain(now, nf.id, nf.hook, nf.payload + off, n - off, wire - off if wire > n else 0, code)
 
     cdef PacketCore _packet(self, NfPacket nf, bytes data, PacketCore spare):
         """The packet handlers see: ``spare`` (an emptied earlier one) reused, or a new one."""
