@@ -17,9 +17,10 @@ Three measures, each configuration in a fresh process with its own lab, alternat
 
 ``--before DIR``: every configuration is also measured with the pktlab of the checkout ``DIR`` (built in
 place), alternated with this one's in the same run: the before/after table.  ``BENCH_CONFIGS=u,l`` runs
-only those measures.
+only those measures.  ``--profile``: where the time of the UDP flood goes, by CPU, process and binary
+(``perf record`` on every CPU during one run of (u2) and one of (u3)).
 
-Run: `.venv/bin/python bench/bench_packet_path.py [ROUNDS] [--before DIR]` (as root; default 3 rounds).
+Run: `.venv/bin/python bench/bench_packet_path.py [ROUNDS] [--before DIR] [--profile]` (as root; default 3 rounds).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -210,7 +212,31 @@ def _measure(tree: Path, name: str) -> Any:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def profile(name: str) -> None:
+    """``perf record`` on every CPU while one run of ``name`` floods; the shares by CPU, process and binary."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "perf.data")
+        run = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--one", name],
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(1.5 + SECONDS / 3)  # the lab is up and iperf3 floods
+        subprocess.run(["perf", "record", "-a", "-o", data, "sleep", str(SECONDS / 3)], capture_output=True,
+                       check=True)  # fmt: skip
+        out, _ = run.communicate(timeout=120)
+        argv = ["perf", "report", "-i", data, "--no-children", "--sort", "cpu,comm,dso", "--percent-limit", "0.5"]
+        report = subprocess.run([*argv, "--stdio"], capture_output=True, text=True, check=False).stdout
+    print(f"\n#### {name}: {float(out.strip().splitlines()[-1]):,.0f} datagrams/s; samples by CPU, process, binary\n")
+    print("```")
+    print("\n".join(line for line in report.splitlines() if line.strip() and not line.startswith("#")))
+    print("```")
+
+
 def main(argv: list[str]) -> int:
+    if "--profile" in argv:
+        for name in ("(u2) UDP: pktlab, no handler", "(u3) UDP: pktlab, handler reads 3 fields"):
+            profile(name)
+        return 0
     rounds = int(argv[0]) if argv and argv[0].isdigit() else 3
     before = Path(argv[argv.index("--before") + 1]).resolve() if "--before" in argv else None
     here = Path(__file__).resolve().parent.parent
