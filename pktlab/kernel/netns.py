@@ -255,6 +255,33 @@ def socket_in(name: str | None, family: int, kind: int, proto: int = 0) -> Any:
     return call_in(name, socket.socket, family, kind, proto)
 
 
+class InterfaceNames:
+    """Interface index -> name inside namespace ``name`` (None: this process's), for ``pkt.indev``/``pkt.outdev``.
+
+    The queue gives interface indexes, which name different interfaces in every namespace: a
+    lab's must be looked up in the lab.  Read once, and again when an index is not known (an
+    interface made since); a name that still cannot be found is the index as text.
+    """
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        self._names: dict[int, str] = {}
+
+    def __call__(self, index: int) -> str | None:
+        if not index:
+            return None
+        found = self._names.get(index)
+        if found is None:
+            import socket
+
+            try:
+                self._names = dict(call_in(self.name, socket.if_nameindex))
+            except OSError:
+                pass  # the namespace is gone: the index as text, below
+            found = self._names.get(index)
+        return found if found is not None else str(index)
+
+
 def argv_in(name: str | None, argv: Sequence[str]) -> list[str]:
     """The argv that runs ``argv`` inside namespace ``name`` (as a child of this process).
 

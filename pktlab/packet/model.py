@@ -208,11 +208,17 @@ class Packet(PacketCore):
 
     @property
     def indev(self) -> str | None:
-        return _if_name(self._meta.indev) if self._meta else None
+        """The interface the packet came in on (None: none, e.g. a locally sent one), named in its session's place."""
+        return self._name_of(self._meta.indev) if self._meta else None
 
     @property
     def outdev(self) -> str | None:
-        return _if_name(self._meta.outdev) if self._meta else None
+        """The interface the packet goes out on (None: not known yet at its hook), named in its session's place."""
+        return self._name_of(self._meta.outdev) if self._meta else None
+
+    def _name_of(self, index: int) -> str | None:
+        names = getattr(self._send, "if_name", None)  # a lab's interfaces are named in the lab
+        return names(index) if names is not None else _if_name(index)
 
     @property
     def hw(self) -> str | None:

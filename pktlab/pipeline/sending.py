@@ -32,6 +32,8 @@ class Sender:
     of an Ethernet capture): the frame then gets the answered frame's
     addresses swapped (zeros for a packet that answers none).
     ``ready()`` says why sending is impossible now (None: it is possible).
+    ``if_name(index)`` names an interface of the place the session's packets come from
+    (``pkt.indev``/``pkt.outdev``; default: this process's namespace).
     """
 
     def __init__(
@@ -42,7 +44,9 @@ class Sender:
         link: Callable[[], str] = lambda: "ip",
         clock: Callable[[Any], float] | None = None,
         ready: Callable[[], str | None] = lambda: None,
+        if_name: Callable[[int], str | None] | None = None,
     ) -> None:
+        self.if_name = if_name
         self.ring = ring
         self.deliver = deliver
         self.link = link

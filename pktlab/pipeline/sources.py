@@ -230,7 +230,8 @@ class LiveQueue(_Reading):
         if not _netns.queue_may_rewrite(self.netns):  # the kernel drops new payloads there: the host sends them
             session.dispatcher.reinject = self._raw.resender  # C: a GSO TCP packet is cut into segments
         raw = self._raw
-        return Sender(session.record.ring, lambda data, t: raw.send(data), ready=session.why_not_sending)
+        return Sender(session.record.ring, lambda data, t: raw.send(data), ready=session.why_not_sending,
+                      if_name=_netns.InterfaceNames(self.netns))  # fmt: skip
 
     def why_not_sending(self, session: SourceOwner) -> str:
         return f"session {session.name} is detached; attach() it first (it sends from {self.netns or 'the host'})"

@@ -132,3 +132,39 @@ def test_packets_no_handler_sees_are_verdicted_from_the_readers_parse(lab: Lab, 
         assert wait_until(lambda: s.record.n == 300, timeout=5), s.record.n
     finally:
         s.detach()
+
+
+def _mac(host, ifname: str) -> str:
+    out = host.run(["ip", "-o", "link", "show", "dev", ifname]).stdout
+    return out.split("link/ether", 1)[1].split()[0]
+
+
+def test_the_packet_object_from_the_readers_parse_says_what_the_kernel_said(router_lab: Lab, queue_num: int) -> None:
+    """id, hook, the interfaces the packet came in and goes out on (named in the lab, where those indexes
+    belong), the sender's MAC address and the mark, as the queue message gave them."""
+    lab = router_lab
+    lab.router.run(["nft", "-f", "-"], input=(
+        "table ip pktlab_test_mark {\n chain pre {\n  type filter hook prerouting priority -300;\n"
+        "  udp dport 9000 meta mark set 0x2a\n }\n}\n"))  # fmt: skip
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", hook="FORWARD", netns=lab.router)
+    seen: list[tuple] = []
+    try:
+
+        @s.handler
+        def note(pkt):
+            seen.append((pkt.id, pkt.hook, pkt.indev, pkt.outdev, pkt.hw, pkt.mark))
+
+        r = lab.udp(5, rate=0, timeout=20, idle=0.5)
+        assert r.received == 5 and len(seen) == 5
+    finally:
+        s.detach()
+        lab.router.run(["nft", "delete", "table", "ip", "pktlab_test_mark"])
+
+    def facing(peer) -> str:  # the router's interface on the peer's /24
+        net = peer.addr.rsplit(".", 1)[0] + "."
+        return next(name for name, a in lab.router.addrs.items() if a.startswith(net))
+
+    client_if = next(iter(lab.client.addrs))
+    want = ("FORWARD", facing(lab.client), facing(lab.server), _mac(lab.client, client_if), 0x2A)
+    assert [x[1:] for x in seen] == [want] * 5
+    assert len({x[0] for x in seen}) == 5 and all(x[0] > 0 for x in seen)
