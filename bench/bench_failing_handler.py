@@ -28,46 +28,51 @@ PINGS = 2000
 INTERVAL = "0.005"
 
 
-def _ping(lab: pktlab.Lab) -> list[float]:
-    out = lab.client.run(["ping", "-n", "-i", INTERVAL, "-c", str(PINGS), "-W", "1", lab.server.addr],
-                         timeout=PINGS * 0.05 + 30).stdout  # fmt: skip
+def ping(lab: pktlab.Lab, count: int = PINGS) -> list[float]:
+    """Round-trip times (ms) of ``count`` pings from the lab's client to its server, one every 5 ms."""
+    out = lab.client.run(["ping", "-n", "-i", INTERVAL, "-c", str(count), "-W", "1", lab.server.addr],
+                         timeout=count * 0.05 + 30).stdout  # fmt: skip
     return [float(m) for m in re.findall(r"time=([\d.]+) ms", out)]
 
 
-def _summary(rtts: list[float]) -> dict[str, Any]:
+def summary(rtts: list[float]) -> dict[str, Any]:
     rtts = sorted(rtts)
     return {"avg_us": statistics.fmean(rtts) * 1000, "p99_us": rtts[int(len(rtts) * 0.99) - 1] * 1000,
             "n": len(rtts)}  # fmt: skip
 
 
-def no_queue(lab: pktlab.Lab) -> dict[str, Any]:
-    return _summary(_ping(lab))
+def no_queue(lab: pktlab.Lab, count: int = PINGS) -> dict[str, Any]:
+    return summary(ping(lab, count))
 
 
-def _through(lab: pktlab.Lab, handler: Any) -> dict[str, Any]:
+def through(lab: pktlab.Lab, handler: Any, count: int = PINGS) -> dict[str, Any]:
+    """The pings with the server's ICMP echo requests through a session with ``handler`` (None: no handler)."""
     s = pktlab.attach(1, rule="-p icmp --icmp-type echo-request", netns=lab.server)
     s.say_failures = False
     try:
-        s.add_handler(handler, "h")
-        result = _summary(_ping(lab))
+        if handler is not None:
+            s.add_handler(handler, "h")
+        result = summary(ping(lab, count))
         result["errors"] = s.status().counters["errors"]
         return result
     finally:
         s.detach()
 
 
-def returns(lab: pktlab.Lab) -> dict[str, Any]:
-    def passes(pkt: Any) -> None:
-        return None
+def passes(pkt: Any) -> None:
+    return None
 
-    return _through(lab, passes)
+
+def fails(pkt: Any) -> None:
+    raise ValueError(f"no rule for {pkt.ip.src}")
+
+
+def returns(lab: pktlab.Lab) -> dict[str, Any]:
+    return through(lab, passes)
 
 
 def raises(lab: pktlab.Lab) -> dict[str, Any]:
-    def fails(pkt: Any) -> None:
-        raise ValueError(f"no rule for {pkt.ip.src}")
-
-    return _through(lab, fails)
+    return through(lab, fails)
 
 
 CONFIGS = {"(0) no queue": no_queue, "(a) handler returns": returns, "(b) handler raises": raises}

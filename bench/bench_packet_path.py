@@ -27,27 +27,27 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_queue import BareReader  # noqa: E402
-from harness import iperf3_server, iperf_udp64  # noqa: E402
+import bench_failing_handler as failing  # noqa: E402
+import bench_tcp_rewrite as tcp  # noqa: E402
+from before_after import measure  # noqa: E402
+from bench_queue import BareReader, read_three  # noqa: E402
+from harness import iperf_udp64  # noqa: E402
 
 import pktlab  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 PINGS = int(os.environ.get("BENCH_PINGS", "1000"))
 UDP_PORT = 5201
-TCP_PORT = 5202
 CPUS = sorted(os.sched_getaffinity(0))
 WINDOW = os.environ.get("BENCH_WINDOW") or None  # iperf3 -w for the UDP flood (default: the system's)
 
@@ -69,12 +69,6 @@ def udp_bare(lab: pktlab.Lab) -> float:
         return iperf_udp64(lab, UDP_PORT, SECONDS, WINDOW)[0]
 
 
-def read_three(pkt: Any) -> None:
-    if pkt.ip.src and pkt.ip.dst and pkt.udp.dport < 0:
-        return pkt.drop()
-    return None
-
-
 def _udp_pktlab(lab: pktlab.Lab, handler: Callable | None) -> float:
     s = pktlab.attach(1, rule=f"-p udp --dport {UDP_PORT}", netns=lab.server, bypass=False, fail_open=False,
                       max_len=1 << 16)  # fmt: skip
@@ -89,25 +83,7 @@ def _udp_pktlab(lab: pktlab.Lab, handler: Callable | None) -> float:
         s.detach()
 
 
-# -- TCP (GSO) -------------------------------------------------------------------------------------
-def _iperf_tcp(lab: pktlab.Lab) -> float:
-    with iperf3_server(lab, TCP_PORT):
-        out = lab.client.run(["iperf3", "-c", lab.server.addr, "-p", str(TCP_PORT), "-t", str(SECONDS), "-J"],
-                             timeout=SECONDS + 30).stdout  # fmt: skip
-    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
-
-
-def read_and_accept(pkt: Any) -> Any:
-    return pkt.accept() if pkt.tcp is not None and pkt.tcp.dport >= 0 else None
-
-
-def grow(pkt: Any) -> Any:
-    t = pkt.tcp
-    if t is not None and t.dport == TCP_PORT and len(t.payload) >= 1000:  # the data stream, not the control one
-        t.payload = t.payload + b"!!"
-    return pkt.accept()
-
-
+# -- TCP (GSO): bench_tcp_rewrite's iperf3 run and handlers, the queue bound with gso=True ----------------------
 def _tcp(lab: pktlab.Lab, handler: Callable) -> dict[str, float]:
     """Gbit/s, and how many packets got the error verdict (a retransmission cut differently from the first
     time and grown at a new place cannot be made consistent: pktlab refuses that rewrite, as it should)."""
@@ -116,68 +92,17 @@ def _tcp(lab: pktlab.Lab, handler: Callable) -> dict[str, float]:
     s.say_failures = False
     try:
         s.add_handler(handler, "h")
-        gbps = _iperf_tcp(lab)
+        gbps = tcp.iperf(lab) / 1e9
         return {"gbps": gbps, "errors": s.status().counters["errors"]}
     finally:
         s.detach()
 
 
-# -- latency ---------------------------------------------------------------------------------------
-@contextmanager
-def cpus_kept_awake() -> Iterator[None]:
-    """With BENCH_SPIN=1: a busy loop at nice 19 on every CPU, so that no CPU halts between two pings.
-
-    Waking a halted virtual CPU costs this VM ~85 µs, the same for every reader; with the CPUs kept awake the
-    reader preempts the loop at once and the figure is the queue's own path.  Our own processes, killed by PID.
-    """
-    if os.environ.get("BENCH_SPIN") != "1":
-        yield
-        return
-    loop = ["nice", "-n", "19", sys.executable, "-c", "while True: pass"]
-    spinners = [subprocess.Popen(["taskset", "-c", str(c), *loop]) for c in CPUS]
-    try:
-        yield
-    finally:
-        for p in spinners:
-            p.kill()
-            p.wait()
-
-
-def _ping(lab: pktlab.Lab) -> dict[str, float]:
-    with cpus_kept_awake():
-        out = lab.client.run(["ping", "-n", "-i", "0.005", "-c", str(PINGS), "-W", "1", lab.server.addr],
-                             timeout=PINGS * 0.05 + 30).stdout  # fmt: skip
-    rtts = sorted(float(m) * 1000 for m in re.findall(r"time=([\d.]+) ms", out))
-    return {"avg": statistics.fmean(rtts), "p99": rtts[int(len(rtts) * 0.99) - 1], "n": len(rtts)}
-
-
-def lat_no_queue(lab: pktlab.Lab) -> dict[str, float]:
-    return _ping(lab)
-
-
-def lat_bare(lab: pktlab.Lab) -> dict[str, float]:
+# -- latency: bench_failing_handler's pings and session, PINGS of them ------------------------------------------
+def lat_bare(lab: pktlab.Lab) -> dict[str, Any]:
     with BareReader(lab.server.netns, ("-p", "icmp", "--icmp-type", "echo-request")) as reader:
         reader.start_reading()
-        return _ping(lab)
-
-
-def _lat_pktlab(lab: pktlab.Lab, handler: Callable | None) -> dict[str, float]:
-    s = pktlab.attach(1, rule="-p icmp --icmp-type echo-request", netns=lab.server)
-    s.say_failures = False
-    try:
-        if handler is not None:
-            s.add_handler(handler, "h")
-        return _ping(lab)
-    finally:
-        s.detach()
-
-
-def returns(pkt: Any) -> None:
-    return None
-
-
-def raises(pkt: Any) -> None:
-    raise ValueError(f"no rule for {pkt.ip.src}")
+        return failing.summary(failing.ping(lab, PINGS))
 
 
 CONFIGS: dict[str, tuple[str, Callable[[pktlab.Lab], Any]]] = {
@@ -185,13 +110,13 @@ CONFIGS: dict[str, tuple[str, Callable[[pktlab.Lab], Any]]] = {
     "(u1) UDP: bare NetfilterQueue": ("pair", udp_bare),
     "(u2) UDP: pktlab, no handler": ("pair", lambda lab: _udp_pktlab(lab, None)),
     "(u3) UDP: pktlab, handler reads 3 fields": ("pair", lambda lab: _udp_pktlab(lab, read_three)),
-    "(t1) TCP: handler reads the header and accepts": ("router", lambda lab: _tcp(lab, read_and_accept)),
-    "(t2) TCP: handler grows every GSO packet by 2 bytes": ("router", lambda lab: _tcp(lab, grow)),
-    "(l0) latency: no queue": ("pair", lat_no_queue),
+    "(t1) TCP: handler reads the header and accepts": ("router", lambda lab: _tcp(lab, tcp.read_and_accept)),
+    "(t2) TCP: handler grows every GSO packet by 2 bytes": ("router", lambda lab: _tcp(lab, tcp.grow)),
+    "(l0) latency: no queue": ("pair", lambda lab: failing.no_queue(lab, PINGS)),
     "(l1) latency: bare NetfilterQueue": ("pair", lat_bare),
-    "(l2) latency: pktlab, no handler": ("pair", lambda lab: _lat_pktlab(lab, None)),
-    "(l3) latency: pktlab, handler returns": ("pair", lambda lab: _lat_pktlab(lab, returns)),
-    "(l4) latency: pktlab, handler raises": ("pair", lambda lab: _lat_pktlab(lab, raises)),
+    "(l2) latency: pktlab, no handler": ("pair", lambda lab: failing.through(lab, None, PINGS)),
+    "(l3) latency: pktlab, handler returns": ("pair", lambda lab: failing.through(lab, failing.passes, PINGS)),
+    "(l4) latency: pktlab, handler raises": ("pair", lambda lab: failing.through(lab, failing.fails, PINGS)),
 }
 
 
@@ -200,16 +125,6 @@ def run_one(name: str) -> int:
     with pktlab.Lab(topology) as lab:
         print(json.dumps(fn(lab)))
     return 0
-
-
-def _measure(tree: Path, name: str) -> Any:
-    """One configuration in a fresh process, with the pktlab of ``tree`` (its checkout, built in place)."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", name], capture_output=True,
-                         text=True, env=env, check=False, timeout=600)  # fmt: skip
-    if out.returncode:
-        raise SystemExit(f"{name} with {tree} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def profile(name: str) -> None:
@@ -247,7 +162,7 @@ def main(argv: list[str]) -> int:
     for r in range(rounds):
         for n in names:
             for t in sorted(trees, reverse=r % 2 == 1):  # who goes first alternates too
-                v = _measure(trees[t], n)
+                v = measure(trees[t], Path(__file__).name, n)
                 runs[(t, n)].append(v)
                 print(f"round {r + 1} {t:6} {n}: {v}", flush=True)
     med: dict[tuple[str, str], Any] = {}
@@ -282,8 +197,8 @@ def _report(t: str, names: list[str], med: dict[tuple[str, str], Any]) -> None:
         print("| latency | RTT avg µs | p99 µs | added avg µs | added p99 µs |\n|---|---|---|---|---|")
         for k in ("(l0)", "(l1)", "(l2)", "(l3)", "(l4)"):
             v, n = m(k), next(x for x in names if x.startswith(k))
-            print(f"| {n[5:]} | {v['avg']:.1f} | {v['p99']:.1f} | {v['avg'] - base['avg']:+.1f} | "
-                  f"{v['p99'] - base['p99']:+.1f} |")  # fmt: skip
+            print(f"| {n[5:]} | {v['avg_us']:.1f} | {v['p99_us']:.1f} | {v['avg_us'] - base['avg_us']:+.1f} | "
+                  f"{v['p99_us'] - base['p99_us']:+.1f} |")  # fmt: skip
         print()
 
 

@@ -1,6 +1,7 @@
 # Small inline helpers shared by the compiled modules (a .pxd, so they are inlined where used).
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 
@@ -14,6 +15,16 @@ cdef inline long long mono_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec * 1000000000LL + ts.tv_nsec
+
+
+cdef inline Py_ssize_t tcp_stream_key(const unsigned char* ip, Py_ssize_t tcp, unsigned char* key) noexcept nogil:
+    """A TCP segment's stream as the dispatcher and sequence adjustment both name it, into ``key`` (36 bytes):
+    source and destination address, then the ports, as in the packet; its length.  ``ip``: the IPv4/IPv6
+    header; ``tcp``: the TCP header's offset from it."""
+    cdef Py_ssize_t a = 8 if ip[0] >> 4 == 4 else 32
+    memcpy(key, ip + (12 if a == 8 else 8), a)
+    memcpy(key + a, ip + tcp, 4)
+    return a + 4
 
 
 cdef inline const unsigned char* buf_ptr(object buf, Py_ssize_t* n) except NULL:

@@ -25,7 +25,7 @@ from netfilterqueue._impl cimport nfq_set_verdict
 
 from cpython.pycapsule cimport PyCapsule_New
 
-from pktlab._common cimport QueueMessage, QueuePath, buf_ptr, mono_ns, wall_time
+from pktlab._common cimport QueueMessage, QueuePath, buf_ptr, mono_ns, tcp_stream_key, wall_time
 from pktlab.packet._core cimport Packet_from, PacketCore, fix_packet, packet_done, packet_recycle
 from pktlab.packet._core import too_big
 from pktlab.pipeline._capture cimport CapturedPacket
@@ -98,8 +98,6 @@ cdef inline bint tcp_stream_end(const unsigned char* p, Py_ssize_t n, unsigned c
         if p[9] != 6 or ihl < 20 or total > whole or total < ihl + 20 or ihl + 20 > n \
                 or ((p[6] & 0x3f) << 8 | p[7]) != 0:
             return False
-        memcpy(key, p + 12, 8)
-        klen[0] = 8
         t = ihl
     elif p[0] >> 4 == 6:
         if n < 60 or p[6] != 6:
@@ -107,16 +105,13 @@ cdef inline bint tcp_stream_end(const unsigned char* p, Py_ssize_t n, unsigned c
         total = 40 + ((p[4] << 8) | p[5])
         if total > whole or total < 60:
             return False
-        memcpy(key, p + 8, 32)
-        klen[0] = 32
         t = 40
     else:
         return False
     doff = (p[t + 12] >> 4) * 4
     if doff < 20 or t + doff > total:
         return False
-    memcpy(key + klen[0], p + t, 4)
-    klen[0] += 4
+    klen[0] = tcp_stream_key(p, t, key)
     seq = (<unsigned int>p[t + 4] << 24) | (<unsigned int>p[t + 5] << 16) | (<unsigned int>p[t + 6] << 8) | p[t + 7]
     flags = p[t + 13]
     if start != NULL:
@@ -173,7 +168,7 @@ cdef class Dispatcher:
     cdef public object hold_fn
     cdef public object on_hold
     cdef public long long held_count
-    # TCP sequence adjustment (pipeline/tcp_adjust.py): looked at for accepted TCP packets whose payload a
+    # TCP sequence adjustment (pipeline/seqadj.py, TcpAdjust): looked at for accepted TCP packets whose payload a
     # handler changed, and for every accepted TCP packet while any connection has state (seqadj_on)
     cdef public object seqadj
     cdef public bint seqadj_on
@@ -329,8 +324,12 @@ cdef class Dispatcher:
         """Send the pending batch verdict (the reader calls this whenever its socket is empty)."""
         self._flush()
 
+    cdef inline bint _batchable(self, int code) noexcept:
+        """A plain verdict ``code`` can join the batch (never while a packet is held: the batch would cover it)."""
+        return code != NF_REPEAT and self.batch_limit > 1 and self.fd >= 0 and self.held_count == 0
+
     cdef int _give(self, NfPacket nf, int code, bint plain) except -1:
-        if plain and code != NF_REPEAT and self.batch_limit > 1 and self.fd >= 0 and self.held_count == 0:
+        if plain and self._batchable(code):
             self._batch_add(nf.id, code)
             return 0
         if self.b_count:
@@ -794,8 +793,7 @@ cdef class Dispatcher:
         cdef int code = self.default_code
         cdef Py_ssize_t n = m.payload_len
         cdef Py_ssize_t wire = m.cap_len if m.cap_len > m.payload_len else 0
-        if (self.hold_fn is not None or self.seqadj_on or code == NF_REPEAT or self.batch_limit <= 1
-                or self.fd < 0 or self.held_count or self.reorder):
+        if self.hold_fn is not None or self.seqadj_on or not self._batchable(code):
             return 0
         if self.chain.active:
             return 0

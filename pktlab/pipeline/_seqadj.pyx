@@ -18,7 +18,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcmp
 
-from pktlab._common cimport buf_ptr
+from pktlab._common cimport buf_ptr, tcp_stream_key
 from pktlab.packet._core cimport PacketCore
 
 from pktlab.errors import PacketFormatError, PktlabError
@@ -828,34 +828,33 @@ cdef Py_ssize_t sack_blocks(const unsigned char* o, Py_ssize_t n, list blocks) n
     return -1
 
 
-cdef class TcpView:
-    """Where a packet's TCP header and payload are, read once in C (what the views would say)."""
-
-    cdef Py_ssize_t l3, off, doff, start, n
-    cdef const unsigned char* p
-
-    cdef int read(self, PacketCore pkt) except -1:
-        """1 for a TCP segment whose header is all there, 0 otherwise (as ``pkt.tcp`` would be None or raise)."""
-        pkt._find_l4()
-        if pkt._l4proto != 6 or pkt._l4frag == 2:
-            return 0
-        self.p = buf_ptr(pkt._buf, &self.n)
-        self.l3 = pkt._l3 if pkt._l3 > 0 else 0
-        self.off = pkt._l4off
-        if self.off + 20 > self.n:
-            return 0
-        self.doff = (self.p[self.off + 12] >> 4) * 4
-        self.start = self.off + self.doff
-        if self.doff < 20 or self.start > self.n:
-            return 0
-        return 1
+cdef struct TcpLoc:
+    const unsigned char* p  # the packet's bytes (valid until the buffer changes: read again after a write)
+    Py_ssize_t n, l3, off, doff, start  # their length, the IP and TCP headers' offsets, the TCP header's length,
+    # where the payload starts
 
 
-cdef bytes stream_key(const unsigned char* p, Py_ssize_t l3, Py_ssize_t tcp):
-    """A TCP segment's stream: source and destination address, then ports, as the dispatcher notes them."""
-    if p[l3] >> 4 == 4:
-        return (<const char*>p)[l3 + 12 : l3 + 20] + (<const char*>p)[tcp : tcp + 4]
-    return (<const char*>p)[l3 + 8 : l3 + 40] + (<const char*>p)[tcp : tcp + 4]
+cdef bint find_tcp(PacketCore pkt, TcpLoc* t) except -1:
+    """Where a packet's TCP header and payload are, read in C (what the views would say): True for a TCP
+    segment whose header is all there, False otherwise (as ``pkt.tcp`` would be None or raise).  On the
+    caller's stack: a held packet's verdict from the notebook and the reader thread may both be here."""
+    pkt._find_l4()
+    if pkt._l4proto != 6 or pkt._l4frag == 2:
+        return False
+    t.p = buf_ptr(pkt._buf, &t.n)
+    t.l3 = pkt._l3 if pkt._l3 > 0 else 0
+    t.off = pkt._l4off
+    if t.off + 20 > t.n:
+        return False
+    t.doff = (t.p[t.off + 12] >> 4) * 4
+    t.start = t.off + t.doff
+    return t.doff >= 20 and t.start <= t.n
+
+
+cdef bytes stream_key(const TcpLoc* t):
+    """A TCP segment's stream, as the dispatcher notes how far each went (``tcp_stream_key``)."""
+    cdef unsigned char key[36]
+    return (<char*>key)[:tcp_stream_key(t.p + t.l3, t.off - t.l3, key)]
 
 
 cdef class TcpAdjust:
@@ -872,15 +871,12 @@ cdef class TcpAdjust:
     cdef public int headroom
     cdef public bint clamp  # take headroom off SYNs' MSS (the dispatcher: only while a handler may grow segments)
     cdef object _lock  # the reader thread and a held packet's verdict from the notebook
-    cdef TcpView o_view, t_view
 
     def __init__(self, SeqAdjuster adjuster=None, int headroom=64):
         self.adjuster = adjuster if adjuster is not None else SeqAdjuster()
         self.headroom = headroom
         self.clamp = True
         self._lock = threading.Lock()
-        self.o_view = TcpView()
-        self.t_view = TcpView()
 
     @property
     def active(self) -> bool:
@@ -898,11 +894,11 @@ cdef class TcpAdjust:
         Without it a full-sized segment grown by a rewrite is larger than the
         link's MTU and is dropped on the way (with DF set, as TCP sends them).
         """
-        cdef TcpView t = self.t_view
+        cdef TcpLoc t
         cdef Py_ssize_t i = 0, size, end
         cdef unsigned int mss, new
         cdef unsigned char* w
-        if not t.read(pkt):
+        if not find_tcp(pkt, &t):
             return 0
         end = t.start
         i = t.off + 20
@@ -939,7 +935,7 @@ cdef class TcpAdjust:
         # rewrite=False: the dispatcher then clears _modified of a packet that may still hold a refused rewrite
         cdef bint same = rewrite and not pkt._modified
         cdef PacketCore orig
-        cdef TcpView o = self.o_view, t = self.t_view
+        cdef TcpLoc o, t
         cdef const unsigned char* p
         cdef list sack = []
         cdef Py_ssize_t at, a
@@ -952,9 +948,9 @@ cdef class TcpAdjust:
                 orig = pkt
             else:
                 orig = pkt.like(original)
-            if not o.read(orig):
+            if not find_tcp(orig, &o):
                 return
-            if rewrite and not same and not t.read(pkt):
+            if rewrite and not same and not find_tcp(pkt, &t):
                 return
             p = o.p
             a = 4 if p[o.l3] >> 4 == 4 else 16
@@ -966,7 +962,7 @@ cdef class TcpAdjust:
             seg = Segment(src, (p[o.off] << 8) | p[o.off + 1], dst, (p[o.off + 2] << 8) | p[o.off + 3],
                           get32(p + o.off + 4), get32(p + o.off + 8), p[o.off + 13],
                           (<const char*>p)[o.start : o.n], sack)
-            sent_end = high.get(stream_key(p, o.l3, o.off)) if high else None
+            sent_end = high.get(stream_key(&o)) if high else None
             if rewrite and pkt._modified:
                 out = (<const char*>t.p)[t.start : t.n]
         except PacketFormatError:  # a TCP header that cannot be read as it arrived: nothing to adjust by
@@ -981,13 +977,13 @@ cdef class TcpAdjust:
     cdef int _write(self, PacketCore pkt, bytes original, Segment seg, Adjusted res, bytes o_opts, Py_ssize_t at,
                     bint rewrite) except -1:
         """Put what the adjuster says into the packet's fields (a handler's own change of a field is kept)."""
-        cdef TcpView t = self.t_view
+        cdef TcpLoc t
         cdef unsigned char* w
         cdef Py_ssize_t size, start
         cdef bytes opt
         if not rewrite:  # adjust the packet as it arrived: it replaces whatever the handlers did
             pkt.set_payload(original[pkt._l3 if pkt._l3 > 0 else 0 :])
-        if not t.read(pkt):
+        if not find_tcp(pkt, &t):
             return 0
         if res.seq != seg.seq or res.ack != seg.ack:
             w = <unsigned char*>PyByteArray_AS_STRING(pkt._writable())
@@ -995,7 +991,7 @@ cdef class TcpAdjust:
                 put32(w + t.off + 4, <unsigned int>((res.seq + get32(w + t.off + 4) - seg.seq) & MASK))
             if res.ack != seg.ack:
                 put32(w + t.off + 8, <unsigned int>((res.ack + get32(w + t.off + 8) - seg.ack) & MASK))
-            t.read(pkt)
+            find_tcp(pkt, &t)
         if res.sack != seg.sack and at >= 0 and t.doff - 20 >= at \
                 and memcmp(t.p + t.off + 20, PyBytes_AS_STRING(o_opts), at) == 0:
             # the option keeps its place and size; blocks that map to nothing make room for NOPs
@@ -1004,7 +1000,7 @@ cdef class TcpAdjust:
             opt += b"".join(x.to_bytes(4, "big") + y.to_bytes(4, "big") for x, y in res.sack)
             start = t.off + 20 + at - 2
             pkt._writable()[start : start + size] = opt + b"\x01" * (size - len(opt))
-            t.read(pkt)
+            find_tcp(pkt, &t)
         if not (PyBytes_GET_SIZE(res.payload) == t.n - t.start
                 and memcmp(t.p + t.start, PyBytes_AS_STRING(res.payload), t.n - t.start) == 0):
             pkt._replace(t.start, t.n, res.payload)

@@ -36,9 +36,13 @@ the position nearest the highest one seen.
 
 The algorithm is compiled (``pipeline/_seqadj.pyx``: typed positions, edits
 found by bisection in C, payloads compared with ``memcmp``); this module names
-it.  The dispatcher calls :meth:`SeqAdjuster.adjust` (through
-``pipeline/tcp_adjust``) for TCP packets that are accepted, live and on
-captures alike (``pipeline/_dispatch.pyx``).
+it.  :class:`TcpAdjust` applies it to packets: the dispatcher hands it each
+accepted TCP packet as the handlers left it and the bytes it arrived with; it
+reads the TCP fields of both in C, asks :meth:`SeqAdjuster.adjust` what the
+packet must carry, and writes that into the packet (sequence and
+acknowledgement numbers, SACK edges, the payload), so that the usual fix-up
+recomputes lengths and checksums, live and on captures alike
+(``pipeline/_dispatch.pyx``).
 """
 
 from ._seqadj import (
@@ -54,8 +58,9 @@ from ._seqadj import (
     SeqAdjuster,
     SeqAdjWait,
     StreamMap,
+    TcpAdjust,
     common_affixes,
 )
 
 __all__ = ["ACK", "FIN", "HALF", "MOD", "RST", "SYN", "Adjusted", "SeqAdjError", "SeqAdjWait", "SeqAdjuster",
-           "Segment", "StreamMap", "common_affixes"]
+           "Segment", "StreamMap", "TcpAdjust", "common_affixes"]

@@ -45,8 +45,8 @@ from .flows import PROTO_NAMES, FlowTable
 from .handlers import Handler, HandlerChain, HandlerFailure
 from .holding import HeldPacket, HeldPackets
 from .record import Record
+from .seqadj import TcpAdjust
 from .sources import CaptureReplay, LiveQueue, PacketSource
-from .tcp_adjust import TcpAdjust
 from .tcp_analysis import FLOW_COLUMNS, flow_summary
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Sequence adjustment applied to packets (pktlab.pipeline.tcp_adjust) through the one dispatcher, on captures.
+"""Sequence adjustment applied to packets (pktlab.pipeline.seqadj.TcpAdjust) through the one dispatcher, on captures.
 
 The real-kernel side is tests/integration/test_tcp_rewrite.py.
 """
@@ -174,6 +174,33 @@ def test_a_refused_rewrite_sends_the_segment_as_it_went_not_as_the_handler_left_
     out = [(t.seq, t.payload) for t in (pktlab.Packet(None, d).tcp for _, d, _ in r.outputs)]
     assert out == [(101, b"one<~>"), (107, b"two~"), (101, b"one<~>")]
     assert list(r.df["verdict"]) == ["accept"] * 3 and list(r.df["error"].notna()) == [False, False, True]
+    assert "already went on" in str(r.errors[0])
+
+
+@pytest.mark.parametrize("ipv6", [False, True])
+def test_a_first_rewrite_behind_bytes_that_already_went_is_refused(tmp_path: Path, ipv6: bool) -> None:
+    """The connection's first rewrite comes on a retransmission, after later bytes went unchanged: the
+    dispatcher's note of how far the stream went (keyed as sequence adjustment keys it, IPv4 and IPv6)
+    makes it a refusal, and what goes is the segment as it arrived."""
+    ends = {"sport": 40000, "dport": 8080, "ipv6": ipv6}
+    path = capture(tmp_path / "first.pcap", [
+        tcp(flags="PA", seq=101, ack=501, payload=b"one~", **ends),
+        tcp(flags="PA", seq=105, ack=501, payload=b"two~", **ends),
+        tcp(flags="PA", seq=101, ack=501, payload=b"one~", **ends),  # sent again: now the handler grows it
+    ])  # fmt: skip
+    seen = []
+
+    def grow_again(pkt):
+        seen.append(1)
+        if len(seen) == 3:
+            pkt.tcp.payload = b"one<~>"
+
+    r = pktlab.replay(path)
+    r.add_handler(grow_again, "grow")
+    r.run()
+    out = [(t.seq, t.payload) for t in (pktlab.Packet(None, d).tcp for _, d, _ in r.outputs)]
+    assert out == [(101, b"one~"), (105, b"two~"), (101, b"one~")]
+    assert list(r.df["error"].notna()) == [False, False, True]
     assert "already went on" in str(r.errors[0])
 
 
