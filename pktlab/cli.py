@@ -118,7 +118,7 @@ def autograde(assignment: str, folder: str, jobs: int) -> int:
         t0 = time.monotonic()
         proc = subprocess.run([nbgrader, "autograde", assignment, "--student", student, "--force"], cwd=root,
                               env=env, capture_output=True, text=True, check=False)  # fmt: skip
-        return student, proc.returncode, time.monotonic() - t0, proc.stderr[-2000:]
+        return student, proc.returncode, time.monotonic() - t0, proc.stderr  # whole: a kernel says why early on
 
     failed = 0
     t0 = time.monotonic()
