@@ -3,7 +3,8 @@
 Each sits beside what it speeds up, one job each: the queue reader
 (``kernel/_reader``), the raw sender (``kernel/_resend``: replies and re-sent
 rewrites), the packet core and view fields (``packet/_core``), the
-record ring (``pipeline/_ring``), the capture source (``pipeline/_capture``:
+record ring (``pipeline/_ring``), how far each TCP stream went
+(``pipeline/_streams``), the capture source (``pipeline/_capture``:
 libpcap), the dispatcher (``pipeline/_dispatch``), TCP sequence adjustment (``pipeline/_seqadj``) and NetPIPE's timed loops
 (``measure/_pingpong``).  The reader, the dispatcher and the capture source
 cimport NetfilterQueue's types, declared in the copy of its ``_impl.pxd`` in
@@ -90,6 +91,7 @@ setup(
             ext("kernel/_resend"),
             ext("packet/_core"),
             ext("pipeline/_ring"),
+            ext("pipeline/_streams"),
             ext("pipeline/_capture", ("pcap",)),
             ext("pipeline/_dispatch", ("netfilter_queue",)),
             ext("pipeline/_seqadj"),

@@ -13,7 +13,8 @@ Three measures, each configuration in a fresh process with its own lab, alternat
 * **Latency** (pair lab; ping every 5 ms, PINGS of them, through an ICMP queue at the server's INPUT):
   the round-trip time added over (l0) no queue, average and 99th percentile — (l1) bare NetfilterQueue,
   (l2) pktlab without a handler, (l3) a handler that returns None, (l4) a handler that raises on every
-  packet.
+  packet; and while a thread of the process computes in Python (a notebook cell's loop: it holds the GIL
+  but for the interpreter's switch interval), (l5) pktlab without a handler, (l6) a handler that returns.
 
 ``--before DIR``: every configuration is also measured with the pktlab of the checkout ``DIR`` (built in
 place), alternated with this one's in the same run: the before/after table.  ``BENCH_CONFIGS=u,l`` runs
@@ -30,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +107,24 @@ def lat_bare(lab: pktlab.Lab) -> dict[str, Any]:
         return failing.summary(failing.ping(lab, PINGS))
 
 
+def lat_computing(lab: pktlab.Lab, handler: Callable | None) -> dict[str, Any]:
+    """The pings while a thread of this process runs a Python loop (a notebook cell computing)."""
+    stop = threading.Event()
+
+    def compute() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    t = threading.Thread(target=compute, daemon=True)
+    t.start()
+    try:
+        return failing.through(lab, handler, PINGS)
+    finally:
+        stop.set()
+        t.join()
+
+
 CONFIGS: dict[str, tuple[str, Callable[[pktlab.Lab], Any]]] = {
     "(u0) UDP: no queue": ("pair", udp_no_queue),
     "(u1) UDP: bare NetfilterQueue": ("pair", udp_bare),
@@ -117,6 +137,9 @@ CONFIGS: dict[str, tuple[str, Callable[[pktlab.Lab], Any]]] = {
     "(l2) latency: pktlab, no handler": ("pair", lambda lab: failing.through(lab, None, PINGS)),
     "(l3) latency: pktlab, handler returns": ("pair", lambda lab: failing.through(lab, failing.passes, PINGS)),
     "(l4) latency: pktlab, handler raises": ("pair", lambda lab: failing.through(lab, failing.fails, PINGS)),
+    "(l5) latency: pktlab, no handler, a cell computing": ("pair", lambda lab: lat_computing(lab, None)),
+    "(l6) latency: pktlab, handler returns, a cell computing": ("pair",
+                                                              lambda lab: lat_computing(lab, failing.passes)),
 }
 
 
@@ -195,8 +218,10 @@ def _report(t: str, names: list[str], med: dict[tuple[str, str], Any]) -> None:
     if m("(l0)") is not None:
         base = m("(l0)")
         print("| latency | RTT avg µs | p99 µs | added avg µs | added p99 µs |\n|---|---|---|---|---|")
-        for k in ("(l0)", "(l1)", "(l2)", "(l3)", "(l4)"):
-            v, n = m(k), next(x for x in names if x.startswith(k))
+        for k in ("(l0)", "(l1)", "(l2)", "(l3)", "(l4)", "(l5)", "(l6)"):
+            v, n = m(k), next((x for x in names if x.startswith(k)), None)
+            if n is None:
+                continue
             print(f"| {n[5:]} | {v['avg_us']:.1f} | {v['p99_us']:.1f} | {v['avg_us'] - base['avg_us']:+.1f} | "
                   f"{v['p99_us'] - base['p99_us']:+.1f} |")  # fmt: skip
         print()

@@ -5,7 +5,39 @@ from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 
-cdef inline double wall_time() noexcept:
+# What the queue reader's thread shares with Python threads while it runs without the GIL: a mutex (held only
+# over C code, never while taking the GIL or calling Python, so no thread can wait on both) and ordered loads
+# and stores of single fields (GCC's __atomic builtins)
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct mutex_t "pthread_mutex_t":
+        pass
+    int mutex_init "pthread_mutex_init"(mutex_t* m, void* attr)
+    int mutex_lock "pthread_mutex_lock"(mutex_t* m)
+    int mutex_unlock "pthread_mutex_unlock"(mutex_t* m)
+    int mutex_destroy "pthread_mutex_destroy"(mutex_t* m)
+
+cdef extern from *:
+    """
+    #define pktlab_load_int(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define pktlab_store_int(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+    #define pktlab_load_u32(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define pktlab_store_u32(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+    #define pktlab_load_ll(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define pktlab_store_ll(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+    #define pktlab_fence_acquire() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+    #define pktlab_fence_release() __atomic_thread_fence(__ATOMIC_RELEASE)
+    """
+    int load_int "pktlab_load_int"(int* p) noexcept nogil
+    void store_int "pktlab_store_int"(int* p, int v) noexcept nogil
+    unsigned int load_u32 "pktlab_load_u32"(unsigned int* p) noexcept nogil
+    void store_u32 "pktlab_store_u32"(unsigned int* p, unsigned int v) noexcept nogil
+    long long load_ll "pktlab_load_ll"(long long* p) noexcept nogil
+    void store_ll "pktlab_store_ll"(long long* p, long long v) noexcept nogil
+    void fence_acquire "pktlab_fence_acquire"() noexcept nogil
+    void fence_release "pktlab_fence_release"() noexcept nogil
+
+
+cdef inline double wall_time() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
@@ -78,15 +110,20 @@ cdef struct QueueMessage:
     long long gid
     int skbinfo  # NFQA_SKB_INFO (0: none)
 
-# 1: the dispatcher gave the packet its verdict and record; 0: it needs a packet object (the reader hands the
-# message to libnetfilter_queue, whose callback makes one)
-ctypedef int (*queue_fast_fn)(object target, const QueueMessage* m) except -1
-# write the verdicts waiting in the dispatcher (the reader calls it once it has read its socket empty)
-ctypedef int (*queue_flush_fn)(object target) except -1
+# 1: the dispatcher gave the packet its verdict and record; 0: it needs a packet object (the reader makes one).
+# Called without the GIL (``target``: the dispatcher, kept alive by the reader)
+ctypedef int (*queue_fast_fn)(void* target, const QueueMessage* m) noexcept nogil
+# write the verdicts waiting in the dispatcher (the reader calls it once it has read its socket empty): 0 or the
+# errno of a write that failed; without the GIL
+ctypedef int (*queue_flush_fn)(void* target) noexcept nogil
 # a packet a handler sees: its NetfilterQueue packet object, made by the reader from the same parse
 ctypedef int (*queue_packet_fn)(object target, object nf) except -1
+# 1: the dispatcher has nothing to do between reads (no kept-back packet, no TCP adjustment state to expire), so
+# the reader may go on waiting without going back to Python when its wait's time is up; without the GIL
+ctypedef int (*queue_quiet_fn)(void* target) noexcept nogil
 
 cdef struct QueuePath:
     queue_fast_fn message
     queue_flush_fn flush
     queue_packet_fn packet
+    queue_quiet_fn quiet

@@ -4,9 +4,13 @@
 NetfilterQueue binds the queue; :class:`QueueReader` reads its socket with
 ``recvmmsg`` and parses each message once (:func:`parse_message`).  A packet
 that no handler will see is verdicted and recorded by the dispatcher's C path
-straight from that parse (``QueueReader.set_fast``); any other gets
-NetfilterQueue's packet object, filled from the same parse, and goes to the
-dispatcher (``pktlab.pipeline._dispatch``) by a C call.  Without a dispatcher
+straight from that parse (``QueueReader.set_fast``), without the GIL: the
+wait, the read, those packets' verdicts and record entries run in C until a
+packet needs Python, the wake pipe is written or the wait's time is up
+(:meth:`QueueReader.poll_read`), so a notebook cell that holds the GIL holds
+none of them up.  Any other packet gets NetfilterQueue's packet object, filled
+from the same parse, and goes to the dispatcher (``pktlab.pipeline._dispatch``)
+by a C call, holding the GIL.  Without a dispatcher
 path (a bare reader) messages go to libnetfilter_queue and NetfilterQueue's
 callback, as NetfilterQueue's own loop sends them.
 """
@@ -19,7 +23,7 @@ from posix.time cimport timespec
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
-from pktlab._common cimport QueueMessage, QueuePath, iovec, mmsghdr, msghdr
+from pktlab._common cimport QueueMessage, QueuePath, iovec, mmsghdr, mono_ns, msghdr
 
 from netfilterqueue._impl cimport NetfilterQueue as NfQueue
 from netfilterqueue._impl cimport Packet as NfPacket
@@ -142,7 +146,7 @@ def send_copy_range(int fd, unsigned int queue, unsigned int copy_range):
         raise OSError(errno, f"cannot set the copy range of queue {queue} to {copy_range}")
 
 
-cdef inline unsigned long long be64(const unsigned char* p) noexcept:
+cdef inline unsigned long long be64(const unsigned char* p) noexcept nogil:
     cdef unsigned long long v = 0
     cdef int i
     for i in range(8):
@@ -150,7 +154,7 @@ cdef inline unsigned long long be64(const unsigned char* p) noexcept:
     return v
 
 
-cdef inline bint parse_message(const unsigned char* m, Py_ssize_t n, QueueMessage* q) noexcept:
+cdef inline bint parse_message(const unsigned char* m, Py_ssize_t n, QueueMessage* q) noexcept nogil:
     """Read one queue message's attributes, once: True for a packet message (its id, hook and payload found).
 
     The layout is netlink's: a 16-byte nlmsghdr (length, type, ...), the 4-byte nfgenmsg, then
@@ -260,7 +264,9 @@ cdef class QueueReader:
     cdef int skbinfo  # what the sink was last told of NFQA_SKB_INFO
     cdef long long cap_len  # what the sink was last told of NFQA_CAP_LEN
     cdef QueuePath* fast  # the dispatcher's path for packets no handler sees and its verdict write (NULL: none)
-    cdef object fast_target
+    cdef object fast_target  # the dispatcher, kept alive here
+    cdef void* fast_ptr  # the same, for the path's C functions called without the GIL
+    cdef object failure  # pktlab's own failure on the path without the GIL, raised once back with it
     cdef public long long fast_packets  # packets that path verdicted without a packet object
 
     def __cinit__(self):
@@ -291,6 +297,7 @@ cdef class QueueReader:
         """
         self.fast = <QueuePath*>PyCapsule_GetPointer(capsule, "pktlab.QueuePath")
         self.fast_target = target
+        self.fast_ptr = <void*>target
 
     cdef int _dispatch(self, NfQueue q, const unsigned char* m, Py_ssize_t n) except -1:
         """One message: through the dispatcher's C path if it takes it, else as a packet object.
@@ -300,18 +307,22 @@ cdef class QueueReader:
         message goes to libnetfilter_queue and NetfilterQueue's callback.
         """
         cdef QueueMessage msg
-        cdef NfPacket nf
         cdef bint packet = parse_message(m, n, &msg)
-        if not packet or self.fast == NULL:
-            self._note_owner(&msg)
-            nfq_handle_packet(q.h, <char*>m, <int>n)
-            return 0
-        if self.fast.message(self.fast_target, &msg):
+        if packet and self.fast != NULL and self.fast.message(self.fast_ptr, &msg):
             self.fast_packets += 1
+            return 0
+        return self._slow(q, m, n, &msg, packet)
+
+    cdef int _slow(self, NfQueue q, const unsigned char* m, Py_ssize_t n, QueueMessage* msg, bint packet) except -1:
+        """A message the dispatcher's C path declined (or not a packet): a packet object, holding the GIL."""
+        cdef NfPacket nf
+        if not packet or self.fast == NULL:
+            self._note_owner(msg)
+            nfq_handle_packet(q.h, <char*>m, <int>n)
             return 0
         if q.user_callback is None:
             return 0  # the queue is being unbound: no verdict can be given (NetfilterQueue ignores it too)
-        self._note_owner(&msg)
+        self._note_owner(msg)
         nf = NfPacket.__new__(NfPacket)
         nf._queue = q
         nf.id = msg.id
@@ -382,31 +393,129 @@ cdef class QueueReader:
             self.successor.pending.extend(left)
         return 0
 
-    def poll_read(self, NfQueue q, int fd, int wake_fd, int timeout_ms):
-        """Wait for the queue's socket or the wake pipe (at most ``timeout_ms``), then read the socket at once.
+    cdef int _flush_fast(self) except -1:
+        cdef int e = self.fast.flush(self.fast_ptr)
+        if e:
+            raise OSError(e, "verdict write failed")
+        return 0
 
-        The wait runs without the GIL, and the read follows in C without going back to Python: the
-        time from a packet's arrival to its verdict holds no interpreter work.  Returns True, having
-        read nothing, when the wake pipe is readable (the caller looks at what changed first); else
-        reads everything waiting (:meth:`read`) and returns False.
+    def poll_read(self, NfQueue q, int fd, int wake_fd, int timeout_ms):
+        """Wait for the queue's socket or the wake pipe and read the socket, in C, until Python is needed.
+
+        Returns True as soon as the wake pipe is readable (the caller looks at what changed), False
+        when the dispatcher has work between reads (kept-back packets, TCP adjustment state to expire)
+        and ``timeout_ms`` passed or packets went through Python and the socket is read empty.
+        With the dispatcher's C path (:meth:`set_fast`) the waits, the reads and the packets that path
+        takes run without the GIL, however many there are and however long: a packet's verdict waits for
+        no Python thread.  Without it (a bare reader) the wait runs without the GIL and the read with it.
         """
         cdef pollfd fds[2]
         cdef int r, err
+        if self.fast == NULL or self.pending:
+            fds[0].fd = fd
+            fds[0].events = POLLIN
+            fds[0].revents = 0
+            fds[1].fd = wake_fd
+            fds[1].events = POLLIN
+            fds[1].revents = 0
+            with nogil:
+                r = poll(fds, 2, timeout_ms)
+                err = errno
+            if r < 0 and err != EINTR:
+                raise OSError(err, "waiting for the queue's socket failed")
+            if r > 0 and fds[1].revents:
+                return True
+            self.read(q, fd, -1)
+            return False
+        return self._serve(q, fd, wake_fd, timeout_ms) == 1
+
+    cdef int _serve(self, NfQueue q, int fd, int wake_fd, int timeout_ms) except -1:
+        """:meth:`poll_read` with the dispatcher's C path: 1 woken, 0 back to Python for anything else."""
+        cdef pollfd fds[2]
+        cdef int r, got, i, e
+        cdef int err = 0  # a system call's failure: raised once back with the GIL
+        cdef int result = 0
+        cdef bint back = False  # a packet went through Python since the call began
+        cdef bint failed = False
+        cdef long long until = mono_ns() + <long long>timeout_ms * 1000000
+        cdef long long left
+        cdef QueueMessage msg
+        cdef const unsigned char* m
+        cdef Py_ssize_t n
+        cdef bint packet
         fds[0].fd = fd
         fds[0].events = POLLIN
-        fds[0].revents = 0
         fds[1].fd = wake_fd
         fds[1].events = POLLIN
-        fds[1].revents = 0
         with nogil:
-            r = poll(fds, 2, timeout_ms)
-            err = errno
-        if r < 0 and err != EINTR:
-            raise OSError(err, "waiting for the queue's socket failed")
-        if r > 0 and fds[1].revents:
-            return True
-        self.read(q, fd, -1)
-        return False
+            while not err and not failed and not self.retired:
+                if self.next_i >= self.batch_n:  # nothing left of the last read: read, or wait for more
+                    got = recvmmsg(fd, self.msgs, READ_SLOTS, MSG_DONTWAIT, NULL)
+                    if got > 0:
+                        self.calls += 1
+                        self.batch_n = got
+                        self.next_i = 0
+                    elif got < 0 and errno == ENOBUFS:
+                        self.enobufs += 1
+                        continue
+                    elif got < 0 and errno == EINTR:
+                        continue
+                    elif got < 0 and errno != EAGAIN:
+                        err = errno
+                        continue
+                    else:  # read empty: the waiting verdicts go now, then wait
+                        e = self.fast.flush(self.fast_ptr)
+                        if e:
+                            err = e
+                            continue
+                        if back and not self.fast.quiet(self.fast_ptr):
+                            break  # handlers ran and the dispatcher has work between reads: do it first
+                        left = (until - mono_ns()) // 1000000
+                        fds[0].revents = 0
+                        fds[1].revents = 0
+                        r = poll(fds, 2, <int>left if left > 0 else 0)
+                        if r < 0:
+                            if errno != EINTR:
+                                err = errno
+                            continue
+                        if fds[1].revents:
+                            result = 1
+                            break
+                        if r == 0:
+                            if not self.fast.quiet(self.fast_ptr):
+                                break  # the time is up: the caller's work between reads is due
+                            until = mono_ns() + <long long>timeout_ms * 1000000  # none due: wait on
+                        continue
+                while self.next_i < self.batch_n and not failed and not self.retired:
+                    i = self.next_i
+                    self.next_i = i + 1
+                    if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                        err = EMSGSIZE
+                        break
+                    self.messages += 1
+                    m = <const unsigned char*>self.iov[i].iov_base
+                    n = self.msgs[i].msg_len
+                    packet = parse_message(m, n, &msg)
+                    if packet and self.fast.message(self.fast_ptr, &msg):
+                        self.fast_packets += 1
+                        continue
+                    with gil:
+                        back = True
+                        try:
+                            self._slow(q, m, n, &msg, packet)
+                        except BaseException as exc:
+                            self.failure = exc
+                            failed = True
+                        if self.retired:
+                            self._hand_over()
+        if self.failure is not None:
+            exc, self.failure = self.failure, None
+            raise exc
+        if err == EMSGSIZE:
+            raise OSError(EMSGSIZE, f"a queue message was longer than {READ_SLOT_BYTES} bytes")
+        if err:
+            raise OSError(err, "reading the queue's socket failed")
+        return result
 
     def read(self, NfQueue q, int fd, long long limit=-1):
         """Handle everything waiting on ``fd`` (at most ``limit`` messages) without blocking; return how many."""
@@ -422,6 +531,16 @@ cdef class QueueReader:
                 msg = self.pending.pop(0)
                 n += 1
                 self._dispatch(q, <const unsigned char*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
+            while self.next_i < self.batch_n and (limit < 0 or n < limit):  # left when poll_read went back
+                if self.retired:
+                    self._hand_over()
+                    return n
+                i = self.next_i
+                self.next_i = i + 1
+                if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                    raise OSError(EMSGSIZE, f"a queue message was longer than {READ_SLOT_BYTES} bytes")
+                n += 1
+                self._dispatch(q, <const unsigned char*>self.iov[i].iov_base, self.msgs[i].msg_len)
             while (limit < 0 or n < limit) and not self.retired:
                 want = READ_SLOTS if limit < 0 or limit - n >= READ_SLOTS else <unsigned int>(limit - n)
                 with nogil:
@@ -452,7 +571,7 @@ cdef class QueueReader:
                 if <unsigned int>got < want:
                     break  # the socket is empty now: no need to ask again
             if self.fast != NULL:
-                self.fast.flush(self.fast_target)
+                self._flush_fast()
             return n
         finally:
             self.messages += n

@@ -11,6 +11,13 @@ NFQNL_MSG_VERDICT messages.  All of them wait in one buffer and are written to
 the queue's netlink socket with one system call whenever the socket has been
 read empty (or 64 messages wait).  NetfilterQueue has no call for either, so
 the messages are built here.
+
+A packet no handler sees is verdicted and recorded by the queue reader without the GIL
+(:meth:`Dispatcher._fast_message`): a notebook cell that computes holds no packet up.  That path reads
+only C fields: ``gate`` says whether any handler, hold predicate or flow tracking could want the packet
+(kept by Python whenever one of them changes, :meth:`Dispatcher.regate`); the verdict buffer is shared
+with threads holding the GIL under a mutex held over C code only (``vlock``); the record ring and the
+stream table (:class:`pktlab.pipeline._streams.StreamEnds`) have mutexes of their own.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING
@@ -25,16 +32,18 @@ from netfilterqueue._impl cimport nfq_set_verdict
 
 from cpython.pycapsule cimport PyCapsule_New
 
-from pktlab._common cimport QueueMessage, QueuePath, buf_ptr, mono_ns, tcp_stream_key, wall_time
+from pktlab._common cimport (QueueMessage, QueuePath, buf_ptr, load_int, mono_ns, mutex_destroy, mutex_init,
+                             mutex_lock, mutex_t, mutex_unlock, store_int, tcp_stream_key, wall_time)
 from pktlab.packet._core cimport Packet_from, PacketCore, fix_packet, packet_done, packet_recycle
 from pktlab.packet._core import too_big
 from pktlab.pipeline._capture cimport CapturedPacket
 from pktlab.pipeline._ring cimport Ring
+from pktlab.pipeline._streams cimport StreamEnds
 from pktlab.pipeline.seqadj import SeqAdjError, SeqAdjWait
 from pktlab.packet.verdicts import ACCEPT, DROP
 from pktlab.errors import SessionError
 
-cdef extern from "<arpa/inet.h>":
+cdef extern from "<arpa/inet.h>" nogil:
     unsigned int htonl(unsigned int)
 
 cdef enum:
@@ -49,14 +58,14 @@ cdef enum:
 
 
 
-cdef int fast_message(object target, const QueueMessage* m) except -1:
+cdef int fast_message(void* target, const QueueMessage* m) noexcept nogil:
     """The reader's way into :meth:`Dispatcher._fast_message` (a C function it holds in a capsule)."""
     return (<Dispatcher>target)._fast_message(m)
 
 
-cdef int flush_verdicts(object target) except -1:
-    """The reader's way to write the waiting verdicts as soon as its socket is empty."""
-    return (<Dispatcher>target)._flush()
+cdef int flush_verdicts(void* target) noexcept nogil:
+    """The reader's way to write the waiting verdicts as soon as its socket is empty (0, or the errno)."""
+    return (<Dispatcher>target)._flush_c()
 
 
 cdef int on_packet(object target, object nf) except -1:
@@ -65,10 +74,16 @@ cdef int on_packet(object target, object nf) except -1:
     return 0
 
 
+cdef int quiet(void* target) noexcept nogil:
+    """Nothing to do between reads: no packet kept back or held, no TCP adjustment state to expire."""
+    return not (<Dispatcher>target).seqadj_on and (<Dispatcher>target).held_count == 0
+
+
 cdef QueuePath PATH
 PATH.message = fast_message
 PATH.flush = flush_verdicts
 PATH.packet = on_packet
+PATH.quiet = quiet
 
 
 cdef inline Py_ssize_t record_offset(NfPacket nf):
@@ -81,7 +96,7 @@ cdef inline Py_ssize_t record_offset(NfPacket nf):
 
 
 cdef inline bint tcp_stream_end(const unsigned char* p, Py_ssize_t n, unsigned char* key, Py_ssize_t* klen,
-                                unsigned int* end, unsigned int* start=NULL, Py_ssize_t wire=0) noexcept:
+                                unsigned int* end, unsigned int* start=NULL, Py_ssize_t wire=0) noexcept nogil:
     """The stream key (addresses, then ports, as in the packet) of an IPv4/IPv6 TCP segment, and the
     sequence number after it (SYN and FIN count one each; ``start``: its own); False for anything else
     (fragments, IPv6 with extension headers, malformed).  ``n`` bytes are at ``p``; ``wire``: the
@@ -152,7 +167,8 @@ cdef class Dispatcher:
     cdef int out_count
     cdef public long long writes
     cdef public long long internal_errors
-    cdef public object last_internal_error
+    cdef object _last_internal_error
+    cdef int write_errno  # a verdict write that failed on the reader's path without the GIL (0: none)
     # the handler call in progress, for the watchdog (see rescue())
     cdef long long busy_t0
     cdef unsigned long long busy_seq
@@ -165,7 +181,7 @@ cdef class Dispatcher:
     cdef public long long rescued
     cdef public bint watch_stop
     # holding: packets a predicate picks wait for a verdict given later (Session.hold)
-    cdef public object hold_fn
+    cdef object _hold_fn
     cdef public object on_hold
     cdef public long long held_count
     # TCP sequence adjustment (pipeline/seqadj.py, TcpAdjust): looked at for accepted TCP packets whose payload a
@@ -183,13 +199,15 @@ cdef class Dispatcher:
     cdef Py_ssize_t busy_wire
     cdef public object on_seqadj  # called with True when the first connection gets state, False when none has
     cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
-    cdef public dict tcp_high  # stream key -> sequence number after the highest byte accepted (bounded)
+    cdef public StreamEnds tcp_high  # stream key -> sequence number after the highest byte accepted (bounded)
+    cdef int gate  # 1: no handler, hold predicate or flow tracking can want a packet (regate())
+    cdef mutex_t vlock  # the verdict buffer's: held over C code only
     cdef public object sender  # the session's Sender: what pkt.reply sends through
     # set where the kernel refuses a queue's new payloads (a lab of user-namespace mode: nfqnl_mangle answers
     # EPERM outside the initial user namespace and the packet is dropped): reinject(data, mark) sends the
     # rewritten packet from the host itself, and the original is dropped
     cdef public object reinject
-    cdef public object flows  # the session's FlowTable: every packet is counted in it once tracking started
+    cdef object _flows  # the session's FlowTable: every packet is counted in it once tracking started
     cdef list reorder  # packets kept back after a gap in their stream: [nf, pkt, data, verdict, by, err, t0, h]
     cdef public double reorder_window  # how long one waits for its gap (s)
     cdef public long long reordered
@@ -209,14 +227,64 @@ cdef class Dispatcher:
         self.b_code = -1
         self.stolen = set()
         self.reorder = []
-        self.tcp_high = {}
+        self.tcp_high = StreamEnds(65536)
+        mutex_init(&self.vlock, NULL)
+        chain.on_publish = self.regate
+        self.regate()
         self.reorder_window = 0.05
         self.out = <unsigned char*>malloc(OUT_CAP)
         if self.out == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
+        mutex_destroy(&self.vlock)
         free(self.out)
+
+    # -- what the reader's path without the GIL may decide alone ------------------------------------
+    def regate(self):
+        """Say again whether a packet could be wanted by Python (a handler, the hold predicate, flow tracking).
+
+        Called whenever one of them changes (the chain publishes its active handlers, the predicate
+        or the flow table is set, tracking starts); the reader's path reads the result per packet.
+        """
+        flows = self._flows
+        open_ = self._hold_fn is None and not self.chain.active and not (flows is not None and flows.enabled)
+        store_int(&self.gate, 1 if open_ else 0)
+
+    @property
+    def hold_fn(self):
+        """The hold predicate (Session.hold): packets it picks wait for a verdict given later; None: none."""
+        return self._hold_fn
+
+    @hold_fn.setter
+    def hold_fn(self, fn):
+        self._hold_fn = fn
+        self.regate()
+
+    @property
+    def flows(self):
+        """The session's FlowTable (None: none)."""
+        return self._flows
+
+    @flows.setter
+    def flows(self, table):
+        self._flows = table
+        if table is not None:
+            table.on_change = self.regate
+        self.regate()
+
+    @property
+    def last_internal_error(self):
+        """The last of pktlab's own failures on a packet, as text (None: none)."""
+        cdef int e = self.write_errno
+        if e:
+            self.write_errno = 0
+            self._last_internal_error = f"OSError: [Errno {e}] verdict write failed"
+        return self._last_internal_error
+
+    @last_internal_error.setter
+    def last_internal_error(self, text):
+        self._last_internal_error = text
 
     def set_verdicts(self, default, on_error):
         self._default = default
@@ -226,22 +294,35 @@ cdef class Dispatcher:
 
     # -- verdicts --------------------------------------------------------------
     cdef int _batch_add(self, unsigned int pid, int code) except -1:
+        cdef int e
+        mutex_lock(&self.vlock)
+        e = self._batch_add_c(pid, code)
+        mutex_unlock(&self.vlock)
+        if e:
+            raise OSError(e, "verdict write failed")
+        return 0
+
+    cdef int _batch_add_c(self, unsigned int pid, int code) noexcept nogil:
+        """Add a plain verdict to the batch (vlock held); 0, or the errno of a write that failed."""
+        cdef int e = 0
         if self.b_count and code != self.b_code:
-            self._close_run()  # a run of the other verdict follows in the same write
+            e = self._close_run()  # a run of the other verdict follows in the same write
         self.b_code = code
         self.b_last = pid
         self.b_count += 1
         if self.b_count >= self.batch_limit:
-            self._flush()
-        return 0
+            e = self._close_run() or e
+            e = self._write() or e
+        return e
 
-    cdef int _close_run(self) except -1:
-        """Append the pending batch verdict (if any) to the outgoing messages."""
+    cdef int _close_run(self) noexcept nogil:
+        """Append the pending batch verdict (if any) to the outgoing messages (vlock held); 0 or an errno."""
         cdef unsigned int v
+        cdef int e = 0
         if not self.b_count:
             return 0
         if self.out_len + 32 > OUT_CAP:
-            self._write()
+            e = self._write()
         v = htonl(self.b_code)
         memcpy(self.msg + 24, &v, 4)
         v = htonl(self.b_last)
@@ -251,10 +332,10 @@ cdef class Dispatcher:
         self.out_count += 1
         self.b_count = 0
         self.batch_messages += 1
-        return 0
+        return e
 
-    cdef int _write(self) except -1:
-        """Write every waiting verdict message with one system call.
+    cdef int _write(self) noexcept nogil:
+        """Write every waiting verdict message with one system call (vlock held); 0 or the errno.
 
         The kernel's netlink receive loop handles each message of the buffer in
         order, exactly as if they had been sent one by one.
@@ -266,12 +347,22 @@ cdef class Dispatcher:
         self.out_count = 0
         self.writes += 1
         if write(self.fd, self.out, n) != n:
-            raise OSError(errno, "verdict write failed")
+            return errno or 5
         return 0
 
+    cdef int _flush_c(self) noexcept nogil:
+        """Close the batch and write everything waiting, from any thread; 0 or the errno."""
+        cdef int e
+        mutex_lock(&self.vlock)
+        e = self._close_run()
+        e = self._write() or e
+        mutex_unlock(&self.vlock)
+        return e
+
     cdef int _flush(self) except -1:
-        self._close_run()
-        self._write()
+        cdef int e = self._flush_c()
+        if e:
+            raise OSError(e, "verdict write failed")
         return 0
 
     cdef int _queue_verdict(self, unsigned int pid, int code, object mark, object buf) except -1:
@@ -282,14 +373,19 @@ cdef class Dispatcher:
         cdef unsigned char* m
         cdef unsigned int v
         cdef unsigned short a
-        if buf is not None:
+        cdef bint has_mark = mark is not None
+        cdef bint has_buf = buf is not None
+        cdef unsigned int mk = <unsigned int>(mark & 0xFFFFFFFF) if has_mark else 0
+        cdef int e
+        if has_buf:
             p = buf_ptr(buf, &n)
             if n > 0xFFFF - 4:
                 raise ValueError(f"a packet of {n} bytes cannot be given back to the kernel (at most 65531)")
-        size = 32 + (8 if mark is not None else 0) + ((4 + ((n + 3) & ~3)) if buf is not None else 0)
-        self._close_run()
+        size = 32 + (8 if has_mark else 0) + ((4 + ((n + 3) & ~3)) if has_buf else 0)
+        mutex_lock(&self.vlock)
+        e = self._close_run()
         if self.out_len + size > OUT_CAP or self.out_count >= self.batch_limit:
-            self._write()
+            e = self._write() or e
         m = self.out + self.out_len
         memcpy(m, self.msg, 24)
         v = <unsigned int>size
@@ -301,15 +397,15 @@ cdef class Dispatcher:
         v = htonl(pid)
         memcpy(m + 28, &v, 4)
         m += 32
-        if mark is not None:
+        if has_mark:
             a = 8
             memcpy(m, &a, 2)
             a = NFQA_MARK
             memcpy(m + 2, &a, 2)
-            v = htonl(<unsigned int>(mark & 0xFFFFFFFF))
+            v = htonl(mk)
             memcpy(m + 4, &v, 4)
             m += 8
-        if buf is not None:
+        if has_buf:
             a = <unsigned short>(4 + n)
             memcpy(m, &a, 2)
             a = NFQA_PAYLOAD
@@ -318,13 +414,16 @@ cdef class Dispatcher:
             memset(m + 4 + n, 0, ((n + 3) & ~3) - n)
         self.out_len += size
         self.out_count += 1
+        mutex_unlock(&self.vlock)
+        if e:
+            raise OSError(e, "verdict write failed")
         return 0
 
     def flush(self):
         """Send the pending batch verdict (the reader calls this whenever its socket is empty)."""
         self._flush()
 
-    cdef inline bint _batchable(self, int code) noexcept:
+    cdef inline bint _batchable(self, int code) noexcept nogil:
         """A plain verdict ``code`` can join the batch (never while a packet is held: the batch would cover it)."""
         return code != NF_REPEAT and self.batch_limit > 1 and self.fd >= 0 and self.held_count == 0
 
@@ -475,14 +574,14 @@ cdef class Dispatcher:
     cdef void _on_packet(self, NfPacket nf):
         cdef PacketCore pkt = None
         cdef bytes data = None
-        if self.hold_fn is not None:
+        if self._hold_fn is not None:
             data = nf.get_payload()
             pkt = self._packet(nf, data, None)
             self._track(pkt)
             if self._hold(nf, pkt):
                 return
         chain = self.chain.active
-        if not chain and not self.seqadj_on and not (self.flows is not None and self.flows.enabled):
+        if not chain and not self.seqadj_on and not (self._flows is not None and self._flows.enabled):
             self._fast(nf)
         else:
             self._run(nf, chain, pkt, data)  # the packet the predicate saw goes on through the chain
@@ -491,7 +590,7 @@ cdef class Dispatcher:
     cdef bint _hold(self, NfPacket nf, PacketCore pkt):
         """Keep the packet without a verdict if the hold predicate picks it; True when held."""
         try:
-            if not self.hold_fn(pkt):
+            if not self._hold_fn(pkt):
                 return False
             self._flush()  # verdicts for the packets before it go first
             self.on_hold(nf, pkt)
@@ -539,7 +638,7 @@ cdef class Dispatcher:
         the flow that still reaches the queue carries it: one that came before the kernel tracked the
         connection (conntrack started with the flow rules) leaves the marking to the next.
         """
-        if self.flows is not None and self.flows.decided and code != NF_REPEAT:
+        if self._flows is not None and self._flows.decided and code != NF_REPEAT:
             bit = getattr(pkt._flow, "kernel_bit", 0)
             if bit:
                 pkt._mark = (pkt.mark | bit) & 0xFFFFFFFF
@@ -564,7 +663,7 @@ cdef class Dispatcher:
             self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
         return 0
 
-    cdef void _note_passed(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t wire=0):
+    cdef void _note_passed(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t wire=0) noexcept nogil:
         """Remember how far each TCP stream has gone through accepted packets.
 
         A handler's first rewrite of a connection may come on a segment behind bytes that already went
@@ -574,23 +673,12 @@ cdef class Dispatcher:
         cdef unsigned char key[36]
         cdef Py_ssize_t klen = 0
         cdef unsigned int end = 0
-        cdef unsigned int old
-        if not tcp_stream_end(p, n, key, &klen, &end, NULL, wire):
-            return
-        k = (<char*>key)[:klen]
-        o = self.tcp_high.get(k)
-        if o is None:
-            if len(self.tcp_high) >= 65536:  # bounded: forgetting makes a first rewrite no riskier than before
-                self.tcp_high.clear()
-            self.tcp_high[k] = end
-        else:
-            old = o
-            if <int>(end - old) > 0:
-                self.tcp_high[k] = end
+        if tcp_stream_end(p, n, key, &klen, &end, NULL, wire):
+            self.tcp_high.note(key, klen, end)
 
     cdef void _track(self, PacketCore pkt):
         """The packet's flow: counted now if tracking has started, else found when a handler asks (pkt.flow)."""
-        flows = self.flows
+        flows = self._flows
         if flows is None:
             return
         if flows.enabled:
@@ -781,31 +869,32 @@ cdef class Dispatcher:
         and the verdict write once it has read its socket empty."""
         return PyCapsule_New(<void*>&PATH, "pktlab.QueuePath", NULL)
 
-    cdef int _fast_message(self, const QueueMessage* m) except -1:
-        """A packet no handler sees, verdicted and recorded from the reader's parse: 1, or 0 to decline.
+    cdef int _fast_message(self, const QueueMessage* m) noexcept nogil:
+        """A packet no handler sees, verdicted and recorded from the reader's parse, without the GIL: 1, or 0 to
+        decline.
 
-        What :meth:`_fast` does, without NetfilterQueue's packet object or a call through Python:
-        the verdict joins the batch, the record gets the packet, an accepted TCP segment is noted.
-        Declines whenever the packet needs an object (a handler, a hold predicate, flow tracking, TCP
-        connections with adjustment state) or a verdict of its own (no batching, packets held, a
-        repeat), so that the slow path decides exactly as before.
+        What :meth:`_fast` does, without NetfilterQueue's packet object or Python: the verdict joins the
+        batch, the record gets the packet, an accepted TCP segment is noted.  Declines whenever the packet
+        needs an object (``gate`` closed: a handler, a hold predicate, flow tracking; TCP connections with
+        adjustment state) or a verdict of its own (no batching, packets held, a repeat), so that the path
+        holding the GIL decides exactly as before.  A verdict write that fails is pktlab's own failure,
+        counted as in :meth:`_fast` (``last_internal_error`` says it).
         """
         cdef int code = self.default_code
         cdef Py_ssize_t n = m.payload_len
         cdef Py_ssize_t wire = m.cap_len if m.cap_len > m.payload_len else 0
-        if self.hold_fn is not None or self.seqadj_on or not self._batchable(code):
+        cdef int e
+        if not load_int(&self.gate) or self.seqadj_on or not self._batchable(code):
             return 0
-        if self.chain.active:
-            return 0
-        flows = self.flows
-        if flows is not None and flows.enabled:
-            return 0
-        try:
-            self._batch_add(m.id, code)
-        except BaseException as exc:  # pktlab's own failure (the verdict write): counted, as in _fast
+        mutex_lock(&self.vlock)
+        e = self._batch_add_c(m.id, code)
+        mutex_unlock(&self.vlock)
+        if e:
             self.internal_errors += 1
-            self.last_internal_error = f"{type(exc).__name__}: {exc}"
-        self._record_plain(wall_time(), m.id, m.hook, m.payload, n, wire, code)
+            self.write_errno = e
+        if code == NF_ACCEPT:
+            self._note_passed(m.payload, n, wire)
+        self.ring.put(wall_time(), m.id, m.hook, wire if wire else n, m.payload, n, code, 0, mono_ns(), False, False)
         return 1
 
     cdef inline void _record_plain(self, double now, unsigned int pid, unsigned char hook, const unsigned char* p,
@@ -814,7 +903,7 @@ cdef class Dispatcher:
         copied, else 0); an accepted TCP segment noted."""
         if code == NF_ACCEPT and self.seqadj is not None:
             self._note_passed(p, n, wire)
-        self.ring.push(now, pid, hook, wire if wire else n, p, n, code, 0, mono_ns(), None, None, False)
+        self.ring.put(now, pid, hook, wire if wire else n, p, n, code, 0, mono_ns(), False, False)
 
     cdef void _fast(self, NfPacket nf):
         cdef int code = self.default_code
@@ -905,7 +994,7 @@ cdef class Dispatcher:
             self.busy_t0 = t0  # the deadline runs from the packet's start in the chain
             self.busy_wire = wire = pkt._wire
             h = None
-            flows = self.flows
+            flows = self._flows
             if flows is not None and flows.decided:  # a flow verdict decides its connection's packets
                 fv = getattr(pkt._flow, "verdict", None)
                 if fv is not None:

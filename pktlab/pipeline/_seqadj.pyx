@@ -921,7 +921,7 @@ cdef class TcpAdjust:
             i += size
         return 0
 
-    def apply(self, PacketCore pkt, bytes original, bint rewrite=True, bint wait=False, dict high=None):
+    def apply(self, PacketCore pkt, bytes original, bint rewrite=True, bint wait=False, high=None):
         """Make the accepted TCP packet ``pkt`` consistent with its connection, in place.
 
         ``original``: the packet's bytes as it arrived (``pkt`` may hold a handler's
@@ -929,7 +929,8 @@ cdef class TcpAdjust:
         the error verdict sends).  Raises :class:`SeqAdjError`, changing nothing,
         when the handler's rewrite cannot be made consistent, and ``SeqAdjWait`` (with
         ``wait``) for a segment that comes after a gap in its stream.  ``high``: how far each stream
-        has gone through accepted packets (the dispatcher's; keys as the dispatcher makes them).
+        has gone through accepted packets (the dispatcher's :class:`~pktlab.pipeline._streams.StreamEnds`, or
+        any mapping with ``get``; keys as the dispatcher makes them).
         """
         # the packet as it arrived: the packet itself when no handler changed it (no second parse).  Not with
         # rewrite=False: the dispatcher then clears _modified of a packet that may still hold a refused rewrite

@@ -154,6 +154,17 @@ class FlowTable:
 
     is_flow_table = True  # how a packet tells the table from a flow without importing this module
 
+    @property
+    def enabled(self) -> bool:
+        """Tracking has started: every packet is counted in its flow from now on."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        self._enabled = bool(on)
+        if self.on_change is not None:
+            self.on_change()
+
     def __init__(
         self,
         max_flows: int = 65536,
@@ -162,7 +173,8 @@ class FlowTable:
         closed_idle: float = 10.0,
         state_limit: int = 1024,
     ) -> None:
-        self.enabled = False
+        self._enabled = False
+        self.on_change: Any = None  # told when tracking starts or stops (the dispatcher's path without Python)
         self.max_flows = max_flows
         self.idle, self.tcp_idle, self.closed_idle = idle, tcp_idle, closed_idle
         self.state_limit = state_limit
@@ -221,7 +233,8 @@ class FlowTable:
 
     def observe(self, pkt: Any) -> Flow | None:
         """Count the packet in its flow (made if new) and return the flow; None for a packet that is not IP."""
-        self.enabled = True
+        if not self._enabled:
+            self.enabled = True
         try:  # what names the flow and its TCP state: a packet too short or inconsistent for it has no flow
             ends = self.endpoints(pkt)
             if ends is None:
@@ -276,7 +289,8 @@ class FlowTable:
         """The live flows as a pandas DataFrame, one row per flow, most recently seen last."""
         import pandas as pd
 
-        self.enabled = True
+        if not self._enabled:
+            self.enabled = True
         cols = [
             "proto",
             "a",

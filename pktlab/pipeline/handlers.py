@@ -112,6 +112,7 @@ class HandlerChain:
         self._lock = threading.Lock()
         self.on_replace: Callable[[str], object] | None = None  # with a handler's name: replaced or removed
         self.active: tuple[Handler, ...] = ()
+        self.on_publish: Callable[[], object] | None = None  # told each time ``active`` is made again
         self.may_resize = False  # an active handler may change a packet's length (a Python one)
         self.failures: deque[HandlerFailure] = deque(maxlen=max_failures)
         self.left_out = 0  # failures no longer kept in ``failures`` (it keeps the newest max_failures)
@@ -125,6 +126,8 @@ class HandlerChain:
         self.active = tuple(h for h in self._handlers if h.enabled and h.stuck_since is None
                             and not (self.in_kernel and h.kernel is not None))  # fmt: skip
         self.may_resize = any(h.kernel is None for h in self.active)  # a kernel handler changes no length
+        if self.on_publish is not None:
+            self.on_publish()
 
     def run_in_kernel(self, on: bool) -> None:
         """A live queue runs the kernel handlers in the kernel (``on``); a capture runs them here."""

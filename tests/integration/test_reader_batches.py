@@ -8,6 +8,7 @@ references a handler kept must keep showing their own packet.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 import weakref
@@ -130,6 +131,54 @@ def test_packets_no_handler_sees_are_verdicted_from_the_readers_parse(lab: Lab, 
         r = lab.udp(100, rate=0, timeout=20, idle=0.5)
         assert r.received == 100 and len(seen) == 100 and reader.fast_packets == 200
         assert wait_until(lambda: s.record.n == 300, timeout=5), s.record.n
+    finally:
+        s.detach()
+
+
+def test_packets_no_handler_sees_get_their_verdicts_while_a_notebook_thread_holds_the_gil(
+    lab: Lab, queue_num: int
+) -> None:
+    """The reader's path for packets no handler sees takes no GIL: a cell that holds it (here a C call made
+    without releasing it) holds none of their verdicts up, and their record entries are there afterwards."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    hold_gil = ctypes.PyDLL(None).usleep  # a PyDLL call keeps the GIL for its whole length
+    hold_gil.argtypes = [ctypes.c_uint]
+    try:
+        flow = lab.start_udp(50, rate=20, timeout=20, idle=1.0)  # 2.5 s of datagrams from another process
+        assert wait_until(lambda: s.record.n >= 1, timeout=10)  # the sender runs
+        t0 = time.monotonic_ns()
+        hold_gil(1_500_000)  # 1.5 s: about 30 datagrams come meanwhile
+        t1 = time.monotonic_ns()
+        r = flow.wait()
+        assert r.unique == 50 and r.received == 50
+        assert wait_until(lambda: s.record.n == 50, timeout=5), s.record.n
+        during = [e.decided_ns for e in s.record if t0 <= e.decided_ns <= t1]
+        # verdicted while the GIL was held (a reader that needs it verdicts them all after t1, none during)
+        assert len(during) >= 10, len(during)
+        assert s.source.reader.fast_packets == 50
+    finally:
+        s.detach()
+
+
+def test_the_record_read_while_the_reader_writes_it_without_the_gil_is_whole(lab: Lab, queue_num: int) -> None:
+    """A record of 64 entries read over and over while 3,000 datagrams pass without a handler: the reader
+    overwrites slots while they are read, and every entry read is one packet's, whole, in order."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, record_size=64)
+    try:
+        flow = lab.start_udp(3000, rate=0, timeout=20, idle=0.5)
+        reads = 0
+        while reads < 5 or (s.record.n < 3000 and reads < 100_000):
+            entries = list(s.record)
+            reads += 1
+            assert len(entries) <= 64
+            ids = [e.id for e in entries]
+            assert ids == sorted(set(ids)), ids  # oldest first, each once
+            for e in entries:  # the head is this packet's: its own IP length and datagram number
+                assert int.from_bytes(e.head[2:4], "big") == e.size == 28 + 64, e
+            seqs = [_seq(e.head[28:]) for e in entries]
+            assert seqs == sorted(seqs), seqs
+        r = flow.wait()
+        assert r.received == 3000 and s.record.n == 3000 and s.source.reader.fast_packets == 3000
     finally:
         s.detach()
 
