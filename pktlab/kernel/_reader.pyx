@@ -499,10 +499,18 @@ cdef class QueueReader:
                     if packet and self.fast.message(self.fast_ptr, &msg):
                         self.fast_packets += 1
                         continue
-                    with gil:
+                    with gil:  # held for the rest of this read too: a handler's packets come together
                         back = True
                         try:
                             self._slow(q, m, n, &msg, packet)
+                            while self.next_i < self.batch_n and not self.retired:
+                                i = self.next_i
+                                self.next_i = i + 1
+                                if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                                    err = EMSGSIZE
+                                    break
+                                self.messages += 1
+                                self._dispatch(q, <const unsigned char*>self.iov[i].iov_base, self.msgs[i].msg_len)
                         except BaseException as exc:
                             self.failure = exc
                             failed = True
