@@ -266,7 +266,6 @@ cdef class QueueReader:
     cdef QueuePath* fast  # the dispatcher's path for packets no handler sees and its verdict write (NULL: none)
     cdef object fast_target  # the dispatcher, kept alive here
     cdef void* fast_ptr  # the same, for the path's C functions called without the GIL
-    cdef object failure  # pktlab's own failure on the path without the GIL, raised once back with it
     cdef public long long fast_packets  # packets that path verdicted without a packet object
 
     def __cinit__(self):
@@ -402,9 +401,10 @@ cdef class QueueReader:
     def poll_read(self, NfQueue q, int fd, int wake_fd, int timeout_ms):
         """Wait for the queue's socket or the wake pipe and read the socket, in C, until Python is needed.
 
-        Returns True as soon as the wake pipe is readable (the caller looks at what changed), False
-        when the dispatcher has work between reads (kept-back packets, TCP adjustment state to expire)
-        and ``timeout_ms`` passed or packets went through Python and the socket is read empty.
+        Returns True as soon as the wake pipe is readable (the caller looks at what changed), False once
+        a packet needed Python (it and the rest of what waits were then read as :meth:`read` reads, holding
+        the GIL) or ``timeout_ms`` passed while the dispatcher has work between reads (kept-back packets,
+        TCP adjustment state to expire).
         With the dispatcher's C path (:meth:`set_fast`) the waits, the reads and the packets that path
         takes run without the GIL, however many there are and however long: a packet's verdict waits for
         no Python thread.  Without it (a bare reader) the wait runs without the GIL and the read with it.
@@ -435,8 +435,7 @@ cdef class QueueReader:
         cdef int r, got, i, e
         cdef int err = 0  # a system call's failure: raised once back with the GIL
         cdef int result = 0
-        cdef bint back = False  # a packet went through Python since the call began
-        cdef bint failed = False
+        cdef bint back = False  # a packet needs Python: the rest goes through read(), holding the GIL
         cdef long long until = mono_ns() + <long long>timeout_ms * 1000000
         cdef long long left
         cdef QueueMessage msg
@@ -448,7 +447,7 @@ cdef class QueueReader:
         fds[1].fd = wake_fd
         fds[1].events = POLLIN
         with nogil:
-            while not err and not failed and not self.retired:
+            while not err and not self.retired:
                 if self.next_i >= self.batch_n:  # nothing left of the last read: read, or wait for more
                     got = recvmmsg(fd, self.msgs, READ_SLOTS, MSG_DONTWAIT, NULL)
                     if got > 0:
@@ -468,8 +467,6 @@ cdef class QueueReader:
                         if e:
                             err = e
                             continue
-                        if back and not self.fast.quiet(self.fast_ptr):
-                            break  # handlers ran and the dispatcher has work between reads: do it first
                         left = (until - mono_ns()) // 1000000
                         fds[0].revents = 0
                         fds[1].revents = 0
@@ -486,7 +483,7 @@ cdef class QueueReader:
                                 break  # the time is up: the caller's work between reads is due
                             until = mono_ns() + <long long>timeout_ms * 1000000  # none due: wait on
                         continue
-                while self.next_i < self.batch_n and not failed and not self.retired:
+                while self.next_i < self.batch_n:
                     i = self.next_i
                     self.next_i = i + 1
                     if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
@@ -499,26 +496,14 @@ cdef class QueueReader:
                     if packet and self.fast.message(self.fast_ptr, &msg):
                         self.fast_packets += 1
                         continue
-                    with gil:  # held for the rest of this read too: a handler's packets come together
-                        back = True
-                        try:
-                            self._slow(q, m, n, &msg, packet)
-                            while self.next_i < self.batch_n and not self.retired:
-                                i = self.next_i
-                                self.next_i = i + 1
-                                if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
-                                    err = EMSGSIZE
-                                    break
-                                self.messages += 1
-                                self._dispatch(q, <const unsigned char*>self.iov[i].iov_base, self.msgs[i].msg_len)
-                        except BaseException as exc:
-                            self.failure = exc
-                            failed = True
-                        if self.retired:
-                            self._hand_over()
-        if self.failure is not None:
-            exc, self.failure = self.failure, None
-            raise exc
+                    self.next_i = i  # this one and the rest of the read go the way that holds the GIL
+                    self.messages -= 1
+                    back = True
+                    break
+                if back:
+                    break
+        if back:  # as a bare reader reads: the rest of this read and everything waiting, holding the GIL
+            self.read(q, fd, -1)
         if err == EMSGSIZE:
             raise OSError(EMSGSIZE, f"a queue message was longer than {READ_SLOT_BYTES} bytes")
         if err:
