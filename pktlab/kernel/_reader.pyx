@@ -515,6 +515,7 @@ cdef class QueueReader:
         cdef int got, i, err
         cdef unsigned int want
         cdef long long n = 0
+        cdef bint short
         cdef bytes msg
         try:
             while self.pending and (limit < 0 or n < limit):
@@ -524,34 +525,27 @@ cdef class QueueReader:
                 msg = self.pending.pop(0)
                 n += 1
                 self._dispatch(q, <const unsigned char*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
-            while self.next_i < self.batch_n and (limit < 0 or n < limit):  # left when poll_read went back
-                if self.retired:
-                    self._hand_over()
-                    return n
-                i = self.next_i
-                self.next_i = i + 1
-                if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
-                    raise OSError(EMSGSIZE, f"a queue message was longer than {READ_SLOT_BYTES} bytes")
-                n += 1
-                self._dispatch(q, <const unsigned char*>self.iov[i].iov_base, self.msgs[i].msg_len)
             while (limit < 0 or n < limit) and not self.retired:
-                want = READ_SLOTS if limit < 0 or limit - n >= READ_SLOTS else <unsigned int>(limit - n)
-                with nogil:
-                    got = recvmmsg(fd, self.msgs, want, MSG_DONTWAIT, NULL)
-                    err = errno
-                if got < 0:
-                    if err == EAGAIN:
-                        break
-                    if err == ENOBUFS:
-                        self.enobufs += 1
-                        continue
-                    if err == EINTR:
-                        continue
-                    raise OSError(err, "reading the queue's socket failed")
-                self.calls += 1
-                self.batch_n = got
-                self.next_i = 0
-                while self.next_i < self.batch_n:
+                short = False
+                if self.next_i >= self.batch_n:  # nothing left of the last read (poll_read leaves the rest)
+                    want = READ_SLOTS if limit < 0 or limit - n >= READ_SLOTS else <unsigned int>(limit - n)
+                    with nogil:
+                        got = recvmmsg(fd, self.msgs, want, MSG_DONTWAIT, NULL)
+                        err = errno
+                    if got < 0:
+                        if err == EAGAIN:
+                            break
+                        if err == ENOBUFS:
+                            self.enobufs += 1
+                            continue
+                        if err == EINTR:
+                            continue
+                        raise OSError(err, "reading the queue's socket failed")
+                    self.calls += 1
+                    self.batch_n = got
+                    self.next_i = 0
+                    short = <unsigned int>got < want  # the socket is empty now: no need to ask again
+                while self.next_i < self.batch_n and (limit < 0 or n < limit):
                     if self.retired:
                         self._hand_over()
                         return n
@@ -561,8 +555,8 @@ cdef class QueueReader:
                         raise OSError(EMSGSIZE, f"a queue message was longer than {READ_SLOT_BYTES} bytes")
                     n += 1
                     self._dispatch(q, <const unsigned char*>self.iov[i].iov_base, self.msgs[i].msg_len)
-                if <unsigned int>got < want:
-                    break  # the socket is empty now: no need to ask again
+                if short:
+                    break
             if self.fast != NULL:
                 self._flush_fast()
             return n
