@@ -8,7 +8,28 @@ first record, so a handler can keep the first segments of a flow (``pkt.flow.sta
 
 from __future__ import annotations
 
+from typing import Any
+
 HANDSHAKE, CLIENT_HELLO = 0x16, 0x01
+_LAYER: tuple[Any, Any, Any] | None = None  # scapy's TLS, ClientHello and server-name classes, once imported
+
+
+def load_layer() -> tuple[Any, Any, Any]:
+    """scapy's TLS layer (its record, ClientHello and server-name extension classes), imported once.
+
+    The import takes about 0.3 s here (scapy's TLS layer loads the cryptography package).  A handler must
+    not pay that on its first ClientHello: in the queue's reading thread it would hold that packet, and its
+    flow, past a session's deadline.  :func:`pktlab.name_filter` calls this when it makes its handler; a
+    handler of one's own that calls :func:`server_name` can call it in the cell that defines it.
+    """
+    global _LAYER
+    if _LAYER is None:
+        from scapy.layers.tls.extensions import TLS_Ext_ServerName
+        from scapy.layers.tls.handshake import TLSClientHello
+        from scapy.layers.tls.record import TLS
+
+        _LAYER = (TLS, TLSClientHello, TLS_Ext_ServerName)
+    return _LAYER
 
 
 def client_hello_length(data: bytes) -> int | None:
@@ -20,14 +41,14 @@ def client_hello_length(data: bytes) -> int | None:
 
 def server_name(data: bytes) -> str | None:
     """The name (SNI) of the ClientHello that ``data`` starts with; "" for one without a name; None if ``data`` is
-    not a whole ClientHello (another protocol, or only its first part: see :func:`client_hello_length`)."""
+    not a whole ClientHello (another protocol, or only its first part: see :func:`client_hello_length`).
+
+    The first call that reads a ClientHello imports scapy's TLS layer unless :func:`load_layer` did.
+    """
     need = client_hello_length(data)
     if need is None or len(data) < need:
         return None
-    from scapy.layers.tls.extensions import TLS_Ext_ServerName
-    from scapy.layers.tls.handshake import TLSClientHello
-    from scapy.layers.tls.record import TLS
-
+    TLS, TLSClientHello, TLS_Ext_ServerName = load_layer()  # noqa: N806 (scapy's class names)
     hello = TLS(bytes(data[:need])).getlayer(TLSClientHello)
     if hello is None:
         return None

@@ -39,6 +39,7 @@ def name_filter(blocked: Iterable[str], *, reset: bool = True, names: Counter[tu
     """A handler that drops the TCP flows asking for a ``blocked`` name and accepts the others, each as a flow."""
     block = {n.lower().rstrip(".") for n in blocked}
     seen: Counter[tuple[str, str]] = names if names is not None else Counter()
+    tls.load_layer()  # now, in the cell: not on the first ClientHello, in the reading thread, past the deadline
 
     def by_name(pkt: Any) -> Any:
         t = pkt.tcp

@@ -51,3 +51,17 @@ def test_blocked_names_are_reset_and_other_flows_stay_in_the_kernel(router_lab: 
         finally:
             s.detach()
     assert pktlab_rules(lab.router.netns) == []
+
+
+def test_name_filter_imports_the_tls_layer_when_made_not_on_the_first_client_hello() -> None:
+    """scapy's TLS layer takes ~0.3 s to import: paid in the reading thread on a flow's first ClientHello it held
+    that packet past a loaded machine's 500 ms deadline (the watchdog then passed the flow undecided)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pktlab\n"
+            "before = 'scapy.layers.tls.record' in sys.modules\n"
+            "pktlab.name_filter({'blocked.example'})\n"
+            "print(before, 'scapy.layers.tls.record' in sys.modules)\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
