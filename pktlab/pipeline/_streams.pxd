@@ -14,7 +14,7 @@ cdef struct StreamEnd:
 cdef class StreamEnds:
     cdef StreamEnd* table
     cdef Py_ssize_t slots
-    cdef public Py_ssize_t limit
+    cdef readonly Py_ssize_t limit  # fixed: the table is sized for it (at most half full)
     cdef Py_ssize_t count
     cdef mutex_t lock
 
