@@ -4,6 +4,8 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_REFCNT
 from libc.string cimport memcpy
 
+from pktlab._common cimport buf_ptr
+
 cdef extern from *:
     """
     static int pktlab_has_weakrefs(PyObject* o) {
@@ -19,7 +21,13 @@ cdef class ViewCore
 
 cdef class PacketCore:
     cdef public object _meta
-    cdef public object _buf
+    # The packet's bytes: ``_data`` (bytes, or a bytearray once written), or, while a handler sees a packet of
+    # the queue, the queue message's own buffer (``_mptr``/``_mlen``, ``_data`` None): no copy is made until a
+    # write (``_writable``), a read of the whole buffer from Python (the ``_buf`` property), or the packet
+    # outliving its message (``_own``, which the dispatcher calls before the reader reads into that buffer again)
+    cdef object _data
+    cdef const unsigned char* _mptr
+    cdef Py_ssize_t _mlen
     cdef public bint _dirty
     cdef public bint _modified
     cdef public object _mark
@@ -43,6 +51,10 @@ cdef class PacketCore:
     cdef object __weakref__
 
     cpdef object _writable(self)
+    cpdef object _own(self)
+    cpdef bytes _bytes(self, Py_ssize_t start, Py_ssize_t end)
+    cpdef int _replace(self, Py_ssize_t start, Py_ssize_t end, object data) except -1
+    cpdef Py_ssize_t _size(self)
     cpdef int _need(self, Py_ssize_t end, str what) except -1
     cpdef void _relayout(self)
     cdef int _find_l4(self) except -1
@@ -71,11 +83,33 @@ cdef inline Py_ssize_t ethernet_l3(const unsigned char* p, Py_ssize_t n) noexcep
     return off if etype == 0x0800 or etype == 0x86DD else -1
 
 
+cdef inline const unsigned char* pkt_ptr(PacketCore pkt, Py_ssize_t* n) except NULL:
+    """The packet's bytes and their length, wherever they are (the queue message's buffer or its own)."""
+    if pkt._mptr != NULL:
+        n[0] = pkt._mlen
+        return pkt._mptr
+    return buf_ptr(pkt._data, n)
+
+
+cdef inline Py_ssize_t pkt_size(PacketCore pkt) except -1:
+    cdef Py_ssize_t n
+    pkt_ptr(pkt, &n)
+    return n
+
+
+cdef inline void packet_over(PacketCore pkt, const unsigned char* p, Py_ssize_t n) noexcept:
+    """Put the packet over a queue message's buffer (valid until the dispatcher is done with the message)."""
+    pkt._data = None
+    pkt._mptr = p if p != NULL else <const unsigned char*>""
+    pkt._mlen = n if p != NULL else 0
+
+
 cdef inline PacketCore Packet_from(object cls, object meta, object data, double now):
     """A packet of class ``cls`` on ``data`` (the dispatcher's construction, without __init__)."""
     cdef PacketCore pkt = PacketCore.__new__(cls)
     pkt._meta = meta
-    pkt._buf = data
+    pkt._data = data
+    pkt._mptr = NULL
     pkt._mark = None
     pkt._flow = None
     pkt._send = None
@@ -88,13 +122,18 @@ cdef inline PacketCore Packet_from(object cls, object meta, object data, double 
     return pkt
 
 
-cdef inline void packet_done(PacketCore pkt):
-    """Break the packet <-> view cycle once its verdict is given, so it is freed at once, not by the GC."""
+cdef inline int packet_done(PacketCore pkt) except -1:
+    """Once its verdict is given: break the packet <-> view cycle, so it is freed at once, not by the GC, and
+    give a packet over a queue message bytes of its own (whoever keeps it, the message's buffer is read into
+    again)."""
     pkt._ipv = None
     pkt._l4v = None
+    if pkt._mptr != NULL:
+        pkt._own()
+    return 0
 
 
-cdef inline bint packet_recycle(PacketCore pkt, Py_ssize_t refs):
+cdef inline bint packet_recycle(PacketCore pkt, Py_ssize_t refs) except -1:
     """Empty a packet that nothing but the dispatcher references, for reuse by the next packet.
 
     Allocating and freeing a packet and its two views is a fair share of a
@@ -129,7 +168,8 @@ cdef inline bint packet_recycle(PacketCore pkt, Py_ssize_t refs):
     pkt._ipv = None
     pkt._l4v = None
     pkt._meta = None
-    pkt._buf = None
+    pkt._data = None
+    pkt._mptr = NULL
     pkt._mark = None
     pkt._flow = None
     pkt._send = None

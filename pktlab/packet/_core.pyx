@@ -7,12 +7,26 @@ the views on :class:`ViewCore` and :class:`Field`; the dispatcher
 the functions declared in ``_core.pxd``.
 """
 
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM
 from libc.string cimport memcpy, memset
 
 from pktlab._common cimport buf_ptr
+
+
+cdef long long _message_copies = 0
+
+
+cdef inline void _copied() noexcept:
+    global _message_copies
+    _message_copies += 1
+
+
+def message_copies():
+    """How many packets handlers saw over a queue message's buffer were copied out of it (by a write, a read
+    of the whole buffer from Python, or the packet outliving its message), since the module was loaded."""
+    return _message_copies
 from pktlab.errors import CopyRangeError, PacketFormatError
 
 
@@ -44,7 +58,7 @@ COPY_FIX = "attach with copy='auto' (copies what the handlers read) or copy='ful
 
 def not_copied(PacketCore pkt, str what, Py_ssize_t end):
     """The error of an access to bytes the copy range left in the kernel; marks the packet for a new copy."""
-    cdef Py_ssize_t n = len(pkt._buf)
+    cdef Py_ssize_t n = pkt_size(pkt)
     pkt._short = True
     if pkt._meta is not None and hasattr(pkt._meta, "l3"):  # a packet of a capture file: its snap length cut it
         return CopyRangeError(
@@ -155,7 +169,8 @@ cdef class PacketCore:
         cdef Py_ssize_t n
         cdef const unsigned char* p
         self._meta = meta
-        self._buf = data
+        self._data = data
+        self._mptr = NULL
         self._mark = None
         self._ipv = None
         self._l4v = None
@@ -174,24 +189,107 @@ cdef class PacketCore:
         """
         if self._wire:
             raise not_copied(self, "a rewrite", 0)
-        if type(self._buf) is not bytearray:
-            self._buf = bytearray(self._buf)
+        if self._mptr != NULL:  # over the queue message: copied from it straight into the bytearray
+            self._data = PyByteArray_FromStringAndSize(<const char*>self._mptr, self._mlen)
+            self._mptr = NULL
+            _copied()
+        elif type(self._data) is not bytearray:
+            self._data = bytearray(self._data)
         self._modified = True
-        return self._buf
+        return self._data
+
+    cpdef object _own(self):
+        """The packet's bytes as an object of its own (copied from the queue message if it is over one)."""
+        if self._mptr != NULL:
+            self._data = PyBytes_FromStringAndSize(<const char*>self._mptr, self._mlen)
+            self._mptr = NULL
+            _copied()
+        return self._data
+
+    @property
+    def _buf(self):
+        """The packet's bytes (bytes, or a bytearray once written): Python code's way to the whole buffer.
+
+        A packet over a queue message gets its own copy here, once; views read single fields and slices
+        without one (:meth:`_bytes`, :meth:`_size`, and the fields in C).
+        """
+        return self._own()
+
+    @_buf.setter
+    def _buf(self, data):
+        buf_ptr(data, &self._mlen)  # refuses anything but bytes or a bytearray
+        self._data = data
+        self._mptr = NULL
+
+    cpdef int _replace(self, Py_ssize_t start, Py_ssize_t end, object data) except -1:
+        """Bytes ``start`` to ``end`` replaced by ``data`` (a write; a length may change).
+
+        A packet without a bytearray yet (over its queue message, or holding bytes) gets one made in one
+        pass, head, new bytes and tail, rather than copied whole and then moved about.
+        """
+        cdef Py_ssize_t n, m
+        cdef const unsigned char* p
+        cdef const unsigned char* q
+        cdef unsigned char* o
+        if self._wire:
+            raise not_copied(self, "a rewrite", 0)
+        if type(data) is not bytes and type(data) is not bytearray:
+            data = bytes(data)
+        if start < 0 or end < 0 or (self._mptr == NULL and type(self._data) is bytearray):
+            self._writable()[start:end] = data
+        else:
+            p = pkt_ptr(self, &n)
+            q = buf_ptr(data, &m)
+            if start > n:
+                start = n
+            if end > n:
+                end = n
+            if end < start:
+                end = start
+            new = PyByteArray_FromStringAndSize(NULL, start + m + (n - end))
+            o = <unsigned char*>PyByteArray_AS_STRING(new)
+            memcpy(o, p, start)
+            memcpy(o + start, q, m)
+            memcpy(o + start + m, p + end, n - end)
+            if self._mptr != NULL:
+                _copied()
+            self._data = new
+            self._mptr = NULL
+        self._modified = True
+        self._dirty = True
+        self._relayout()
+        return 0
+
+    cpdef bytes _bytes(self, Py_ssize_t start, Py_ssize_t end):
+        """``bytes(self._buf[start:end])`` for ``0 <= start``, without a copy of the rest (``end`` past the end:
+        to the end)."""
+        cdef Py_ssize_t n
+        cdef const unsigned char* p = pkt_ptr(self, &n)
+        if end > n:
+            end = n
+        if start < 0:
+            raise ValueError("start must not be negative")
+        if end <= start:
+            return b""
+        return PyBytes_FromStringAndSize(<const char*>p + start, end - start)
+
+    cpdef Py_ssize_t _size(self):
+        """How many bytes the packet has here (``len(self._buf)`` without a copy)."""
+        return pkt_size(self)
 
     cpdef int _need(self, Py_ssize_t end, str what) except -1:
         """Raise :class:`CopyRangeError` when bytes up to ``end`` were not copied (``end`` < 0: the whole packet)."""
         if self._wire:
             if end < 0 or end > self._wire:
                 end = self._wire  # the whole packet, or a read past its end: what of it exists
-            if end > len(self._buf):
+            if end > pkt_size(self):
                 raise not_copied(self, what, end)
         return 0
 
     @property
     def copied(self):
         """How many bytes of the packet the kernel copied to user space (all of them unless the copy range cut it)."""
-        return len(self._buf)
+        return pkt_size(self)
 
     @property
     def complete(self):
@@ -212,7 +310,7 @@ cdef class PacketCore:
         self._l4proto = -1
         self._l4off = 0
         self._l4frag = 0
-        p = buf_ptr(self._buf, &n)
+        p = pkt_ptr(self, &n)
         if l3 >= 0:
             if self._wire and n < l3 + 40:  # too little copied to tell the IP header's version and length
                 self._need(l3 + (20 if n > l3 and p[l3] >> 4 == 4 else 40), "the IP header")
@@ -267,7 +365,7 @@ cdef class PacketCore:
         cdef ViewCore v
         if self._ipv is not None and type(self._ipv) is cls:
             return self._ipv
-        p = buf_ptr(self._buf, &n)
+        p = pkt_ptr(self, &n)
         if self._wire and 0 <= self._l3 and n <= self._l3:
             self._need(self._l3 + 1, "the IP header")
         if self._l3 < 0 or n <= self._l3 or p[self._l3] >> 4 != version:
@@ -314,7 +412,7 @@ cdef class PacketCore:
 
     def __len__(self):
         """The packet's length (in the kernel: also when only its first part was copied)."""
-        return self._wire if self._wire else len(self._buf)
+        return self._wire if self._wire else pkt_size(self)
 
 
 # Packet_from, packet_done and packet_recycle are inline, in _core.pxd: the dispatcher calls them per packet.
@@ -402,7 +500,7 @@ cdef class Field:
             return self
         cdef ViewCore v = <ViewCore?>instance
         cdef Py_ssize_t n, i
-        cdef const unsigned char* p = buf_ptr(v._pkt._buf, &n)
+        cdef const unsigned char* p = pkt_ptr(v._pkt, &n)
         cdef Py_ssize_t start = v._off + self._byte
         cdef unsigned long long val = 0
         cdef char text[48]
@@ -445,7 +543,7 @@ cdef class Field:
         cdef unsigned long long val, old
         cdef unsigned char* p
         cdef unsigned char addr[16]
-        buf_ptr(pkt._buf, &n)
+        pkt_ptr(pkt, &n)
         if start < 0 or start + self._nbytes > n:
             raise self._short(v, n)
         encoded = None

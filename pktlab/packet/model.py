@@ -72,10 +72,16 @@ class RawBytes:
                 end = -1 if reverse or stop is None or stop < 0 or start < 0 else stop
             else:
                 end = -1 if key < 0 else key + 1
-            if end < 0 or end > len(pkt._buf):  # the message is made only here: reads are a hot path
+            if end < 0 or end > pkt._size():  # the message is made only here: reads are a hot path
                 pkt._need(end, f"pkt.raw[{key.start}:{key.stop}]" if isinstance(key, slice) else f"pkt.raw[{key}]")
-        v = pkt._buf[key]
-        return bytes(v) if isinstance(key, slice) else v
+        if isinstance(key, slice):
+            start, stop = key.start or 0, key.stop
+            if key.step is None and start >= 0 and (stop is None or stop >= 0):  # no copy of the whole packet
+                return pkt._bytes(start, pkt._size() if stop is None else stop)
+            return bytes(pkt._buf[key])
+        if 0 <= key < pkt._size():
+            return pkt._bytes(key, key + 1)[0]
+        return pkt._buf[key]
 
     def __setitem__(self, key: int | slice, value: Any) -> None:
         if self._pkt._wire:
@@ -236,12 +242,6 @@ class Packet(PacketCore):
     @property
     def raw(self) -> RawBytes:
         return RawBytes(self)
-
-    def _replace(self, start: int, end: int, data: bytes) -> None:
-        buf = self._writable()
-        buf[start:end] = data
-        self._dirty = True
-        self._relayout()
 
     def set_payload(self, data: bytes, *, fix_checksums: bool = False) -> None:
         """Replace the IP packet (IP header onward) with ``data``.

@@ -110,7 +110,7 @@ class VarField:
     def _span(self, view: View) -> tuple[int, int]:
         start = view._off + self.byte
         n = int(self.length(view))
-        size = len(view._pkt._buf)
+        size = view._pkt._size()
         if n < 0 or start + n > size:
             if n >= 0:
                 view._pkt._need(start + n, f"{type(view).__name__.lower()}.{self.name}")
@@ -124,7 +124,7 @@ class VarField:
         if view is None:
             return self
         start, n = self._span(view)
-        return bytes(view._pkt._buf[start : start + n])
+        return view._pkt._bytes(start, start + n)
 
     def __set__(self, view: View, value: bytes) -> None:
         start, n = self._span(view)

@@ -21,6 +21,7 @@ stream table (:class:`pktlab.pipeline._streams.StreamEnds`) have mutexes of thei
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.ref cimport Py_REFCNT
 from libc.errno cimport errno
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
@@ -34,7 +35,8 @@ from cpython.pycapsule cimport PyCapsule_New
 
 from pktlab._common cimport (QueueMessage, QueuePath, buf_ptr, load_int, mono_ns, mutex_destroy, mutex_init,
                              mutex_lock, mutex_t, mutex_unlock, store_int, tcp_stream_key, wall_time)
-from pktlab.packet._core cimport Packet_from, PacketCore, fix_packet, packet_done, packet_recycle
+from pktlab.packet._core cimport (Packet_from, PacketCore, fix_packet, packet_done, packet_over, packet_recycle,
+                                  pkt_ptr, pkt_size)
 from pktlab.packet._core import too_big
 from pktlab.pipeline._capture cimport CapturedPacket
 from pktlab.pipeline._ring cimport Ring
@@ -553,6 +555,8 @@ cdef class Dispatcher:
         nf = self.busy_nf
         h = self.busy_handler
         data = self.busy_data
+        if data is None:  # a packet over its queue message: the stuck reader reads no further into that buffer
+            data = nf.get_payload()
         self.stolen.add(self.busy_seq)
         self.busy_t0 = 0
         self.busy_nf = None
@@ -612,7 +616,7 @@ cdef class Dispatcher:
         if nf._verdict_is_set:
             raise RuntimeError("this packet already has its verdict")
         if self._needs_seqadj(pkt, code):
-            self._seqadj(pkt, original, pkt._modified)  # a rewrite that cannot be made consistent raises: still held
+            self._seqadj(nf, pkt, original, pkt._modified)  # a rewrite that cannot be made consistent raises: still held
         try:
             self._flush()
             self._give_packet(nf, pkt, code, False)
@@ -657,10 +661,10 @@ cdef class Dispatcher:
             if pkt._mark is not None:
                 nf.set_mark(pkt._mark)
             if pkt._modified:
-                nf.set_payload(bytes(pkt._buf))
+                nf.set_payload(bytes(pkt._writable()))
             self._give(nf, code, False)
         else:
-            self._give_payload(nf, code, pkt._buf if pkt._modified else None, pkt._mark)
+            self._give_payload(nf, code, pkt._writable() if pkt._modified else None, pkt._mark)
         return 0
 
     cdef void _note_passed(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t wire=0) noexcept nogil:
@@ -706,19 +710,34 @@ cdef class Dispatcher:
             return False
         if pkt._modified or self.seqadj_on:
             return True
-        p = buf_ptr(pkt._buf, &n)
+        p = pkt_ptr(pkt, &n)
         # a SYN's MSS makes room for segments a handler may grow: only while the session has handlers that can (a
         # delay line, a session that only looks, or kernel handlers, which change no length, leave TCP as it is)
         return (pkt._l4off + 13 < n and p[pkt._l4off + 13] & 0x02 and self.seqadj_headroom > 0
                 and self.chain.may_resize)
 
-    cdef int _seqadj(self, PacketCore pkt, bytes original, bint rewrite, bint wait=False) except -1:
-        """Adjust an accepted TCP packet in place (raises SeqAdjError, nothing changed, for an impossible rewrite)."""
+    cdef int _seqadj(self, NfPacket nf, PacketCore pkt, bytes original, bint rewrite, bint wait=False) except -1:
+        """Adjust an accepted TCP packet in place (raises SeqAdjError, nothing changed, for an impossible rewrite).
+
+        ``original``: the packet's bytes as it arrived; None for a packet of the queue, whose message (unchanged:
+        a write copies the packet out of it) is read in place, through a packet over it made here.
+        """
+        cdef PacketCore orig = None
         self.seqadj.clamp = self.chain.may_resize  # kernel handlers alone change no length: SYNs keep their MSS
+        if original is None:
+            orig = Packet_from(self.packet_cls, nf, None, pkt.time)
+            packet_over(orig, nf.payload, nf.payload_len)  # as pkt.like(original) would make it
         try:
-            self.seqadj.apply(pkt, original, rewrite, wait, self.tcp_high)
+            self.seqadj.apply(pkt, orig if orig is not None else original, rewrite, wait, self.tcp_high)
         finally:
             self._seqadj_state(self.seqadj.active)
+            if orig is not None:
+                orig._ipv = None
+                orig._l4v = None
+                if Py_REFCNT(orig) == 1:
+                    packet_over(orig, NULL, 0)  # nothing kept it: no copy
+                else:
+                    orig._own()
         return 0
 
     cdef void _seqadj_state(self, bint on):
@@ -748,7 +767,7 @@ cdef class Dispatcher:
         err = None
         if self._needs_seqadj(pkt, code):
             try:
-                self._seqadj(pkt, data, pkt._modified, wait)
+                self._seqadj(nf, pkt, data, pkt._modified, wait)
             except SeqAdjError as exc:  # the rewrite cannot be made consistent: the error verdict
                 err = self.chain.failed(h, pkt, exc) if h is not None else f"SeqAdjError: {exc}"
                 verdict = self._on_error
@@ -757,11 +776,14 @@ cdef class Dispatcher:
                 pkt._modified = False
                 pkt._mark = None
                 if self._needs_seqadj(pkt, code):
-                    self._seqadj(pkt, data, False, False)  # as it arrived, where the connection needs it
+                    self._seqadj(nf, pkt, data, False, False)  # as it arrived, where the connection needs it
         self._give_packet(nf, pkt, code, True)
         return verdict, err, modified
 
     cdef void _keep_back(self, NfPacket nf, PacketCore pkt, bytes data, verdict, by, err, long long t0, h):
+        if data is None:  # it outlives its queue message: the packet and its original get bytes of their own
+            data = nf.get_payload()
+            pkt._own()
         self._flush()  # the verdicts before it go first; no batch verdict while it waits (it would cover it)
         self.held_count += 1
         self.reordered += 1
@@ -857,7 +879,7 @@ cdef class Dispatcher:
         if self.seqadj_on and code == NF_ACCEPT:
             pkt = self._packet(nf, data, None)
             if self._needs_seqadj(pkt, code):
-                self._seqadj(pkt, data, False)
+                self._seqadj(nf, pkt, data, False)
             self._give_packet(nf, pkt, code, False)
             packet_done(pkt)
             return 0
@@ -928,7 +950,10 @@ cdef class Dispatcher:
         self._record_plain(now, nf.id, nf.hook, nf.payload + off, n - off, wire - off if wire > n else 0, code)
 
     cdef PacketCore _packet(self, NfPacket nf, bytes data, PacketCore spare):
-        """The packet handlers see: ``spare`` (an emptied earlier one) reused, or a new one."""
+        """The packet handlers see: ``spare`` (an emptied earlier one) reused, or a new one.
+
+        ``data`` None: over the queue message's buffer (no copy; see PacketCore._own for when it gets one).
+        """
         cdef PacketCore pkt
         cdef CapturedPacket cp
         cdef double now
@@ -941,28 +966,37 @@ cdef class Dispatcher:
         if spare is not None:
             pkt = spare
             pkt._meta = nf
-            pkt._buf = data
             pkt.time = now
             self.reused += 1
         else:
-            pkt = Packet_from(self.packet_cls, nf, data, now)
+            pkt = Packet_from(self.packet_cls, nf, None, now)
+        if data is None:
+            packet_over(pkt, nf.payload, nf.payload_len)
+        else:
+            pkt._data = data
+            pkt._mptr = NULL
         pkt._send = self.sender
         if captured:
             pkt._l3 = cp.l3
             pkt._eth = cp.eth
             pkt._skbinfo = 0
-            pkt._wire = cp.wire if cp.wire > len(data) else 0
+            pkt._wire = cp.wire if cp.wire > pkt_size(pkt) else 0
         else:
             pkt._owner = self.owner
             pkt._skbinfo = self.skbinfo
-            pkt._wire = self.cap_len if self.cap_len > len(data) else 0
+            pkt._wire = self.cap_len if self.cap_len > pkt_size(pkt) else 0
             if pkt._eth:  # a spare that last held a captured frame
                 pkt._l3 = 0
                 pkt._eth = False
         return pkt
 
     cdef void _run(self, NfPacket nf, tuple chain, PacketCore pkt=None, bytes data=None):
-        """The chain on one packet (``pkt`` and its ``data`` already made when a hold predicate saw it)."""
+        """The chain on one packet (``pkt`` and its ``data`` already made when a hold predicate saw it).
+
+        A packet of the queue is made over its message's buffer (``data`` stays None: the message is the packet
+        as it arrived); it gets bytes of its own only if a handler writes it or reads all of it from Python, or
+        once something keeps it past its verdict (packet_done; kept back, :meth:`_keep_back`).
+        """
         cdef long long t0 = mono_ns()
         cdef double now = 0.0
         cdef int code
@@ -976,11 +1010,10 @@ cdef class Dispatcher:
         by = None
         err = None
         caught = None
-        if data is None:
-            data = b""
         try:
             if own:
-                data = nf.get_payload()
+                if nf._queue is None:  # a captured packet: its bytes are an object already
+                    data = nf.get_payload()
                 pkt = self._packet(nf, data, self.spare)
                 self.spare = None
                 self._track(pkt)
@@ -1039,7 +1072,7 @@ cdef class Dispatcher:
             if pkt._short and pkt._wire and self.regrow is not None:
                 # a handler read past the copied part (and raised, or caught the error): nothing it decided
                 # counts; a repeat sends the packet through the queue again, copied whole this time
-                if self.regrow(len(data)):
+                if self.regrow(len(data) if data is not None else nf.payload_len):
                     pkt._modified = False
                     pkt._mark = None
                     self._give(nf, NF_REPEAT, False)
@@ -1058,8 +1091,8 @@ cdef class Dispatcher:
                         f.decided_by = by
                 if verdict is None:
                     verdict = self._default
-                if pkt._modified and h is not None and len(pkt._buf) - record_offset(nf) > 65535:
-                    err = self.chain.failed(h, pkt, too_big(len(pkt._buf) - record_offset(nf), pkt._skbinfo & 2))
+                if pkt._modified and h is not None and pkt_size(pkt) - record_offset(nf) > 65535:
+                    err = self.chain.failed(h, pkt, too_big(pkt_size(pkt) - record_offset(nf), pkt._skbinfo & 2))
                     verdict = self._on_error
                     by = h.name
                     pkt._modified = False
@@ -1101,7 +1134,7 @@ cdef class Dispatcher:
         """
         cdef Py_ssize_t off = record_offset(nf)
         try:  # the first snaplen bytes, as the entry keeps of the packet as it came
-            self.rewrites(nf.id, now, bytes(pkt._buf[off : off + self.ring.snaplen]))
+            self.rewrites(nf.id, now, pkt._bytes(off, off + self.ring.snaplen))
         except Exception as exc:
             self.internal_errors += 1
             self.last_internal_error = f"recording a rewrite: {type(exc).__name__}: {exc}"
@@ -1111,13 +1144,20 @@ cdef class Dispatcher:
         """The packet's record entry (the record keeps packets as they arrived); an accepted TCP segment noted.
 
         ``wire``: the packet's whole length when only a part of it was copied (0: ``data`` is all of it).
+        ``data`` None: the packet's queue message, still in the reader's buffer.
         """
         cdef Py_ssize_t off = record_offset(nf)
-        if off > len(data):
-            off = len(data)
+        cdef const unsigned char* p = <const unsigned char*>""
+        cdef Py_ssize_t n = 0
+        if data is not None:
+            p = <const unsigned char*>PyBytes_AS_STRING(data)
+            n = len(data)
+        elif nf.payload != NULL:
+            p = nf.payload
+            n = nf.payload_len
+        if off > n:
+            off = n
         if code == NF_ACCEPT and self.seqadj is not None:
-            self._note_passed(<const unsigned char*>PyBytes_AS_STRING(data) + off, len(data) - off,
-                              wire - off if wire > len(data) else 0)
-        self.ring.push(now, nf.id, nf.hook, (wire if wire > len(data) else len(data)) - off,
-                       <const unsigned char*>PyBytes_AS_STRING(data) + off,
-                       len(data) - off, code, decided - t0, decided, by, err, modified)
+            self._note_passed(p + off, n - off, wire - off if wire > n else 0)
+        self.ring.push(now, nf.id, nf.hook, (wire if wire > n else n) - off, p + off, n - off, code, decided - t0,
+                       decided, by, err, modified)

@@ -19,7 +19,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcmp
 
 from pktlab._common cimport buf_ptr, tcp_stream_key
-from pktlab.packet._core cimport PacketCore
+from pktlab.packet._core cimport PacketCore, pkt_ptr
 
 from pktlab.errors import PacketFormatError, PktlabError
 
@@ -841,7 +841,7 @@ cdef bint find_tcp(PacketCore pkt, TcpLoc* t) except -1:
     pkt._find_l4()
     if pkt._l4proto != 6 or pkt._l4frag == 2:
         return False
-    t.p = buf_ptr(pkt._buf, &t.n)
+    t.p = pkt_ptr(pkt, &t.n)
     t.l3 = pkt._l3 if pkt._l3 > 0 else 0
     t.off = pkt._l4off
     if t.off + 20 > t.n:
@@ -921,11 +921,11 @@ cdef class TcpAdjust:
             i += size
         return 0
 
-    def apply(self, PacketCore pkt, bytes original, bint rewrite=True, bint wait=False, high=None):
+    def apply(self, PacketCore pkt, original, bint rewrite=True, bint wait=False, high=None):
         """Make the accepted TCP packet ``pkt`` consistent with its connection, in place.
 
         ``original``: the packet's bytes as it arrived (``pkt`` may hold a handler's
-        rewrite).  ``rewrite=False`` adjusts the packet as it arrived instead (what
+        rewrite), or a packet holding them (the dispatcher's, over the queue message).  ``rewrite=False`` adjusts the packet as it arrived instead (what
         the error verdict sends).  Raises :class:`SeqAdjError`, changing nothing,
         when the handler's rewrite cannot be made consistent, and ``SeqAdjWait`` (with
         ``wait``) for a segment that comes after a gap in its stream.  ``high``: how far each stream
@@ -947,6 +947,8 @@ cdef class TcpAdjust:
             if same:
                 pkt._need(-1, "tcp.payload")
                 orig = pkt
+            elif isinstance(original, PacketCore):
+                orig = original
             else:
                 orig = pkt.like(original)
             if not find_tcp(orig, &o):
@@ -971,19 +973,21 @@ cdef class TcpAdjust:
         with self._lock:
             res = self.adjuster.adjust(seg, out, pkt.time, sent_end, wait)
         if res is not None:
-            self._write(pkt, original, seg, res, opts, at, rewrite)
+            self._write(pkt, orig, seg, res, opts, at, rewrite)
         if seg.flags & F_SYN and self.headroom > 0 and self.clamp:
             self._clamp_mss(pkt)
 
-    cdef int _write(self, PacketCore pkt, bytes original, Segment seg, Adjusted res, bytes o_opts, Py_ssize_t at,
+    cdef int _write(self, PacketCore pkt, PacketCore orig, Segment seg, Adjusted res, bytes o_opts, Py_ssize_t at,
                     bint rewrite) except -1:
-        """Put what the adjuster says into the packet's fields (a handler's own change of a field is kept)."""
+        """Put what the adjuster says into the packet's fields (a handler's own change of a field is kept).
+
+        ``orig``: the packet as it arrived."""
         cdef TcpLoc t
         cdef unsigned char* w
         cdef Py_ssize_t size, start
         cdef bytes opt
         if not rewrite:  # adjust the packet as it arrived: it replaces whatever the handlers did
-            pkt.set_payload(original[pkt._l3 if pkt._l3 > 0 else 0 :])
+            pkt.set_payload(orig._bytes(pkt._l3 if pkt._l3 > 0 else 0, orig._size()))
         if not find_tcp(pkt, &t):
             return 0
         if res.seq != seg.seq or res.ack != seg.ack:

@@ -14,6 +14,7 @@ import time
 import weakref
 
 import pytest
+from pktlab.packet._core import message_copies
 
 import pktlab
 from pktlab import Lab
@@ -63,7 +64,9 @@ def test_a_stuck_reader_hands_its_batch_to_the_successor(lab: Lab, queue_num: in
 
 
 def test_packets_are_reused_only_when_nothing_kept_them(lab: Lab, queue_num: int) -> None:
+    """Handlers see packets over the reader's buffer; one kept past its verdict gets its own bytes, once."""
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    copies = message_copies()
     kept: list[tuple[int, pktlab.Packet]] = []
     views: list[tuple[int, object]] = []
     refs: list[tuple[int, weakref.ref]] = []
@@ -102,6 +105,50 @@ def test_packets_are_reused_only_when_nothing_kept_them(lab: Lab, queue_num: int
     # a packet reuses the one before it when nobody kept that one (seq % 10 in 3..9: 7 in 10;
     # kept packets, views and weak references all prevent reuse); the last one has no next
     assert s.dispatcher.reused == 300 // 10 * 7 - 1
+    # the reader reads 16 messages at a time into the same buffer, over and over: a packet, view or weakly
+    # referenced packet kept past its verdict shows its own packet above because it was copied out of the
+    # message then; the packets nobody kept were read in place (fields and payload) and never copied
+    assert message_copies() - copies == 3 * 30
+
+
+def test_a_handler_reads_the_packet_in_place_and_a_write_copies_it_once(lab: Lab, queue_num: int) -> None:
+    """Fields, payload and raw slices are read from the queue message itself; the first write copies the
+    packet (and only then), what goes on is the rewrite, and the record keeps the packet as it arrived."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    seen: list[tuple] = []
+    try:
+
+        @s.handler
+        def read(pkt):
+            seen.append((pkt.ip.dst, pkt.udp.dport, _seq(pkt.udp.payload), pkt.raw[9], pkt.raw[16:20], len(pkt)))
+
+        copies = message_copies()
+        r = lab.udp(50, rate=0, timeout=20, idle=0.5)
+        assert r.unique == 50 and r.received == 50
+        assert message_copies() == copies  # 50 packets read, none copied
+        dst = bytes(int(x) for x in lab.server.addr.split("."))
+        assert sorted(x[2] for x in seen) == list(range(50))
+        assert all(x[:2] == (lab.server.addr, 9000) and x[3] == 17 and x[4] == dst and x[5] == 92 for x in seen)
+
+        s.remove_handler("read")
+
+        @s.handler
+        def rewrite(pkt):
+            before = pkt.udp.payload
+            pkt.udp.payload = before[:4] + b"rewritten" + before[13:]  # the same length: the receiver counts it
+            assert pkt.udp.payload[4:13] == b"rewritten"
+
+        copies = message_copies()
+        r = lab.udp(50, rate=0, timeout=20, idle=0.5, keep=50)
+        assert r.unique == 50 and r.received == 50
+        assert all(p[4:13] == b"rewritten" for p in r.payloads)
+        assert message_copies() - copies == 50  # one copy per packet: the write's
+        assert wait_until(lambda: s.record.n == 100, timeout=5)
+        entries = list(s.record)[50:]
+        assert all(e.modified for e in entries)
+        assert all(b"rewritten" not in e.head for e in entries)  # the record: the packet as it arrived
+    finally:
+        s.detach()
 
 
 def test_packets_no_handler_sees_are_verdicted_from_the_readers_parse(lab: Lab, queue_num: int) -> None:

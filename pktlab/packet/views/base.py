@@ -43,7 +43,7 @@ class View(ViewCore):
     def payload_offset(self) -> int:
         """Where the layer's payload starts; raises if its header claims more bytes than the packet has."""
         end = self._off + self.header_len
-        n = len(self._pkt._buf)
+        n = self._pkt._size()
         if end > n:
             self._pkt._need(end, f"{type(self).__name__.lower()}'s header")
             raise PacketFormatError(
@@ -58,11 +58,11 @@ class View(ViewCore):
         start = self.payload_offset
         if self._pkt._wire:  # only a part was copied (the message is made only then: this is a hot path)
             self._pkt._need(-1, f"{type(self).__name__.lower()}.payload")
-        return bytes(self._pkt._buf[start:])
+        return self._pkt._bytes(start, self._pkt._size())
 
     @payload.setter
     def payload(self, data: bytes) -> None:
-        self._pkt._replace(self.payload_offset, len(self._pkt._buf), bytes(data))
+        self._pkt._replace(self.payload_offset, self._pkt._size(), bytes(data))
 
     def replace(self, old: bytes | str, new: bytes | str, count: int = -1) -> int:
         """Replace ``old`` by ``new`` in this layer's payload (``count`` times at most); how many were replaced.

@@ -32,7 +32,7 @@ class HTTP:
     def _text(self) -> bytes:
         if self._pkt._wire:
             self._pkt._need(min(self._off + MAX_HEAD, len(self._pkt)), "pkt.http")
-        return bytes(self._pkt._buf[self._off : self._off + MAX_HEAD])
+        return self._pkt._bytes(self._off, self._off + MAX_HEAD)
 
     def _lines(self) -> list[tuple[int, int]]:
         """(start, end) packet offsets of each head line, CRLF excluded, up to the blank line."""
@@ -104,7 +104,7 @@ class HTTP:
         """What of the body is in this segment (empty when the head is incomplete)."""
         if self._pkt._wire:
             self._pkt._need(-1, "http.body")
-        data = bytes(self._pkt._buf[self._off :])
+        data = self._pkt._bytes(self._off, self._pkt._size())
         end = data.find(b"\r\n\r\n")
         return data[end + 4 :] if end >= 0 else b""
 
@@ -244,7 +244,7 @@ def find(pkt: Any) -> HTTP | None:
     off = t.payload_offset
     if pkt._wire:
         pkt._need(min(off + 8, len(pkt)), "pkt.http")
-    start = bytes(pkt._buf[off : off + 8])
+    start = pkt._bytes(off, off + 8)
     if start.startswith(b"HTTP/1.") or any(start.startswith(m + b" ") for m in METHODS):
         return HTTP(pkt, off)
     return None
