@@ -19,7 +19,8 @@ Three measures, each configuration in a fresh process with its own lab, alternat
 ``--before DIR``: every configuration is also measured with the pktlab of the checkout ``DIR`` (built in
 place), alternated with this one's in the same run: the before/after table.  ``BENCH_CONFIGS=u,l`` runs
 only those measures.  ``--profile``: where the time of the UDP flood goes, by CPU, process and binary
-(``perf record`` on every CPU during one run of (u2) and one of (u3)).
+(``perf record`` on every CPU during one run of (u2) and one of (u3); ``BENCH_PROFILE=(u3),(t2)`` picks the
+configurations, ``BENCH_PROFILE_SORT=comm,sym`` the report's sort keys).
 
 Run: `.venv/bin/python bench/bench_packet_path.py [ROUNDS] [--before DIR] [--profile]` (as root; default 3 rounds).
 """
@@ -162,9 +163,11 @@ def profile(name: str) -> None:
         subprocess.run(["perf", "record", "-a", "-o", data, "sleep", str(SECONDS / 3)], capture_output=True,
                        check=True)  # fmt: skip
         out, _ = run.communicate(timeout=120)
-        argv = ["perf", "report", "-i", data, "--no-children", "--sort", "cpu,comm,dso", "--percent-limit", "0.5"]
+        sort = os.environ.get("BENCH_PROFILE_SORT", "cpu,comm,dso")
+        argv = ["perf", "report", "-i", data, "--no-children", "--sort", sort, "--percent-limit", "0.5"]
         report = subprocess.run([*argv, "--stdio"], capture_output=True, text=True, check=False).stdout
-    print(f"\n#### {name}: {float(out.strip().splitlines()[-1]):,.0f} datagrams/s; samples by CPU, process, binary\n")
+    result = json.loads(out.strip().splitlines()[-1])
+    print(f"\n#### {name}: {result}; samples by {os.environ.get('BENCH_PROFILE_SORT', 'CPU, process, binary')}\n")
     print("```")
     print("\n".join(line for line in report.splitlines() if line.strip() and not line.startswith("#")))
     print("```")
@@ -172,7 +175,8 @@ def profile(name: str) -> None:
 
 def main(argv: list[str]) -> int:
     if "--profile" in argv:
-        for name in ("(u2) UDP: pktlab, no handler", "(u3) UDP: pktlab, handler reads 3 fields"):
+        keys = os.environ.get("BENCH_PROFILE", "(u2),(u3)").split(",")
+        for name in (n for n in CONFIGS if any(n.startswith(k) for k in keys)):
             profile(name)
         return 0
     rounds = int(argv[0]) if argv and argv[0].isdigit() else 3

@@ -33,7 +33,7 @@ from netfilterqueue._impl cimport nfq_set_verdict
 
 from cpython.pycapsule cimport PyCapsule_New
 
-from pktlab._common cimport (QueueMessage, QueuePath, buf_ptr, load_int, mono_ns, mutex_destroy, mutex_init,
+from pktlab._common cimport (QueueMessage, QueuePath, buf_ptr, iovec, load_int, mono_ns, mutex_destroy, mutex_init,
                              mutex_lock, mutex_t, mutex_unlock, store_int, tcp_stream_key, wall_time)
 from pktlab.packet._core cimport (Packet_from, PacketCore, fix_packet, packet_done, packet_over, packet_recycle,
                                   pkt_ptr, pkt_size)
@@ -44,6 +44,9 @@ from pktlab.pipeline._streams cimport StreamEnds
 from pktlab.pipeline.seqadj import SeqAdjError, SeqAdjWait
 from pktlab.packet.verdicts import ACCEPT, DROP
 from pktlab.errors import SessionError
+
+cdef extern from "<sys/uio.h>" nogil:
+    ssize_t writev(int fd, const iovec* iov, int iovcnt)
 
 cdef extern from "<arpa/inet.h>" nogil:
     unsigned int htonl(unsigned int)
@@ -57,6 +60,7 @@ cdef enum:
     NFQA_MARK = 3
     NFQA_PAYLOAD = 10
     OUT_CAP = 196608  # waiting verdict messages; below the socket's default send buffer (212,992)
+    BIG_PAYLOAD = 4096  # a new payload at least this long is written from where it is, not copied into the buffer
 
 
 
@@ -386,8 +390,14 @@ cdef class Dispatcher:
         size = 32 + (8 if has_mark else 0) + ((4 + ((n + 3) & ~3)) if has_buf else 0)
         mutex_lock(&self.vlock)
         e = self._close_run()
-        if self.out_len + size > OUT_CAP or self.out_count >= self.batch_limit:
+        if self.out_len + size > OUT_CAP or self.out_count >= self.batch_limit or n >= BIG_PAYLOAD:
             e = self._write() or e
+        if n >= BIG_PAYLOAD:  # (a rewritten GSO packet: 64 KiB) its header here, its payload written from its bytearray
+            e = self._write_big(pid, code, has_mark, mk, p, n, size) or e
+            mutex_unlock(&self.vlock)
+            if e:
+                raise OSError(e, "verdict write failed")
+            return 0
         m = self.out + self.out_len
         memcpy(m, self.msg, 24)
         v = <unsigned int>size
@@ -419,6 +429,48 @@ cdef class Dispatcher:
         mutex_unlock(&self.vlock)
         if e:
             raise OSError(e, "verdict write failed")
+        return 0
+
+    cdef int _write_big(self, unsigned int pid, int code, bint has_mark, unsigned int mk, const unsigned char* p,
+                        Py_ssize_t n, Py_ssize_t size) noexcept nogil:
+        """One NFQNL_MSG_VERDICT with a large payload, written at once with the payload where it is (vlock held,
+        nothing waiting before it); 0 or the errno.  Copying 64 KiB into the buffer first cost a pass over it."""
+        cdef unsigned char head[48]
+        cdef unsigned char pad[4]
+        cdef iovec iov[3]
+        cdef Py_ssize_t h = 32 + (8 if has_mark else 0) + 4
+        cdef unsigned int v
+        cdef unsigned short a
+        memcpy(head, self.msg, 24)
+        v = <unsigned int>size
+        memcpy(head, &v, 4)  # nlmsg_len (host order)
+        a = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
+        memcpy(head + 4, &a, 2)  # nlmsg_type (host order)
+        v = htonl(code)
+        memcpy(head + 24, &v, 4)
+        v = htonl(pid)
+        memcpy(head + 28, &v, 4)
+        if has_mark:
+            a = 8
+            memcpy(head + 32, &a, 2)
+            a = NFQA_MARK
+            memcpy(head + 34, &a, 2)
+            v = htonl(mk)
+            memcpy(head + 36, &v, 4)
+        a = <unsigned short>(4 + n)
+        memcpy(head + h - 4, &a, 2)
+        a = NFQA_PAYLOAD
+        memcpy(head + h - 2, &a, 2)
+        memset(pad, 0, 4)
+        iov[0].iov_base = head
+        iov[0].iov_len = h
+        iov[1].iov_base = <void*>p
+        iov[1].iov_len = n
+        iov[2].iov_base = pad
+        iov[2].iov_len = ((n + 3) & ~3) - n
+        self.writes += 1
+        if writev(self.fd, iov, 3 if iov[2].iov_len else 2) != size:
+            return errno or 5
         return 0
 
     def flush(self):
@@ -579,16 +631,21 @@ cdef class Dispatcher:
         cdef PacketCore pkt = None
         cdef bytes data = None
         if self._hold_fn is not None:
-            data = nf.get_payload()
-            pkt = self._packet(nf, data, None)
+            if nf._queue is None:  # a captured packet: its bytes are an object already
+                data = nf.get_payload()
+            pkt = self._packet(nf, data, self.spare)  # a queue's: over its message (a held one copies it, HeldPacket)
+            self.spare = None
             self._track(pkt)
             if self._hold(nf, pkt):
                 return
         chain = self.chain.active
         if not chain and not self.seqadj_on and not (self._flows is not None and self._flows.enabled):
+            if pkt is not None and packet_recycle(pkt, 1):  # (one the predicate kept gets bytes of its own)
+                self.spare = pkt
+            pkt = None
             self._fast(nf)
         else:
-            self._run(nf, chain, pkt, data)  # the packet the predicate saw goes on through the chain
+            self._run(nf, chain, pkt, data, True)  # the packet the predicate saw goes on through the chain
 
     # -- holding ---------------------------------------------------------------------
     cdef bint _hold(self, NfPacket nf, PacketCore pkt):
@@ -990,7 +1047,7 @@ cdef class Dispatcher:
                 pkt._eth = False
         return pkt
 
-    cdef void _run(self, NfPacket nf, tuple chain, PacketCore pkt=None, bytes data=None):
+    cdef void _run(self, NfPacket nf, tuple chain, PacketCore pkt=None, bytes data=None, bint made=False):
         """The chain on one packet (``pkt`` and its ``data`` already made when a hold predicate saw it).
 
         A packet of the queue is made over its message's buffer (``data`` stays None: the message is the packet
@@ -1002,7 +1059,8 @@ cdef class Dispatcher:
         cdef int code
         cdef Py_ssize_t off
         cdef bint given = False
-        cdef bint own = pkt is None
+        cdef bint fresh = pkt is None
+        cdef bint own = fresh or made  # the dispatcher made it: reused for the next packet if nothing kept it
         cdef bint modified = False
         cdef bint recopy = False
         cdef Py_ssize_t wire = 0
@@ -1011,7 +1069,7 @@ cdef class Dispatcher:
         err = None
         caught = None
         try:
-            if own:
+            if fresh:
                 if nf._queue is None:  # a captured packet: its bytes are an object already
                     data = nf.get_payload()
                 pkt = self._packet(nf, data, self.spare)

@@ -215,6 +215,27 @@ cdef class StreamMap:
             return e.start - 1
         return e.start + lmin(q - e.out_start(), e.end - e.start - 1)
 
+    cdef bint touches(self, long long s, long long e):
+        """Whether any edit changes what :meth:`render` makes of orig ``[s, e)`` (the same test as render's)."""
+        cdef Py_ssize_t i = self.after_start(s) - 1
+        cdef Py_ssize_t count = len(self.edits)
+        cdef Edit ed
+        if i < 0:
+            i = 0
+        while i < count:
+            ed = self.edits[i]
+            i += 1
+            if ed.start == ed.end:
+                if s < ed.start <= e:
+                    return True
+                if ed.start > e:
+                    return False
+            elif ed.start < e and ed.end > s:
+                return True
+            elif ed.start >= e:
+                return False
+        return False
+
     cpdef bytes render(self, long long s, long long e, bytes data):
         """The out bytes of orig ``[s, e)`` whose original bytes are ``data``."""
         cdef list pieces = None
@@ -629,12 +650,17 @@ cdef class Connection:
         if out is not None:
             edit = new_edit(m, s, e, data, out, runs)
         view = m
+        plan = Plan()
         if edit is not None:
             m.check_edit(edit[0], edit[1], edit[2])  # raises, nothing changed, when the edit is impossible
             view = m.local(s, e)  # only the edits around the segment: no copy of the whole map per packet
+            if not m.touches(s, e):
+                # the segment's bytes carry no earlier edit: its one edit was read off ``out`` (the bytes around
+                # it are ``data``'s), so what goes is ``out`` itself (no copy; the caller knows it by identity)
+                plan.payload = out
             view.add_edit(edit[0], edit[1], edit[2])
-        plan = Plan()
-        plan.payload = view.render(s, e, data)
+        if plan.payload is None:
+            plan.payload = view.render(s, e, data)
         plan.seq = d.value(view.cut(s) - (1 if seg.flags & F_SYN else 0))
         plan.trimmed = trimmed
         plan.s, plan.e = s, e
@@ -973,15 +999,15 @@ cdef class TcpAdjust:
         with self._lock:
             res = self.adjuster.adjust(seg, out, pkt.time, sent_end, wait)
         if res is not None:
-            self._write(pkt, orig, seg, res, opts, at, rewrite)
+            self._write(pkt, orig, seg, res, opts, at, rewrite, out)
         if seg.flags & F_SYN and self.headroom > 0 and self.clamp:
             self._clamp_mss(pkt)
 
     cdef int _write(self, PacketCore pkt, PacketCore orig, Segment seg, Adjusted res, bytes o_opts, Py_ssize_t at,
-                    bint rewrite) except -1:
+                    bint rewrite, bytes out) except -1:
         """Put what the adjuster says into the packet's fields (a handler's own change of a field is kept).
 
-        ``orig``: the packet as it arrived."""
+        ``orig``: the packet as it arrived; ``out``: the payload the handlers left (None: unchanged)."""
         cdef TcpLoc t
         cdef unsigned char* w
         cdef Py_ssize_t size, start
@@ -1006,8 +1032,10 @@ cdef class TcpAdjust:
             start = t.off + 20 + at - 2
             pkt._writable()[start : start + size] = opt + b"\x01" * (size - len(opt))
             find_tcp(pkt, &t)
-        if not (PyBytes_GET_SIZE(res.payload) == t.n - t.start
-                and memcmp(t.p + t.start, PyBytes_AS_STRING(res.payload), t.n - t.start) == 0):
+        if rewrite and out is not None and res.payload is out:
+            pass  # the handlers' payload goes as they left it (the fields above are not in it)
+        elif not (PyBytes_GET_SIZE(res.payload) == t.n - t.start
+                  and memcmp(t.p + t.start, PyBytes_AS_STRING(res.payload), t.n - t.start) == 0):
             pkt._replace(t.start, t.n, res.payload)
         pkt._dirty = True
         return 0

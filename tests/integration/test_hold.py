@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pktlab.packet._core import message_copies
+
 import pktlab
 from pktlab import Lab, SessionError
 from pktlab.lab.network import wait_until
@@ -18,9 +20,12 @@ def test_held_packets_wait_until_the_notebook_decides(lab: Lab, queue_num: int) 
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     try:
         held = s.hold(lambda p: seq(p) % 10 == 0)  # every tenth datagram
+        copies = message_copies()
         flow = lab.start_udp(100, rate=2000, idle=3.0, keep=100)
         assert wait_until(lambda: len(held) == 10)
         assert wait_until(lambda: s.record.n == 90)  # the others went through, batching or not
+        # the predicate read every packet over its queue message; only the held ones were copied out of it
+        assert message_copies() - copies == 10
         k = s.kernel_counters()
         assert k is not None and k.queue_total == 10  # the kernel still holds exactly those
         assert sorted(seq(h) for h in held) == list(range(0, 100, 10)) and held[0].age >= 0
