@@ -260,6 +260,14 @@ cdef class PacketCore:
         self._relayout()
         return 0
 
+    def __reduce__(self):
+        """Pickling and ``copy.copy``: the packet's bytes (its own: copied out of a queue message first), metadata
+        and flags; views are made again when asked for.  (Cython's automatic pickling would read the message
+        pointer as a C string.)"""
+        return (_restore, (type(self), self._meta, self._own(), self.time, self._l3, self._eth, self._dirty,
+                           self._modified, self._mark, self._owner, self._send, self._flow, self._skbinfo, self._wire,
+                           self._short))
+
     cpdef bytes _bytes(self, Py_ssize_t start, Py_ssize_t end):
         """``bytes(self._buf[start:end])`` for ``0 <= start``, without a copy of the rest (``end`` past the end:
         to the end)."""
@@ -416,6 +424,15 @@ cdef class PacketCore:
 
 
 # Packet_from, packet_done and packet_recycle are inline, in _core.pxd: the dispatcher calls them per packet.
+
+
+def _restore(cls, meta, data, double time, Py_ssize_t l3, bint eth, bint dirty, bint modified, mark, owner, send,
+             flow, int skbinfo, Py_ssize_t wire, bint short):
+    """A packet as :meth:`PacketCore.__reduce__` gave it."""
+    cdef PacketCore pkt = Packet_from(cls, meta, data, time)
+    pkt._l3, pkt._eth, pkt._dirty, pkt._modified, pkt._mark = l3, eth, dirty, modified, mark
+    pkt._owner, pkt._send, pkt._flow, pkt._skbinfo, pkt._wire, pkt._short = owner, send, flow, skbinfo, wire, short
+    return pkt
 
 
 # ---------------------------------------------------------------------------

@@ -377,8 +377,6 @@ cdef class Dispatcher:
         cdef Py_ssize_t n = 0
         cdef Py_ssize_t size
         cdef unsigned char* m
-        cdef unsigned int v
-        cdef unsigned short a
         cdef bint has_mark = mark is not None
         cdef bint has_buf = buf is not None
         cdef unsigned int mk = <unsigned int>(mark & 0xFFFFFFFF) if has_mark else 0
@@ -399,6 +397,24 @@ cdef class Dispatcher:
                 raise OSError(e, "verdict write failed")
             return 0
         m = self.out + self.out_len
+        m += self._verdict_head(m, pid, code, has_mark, mk, has_buf, n, size)
+        if has_buf:
+            memcpy(m, p, n)
+            memset(m + n, 0, ((n + 3) & ~3) - n)
+        self.out_len += size
+        self.out_count += 1
+        mutex_unlock(&self.vlock)
+        if e:
+            raise OSError(e, "verdict write failed")
+        return 0
+
+    cdef Py_ssize_t _verdict_head(self, unsigned char* m, unsigned int pid, int code, bint has_mark, unsigned int mk,
+                                  bint has_buf, Py_ssize_t n, Py_ssize_t size) noexcept nogil:
+        """An NFQNL_MSG_VERDICT's header at ``m``: the message header, the verdict, the mark and the payload
+        attribute's header (its ``n`` bytes follow, padded to 4); how many bytes it wrote."""
+        cdef unsigned int v
+        cdef unsigned short a
+        cdef Py_ssize_t h = 32
         memcpy(m, self.msg, 24)
         v = <unsigned int>size
         memcpy(m, &v, 4)  # nlmsg_len (host order)
@@ -408,28 +424,21 @@ cdef class Dispatcher:
         memcpy(m + 24, &v, 4)
         v = htonl(pid)
         memcpy(m + 28, &v, 4)
-        m += 32
         if has_mark:
             a = 8
-            memcpy(m, &a, 2)
+            memcpy(m + h, &a, 2)
             a = NFQA_MARK
-            memcpy(m + 2, &a, 2)
+            memcpy(m + h + 2, &a, 2)
             v = htonl(mk)
-            memcpy(m + 4, &v, 4)
-            m += 8
+            memcpy(m + h + 4, &v, 4)
+            h += 8
         if has_buf:
             a = <unsigned short>(4 + n)
-            memcpy(m, &a, 2)
+            memcpy(m + h, &a, 2)
             a = NFQA_PAYLOAD
-            memcpy(m + 2, &a, 2)
-            memcpy(m + 4, p, n)
-            memset(m + 4 + n, 0, ((n + 3) & ~3) - n)
-        self.out_len += size
-        self.out_count += 1
-        mutex_unlock(&self.vlock)
-        if e:
-            raise OSError(e, "verdict write failed")
-        return 0
+            memcpy(m + h + 2, &a, 2)
+            h += 4
+        return h
 
     cdef int _write_big(self, unsigned int pid, int code, bint has_mark, unsigned int mk, const unsigned char* p,
                         Py_ssize_t n, Py_ssize_t size) noexcept nogil:
@@ -438,32 +447,9 @@ cdef class Dispatcher:
         cdef unsigned char head[48]
         cdef unsigned char pad[4]
         cdef iovec iov[3]
-        cdef Py_ssize_t h = 32 + (8 if has_mark else 0) + 4
-        cdef unsigned int v
-        cdef unsigned short a
-        memcpy(head, self.msg, 24)
-        v = <unsigned int>size
-        memcpy(head, &v, 4)  # nlmsg_len (host order)
-        a = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
-        memcpy(head + 4, &a, 2)  # nlmsg_type (host order)
-        v = htonl(code)
-        memcpy(head + 24, &v, 4)
-        v = htonl(pid)
-        memcpy(head + 28, &v, 4)
-        if has_mark:
-            a = 8
-            memcpy(head + 32, &a, 2)
-            a = NFQA_MARK
-            memcpy(head + 34, &a, 2)
-            v = htonl(mk)
-            memcpy(head + 36, &v, 4)
-        a = <unsigned short>(4 + n)
-        memcpy(head + h - 4, &a, 2)
-        a = NFQA_PAYLOAD
-        memcpy(head + h - 2, &a, 2)
         memset(pad, 0, 4)
         iov[0].iov_base = head
-        iov[0].iov_len = h
+        iov[0].iov_len = self._verdict_head(head, pid, code, has_mark, mk, True, n, size)
         iov[1].iov_base = <void*>p
         iov[1].iov_len = n
         iov[2].iov_base = pad

@@ -215,27 +215,6 @@ cdef class StreamMap:
             return e.start - 1
         return e.start + lmin(q - e.out_start(), e.end - e.start - 1)
 
-    cdef bint touches(self, long long s, long long e):
-        """Whether any edit changes what :meth:`render` makes of orig ``[s, e)`` (the same test as render's)."""
-        cdef Py_ssize_t i = self.after_start(s) - 1
-        cdef Py_ssize_t count = len(self.edits)
-        cdef Edit ed
-        if i < 0:
-            i = 0
-        while i < count:
-            ed = self.edits[i]
-            i += 1
-            if ed.start == ed.end:
-                if s < ed.start <= e:
-                    return True
-                if ed.start > e:
-                    return False
-            elif ed.start < e and ed.end > s:
-                return True
-            elif ed.start >= e:
-                return False
-        return False
-
     cpdef bytes render(self, long long s, long long e, bytes data):
         """The out bytes of orig ``[s, e)`` whose original bytes are ``data``."""
         cdef list pieces = None
@@ -610,7 +589,7 @@ cdef class Connection:
         cdef StreamMap m, view
         cdef long long s, e, tail, trimmed = 0, p, q
         cdef bint has_tail, all_old
-        cdef bytes data
+        cdef bytes data, rendered = None
         cdef list runs
         cdef tuple edit = None
         cdef Plan plan
@@ -648,13 +627,14 @@ cdef class Connection:
                         )
         runs = m.runs(s, e)
         if out is not None:
-            edit = new_edit(m, s, e, data, out, runs)
+            rendered = m.render(s, e, data)  # ``data`` itself when no earlier edit lies in the segment
+            edit = new_edit(m, s, e, data, out, runs, rendered)
         view = m
         plan = Plan()
         if edit is not None:
             m.check_edit(edit[0], edit[1], edit[2])  # raises, nothing changed, when the edit is impossible
             view = m.local(s, e)  # only the edits around the segment: no copy of the whole map per packet
-            if not m.touches(s, e):
+            if rendered is data:
                 # the segment's bytes carry no earlier edit: its one edit was read off ``out`` (the bytes around
                 # it are ``data``'s), so what goes is ``out`` itself (no copy; the caller knows it by identity)
                 plan.payload = out
@@ -668,10 +648,10 @@ cdef class Connection:
         return plan
 
 
-cdef tuple new_edit(StreamMap m, long long s, long long e, bytes data, bytes out, list runs):
-    """The edit a handler's new payload ``out`` makes to orig ``[s, e)`` (``data``), or an error."""
+cdef tuple new_edit(StreamMap m, long long s, long long e, bytes data, bytes out, list runs, bytes rendered):
+    """The edit a handler's new payload ``out`` makes to orig ``[s, e)`` (``data``, as sent: ``rendered``), or an
+    error."""
     cdef list new = [(r[0], r[1]) for r in runs if not r[2]]
-    cdef bytes rendered = m.render(s, e, data)
     cdef long long p, q, lo, hi, a, b
     cdef bytes head, tail, mid, orig
     cdef Edit first, last

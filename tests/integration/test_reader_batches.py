@@ -8,6 +8,7 @@ references a handler kept must keep showing their own packet.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import threading
 import time
@@ -147,6 +148,17 @@ def test_a_handler_reads_the_packet_in_place_and_a_write_copies_it_once(lab: Lab
         entries = list(s.record)[50:]
         assert all(e.modified for e in entries)
         assert all(b"rewritten" not in e.head for e in entries)  # the record: the packet as it arrived
+
+        s.remove_handler("rewrite")
+        copies_kept: list = []
+
+        @s.handler
+        def snapshot(pkt):
+            copies_kept.append(copy.copy(pkt))  # a copy of a packet over its message has bytes of its own
+
+        r = lab.udp(50, rate=0, timeout=20, idle=0.5)
+        assert r.unique == 50 and r.received == 50
+        assert sorted(_seq(c.udp.payload) for c in copies_kept) == list(range(50))
     finally:
         s.detach()
 

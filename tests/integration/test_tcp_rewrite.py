@@ -321,6 +321,12 @@ def test_a_full_queue_drops_instead_of_passing_unadjusted_segments(router_lab: L
         srv.kill()
         srv.wait()
     assert seen["holding"] is True and seen["drops"] is True
-    assert_intact_with_markers(got[0]["body"], unit, repeat)
+    # every segment the handler grew carries its marker unless its rewrite was refused: a dropped segment whose
+    # retransmission comes after the kept-back segments behind it were let go (reorder window) cannot grow (the
+    # bytes after it reached the receiver at their old places) and goes as it was, with the error verdict.  How
+    # many such refusals there are is a race with TCP's retransmission; that each one is counted is not
+    refused = after.counters["errors"]
+    assert all(f.error.startswith("SeqAdjError") for f in s.errors), s.errors[:1]
+    assert_intact_with_markers(got[0]["body"], unit, repeat, least=1000 - refused)
     assert after.tcp_adjusted == 0 and not after.holding_when_full
     assert after.passed_unseen == 0

@@ -331,3 +331,15 @@ def test_a_gso_packet_grown_past_an_ip_packet_says_how_to_rewrite_segments() -> 
 
     assert "65,535" in str(too_big(70_000)) and "gso" not in str(too_big(70_000))
     assert "attach with gso=False (--no-gso)" in str(too_big(70_000, True))
+
+
+def test_a_packet_pickles_and_copies_with_its_bytes_and_flags() -> None:
+    import copy
+    import pickle
+
+    p = P(IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=1, dport=9000) / b"hello")
+    p.ip.ttl = 9  # written: a bytearray, modified, checksums to fix
+    p.set_mark(7)
+    for q in (pickle.loads(pickle.dumps(p)), copy.copy(p)):
+        assert type(q) is Packet and q.modified and q.mark == 7
+        assert q.ip.ttl == 9 and q.udp.payload == b"hello" and bytes(q) == bytes(p)
