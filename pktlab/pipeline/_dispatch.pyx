@@ -631,7 +631,9 @@ cdef class Dispatcher:
             pkt = None
             self._fast(nf)
         else:
-            self._run(nf, chain, pkt, data, True)  # the packet the predicate saw goes on through the chain
+            self._run(nf, chain, pkt, data, pkt is not None)  # the packet the predicate saw goes on, if any
+            if pkt is not None and packet_recycle(pkt, 1):  # (here: this frame's is its one reference if nobody kept it)
+                self.spare = pkt
 
     # -- holding ---------------------------------------------------------------------
     cdef bint _hold(self, NfPacket nf, PacketCore pkt):
@@ -1034,7 +1036,8 @@ cdef class Dispatcher:
         return pkt
 
     cdef void _run(self, NfPacket nf, tuple chain, PacketCore pkt=None, bytes data=None, bint made=False):
-        """The chain on one packet (``pkt`` and its ``data`` already made when a hold predicate saw it).
+        """The chain on one packet (``pkt`` and its ``data`` already made when a hold predicate saw it: ``made``,
+        the caller then reuses or finishes it).
 
         A packet of the queue is made over its message's buffer (``data`` stays None: the message is the packet
         as it arrived); it gets bytes of its own only if a handler writes it or reads all of it from Python, or
@@ -1045,8 +1048,7 @@ cdef class Dispatcher:
         cdef int code
         cdef Py_ssize_t off
         cdef bint given = False
-        cdef bint fresh = pkt is None
-        cdef bint own = fresh or made  # the dispatcher made it: reused for the next packet if nothing kept it
+        cdef bint own = pkt is None  # made here: reused for the next packet if nothing kept it
         cdef bint modified = False
         cdef bint recopy = False
         cdef Py_ssize_t wire = 0
@@ -1055,7 +1057,7 @@ cdef class Dispatcher:
         err = None
         caught = None
         try:
-            if fresh:
+            if own:
                 if nf._queue is None:  # a captured packet: its bytes are an object already
                     data = nf.get_payload()
                 pkt = self._packet(nf, data, self.spare)
@@ -1161,8 +1163,9 @@ cdef class Dispatcher:
             # only this frame references a packet the dispatcher made and no handler kept: reuse it
             if own and packet_recycle(pkt, 1):
                 self.spare = pkt
-            else:
+            elif not made:
                 packet_done(pkt)
+            # (``made``: the packet the hold predicate saw; the caller reuses it or finishes it, packet_recycle)
         if recopy:
             return  # not recorded: the packet comes back, copied whole, and is recorded then
         if now == 0.0:  # the packet could not be made (pktlab's own failure)

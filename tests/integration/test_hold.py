@@ -78,3 +78,26 @@ def test_step_lets_exactly_one_packet_through(lab: Lab, queue_num: int) -> None:
             assert "pause() it first" in str(exc)
     finally:
         s.detach()
+
+
+def test_with_a_hold_predicate_handlers_still_read_packets_in_place(lab: Lab, queue_num: int) -> None:
+    """A predicate that sees every packet and holds none: the packets it and the handler read are not copied and
+    are reused; one the handler keeps gets bytes of its own."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    kept: list = []
+    try:
+        s.hold(lambda p: seq(p) < 0)  # reads every packet, holds none
+
+        @s.handler
+        def keep_some(pkt):
+            if seq(pkt) % 10 == 0:
+                kept.append(pkt)
+
+        copies, reused = message_copies(), s.dispatcher.reused
+        r = lab.udp(100, rate=0, timeout=20, idle=0.5)
+        assert r.unique == 100 and r.received == 100
+        assert sorted(seq(p) for p in kept) == list(range(0, 100, 10))
+        assert message_copies() - copies == 10  # the kept ones only
+        assert s.dispatcher.reused - reused == 89  # each packet nobody kept is the next one's (the last has none)
+    finally:
+        s.detach()
