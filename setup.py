@@ -93,6 +93,7 @@ setup(
             ext("pipeline/_ring"),
             ext("pipeline/_streams"),
             ext("pipeline/_capture", ("pcap",)),
+            ext("pipeline/_writer"),
             ext("pipeline/_dispatch", ("netfilter_queue",)),
             ext("pipeline/_seqadj"),
             ext("measure/_pingpong"),

@@ -164,6 +164,7 @@ class QueueSource:
         self._stepped = threading.Condition()
         self._on_bound: Callable[[int], None] | None = None
         self._after_read: Callable[[], None] | None = None
+        self._before_unbind: Callable[[], None] | None = None
         # called by the reading thread after each read (True when stopping): the dispatcher passes
         # packets it kept back (TCP segments after a gap in their stream) that waited long enough, and
         # says in how many seconds it wants to be called again (None: only after the next read)
@@ -199,16 +200,18 @@ class QueueSource:
         *,
         on_bound: Callable[[int], None] | None = None,
         after_read: Callable[[], None] | None = None,
+        before_unbind: Callable[[], None] | None = None,
         timeout: float = 10.0,
     ) -> None:
         """Bind the queue and start reading; raises if the bind fails.
 
         ``on_bound(fd)`` is called with the queue's netlink socket once bound;
-        ``after_read()`` each time the socket has been read empty.
+        ``after_read()`` each time the socket has been read empty; ``before_unbind()`` by the reading thread
+        once it stops, before the socket is unbound (what still writes to the socket finishes then).
         """
         if self.running:
             raise PktlabError(f"the reader of queue {self.queue} is already running; stop() it first")
-        self._on_bound, self._after_read = on_bound, after_read
+        self._on_bound, self._after_read, self._before_unbind = on_bound, after_read, before_unbind
         # a source can be started again after stop(): a fresh reader, nothing left of the last run's state
         self._stop = False  # a pause made before start() holds: the first packets wait for step() or resume()
         self._steps = 0
@@ -365,6 +368,12 @@ class QueueSource:
                     break
         finally:
             if not reader.retired:
+                if self._before_unbind is not None:
+                    try:
+                        self._before_unbind()
+                    except Exception as exc:  # pktlab's own failure: the queue is unbound all the same
+                        self.internal_errors += 1
+                        self.last_internal_error = f"{type(exc).__name__}: {exc}"
                 q.unbind()
                 self._fd = -1
                 self.holding_when_full = False

@@ -41,6 +41,7 @@ from pktlab.packet._core import too_big
 from pktlab.pipeline._capture cimport CapturedPacket
 from pktlab.pipeline._ring cimport Ring
 from pktlab.pipeline._streams cimport StreamEnds
+from pktlab.pipeline._writer cimport VerdictWriter
 from pktlab.pipeline.seqadj import SeqAdjError, SeqAdjWait
 from pktlab.packet.verdicts import ACCEPT, DROP
 from pktlab.errors import SessionError
@@ -172,7 +173,11 @@ cdef class Dispatcher:
     cdef Py_ssize_t out_len
     cdef int out_count
     cdef public long long writes
-    cdef public long long internal_errors
+    cdef public bint threaded_writes  # large verdicts written by a thread of their own (VerdictWriter)
+    cdef public long long writes_threaded  # of ``writes``, those handed to that thread
+    cdef long long _internal_errors
+    cdef VerdictWriter writer  # writes large verdicts from a thread of its own (None until the first)
+    cdef long long writer_failures  # of writers closed before
     cdef object _last_internal_error
     cdef int write_errno  # a verdict write that failed on the reader's path without the GIL (0: none)
     # the handler call in progress, for the watchdog (see rescue())
@@ -230,6 +235,7 @@ cdef class Dispatcher:
         memcpy(self.msg, PyBytes_AS_STRING(batch_prefix), 24)
         self.batch_limit = batch_limit
         self.fd = -1
+        self.threaded_writes = True
         self.b_code = -1
         self.stolen = set()
         self.reorder = []
@@ -283,6 +289,8 @@ cdef class Dispatcher:
     def last_internal_error(self):
         """The last of pktlab's own failures on a packet, as text (None: none)."""
         cdef int e = self.write_errno
+        if self.writer is not None:
+            e = self.writer.take_errno() or e
         if e:
             self.write_errno = 0
             self._last_internal_error = f"OSError: [Errno {e}] verdict write failed"
@@ -291,6 +299,36 @@ cdef class Dispatcher:
     @last_internal_error.setter
     def last_internal_error(self, text):
         self._last_internal_error = text
+
+    @property
+    def internal_errors(self):
+        """pktlab's own failures on packets (verdict writes that failed on the writer's thread included)."""
+        return self._internal_errors + self.writer_failures + (self.writer.failures if self.writer is not None else 0)
+
+    @internal_errors.setter
+    def internal_errors(self, long long n):
+        self._internal_errors = n - self.writer_failures - (self.writer.failures if self.writer is not None else 0)
+
+    @property
+    def verdict_writer(self):
+        """The thread writing large verdicts (:class:`~pktlab.pipeline._writer.VerdictWriter`), None before the
+        first."""
+        return self.writer
+
+    def close_writer(self):
+        """Write every verdict waiting for the writer's thread and end it (before the queue's socket closes);
+        later verdicts are written by the thread that gives them."""
+        cdef VerdictWriter w = self.writer
+        if w is None:
+            return
+        mutex_lock(&self.vlock)
+        self.writer = None
+        mutex_unlock(&self.vlock)
+        w.finish()
+        self.writer_failures += w.failures
+        e = w.take_errno()
+        if e:
+            self.write_errno = e
 
     def set_verdicts(self, default, on_error):
         self._default = default
@@ -352,6 +390,10 @@ cdef class Dispatcher:
         self.out_len = 0
         self.out_count = 0
         self.writes += 1
+        if self.writer is not None and self.writer.waiting() \
+                and self.writer.submit(self.out, n, NULL, 0, NULL, 0, NULL) == 0:
+            self.writes_threaded += 1
+            return 0  # behind the writes waiting there (order is kept)
         if write(self.fd, self.out, n) != n:
             return errno or 5
         return 0
@@ -385,12 +427,14 @@ cdef class Dispatcher:
             p = buf_ptr(buf, &n)
             if n > 0xFFFF - 4:
                 raise ValueError(f"a packet of {n} bytes cannot be given back to the kernel (at most 65531)")
+            if n >= BIG_PAYLOAD and self.writer is None and self.fd >= 0 and self.threaded_writes:
+                self.writer = VerdictWriter(self.fd)
         size = 32 + (8 if has_mark else 0) + ((4 + ((n + 3) & ~3)) if has_buf else 0)
         mutex_lock(&self.vlock)
         e = self._close_run()
         if self.out_len + size > OUT_CAP or self.out_count >= self.batch_limit or n >= BIG_PAYLOAD:
             e = self._write() or e
-        if n >= BIG_PAYLOAD:  # (a rewritten GSO packet: 64 KiB) its header here, its payload written from its bytearray
+        if n >= BIG_PAYLOAD:  # (a rewritten GSO packet: 64 KiB) written by the writer's thread, or from its bytearray
             e = self._write_big(pid, code, has_mark, mk, p, n, size) or e
             mutex_unlock(&self.vlock)
             if e:
@@ -446,6 +490,7 @@ cdef class Dispatcher:
         nothing waiting before it); 0 or the errno.  Copying 64 KiB into the buffer first cost a pass over it."""
         cdef unsigned char head[48]
         cdef unsigned char pad[4]
+        cdef unsigned char fallback[32]
         cdef iovec iov[3]
         memset(pad, 0, 4)
         iov[0].iov_base = head
@@ -455,6 +500,13 @@ cdef class Dispatcher:
         iov[2].iov_base = pad
         iov[2].iov_len = ((n + 3) & ~3) - n
         self.writes += 1
+        if self.writer is not None:
+            # if the write fails, the packet still gets one verdict: the error verdict's, as _internal gives it
+            self._verdict_head(fallback, pid, NF_DROP if self.error_code == NF_DROP else NF_ACCEPT, False, 0, False,
+                               0, 32)
+            if self.writer.submit(head, iov[0].iov_len, p, n, pad, iov[2].iov_len, fallback) == 0:
+                self.writes_threaded += 1
+                return 0
         if writev(self.fd, iov, 3 if iov[2].iov_len else 2) != size:
             return errno or 5
         return 0
@@ -525,7 +577,7 @@ cdef class Dispatcher:
 
     cdef object _internal(self, NfPacket nf, exc):
         """pktlab's own failure on a packet: count it and still give one verdict."""
-        self.internal_errors += 1
+        self._internal_errors += 1
         self.last_internal_error = f"{type(exc).__name__}: {exc}"
         try:
             self._give(nf, NF_DROP if self.error_code == NF_DROP else NF_ACCEPT, False)
@@ -646,7 +698,7 @@ cdef class Dispatcher:
             self.held_count += 1  # from now on no batch verdict (it would cover the held id too)
             return True
         except BaseException as exc:  # a predicate that fails holds nothing; the packet goes on
-            self.internal_errors += 1
+            self._internal_errors += 1
             self.last_internal_error = f"hold predicate: {type(exc).__name__}: {exc}"
             return False
 
@@ -734,7 +786,7 @@ cdef class Dispatcher:
             try:
                 pkt._flow = flows.observe(pkt)
             except BaseException as exc:  # pktlab's own failure: the packet goes on without a flow
-                self.internal_errors += 1
+                self._internal_errors += 1
                 self.last_internal_error = f"flows: {type(exc).__name__}: {exc}"
         else:
             pkt._flow = flows
@@ -799,7 +851,7 @@ cdef class Dispatcher:
             try:
                 self.on_seqadj(on)
             except Exception as exc:
-                self.internal_errors += 1
+                self._internal_errors += 1
                 self.last_internal_error = f"seqadj: {type(exc).__name__}: {exc}"
 
     cdef tuple _adjust_give(self, NfPacket nf, PacketCore pkt, bytes data, object verdict, object h, bint wait):
@@ -957,7 +1009,7 @@ cdef class Dispatcher:
         e = self._batch_add_c(m.id, code)
         mutex_unlock(&self.vlock)
         if e:
-            self.internal_errors += 1
+            self._internal_errors += 1
             self.write_errno = e
         if code == NF_ACCEPT:
             self._note_passed(m.payload, n, wire)
@@ -1183,7 +1235,7 @@ cdef class Dispatcher:
         try:  # the first snaplen bytes, as the entry keeps of the packet as it came
             self.rewrites(nf.id, now, pkt._bytes(off, off + self.ring.snaplen))
         except Exception as exc:
-            self.internal_errors += 1
+            self._internal_errors += 1
             self.last_internal_error = f"recording a rewrite: {type(exc).__name__}: {exc}"
 
     cdef void _push(self, NfPacket nf, bytes data, double now, int code, long long t0, long long decided, by, err,

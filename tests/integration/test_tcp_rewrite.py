@@ -17,6 +17,7 @@ import pktlab
 from pktlab import Lab, Packet
 from pktlab.lab.network import wait_until
 from tests.conftest import needs_live
+from tests.pipeline.test_verdict_writer import writer_threads
 
 pytestmark = needs_live
 
@@ -173,6 +174,7 @@ def test_gso_packets_rewritten_whole_deliver_exactly_the_intended_bytes(router_l
             tcp.payload = tcp.payload.replace(b"~", b"<~>", 1)
         return None
 
+    threads = writer_threads()
     got, s = through_router(router_lab, queue_num, rewrite_gso, srv, 1, gso=True)
     body = got[0]["body"]
     assert body.replace("<~>", "~") == (unit * repeat).replace("@", "A")  # every byte as the handler meant
@@ -180,6 +182,11 @@ def test_gso_packets_rewritten_whole_deliver_exactly_the_intended_bytes(router_l
     assert big and max(big) > 1500  # whole GSO packets, larger than the link's MTU
     assert all(info.csum_not_ready for _, info in seen if info.gso)
     assert 1 <= body.count("<~>") <= len(seen) and not s.errors
+    # their verdicts (64 KiB each) went through the writer's thread, in order with the rest (where the kernel
+    # takes new payloads: in a user namespace's lab the rewritten packets are sent from the host); detach ended it
+    assert s.dispatcher.writes_threaded >= 1 or s.dispatcher.reinject is not None
+    assert s.dispatcher.verdict_writer is None
+    assert writer_threads() == threads
 
 
 @GSO
