@@ -28,6 +28,15 @@ cdef class PacketCore:
     cdef object _data
     cdef const unsigned char* _mptr
     cdef Py_ssize_t _mlen
+    # payloads already made as bytes, for sequence adjustment, which reads a rewritten TCP packet's payload as it
+    # arrived and as the handler left it (64 KiB each on GSO packets): ``_arrived`` is the bytes from
+    # ``_arrived_at`` to the end as the packet arrived (a read made while it lay over its queue message, which no
+    # write has touched); ``_set`` the bytes from ``_set_at`` to the end that a write put there and no write
+    # touched since.  Dropped by any other write and once the packet is done (see clear_payloads)
+    cdef bytes _arrived
+    cdef Py_ssize_t _arrived_at
+    cdef bytes _set
+    cdef Py_ssize_t _set_at
     cdef public bint _dirty
     cdef public bint _modified
     cdef public object _mark
@@ -97,8 +106,29 @@ cdef inline Py_ssize_t pkt_size(PacketCore pkt) except -1:
     return n
 
 
+cdef inline void clear_payloads(PacketCore pkt) noexcept:
+    """Forget the payloads kept as bytes (the packet's bytes changed, or it is done: no memory held twice)."""
+    pkt._arrived = None
+    pkt._set = None
+
+
+cdef inline bytes arrived_payload(PacketCore pkt, Py_ssize_t start, Py_ssize_t n):
+    """The packet's bytes from ``start`` to ``n`` as it arrived, if a read already made them (else None)."""
+    if pkt._arrived is not None and pkt._arrived_at == start and len(pkt._arrived) == n - start:
+        return pkt._arrived
+    return None
+
+
+cdef inline bytes set_payload(PacketCore pkt, Py_ssize_t start, Py_ssize_t n):
+    """The packet's bytes from ``start`` to its end ``n`` now, if the write that put them there made them."""
+    if pkt._set is not None and pkt._set_at == start and len(pkt._set) == n - start:
+        return pkt._set
+    return None
+
+
 cdef inline void packet_over(PacketCore pkt, const unsigned char* p, Py_ssize_t n) noexcept:
     """Put the packet over a queue message's buffer (valid until the dispatcher is done with the message)."""
+    clear_payloads(pkt)
     pkt._data = None
     pkt._mptr = p if p != NULL else <const unsigned char*>""
     pkt._mlen = n if p != NULL else 0
@@ -110,6 +140,7 @@ cdef inline PacketCore Packet_from(object cls, object meta, object data, double 
     pkt._meta = meta
     pkt._data = data
     pkt._mptr = NULL
+    clear_payloads(pkt)
     pkt._mark = None
     pkt._flow = None
     pkt._send = None
@@ -128,6 +159,7 @@ cdef inline int packet_done(PacketCore pkt) except -1:
     again)."""
     pkt._ipv = None
     pkt._l4v = None
+    clear_payloads(pkt)
     if pkt._mptr != NULL:
         pkt._own()
     return 0
@@ -170,6 +202,7 @@ cdef inline bint packet_recycle(PacketCore pkt, Py_ssize_t refs) except -1:
     pkt._meta = None
     pkt._data = None
     pkt._mptr = NULL
+    clear_payloads(pkt)
     pkt._mark = None
     pkt._flow = None
     pkt._send = None

@@ -189,6 +189,7 @@ cdef class PacketCore:
         """
         if self._wire:
             raise not_copied(self, "a rewrite", 0)
+        self._set = None  # the caller may write anywhere in what it gets
         if self._mptr != NULL:  # over the queue message: copied from it straight into the bytearray
             self._data = PyByteArray_FromStringAndSize(<const char*>self._mptr, self._mlen)
             self._mptr = NULL
@@ -220,6 +221,7 @@ cdef class PacketCore:
         buf_ptr(data, &self._mlen)  # refuses anything but bytes or a bytearray
         self._data = data
         self._mptr = NULL
+        clear_payloads(self)
 
     cpdef int _replace(self, Py_ssize_t start, Py_ssize_t end, object data) except -1:
         """Bytes ``start`` to ``end`` replaced by ``data`` (a write; a length may change).
@@ -228,6 +230,7 @@ cdef class PacketCore:
         pass, head, new bytes and tail, rather than copied whole and then moved about.
         """
         cdef Py_ssize_t n, m
+        cdef Py_ssize_t n0 = pkt_size(self)
         cdef const unsigned char* p
         cdef const unsigned char* q
         cdef unsigned char* o
@@ -235,6 +238,7 @@ cdef class PacketCore:
             raise not_copied(self, "a rewrite", 0)
         if type(data) is not bytes and type(data) is not bytearray:
             data = bytes(data)
+        self._set = None
         if start < 0 or end < 0 or (self._mptr == NULL and type(self._data) is bytearray):
             self._writable()[start:end] = data
         else:
@@ -255,6 +259,9 @@ cdef class PacketCore:
                 _copied()
             self._data = new
             self._mptr = NULL
+        if type(data) is bytes and start >= 0 and end >= n0:  # the packet's bytes from ``start`` on are ``data``
+            self._set = data
+            self._set_at = start if start <= n0 else n0
         self._modified = True
         self._dirty = True
         self._relayout()
@@ -279,6 +286,11 @@ cdef class PacketCore:
             raise ValueError("start must not be negative")
         if end <= start:
             return b""
+        if self._mptr != NULL and end == n:  # a payload as it arrived: a handler and sequence adjustment read it again
+            if self._arrived is None or self._arrived_at != start:
+                self._arrived = PyBytes_FromStringAndSize(<const char*>p + start, end - start)
+                self._arrived_at = start
+            return self._arrived
         return PyBytes_FromStringAndSize(<const char*>p + start, end - start)
 
     cpdef Py_ssize_t _size(self):

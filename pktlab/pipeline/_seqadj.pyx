@@ -19,7 +19,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcmp
 
 from pktlab._common cimport buf_ptr, tcp_stream_key
-from pktlab.packet._core cimport PacketCore, pkt_ptr
+from pktlab.packet._core cimport PacketCore, arrived_payload, pkt_ptr, set_payload
 
 from pktlab.errors import PacketFormatError, PktlabError
 
@@ -834,6 +834,21 @@ cdef Py_ssize_t sack_blocks(const unsigned char* o, Py_ssize_t n, list blocks) n
     return -1
 
 
+cdef long long _payload_copies = 0
+
+
+cdef inline void _count_copy(Py_ssize_t n) noexcept:
+    global _payload_copies
+    if n > 0:
+        _payload_copies += 1
+
+
+def payload_copies() -> int:
+    """How many TCP payloads sequence adjustment copied into bytes of its own since the module was loaded (a
+    payload a handler read as it arrived, or wrote whole, is taken as the handler's bytes object)."""
+    return _payload_copies
+
+
 cdef struct TcpLoc:
     const unsigned char* p  # the packet's bytes (valid until the buffer changes: read again after a write)
     Py_ssize_t n, l3, off, doff, start  # their length, the IP and TCP headers' offsets, the TCP header's length,
@@ -946,7 +961,7 @@ cdef class TcpAdjust:
         cdef const unsigned char* p
         cdef list sack = []
         cdef Py_ssize_t at, a
-        cdef bytes out = None, src, dst, opts
+        cdef bytes out = None, src, dst, opts, payload
         cdef Segment seg
         cdef Adjusted res
         try:
@@ -968,12 +983,20 @@ cdef class TcpAdjust:
             dst = (<const char*>p)[o.l3 + at + a : o.l3 + at + 2 * a]
             opts = (<const char*>p)[o.off + 20 : o.start]
             at = sack_blocks(p + o.off + 20, o.doff - 20, sack)
+            # the payloads as bytes: those the handler already made when it can be told that they are the same
+            # bytes (64 KiB each on a GSO packet), else copied
+            payload = arrived_payload(pkt, o.start, o.n)
+            if payload is None:
+                payload = (<const char*>p)[o.start : o.n]
+                _count_copy(o.n - o.start)
             seg = Segment(src, (p[o.off] << 8) | p[o.off + 1], dst, (p[o.off + 2] << 8) | p[o.off + 3],
-                          get32(p + o.off + 4), get32(p + o.off + 8), p[o.off + 13],
-                          (<const char*>p)[o.start : o.n], sack)
+                          get32(p + o.off + 4), get32(p + o.off + 8), p[o.off + 13], payload, sack)
             sent_end = high.get(stream_key(&o)) if high else None
             if rewrite and pkt._modified:
-                out = (<const char*>t.p)[t.start : t.n]
+                out = set_payload(pkt, t.start, t.n)
+                if out is None:
+                    out = (<const char*>t.p)[t.start : t.n]
+                    _count_copy(t.n - t.start)
         except PacketFormatError:  # a TCP header that cannot be read as it arrived: nothing to adjust by
             return
         with self._lock:

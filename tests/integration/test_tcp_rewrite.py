@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pktlab.pipeline._seqadj import payload_copies
 
 import pktlab
 from pktlab import Lab, Packet
@@ -175,6 +176,7 @@ def test_gso_packets_rewritten_whole_deliver_exactly_the_intended_bytes(router_l
         return None
 
     threads = writer_threads()
+    copies = payload_copies()
     got, s = through_router(router_lab, queue_num, rewrite_gso, srv, 1, gso=True)
     body = got[0]["body"]
     assert body.replace("<~>", "~") == (unit * repeat).replace("@", "A")  # every byte as the handler meant
@@ -182,6 +184,9 @@ def test_gso_packets_rewritten_whole_deliver_exactly_the_intended_bytes(router_l
     assert big and max(big) > 1500  # whole GSO packets, larger than the link's MTU
     assert all(info.csum_not_ready for _, info in seen if info.gso)
     assert 1 <= body.count("<~>") <= len(seen) and not s.errors
+    # sequence adjustment took the payloads the handler read (as they arrived) and wrote (as they go) as its own:
+    # no copy of either
+    assert payload_copies() == copies
     # their verdicts (64 KiB each) went through the writer's thread, in order with the rest (where the kernel
     # takes new payloads: in a user namespace's lab the rewritten packets are sent from the host); detach ended it
     assert s.dispatcher.writes_threaded >= 1 or s.dispatcher.reinject is not None

@@ -63,6 +63,27 @@ def test_acks_and_sack_blocks_coming_back_are_mapped_to_what_the_sender_sent(tmp
     assert all(_checksum_ok(t) for t in out)
 
 
+def test_a_write_after_a_payload_was_set_is_what_the_connection_remembers(tmp_path: Path) -> None:
+    """Sequence adjustment takes the bytes object a handler set as the payload only while no later write
+    changed the packet: here a byte of the payload is written after it (pkt.raw), and the retransmission of
+    the segment carries the bytes that went, the later write included."""
+    path = capture(tmp_path / "write.pcap", [
+        tcp(flags="PA", seq=101, ack=501, payload=b"hello", **C),
+        tcp(flags="PA", seq=101, ack=501, payload=b"hello", **C),  # sent again
+    ])  # fmt: skip
+    seen = []
+
+    def grow(pkt):
+        seen.append(1)
+        if len(seen) == 1:
+            pkt.tcp.payload = b"hello, world"
+            pkt.raw[pkt.tcp.payload_offset] = ord("H")
+
+    out = _outputs(path, grow)
+    assert [(t.seq, t.payload) for t in out] == [(101, b"Hello, world"), (101, b"Hello, world")]
+    assert all(_checksum_ok(t) for t in out)
+
+
 def _checksum_ok(t) -> bool:  # type: ignore[no-untyped-def]
     from scapy.layers.inet import IP, TCP
 
