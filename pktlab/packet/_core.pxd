@@ -37,6 +37,9 @@ cdef class PacketCore:
     cdef Py_ssize_t _arrived_at
     cdef bytes _set
     cdef Py_ssize_t _set_at
+    # the bytearray went to the kernel by reference (the verdict writer's thread reads it after the verdict):
+    # the next write copies it first
+    cdef public bint _shared
     cdef public bint _dirty
     cdef public bint _modified
     cdef public object _mark
@@ -129,6 +132,7 @@ cdef inline bytes set_payload(PacketCore pkt, Py_ssize_t start, Py_ssize_t n):
 cdef inline void packet_over(PacketCore pkt, const unsigned char* p, Py_ssize_t n) noexcept:
     """Put the packet over a queue message's buffer (valid until the dispatcher is done with the message)."""
     clear_payloads(pkt)
+    pkt._shared = False
     pkt._data = None
     pkt._mptr = p if p != NULL else <const unsigned char*>""
     pkt._mlen = n if p != NULL else 0
@@ -141,6 +145,7 @@ cdef inline PacketCore Packet_from(object cls, object meta, object data, double 
     pkt._data = data
     pkt._mptr = NULL
     clear_payloads(pkt)
+    pkt._shared = False
     pkt._mark = None
     pkt._flow = None
     pkt._send = None
@@ -159,7 +164,7 @@ cdef inline int packet_done(PacketCore pkt) except -1:
     again)."""
     pkt._ipv = None
     pkt._l4v = None
-    clear_payloads(pkt)
+    clear_payloads(pkt)  # (not _shared: the verdict writer may still be reading the packet's bytearray)
     if pkt._mptr != NULL:
         pkt._own()
     return 0
@@ -203,6 +208,7 @@ cdef inline bint packet_recycle(PacketCore pkt, Py_ssize_t refs) except -1:
     pkt._data = None
     pkt._mptr = NULL
     clear_payloads(pkt)
+    pkt._shared = False
     pkt._mark = None
     pkt._flow = None
     pkt._send = None

@@ -194,8 +194,9 @@ cdef class PacketCore:
             self._data = PyByteArray_FromStringAndSize(<const char*>self._mptr, self._mlen)
             self._mptr = NULL
             _copied()
-        elif type(self._data) is not bytearray:
+        elif type(self._data) is not bytearray or self._shared:  # (shared: the verdict writer may still read it)
             self._data = bytearray(self._data)
+            self._shared = False
         self._modified = True
         return self._data
 
@@ -221,6 +222,7 @@ cdef class PacketCore:
         buf_ptr(data, &self._mlen)  # refuses anything but bytes or a bytearray
         self._data = data
         self._mptr = NULL
+        self._shared = False
         clear_payloads(self)
 
     cpdef int _replace(self, Py_ssize_t start, Py_ssize_t end, object data) except -1:
@@ -259,6 +261,7 @@ cdef class PacketCore:
                 _copied()
             self._data = new
             self._mptr = NULL
+            self._shared = False
         if type(data) is bytes and start >= 0 and end >= n0:  # the packet's bytes from ``start`` on are ``data``
             self._set = data
             self._set_at = start if start <= n0 else n0

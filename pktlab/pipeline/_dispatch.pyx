@@ -20,6 +20,7 @@ with threads holding the GIL under a mutex held over C code only (``vlock``); th
 stream table (:class:`pktlab.pipeline._streams.StreamEnds`) have mutexes of their own.
 """
 
+from cpython.bytearray cimport PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.ref cimport Py_REFCNT
 from libc.errno cimport errno
@@ -315,19 +316,25 @@ cdef class Dispatcher:
         first."""
         return self.writer
 
-    def close_writer(self):
-        """Write every verdict waiting for the writer's thread and end it (before the queue's socket closes);
-        later verdicts are written by the thread that gives them."""
-        cdef VerdictWriter w = self.writer
-        if w is None:
-            return
+    def release_socket(self):
+        """Before the queue's socket is unbound: write every verdict waiting (in the buffer and for the writer's
+        thread), end that thread, and write nothing more to the socket (``fd`` -1: a packet's verdict from now on
+        goes through NetfilterQueue's own call, which knows whether the queue is still bound)."""
+        cdef VerdictWriter w
+        cdef int e
         mutex_lock(&self.vlock)
+        e = self._close_run()
+        e = self._write() or e
+        w = self.writer
         self.writer = None
+        self.fd = -1
         mutex_unlock(&self.vlock)
-        w.finish()
-        self.writer_failures += w.failures
-        e = w.take_errno()
+        if w is not None:
+            w.finish()
+            self.writer_failures += w.failures
+            e = w.take_errno() or e
         if e:
+            self._internal_errors += 1
             self.write_errno = e
 
     def set_verdicts(self, default, on_error):
@@ -423,18 +430,27 @@ cdef class Dispatcher:
         cdef bint has_buf = buf is not None
         cdef unsigned int mk = <unsigned int>(mark & 0xFFFFFFFF) if has_mark else 0
         cdef int e
+        cdef VerdictWriter fresh = None
         if has_buf:
             p = buf_ptr(buf, &n)
             if n > 0xFFFF - 4:
                 raise ValueError(f"a packet of {n} bytes cannot be given back to the kernel (at most 65531)")
-            if n >= BIG_PAYLOAD and self.writer is None and self.fd >= 0 and self.threaded_writes:
-                self.writer = VerdictWriter(self.fd)
+            if n >= BIG_PAYLOAD and self.writer is None and self.threaded_writes:
+                fresh = VerdictWriter(self.fd)  # made here (it is an object), taken under the lock
         size = 32 + (8 if has_mark else 0) + ((4 + ((n + 3) & ~3)) if has_buf else 0)
         mutex_lock(&self.vlock)
+        if fresh is not None and self.writer is None and self.fd >= 0 and fresh.fd == self.fd:
+            self.writer = fresh
         e = self._close_run()
         if self.out_len + size > OUT_CAP or self.out_count >= self.batch_limit or n >= BIG_PAYLOAD:
             e = self._write() or e
         if n >= BIG_PAYLOAD:  # (a rewritten GSO packet: 64 KiB) written by the writer's thread, or from its bytearray
+            if self.writer is not None and type(buf) is bytearray and self._write_view(pid, code, has_mark, mk, buf, n,
+                                                                                        size) == 0:
+                mutex_unlock(&self.vlock)
+                if e:
+                    raise OSError(e, "verdict write failed")
+                return 0
             e = self._write_big(pid, code, has_mark, mk, p, n, size) or e
             mutex_unlock(&self.vlock)
             if e:
@@ -483,6 +499,24 @@ cdef class Dispatcher:
             memcpy(m + h + 2, &a, 2)
             h += 4
         return h
+
+    cdef int _write_view(self, unsigned int pid, int code, bint has_mark, unsigned int mk, object buf, Py_ssize_t n,
+                         Py_ssize_t size) noexcept:
+        """A large payload verdict handed to the writer's thread with its payload where it lies, in the packet's
+        bytearray (vlock and the GIL held, nothing waiting before it): no copy; the packet copies its bytes before
+        any later write of its own (``_shared``).  0, or an errno (nothing was queued)."""
+        cdef unsigned char head[48]
+        cdef unsigned char fallback[32]
+        cdef Py_ssize_t h = self._verdict_head(head, pid, code, has_mark, mk, True, n, size)
+        self._verdict_head(fallback, pid, NF_DROP if self.error_code == NF_DROP else NF_ACCEPT, False, 0, False, 0, 32)
+        try:
+            e = self.writer.submit_view(head, h, buf, ((n + 3) & ~3) - n, fallback)
+        except BaseException:  # (a bytearray always exports its buffer) written from here instead
+            return 5
+        if e == 0:
+            self.writes += 1
+            self.writes_threaded += 1
+        return e
 
     cdef int _write_big(self, unsigned int pid, int code, bint has_mark, unsigned int mk, const unsigned char* p,
                         Py_ssize_t n, Py_ssize_t size) noexcept nogil:
@@ -761,7 +795,10 @@ cdef class Dispatcher:
                 nf.set_payload(bytes(pkt._writable()))
             self._give(nf, code, False)
         else:
-            self._give_payload(nf, code, pkt._writable() if pkt._modified else None, pkt._mark)
+            buf = pkt._writable() if pkt._modified else None
+            self._give_payload(nf, code, buf, pkt._mark)
+            if buf is not None and self.writer is not None and PyByteArray_GET_SIZE(buf) >= BIG_PAYLOAD:
+                pkt._shared = True  # the writer's thread may still be reading the bytearray: a later write copies it
         return 0
 
     cdef void _note_passed(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t wire=0) noexcept nogil:

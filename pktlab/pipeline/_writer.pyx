@@ -13,15 +13,21 @@ kernel before a verdict of its own for a packet below N).  The thread takes neit
 dispatcher's lock; submitting waits only when ``WRITER_SLOTS`` writes wait already.  A payload verdict whose
 write fails is followed by a plain verdict for its packet (every packet gets one verdict); the failure is
 counted and its errno kept for the dispatcher to report.
+
+Small writes (a buffer of verdicts) are copied in.  A large payload is written where it lies, in the packet's
+bytearray (:meth:`VerdictWriter.submit_view`): a buffer export holds it (it cannot be resized) until a thread
+holding the GIL releases it after the write (the next large submit, or ``finish``); the packet copies its
+bytes before any later write of its own (``PacketCore._shared``).
 """
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.errno cimport EBADF, EINTR, ENOMEM, EIO, errno
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from posix.signal cimport sigfillset
 from posix.types cimport sigset_t
-from posix.unistd cimport write
+from posix.unistd cimport getpid, write
 
 from pktlab._common cimport mutex_destroy, mutex_init, mutex_lock, mutex_unlock
 
@@ -35,6 +41,12 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_join(pthread_t t, void** result)
     int pthread_sigmask(int how, const sigset_t* new, sigset_t* old)
     int pthread_setname_np(pthread_t t, const char* name)
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec* iov, int iovcnt)
 
 cdef extern from "<signal.h>" nogil:
     enum:
@@ -59,6 +71,7 @@ cdef class VerdictWriter:
     def __dealloc__(self):
         cdef int i
         self.close()
+        self.release_written()
         for i in range(WRITER_SLOTS):
             free(self.jobs[i].buf)
         cond_destroy(&self.more)
@@ -86,10 +99,23 @@ cdef class VerdictWriter:
         if e:
             raise OSError(e, "the verdict writer refused the write")
 
+    def write_view(self, bytes head, payload, fallback: bytes | None = None) -> None:
+        """Queue one write of ``head`` and then of ``payload`` (a bytearray) where it lies, padded to 4 bytes:
+        the payload is not copied, and cannot be resized until written."""
+        cdef Py_ssize_t pad = ((len(payload) + 3) & ~3) - len(payload)
+        cdef int e
+        if fallback is not None and len(fallback) != 32:
+            raise ValueError("a fallback verdict is 32 bytes")
+        e = self.submit_view(<const unsigned char*>PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head), payload, pad,
+                             NULL if fallback is None else <const unsigned char*>PyBytes_AS_STRING(fallback))
+        if e:
+            raise OSError(e, "the verdict writer refused the write")
+
     def finish(self) -> None:
         """Write what waits, then end the thread; later writes are refused."""
         with nogil:
             self.close()
+        self.release_written()
 
     def wait_written(self) -> None:
         """Return once everything submitted has been written."""
@@ -121,12 +147,19 @@ cdef class VerdictWriter:
                 mutex_unlock(&self.lock)
                 return errno or EIO
             self.started = True
+            self.pid = getpid()
             pthread_setname_np(self.thread, "pktlab-writer")  # as ps -L and top -H show it
         while self.count == WRITER_SLOTS:
             cond_wait(&self.room, &self.lock)
         j = &self.jobs[(self.head + self.count) % WRITER_SLOTS]
         mutex_unlock(&self.lock)
         # the slot is the submitter's until ``count`` covers it (one submitter at a time: the dispatcher's lock)
+        if j.has_view:  # a written payload's export, released later by a thread holding the GIL
+            # (never full: exports are made only by submit_view, which first releases every written one, so
+            # at most WRITER_SLOTS wait here)
+            self.stale[self.n_stale] = j.view
+            self.n_stale += 1
+            j.has_view = False
         if j.cap < n:
             grown = <unsigned char*>realloc(j.buf, n)
             if grown == NULL:
@@ -145,6 +178,74 @@ cdef class VerdictWriter:
         self.count += 1
         cond_signal(&self.more)
         mutex_unlock(&self.lock)
+        return 0
+
+    cdef int submit_view(self, const unsigned char* head, Py_ssize_t nh, object payload, Py_ssize_t pad,
+                         const unsigned char* fallback) except -1:
+        """Queue one write of ``head`` (copied) and of ``payload``'s buffer where it lies (not copied: a buffer
+        export holds it, released once written), then ``pad`` zero bytes.  Holding the GIL (the export is made and
+        released with it); may wait for room, which the thread makes without the GIL.  0, or an errno (nothing
+        was queued: the caller writes it itself)."""
+        cdef WriteJob* j
+        cdef unsigned char* grown
+        self.release_written()
+        mutex_lock(&self.lock)
+        if self.stop:
+            mutex_unlock(&self.lock)
+            return EBADF
+        if not self.started:
+            if pthread_create(&self.thread, NULL, writer_main, <void*>self) != 0:
+                mutex_unlock(&self.lock)
+                return errno or EIO
+            self.started = True
+            self.pid = getpid()
+            pthread_setname_np(self.thread, "pktlab-writer")
+        while self.count == WRITER_SLOTS:
+            cond_wait(&self.room, &self.lock)
+        j = &self.jobs[(self.head + self.count) % WRITER_SLOTS]
+        mutex_unlock(&self.lock)
+        if j.has_view:
+            PyBuffer_Release(&j.view)
+            j.has_view = False
+        if j.cap < nh:
+            grown = <unsigned char*>realloc(j.buf, nh)
+            if grown == NULL:
+                return ENOMEM
+            j.buf, j.cap = grown, nh
+        PyObject_GetBuffer(payload, &j.view, PyBUF_SIMPLE)
+        j.has_view = True
+        memcpy(j.buf, head, nh)
+        j.n = nh
+        j.pad = pad
+        j.has_fallback = fallback != NULL
+        if fallback != NULL:
+            memcpy(j.fallback, fallback, 32)
+        mutex_lock(&self.lock)
+        self.count += 1
+        cond_signal(&self.more)
+        mutex_unlock(&self.lock)
+        return 0
+
+    cdef int release_written(self) except -1:
+        """Release the exports of payloads already written (holding the GIL)."""
+        cdef Py_buffer done[WRITER_SLOTS + WRITER_STALE]
+        cdef int n = 0, i, k
+        mutex_lock(&self.lock)
+        for i in range(WRITER_SLOTS):
+            k = (i - self.head) % WRITER_SLOTS
+            if k < 0:
+                k += WRITER_SLOTS
+            if k >= self.count and self.jobs[i].has_view:  # not waiting nor being written
+                done[n] = self.jobs[i].view
+                n += 1
+                self.jobs[i].has_view = False
+        for i in range(self.n_stale):
+            done[n] = self.stale[i]
+            n += 1
+        self.n_stale = 0
+        mutex_unlock(&self.lock)
+        for i in range(n):
+            PyBuffer_Release(&done[i])
         return 0
 
     cdef int take_errno(self) noexcept nogil:
@@ -171,14 +272,17 @@ cdef class VerdictWriter:
         self.started = False
         cond_broadcast(&self.more)
         mutex_unlock(&self.lock)
-        if started:
+        if started and getpid() == self.pid:  # a forked child has no such thread to wait for
             pthread_join(self.thread, NULL)
 
     cdef void run(self) noexcept nogil:
         cdef sigset_t all_signals
         cdef WriteJob* j
-        cdef Py_ssize_t r
+        cdef Py_ssize_t r, size
         cdef int e
+        cdef iovec iov[3]
+        cdef unsigned char zeros[4]
+        memset(zeros, 0, 4)
         sigfillset(&all_signals)
         pthread_sigmask(SIG_BLOCK, &all_signals, NULL)  # signals are the interpreter's main thread's business
         mutex_lock(&self.lock)
@@ -189,11 +293,21 @@ cdef class VerdictWriter:
                 break
             j = &self.jobs[self.head]
             mutex_unlock(&self.lock)
+            if j.has_view:
+                iov[0].iov_base = j.buf
+                iov[0].iov_len = j.n
+                iov[1].iov_base = j.view.buf
+                iov[1].iov_len = j.view.len
+                iov[2].iov_base = zeros
+                iov[2].iov_len = j.pad
+                size = j.n + j.view.len + j.pad
+            else:
+                size = j.n
             while True:
-                r = write(self.fd, j.buf, j.n)
+                r = writev(self.fd, iov, 3 if j.pad else 2) if j.has_view else write(self.fd, j.buf, j.n)
                 if r >= 0 or errno != EINTR:
                     break
-            e = 0 if r == j.n else (errno if r < 0 and errno else EIO)
+            e = 0 if r == size else (errno if r < 0 and errno else EIO)
             if e and j.has_fallback:
                 write(self.fd, j.fallback, 32)
             mutex_lock(&self.lock)

@@ -251,7 +251,7 @@ class LiveQueue(_Reading):
             d.fd = fd
 
         try:
-            self.reader_source.start(d, on_bound=bound, after_read=d.flush, before_unbind=d.close_writer)
+            self.reader_source.start(d, on_bound=bound, after_read=d.flush, before_unbind=d.release_socket)
         except QueueBusyError:
             queue = self.reader_source.queue
             mine = [x for x in (self.lab.sessions if self.lab is not None else []) if x.queue == queue]

@@ -333,6 +333,20 @@ def test_a_gso_packet_grown_past_an_ip_packet_says_how_to_rewrite_segments() -> 
     assert "attach with gso=False (--no-gso)" in str(too_big(70_000, True))
 
 
+def test_a_packet_whose_bytes_went_to_the_verdict_writer_copies_them_before_its_next_write() -> None:
+    """After a large verdict the writer's thread may still read the packet's bytearray (``_shared``): a handler
+    that kept the packet and writes to it later writes to a copy; what went is left as it was."""
+    pkt = Packet(None, bytes(IP(src="10.0.0.1", dst="10.0.0.2", ttl=9) / UDP(dport=53) / Raw(b"x" * 5000)))
+    pkt.ip.ttl = 10
+    went = pkt._writable()
+    pkt._shared = True  # what the dispatcher sets when it hands the bytearray over
+    pkt.ip.ttl = 11
+    pkt.raw[30] = 0x41
+    pkt.udp.payload = b"y" * 10
+    assert went[8] == 10 and went[30] == ord("x") and len(went) == 5028
+    assert pkt.ip.ttl == 11 and pkt.udp.payload == b"y" * 10 and not pkt._shared
+
+
 def test_a_packet_pickles_and_copies_with_its_bytes_and_flags() -> None:
     import copy
     import pickle

@@ -71,6 +71,35 @@ def test_a_write_that_fails_is_followed_by_its_fallback_verdict() -> None:
     b.close()
 
 
+def test_a_payload_written_where_it_lies_goes_in_order_and_cannot_be_resized_until_written() -> None:
+    """write_view: the header copied, the payload read from the caller's bytearray (padded to 4 bytes), in order
+    with copied writes; while it waits, the bytearray cannot change size (its buffer is exported), and once
+    written and released it can."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    w = VerdictWriter(a.fileno())
+    filler = [bytes([i]) * 100_000 for i in range(4)]  # more than the socket takes: the thread waits in write
+    for m in filler:
+        w.write(m)
+    payload = bytearray(b"p" * 65_533)
+    w.write_view(b"HEAD", payload)
+    w.write(b"after")
+    assert w.pending >= 2  # the view and the write after it wait behind the filler
+    try:
+        payload.extend(b"x")
+        raise AssertionError("a payload waiting to be written was resized")
+    except BufferError:
+        pass
+    got = [b.recv(1 << 18) for _ in range(len(filler) + 2)]
+    assert got[: len(filler)] == filler
+    assert got[len(filler)] == b"HEAD" + b"p" * 65_533 + b"\0" * 3
+    assert got[-1] == b"after"
+    w.finish()  # releases what was written
+    payload.extend(b"x")  # its own again
+    assert w.writes == len(filler) + 2 and w.failures == 0
+    a.close()
+    b.close()
+
+
 def test_a_writer_never_written_to_starts_no_thread() -> None:
     before = writer_threads()
     a, b = socket.socketpair()
