@@ -23,6 +23,15 @@ cdef inline void _copied() noexcept:
     _message_copies += 1
 
 
+cdef long long _shared_copies = 0
+
+
+def shared_copies():
+    """How many packets copied their bytes before a write because the verdict writer's thread may still have
+    been reading them (a packet kept past a large verdict, then written), since the module was loaded."""
+    return _shared_copies
+
+
 def message_copies():
     """How many packets handlers saw over a queue message's buffer were copied out of it (by a write, a read
     of the whole buffer from Python, or the packet outliving its message), since the module was loaded."""
@@ -195,6 +204,9 @@ cdef class PacketCore:
             self._mptr = NULL
             _copied()
         elif type(self._data) is not bytearray or self._shared:  # (shared: the verdict writer may still read it)
+            if self._shared:
+                global _shared_copies
+                _shared_copies += 1
             self._data = bytearray(self._data)
             self._shared = False
         self._modified = True

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pktlab.packet._core import shared_copies
 from pktlab.pipeline._seqadj import payload_copies
 
 import pktlab
@@ -162,6 +163,7 @@ def test_gso_packets_rewritten_whole_deliver_exactly_the_intended_bytes(router_l
     unit, repeat = "0123456789@bcde~", 4 * 1024 * 1024 // 16
     srv = serve(router_lab, unit, repeat, 1, close=True)
     seen = []
+    kept: list = []  # the last large packet rewritten, kept past its verdict
     high: list[int] = []  # the end of the newest bytes seen
 
     def rewrite_gso(pkt):
@@ -170,6 +172,8 @@ def test_gso_packets_rewritten_whole_deliver_exactly_the_intended_bytes(router_l
             return None
         seen.append((len(pkt), pkt.skb_info))
         tcp.payload = tcp.payload.replace(b"@", b"A")  # the same edit however a retransmission is cut
+        if len(pkt) > 4096:
+            kept[:] = [pkt]
         if not high or (tcp.seq - high[0]) % (1 << 32) < 1 << 31:  # new bytes (a retransmission is cut anew)
             high[:] = [tcp.seq + len(tcp.payload)]
             tcp.payload = tcp.payload.replace(b"~", b"<~>", 1)
@@ -192,6 +196,10 @@ def test_gso_packets_rewritten_whole_deliver_exactly_the_intended_bytes(router_l
     assert s.dispatcher.writes_threaded >= 1 or s.dispatcher.reinject is not None
     assert s.dispatcher.verdict_writer is None
     assert writer_threads() == threads
+    # the kept packet's bytes went by reference to that thread: its next write goes to a copy of its own
+    shared = shared_copies()
+    kept[0].ip.ttl = 1
+    assert shared_copies() == shared + (1 if s.dispatcher.reinject is None else 0)
 
 
 @GSO

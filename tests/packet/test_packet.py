@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pktlab.packet._core import shared_copies
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 from scapy.packet import Raw
@@ -337,14 +338,15 @@ def test_a_packet_whose_bytes_went_to_the_verdict_writer_copies_them_before_its_
     """After a large verdict the writer's thread may still read the packet's bytearray (``_shared``): a handler
     that kept the packet and writes to it later writes to a copy; what went is left as it was."""
     pkt = Packet(None, bytes(IP(src="10.0.0.1", dst="10.0.0.2", ttl=9) / UDP(dport=53) / Raw(b"x" * 5000)))
-    pkt.ip.ttl = 10
-    went = pkt._writable()
-    pkt._shared = True  # what the dispatcher sets when it hands the bytearray over
+    pkt.ip.ttl = 10  # written: it has a bytearray
+    copies = shared_copies()
+    pkt._shared = True  # what the dispatcher sets when it hands that bytearray to the writer's thread
     pkt.ip.ttl = 11
-    pkt.raw[30] = 0x41
+    assert shared_copies() == copies + 1  # copied before the write
+    pkt.raw[4] = 0x41
     pkt.udp.payload = b"y" * 10
-    assert went[8] == 10 and went[30] == ord("x") and len(went) == 5028
-    assert pkt.ip.ttl == 11 and pkt.udp.payload == b"y" * 10 and not pkt._shared
+    assert shared_copies() == copies + 1  # once: later writes go to its own copy
+    assert pkt.ip.ttl == 11 and pkt.raw[4] == 0x41 and pkt.udp.payload == b"y" * 10
 
 
 def test_a_packet_pickles_and_copies_with_its_bytes_and_flags() -> None:
