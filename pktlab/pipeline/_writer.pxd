@@ -51,6 +51,8 @@ cdef class VerdictWriter:
     cdef int n_stale
 
     cdef bint waiting(self) noexcept nogil
+    cdef WriteJob* _slot(self, Py_ssize_t need, int* err) noexcept nogil
+    cdef void _queue(self, WriteJob* j, Py_ssize_t n, const unsigned char* fallback) noexcept nogil
     cdef int submit(self, const unsigned char* a, Py_ssize_t na, const unsigned char* b, Py_ssize_t nb,
                     const unsigned char* c, Py_ssize_t nc, const unsigned char* fallback) noexcept nogil
     cdef int submit_view(self, const unsigned char* head, Py_ssize_t nh, object payload, Py_ssize_t pad,

@@ -130,22 +130,22 @@ cdef class VerdictWriter:
         mutex_unlock(&self.lock)
         return w
 
-    cdef int submit(self, const unsigned char* a, Py_ssize_t na, const unsigned char* b, Py_ssize_t nb,
-                    const unsigned char* c, Py_ssize_t nc, const unsigned char* fallback) noexcept nogil:
-        """Queue one write of ``a``, ``b`` and ``c`` (copied) behind the waiting ones; ``fallback``: a plain
-        verdict (32 bytes) written if it fails, or NULL.  0, or an errno (nothing was queued: the caller
-        writes it itself)."""
+    cdef WriteJob* _slot(self, Py_ssize_t need, int* err) noexcept nogil:
+        """The next free slot, with room for ``need`` bytes (the thread started if need be, waiting for room if
+        every slot waits); NULL with ``err`` set when refused (stopped, no thread, no memory).  The slot is the
+        submitter's until :meth:`_queue` (one submitter at a time: the dispatcher's lock)."""
         cdef WriteJob* j
-        cdef Py_ssize_t n = na + nb + nc
         cdef unsigned char* grown
         mutex_lock(&self.lock)
         if self.stop:
             mutex_unlock(&self.lock)
-            return EBADF
+            err[0] = EBADF
+            return NULL
         if not self.started:
             if pthread_create(&self.thread, NULL, writer_main, <void*>self) != 0:
                 mutex_unlock(&self.lock)
-                return errno or EIO
+                err[0] = errno or EIO
+                return NULL
             self.started = True
             self.pid = getpid()
             pthread_setname_np(self.thread, "pktlab-writer")  # as ps -L and top -H show it
@@ -153,23 +153,22 @@ cdef class VerdictWriter:
             cond_wait(&self.room, &self.lock)
         j = &self.jobs[(self.head + self.count) % WRITER_SLOTS]
         mutex_unlock(&self.lock)
-        # the slot is the submitter's until ``count`` covers it (one submitter at a time: the dispatcher's lock)
         if j.has_view:  # a written payload's export, released later by a thread holding the GIL
             # (never full: exports are made only by submit_view, which first releases every written one, so
-            # at most WRITER_SLOTS wait here)
+            # at most WRITER_SLOTS + 1 wait here)
             self.stale[self.n_stale] = j.view
             self.n_stale += 1
             j.has_view = False
-        if j.cap < n:
-            grown = <unsigned char*>realloc(j.buf, n)
+        if j.cap < need:
+            grown = <unsigned char*>realloc(j.buf, need)
             if grown == NULL:
-                return ENOMEM
-            j.buf, j.cap = grown, n
-        memcpy(j.buf, a, na)
-        if nb:
-            memcpy(j.buf + na, b, nb)
-        if nc:
-            memcpy(j.buf + na + nb, c, nc)
+                err[0] = ENOMEM
+                return NULL
+            j.buf, j.cap = grown, need
+        return j
+
+    cdef void _queue(self, WriteJob* j, Py_ssize_t n, const unsigned char* fallback) noexcept nogil:
+        """Hand the filled slot (``n`` bytes of its buffer) to the thread."""
         j.n = n
         j.has_fallback = fallback != NULL
         if fallback != NULL:
@@ -178,6 +177,23 @@ cdef class VerdictWriter:
         self.count += 1
         cond_signal(&self.more)
         mutex_unlock(&self.lock)
+
+    cdef int submit(self, const unsigned char* a, Py_ssize_t na, const unsigned char* b, Py_ssize_t nb,
+                    const unsigned char* c, Py_ssize_t nc, const unsigned char* fallback) noexcept nogil:
+        """Queue one write of ``a``, ``b`` and ``c`` (copied) behind the waiting ones; ``fallback``: a plain
+        verdict (32 bytes) written if it fails, or NULL.  0, or an errno (nothing was queued: the caller
+        writes it itself)."""
+        cdef int err = 0
+        cdef WriteJob* j = self._slot(na + nb + nc, &err)
+        if j == NULL:
+            return err
+        memcpy(j.buf, a, na)
+        if nb:
+            memcpy(j.buf + na, b, nb)
+        if nc:
+            memcpy(j.buf + na + nb, c, nc)
+        j.pad = 0
+        self._queue(j, na + nb + nc, fallback)
         return 0
 
     cdef int submit_view(self, const unsigned char* head, Py_ssize_t nh, object payload, Py_ssize_t pad,
@@ -186,44 +202,17 @@ cdef class VerdictWriter:
         export holds it, released once written), then ``pad`` zero bytes.  Holding the GIL (the export is made and
         released with it); may wait for room, which the thread makes without the GIL.  0, or an errno (nothing
         was queued: the caller writes it itself)."""
+        cdef int err = 0
         cdef WriteJob* j
-        cdef unsigned char* grown
         self.release_written()
-        mutex_lock(&self.lock)
-        if self.stop:
-            mutex_unlock(&self.lock)
-            return EBADF
-        if not self.started:
-            if pthread_create(&self.thread, NULL, writer_main, <void*>self) != 0:
-                mutex_unlock(&self.lock)
-                return errno or EIO
-            self.started = True
-            self.pid = getpid()
-            pthread_setname_np(self.thread, "pktlab-writer")
-        while self.count == WRITER_SLOTS:
-            cond_wait(&self.room, &self.lock)
-        j = &self.jobs[(self.head + self.count) % WRITER_SLOTS]
-        mutex_unlock(&self.lock)
-        if j.has_view:
-            PyBuffer_Release(&j.view)
-            j.has_view = False
-        if j.cap < nh:
-            grown = <unsigned char*>realloc(j.buf, nh)
-            if grown == NULL:
-                return ENOMEM
-            j.buf, j.cap = grown, nh
+        j = self._slot(nh, &err)
+        if j == NULL:
+            return err
         PyObject_GetBuffer(payload, &j.view, PyBUF_SIMPLE)
         j.has_view = True
         memcpy(j.buf, head, nh)
-        j.n = nh
         j.pad = pad
-        j.has_fallback = fallback != NULL
-        if fallback != NULL:
-            memcpy(j.fallback, fallback, 32)
-        mutex_lock(&self.lock)
-        self.count += 1
-        cond_signal(&self.more)
-        mutex_unlock(&self.lock)
+        self._queue(j, nh, fallback)
         return 0
 
     cdef int release_written(self) except -1:
