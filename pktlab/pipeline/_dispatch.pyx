@@ -397,10 +397,11 @@ cdef class Dispatcher:
         self.out_len = 0
         self.out_count = 0
         self.writes += 1
-        if self.writer is not None and self.writer.waiting() \
-                and self.writer.submit(self.out, n, NULL, 0, NULL, 0, NULL) == 0:
-            self.writes_threaded += 1
-            return 0  # behind the writes waiting there (order is kept)
+        if self.writer is not None and self.writer.waiting():
+            if self.writer.submit(self.out, n, NULL, 0, NULL, 0, NULL) == 0:
+                self.writes_threaded += 1
+                return 0  # behind the writes waiting there (order is kept)
+            self.writer.drain()  # refused (no memory for it): what waits goes first, then this, in order
         if write(self.fd, self.out, n) != n:
             return errno or 5
         return 0
@@ -541,6 +542,7 @@ cdef class Dispatcher:
             if self.writer.submit(head, iov[0].iov_len, p, n, pad, iov[2].iov_len, fallback) == 0:
                 self.writes_threaded += 1
                 return 0
+            self.writer.drain()  # refused: what waits goes first, then this, in order
         if writev(self.fd, iov, 3 if iov[2].iov_len else 2) != size:
             return errno or 5
         return 0
