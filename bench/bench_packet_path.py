@@ -15,9 +15,12 @@ Three measures, each configuration in a fresh process with its own lab, alternat
   (l2) pktlab without a handler, (l3) a handler that returns None, (l4) a handler that raises on every
   packet; and while a thread of the process computes in Python (a notebook cell's loop: it holds the GIL
   but for the interpreter's switch interval), (l5) pktlab without a handler, (l6) a handler that returns.
+  The same with every CPU kept from sleeping by a ``SCHED_IDLE`` busy loop (``harness.cpus_kept_awake``: an
+  idle virtual CPU's wake-up costs 30–60 µs in the host and varies more than the readers differ), (w0)–(w4):
+  the readers' own added time.
 
 ``--before DIR``: every configuration is also measured with the pktlab of the checkout ``DIR`` (built in
-place), alternated with this one's in the same run: the before/after table.  ``BENCH_CONFIGS=u,l`` runs
+place), alternated with this one's in the same run: the before/after table.  ``BENCH_CONFIGS=u,l,w`` runs
 only those measures.  ``--profile``: where the time of the UDP flood goes, by CPU, process and binary
 (``perf record`` on every CPU during one run of (u2) and one of (u3); ``BENCH_PROFILE=(u3),(t2)`` picks the
 configurations, ``BENCH_PROFILE_SORT=comm,sym`` the report's sort keys).
@@ -44,7 +47,7 @@ import bench_failing_handler as failing  # noqa: E402
 import bench_tcp_rewrite as tcp  # noqa: E402
 from before_after import measure  # noqa: E402
 from bench_queue import BareReader, read_three  # noqa: E402
-from harness import iperf_udp64  # noqa: E402
+from harness import cpus_kept_awake, iperf_udp64  # noqa: E402
 
 import pktlab  # noqa: E402
 
@@ -108,6 +111,13 @@ def lat_bare(lab: pktlab.Lab) -> dict[str, Any]:
         return failing.summary(failing.ping(lab, PINGS))
 
 
+def awake(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``fn(*args)`` with every CPU kept from sleeping (``harness.cpus_kept_awake``): the readers' own added time,
+    without the host's cost of waking an idle virtual CPU."""
+    with cpus_kept_awake():
+        return fn(*args)
+
+
 def lat_computing(lab: pktlab.Lab, handler: Callable | None) -> dict[str, Any]:
     """The pings while a thread of this process runs a Python loop (a notebook cell computing)."""
     stop = threading.Event()
@@ -141,6 +151,15 @@ CONFIGS: dict[str, tuple[str, Callable[[pktlab.Lab], Any]]] = {
     "(l5) latency: pktlab, no handler, a cell computing": ("pair", lambda lab: lat_computing(lab, None)),
     "(l6) latency: pktlab, handler returns, a cell computing": ("pair",
                                                               lambda lab: lat_computing(lab, failing.passes)),
+    "(w0) latency, CPUs kept awake: no queue": ("pair", lambda lab: awake(failing.no_queue, lab, PINGS)),
+    "(w1) latency, CPUs kept awake: bare NetfilterQueue": ("pair", lambda lab: awake(lat_bare, lab)),
+    "(w2) latency, CPUs kept awake: pktlab, no handler": ("pair", lambda lab: awake(failing.through, lab, None, PINGS)),
+    "(w3) latency, CPUs kept awake: pktlab, handler returns": ("pair",
+                                                              lambda lab: awake(failing.through, lab, failing.passes,
+                                                                                PINGS)),
+    "(w4) latency, CPUs kept awake: pktlab, handler raises": ("pair",
+                                                             lambda lab: awake(failing.through, lab, failing.fails,
+                                                                               PINGS)),
 }
 
 
@@ -219,17 +238,19 @@ def _report(t: str, names: list[str], med: dict[tuple[str, str], Any]) -> None:
         t1, t2 = m("(t1)"), m("(t2)")
         print(f"TCP (GSO): accept-only {t1['gbps']:.2f} Gbit/s, every GSO packet grown {t2['gbps']:.2f} Gbit/s: "
               f"**{t2['gbps'] / t1['gbps']:.1%}** (packets whose rewrite was refused, median: {t2['errors']:.0f})\n")
-    if m("(l0)") is not None:
-        base = m("(l0)")
+    for first, keys in (("(l0)", ("(l1)", "(l2)", "(l3)", "(l4)", "(l5)", "(l6)")),
+                        ("(w0)", ("(w1)", "(w2)", "(w3)", "(w4)"))):
+        base = m(first)
+        if base is None:
+            continue
         print("| latency | RTT avg µs | p99 µs | added avg µs | added p99 µs |\n|---|---|---|---|---|")
-        for k in ("(l0)", "(l1)", "(l2)", "(l3)", "(l4)", "(l5)", "(l6)"):
+        for k in (first, *keys):
             v, n = m(k), next((x for x in names if x.startswith(k)), None)
             if n is None:
                 continue
             print(f"| {n[5:]} | {v['avg_us']:.1f} | {v['p99_us']:.1f} | {v['avg_us'] - base['avg_us']:+.1f} | "
                   f"{v['p99_us'] - base['p99_us']:+.1f} |")  # fmt: skip
         print()
-
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--one":

@@ -143,3 +143,27 @@ def cpu_meter(thread_prefix: str = "pktlab-queue-") -> Iterator[dict[str, Any]]:
             reader_user_s=user / hz, reader_sys_s=sys_ / hz, reader_threads=len(tids),
             process_user_s=(pafter[0] - pbefore[0]) / hz, process_sys_s=(pafter[1] - pbefore[1]) / hz,
         )  # fmt: skip
+
+
+_SPIN = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)); print(flush=True)\nwhile True: pass"
+
+
+@contextmanager
+def cpus_kept_awake() -> Iterator[None]:
+    """A busy loop of the lowest priority (``SCHED_IDLE``) on every CPU while the block runs.
+
+    An idle virtual CPU sleeps in the host: waking it for a packet costs 30–60 µs, more than the queue's own
+    path, and varies from run to run.  With a ``SCHED_IDLE`` loop on it the CPU never sleeps, and any other
+    thread that wakes takes it at once: what a round trip then adds is the readers' own work.
+    """
+    spinners = [subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True,
+                                 preexec_fn=lambda c=cpu: os.sched_setaffinity(0, {c}))  # fmt: skip
+                for cpu in sorted(os.sched_getaffinity(0))]
+    try:
+        for p in spinners:
+            p.stdout.readline()  # it runs at the lowest priority
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()

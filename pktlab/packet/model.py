@@ -458,13 +458,7 @@ class Packet(PacketCore):
 
     # -- display --------------------------------------------------------------
     def summary(self) -> str:
-        l3 = self._l3
-        if l3 < 0:
-            return f"non-IP frame (type {self.eth.type:#06x}) len={len(self)}" if self.eth else f"raw len={len(self)}"
-        s = summarize(bytes(self._buf[l3 : l3 + 128]))
-        where = f"{s['src']}:{s['sport']}" if s["sport"] is not None else str(s["src"])
-        to = f"{s['dst']}:{s['dport']}" if s["dport"] is not None else str(s["dst"])
-        return f"{s['proto']} {where} > {to} len={len(self)}"
+        return self.repr_later().summary()
 
     def _repr_html_(self) -> str:
         """In a notebook: the layers and their fields beside a hex dump, each field's bytes marked."""
@@ -473,8 +467,49 @@ class Packet(PacketCore):
         return packet_html(self)
 
     def __repr__(self) -> str:
-        where = f"#{self.id} {self.hook} " if self._meta is not None else ""  # made in the notebook: no hook
-        return f"<Packet {where}{self.summary()}{' modified' if self._modified else ''}>"
+        return str(self.repr_later())
+
+    def repr_later(self) -> PacketRepr:
+        """What ``repr(pkt)`` shows, taken now (the packet's first bytes and numbers) and written out when read.
+
+        A handler's failure keeps this of its packet: formatting addresses costs microseconds, which a
+        handler that raises on every packet would pay for each one, mostly for text nobody reads.
+        """
+        l3 = self._l3
+        eth_type = (self.eth.type if self.eth else None) if l3 < 0 else None
+        head = self._bytes(l3, l3 + 128) if l3 >= 0 else b""
+        return PacketRepr(self.id if self._meta is not None else None, self.hook if self._meta is not None else None,
+                          len(self), head, l3 >= 0, eth_type, self._modified)  # fmt: skip
+
+
+class PacketRepr:
+    """A packet's ``repr`` taken for later (:meth:`Packet.repr_later`): ``str()`` writes it out, once."""
+
+    __slots__ = ("_id", "_hook", "_size", "_head", "_ip", "_eth_type", "_modified", "_text")
+
+    def __init__(self, pid: int | None, hook: str | None, size: int, head: bytes, ip: bool, eth_type: int | None,
+                 modified: bool) -> None:  # fmt: skip
+        self._id, self._hook, self._size, self._head = pid, hook, size, head
+        self._ip, self._eth_type, self._modified = ip, eth_type, modified
+        self._text: str | None = None
+
+    def summary(self) -> str:
+        """Protocol, addresses, ports and length (``pkt.summary()``)."""
+        if not self._ip:
+            return f"non-IP frame (type {self._eth_type:#06x}) len={self._size}" if self._eth_type is not None \
+                else f"raw len={self._size}"  # fmt: skip
+        s = summarize(self._head)
+        where = f"{s['src']}:{s['sport']}" if s["sport"] is not None else str(s["src"])
+        to = f"{s['dst']}:{s['dport']}" if s["dport"] is not None else str(s["dst"])
+        return f"{s['proto']} {where} > {to} len={self._size}"
+
+    def __str__(self) -> str:
+        if self._text is None:
+            where = f"#{self._id} {self._hook} " if self._id is not None else ""  # made in the notebook: no hook
+            self._text = f"<Packet {where}{self.summary()}{' modified' if self._modified else ''}>"
+        return self._text
+
+    __repr__ = __str__
 
 
 def summarize(head: bytes) -> dict[str, Any]:

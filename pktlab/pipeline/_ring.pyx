@@ -198,6 +198,8 @@ cdef class Ring:
                     continue  # taken by a newer entry: no longer held
                 if tagged != j:
                     by = err = None
+                elif err is not None and type(err) is not str:
+                    err = str(err)  # a handler's failure (HandlerFailure): its text is made when first read
                 out.append(entry(
                     s.time, s.id, hooks[s.hook] if s.hook < len(hooks) else str(s.hook), s.size,
                     PyBytes_FromStringAndSize(<const char*>head, s.keep),

@@ -41,21 +41,32 @@ class Handler:
     kernel: Any = field(default=None, repr=False)  # its nftables rules (a kernel handler), else None
 
 
-@dataclass(frozen=True)
 class HandlerFailure:
     """A handler exception, kept with the packet it failed on.
 
     ``traceback`` is the text of its last frames.  The first failures of each handler are
     written out at once (their source lines as they were); later ones keep only the frames'
-    places and read the lines when ``traceback`` is first looked at: a handler that raises on
-    every packet then costs a few microseconds more per packet, not a formatted traceback each.
+    places, and the packet's first bytes, and make their text when first read: a handler that
+    raises on every packet then costs about what the raise itself costs, not a formatted
+    traceback and a formatted packet each.
     """
 
-    time: float
-    handler: str
-    packet: str
-    error: str
-    _frames: traceback.StackSummary | str = field(repr=False, compare=False)
+    __slots__ = ("time", "handler", "error", "_packet", "_frames")
+
+    def __init__(self, time: float, handler: str, packet: object, error: str,
+                 frames: str | list[tuple[str, int, str, None]]) -> None:  # fmt: skip
+        self.time = time
+        self.handler = handler
+        self.error = error
+        self._packet = packet  # its text, or what writes it out (Packet.repr_later)
+        self._frames = frames  # the traceback's text, or its frames' places
+
+    @property
+    def packet(self) -> str:
+        """The packet it failed on, as ``repr(pkt)`` showed it."""
+        if type(self._packet) is not str:
+            self._packet = str(self._packet)
+        return self._packet
 
     @property
     def written_out(self) -> bool:
@@ -66,10 +77,14 @@ class HandlerFailure:
     def traceback(self) -> str:
         if isinstance(self._frames, str):
             return self._frames
-        return "".join([*self._frames.format(), self.error]).rstrip()
+        return "".join([*traceback.StackSummary.from_list(self._frames).format(), self.error]).rstrip()
 
     def __str__(self) -> str:
         return f"{self.handler} raised {self.error} on {self.packet}"
+
+    def __repr__(self) -> str:
+        return f"HandlerFailure(time={self.time!r}, handler={self.handler!r}, packet={self.packet!r}, " \
+               f"error={self.error!r})"  # fmt: skip
 
 
 def _check_fn(fn: object, name: str) -> None:
@@ -93,14 +108,21 @@ TRACEBACK_FRAMES = 6  # the frames of a failure's traceback that are kept (the h
 WRITTEN_OUT = 5  # the first failures of each handler whose tracebacks are written out at once
 
 
-def _last_frames(exc: BaseException, keep: int, lines: bool) -> traceback.StackSummary:
-    frames = list(traceback.walk_tb(exc.__traceback__))[-keep:]
-    return traceback.StackSummary.extract(iter(frames), lookup_lines=lines)
+def _frame_places(exc: BaseException, keep: int) -> list[tuple[str, int, str, None]]:
+    """The file, line and function of the last ``keep`` frames of a traceback; their lines are read later."""
+    places = []
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        places.append((code.co_filename, tb.tb_lineno, code.co_name, None))
+        tb = tb.tb_next
+    return places[-keep:]
 
 
 def trim_traceback(exc: BaseException, keep: int = TRACEBACK_FRAMES) -> str:
     """The last ``keep`` frames of an exception's traceback, as text."""
-    lines = _last_frames(exc, keep, True).format() + traceback.format_exception_only(type(exc), exc)
+    frames = list(traceback.walk_tb(exc.__traceback__))[-keep:]
+    lines = traceback.StackSummary.extract(iter(frames)).format() + traceback.format_exception_only(type(exc), exc)
     return "".join(lines).rstrip()
 
 
@@ -266,8 +288,9 @@ class HandlerChain:
         return [h for h in self._handlers if h.stuck_since is not None]
 
     # -- called by the dispatcher when a handler misbehaves (the slow exits of the hot path) --
-    def failed(self, handler: Handler, pkt: Any, exc: BaseException) -> str:
-        """A handler raised: keep the exception with the packet; return the record's error text."""
+    def failed(self, handler: Handler, pkt: Any, exc: BaseException) -> HandlerFailure:
+        """A handler raised: keep the exception with the packet; return the failure (the record's error, as text
+        when read)."""
         handler.errors += 1
         failure = self.record_failure(handler, pkt, exc)
         if handler.errors == 1 and self.on_first_failure is not None:
@@ -275,9 +298,9 @@ class HandlerChain:
                 self.on_first_failure(handler, failure)
             except Exception:  # a note that cannot be shown must not cost the packet its verdict
                 pass
-        return str(failure)
+        return failure
 
-    def bad_return(self, handler: Handler, pkt: Any, value: object) -> tuple[Verdict | None, str | None]:
+    def bad_return(self, handler: Handler, pkt: Any, value: object) -> tuple[Verdict | None, HandlerFailure | None]:
         """A handler returned a non-Verdict: a verdict name is fine, anything else is an error."""
         try:
             return Verdict.parse(value), None
@@ -290,7 +313,8 @@ class HandlerChain:
     def record_failure(self, handler: Handler, pkt: Any, exc: BaseException) -> HandlerFailure:
         """Keep an exception a handler raised, with its last frames (written out for its first few)."""
         try:
-            summary = repr(pkt)
+            later = getattr(pkt, "repr_later", None)
+            summary: object = later() if later is not None else repr(pkt)
         except Exception as e:  # a broken packet must not hide the handler's error
             summary = f"<packet: {e}>"
         try:
@@ -298,9 +322,9 @@ class HandlerChain:
         except Exception as e:  # an exception whose str() raises
             error = f"{type(exc).__name__} (its message raised {type(e).__name__})"
         if handler.errors <= WRITTEN_OUT:
-            frames: traceback.StackSummary | str = trim_traceback(exc)
+            frames: str | list[tuple[str, int, str, None]] = trim_traceback(exc)
         else:
-            frames = _last_frames(exc, TRACEBACK_FRAMES, False)
+            frames = _frame_places(exc, TRACEBACK_FRAMES)
         if len(self.failures) == self.failures.maxlen:
             self.left_out += 1
         failure = HandlerFailure(time.time(), handler.name, summary, error, frames)

@@ -129,3 +129,25 @@ def test_before_and_after_together_are_refused() -> None:
     with pytest.raises(HandlerError, match="both before='a' and after='b'"):
         c.add(lambda p: None, "x", before="a", after="b")
     assert c.names == ["a", "b"]
+
+
+def test_a_failure_describes_its_packet_as_it_was_when_the_handler_failed() -> None:
+    from scapy.layers.inet import IP, UDP
+
+    from pktlab import Packet
+
+    pkt = Packet(None, bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=53) / b"q"))
+    c = HandlerChain()
+    h = c.add(lambda p: None, "h")
+    for _ in range(handlers_mod.WRITTEN_OUT + 1):  # the last one past those written out at once
+        try:
+            raise ValueError("no rule")
+        except ValueError as exc:
+            failure = c.failed(h, pkt, exc)
+    seen = repr(pkt)
+    pkt.ip.dst = "10.0.0.9"  # written after the failure: the failure keeps the packet it failed on
+    pkt.udp.dport = 54
+    assert not failure.written_out
+    assert failure.packet == seen == "<Packet udp 10.0.0.1:1000 > 10.0.0.2:53 len=29>"
+    assert str(failure) == f"h raised ValueError: no rule on {seen}"
+    assert repr(pkt) == "<Packet udp 10.0.0.1:1000 > 10.0.0.9:54 len=29 modified>"
