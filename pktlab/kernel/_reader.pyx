@@ -253,6 +253,8 @@ cdef class QueueReader:
     cdef iovec iov[READ_SLOTS]
     cdef int batch_n  # messages in the slots from the last recvmmsg
     cdef int next_i  # the next of them to dispatch
+    cdef bint batch_short  # that recvmmsg took fewer messages than it asked for: the socket was read empty
+    cdef public long long empty_reads  # recvmmsg calls that found nothing
     cdef list pending  # messages handed over by a retired predecessor, dispatched first
     cdef public QueueReader successor
     cdef public long long enobufs
@@ -449,11 +451,16 @@ cdef class QueueReader:
         with nogil:
             while not err and not self.retired:
                 if self.next_i >= self.batch_n:  # nothing left of the last read: read, or wait for more
-                    got = recvmmsg(fd, self.msgs, READ_SLOTS, MSG_DONTWAIT, NULL)
+                    if self.batch_short:  # that read emptied the socket: the verdicts go now (below), then wait
+                        self.batch_short = False
+                        got = 0
+                    else:
+                        got = recvmmsg(fd, self.msgs, READ_SLOTS, MSG_DONTWAIT, NULL)
                     if got > 0:
                         self.calls += 1
                         self.batch_n = got
                         self.next_i = 0
+                        self.batch_short = got < READ_SLOTS
                     elif got < 0 and errno == ENOBUFS:
                         self.enobufs += 1
                         continue
@@ -462,7 +469,9 @@ cdef class QueueReader:
                     elif got < 0 and errno != EAGAIN:
                         err = errno
                         continue
-                    else:  # read empty: the waiting verdicts go now, then wait
+                    else:  # read empty (or a short read was all handled): the waiting verdicts go now, then wait
+                        if got < 0:
+                            self.empty_reads += 1
                         e = self.fast.flush(self.fast_ptr)
                         if e:
                             err = e
@@ -482,6 +491,7 @@ cdef class QueueReader:
                             if not self.fast.quiet(self.fast_ptr):
                                 break  # the time is up: the caller's work between reads is due
                             until = mono_ns() + <long long>timeout_ms * 1000000  # none due: wait on
+                            self.batch_short = True  # (nothing came: wait again without reading)
                         continue
                 while self.next_i < self.batch_n:
                     i = self.next_i
@@ -515,7 +525,6 @@ cdef class QueueReader:
         cdef int got, i, err
         cdef unsigned int want
         cdef long long n = 0
-        cdef bint short
         cdef bytes msg
         try:
             while self.pending and (limit < 0 or n < limit):
@@ -526,7 +535,6 @@ cdef class QueueReader:
                 n += 1
                 self._dispatch(q, <const unsigned char*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg))
             while (limit < 0 or n < limit) and not self.retired:
-                short = False
                 if self.next_i >= self.batch_n:  # nothing left of the last read (poll_read leaves the rest)
                     want = READ_SLOTS if limit < 0 or limit - n >= READ_SLOTS else <unsigned int>(limit - n)
                     with nogil:
@@ -534,6 +542,7 @@ cdef class QueueReader:
                         err = errno
                     if got < 0:
                         if err == EAGAIN:
+                            self.empty_reads += 1
                             break
                         if err == ENOBUFS:
                             self.enobufs += 1
@@ -544,7 +553,7 @@ cdef class QueueReader:
                     self.calls += 1
                     self.batch_n = got
                     self.next_i = 0
-                    short = <unsigned int>got < want  # the socket is empty now: no need to ask again
+                    self.batch_short = <unsigned int>got < want  # the socket is empty now: no need to ask again
                 while self.next_i < self.batch_n and (limit < 0 or n < limit):
                     if self.retired:
                         self._hand_over()
@@ -555,8 +564,8 @@ cdef class QueueReader:
                         raise OSError(EMSGSIZE, f"a queue message was longer than {READ_SLOT_BYTES} bytes")
                     n += 1
                     self._dispatch(q, <const unsigned char*>self.iov[i].iov_base, self.msgs[i].msg_len)
-                if short:
-                    break
+                if self.batch_short and self.next_i >= self.batch_n:  # (also a short read poll_read began; it
+                    break  # then waits for the socket without reading it empty first)
             if self.fast != NULL:
                 self._flush_fast()
             return n

@@ -276,3 +276,22 @@ def test_the_packet_object_from_the_readers_parse_says_what_the_kernel_said(rout
     want = ("FORWARD", facing(lab.client), facing(lab.server), _mac(lab.client, client_if), 0x2A)
     assert [x[1:] for x in seen] == [want] * 5
     assert len({x[0] for x in seen}) == 5 and all(x[0] > 0 for x in seen)
+
+
+def test_a_read_that_empties_the_socket_is_verdicted_without_reading_it_again(lab: Lab, queue_num: int) -> None:
+    """Packets arriving one at a time: each read takes one message, fewer than it asked for, so the socket is
+    empty; the verdict goes out at once and the reader waits, without a read that finds nothing in between
+    (a system call on every packet's round trip), with a handler or without."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+        reader = s.source.reader
+        for handler in (None, lambda pkt: None):
+            if handler is not None:
+                s.add_handler(handler, "h")
+            before, calls = reader.empty_reads, reader.calls
+            r = lab.udp(30, rate=100, timeout=20, idle=0.5)  # one datagram every 10 ms
+            assert r.unique == 30 and r.received == 30
+            assert reader.calls - calls >= 20  # (mostly) one read per datagram
+            assert reader.empty_reads == before, reader.empty_reads - before
+    finally:
+        s.detach()
