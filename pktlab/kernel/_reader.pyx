@@ -448,72 +448,79 @@ cdef class QueueReader:
         fds[0].events = POLLIN
         fds[1].fd = wake_fd
         fds[1].events = POLLIN
-        with nogil:
-            while not err and not self.retired:
-                if self.next_i >= self.batch_n:  # nothing left of the last read: read, or wait for more
-                    if self.batch_short:  # that read emptied the socket: the verdicts go now (below), then wait
-                        self.batch_short = False
-                        got = 0
-                    else:
-                        got = recvmmsg(fd, self.msgs, READ_SLOTS, MSG_DONTWAIT, NULL)
-                    if got > 0:
-                        self.calls += 1
-                        self.batch_n = got
-                        self.next_i = 0
-                        self.batch_short = got < READ_SLOTS
-                    elif got < 0 and errno == ENOBUFS:
-                        self.enobufs += 1
-                        continue
-                    elif got < 0 and errno == EINTR:
-                        continue
-                    elif got < 0 and errno != EAGAIN:
-                        err = errno
-                        continue
-                    else:  # read empty (or a short read was all handled): the waiting verdicts go now, then wait
-                        if got < 0:
-                            self.empty_reads += 1
-                        e = self.fast.flush(self.fast_ptr)
-                        if e:
-                            err = e
+        while True:
+            back = False
+            with nogil:
+                while not err and not self.retired:
+                    if self.next_i >= self.batch_n:  # nothing left of the last read: read, or wait for more
+                        if self.batch_short:  # that read emptied the socket: the verdicts go now (below), then wait
+                            self.batch_short = False
+                            got = 0
+                        else:
+                            got = recvmmsg(fd, self.msgs, READ_SLOTS, MSG_DONTWAIT, NULL)
+                        if got > 0:
+                            self.calls += 1
+                            self.batch_n = got
+                            self.next_i = 0
+                            self.batch_short = got < READ_SLOTS
+                        elif got < 0 and errno == ENOBUFS:
+                            self.enobufs += 1
                             continue
-                        left = (until - mono_ns()) // 1000000
-                        fds[0].revents = 0
-                        fds[1].revents = 0
-                        r = poll(fds, 2, <int>left if left > 0 else 0)
-                        if r < 0:
-                            if errno != EINTR:
-                                err = errno
+                        elif got < 0 and errno == EINTR:
                             continue
-                        if fds[1].revents:
-                            result = 1
+                        elif got < 0 and errno != EAGAIN:
+                            err = errno
+                            continue
+                        else:  # read empty (or a short read was all handled): the waiting verdicts go now, then wait
+                            if got < 0:
+                                self.empty_reads += 1
+                            e = self.fast.flush(self.fast_ptr)
+                            if e:
+                                err = e
+                                continue
+                            left = (until - mono_ns()) // 1000000
+                            fds[0].revents = 0
+                            fds[1].revents = 0
+                            r = poll(fds, 2, <int>left if left > 0 else 0)
+                            if r < 0:
+                                if errno != EINTR:
+                                    err = errno
+                                continue
+                            if fds[1].revents:
+                                result = 1
+                                break
+                            if r == 0:
+                                if not self.fast.quiet(self.fast_ptr):
+                                    break  # the time is up: the caller's work between reads is due
+                                until = mono_ns() + <long long>timeout_ms * 1000000  # none due: wait on
+                                self.batch_short = True  # (nothing came: wait again without reading)
+                            continue
+                    while self.next_i < self.batch_n:
+                        i = self.next_i
+                        self.next_i = i + 1
+                        if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                            err = EMSGSIZE
                             break
-                        if r == 0:
-                            if not self.fast.quiet(self.fast_ptr):
-                                break  # the time is up: the caller's work between reads is due
-                            until = mono_ns() + <long long>timeout_ms * 1000000  # none due: wait on
-                            self.batch_short = True  # (nothing came: wait again without reading)
-                        continue
-                while self.next_i < self.batch_n:
-                    i = self.next_i
-                    self.next_i = i + 1
-                    if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
-                        err = EMSGSIZE
+                        self.messages += 1
+                        m = <const unsigned char*>self.iov[i].iov_base
+                        n = self.msgs[i].msg_len
+                        packet = parse_message(m, n, &msg)
+                        if packet and self.fast.message(self.fast_ptr, &msg):
+                            self.fast_packets += 1
+                            continue
+                        self.next_i = i  # this one and the rest of the read go the way that holds the GIL
+                        self.messages -= 1
+                        back = True
                         break
-                    self.messages += 1
-                    m = <const unsigned char*>self.iov[i].iov_base
-                    n = self.msgs[i].msg_len
-                    packet = parse_message(m, n, &msg)
-                    if packet and self.fast.message(self.fast_ptr, &msg):
-                        self.fast_packets += 1
-                        continue
-                    self.next_i = i  # this one and the rest of the read go the way that holds the GIL
-                    self.messages -= 1
-                    back = True
-                    break
-                if back:
-                    break
-        if back:  # as a bare reader reads: the rest of this read and everything waiting, holding the GIL
-            self.read(q, fd, -1)
+                    if back:
+                        break
+            if not back:
+                break
+            self.read(q, fd, -1)  # as a bare reader reads: the rest of this read and what waits, holding the GIL
+            # and on in C, unless something of the Python loop's is due (it is told of a pause or a stop
+            # through the wake pipe, read above): one turn of that loop per read cost more than a handler
+            if err or self.retired or self.pending or not self.fast.quiet(self.fast_ptr):
+                break
         if err == EMSGSIZE:
             raise OSError(EMSGSIZE, f"a queue message was longer than {READ_SLOT_BYTES} bytes")
         if err:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import MissingToolError, PktlabError, PrivilegeError, QueueBusyError
 from ..options import DEFAULT
-from . import netns
+from . import netns, switch_interval
 from . import proc as kernel
 from ._reader import QueueReader, configure_queue, send_copy_range
 from .privilege import require_place
@@ -317,6 +317,7 @@ class QueueSource:
         self._q = q
         if self._on_bound is not None:
             self._on_bound(fd)
+        switch_interval.reader_started()  # a computing thread gives the GIL up to this one within 0.5 ms
         ready.set()
         self._serve(q, self._reader)
 
@@ -377,6 +378,7 @@ class QueueSource:
                 q.unbind()
                 self._fd = -1
                 self.holding_when_full = False
+                switch_interval.reader_stopped()
             elif reader.successor is not None and reader.successor.waiting:
                 self._wake()  # the successor may be asleep in poll with messages handed to it
 
