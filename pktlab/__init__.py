@@ -53,7 +53,7 @@ if _typing.TYPE_CHECKING:
     from .measure.tftp_cache import TftpCache
     from .measure.timeline import Trace
     from .measure.tracer import Tracer, trace
-    from .packet.model import Packet, SkbInfo
+    from .packet.model import Packet, PacketRepr, SkbInfo
     from .packet.tls import server_name as tls_server_name
     from .packet.user_protocols import addr4, addr6, bits, mac, protocol, raw, text, uint, varbytes
     from .packet.user_protocols import registry as protocols
@@ -113,6 +113,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Tracer": (".measure.tracer", "Tracer"),
     "trace": (".measure.tracer", "trace"),
     "Packet": (".packet.model", "Packet"),
+    "PacketRepr": (".packet.model", "PacketRepr"),
     "SkbInfo": (".packet.model", "SkbInfo"),
     "tls_server_name": (".packet.tls", "server_name"),
     "addr4": (".packet.user_protocols", "addr4"),
@@ -169,6 +170,7 @@ __all__ = [
     "NetpipeResult",
     "MissingToolError",
     "Packet",
+    "PacketRepr",
     "SkbInfo",
     "PacketFormatError",
     "PingResult",

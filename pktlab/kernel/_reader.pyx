@@ -253,7 +253,9 @@ cdef class QueueReader:
     cdef iovec iov[READ_SLOTS]
     cdef int batch_n  # messages in the slots from the last recvmmsg
     cdef int next_i  # the next of them to dispatch
-    cdef bint batch_short  # that recvmmsg took fewer messages than it asked for: the socket was read empty
+    cdef bint batch_short  # the socket was read empty by that recvmmsg and its verdicts need not wait for another:
+    # it took fewer messages than it asked for, and (in C, _serve) only one: a read that brings several under load
+    # is followed by another before the verdicts go, one write for all, as a read that brings one is not
     cdef public long long empty_reads  # recvmmsg calls that found nothing
     cdef list pending  # messages handed over by a retired predecessor, dispatched first
     cdef public QueueReader successor
@@ -462,7 +464,7 @@ cdef class QueueReader:
                             self.calls += 1
                             self.batch_n = got
                             self.next_i = 0
-                            self.batch_short = got < READ_SLOTS
+                            self.batch_short = got == 1  # sparse traffic: its verdict goes without another read
                         elif got < 0 and errno == ENOBUFS:
                             self.enobufs += 1
                             continue

@@ -295,3 +295,27 @@ def test_a_read_that_empties_the_socket_is_verdicted_without_reading_it_again(la
             assert reader.empty_reads == before, reader.empty_reads - before
     finally:
         s.detach()
+
+
+def test_a_handler_failing_on_every_packet_keeps_each_packet_described_without_copying_it(
+    lab: Lab, queue_num: int
+) -> None:
+    """A failure keeps its packet's summary: taken from the packet over its queue message (its first bytes), not
+    from a copy of the whole packet; the text says what the packet was."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    s.say_failures = False
+
+    def fails(pkt):
+        raise ValueError("no rule")
+
+    try:
+        s.add_handler(fails, "h")
+        copies = message_copies()
+        r = lab.udp(20, rate=0, timeout=20, idle=0.5)
+        assert r.unique == 20 and r.received == 20  # the error verdict (on_error): accept
+        assert message_copies() == copies
+        assert len(s.errors) == 20 and all(f.error == "ValueError: no rule" for f in s.errors)
+        assert all(f.packet.startswith("<Packet #") and " INPUT udp " in f.packet and ":9000 len=92>" in f.packet
+                   for f in s.errors)  # fmt: skip
+    finally:
+        s.detach()
