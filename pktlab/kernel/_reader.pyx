@@ -253,9 +253,9 @@ cdef class QueueReader:
     cdef iovec iov[READ_SLOTS]
     cdef int batch_n  # messages in the slots from the last recvmmsg
     cdef int next_i  # the next of them to dispatch
-    cdef bint batch_short  # the socket was read empty by that recvmmsg and its verdicts need not wait for another:
-    # it took fewer messages than it asked for, and (in C, _serve) only one: a read that brings several under load
-    # is followed by another before the verdicts go, one write for all, as a read that brings one is not
+    cdef bint batch_short  # that recvmmsg read the socket empty, so once its messages are handled the verdicts go
+    # and the reader waits, without another read first: it took fewer messages than it asked for (in C, _serve:
+    # only one; a read that brings several under load is followed by another, so that one write carries them all)
     cdef public long long empty_reads  # recvmmsg calls that found nothing
     cdef list pending  # messages handed over by a retired predecessor, dispatched first
     cdef public QueueReader successor
@@ -473,7 +473,7 @@ cdef class QueueReader:
                         elif got < 0 and errno != EAGAIN:
                             err = errno
                             continue
-                        else:  # read empty (or a short read was all handled): the waiting verdicts go now, then wait
+                        else:  # read empty (or known empty: batch_short): the waiting verdicts go now, then wait
                             if got < 0:
                                 self.empty_reads += 1
                             e = self.fast.flush(self.fast_ptr)
