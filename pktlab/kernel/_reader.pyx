@@ -22,6 +22,7 @@ from libc.string cimport memcpy, memset
 from posix.time cimport timespec
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
+from cpython.ref cimport Py_REFCNT
 
 from pktlab._common cimport QueueMessage, QueuePath, iovec, mmsghdr, mono_ns, msghdr
 
@@ -271,6 +272,8 @@ cdef class QueueReader:
     cdef object fast_target  # the dispatcher, kept alive here
     cdef void* fast_ptr  # the same, for the path's C functions called without the GIL
     cdef public long long fast_packets  # packets that path verdicted without a packet object
+    cdef NfPacket spare  # the last packet object, when nothing kept it past its dispatch: the next one reuses it
+    cdef public long long packets_reused  # packet objects the reader made again out of the last one
 
     def __cinit__(self):
         cdef int i
@@ -326,7 +329,19 @@ cdef class QueueReader:
         if q.user_callback is None:
             return 0  # the queue is being unbound: no verdict can be given (NetfilterQueue ignores it too)
         self._note_owner(msg)
-        nf = NfPacket.__new__(NfPacket)
+        nf = self.spare
+        if nf is None:
+            nf = NfPacket.__new__(NfPacket)
+        else:  # as NfPacket.__new__ leaves it
+            self.spare = None
+            self.packets_reused += 1
+            nf._verdict_is_set = False
+            nf._mark_is_set = False
+            nf._hwaddr_is_set = False
+            nf._timestamp_is_set = False
+            nf._given_mark = 0
+            nf._given_payload = None
+            nf._owned_payload = None
         nf._queue = q
         nf.id = msg.id
         nf.hw_protocol = msg.hw_protocol
@@ -347,6 +362,9 @@ cdef class QueueReader:
             self.fast.packet(self.fast_target, nf)
         finally:
             nf.drop_refs()  # the message's buffer is read again next: the packet keeps no pointer into it
+        if Py_REFCNT(nf) == 1:  # only this frame's: no held, kept back or rescued packet, no record refers to it
+            nf._queue = None  # (the spare must not keep the queue, and its socket, alive once it is unbound)
+            self.spare = nf
         return 0
 
     cdef int _note_owner(self, const QueueMessage* msg) except -1:

@@ -41,7 +41,7 @@ _PORT_HOLDER: list[socket.socket] = []
 _PORT_LOCK = threading.Lock()
 
 
-def _hold_process_port() -> None:
+def hold_process_port() -> None:
     """Keep this process's own netlink port id (its PID) taken, once, for as long as it lives.
 
     ``NetfilterQueue(sockfd=...)`` binds the given socket to the port id that its own throwaway
@@ -277,7 +277,7 @@ class QueueSource:
             if self.netns is None:
                 q = nfq_mod.NetfilterQueue()
             else:  # the socket is made inside the lab host (by its helper in user-namespace mode) and read here
-                _hold_process_port()
+                hold_process_port()
                 sock = netns.socket_in(self.netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
                 try:
                     q = nfq_mod.NetfilterQueue(sockfd=sock.fileno())

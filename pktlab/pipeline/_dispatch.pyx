@@ -213,6 +213,8 @@ cdef class Dispatcher:
     cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
     cdef public StreamEnds tcp_high  # stream key -> sequence number after the highest byte accepted (bounded)
     cdef int gate  # 1: no handler, hold predicate or flow tracking can want a packet (regate())
+    cdef tuple active  # the chain's active handlers, as last published (regate())
+    cdef bint flows_on  # flow tracking has started (regate(): the table says so when it changes)
     cdef mutex_t vlock  # the verdict buffer's: held over C code only
     cdef public object sender  # the session's Sender: what pkt.reply sends through
     # set where the kernel refuses a queue's new payloads (a lab of user-namespace mode: nfqnl_mangle answers
@@ -261,7 +263,9 @@ cdef class Dispatcher:
         or the flow table is set, tracking starts); the reader's path reads the result per packet.
         """
         flows = self._flows
-        open_ = self._hold_fn is None and not self.chain.active and not (flows is not None and flows.enabled)
+        self.active = self.chain.active
+        self.flows_on = flows is not None and flows.enabled
+        open_ = self._hold_fn is None and not self.active and not self.flows_on
         store_int(&self.gate, 1 if open_ else 0)
 
     @property
@@ -712,8 +716,8 @@ cdef class Dispatcher:
             self._track(pkt)
             if self._hold(nf, pkt):
                 return
-        chain = self.chain.active
-        if not chain and not self.seqadj_on and not (self._flows is not None and self._flows.enabled):
+        chain = self.active
+        if not chain and not self.seqadj_on and not self.flows_on:
             if pkt is not None and packet_recycle(pkt, 1):  # (one the predicate kept gets bytes of its own)
                 self.spare = pkt
             pkt = None
@@ -775,7 +779,7 @@ cdef class Dispatcher:
         the flow that still reaches the queue carries it: one that came before the kernel tracked the
         connection (conntrack started with the flow rules) leaves the marking to the next.
         """
-        if self._flows is not None and self._flows.decided and code != NF_REPEAT:
+        if self.flows_on and self._flows.decided and code != NF_REPEAT:
             bit = getattr(pkt._flow, "kernel_bit", 0)
             if bit:
                 pkt._mark = (pkt.mark | bit) & 0xFFFFFFFF
@@ -821,7 +825,7 @@ cdef class Dispatcher:
         flows = self._flows
         if flows is None:
             return
-        if flows.enabled:
+        if self.flows_on:
             try:
                 pkt._flow = flows.observe(pkt)
             except BaseException as exc:  # pktlab's own failure: the packet goes on without a flow
@@ -898,7 +902,7 @@ cdef class Dispatcher:
 
         Raises SeqAdjWait, nothing given, when ``wait`` and the packet comes after a gap in its stream.
         """
-        cdef int code = verdict.code
+        cdef int code = self.default_code if verdict is self._default else verdict.code
         cdef bint modified = pkt._modified
         err = None
         if self._needs_seqadj(pkt, code):
@@ -1143,6 +1147,7 @@ cdef class Dispatcher:
         cdef bint modified = False
         cdef bint recopy = False
         cdef Py_ssize_t wire = 0
+        cdef unsigned long long my_seq
         verdict = None
         by = None
         err = None
@@ -1164,7 +1169,7 @@ cdef class Dispatcher:
             self.busy_t0 = t0  # the deadline runs from the packet's start in the chain
             self.busy_wire = wire = pkt._wire
             h = None
-            flows = self._flows
+            flows = self._flows if self.flows_on else None  # (a table not tracking has no flow on its packets)
             if flows is not None and flows.decided:  # a flow verdict decides its connection's packets
                 fv = getattr(pkt._flow, "verdict", None)
                 if fv is not None:
@@ -1222,7 +1227,8 @@ cdef class Dispatcher:
                     pkt._modified = False
                     pkt._mark = None
             if not recopy:
-                if flows is not None and flows.decided and h is not None:  # the handler that gave a flow verdict
+                if self.flows_on and self._flows.decided and h is not None:  # the handler that gave a flow verdict
+                    # (tracking may have started in it: flow verdicts start it)
                     f = pkt._flow
                     if getattr(f, "verdict", None) is not None and f.decided_by is None:
                         f.decided_by = by

@@ -27,7 +27,7 @@ from ..packet.verdicts import Verdict
 HandlerFn = Callable[[Any], Any]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Handler:
     """A named handler: ``fn(pkt)`` returns a verdict or None (pass on)."""
 

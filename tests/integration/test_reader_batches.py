@@ -68,7 +68,9 @@ def test_packets_are_reused_only_when_nothing_kept_them(lab: Lab, queue_num: int
     """Handlers see packets over the reader's buffer; one kept past its verdict gets its own bytes, once."""
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     copies = message_copies()
+    objects_reused = s.source.reader.packets_reused
     kept: list[tuple[int, pktlab.Packet]] = []
+    ids: dict[int, tuple[int, str]] = {}
     views: list[tuple[int, object]] = []
     refs: list[tuple[int, weakref.ref]] = []
     wrong: list[str] = []
@@ -83,6 +85,7 @@ def test_packets_are_reused_only_when_nothing_kept_them(lab: Lab, queue_num: int
                     wrong.append(f"weakref {old_seq} shows {_seq(old.udp.payload)}")
             if seq % 10 == 0:
                 kept.append((seq, pkt))
+                ids[seq] = (pkt.id, pkt.hook)
             elif seq % 10 == 1:
                 views.append((seq, pkt.udp))  # a view keeps its packet
             elif seq % 10 == 2:
@@ -101,11 +104,15 @@ def test_packets_are_reused_only_when_nothing_kept_them(lab: Lab, queue_num: int
     assert [seq for seq, _ in kept] == list(range(0, 300, 10))
     for seq, pkt in kept:
         assert _seq(pkt.udp.payload) == seq and pkt.ip.dst == lab.server.addr and pkt.udp.dport == 9000
+        assert (pkt.id, pkt.hook) == ids[seq]  # its queue message's numbers, not a later packet's
     for seq, view in views:
         assert _seq(view.payload) == seq and view.dport == 9000
     # a packet reuses the one before it when nobody kept that one (seq % 10 in 3..9: 7 in 10;
     # kept packets, views and weak references all prevent reuse); the last one has no next
     assert s.dispatcher.reused == 300 // 10 * 7 - 1
+    # the reader's own object for a packet's numbers is reused as well, but never one a kept packet or view
+    # refers to (a weak reference keeps neither alive): 8 in 10, less the first packet
+    assert s.source.reader.packets_reused - objects_reused == 300 // 10 * 8 - 1
     # the reader reads 16 messages at a time into the same buffer, over and over: a packet, view or weakly
     # referenced packet kept past its verdict shows its own packet above because it was copied out of the
     # message then; the packets nobody kept were read in place (fields and payload) and never copied
