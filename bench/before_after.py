@@ -3,7 +3,8 @@
 Each measurement runs ``SCRIPT --one CONFIG`` (the scripts' own way of measuring one configuration in a fresh
 process with its own lab) with ``PYTHONPATH`` set to a checkout (built in place: ``python setup.py build_ext
 --inplace``); who goes first alternates from round to round.  Prints every run and, per configuration, the median
-of each checkout and their ratio.  A result that is a dict is reported by its first number.
+of each checkout and their ratio.  A result that is a dict is reported by its first number, or by the field
+``BENCH_FIELD`` names (e.g. ``BENCH_FIELD=cpu_us`` for bench_queue's reader CPU per packet, steadier than its rate).
 
 Run: `.venv/bin/python bench/before_after.py BEFORE_DIR SCRIPT ROUNDS CONFIG...` (as root), e.g.
 `bench/before_after.py /tmp/before bench_queue.py 3 "(a) bare NetfilterQueue accept" "(b) pktlab, no handler"`.
@@ -32,8 +33,9 @@ def measure(tree: Path, script: str, config: str) -> Any:
 
 
 def number(v: Any) -> float:
+    field = os.environ.get("BENCH_FIELD")
     if isinstance(v, dict):
-        return float(next(iter(v.values())))
+        return float(v[field]) if field else float(next(iter(v.values())))
     if isinstance(v, list):
         return float(v[0])
     return float(v)
@@ -52,7 +54,8 @@ def main(argv: list[str]) -> int:
                 v = number(measure(trees[t], script, c))
                 runs[(t, c)].append(v)
                 print(f"round {r + 1} {t:6} {c}: {v:,.3f}", flush=True)
-    print(f"\n{script}, medians of {rounds} alternated rounds (before: {before})\n")
+    what = f", {os.environ['BENCH_FIELD']}" if os.environ.get("BENCH_FIELD") else ""
+    print(f"\n{script}{what}, medians of {rounds} alternated rounds (before: {before})\n")
     print("| configuration | before | after | after / before |\n|---|---|---|---|")
     for c in configs:
         b, a = statistics.median(runs[("before", c)]), statistics.median(runs[("after", c)])
