@@ -6,7 +6,9 @@ Three measures, each configuration in a fresh process with its own lab, alternat
   reader to the last: the reader shares its CPU with the receiving socket): datagrams/s received through
   the server's INPUT queue (fail-closed: what arrives went through it) — (u0) no queue, (u1) bare
   NetfilterQueue (its own loop, an accept-only callback), (u2) pktlab without a handler, (u3) pktlab
-  with a handler reading ``ip.src``, ``ip.dst`` and ``udp.dport``.
+  with a handler reading ``ip.src``, ``ip.dst`` and ``udp.dport``; with the rate sent and where the rest was
+  lost (the queue's drops, the receiving socket's, ``harness.udp_flood``). ``BENCH_WINDOW=4M``: iperf3's
+  socket buffers (``-w``) that size.
 * **TCP (GSO)** (router lab; iperf3 through the router's FORWARD queue, GSO packets whole): Gbit/s
   received — (t1) a handler that reads the TCP header and accepts, (t2) a handler that grows every data
   packet by 2 bytes (sequence adjustment on every packet of the stream and every ACK back).
@@ -47,7 +49,7 @@ import bench_failing_handler as failing  # noqa: E402
 import bench_tcp_rewrite as tcp  # noqa: E402
 from before_after import measure  # noqa: E402
 from bench_queue import BareReader, read_three  # noqa: E402
-from harness import cpus_kept_awake, iperf_udp64  # noqa: E402
+from harness import cpus_kept_awake, udp_flood  # noqa: E402
 
 import pktlab  # noqa: E402
 
@@ -64,27 +66,27 @@ def _pin(tid: int | None) -> None:
         os.sched_setaffinity(tid, {CPUS[-1]})  # beside the receiving iperf3
 
 
-def udp_no_queue(lab: pktlab.Lab) -> float:
-    return iperf_udp64(lab, UDP_PORT, SECONDS, WINDOW)[0]
+def udp_no_queue(lab: pktlab.Lab) -> dict[str, float]:
+    return udp_flood(lab, UDP_PORT, SECONDS, WINDOW)
 
 
-def udp_bare(lab: pktlab.Lab) -> float:
+def udp_bare(lab: pktlab.Lab) -> dict[str, float]:
     with BareReader(lab.server.netns, ("-p", "udp", "--dport", str(UDP_PORT))) as reader:
         _pin(reader.tid)
         reader.start_reading()
-        return iperf_udp64(lab, UDP_PORT, SECONDS, WINDOW)[0]
+        return udp_flood(lab, UDP_PORT, SECONDS, WINDOW, queue=1)
 
 
-def _udp_pktlab(lab: pktlab.Lab, handler: Callable | None) -> float:
+def _udp_pktlab(lab: pktlab.Lab, handler: Callable | None) -> dict[str, float]:
     s = pktlab.attach(1, rule=f"-p udp --dport {UDP_PORT}", netns=lab.server, bypass=False, fail_open=False,
                       max_len=1 << 16)  # fmt: skip
     try:
         if handler is not None:
             s.add_handler(handler, "h")
         _pin(s.source.thread_id)
-        pps = iperf_udp64(lab, UDP_PORT, SECONDS, WINDOW)[0]
+        flood = udp_flood(lab, UDP_PORT, SECONDS, WINDOW, queue=1)
         assert s.record.n > 0 and not s.errors
-        return pps
+        return flood
     finally:
         s.detach()
 
@@ -228,12 +230,16 @@ def _report(t: str, names: list[str], med: dict[tuple[str, str], Any]) -> None:
         return med.get((t, n)) if n else None
 
     if m("(u0)") is not None:
-        u0, u1, u2, u3 = (m(k) for k in ("(u0)", "(u1)", "(u2)", "(u3)"))
-        print("| UDP 64 B flood | datagrams/s received | of no queue | of bare NetfilterQueue |\n|---|---|---|---|")
-        for k, v in (("(u0) no queue", u0), ("(u1) bare NetfilterQueue", u1), ("(u2) pktlab, no handler", u2),
-                     ("(u3) pktlab, handler reads 3 fields", u3)):  # fmt: skip
-            print(f"| {k} | {v:,.0f} | {v / u0:.1%} | {v / u1:.2f}x |")
-        print(f"\nreading three fields / no handler: {u3 / u2:.1%}\n")
+        f = {k: m(k) for k in ("(u0)", "(u1)", "(u2)", "(u3)")}
+        u0, u1, u2, u3 = (v["pps"] for v in f.values())
+        print("| UDP 64 B flood | datagrams/s received | of no queue | of bare NetfilterQueue | sent/s | "
+              "dropped at the queue | at the receiving socket |\n|---|---|---|---|---|---|---|")
+        for k, name in (("(u0)", "no queue"), ("(u1)", "bare NetfilterQueue"), ("(u2)", "pktlab, no handler"),
+                        ("(u3)", "pktlab, handler reads 3 fields")):  # fmt: skip
+            v = f[k]
+            print(f"| {k} {name} | {v['pps']:,.0f} | {v['pps'] / u0:.1%} | {v['pps'] / u1:.2f}x | "
+                  f"{v['sent_pps']:,.0f} | {v['queue_dropped']:.1%} | {v['receiver_dropped']:.1%} |")
+        print(f"\nreading three fields / no handler: {u3 / u2:.1%} (shares dropped: of the datagrams sent)\n")
     if m("(t1)") is not None:
         t1, t2 = m("(t1)"), m("(t2)")
         print(f"TCP (GSO): accept-only {t1['gbps']:.2f} Gbit/s, every GSO packet grown {t2['gbps']:.2f} Gbit/s: "

@@ -72,8 +72,12 @@ def iperf_udp64(lab: pktlab.Lab, port: int, seconds: float, window: str | None =
     """Received datagrams per second and loss fraction of one iperf3 run of 64-byte UDP datagrams at full speed.
 
     From the lab's client to an iperf3 server in its server, sender pinned to the first CPU, receiver to the last.
-    ``window``: the sockets' buffer size (iperf3 ``-w``, e.g. "4M"); the sender's bounds how many of its
-    datagrams can wait in a queue at once (a queued packet still counts against its sender's buffer).
+    ``window``: the sockets' buffer size (iperf3 ``-w``, e.g. "4M"). The receiver's bounds how many datagrams
+    can arrive at once while it waits for its CPU: a verdict for many delivers them together, on the reader's
+    CPU, where the receiver runs too (with the system's default, a fifth of what pktlab's queue passed was
+    dropped there on 2026-12-06: :func:`udp_flood` says where datagrams were lost). The sender was not held back
+    by its buffer through a queue at the server's INPUT (its thread always runnable, no ``SndbufErrors``): its
+    CPU, which does the queue's enqueue too, bounds it.
     """
     cpus = sorted(os.sched_getaffinity(0))
     with iperf3_server(lab, port, cpus[-1]):
@@ -87,6 +91,40 @@ def iperf_udp64(lab: pktlab.Lab, port: int, seconds: float, window: str | None =
     end = json.loads(out)["end"]["sum"]
     got = end["packets"] - end["lost_packets"]
     return got / end["seconds"], end["lost_packets"] / max(1, end["packets"])
+
+
+def _udp_snmp(node: Any) -> dict[str, int]:
+    """A lab host's UDP counters (``/proc/net/snmp`` in its namespace)."""
+    rows = [line.split() for line in node.run(["cat", "/proc/net/snmp"]).stdout.splitlines() if line.startswith("Udp:")]
+    return dict(zip(rows[0][1:], map(int, rows[1][1:]), strict=True))
+
+
+def udp_flood(lab: pktlab.Lab, port: int, seconds: float, window: str | None = None,
+              queue: int | None = None) -> dict[str, float]:  # fmt: skip
+    """:func:`iperf_udp64`, and where the datagrams that did not arrive were lost.
+
+    ``pps``: datagrams received per second; ``sent_pps``: sent per second; ``queue_dropped``: the share of the
+    sent datagrams that queue ``queue`` of the server dropped (its socket to the reader full, or the queue full:
+    fail-closed); ``receiver_dropped``: the share that the receiving socket dropped, its buffer full
+    (``RcvbufErrors``). A verdict for many datagrams delivers them at once, on the reader's CPU, where the
+    receiver runs too.
+    """
+    c0, s0 = _udp_snmp(lab.client), _udp_snmp(lab.server)
+    pps, loss = iperf_udp64(lab, port, seconds, window)
+    c1, s1 = _udp_snmp(lab.client), _udp_snmp(lab.server)
+    sent = max(1, c1["OutDatagrams"] - c0["OutDatagrams"])
+    at_queue = 0
+    if queue is not None:
+        from pktlab.kernel import proc
+
+        c = proc.queue_counters(lab.server.netns).get(queue)
+        at_queue = (c.user_dropped + c.queue_dropped) if c is not None else 0
+    return {
+        "pps": pps,
+        "sent_pps": pps / (1 - loss) if loss < 1 else 0.0,
+        "queue_dropped": at_queue / sent,
+        "receiver_dropped": (s1["RcvbufErrors"] - s0["RcvbufErrors"]) / sent,
+    }
 
 
 def _cpu_jiffies() -> dict[str, list[int]]:
