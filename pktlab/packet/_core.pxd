@@ -37,6 +37,10 @@ cdef class PacketCore:
     cdef Py_ssize_t _arrived_at
     cdef bytes _set
     cdef Py_ssize_t _set_at
+    # the one's-complement sum of ``_set`` (as ``csum_add(_set, len, 0)`` gives it), made while the write copied it
+    # in: the checksum fix-up then sums only the headers in front of it (valid while ``_set_summed``)
+    cdef unsigned long long _set_sum
+    cdef bint _set_summed
     # the bytearray went to the kernel by reference (the verdict writer's thread reads it after the verdict):
     # the next write copies it first
     cdef public bint _shared
@@ -63,6 +67,7 @@ cdef class PacketCore:
     cdef object __weakref__
 
     cpdef object _writable(self)
+    cpdef object _writable_head(self, Py_ssize_t end)
     cpdef object _own(self)
     cpdef bytes _bytes(self, Py_ssize_t start, Py_ssize_t end)
     cpdef int _replace(self, Py_ssize_t start, Py_ssize_t end, object data) except -1
@@ -113,6 +118,17 @@ cdef inline void clear_payloads(PacketCore pkt) noexcept:
     """Forget the payloads kept as bytes (the packet's bytes changed, or it is done: no memory held twice)."""
     pkt._arrived = None
     pkt._set = None
+    pkt._set_summed = False
+
+
+cdef inline bint as_arrived(PacketCore pkt, PacketCore orig) noexcept:
+    """Whether ``pkt`` holds the very bytes ``orig`` holds, whole, unwritten (over the same queue message, or the
+    same bytes object): giving it ``orig``'s bytes again would change nothing."""
+    if pkt._wire:
+        return False
+    if pkt._mptr != NULL:
+        return pkt._mptr == orig._mptr and pkt._mlen == orig._mlen
+    return orig._mptr == NULL and type(pkt._data) is bytes and pkt._data is orig._data
 
 
 cdef inline bytes arrived_payload(PacketCore pkt, Py_ssize_t start, Py_ssize_t n):
@@ -228,8 +244,39 @@ cpdef fix_packet(PacketCore pkt)
 cdef extern from *:
     """
     #define PKTLAB_LITTLE (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    /* Copy the first n - n % 32 bytes of p to o and return the sum of their 32-bit words in the machine's byte
+       order (what csum_add sums before it folds); *done is how many were copied (0 without SSE2). One pass: the
+       sum is made while the bytes are in registers, where a copy and then a checksum read them twice. */
+    static unsigned long long pktlab_copy_sum(unsigned char* o, const unsigned char* p, Py_ssize_t n,
+                                              Py_ssize_t* done) {
+    #if defined(__SSE2__)
+        __m128i a1 = _mm_setzero_si128(), a2 = _mm_setzero_si128(), z = _mm_setzero_si128();
+        unsigned long long r[2];
+        Py_ssize_t i = 0;
+        for (; i + 32 <= n; i += 32) {
+            __m128i v = _mm_loadu_si128((const __m128i*)(p + i));
+            __m128i w = _mm_loadu_si128((const __m128i*)(p + i + 16));
+            _mm_storeu_si128((__m128i*)(o + i), v);
+            _mm_storeu_si128((__m128i*)(o + i + 16), w);
+            a1 = _mm_add_epi64(a1, _mm_add_epi64(_mm_unpacklo_epi32(v, z), _mm_unpackhi_epi32(v, z)));
+            a2 = _mm_add_epi64(a2, _mm_add_epi64(_mm_unpacklo_epi32(w, z), _mm_unpackhi_epi32(w, z)));
+        }
+        _mm_storeu_si128((__m128i*)r, _mm_add_epi64(a1, a2));
+        *done = i;
+        return r[0] + r[1];
+    #else
+        (void)o; (void)p; (void)n;
+        *done = 0;
+        return 0;
+    #endif
+    }
     """
     bint PKTLAB_LITTLE
+    unsigned long long pktlab_copy_sum(unsigned char* o, const unsigned char* p, Py_ssize_t n,
+                                       Py_ssize_t* done) noexcept nogil
 
 
 cdef inline unsigned long long csum_add(const unsigned char* p, Py_ssize_t n, unsigned long long s) noexcept nogil:
@@ -263,11 +310,32 @@ cdef inline unsigned long long csum_add(const unsigned char* p, Py_ssize_t n, un
         i += 2
     if i < n:  # the last odd byte is the high byte of a big-endian word
         acc += p[i] if PKTLAB_LITTLE else (<unsigned long long>p[i]) << 8
+    return s + csum_finish(acc)
+
+
+cdef inline unsigned long long csum_finish(unsigned long long acc) noexcept nogil:
+    """A sum of words in the machine's byte order folded to 16 bits, as a big-endian word."""
     while acc >> 16:
         acc = (acc & 0xFFFF) + (acc >> 16)
     if PKTLAB_LITTLE:
         acc = ((acc & 0xFF) << 8) | (acc >> 8)
-    return s + acc
+    return acc
+
+
+cdef inline unsigned long long csum_copy(unsigned char* o, const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Copy ``n`` bytes from ``p`` to ``o`` and return ``csum_add(p, n, 0)``, in one pass where the CPU allows."""
+    cdef Py_ssize_t done = 0
+    cdef unsigned long long acc = pktlab_copy_sum(o, p, n, &done)
+    memcpy(o + done, p + done, n - done)
+    return csum_finish(acc) + csum_add(p + done, n - done, 0)  # (done is even: the rest's words line up)
+
+
+cdef inline unsigned int csum_shift(unsigned long long s, bint odd) noexcept nogil:
+    """A sum made of bytes as if they started at an even offset, folded, for bytes that start at an odd one
+    (RFC 1071: the sum of the same words one byte over is the byte-swapped sum)."""
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return (((s & 0xFF) << 8) | (s >> 8)) if odd else s
 
 
 cdef inline unsigned int csum_fold(unsigned long long s) noexcept nogil:

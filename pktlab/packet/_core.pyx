@@ -36,6 +36,17 @@ def message_copies():
     """How many packets handlers saw over a queue message's buffer were copied out of it (by a write, a read
     of the whole buffer from Python, or the packet outliving its message), since the module was loaded."""
     return _message_copies
+
+
+cdef long long _sums_taken = 0
+
+
+def payload_sums_taken():
+    """How many checksum fix-ups took the sum a write made of the payload it copied in instead of summing the
+    payload again, since the module was loaded."""
+    return _sums_taken
+
+
 from pktlab.errors import CopyRangeError, PacketFormatError
 
 
@@ -100,36 +111,49 @@ def too_big(Py_ssize_t size, bint gso=False):
     )
 
 
-cdef void fix_l4(unsigned char* p, Py_ssize_t n, int proto, Py_ssize_t off, unsigned long long pseudo, bint v4):
+cdef bint fix_l4(unsigned char* p, Py_ssize_t n, int proto, Py_ssize_t off, unsigned long long pseudo, bint v4,
+                 Py_ssize_t tail_at, unsigned long long tail_sum):
+    """Set the transport header's checksum (and a UDP length); whether the sum of the bytes from ``tail_at`` on,
+    ``tail_sum``, was taken instead of summing them again (``tail_at`` -1: none is known)."""
     cdef Py_ssize_t at
     cdef unsigned int c
+    cdef bint known
     if proto == 6 and n >= off + 20:
         at = off + 16
     elif proto == 17 and n >= off + 8:
         put16(p + off + 4, <unsigned int>(n - off))
         at = off + 6
         if v4 and p[at] == 0 and p[at + 1] == 0:
-            return  # IPv4 UDP without a checksum stays without
+            return False  # IPv4 UDP without a checksum stays without
     elif proto == 1 and v4 and n >= off + 4:
         at = off + 2
         pseudo = 0
     elif proto == 58 and n >= off + 4:
         at = off + 2
     else:
-        return
+        return False
     put16(p + at, 0)
-    c = csum_fold(csum_add(p + off, n - off, pseudo))
+    known = at + 2 <= tail_at <= n  # the known bytes lie after every field written here
+    if known:
+        c = csum_fold(csum_add(p + off, tail_at - off, pseudo) + csum_shift(tail_sum, (tail_at - off) & 1))
+    else:
+        c = csum_fold(csum_add(p + off, n - off, pseudo))
     if c == 0 and proto == 17:
         c = 0xFFFF
     put16(p + at, c)
+    return known
 
 
 cpdef fix_packet(PacketCore pkt):
     """Recompute IP lengths and the IPv4, TCP, UDP, ICMP and ICMPv6 checksums after writes.
 
     Fragments keep their transport checksum (it spans all fragments).  A link
-    header in front (Ethernet) is left as it is.
+    header in front (Ethernet) is left as it is.  A payload a write copied in with its sum
+    (``PacketCore._set_sum``) is not summed again, and stays known: only headers in front of it are written.
     """
+    cdef bytes tail = pkt._set if pkt._set_summed else None
+    cdef Py_ssize_t tail_at = pkt._set_at
+    cdef unsigned long long tail_sum = pkt._set_sum
     cdef object buf = pkt._writable()
     cdef Py_ssize_t l3 = pkt._l3
     cdef unsigned char* p = <unsigned char*>PyByteArray_AS_STRING(buf)
@@ -140,8 +164,11 @@ cpdef fix_packet(PacketCore pkt):
     pkt._dirty = False
     if l3 < 0 or l3 >= n:
         return
+    if tail is None or tail_at < l3 or PyBytes_GET_SIZE(tail) != n - tail_at:
+        tail_at = l3 - 1  # none known (-1 once relative to the IP header)
     p += l3
     n -= l3
+    tail_at -= l3
     if n >= 20 and p[0] >> 4 == 4:
         ihl = (p[0] & 15) * 4
         if ihl < 20 or ihl > n or n > 0xFFFF:
@@ -152,7 +179,8 @@ cpdef fix_packet(PacketCore pkt):
         if ((p[6] << 8) | p[7]) & 0x3FFF:
             return
         pseudo = csum_add(p + 12, 8, 0) + p[9] + <unsigned long long>(n - ihl)
-        fix_l4(p, n, p[9], ihl, pseudo, True)
+        if fix_l4(p, n, p[9], ihl, pseudo, True, tail_at, tail_sum):
+            keep_set(pkt, tail)
     elif n >= 40 and p[0] >> 4 == 6:
         put16(p + 4, <unsigned int>((n - 40) & 0xFFFF))
         pkt._relayout()
@@ -164,7 +192,16 @@ cpdef fix_packet(PacketCore pkt):
             return
         off -= l3
         pseudo = csum_add(p + 8, 32, 0) + ((n - off) >> 16) + ((n - off) & 0xFFFF) + proto
-        fix_l4(p, n, proto, off, pseudo, False)
+        if fix_l4(p, n, proto, off, pseudo, False, tail_at, tail_sum):
+            keep_set(pkt, tail)
+
+
+cdef inline void keep_set(PacketCore pkt, bytes tail) noexcept:
+    """The payload a write put at ``_set_at`` is there still (after writes in front of it only)."""
+    global _sums_taken
+    _sums_taken += 1
+    pkt._set = tail
+    pkt._set_summed = True
 
 
 # ---------------------------------------------------------------------------
@@ -199,6 +236,7 @@ cdef class PacketCore:
         if self._wire:
             raise not_copied(self, "a rewrite", 0)
         self._set = None  # the caller may write anywhere in what it gets
+        self._set_summed = False
         if self._mptr != NULL:  # over the queue message: copied from it straight into the bytearray
             self._data = PyByteArray_FromStringAndSize(<const char*>self._mptr, self._mlen)
             self._mptr = NULL
@@ -211,6 +249,17 @@ cdef class PacketCore:
             self._shared = False
         self._modified = True
         return self._data
+
+    cpdef object _writable_head(self, Py_ssize_t end):
+        """:meth:`_writable` for a write of bytes before ``end`` only: a payload a write put from ``end`` on
+        stays known (sequence adjustment's and the fields' writes in the headers keep the handler's payload)."""
+        cdef bytes kept = self._set
+        cdef bint summed = self._set_summed
+        buf = self._writable()
+        if kept is not None and 0 <= end <= self._set_at:
+            self._set = kept
+            self._set_summed = summed
+        return buf
 
     cpdef object _own(self):
         """The packet's bytes as an object of its own (copied from the queue message if it is over one)."""
@@ -248,11 +297,16 @@ cdef class PacketCore:
         cdef const unsigned char* p
         cdef const unsigned char* q
         cdef unsigned char* o
+        cdef bint tail
+        cdef bint summed = False
+        cdef unsigned long long tail_sum = 0
         if self._wire:
             raise not_copied(self, "a rewrite", 0)
         if type(data) is not bytes and type(data) is not bytearray:
             data = bytes(data)
+        tail = type(data) is bytes and start >= 0 and end >= n0  # the packet's bytes from ``start`` on are ``data``
         self._set = None
+        self._set_summed = False
         if start < 0 or end < 0 or (self._mptr == NULL and type(self._data) is bytearray):
             self._writable()[start:end] = data
         else:
@@ -267,16 +321,22 @@ cdef class PacketCore:
             new = PyByteArray_FromStringAndSize(NULL, start + m + (n - end))
             o = <unsigned char*>PyByteArray_AS_STRING(new)
             memcpy(o, p, start)
-            memcpy(o + start, q, m)
+            if tail:  # copied with its checksum sum, which the fix-up then takes (fix_packet)
+                tail_sum = csum_copy(o + start, q, m)
+                summed = True
+            else:
+                memcpy(o + start, q, m)
             memcpy(o + start + m, p + end, n - end)
             if self._mptr != NULL:
                 _copied()
             self._data = new
             self._mptr = NULL
             self._shared = False
-        if type(data) is bytes and start >= 0 and end >= n0:  # the packet's bytes from ``start`` on are ``data``
+        if tail:
             self._set = data
             self._set_at = start if start <= n0 else n0
+            self._set_sum = tail_sum
+            self._set_summed = summed
         self._modified = True
         self._dirty = True
         self._relayout()
@@ -602,7 +662,7 @@ cdef class Field:
             from pktlab.packet.views.codec import encode
 
             encoded = encode(self.kind, value, self._nbytes, self.name)  # raises before anything changes
-        buf = pkt._writable()
+        buf = pkt._writable_head(start + self._nbytes)
         p = <unsigned char*>PyByteArray_AS_STRING(buf)
         if self._small_int:
             val = value

@@ -19,7 +19,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcmp
 
 from pktlab._common cimport buf_ptr, tcp_stream_key
-from pktlab.packet._core cimport PacketCore, arrived_payload, pkt_ptr, set_payload
+from pktlab.packet._core cimport PacketCore, arrived_payload, as_arrived, pkt_ptr, set_payload
 
 from pktlab.errors import PacketFormatError, PktlabError
 
@@ -1015,12 +1015,12 @@ cdef class TcpAdjust:
         cdef unsigned char* w
         cdef Py_ssize_t size, start
         cdef bytes opt
-        if not rewrite:  # adjust the packet as it arrived: it replaces whatever the handlers did
-            pkt.set_payload(orig._bytes(pkt._l3 if pkt._l3 > 0 else 0, orig._size()))
+        if not rewrite and not as_arrived(pkt, orig):  # adjust the packet as it arrived: it replaces whatever the
+            pkt.set_payload(orig._bytes(pkt._l3 if pkt._l3 > 0 else 0, orig._size()))  # handlers did
         if not find_tcp(pkt, &t):
             return 0
-        if res.seq != seg.seq or res.ack != seg.ack:
-            w = <unsigned char*>PyByteArray_AS_STRING(pkt._writable())
+        if res.seq != seg.seq or res.ack != seg.ack:  # (in the header: the handler's payload stays known)
+            w = <unsigned char*>PyByteArray_AS_STRING(pkt._writable_head(t.off + 12))
             if res.seq != seg.seq:
                 put32(w + t.off + 4, <unsigned int>((res.seq + get32(w + t.off + 4) - seg.seq) & MASK))
             if res.ack != seg.ack:
