@@ -18,6 +18,26 @@ cdef extern from "<pthread.h>" nogil:
 
 cdef extern from *:
     """
+    /* A mutex whose waiter spins a little before it sleeps (glibc's adaptive kind): for a lock held for a few
+       instructions by a thread running on another CPU, no futex wait and no wake-up system call. */
+    static int pktlab_mutex_init_adaptive(pthread_mutex_t* m) {
+    #if defined(__GLIBC__) && defined(PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP)
+        pthread_mutexattr_t a;
+        int r;
+        pthread_mutexattr_init(&a);
+        pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
+        r = pthread_mutex_init(m, &a);
+        pthread_mutexattr_destroy(&a);
+        return r;
+    #else
+        return pthread_mutex_init(m, NULL);
+    #endif
+    }
+    """
+    int mutex_init_adaptive "pktlab_mutex_init_adaptive"(mutex_t* m) nogil
+
+cdef extern from *:
+    """
     #define pktlab_load_int(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
     #define pktlab_store_int(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
     #define pktlab_load_u32(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)

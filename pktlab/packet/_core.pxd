@@ -84,6 +84,8 @@ cdef class ViewCore:
     cdef public PacketCore _pkt
     cdef public Py_ssize_t _off
 
+    cdef Py_ssize_t _payload_start(self) except -1
+
 
 cdef inline Py_ssize_t ethernet_l3(const unsigned char* p, Py_ssize_t n) noexcept:
     """Where the IP header of an Ethernet frame starts (after up to three VLAN tags), or -1 if not IP."""

@@ -538,6 +538,32 @@ cdef class ViewCore:
         """The packet this view is a window on."""
         return self._pkt
 
+    @property
+    def payload(self):
+        """The bytes after this layer's header."""
+        cdef Py_ssize_t start = self._payload_start()
+        if self._pkt._wire:  # only a part was copied (the message is made only then: this is a hot path)
+            self._pkt._need(-1, f"{type(self).__name__.lower()}.payload")
+        return self._pkt._bytes(start, pkt_size(self._pkt))
+
+    @payload.setter
+    def payload(self, data):
+        cdef Py_ssize_t start = self._payload_start()
+        self._pkt._replace(start, pkt_size(self._pkt), data if type(data) is bytes else bytes(data))
+
+    cdef Py_ssize_t _payload_start(self) except -1:
+        """The view's ``payload_offset``, read here for a TCP or UDP header that is all there (no Python call)."""
+        cdef Py_ssize_t n, hl
+        cdef const unsigned char* p = pkt_ptr(self._pkt, &n)
+        cdef object cls = type(self)
+        if cls is _TCP and self._off + 13 <= n:
+            hl = (p[self._off + 12] >> 4) * 4
+            if hl >= 20 and self._off + hl <= n:
+                return self._off + hl
+        elif cls is _UDP and self._off + 8 <= n:
+            return self._off + 8
+        return self.payload_offset  # the view's own, with its errors
+
 
 # IPv4 addresses already formatted (a packet stream has few distinct ones): a direct-mapped
 # table of 4096 entries, looked up without allocating; a collision just formats again

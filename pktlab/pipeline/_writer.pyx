@@ -29,7 +29,7 @@ from posix.signal cimport sigfillset
 from posix.types cimport sigset_t
 from posix.unistd cimport getpid, write
 
-from pktlab._common cimport mutex_destroy, mutex_init, mutex_lock, mutex_unlock
+from pktlab._common cimport mutex_destroy, mutex_init_adaptive, mutex_lock, mutex_unlock
 
 cdef extern from "<pthread.h>" nogil:
     int cond_init "pthread_cond_init"(cond_t* c, void* attr)
@@ -63,7 +63,7 @@ cdef class VerdictWriter:
 
     def __cinit__(self, int fd):
         self.fd = fd
-        mutex_init(&self.lock, NULL)
+        mutex_init_adaptive(&self.lock)  # held for a few instructions by each side
         cond_init(&self.more, NULL)
         cond_init(&self.room, NULL)
         cond_init(&self.done, NULL)

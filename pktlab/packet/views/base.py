@@ -52,17 +52,7 @@ class View(ViewCore):
             )
         return end
 
-    @property
-    def payload(self) -> bytes:
-        """The bytes after this layer's header."""
-        start = self.payload_offset
-        if self._pkt._wire:  # only a part was copied (the message is made only then: this is a hot path)
-            self._pkt._need(-1, f"{type(self).__name__.lower()}.payload")
-        return self._pkt._bytes(start, self._pkt._size())
-
-    @payload.setter
-    def payload(self, data: bytes) -> None:
-        self._pkt._replace(self.payload_offset, self._pkt._size(), bytes(data))
+    # ``payload`` (the bytes after this layer's header; settable) is ViewCore's, in C: a hot path of handlers
 
     def replace(self, old: bytes | str, new: bytes | str, count: int = -1) -> int:
         """Replace ``old`` by ``new`` in this layer's payload (``count`` times at most); how many were replaced.
