@@ -69,6 +69,7 @@ cdef class PacketCore:
     cpdef object _writable(self)
     cpdef object _writable_head(self, Py_ssize_t end)
     cpdef object _own(self)
+    cpdef object _lend(self)
     cpdef bytes _bytes(self, Py_ssize_t start, Py_ssize_t end)
     cpdef int _replace(self, Py_ssize_t start, Py_ssize_t end, object data) except -1
     cpdef Py_ssize_t _size(self)

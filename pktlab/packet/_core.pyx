@@ -269,6 +269,16 @@ cdef class PacketCore:
             _copied()
         return self._data
 
+    cpdef object _lend(self):
+        """The packet's bytes for code that may write into them behind the packet's back (a bytearray once
+        written: ``copied_bytes``): what a write knew of the payload it put there (``_set``, its sum) is
+        forgotten, so that the fix-up sums what is there."""
+        data = self._own()
+        if type(data) is bytearray:
+            self._set = None
+            self._set_summed = False
+        return data
+
     @property
     def _buf(self):
         """The packet's bytes (bytes, or a bytearray once written): Python code's way to the whole buffer.

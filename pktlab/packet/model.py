@@ -164,7 +164,7 @@ class Packet(PacketCore):
     @property
     def copied_bytes(self) -> bytes | bytearray:
         """The bytes that are here, as they are now (not fixed up, not copied; only :attr:`copied` of them)."""
-        return self._buf
+        return self._lend()  # (a bytearray, once written, that the caller could write into)
 
     # -- metadata -------------------------------------------------------------
     @property

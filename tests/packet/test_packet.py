@@ -242,6 +242,18 @@ def test_checksums_stay_right_through_any_writes_in_any_order(kind: str, writes:
     assert_scapy_agrees(bytes(p))
 
 
+def test_bytes_written_through_copied_bytes_are_summed_at_the_fix_up() -> None:
+    """``copied_bytes`` hands out the written packet's bytearray itself: a write into it, behind the packet's
+    back, must not leave the fix-up with the sum of the payload as it was set."""
+    p = P(IP(src="10.1.1.1", dst="10.2.2.2") / TCP(sport=1, dport=2) / Raw(b"x"))
+    p.payload = bytes(range(256)) * 40
+    buf = p.copied_bytes
+    buf[-1] ^= 0xFF
+    taken = payload_sums_taken()
+    assert_scapy_agrees(bytes(p))
+    assert payload_sums_taken() == taken
+
+
 def test_a_payload_after_an_odd_header_gets_the_right_checksum() -> None:
     """A user protocol's 11-byte header puts its payload at an odd offset into the UDP header: the payload's
     sum, made as if it started at an even one, is taken byte-swapped."""
