@@ -539,7 +539,7 @@ def _restore(cls, meta, data, double time, Py_ssize_t l3, bint eth, bint dirty, 
 cdef class ViewCore:
     """A layer seen at offset ``_off`` of packet ``_pkt``."""
 
-    def __init__(self, PacketCore pkt, Py_ssize_t offset):
+    def __init__(self, PacketCore pkt not None, Py_ssize_t offset):
         self._pkt = pkt
         self._off = offset
 

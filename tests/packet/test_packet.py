@@ -242,6 +242,14 @@ def test_checksums_stay_right_through_any_writes_in_any_order(kind: str, writes:
     assert_scapy_agrees(bytes(p))
 
 
+def test_a_view_made_without_a_packet_is_refused() -> None:
+    from pktlab.packet import views
+
+    for cls in (views.TCP, views.UDP, views.IPv4):
+        with pytest.raises(TypeError, match="pkt"):  # (its fields would read no packet's bytes: a crash)
+            cls(None, 0)
+
+
 def test_bytes_written_through_copied_bytes_are_summed_at_the_fix_up() -> None:
     """``copied_bytes`` hands out the written packet's bytearray itself: a write into it, behind the packet's
     back, must not leave the fix-up with the sum of the payload as it was set."""
