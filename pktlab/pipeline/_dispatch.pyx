@@ -714,7 +714,7 @@ cdef class Dispatcher:
             pkt = self._packet(nf, data, self.spare)  # a queue's: over its message (a held one copies it, HeldPacket)
             self.spare = None
             self._track(pkt)
-            if self._hold(nf, pkt):
+            if self._hold(nf, pkt, data):
                 return
         chain = self.active
         if not chain and not self.seqadj_on and not self.flows_on:
@@ -728,13 +728,23 @@ cdef class Dispatcher:
                 self.spare = pkt
 
     # -- holding ---------------------------------------------------------------------
-    cdef bint _hold(self, NfPacket nf, PacketCore pkt):
-        """Keep the packet without a verdict if the hold predicate picks it; True when held."""
+    cdef bint _hold(self, NfPacket nf, PacketCore pkt, bytes data):
+        """Keep the packet without a verdict if the hold predicate picks it; True when held.
+
+        ``on_hold(nf, pkt, original)`` is given the packet as it arrived (what the record keeps), even when the
+        predicate wrote it (the written packet is the one held, and goes on as the notebook leaves it).
+        """
         try:
             if not self._hold_fn(pkt):
                 return False
+            if data is not None:  # a captured packet's bytes
+                original = data
+            elif pkt._mptr != NULL:  # not written: still over its queue message, whose bytes it now takes
+                original = pkt._own()
+            else:  # written by the predicate: the message still holds the packet as it arrived
+                original = nf.get_payload()
             self._flush()  # verdicts for the packets before it go first
-            self.on_hold(nf, pkt)
+            self.on_hold(nf, pkt, original)
             self.held_count += 1  # from now on no batch verdict (it would cover the held id too)
             return True
         except BaseException as exc:  # a predicate that fails holds nothing; the packet goes on

@@ -29,11 +29,11 @@ if TYPE_CHECKING:
 class HeldPacket:
     """One packet waiting for the notebook's verdict."""
 
-    def __init__(self, owner: HeldPackets, nf: Any, pkt: Packet) -> None:
+    def __init__(self, owner: HeldPackets, nf: Any, pkt: Packet, original: bytes) -> None:
         self._owner = owner
         self._nf = nf
         self.packet = pkt
-        self._original = pkt.copied_bytes  # bytes as the packet arrived (a write through the views copies first)
+        self._original = original  # the packet as it arrived (the record keeps that), whatever was written since
         self.since = time.monotonic()
         self.verdict: Verdict | None = None
 
@@ -82,9 +82,10 @@ class HeldPackets:
         self.released = 0
         self.on_add: Callable[[HeldPacket], object] | None = None  # told of each packet as it is held
 
-    def add(self, nf: Any, pkt: Packet) -> None:
-        """Hold a packet (called by the reader thread, through the dispatcher's hold predicate)."""
-        h = HeldPacket(self, nf, pkt)
+    def add(self, nf: Any, pkt: Packet, original: bytes) -> None:
+        """Hold a packet (called by the reader thread, through the dispatcher's hold predicate); ``original``:
+        its bytes as it arrived."""
+        h = HeldPacket(self, nf, pkt, original)
         with self._lock:  # on_add runs under the lock: nobody can give h its verdict before it is told
             self._items.append(h)
             if self.on_add is not None:

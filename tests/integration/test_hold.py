@@ -101,3 +101,27 @@ def test_with_a_hold_predicate_handlers_still_read_packets_in_place(lab: Lab, qu
         assert s.dispatcher.reused - reused == 89  # each packet nobody kept is the next one's (the last has none)
     finally:
         s.detach()
+
+
+def test_a_predicate_that_writes_the_packet_holds_it_written(lab: Lab, queue_num: int) -> None:
+    """The packet held is the one the predicate wrote; its verdict carries the write, and the record keeps the
+    packet as it arrived (a written packet once made every verdict of its held packet fail)."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+
+        def stamp_and_hold(p) -> bool:  # type: ignore[no-untyped-def]
+            p.udp.payload = p.udp.payload[:4] + b"stamped while held"
+            return True
+
+        held = s.hold(stamp_and_hold)
+        flow = lab.start_udp(3, rate=100, idle=3.0, keep=3)
+        assert wait_until(lambda: len(held) == 3)
+        held[0].accept()
+        assert s.held.release() == 2
+        r = flow.wait()
+        assert r.unique == 3 and all(p[4:] == b"stamped while held" for p in r.payloads)
+        df = s.df
+        assert len(df) == 3 and df["modified"].all() and not s.errors
+        assert [b"stamped" in e.head for e in s.record.entries()] == [False] * 3  # as they arrived
+    finally:
+        s.detach()

@@ -38,3 +38,24 @@ def test_hold_give_release(tmp_path: Path) -> None:
     assert 0 not in out and set(out) == set(range(1, 10))
     assert pktlab.Packet(None, out[3]).udp.payload[4:] == b"rewritten"
     assert s.status().counters["drop"] == 1
+
+
+def test_a_predicate_that_writes_the_packet_holds_it_written(tmp_path: Path) -> None:
+    """The held packet is the one the predicate wrote, and goes on so; the record keeps it as it arrived."""
+    s = pktlab.replay(t.capture(tmp_path / "c.pcap", [t.udp(seq=i) for i in range(3)]))
+
+    def lower_ttl_and_hold(pkt) -> bool:  # type: ignore[no-untyped-def]
+        pkt.ip.ttl = 9
+        return True
+
+    held = s.hold(lower_ttl_and_hold)
+    s.attach()
+    try:
+        assert s.wait(10) and len(held) == 3
+        held[0].accept()
+        held[0].drop()
+    finally:
+        s.detach()  # the last one gets the default verdict
+    assert len(held) == 0 and held.released == 3 and s.status().counters["drop"] == 1
+    assert [pktlab.Packet(None, d).ip.ttl for _, d, _ in s.outputs] == [9, 9]
+    assert {pktlab.Packet(None, e.head).ip.ttl for e in s.record.entries()} == {64}
