@@ -158,6 +158,7 @@ class QueueSource:
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self._stop = False
+        self._stops_itself = False  # stop() was called on the reading thread (a handler detached its session)
         self._drain_until = 0.0
         self._paused = False
         self._steps = 0  # packets to let through while paused (step())
@@ -209,6 +210,9 @@ class QueueSource:
         ``after_read()`` each time the socket has been read empty; ``before_unbind()`` by the reading thread
         once it stops, before the socket is unbound (what still writes to the socket finishes then).
         """
+        t = self._thread
+        if self._stops_itself and t is not None and t is not threading.current_thread():
+            t.join(timeout)  # detached by its own handler: it gives what is queued its verdict, then lets go
         if self.running:
             raise PktlabError(f"the reader of queue {self.queue} is already running; stop() it first")
         self._on_bound, self._after_read, self._before_unbind = on_bound, after_read, before_unbind
@@ -379,6 +383,11 @@ class QueueSource:
                 self._fd = -1
                 self.holding_when_full = False
                 switch_interval.reader_stopped()
+                if self._stops_itself and threading.current_thread() is self._thread:  # what stop() does after
+                    self._stops_itself = False  # its wait
+                    self._thread = None
+                    self._q = None
+                    self._close_pipe()
             elif reader.successor is not None and reader.successor.waiting:
                 self._wake()  # the successor may be asleep in poll with messages handed to it
 
@@ -488,6 +497,9 @@ class QueueSource:
         self._drain_until = time.monotonic() + drain
         self._stop = True  # a paused reader drains too: detach gives every packet its verdict
         self._wake()
+        if t is threading.current_thread():  # from a handler (it detached its session): this thread cannot wait
+            self._stops_itself = True  # for itself; once the handler returns it drains, unbinds and lets go (_serve)
+            return
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             t = self._thread

@@ -131,6 +131,7 @@ class CaptureSource:
         self._cond = threading.Condition()
         self._paused = False
         self._stop = False
+        self._stops_itself = False  # stop() was called on the reading thread (a handler detached its session)
         self._steps = 0
         self._stepped = 0  # packets dispatched by steps (step() waits for its own)
         self._callback: Callable[[Any], None] | None = None
@@ -171,6 +172,9 @@ class CaptureSource:
         timeout: float = 5.0,
     ) -> None:
         """Read the capture from its first packet, in a background thread; every packet goes to ``callback``."""
+        t = self._thread
+        if self._stops_itself and t is not None and t is not threading.current_thread():
+            t.join(timeout)  # detached by its own handler: it is finishing the packet it was on
         if self.running:
             raise PktlabError(f"the capture {Path(self.path).name} is already being read; stop() it first")
         f = open_capture(self.path, self.filter, self.hook)
@@ -219,6 +223,11 @@ class CaptureSource:
                     self.internal_errors += 1
                     self.last_internal_error = f"{type(exc).__name__}: {exc}"
             if not ticket.retired:
+                if self._stops_itself and threading.current_thread() is self._thread:  # what stop() does after its
+                    self._stops_itself = False  # wait (it was called by a handler on this thread)
+                    self._thread = None
+                    if not self.stuck_threads:
+                        f.close()
                 with self._cond:
                     self.finished.set()
                     self._cond.notify_all()
@@ -284,6 +293,9 @@ class CaptureSource:
                 f.stop = True
             self._cond.notify_all()
         t = self._thread
+        if t is threading.current_thread():  # from a handler (it detached its session): this thread stops after
+            self._stops_itself = True  # the packet it is on, and closes the file itself (_serve)
+            return
         while t is not None:
             t.join(timeout)
             if t.is_alive():

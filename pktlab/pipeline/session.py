@@ -350,6 +350,9 @@ class Session(ChainOwner):
         self._watchdog: threading.Thread | None = None
         self._watching = threading.Event()
         self._attached = False
+        self._attach_lock = threading.Lock()
+        self._opening = False  # a live queue's attach() is binding it and installing its rules
+        self._detach_asked = False  # ... and a handler detached the session meanwhile: attach() then detaches
 
     def _make_dispatcher(self, batch_prefix: bytes, batch: int) -> None:
         self._dispatch = Dispatcher(
@@ -450,10 +453,26 @@ class Session(ChainOwner):
         if self._attached:
             raise SessionError(f"session {self.name} is already attached; detach() it first")
         self._dispatch.flows.revoke()  # flow verdicts of an earlier attachment (or run) do not carry over
-        self.source.open(self)
+        # attached before the source opens: its handlers may run (and detach the session: stop after N packets)
+        # as soon as packets come, before open() returns; a replay's thread starts last and may read to the end
         self._attached = True
         self._start_watchdog()
         atexit.register(self.detach)
+        with self._attach_lock:
+            self._opening = not self.is_replay  # a queue's rules go in after its reader started: a handler's
+        try:  # detach waits until they are all in
+            self.source.open(self)
+        except BaseException:
+            self._attached = False
+            self.stop_watchdog()
+            atexit.unregister(self.detach)
+            raise
+        finally:
+            with self._attach_lock:
+                self._opening = False
+                asked, self._detach_asked = self._detach_asked, False
+        if asked:
+            self.detach()
         return self
 
     # -- hung handlers -----------------------------------------------------------------
@@ -534,7 +553,14 @@ class Session(ChainOwner):
         Every step runs even when an earlier one fails (a rule iptables will not
         delete does not keep held packets from their verdict); the failures are
         raised together at the end as a :class:`~pktlab.errors.TeardownError`.
+
+        A handler may call it (stop after some packets): the packet it is on gets the handler's verdict, and
+        the reading thread unbinds the queue once the handler returns.
         """
+        with self._attach_lock:
+            if self._opening:  # a handler, while attach() installs the rules: attach() detaches when they are in
+                self._detach_asked = True
+                return
         if not self._attached:
             return
         self._attached = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
 
@@ -31,6 +32,75 @@ def test_reattach_reads_again(lab: Lab, queue_num: int) -> None:
     finally:
         s.detach()
     assert not pktlab_rules(lab.server.netns)
+
+
+def test_a_handler_can_detach_its_own_session(lab: Lab, queue_num: int) -> None:
+    """``s.detach()`` inside a handler (stop after a few packets) detaches fully: the packet it is on gets the
+    handler's verdict, the rest of what was queued theirs, the reading thread unbinds the queue and ends once
+    the handler returns, and the session attaches again (it once failed: the reader cannot wait for itself)."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    seen: list[int] = []
+    try:
+
+        @s.handler
+        def stop_at_the_third(pkt):
+            seen.append(int.from_bytes(pkt.udp.payload[:4], "big"))
+            if len(seen) == 3:
+                s.detach()
+                return pkt.drop()
+            return None
+
+        r = lab.udp(10, rate=200, idle=1.0)
+        assert not s.attached and not s.errors and s.status().internal_errors == 0
+        assert r.unique == 9 and r.missing == [seen[2]]  # every other datagram passed, queued or not
+        assert not pktlab_rules(lab.server.netns)
+        assert wait_until(lambda: s.kernel_counters() is None)  # unbound once the handler returned
+        assert wait_until(lambda: not [t for t in threading.enumerate() if t.name == f"pktlab-queue-{queue_num}"])
+        seen.clear()
+        flow = lab.start_udp(100, rate=1000, idle=1.0)  # datagrams already coming while it attaches again: the
+        s.attach()  # handler may detach it before attach() has finished (which then detaches it), or after
+        r = flow.wait()
+        assert len(seen) >= 3 and r.unique == 99 and seen[2] in r.missing
+        assert not s.attached and not s.errors and not pktlab_rules(lab.server.netns)
+        assert wait_until(lambda: s.kernel_counters() is None)
+    finally:
+        s.detach()
+    assert not pktlab_rules(lab.server.netns)
+
+
+def test_a_handler_that_detaches_while_attach_is_under_way_detaches_once_it_is_done(
+    lab: Lab, queue_num: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A packet can reach the handlers once the queue's rule is in, before attach() has finished; a detach()
+    there is done by attach() when it has (not half way through, leaving what it installs after)."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    s.detach()
+    detached = threading.Event()
+
+    @s.handler
+    def stop_at_once(pkt):
+        if detached.is_set():
+            return None  # packets that came before attach() got to its detach: the default verdict
+        s.detach()
+        detached.set()
+        return pkt.drop()
+
+    track = lab.track_session
+
+    def track_after_the_handler(session) -> None:  # attach()'s last step waits for the handler's detach
+        assert detached.wait(10)
+        track(session)
+
+    monkeypatch.setattr(lab, "track_session", track_after_the_handler)
+    flow = lab.start_udp(50, rate=500, idle=1.0)
+    try:
+        s.attach()
+        assert not s.attached and not pktlab_rules(lab.server.netns) and s not in lab.sessions
+        r = flow.wait()
+        assert r.unique == 49 and not s.errors and s.record.counts[pktlab.DROP] == 1
+        assert wait_until(lambda: s.kernel_counters() is None)
+    finally:
+        s.detach()
 
 
 def test_attach_twice_is_refused_and_changes_nothing(lab: Lab, queue_num: int) -> None:

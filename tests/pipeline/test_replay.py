@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap, wrpcap
 
 import pktlab
-from pktlab import DROP, Packet, PktlabError, SessionError
+from pktlab import DROP, Packet, PktlabError, SessionError, testing
 from pktlab.lab.network import wait_until
 
 
@@ -174,3 +174,21 @@ def test_stepping_through_a_capture_with_the_inspector() -> None:
     finally:
         c.close()
         s.detach()
+
+
+def test_a_handler_can_detach_its_own_replay(tmp_path: Path) -> None:
+    """``s.detach()`` in a handler stops the replay after the packet it is on, which gets the handler's verdict."""
+    s = pktlab.replay(testing.capture(tmp_path / "c.pcap", [testing.udp(seq=i) for i in range(10)]))
+
+    def stop_at_the_third(pkt):
+        if int.from_bytes(pkt.udp.payload[:4], "big") == 2:
+            s.detach()
+            return pkt.drop()
+        return None
+
+    s.add_handler(stop_at_the_third, "stop")
+    s.attach()
+    assert s.wait(10) and not s.attached and not s.errors
+    assert s.record.n == 3 and s.status().counters["drop"] == 1 and len(s.outputs) == 2
+    s.run()  # a replay attaches again and reads from the start (a fresh record): the handler stops it again
+    assert s.record.n == 3 and s.status().counters["drop"] == 1 and not s.attached and not s.errors
