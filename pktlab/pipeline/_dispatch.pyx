@@ -195,6 +195,10 @@ cdef class Dispatcher:
     # holding: packets a predicate picks wait for a verdict given later (Session.hold)
     cdef object _hold_fn
     cdef public object on_hold
+    cdef public long long hold_failures  # calls of the hold predicate that raised (the user's code, not pktlab's)
+    cdef public object last_hold_failure  # the newest one, as text
+    cdef public object on_hold_failure  # told of the first failure of each predicate set: on_hold_failure(text)
+    cdef bint hold_failed  # the predicate set now has failed
     cdef public long long held_count
     # TCP sequence adjustment (pipeline/seqadj.py, TcpAdjust): looked at for accepted TCP packets whose payload a
     # handler changed, and for every accepted TCP packet while any connection has state (seqadj_on)
@@ -276,6 +280,7 @@ cdef class Dispatcher:
     @hold_fn.setter
     def hold_fn(self, fn):
         self._hold_fn = fn
+        self.hold_failed = False
         self.regate()
 
     @property
@@ -737,6 +742,10 @@ cdef class Dispatcher:
         try:
             if not self._hold_fn(pkt):
                 return False
+        except BaseException as exc:  # the user's predicate failed: it holds nothing, the packet goes on
+            self._hold_failure(exc)
+            return False
+        try:
             if data is not None:  # a captured packet's bytes
                 original = data
             elif pkt._mptr != NULL:  # not written: still over its queue message, whose bytes it now takes
@@ -747,10 +756,23 @@ cdef class Dispatcher:
             self.on_hold(nf, pkt, original)
             self.held_count += 1  # from now on no batch verdict (it would cover the held id too)
             return True
-        except BaseException as exc:  # a predicate that fails holds nothing; the packet goes on
+        except BaseException as exc:  # pktlab's own failure (holding it): the packet goes on
             self._internal_errors += 1
-            self.last_internal_error = f"hold predicate: {type(exc).__name__}: {exc}"
+            self.last_internal_error = f"holding a packet: {type(exc).__name__}: {exc}"
             return False
+
+    cdef void _hold_failure(self, exc):
+        """Count a failure of the hold predicate; tell ``on_hold_failure`` of the predicate's first."""
+        self.hold_failures += 1
+        self.last_hold_failure = f"{type(exc).__name__}: {exc}"
+        if not self.hold_failed:
+            self.hold_failed = True
+            if self.on_hold_failure is not None:
+                try:
+                    self.on_hold_failure(self.last_hold_failure)
+                except Exception as exc2:  # (pktlab's own: saying it)
+                    self._internal_errors += 1
+                    self.last_internal_error = f"saying a hold predicate's failure: {type(exc2).__name__}: {exc2}"
 
     def give_held(self, NfPacket nf, PacketCore pkt, verdict, str by, bytes original):
         """The verdict of a held packet, given now (from any thread); recorded like any other.

@@ -89,6 +89,8 @@ class Status:
     rate_pps: float  # packets per second over the last second
     last_errors: list[HandlerFailure] = field(default_factory=list)  # the newest handler failures
     errors_left_out: int = 0  # handler failures s.errors no longer keeps (it keeps the newest 1,000)
+    hold_failures: int = 0  # calls of the hold predicate (s.hold) that raised: those packets went on, not held
+    last_hold_failure: str | None = None  # the newest one
     internal_errors: int = 0  # pktlab's own failures on the packet path (the packet got the error verdict)
     last_internal_error: str | None = None  # the newest one's reason
     rule_hits: int = 0  # packets that hit the queue rule (the kernel's counter)
@@ -193,6 +195,11 @@ class Status:
             out.append(f"  error: {f}")
         if self.errors_left_out:
             out.append(f"  s.errors keeps the newest failures; {self.errors_left_out:,} older ones were left out")
+        if self.hold_failures:
+            out.append(
+                f"  hold predicate failed {self.hold_failures:,} time(s), the last with {self.last_hold_failure}; "
+                "those packets went on through the chain, not held"
+            )
         if self.internal_errors:
             last = f" (the last: {self.last_internal_error})" if self.last_internal_error else ""
             out.append(f"  pktlab internal errors: {self.internal_errors}{last}")
@@ -366,6 +373,7 @@ class Session(ChainOwner):
         self.source.bind(self)
         self.held = HeldPackets(self, self._dispatch.give_held)
         self._dispatch.on_hold = self.held.add
+        self._dispatch.on_hold_failure = self._first_hold_failure
         self._dispatch.sender = self._sender = self.source.make_sender(self)
 
     def why_not_sending(self) -> str | None:
@@ -531,6 +539,13 @@ class Session(ChainOwner):
             self.say(
                 f"handler {h.name!r} failed ({failure.error}); its packet got the error verdict ({self.on_error}); "
                 "further failures are counted in status() and kept with their tracebacks in s.errors"
+            )
+
+    def _first_hold_failure(self, error: str) -> None:
+        if self.say_failures:
+            self.say(
+                f"the hold predicate failed ({error}); the packet went on through the chain, not held, as will "
+                "every packet it fails on (counted in status())"
             )
 
     def say(self, message: str) -> None:
@@ -745,6 +760,8 @@ class Session(ChainOwner):
             "filter": self.filter.expr if self.filter is not None else None,
             "decided_flows": self._dispatch.flows.decided,
             "held": len(self.held),
+            "hold_failures": self._dispatch.hold_failures,
+            "last_hold_failure": self._dispatch.last_hold_failure,
             "tcp_adjusted": len(self._dispatch.seqadj.adjuster),
             "kept_back": self._dispatch.reordered,
             "flows": len(self._dispatch.flows) if self._dispatch.flows.enabled else None,

@@ -59,3 +59,22 @@ def test_a_predicate_that_writes_the_packet_holds_it_written(tmp_path: Path) -> 
     assert len(held) == 0 and held.released == 3 and s.status().counters["drop"] == 1
     assert [pktlab.Packet(None, d).ip.ttl for _, d, _ in s.outputs] == [9, 9]
     assert {pktlab.Packet(None, e.head).ip.ttl for e in s.record.entries()} == {64}
+
+
+def test_a_predicate_that_raises_is_the_users_failure_and_holds_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Packets the predicate fails on go on through the chain; status() counts them as the predicate's
+    failures (not pktlab's internal errors) and the cell is told of the first one."""
+    s = pktlab.replay(t.capture(tmp_path / "c.pcap", [t.udp(seq=i) for i in range(6)]))
+    held = s.hold(lambda pkt: 1 / (seq(pkt) % 2))  # raises on even numbers, holds the odd ones
+    s.attach()
+    try:
+        assert s.wait(10) and [seq(h.packet) for h in held] == [1, 3, 5] and s.record.n == 3
+        status = s.status()
+        assert status.hold_failures == 3 and status.internal_errors == 0
+        assert "hold predicate failed 3 time(s), the last with ZeroDivisionError" in str(status)
+    finally:
+        s.detach()
+    said = capsys.readouterr().err
+    assert said.count("the hold predicate failed (ZeroDivisionError: division by zero)") == 1
