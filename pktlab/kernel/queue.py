@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import MissingToolError, PktlabError, PrivilegeError, QueueBusyError
+from ..errors import LabError, MissingToolError, PktlabError, PrivilegeError, QueueBusyError
 from ..options import DEFAULT
 from . import netns, switch_interval
 from . import proc as kernel
@@ -439,7 +439,10 @@ class QueueSource:
         """True when the kernel holds no more packets for us, or the drain deadline passed."""
         if time.monotonic() > self._drain_until:
             return True
-        c = kernel.queue_counters(self.netns).get(self.queue)
+        try:
+            c = kernel.queue_counters(self.netns).get(self.queue)
+        except LabError:  # its namespace was removed (lab.down() in a handler): what it queued went with it
+            return True
         return c is None or c.queue_total == 0
 
     @property

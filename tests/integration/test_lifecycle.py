@@ -103,6 +103,29 @@ def test_a_handler_that_detaches_while_attach_is_under_way_detaches_once_it_is_d
         s.detach()
 
 
+def test_a_handler_can_take_its_lab_down(lab: Lab, queue_num: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lab.down()`` inside a handler: the session detaches, the namespaces go, and the reading thread, which
+    finishes after them, ends without an error (it once failed looking for its namespace to drain it)."""
+    failed: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failed.append(args.exc_value))
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    seen = []
+
+    @s.handler
+    def take_it_down(pkt):
+        seen.append(pkt.id)
+        if len(seen) == 1:
+            lab.down()
+
+    with pytest.raises(pktlab.LabError):  # the flow's own programs went with their namespaces
+        lab.udp(20, rate=200, timeout=5)
+    # (the flow may fail before the handler's lab.down() has returned: the reading thread ends after it)
+    assert wait_until(lambda: not [t for t in threading.enumerate() if t.name == f"pktlab-queue-{queue_num}"])
+    names = [h.netns for h in lab.hosts.values()]
+    assert lab.closed and not s.attached and not set(names) & set(netns.list_names())
+    assert not failed and not s.errors and s.status().internal_errors == 0
+
+
 def test_attach_twice_is_refused_and_changes_nothing(lab: Lab, queue_num: int) -> None:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     try:
