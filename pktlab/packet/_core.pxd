@@ -316,13 +316,20 @@ cdef inline unsigned long long csum_add(const unsigned char* p, Py_ssize_t n, un
     return s + csum_finish(acc)
 
 
+cdef inline unsigned int fold16(unsigned long long s) noexcept nogil:
+    """A one's-complement sum folded to 16 bits (its carries added back in)."""
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return <unsigned int>s
+
+
+cdef inline unsigned int swap16(unsigned int s) noexcept nogil:
+    return ((s & 0xFF) << 8) | (s >> 8)
+
+
 cdef inline unsigned long long csum_finish(unsigned long long acc) noexcept nogil:
     """A sum of words in the machine's byte order folded to 16 bits, as a big-endian word."""
-    while acc >> 16:
-        acc = (acc & 0xFFFF) + (acc >> 16)
-    if PKTLAB_LITTLE:
-        acc = ((acc & 0xFF) << 8) | (acc >> 8)
-    return acc
+    return swap16(fold16(acc)) if PKTLAB_LITTLE else fold16(acc)
 
 
 cdef inline unsigned long long csum_copy(unsigned char* o, const unsigned char* p, Py_ssize_t n) noexcept nogil:
@@ -336,15 +343,12 @@ cdef inline unsigned long long csum_copy(unsigned char* o, const unsigned char* 
 cdef inline unsigned int csum_shift(unsigned long long s, bint odd) noexcept nogil:
     """A sum made of bytes as if they started at an even offset, folded, for bytes that start at an odd one
     (RFC 1071: the sum of the same words one byte over is the byte-swapped sum)."""
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return (((s & 0xFF) << 8) | (s >> 8)) if odd else s
+    return swap16(fold16(s)) if odd else fold16(s)
 
 
 cdef inline unsigned int csum_fold(unsigned long long s) noexcept nogil:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return (~s) & 0xFFFF
+    """The checksum field's value: the folded sum, complemented."""
+    return (~fold16(s)) & 0xFFFF
 
 
 cdef inline void put16(unsigned char* p, unsigned int v) noexcept nogil:
