@@ -6,9 +6,10 @@ Three measures, each configuration in a fresh process with its own lab, alternat
   reader to the last: the reader shares its CPU with the receiving socket): datagrams/s received through
   the server's INPUT queue (fail-closed: what arrives went through it) — (u0) no queue, (u1) bare
   NetfilterQueue (its own loop, an accept-only callback), (u2) pktlab without a handler, (u3) pktlab
-  with a handler reading ``ip.src``, ``ip.dst`` and ``udp.dport``; with the rate sent and where the rest was
-  lost (the queue's drops, the receiving socket's, ``harness.udp_flood``). ``BENCH_WINDOW=4M``: iperf3's
-  socket buffers (``-w``) that size.
+  with a handler reading ``ip.src``, ``ip.dst`` and ``udp.dport``, (u4) a handler that returns None (what a
+  Python handler costs before it reads anything); with the rate sent, the reader's CPU time per datagram, and
+  where the rest was lost (the queue's drops, the receiving socket's, ``harness.udp_flood``).
+  ``BENCH_WINDOW=4M``: iperf3's socket buffers (``-w``) that size.
 * **TCP (GSO)** (router lab; iperf3 through the router's FORWARD queue, GSO packets whole): Gbit/s
   received — (t1) a handler that reads the TCP header and accepts, (t2) a handler that grows every data
   packet by 2 bytes (sequence adjustment on every packet of the stream and every ACK back).
@@ -152,6 +153,7 @@ CONFIGS: dict[str, tuple[str, Callable[[pktlab.Lab], Any]]] = {
     "(u1) UDP: bare NetfilterQueue": ("pair", udp_bare),
     "(u2) UDP: pktlab, no handler": ("pair", lambda lab: _udp_pktlab(lab, None)),
     "(u3) UDP: pktlab, handler reads 3 fields": ("pair", lambda lab: _udp_pktlab(lab, read_three)),
+    "(u4) UDP: pktlab, handler returns": ("pair", lambda lab: _udp_pktlab(lab, failing.passes)),
     "(t1) TCP: handler reads the header and accepts": ("router", lambda lab: _tcp(lab, tcp.read_and_accept)),
     "(t2) TCP: handler grows every GSO packet by 2 bytes": ("router", lambda lab: _tcp(lab, tcp.grow)),
     "(l0) latency: no queue": ("pair", lambda lab: failing.no_queue(lab, PINGS)),
@@ -248,8 +250,12 @@ def _report(t: str, names: list[str], med: dict[tuple[str, str], Any]) -> None:
             v = f[k]
             print(f"| {k} {name} | {v['pps']:,.0f} | {v['pps'] / u0:.1%} | {v['pps'] / u1:.2f}x | "
                   f"{v['sent_pps']:,.0f} | {v['queue_dropped']:.1%} | {v['receiver_dropped']:.1%} |")
+        u4 = m("(u4)")
         print(f"\nreading three fields / no handler: {u3 / u2:.1%} (shares dropped: of the datagrams sent); the "
-              f"reader's CPU per datagram {f['(u2)']['reader_us']:.2f} and {f['(u3)']['reader_us']:.2f} µs\n")
+              f"reader's CPU per datagram: no handler {f['(u2)']['reader_us']:.2f} µs, "
+              + (f"a handler that returns {u4['reader_us']:.2f} µs ({u4['pps'] / u2:.1%} of no handler), "
+                 if u4 is not None else "")
+              + f"reading three fields {f['(u3)']['reader_us']:.2f} µs\n")
     if m("(t1)") is not None:
         t1, t2 = m("(t1)"), m("(t2)")
         print(f"TCP (GSO): accept-only {t1['gbps']:.2f} Gbit/s, every GSO packet grown {t2['gbps']:.2f} Gbit/s: "

@@ -45,13 +45,15 @@ from pktlab.pipeline._streams cimport StreamEnds
 from pktlab.pipeline._writer cimport VerdictWriter
 from pktlab.pipeline.seqadj import SeqAdjError, SeqAdjWait
 from pktlab.packet.verdicts import ACCEPT, DROP
-from pktlab.errors import SessionError
+from pktlab.errors import HandlerError, SessionError
 
 cdef extern from "<sys/uio.h>" nogil:
     ssize_t writev(int fd, const iovec* iov, int iovcnt)
 
 cdef extern from "<arpa/inet.h>" nogil:
     unsigned int htonl(unsigned int)
+
+REPEAT_LIMIT = 1000  # a packet repeated this many times in a row by a handler is in a loop (_repeats_forever)
 
 cdef enum:
     NF_DROP = 0
@@ -212,6 +214,8 @@ cdef class Dispatcher:
     cdef public object regrow
     cdef public object rewrites  # told the bytes a rewritten packet went on with: rewrites(id, time, bytes)
     cdef public long long recopied  # packets sent through the queue again for a larger copy
+    cdef dict repeats  # a packet a handler repeated, (hash of its bytes, its mark) -> (times in a row, when last)
+    cdef public long long repeat_loops  # packets found coming back to the queue REPEAT_LIMIT times (error verdict)
     cdef Py_ssize_t busy_wire
     cdef public object on_seqadj  # called with True when the first connection gets state, False when none has
     cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
@@ -246,6 +250,7 @@ cdef class Dispatcher:
         self.b_code = -1
         self.stolen = set()
         self.reorder = []
+        self.repeats = {}
         self.tcp_high = StreamEnds(65536)
         mutex_init(&self.vlock, NULL)
         chain.on_publish = self.regate
@@ -1266,6 +1271,15 @@ cdef class Dispatcher:
                         f.decided_by = by
                 if verdict is None:
                     verdict = self._default
+                elif by is not None and verdict.code == NF_REPEAT and self._repeats_forever(nf, data):
+                    err = self.chain.failed(h, pkt, HandlerError(
+                        f"handler {h.name!r} repeated the same packet {REPEAT_LIMIT:,} times in a row: a repeated "
+                        "packet comes back to this queue unless its rule skips it; mark it (pkt.repeat(mark=1)) and "
+                        "skip the mark in the rule (rule='... -m mark ! --mark 1'), or change the packet so that the "
+                        "rule no longer matches it; it got the error verdict"))
+                    verdict = self._on_error
+                    pkt._modified = False
+                    pkt._mark = None
                 if pkt._modified and h is not None and pkt_size(pkt) - record_offset(nf) > 65535:
                     err = self.chain.failed(h, pkt, too_big(pkt_size(pkt) - record_offset(nf), pkt._skbinfo & 2))
                     verdict = self._on_error
@@ -1302,6 +1316,28 @@ cdef class Dispatcher:
         self._push(nf, data, now, verdict.code, t0, mono_ns(), by, err, modified, wire)
         if self.reorder and given:
             self._release(now, False)
+
+    cdef bint _repeats_forever(self, NfPacket nf, bytes data) except -1:
+        """Whether a packet a handler gives REPEAT has come back with the same bytes and mark REPEAT_LIMIT times,
+        each within a second of the last: a loop that would hold it (and the reader) forever.
+
+        Only repeated packets are counted (a hash of their bytes as they arrived); the table forgets what has
+        not come back for a second, and is bounded.
+        """
+        cdef double now = mono_ns() * 1e-9
+        key = (hash(data if data is not None else nf.get_payload()), nf.mark)
+        seen = self.repeats.get(key)
+        n = seen[0] + 1 if seen is not None and now - seen[1] < 1.0 else 1
+        if n >= REPEAT_LIMIT:
+            del self.repeats[key]
+            self.repeat_loops += 1
+            return True
+        if len(self.repeats) >= 4096:
+            self.repeats = {k: v for k, v in self.repeats.items() if now - v[1] < 1.0}
+            if len(self.repeats) >= 4096:
+                self.repeats.clear()
+        self.repeats[key] = (n, now)
+        return False
 
     cdef void _note_rewrite(self, NfPacket nf, PacketCore pkt, double now):
         """Hand the bytes a rewritten packet went on with to ``rewrites`` (the record keeps them beside its entry).

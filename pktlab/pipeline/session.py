@@ -36,7 +36,7 @@ from ..options import DEFAULT as D
 from ..options import REPLAY_DEFAULT as R
 from ..packet.model import HOOK_NAMES, Packet
 from ..packet.replies import outgoing
-from ..packet.verdicts import Verdict
+from ..packet.verdicts import REPEAT, Verdict
 from ..teardown import Teardown
 from ._dispatch import Dispatcher
 from .capture import CapturePackets, CaptureSource
@@ -342,6 +342,12 @@ class Session(ChainOwner):
             self._on_error = Verdict.parse(on_error)
         except ValueError as exc:
             raise SessionError(str(exc)) from None
+        for name, v in (("default", self._default), ("on_error", self._on_error)):
+            if v == REPEAT:
+                raise SessionError(
+                    f"{name}='repeat' would send every such packet back through this queue, forever; use 'accept' "
+                    "or 'drop' (a handler can repeat the packets it marks: pkt.repeat(mark=...))"
+                )
         if deadline is not None and not 0.001 <= deadline <= max_deadline:
             raise SessionError(
                 f"deadline {deadline!r} s is out of range; use 0.001..{max_deadline:g} seconds, or None for no deadline"

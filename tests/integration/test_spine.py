@@ -476,6 +476,30 @@ def test_repeat_reinjects_and_a_mark_ends_the_loop(lab: Lab, queue_num: int) -> 
         s.detach()
 
 
+def test_a_packet_repeated_without_end_is_let_go_with_the_reason(lab: Lab, queue_num: int) -> None:
+    """A handler that repeats packets its rule does not skip would hold them (and the reader) forever: after
+    1,000 times round, each gets the error verdict (accept) and the handler's failure says what to do."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    s.say_failures = False
+    try:
+        s.add_handler(lambda pkt: pkt.repeat(), "again")
+        r = lab.udp(3, rate=50)
+        status = s.status()
+    finally:
+        s.detach()
+    assert r.unique == 3 and s.dispatcher.repeat_loops == 3 and status.internal_errors == 0
+    assert s.record.counts[pktlab.REPEAT] == 3 * 999 and s.record.counts[pktlab.ACCEPT] == 3
+    assert len(s.errors) == 3 and "repeated the same packet 1,000 times in a row" in s.errors[0].error
+    assert "-m mark ! --mark 1" in s.errors[0].error
+
+
+def test_repeat_as_the_default_verdict_is_refused(lab: Lab, queue_num: int) -> None:
+    for option in ("default", "on_error"):
+        with pytest.raises(pktlab.SessionError, match=f"{option}='repeat' would send every such packet back"):
+            pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, **{option: "repeat"})
+    assert not pktlab_rules(lab.server.netns) and lab.udp(5).unique == 5  # nothing was installed
+
+
 def test_a_rewritten_packet_repeated_goes_round_again_or_is_refused_with_the_reason(lab: Lab, queue_num: int) -> None:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000 -m mark ! --mark 5", netns=lab.server)
     try:
