@@ -383,11 +383,9 @@ class QueueSource:
                 self._fd = -1
                 self.holding_when_full = False
                 switch_interval.reader_stopped()
-                if self._stops_itself and threading.current_thread() is self._thread:  # what stop() does after
-                    self._stops_itself = False  # its wait
-                    self._thread = None
-                    self._q = None
-                    self._close_pipe()
+                if self._stops_itself and threading.current_thread() is self._thread:  # stop() was called here
+                    self._stops_itself = False
+                    self._let_go()
             elif reader.successor is not None and reader.successor.waiting:
                 self._wake()  # the successor may be asleep in poll with messages handed to it
 
@@ -514,6 +512,10 @@ class QueueSource:
             raise PktlabError(
                 f"the reader of queue {self.queue} did not stop within {timeout} s; a handler may be stuck"
             )
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """What a stop does once its reading thread has ended (by stop()'s wait, or by that thread itself)."""
         self._thread = None
         self._q = None  # closes the queue's socket once no stuck thread holds it
         self._close_pipe()

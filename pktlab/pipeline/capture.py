@@ -223,11 +223,9 @@ class CaptureSource:
                     self.internal_errors += 1
                     self.last_internal_error = f"{type(exc).__name__}: {exc}"
             if not ticket.retired:
-                if self._stops_itself and threading.current_thread() is self._thread:  # what stop() does after its
-                    self._stops_itself = False  # wait (it was called by a handler on this thread)
-                    self._thread = None
-                    if not self.stuck_threads:
-                        f.close()
+                if self._stops_itself and threading.current_thread() is self._thread:  # stop() was called here
+                    self._stops_itself = False  # (by a handler)
+                    self._let_go(f)
                 with self._cond:
                     self.finished.set()
                     self._cond.notify_all()
@@ -305,6 +303,10 @@ class CaptureSource:
             if t is self._thread:
                 break
             t = self._thread  # the watchdog handed the capture to a successor meanwhile
+        self._let_go(f)
+
+    def _let_go(self, f: CaptureFile | None) -> None:
+        """What a stop does once its reading thread has ended (by stop()'s wait, or by that thread itself)."""
         self._thread = None
         if f is not None and not self.stuck_threads:
             f.close()
