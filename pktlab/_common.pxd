@@ -36,6 +36,38 @@ cdef extern from *:
     """
     int mutex_init_adaptive "pktlab_mutex_init_adaptive"(mutex_t* m) nogil
 
+# A condition a thread sleeps on for at most a time, woken at once by another (the watchdog's sleep, which
+# detach() ends without waiting out the period): CLOCK_MONOTONIC, so that a change of the wall clock does not
+# move its end
+cdef extern from *:
+    """
+    #include <pthread.h>
+    #include <time.h>
+    static int pktlab_cond_init(pthread_cond_t* c) {
+        pthread_condattr_t a;
+        int r;
+        pthread_condattr_init(&a);
+        pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+        r = pthread_cond_init(c, &a);
+        pthread_condattr_destroy(&a);
+        return r;
+    }
+    static int pktlab_cond_wait_ns(pthread_cond_t* c, pthread_mutex_t* m, long long ns) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ns += ts.tv_nsec;
+        ts.tv_sec += ns / 1000000000LL;
+        ts.tv_nsec = ns % 1000000000LL;
+        return pthread_cond_timedwait(c, m, &ts);
+    }
+    """
+    ctypedef struct cond_t "pthread_cond_t":
+        pass
+    int cond_init "pktlab_cond_init"(cond_t* c) nogil
+    int cond_wait_ns "pktlab_cond_wait_ns"(cond_t* c, mutex_t* m, long long ns) nogil
+    int cond_broadcast "pthread_cond_broadcast"(cond_t* c) nogil
+    int cond_destroy "pthread_cond_destroy"(cond_t* c) nogil
+
 cdef extern from *:
     """
     #define pktlab_load_int(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)

@@ -415,6 +415,12 @@ class QueueSource:
         self.retired_threads = [t for t in self.retired_threads if t.is_alive()]
         return list(self.retired_threads)
 
+    @property
+    def reads_here(self) -> bool:
+        """Whether the calling thread is one of this source's reading threads: code in a handler."""
+        me = threading.current_thread()
+        return me is self._thread or me in self.retired_threads
+
     def _poll_read(self, q: Any, reader: QueueReader, timeout: int) -> bool:
         """Wait for packets or a wake-up; read the packets at once (True: woken, nothing read)."""
         try:

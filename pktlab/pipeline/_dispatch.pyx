@@ -26,7 +26,6 @@ from cpython.ref cimport Py_REFCNT
 from libc.errno cimport errno
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
-from posix.time cimport nanosleep, timespec
 from posix.unistd cimport write
 
 from netfilterqueue._impl cimport Packet as NfPacket
@@ -34,8 +33,9 @@ from netfilterqueue._impl cimport nfq_set_verdict
 
 from cpython.pycapsule cimport PyCapsule_New
 
-from pktlab._common cimport (QueueMessage, QueuePath, buf_ptr, iovec, load_int, mono_ns, mutex_destroy, mutex_init,
-                             mutex_lock, mutex_t, mutex_unlock, store_int, tcp_stream_key, wall_time)
+from pktlab._common cimport (QueueMessage, QueuePath, buf_ptr, cond_broadcast, cond_destroy, cond_init, cond_t,
+                             cond_wait_ns, iovec, load_int, mono_ns, mutex_destroy, mutex_init, mutex_lock, mutex_t,
+                             mutex_unlock, store_int, tcp_stream_key, wall_time)
 from pktlab.packet._core cimport (Packet_from, PacketCore, fix_packet, packet_done, packet_over, packet_recycle,
                                   pkt_ptr, pkt_size)
 from pktlab.packet._core import too_big
@@ -193,7 +193,9 @@ cdef class Dispatcher:
     cdef object busy_data
     cdef set stolen
     cdef public long long rescued
-    cdef public bint watch_stop
+    cdef bint watch_stop  # the watchdog is to end (watch()): under wlock, told through wcond
+    cdef mutex_t wlock
+    cdef cond_t wcond
     # holding: packets a predicate picks wait for a verdict given later (Session.hold)
     cdef object _hold_fn
     cdef public object on_hold
@@ -253,6 +255,8 @@ cdef class Dispatcher:
         self.repeats = {}
         self.tcp_high = StreamEnds(65536)
         mutex_init(&self.vlock, NULL)
+        mutex_init(&self.wlock, NULL)
+        cond_init(&self.wcond)
         chain.on_publish = self.regate
         self.regate()
         self.reorder_window = 0.05
@@ -262,6 +266,8 @@ cdef class Dispatcher:
 
     def __dealloc__(self):
         mutex_destroy(&self.vlock)
+        cond_destroy(&self.wcond)
+        mutex_destroy(&self.wlock)
         free(self.out)
 
     # -- what the reader's path without the GIL may decide alone ------------------------------------
@@ -649,21 +655,29 @@ cdef class Dispatcher:
         except BaseException:
             pass
 
-    def wait_overdue(self, long long deadline_ns, long long period_ns, long long max_wait_ns):
-        """Sleep until a handler call is past the deadline (1), ``max_wait_ns`` passed (2) or stop (0).
+    def watch(self, bint on):
+        """Start (True) or end (False) the watchdog's waits: an ended wait_overdue returns 0 at once."""
+        with nogil:
+            mutex_lock(&self.wlock)
+            self.watch_stop = not on
+            cond_broadcast(&self.wcond)
+            mutex_unlock(&self.wlock)
 
-        Runs without the GIL: the watchdog does not take the interpreter from
-        the reader thread every period, only when there is something to do.
+    def wait_overdue(self, long long deadline_ns, long long period_ns, long long max_wait_ns):
+        """Sleep until a handler call is past the deadline (1), ``max_wait_ns`` passed (2) or watch(False) (0).
+
+        Looks every ``period_ns``, without the GIL: the watchdog does not take the interpreter from the reader
+        thread every period, only when there is something to do; watch(False) wakes it at once (a detach does
+        not wait out the period).
         """
         cdef long long start = mono_ns()
         cdef long long t0, now
         cdef int result = 0
-        cdef timespec ts
-        ts.tv_sec = period_ns // 1000000000
-        ts.tv_nsec = period_ns % 1000000000
         with nogil:
+            mutex_lock(&self.wlock)
             while True:
-                nanosleep(&ts, NULL)
+                if not self.watch_stop:
+                    cond_wait_ns(&self.wcond, &self.wlock, period_ns)
                 if self.watch_stop:
                     result = 0
                     break
@@ -675,6 +689,7 @@ cdef class Dispatcher:
                 if now - start >= max_wait_ns:
                     result = 2
                     break
+            mutex_unlock(&self.wlock)
         return result
 
     def rescue(self, long long deadline_ns):

@@ -280,6 +280,12 @@ class CaptureSource:
         self.retired_threads = [t for t in self.retired_threads if t.is_alive()]
         return list(self.retired_threads)
 
+    @property
+    def reads_here(self) -> bool:
+        """Whether the calling thread is one of this source's reading threads: code in a handler."""
+        me = threading.current_thread()
+        return me is self._thread or me in self.retired_threads
+
     def stop(self, drain: float = 2.0, timeout: float = 10.0) -> None:
         """Stop reading (between two packets) and close the file; the spools stay readable."""
         f = self._file

@@ -493,7 +493,7 @@ class Session(ChainOwner):
     def _start_watchdog(self) -> None:
         if self.deadline is None:
             return
-        self._dispatch.watch_stop = False
+        self._dispatch.watch(True)
         self._watching.set()
         self._watchdog = threading.Thread(target=self._watch, name=f"pktlab-watchdog-{self.queue}", daemon=True)
         self._watchdog.start()
@@ -501,7 +501,7 @@ class Session(ChainOwner):
     def stop_watchdog(self) -> None:
         """Stop watching for hung handlers (detach's step)."""
         self._watching.clear()
-        self._dispatch.watch_stop = True
+        self._dispatch.watch(False)  # wakes it: no wait for its period
         if self._watchdog is not None:
             self._watchdog.join(5)
             self._watchdog = None
@@ -685,6 +685,7 @@ class Session(ChainOwner):
         The packet is read from the kernel queue (or the capture's next one) and handled
         like any other (or held, if a hold predicate picks it); the rest keep waiting.
         """
+        self._not_in_a_handler("step()", "the packet it is on waits for it; call step() from the notebook")
         if not self.paused:
             raise SessionError("step() lets one packet through a paused session; pause() it first")
         if not self._attached:
@@ -795,7 +796,15 @@ class Session(ChainOwner):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Replay: wait until the capture has been read to its end; True if it was within ``timeout``."""
+        self._not_in_a_handler(
+            "wait()", "the capture is read to its end only after it returns; to end the run early, s.detach() there"
+        )
         return self.source.wait(self, timeout)
+
+    def _not_in_a_handler(self, what: str, why: str) -> None:
+        """Refuse a call that waits for this session's reading thread, made on that thread (in a handler)."""
+        if self.source.reads_here:
+            raise SessionError(f"{what} in a handler of {self.name} would wait for that handler itself: {why}")
 
     @property
     def packets(self) -> CapturePackets:

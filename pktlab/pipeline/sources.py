@@ -78,6 +78,8 @@ class PacketSource(Protocol):
     def paused(self) -> bool: ...
     @property
     def stuck_threads(self) -> list[Any]: ...  # reading threads still inside a hung handler call
+    @property
+    def reads_here(self) -> bool: ...  # the calling thread reads its packets (code in a handler)
     def bind(self, session: SourceOwner) -> None: ...  # wire itself to the session's dispatcher
     def make_sender(self, session: SourceOwner) -> Sender: ...  # where pkt.reply and s.send go
     def open(self, session: SourceOwner) -> None: ...  # attach(): start reading into the dispatcher
@@ -138,6 +140,10 @@ class _Reading:
     @property
     def stuck_threads(self) -> list[Any]:
         return self.reading.stuck_threads
+
+    @property
+    def reads_here(self) -> bool:
+        return self.reading.reads_here
 
     @property
     def internal_errors(self) -> int:

@@ -80,6 +80,25 @@ def test_step_lets_exactly_one_packet_through(lab: Lab, queue_num: int) -> None:
         s.detach()
 
 
+def test_a_handler_that_steps_its_own_session_fails_at_once(lab: Lab, queue_num: int) -> None:
+    """step() in a handler would wait for the handler itself (the reading thread runs it): refused at once, the
+    packet gets the error verdict and the session goes on (it once waited the step's timeout, then said False)."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, on_error="drop")
+    try:
+
+        @s.handler
+        def steps(pkt):
+            if seq(pkt) == 1:
+                s.step(timeout=60)
+
+        r = lab.udp(3, rate=100, idle=1.0)
+        assert r.unique == 2 and r.missing == [1]
+        assert len(s.errors) == 1 and "step() in a handler of" in str(s.errors[0])
+        assert s.status().internal_errors == 0
+    finally:
+        s.detach()
+
+
 def test_with_a_hold_predicate_handlers_still_read_packets_in_place(lab: Lab, queue_num: int) -> None:
     """A predicate that sees every packet and holds none: the packets it and the handler read are not copied and
     are reused; one the handler keeps gets bytes of its own."""

@@ -93,6 +93,18 @@ def test_a_handler_that_never_returns_is_skipped_as_live() -> None:
     assert not s.stuck  # it returned: back in the chain
 
 
+def test_a_run_does_not_wait_out_the_watchdogs_period() -> None:
+    """The watchdog looks every deadline/4; ending it wakes it at once.  It once slept its period out, so every
+    detach (and every run() of a replay) took up to a quarter of the deadline: 250 ms by default, here 15 s."""
+    s = pktlab.replay("lab-udp", deadline=60)
+    before = set(threading.enumerate())
+    t0 = time.monotonic()
+    st = s.run(limit=3)
+    assert st.counters["accept"] == 3
+    assert time.monotonic() - t0 < 5, "run() waited for the watchdog's next look (deadline/4 = 15 s)"
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("pktlab-watchdog")]
+
+
 def test_filter_selects_packets_like_the_kernel_would() -> None:
     s = pktlab.replay("lab-http", filter="tcp[tcpflags] & tcp-syn != 0")
     seen = []
@@ -192,3 +204,32 @@ def test_a_handler_can_detach_its_own_replay(tmp_path: Path) -> None:
     assert s.record.n == 3 and s.status().counters["drop"] == 1 and len(s.outputs) == 2
     s.run()  # a replay attaches again and reads from the start (a fresh record): the handler stops it again
     assert s.record.n == 3 and s.status().counters["drop"] == 1 and not s.attached and not s.errors
+
+
+def test_waiting_for_the_session_inside_its_own_handler_is_refused(tmp_path: Path) -> None:
+    """``s.wait()`` and ``s.step()`` in a handler wait for the handler itself (the reading thread runs it): they
+    once hung (wait() without a timeout never returned) or came back False after the timeout; now the handler
+    fails at once with the reason, and its packet gets the error verdict."""
+    s = pktlab.replay(testing.capture(tmp_path / "c.pcap", [testing.udp(seq=i) for i in range(4)]), on_error="drop")
+
+    @s.handler
+    def waits(pkt):
+        if seq(pkt) == 1:
+            s.wait()
+        if seq(pkt) == 2:
+            s.step()
+
+    st = s.run()
+    assert st.counters["accept"] == 2 and st.counters["drop"] == 2 and st.counters["errors"] == 2
+    errors = [e.error for e in s.record if e.error]
+    assert len(errors) == 2
+    assert "wait() in a handler of" in errors[0] and "to end the run early, s.detach()" in errors[0]
+    assert "step() in a handler of" in errors[1] and "call step() from the notebook" in errors[1]
+    s.pause()
+    s.attach()  # paused: a step runs the handler, which steps again
+    try:
+        assert s.step() and s.step() and s.step()
+        assert [e.error is not None for e in s.record] == [False, True, True]
+        assert not s.wait(0.01)  # from the notebook: waits, as it should (one packet still waits)
+    finally:
+        s.detach()
