@@ -54,7 +54,8 @@ def demo(count: int = 2000) -> int:
         )
         print(s.status())
         df = s.df
-        print(df.groupby(["handler", "verdict"], dropna=False).size().to_string())
+        by = df.assign(handler=df["handler"].fillna("(default verdict)"))  # no handler decided them
+        print(by.groupby(["handler", "verdict"]).size().to_string())
         s.detach()
         left = [r for r in rules.saved_rules(lab.server.netns) if "pktlab" in " ".join(r.tokens)]
         print(f"detached: {len(left)} pktlab rules left in {lab.server.netns}")
