@@ -35,7 +35,7 @@ from cpython.pycapsule cimport PyCapsule_New
 
 from pktlab._common cimport (QueueMessage, QueuePath, buf_ptr, cond_broadcast, cond_destroy, cond_init, cond_t,
                              cond_wait_ns, iovec, load_int, mono_ns, mutex_destroy, mutex_init, mutex_lock, mutex_t,
-                             mutex_unlock, store_int, tcp_stream_key, wall_time)
+                             mutex_unlock, store_int, tcp_stream_key, wall_of, wall_time)
 from pktlab.packet._core cimport (Packet_from, PacketCore, fix_packet, packet_done, packet_over, packet_recycle,
                                   pkt_ptr, pkt_size)
 from pktlab.packet._core import too_big
@@ -235,6 +235,8 @@ cdef class Dispatcher:
     cdef list reorder  # packets kept back after a gap in their stream: [nf, pkt, data, verdict, by, err, t0, h]
     cdef public double reorder_window  # how long one waits for its gap (s)
     cdef public long long reordered
+    cdef object adj_err  # what _adjust_give said besides its verdict: the error's text (None: none)
+    cdef bint adj_modified  # and whether the packet went on rewritten
 
     def __init__(self, chain, Ring ring, default, on_error, packet_cls,
                  verdict_cls, bytes batch_prefix, int batch_limit):
@@ -736,7 +738,7 @@ cdef class Dispatcher:
         if self._hold_fn is not None:
             if nf._queue is None:  # a captured packet: its bytes are an object already
                 data = nf.get_payload()
-            pkt = self._packet(nf, data, self.spare)  # a queue's: over its message (a held one copies it, HeldPacket)
+            pkt = self._packet(nf, data, self.spare, mono_ns())  # a queue's: over its message (a held one copies it, HeldPacket)
             self.spare = None
             self._track(pkt)
             if self._hold(nf, pkt, data):
@@ -949,8 +951,9 @@ cdef class Dispatcher:
                 self._internal_errors += 1
                 self.last_internal_error = f"seqadj: {type(exc).__name__}: {exc}"
 
-    cdef tuple _adjust_give(self, NfPacket nf, PacketCore pkt, bytes data, object verdict, object h, bint wait):
-        """Sequence adjustment where the packet needs it, then its verdict: (verdict, error text, modified).
+    cdef object _adjust_give(self, NfPacket nf, PacketCore pkt, bytes data, object verdict, object h, bint wait):
+        """Sequence adjustment where the packet needs it, then its verdict: the verdict given, with ``adj_err``
+        (the error's text, or None) and ``adj_modified`` (whether it went on rewritten) set; no tuple per packet.
 
         Raises SeqAdjWait, nothing given, when ``wait`` and the packet comes after a gap in its stream.
         """
@@ -970,7 +973,9 @@ cdef class Dispatcher:
                 if self._needs_seqadj(pkt, code):
                     self._seqadj(nf, pkt, data, False, False)  # as it arrived, where the connection needs it
         self._give_packet(nf, pkt, code, True)
-        return verdict, err, modified
+        self.adj_err = err
+        self.adj_modified = modified
+        return verdict
 
     cdef void _keep_back(self, NfPacket nf, PacketCore pkt, bytes data, verdict, by, err, long long t0, h):
         if data is None:  # it outlives its queue message: the packet and its original get bytes of their own
@@ -994,7 +999,8 @@ cdef class Dispatcher:
                     entry = self._earliest_of_stream(entry)
                 nf, pkt, data, verdict, by, err, t0, h = entry
                 try:
-                    verdict, err2, modified = self._adjust_give(nf, pkt, data, verdict, h, not force)
+                    verdict = self._adjust_give(nf, pkt, data, verdict, h, not force)
+                    err2, modified = self.adj_err, self.adj_modified
                 except SeqAdjWait:
                     continue
                 except BaseException as exc:
@@ -1069,7 +1075,7 @@ cdef class Dispatcher:
         """The verdict for a packet as it arrived, adjusted if its connection needs it."""
         cdef PacketCore pkt
         if self.seqadj_on and code == NF_ACCEPT:
-            pkt = self._packet(nf, data, None)
+            pkt = self._packet(nf, data, None, mono_ns())
             if self._needs_seqadj(pkt, code):
                 self._seqadj(nf, pkt, data, False)
             self._give_packet(nf, pkt, code, False)
@@ -1098,6 +1104,7 @@ cdef class Dispatcher:
         cdef Py_ssize_t n = m.payload_len
         cdef Py_ssize_t wire = m.cap_len if m.cap_len > m.payload_len else 0
         cdef int e
+        cdef long long mono
         if not load_int(&self.gate) or self.seqadj_on or not self._batchable(code):
             return 0
         mutex_lock(&self.vlock)
@@ -1108,16 +1115,18 @@ cdef class Dispatcher:
             self.write_errno = e
         if code == NF_ACCEPT:
             self._note_passed(m.payload, n, wire)
-        self.ring.put(wall_time(), m.id, m.hook, wire if wire else n, m.payload, n, code, 0, mono_ns(), False, False)
+        mono = mono_ns()
+        self.ring.put(wall_of(mono), m.id, m.hook, wire if wire else n, m.payload, n, code, 0, mono, False, False)
         return 1
 
     cdef inline void _record_plain(self, double now, unsigned int pid, unsigned char hook, const unsigned char* p,
-                                   Py_ssize_t n, Py_ssize_t wire, int code):
+                                   Py_ssize_t n, Py_ssize_t wire, int code, long long decided):
         """The record entry of a packet no handler saw (``wire``: its whole length if only ``n`` bytes were
-        copied, else 0); an accepted TCP segment noted."""
+        copied, else 0; ``decided``: CLOCK_MONOTONIC when its verdict was decided); an accepted TCP segment
+        noted."""
         if code == NF_ACCEPT and self.seqadj is not None:
             self._note_passed(p, n, wire)
-        self.ring.put(now, pid, hook, wire if wire else n, p, n, code, 0, mono_ns(), False, False)
+        self.ring.put(now, pid, hook, wire if wire else n, p, n, code, 0, decided, False, False)
 
     cdef void _fast(self, NfPacket nf):
         cdef int code = self.default_code
@@ -1126,6 +1135,7 @@ cdef class Dispatcher:
         cdef double now
         cdef CapturedPacket cp
         cdef Py_ssize_t wire = self.cap_len
+        cdef long long decided = mono_ns()
         if nf._queue is None:
             cp = <CapturedPacket>nf
             now = cp.time
@@ -1134,17 +1144,19 @@ cdef class Dispatcher:
             if off > n:
                 off = n
         else:
-            now = wall_time()
+            now = wall_of(decided)
         try:
             self._give(nf, code, True)
         except BaseException as exc:
             code = self._internal(nf, exc).code
-        self._record_plain(now, nf.id, nf.hook, nf.payload + off, n - off, wire - off if wire > n else 0, code)
+        self._record_plain(now, nf.id, nf.hook, nf.payload + off, n - off, wire - off if wire > n else 0, code,
+                           decided)
 
-    cdef PacketCore _packet(self, NfPacket nf, bytes data, PacketCore spare):
+    cdef PacketCore _packet(self, NfPacket nf, bytes data, PacketCore spare, long long mono):
         """The packet handlers see: ``spare`` (an emptied earlier one) reused, or a new one.
 
         ``data`` None: over the queue message's buffer (no copy; see PacketCore._own for when it gets one).
+        ``mono``: CLOCK_MONOTONIC now (a live packet's time is its wall-clock time).
         """
         cdef PacketCore pkt
         cdef CapturedPacket cp
@@ -1154,7 +1166,7 @@ cdef class Dispatcher:
             cp = <CapturedPacket>nf
             now = cp.time
         else:
-            now = wall_time()
+            now = wall_of(mono)
         if spare is not None:
             pkt = spare
             pkt._meta = nf
@@ -1208,7 +1220,7 @@ cdef class Dispatcher:
             if own:
                 if nf._queue is None:  # a captured packet: its bytes are an object already
                     data = nf.get_payload()
-                pkt = self._packet(nf, data, self.spare)
+                pkt = self._packet(nf, data, self.spare, t0)
                 self.spare = None
                 self._track(pkt)
             now = pkt.time
@@ -1302,7 +1314,8 @@ cdef class Dispatcher:
                     pkt._modified = False
                     pkt._mark = None
                 try:
-                    verdict, err2, modified = self._adjust_give(nf, pkt, data, verdict, h, True)
+                    verdict = self._adjust_give(nf, pkt, data, verdict, h, True)
+                    err2, modified = self.adj_err, self.adj_modified
                 except SeqAdjWait:  # after a gap in its TCP stream: kept back until the gap fills or a moment passes
                     self._keep_back(nf, pkt, data, verdict, by, err, t0, h)
                     return
@@ -1328,7 +1341,8 @@ cdef class Dispatcher:
             return  # not recorded: the packet comes back, copied whole, and is recorded then
         if now == 0.0:  # the packet could not be made (pktlab's own failure)
             now = wall_time()
-        self._push(nf, data, now, verdict.code, t0, mono_ns(), by, err, modified, wire)
+        self._push(nf, data, now, self.default_code if verdict is self._default else verdict.code, t0, mono_ns(), by,
+                   err, modified, wire)
         if self.reorder and given:
             self._release(now, False)
 

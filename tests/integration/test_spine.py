@@ -48,6 +48,26 @@ def test_drop_handler_stops_udp_and_ping(lab: Lab, queue_num: int) -> None:
         p.detach()
 
 
+def test_a_live_packets_time_is_the_wall_clock_time_it_reached_the_chain(lab: Lab, queue_num: int) -> None:
+    """``pkt.time`` and the record's ``time``: seconds since the epoch when the packet reached the chain, with and
+    without a handler (both paths read one clock, CLOCK_MONOTONIC, and add the wall clock's offset to it)."""
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    seen: list[float] = []
+    try:
+        t0 = time.time()
+        assert lab.udp(5, idle=0.3).unique == 5
+        s.add_handler(lambda pkt: seen.append(pkt.time), "when")
+        assert lab.udp(5, idle=0.3).unique == 5
+        t1 = time.time()
+        entries = list(s.record)
+        assert len(entries) == 10 and len(seen) == 5
+        assert all(t0 <= e.time <= t1 for e in entries), (t0, [e.time for e in entries], t1)
+        assert [e.time for e in entries[5:]] == seen
+        assert all(a.time <= b.time for a, b in zip(entries, entries[1:], strict=False))
+    finally:
+        s.detach()
+
+
 def test_modifying_handler_rewrites_payload_and_fixes_checksums(lab: Lab, queue_num: int) -> None:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
     try:
