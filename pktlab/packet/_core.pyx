@@ -111,27 +111,33 @@ def too_big(Py_ssize_t size, bint gso=False):
     )
 
 
-cdef bint fix_l4(unsigned char* p, Py_ssize_t n, int proto, Py_ssize_t off, unsigned long long pseudo, bint v4,
-                 Py_ssize_t tail_at, unsigned long long tail_sum):
-    """Set the transport header's checksum (and a UDP length); whether the sum of the bytes from ``tail_at`` on,
-    ``tail_sum``, was taken instead of summing them again (``tail_at`` -1: none is known)."""
+cdef int fix_l4(unsigned char* p, Py_ssize_t n, int proto, Py_ssize_t off, unsigned long long pseudo, bint v4,
+                Py_ssize_t tail_at, unsigned long long tail_sum):
+    """Set the transport header's checksum (and a UDP length): 1 if the sum of the bytes from ``tail_at`` on,
+    ``tail_sum``, was taken instead of summing them again (``tail_at`` -1: none is known), 0 if not, -1 if the
+    transport header is cut short (nothing written)."""
     cdef Py_ssize_t at
     cdef unsigned int c
     cdef bint known
-    if proto == 6 and n >= off + 20:
+    if proto == 6:
+        if n < off + 20:
+            return -1
         at = off + 16
-    elif proto == 17 and n >= off + 8:
+    elif proto == 17:
+        if n < off + 8:
+            return -1
         put16(p + off + 4, <unsigned int>(n - off))
         at = off + 6
         if v4 and p[at] == 0 and p[at + 1] == 0:
-            return False  # IPv4 UDP without a checksum stays without
-    elif proto == 1 and v4 and n >= off + 4:
+            return 0  # IPv4 UDP without a checksum stays without
+    elif proto == 1 and v4 or proto == 58:
+        if n < off + 4:
+            return -1
         at = off + 2
-        pseudo = 0
-    elif proto == 58 and n >= off + 4:
-        at = off + 2
+        if proto == 1:
+            pseudo = 0
     else:
-        return False
+        return 0
     put16(p + at, 0)
     known = at + 2 <= tail_at <= n  # the known bytes lie after every field written here
     if known:
@@ -141,7 +147,13 @@ cdef bint fix_l4(unsigned char* p, Py_ssize_t n, int proto, Py_ssize_t off, unsi
     if c == 0 and proto == 17:
         c = 0xFFFF
     put16(p + at, c)
-    return known
+    return 1 if known else 0
+
+
+cdef str cut_short(int proto, Py_ssize_t have):
+    cdef str name = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}[proto]
+    cdef int whole = {6: 20, 17: 8}.get(proto, 4)
+    return f"its {name} header is cut short ({have} of its {whole} bytes are there)"
 
 
 cpdef fix_packet(PacketCore pkt):
@@ -150,6 +162,10 @@ cpdef fix_packet(PacketCore pkt):
     Fragments keep their transport checksum (it spans all fragments).  A link
     header in front (Ethernet) is left as it is.  A payload a write copied in with its sum
     (``PacketCore._set_sum``) is not summed again, and stays known: only headers in front of it are written.
+
+    Returns None, or, when the writes left headers that cannot be read (an IPv4 header length beyond the
+    packet, a transport header cut short), why: the packet is then left as written from that header on
+    (a malformed packet may be what the handler wants to send; the dispatcher tells its user).
     """
     cdef bytes tail = pkt._set if pkt._set_summed else None
     cdef Py_ssize_t tail_at = pkt._set_at
@@ -160,40 +176,57 @@ cpdef fix_packet(PacketCore pkt):
     cdef Py_ssize_t n = PyByteArray_GET_SIZE(buf)
     cdef Py_ssize_t ihl, off
     cdef unsigned long long pseudo
-    cdef int proto
+    cdef int proto, r
     pkt._dirty = False
     if l3 < 0 or l3 >= n:
-        return
+        return None  # no IP header (a link header of another protocol): nothing to fix
     if tail is None or tail_at < l3 or PyBytes_GET_SIZE(tail) != n - tail_at:
         tail_at = l3 - 1  # none known (-1 once relative to the IP header)
     p += l3
     n -= l3
     tail_at -= l3
-    if n >= 20 and p[0] >> 4 == 4:
+    if p[0] >> 4 == 4:
+        if n < 20:
+            return f"it is {n} bytes from the IP header on, shorter than an IPv4 header (20)"
         ihl = (p[0] & 15) * 4
-        if ihl < 20 or ihl > n or n > 0xFFFF:
-            return
+        if ihl < 20:
+            return f"its IPv4 header length field (ihl {ihl // 4}) says {ihl} bytes, less than the 20 it has at least"
+        if ihl > n:
+            return f"its IPv4 header length field (ihl {ihl // 4}) says {ihl} bytes, more than the packet's {n}"
+        if n > 0xFFFF:
+            return None  # (refused before the verdict: too_big)
         put16(p + 2, <unsigned int>n)
         put16(p + 10, 0)
         put16(p + 10, csum_fold(csum_add(p, ihl, 0)))
         if ((p[6] << 8) | p[7]) & 0x3FFF:
-            return
+            return None
         pseudo = csum_add(p + 12, 8, 0) + p[9] + <unsigned long long>(n - ihl)
-        if fix_l4(p, n, p[9], ihl, pseudo, True, tail_at, tail_sum):
+        r = fix_l4(p, n, p[9], ihl, pseudo, True, tail_at, tail_sum)
+        if r < 0:
+            return cut_short(p[9], n - ihl)
+        if r:
             keep_set(pkt, tail)
-    elif n >= 40 and p[0] >> 4 == 6:
+    elif p[0] >> 4 == 6:
+        if n < 40:
+            return f"it is {n} bytes from the IP header on, shorter than an IPv6 header (40)"
         put16(p + 4, <unsigned int>((n - 40) & 0xFFFF))
         pkt._relayout()
         try:
             proto, off, frag = pkt._upper()
-        except PacketFormatError:
-            return
+        except PacketFormatError as exc:
+            return str(exc)
         if frag:
-            return
+            return None
         off -= l3
         pseudo = csum_add(p + 8, 32, 0) + ((n - off) >> 16) + ((n - off) & 0xFFFF) + proto
-        if fix_l4(p, n, proto, off, pseudo, False, tail_at, tail_sum):
+        r = fix_l4(p, n, proto, off, pseudo, False, tail_at, tail_sum)
+        if r < 0:
+            return cut_short(proto, n - off)
+        if r:
             keep_set(pkt, tail)
+    else:
+        return f"its first byte says IP version {p[0] >> 4}, neither 4 nor 6"
+    return None
 
 
 cdef inline void keep_set(PacketCore pkt, bytes tail) noexcept:

@@ -45,7 +45,7 @@ from pktlab.pipeline._streams cimport StreamEnds
 from pktlab.pipeline._writer cimport VerdictWriter
 from pktlab.pipeline.seqadj import SeqAdjError, SeqAdjWait
 from pktlab.packet.verdicts import ACCEPT, DROP
-from pktlab.errors import HandlerError, SessionError
+from pktlab.errors import HandlerError, SendError
 
 cdef extern from "<sys/uio.h>" nogil:
     ssize_t writev(int fd, const iovec* iov, int iovcnt)
@@ -204,6 +204,11 @@ cdef class Dispatcher:
     cdef public object on_hold_failure  # told of the first failure of each predicate set: on_hold_failure(text)
     cdef bint hold_failed  # the predicate set now has failed
     cdef public long long held_count
+    # rewritten packets whose headers could not be read to fix their lengths and checksums (fix_packet said why):
+    # sent as written
+    cdef public long long unfixed
+    cdef public object last_unfixed  # the newest one's reason, with the packet
+    cdef public object on_unfixed  # told of the first: on_unfixed(text)
     # TCP sequence adjustment (pipeline/seqadj.py, TcpAdjust): looked at for accepted TCP packets whose payload a
     # handler changed, and for every accepted TCP packet while any connection has state (seqadj_on)
     cdef public object seqadj
@@ -841,11 +846,10 @@ cdef class Dispatcher:
         if pkt._mark is None and not pkt._modified:
             self._give(nf, code, plain)
             return 0
-        if pkt._modified and pkt._dirty:
-            fix_packet(pkt)
+        why = fix_packet(pkt) if pkt._modified and pkt._dirty else None
         if code == NF_REPEAT:
             if pkt._modified and self.reinject is not None:
-                raise SessionError(
+                raise HandlerError(
                     "a rewritten packet cannot be repeated here: the kernel refuses a queue's new payloads in a lab "
                     "of user-namespace mode; accept it (pktlab then sends it from the host), or repeat it unchanged"
                 )
@@ -859,7 +863,21 @@ cdef class Dispatcher:
             self._give_payload(nf, code, buf, pkt._mark)
             if buf is not None and self.writer is not None and PyByteArray_GET_SIZE(buf) >= BIG_PAYLOAD:
                 pkt._shared = True  # the writer's thread may still be reading the bytearray: a later write copies it
+        if why is not None:  # (once it went: a packet the host's kernel refused to send went nowhere)
+            self._unfixed(pkt, why)
         return 0
+
+    cdef void _unfixed(self, PacketCore pkt, str why):
+        """A rewritten packet whose headers the fix-up could not read: it goes on as written (a malformed packet
+        may be the point), counted; ``on_unfixed`` is told of the session's first."""
+        self.unfixed += 1
+        self.last_unfixed = f"{why} ({pkt!r})"
+        if self.unfixed == 1 and self.on_unfixed is not None:
+            try:
+                self.on_unfixed(self.last_unfixed)
+            except Exception as exc:  # (pktlab's own: saying it)
+                self._internal_errors += 1
+                self.last_internal_error = f"saying an unfixed rewrite: {type(exc).__name__}: {exc}"
 
     cdef void _note_passed(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t wire=0) noexcept nogil:
         """Remember how far each TCP stream has gone through accepted packets.
@@ -977,6 +995,17 @@ cdef class Dispatcher:
         self.adj_modified = modified
         return verdict
 
+    cdef object _not_sent(self, NfPacket nf, PacketCore pkt, bytes data, object h, exc):
+        """The verdict of a rewritten packet that could not go on as written, nothing given yet: where a lab of
+        user-namespace mode re-sends rewritten packets from the host, its kernel refused the packet (SendError:
+        a header it will not send), or the handler repeated a rewritten packet (HandlerError).  The handler's
+        failure (``adj_err``), not pktlab's: the error verdict, for the packet as it arrived."""
+        self.adj_err = self.chain.failed(h, pkt, exc) if h is not None else f"{type(exc).__name__}: {exc}"
+        pkt._modified = False
+        pkt._mark = None
+        self._give_original(nf, NF_DROP if self.error_code == NF_DROP else NF_ACCEPT, data)
+        return self._on_error
+
     cdef void _keep_back(self, NfPacket nf, PacketCore pkt, bytes data, verdict, by, err, long long t0, h):
         if data is None:  # it outlives its queue message: the packet and its original get bytes of their own
             data = nf.get_payload()
@@ -1003,6 +1032,8 @@ cdef class Dispatcher:
                     err2, modified = self.adj_err, self.adj_modified
                 except SeqAdjWait:
                     continue
+                except (SendError, HandlerError) as exc:
+                    verdict, err2, modified = self._not_sent(nf, pkt, data, h, exc), self.adj_err, False
                 except BaseException as exc:
                     verdict, err2, modified = self._internal(nf, exc), None, False
                 self.reorder.remove(entry)
@@ -1319,6 +1350,8 @@ cdef class Dispatcher:
                 except SeqAdjWait:  # after a gap in its TCP stream: kept back until the gap fills or a moment passes
                     self._keep_back(nf, pkt, data, verdict, by, err, t0, h)
                     return
+                except (SendError, HandlerError) as exc:
+                    verdict, err2, modified = self._not_sent(nf, pkt, data, h, exc), self.adj_err, False
                 if err2 is not None:
                     err = err2
                     by = h.name if h is not None else None

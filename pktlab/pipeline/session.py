@@ -91,6 +91,8 @@ class Status:
     errors_left_out: int = 0  # handler failures s.errors no longer keeps (it keeps the newest 1,000)
     hold_failures: int = 0  # calls of the hold predicate (s.hold) that raised: those packets went on, not held
     last_hold_failure: str | None = None  # the newest one
+    unfixed_rewrites: int = 0  # rewritten packets whose headers could not be read to fix them: sent as written
+    last_unfixed_rewrite: str | None = None  # the newest one's reason, with the packet
     internal_errors: int = 0  # pktlab's own failures on the packet path (the packet got the error verdict)
     last_internal_error: str | None = None  # the newest one's reason
     rule_hits: int = 0  # packets that hit the queue rule (the kernel's counter)
@@ -199,6 +201,11 @@ class Status:
             out.append(
                 f"  hold predicate failed {self.hold_failures:,} time(s), the last with {self.last_hold_failure}; "
                 "those packets went on through the chain, not held"
+            )
+        if self.unfixed_rewrites:
+            out.append(
+                f"  {self.unfixed_rewrites:,} rewritten packet(s) sent as written, lengths and checksums not fixed: "
+                f"the last because {self.last_unfixed_rewrite}"
             )
         if self.internal_errors:
             last = f" (the last: {self.last_internal_error})" if self.last_internal_error else ""
@@ -380,6 +387,7 @@ class Session(ChainOwner):
         self.held = HeldPackets(self, self._dispatch.give_held)
         self._dispatch.on_hold = self.held.add
         self._dispatch.on_hold_failure = self._first_hold_failure
+        self._dispatch.on_unfixed = self._first_unfixed
         self._dispatch.sender = self._sender = self.source.make_sender(self)
 
     def why_not_sending(self) -> str | None:
@@ -553,6 +561,13 @@ class Session(ChainOwner):
                 f"the hold predicate failed ({error}); the packet went on through the chain, not held, as will "
                 "every packet it fails on (counted in status())"
             )
+
+    def _first_unfixed(self, why: str) -> None:
+        self.say(
+            f"a rewritten packet was sent as written, its lengths and checksums not fixed, because {why}; a "
+            "receiver drops such a packet, unless a malformed packet is what the handler meant to send (counted in "
+            "status())"
+        )
 
     def say(self, message: str) -> None:
         """A note for the person at the notebook (stderr shows in the running cell's output)."""
@@ -769,6 +784,8 @@ class Session(ChainOwner):
             "held": len(self.held),
             "hold_failures": self._dispatch.hold_failures,
             "last_hold_failure": self._dispatch.last_hold_failure,
+            "unfixed_rewrites": self._dispatch.unfixed,
+            "last_unfixed_rewrite": self._dispatch.last_unfixed,
             "tcp_adjusted": len(self._dispatch.seqadj.adjuster),
             "kept_back": self._dispatch.reordered,
             "flows": len(self._dispatch.flows) if self._dispatch.flows.enabled else None,

@@ -89,6 +89,41 @@ def assert_scapy_agrees(out: bytes) -> None:
     assert out == bytes(ref)
 
 
+def test_the_fix_up_says_why_it_left_a_malformed_rewrite_as_written() -> None:
+    """Writes that leave headers the fix-up cannot read: the packet stays as written from that header on, and
+    fix_packet says why (the dispatcher tells the user); a well-formed packet, a fragment and a packet of no IP
+    protocol it fixes give None."""
+    from pktlab.packet._core import fix_packet
+
+    def fixed(data: bytes) -> tuple[object, bytes]:
+        p = Packet(None, data)
+        why = fix_packet(p)
+        return why, bytes(p)  # (fixed now: bytes() does not fix it again)
+
+    udp = bytes(IP(src="10.77.1.1", dst="10.77.1.2") / UDP(dport=9) / b"abcd")
+    why, out = fixed(b"\x4f" + udp[1:])  # ihl 15
+    assert why == "its IPv4 header length field (ihl 15) says 60 bytes, more than the packet's 32", why
+    assert out == b"\x4f" + udp[1:]  # as written: not even the IP checksum touched
+    why, _ = fixed(b"\x44" + udp[1:])
+    assert "says 16 bytes, less than the 20 it has at least" in why
+    why, _ = fixed(b"\x75" + udp[1:])
+    assert why == "its first byte says IP version 7, neither 4 nor 6"
+    why, _ = fixed(udp[:12])
+    assert why == "it is 12 bytes from the IP header on, shorter than an IPv4 header (20)"
+    tcp = bytes(IP(dst="10.77.1.2", len=30) / TCP(dport=80))[:30]
+    why, _ = fixed(tcp)
+    assert why == "its TCP header is cut short (10 of its 20 bytes are there)"
+    why, _ = fixed(bytes(IP(dst="10.77.1.2") / UDP(dport=9))[:24])
+    assert why == "its UDP header is cut short (4 of its 8 bytes are there)"
+    v6 = bytes(IPv6(dst="fd00::2", nh=6, plen=8) / Raw(b"\0" * 8))
+    why, _ = fixed(v6)
+    assert why == "its TCP header is cut short (8 of its 20 bytes are there)"
+    ttl3 = bytes(IP(src="10.77.1.1", dst="10.77.1.2", ttl=3) / UDP(dport=9) / b"abcd")
+    assert fixed(udp[:8] + b"\x03" + udp[9:]) == (None, ttl3)  # the IP checksum fixed
+    assert fixed(bytes(IP(dst="10.77.1.2", flags="MF", proto=6) / Raw(b"\0" * 8)))[0] is None  # a fragment
+    assert fixed(bytes(IP(dst="10.77.1.2", proto=47) / Raw(b"\0" * 4)))[0] is None  # GRE: no checksum of ours
+
+
 def test_ipv4_udp_zero_checksum_stays_zero() -> None:
     raw = bytearray(bytes(IP(dst="10.0.0.1") / UDP(dport=9) / b"abc"))
     raw[26:28] = b"\0\0"  # "no checksum", allowed for UDP over IPv4
