@@ -228,7 +228,7 @@ cdef class Dispatcher:
     cdef public int seqadj_headroom  # bytes taken off the MSS of SYNs, so that grown segments fit the MTU
     cdef public StreamEnds tcp_high  # stream key -> sequence number after the highest byte accepted (bounded)
     cdef int gate  # 1: no handler, hold predicate or flow tracking can want a packet (regate())
-    cdef tuple active  # the chain's active handlers, as last published (regate())
+    cdef tuple active  # the chain's active handlers as (handler, its function) pairs, as last published (regate())
     cdef bint flows_on  # flow tracking has started (regate(): the table says so when it changes)
     cdef mutex_t vlock  # the verdict buffer's: held over C code only
     cdef public object sender  # the session's Sender: what pkt.reply sends through
@@ -285,7 +285,9 @@ cdef class Dispatcher:
         or the flow table is set, tracking starts); the reader's path reads the result per packet.
         """
         flows = self._flows
-        self.active = self.chain.active
+        # one object, each handler with its function: a call does not look the function up on the handler, and no
+        # reader can see the handlers of one publication with the functions of another
+        self.active = tuple([(h, h.fn) for h in self.chain.active])
         self.flows_on = flows is not None and flows.enabled
         open_ = self._hold_fn is None and not self.active and not self.flows_on
         store_int(&self.gate, 1 if open_ else 0)
@@ -743,7 +745,8 @@ cdef class Dispatcher:
         if self._hold_fn is not None:
             if nf._queue is None:  # a captured packet: its bytes are an object already
                 data = nf.get_payload()
-            pkt = self._packet(nf, data, self.spare, mono_ns())  # a queue's: over its message (a held one copies it, HeldPacket)
+            # a queue's: over its message (a held one copies it, HeldPacket)
+            pkt = self._packet(nf, data, self.spare, mono_ns())
             self.spare = None
             self._track(pkt)
             if self._hold(nf, pkt, data):
@@ -1033,7 +1036,8 @@ cdef class Dispatcher:
                 except SeqAdjWait:
                     continue
                 except (SendError, HandlerError) as exc:
-                    verdict, err2, modified = self._not_sent(nf, pkt, data, h, exc), self.adj_err, False
+                    verdict = self._not_sent(nf, pkt, data, h, exc)
+                    err2, modified = self.adj_err, False
                 except BaseException as exc:
                     verdict, err2, modified = self._internal(nf, exc), None, False
                 self.reorder.remove(entry)
@@ -1226,8 +1230,8 @@ cdef class Dispatcher:
         return pkt
 
     cdef void _run(self, NfPacket nf, tuple chain, PacketCore pkt=None, bytes data=None, bint made=False):
-        """The chain on one packet (``pkt`` and its ``data`` already made when a hold predicate saw it: ``made``,
-        the caller then reuses or finishes it).
+        """The chain (``active``'s (handler, function) pairs) on one packet (``pkt`` and its ``data`` already made
+        when a hold predicate saw it: ``made``, the caller then reuses or finishes it).
 
         A packet of the queue is made over its message's buffer (``data`` stays None: the message is the packet
         as it arrived); it gets bytes of its own only if a handler writes it or reads all of it from Python, or
@@ -1271,10 +1275,10 @@ cdef class Dispatcher:
                     verdict = ACCEPT if fv == "accept" else DROP
                     by = f"flow ({pkt._flow.decided_by})"
                     chain = ()
-            for h in chain:
+            for h, fn in chain:
                 self.busy_handler = h
                 try:
-                    v = h.fn(pkt)
+                    v = fn(pkt)
                 except BaseException as exc:
                     self.busy_t0 = 0
                     if self.stolen and my_seq in self.stolen:
@@ -1351,7 +1355,8 @@ cdef class Dispatcher:
                     self._keep_back(nf, pkt, data, verdict, by, err, t0, h)
                     return
                 except (SendError, HandlerError) as exc:
-                    verdict, err2, modified = self._not_sent(nf, pkt, data, h, exc), self.adj_err, False
+                    verdict = self._not_sent(nf, pkt, data, h, exc)
+                    err2, modified = self.adj_err, False
                 if err2 is not None:
                     err = err2
                     by = h.name if h is not None else None
