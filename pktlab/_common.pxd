@@ -115,16 +115,35 @@ cdef extern from *:
     long long wall_off_at "pktlab_wall_off_at"
 
 
-cdef inline double wall_of(long long mono) noexcept nogil:
-    """The wall-clock time (seconds since the epoch) at the CLOCK_MONOTONIC instant ``mono`` (ns), just read."""
+cdef inline void wall_refresh() noexcept nogil:
+    """Take the offset again: CLOCK_REALTIME read between two CLOCK_MONOTONIC reads, against their middle; of up
+    to three tries, the one whose reads lay closest together (a thread preempted between two reads would
+    otherwise put the offset off by the time it waited)."""
     global wall_off, wall_off_at
     cdef timespec ts
-    cdef long long m
-    if mono - wall_off_at > 10000000LL or mono < wall_off_at:
+    cdef long long a, b, real
+    cdef long long best = 1LL << 62
+    cdef long long off = 0
+    cdef int i
+    for i in range(3):
+        a = mono_ns()
         clock_gettime(CLOCK_REALTIME, &ts)
-        m = mono_ns()
-        wall_off = ts.tv_sec * 1000000000LL + ts.tv_nsec - m
-        wall_off_at = m
+        b = mono_ns()
+        real = ts.tv_sec * 1000000000LL + ts.tv_nsec
+        if b - a < best:
+            best = b - a
+            off = real - (a + (b - a) // 2)
+        if best < 2000:
+            break
+    wall_off = off
+    wall_off_at = b
+
+
+cdef inline double wall_of(long long mono) noexcept nogil:
+    """The wall-clock time (seconds since the epoch) at the CLOCK_MONOTONIC instant ``mono`` (ns), just read."""
+    cdef long long m
+    if mono - wall_off_at > 10000000LL:
+        wall_refresh()
     m = mono + wall_off
     return m // 1000000000LL + (m % 1000000000LL) * 1e-9
 
