@@ -88,6 +88,14 @@ cdef extern from *:
     void fence_acquire "pktlab_fence_acquire"() noexcept nogil
     void fence_release "pktlab_fence_release"() noexcept nogil
 
+# Ask the CPU for a cache line it will write soon (no fault, no effect on what the program computes): a ring's
+# next slot is cold memory, and the lock's release after the slot's stores waited for them to reach the cache.
+cdef extern from *:
+    """
+    #define pktlab_prefetch_w(p) __builtin_prefetch((p), 1, 3)
+    """
+    void prefetch_w "pktlab_prefetch_w"(const void* p) noexcept nogil
+
 
 cdef inline double wall_time() noexcept nogil:
     cdef timespec ts

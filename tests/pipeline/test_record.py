@@ -27,6 +27,16 @@ def test_ring_keeps_the_newest_and_counts_all() -> None:
     assert r.counters()["packets"] == 12
 
 
+@pytest.mark.parametrize("capacity", [1, 2, 3])
+def test_a_ring_smaller_than_its_write_ahead_keeps_the_newest(capacity: int) -> None:
+    # a put fetches the memory of the entry two ahead: in a ring of 1 to 3 that wraps round onto live entries
+    r = Record(capacity=capacity, snaplen=65535)
+    for i in range(7):
+        r.append(entry(i))
+    assert [e.id for e in r] == list(range(7 - capacity, 7))
+    assert [bytes(e.head)[-1:] for e in r] == [b"x"] * capacity and r.n == 7
+
+
 def test_dataframe_columns_and_values() -> None:
     r = Record(capacity=10)
     for i in range(3):
