@@ -19,6 +19,8 @@ Every message names the cause and the fix, in one sentence where possible::
 
 from __future__ import annotations
 
+import reprlib
+
 
 class PktlabError(Exception):
     """Base class of all pktlab errors."""
@@ -38,6 +40,22 @@ def notebook_extra_missing(what: str, exc: ImportError) -> MissingToolError:
         f"{what} needs pktlab's notebook extra ({exc.name or exc} is not installed); "
         "install it with pip install 'pktlab[notebook]'"
     )
+
+
+_BRIEF = reprlib.Repr()  # (Python 3.11's takes no arguments)
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxset = _BRIEF.maxfrozenset = _BRIEF.maxdict = 3
+_BRIEF.maxstring = _BRIEF.maxother = 60
+BRIEF_LEN = 160  # characters at most
+
+
+def brief(value: object) -> str:
+    """``repr(value)`` cut to part of a line (a handler's wrong return, a wrong argument), never raising: a
+    message must neither run to the size of a packet's bytes nor fail on the object it names."""
+    try:
+        text = _BRIEF.repr(value)
+    except Exception as exc:  # (reprlib catches an instance's; a container's element can still raise)
+        return f"<{type(value).__name__}, whose repr() raised {type(exc).__name__}>"
+    return text if len(text) <= BRIEF_LEN else f"{text[: BRIEF_LEN - 20]}...{text[-17:]}"
 
 
 class RuleError(PktlabError):

@@ -7,6 +7,8 @@ hash is a Python-level call.
 
 from __future__ import annotations
 
+from ..errors import brief
+
 
 class Verdict:
     """What the kernel does with a packet: ACCEPT, DROP or REPEAT."""
@@ -35,7 +37,7 @@ class Verdict:
             return value
         if isinstance(value, str) and value.lower() in cls._by_name:
             return cls._by_name[value.lower()]
-        raise ValueError(f"{value!r} is not a verdict; use 'accept', 'drop' or 'repeat'")
+        raise ValueError(f"{brief(value)} is not a verdict; use 'accept', 'drop' or 'repeat'")
 
     @classmethod
     def all(cls) -> list[Verdict]:

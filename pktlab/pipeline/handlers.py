@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import HandlerError
+from ..errors import HandlerError, brief
 from ..packet.verdicts import Verdict
 
 HandlerFn = Callable[[Any], Any]
@@ -306,7 +306,8 @@ class HandlerChain:
             return Verdict.parse(value), None
         except ValueError:
             exc = HandlerError(
-                f"handler {handler.name!r} returned {value!r}; return pkt.accept(), pkt.drop(), pkt.repeat() or None"
+                f"handler {handler.name!r} returned {brief(value)}; return pkt.accept(), pkt.drop(), pkt.repeat() "
+                "or None"
             )
             return None, self.failed(handler, pkt, exc)
 

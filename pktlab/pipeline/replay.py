@@ -14,9 +14,10 @@ have left the kernel.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
-from ..errors import SessionError
+from ..errors import SessionError, brief
 from ..options import REPLAY
 from .chainowner import hook
 from .session import Session, Status
@@ -33,9 +34,12 @@ def replay(source: str | os.PathLike[str], **options: Any) -> Session:
     says), ``default``, ``on_error``, ``record_size``, ``snaplen``, ``deadline`` (s, default 1), ``name``.
     """
     if not isinstance(source, str | os.PathLike):
+        what = f"{type(source).__name__} {brief(source)}"  # (a list of a million packets: not all of it)
+        fix = ""
+        if isinstance(source, Iterable):  # a packet (bytes, scapy), or packets, in memory
+            fix = "; write packets in memory to a capture first: pktlab.testing.capture('packets.pcap', packets)"
         raise SessionError(
-            f"replay() takes a capture's path or a dataset name ({', '.join(hook('datasets')())}), "
-            f"not {type(source).__name__} {source!r}"
+            f"replay() takes a capture's path or a dataset name ({', '.join(hook('datasets')())}), not {what}{fix}"
         )
     known = [o.name for o in REPLAY]
     unknown = sorted(set(options) - set(known))

@@ -47,6 +47,25 @@ def test_chain_semantics_match_a_live_session() -> None:
     assert len(s.errors) == 8
 
 
+def test_a_wrong_return_is_named_in_a_line_even_when_it_is_big_or_cannot_be_shown() -> None:
+    """A handler that returns the packet's bytes (a 64 KiB GSO packet's, say) or an object whose repr() raises:
+    the handler's failure, said in a line; before, the message held every byte, or failing to write it made
+    the packet a pktlab internal error that s.errors did not show."""
+
+    class Unshowable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    returns = iter([lambda pkt: bytes(pkt) * 1000, lambda pkt: Unshowable(), lambda pkt: [Unshowable()]])
+    s = pktlab.replay("lab-udp")
+    s.add_handler(lambda pkt: next(returns)(pkt), "wrong")
+    st = s.run(limit=3)
+    assert st.internal_errors == 0 and st.counters["errors"] == 3 and len(s.errors) == 3
+    big, unshowable, inside = (e.error for e in s.errors)
+    assert big.startswith("HandlerError: handler 'wrong' returned b\"E") and "..." in big and len(big) < 300
+    assert "returned <Unshowable instance at 0x" in unshowable and "returned [<Unshowable instance" in inside
+
+
 def test_rewrites_are_fixed_up_and_written(tmp_path: Path) -> None:
     s = pktlab.replay("lab-udp")
 
@@ -154,6 +173,18 @@ def test_replay_of_something_that_is_not_a_capture_is_one_sentence() -> None:
 
     with pytest.raises(pktlab.SessionError, match="replay\\(\\) takes a capture's path or a dataset name"):
         pktlab.replay(42)  # type: ignore[arg-type]
+
+
+def test_packets_in_memory_given_to_replay_are_named_briefly_with_the_way_to_a_capture(tmp_path: Path) -> None:
+    packets = [testing.udp(seq=i, raw=True) for i in range(10_000)]
+    with pytest.raises(SessionError) as refused:
+        pktlab.replay(packets)  # type: ignore[arg-type]
+    said = str(refused.value)
+    assert len(said) < 600 and "not list [" in said and "..." in said  # not ten thousand packets' bytes
+    assert "pktlab.testing.capture('packets.pcap', packets)" in said
+    s = pktlab.replay(testing.capture(tmp_path / "packets.pcap", packets[:5]))  # what it says works
+    s.run()
+    assert s.record.n == 5
 
 
 def test_stepping_through_a_capture_with_the_inspector() -> None:
