@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import PktlabError
 from ..lab.network import TOPOLOGIES, Lab
 from ..options import ATTACH, REPLAY, DeclaredParser, add_options
+from ..packet.model import PacketRepr
 from ..pipeline.session import Session, attach
 from ..teardown import Teardown
 
@@ -115,6 +116,11 @@ def make_parsers() -> dict[str, _Parser]:
     session_arg(cmd("status", "counters from pktlab and from the kernel, rules, handlers, last errors"), "name")
     session_arg(cmd("pause", "stops reading: packets wait in the kernel queue (up to --max-len)"), "name")
     session_arg(cmd("resume", "reads again, oldest first"), "name")
+    stp = cmd("step", "while paused: one waiting packet through the handlers, and what became of it")
+    session_arg(stp, "name")
+    stp.add_argument("--hold", action="store_true",
+                     help="hold it instead: returns the packet to inspect, then .accept() or .drop()")  # fmt: skip
+    stp.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a packet")
     session_arg(cmd("dashboard", "live plots of a session (bokeh)"), "name")
     session_arg(cmd("controls", "pause, step and inspect, handler toggles, verdicts (ipywidgets)"), "name")
     doc = cmd("doctor", "what this machine allows (live or replay only, and why), checked for real")
@@ -265,6 +271,8 @@ class PktlabMagicState:
             s = self.session(self.parsers[cmd].parse_args(rest).name)
             s.pause() if cmd == "pause" else s.resume()
             return None
+        if cmd == "step":
+            return self.cmd_step(self.parsers["step"].parse_args(rest))
         if cmd == "handlers":
             return self.session(self.parsers["handlers"].parse_args(rest).name).handler_table()
         if cmd == "handler":
@@ -279,6 +287,31 @@ class PktlabMagicState:
                 s.enable(a.name, a.action == "on")
             return None
         raise PktlabError(f"unknown command {cmd!r}; try %pktlab help")
+
+    def cmd_step(self, a: argparse.Namespace) -> Any:
+        """One packet of a paused session: its verdict said in a line, or (``--hold``) the held packet returned."""
+        s = self.session(a.name)
+        if not s.paused:
+            raise PktlabError(f"session {s.name} is not paused; %pktlab pause it first, then step")
+        if s.is_replay and not s.attached:
+            s.attach()  # a paused replay's reader waits for the steps
+        if a.hold:
+            held = s.step_and_hold(a.timeout)
+            if held is None:
+                print(f"pktlab: no packet came to {s.name} within {a.timeout:g} s")
+            return held
+        held_before, n = len(s.held), s.record.n
+        if not s.step(a.timeout):
+            print(f"pktlab: no packet came to {s.name} within {a.timeout:g} s")
+        elif len(s.held) > held_before:
+            print(f"pktlab: {s.held[len(s.held) - 1].packet.summary()} is held (its hold predicate took it)")
+        elif s.record.n > n:
+            e = s.record.tail(1)[0]  # (its head: the record's snaplen; its size: the packet's)
+            what = PacketRepr(e.id, e.hook, e.size, e.head[:128], bool(e.head) and e.head[0] >> 4 in (4, 6), None,
+                              e.modified).summary()  # fmt: skip
+            by = f"handler {e.handler}" if e.handler else "the default verdict"
+            print(f"pktlab: {what} -> {e.verdict} ({by}" + (f"; {e.error}" if e.error else "") + ")")
+        return None
 
     def cmd_lab(self, a: argparse.Namespace) -> Any:
         name = a.name_opt or a.name
@@ -385,7 +418,8 @@ class PktlabMagicState:
             s = self.session(n)
             s.detach()
             self._forget_session(n)  # type: ignore[arg-type]
-            print(f"pktlab: {n} detached ({s.record.n} packets seen; its rules are gone)")
+            gone = "" if s.is_replay else "; its rules are gone"
+            print(f"pktlab: {n} detached ({s.record.n} packets seen{gone})")
 
     def _forget_session(self, name: str) -> None:
         self.sessions.pop(name, None)

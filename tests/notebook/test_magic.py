@@ -6,6 +6,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from pktlab.kernel import netns, privilege
+from pktlab.lab.network import wait_until
 from tests.conftest import needs_live, needs_root, pktlab_rules
 
 
@@ -124,6 +125,18 @@ def test_full_cycle_through_magics(shell, capsys) -> None:
         _, err = run(shell, "%pktlab handler off oops")
         assert err is None and s.chain["oops"].enabled is False
 
+        # one packet of a paused queue through the handlers, and what became of it said
+        run(shell, "%pktlab pause")
+        flow = lab.start_udp(3, size=600)
+        assert wait_until(lambda: s.kernel_counters().queue_total == 3, 5), "3 datagrams waiting in the paused queue"
+        n = s.record.n
+        capsys.readouterr()
+        _, err = run(shell, "%pktlab step")
+        assert err is None and s.record.n == n + 1
+        assert capsys.readouterr().out.endswith(" > 10.77.1.2:9000 len=628 -> accept (the default verdict)\n")
+        _, err = run(shell, "%pktlab resume")
+        assert err is None and not s.paused and flow.wait().unique == 3
+
         _, err = run(shell, '%pktlab attach 21 --rule "-p udp --dport 9001"')
         assert f"already read by your own session {s.name}" in err and "\n" not in err
 
@@ -225,6 +238,31 @@ def test_replay_through_magics_needs_no_root(shell, capsys) -> None:
     assert "no dataset named 'nope'" in err and "\n" not in err
     _, err = run(shell, "%pktlab detach")
     assert err is None
+
+
+def test_step_magic_lets_one_packet_through_and_says_what_became_of_it(shell, capsys) -> None:
+    r, err = run(shell, "%pktlab replay lab-udp")
+    assert err is None
+    _, err = run(shell, "%pktlab step")
+    assert err == f"session {r.name} is not paused; %pktlab pause it first, then step"
+    run(shell, "%%pktlab handler odd\nif int.from_bytes(pkt.udp.payload[:4], 'big') % 2:\n    return pkt.drop()\n")
+    run(shell, "%pktlab pause")
+    capsys.readouterr()
+    for _ in range(2):
+        _, err = run(shell, "%pktlab step")
+        assert err is None
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 2 and r.record.n == 2
+    assert said[0].startswith("pktlab: udp 10.77.1.1:") and said[0].endswith(
+        " > 10.77.1.2:9000 len=60 -> accept (the default verdict)"
+    )
+    assert said[1].endswith(" -> drop (handler odd)")
+    held, err = run(shell, "%pktlab step --hold")
+    assert err is None and held is not None and r.record.n == 2  # held: no verdict yet
+    held.drop()
+    assert r.record.n == 3 and r.record.tail(1)[0].verdict == "drop"
+    _, err = run(shell, "%pktlab detach")
+    assert err is None and "(3 packets seen)" in capsys.readouterr().out  # a replay has no rules to remove
 
 
 @needs_live

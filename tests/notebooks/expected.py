@@ -18,6 +18,8 @@ def check_live_output(stem: str, text: str) -> None:
         assert "namespaces left: []" in text
         assert "600-byte datagrams passed: 0; 100-byte datagrams passed: 50" in text
         assert "received 100 of 100; 10 errors kept" in text
+        step = r"pktlab: udp 10\.77\.1\.1:\d+ > 10\.77\.1\.2:9000 len=92 -> accept \(the default verdict\)\n+"
+        assert re.search(f"({step}){{2}}received after resume: 50", text), "two packets stepped while paused"
     if stem == "03-live-firewall":
         m = re.search(r"verdicts: \{'accept': (\d+), 'drop': (\d+)\}", text)
         assert m and int(m.group(1)) > int(m.group(2)) > 0  # all accepted first, then odd ones dropped
