@@ -243,6 +243,8 @@ class PktlabMagicState:
             return r
         if cmd == "run":
             a = self.parsers["run"].parse_args(rest)
+            if a.session is None and self.current_session is None:
+                raise PktlabError("no capture to run; load one with %pktlab replay NAME (a dataset or a pcap) first")
             r = self.session(a.session)
             if not r.is_replay:
                 raise PktlabError(f"session {r.name} reads a live queue; %pktlab run replays a capture session")
@@ -324,6 +326,8 @@ class PktlabMagicState:
             self.current_lab = name
             return lab
         if a.action == "down":
+            if name is None and self.current_lab is None:
+                raise PktlabError("no lab is up; nothing to take down")
             lab = self.lab(name)
             key = name or self.current_lab
             td = Teardown(f"lab {key}")
