@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import HandlerError, brief
+from ..errors import HandlerError, PktlabError, brief
 from ..packet.verdicts import Verdict
 
 HandlerFn = Callable[[Any], Any]
@@ -87,10 +87,22 @@ class HandlerFailure:
                f"error={self.error!r})"  # fmt: skip
 
 
-def _check_fn(fn: object, name: str) -> None:
+def check_function(fn: object, what: str, error: type[PktlabError] = HandlerError) -> None:
+    """Refuse, with the reason, what cannot decide a packet when called with it: not a function, an async
+    function or a generator (whose call only makes an object the chain would take for its answer), or a
+    function that does not take one argument.  ``what`` names it in the message ("handler 'x'")."""
+    name = getattr(fn, "__name__", "fn")
     if not callable(fn):
-        raise HandlerError(
-            f"handler {name!r} is a {type(fn).__name__}, not a function; pass a function of one argument (pkt)"
+        raise error(f"{what} is a {type(fn).__name__}, not a function; pass a function of one argument (pkt)")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise error(
+            f"{what} is an async function, whose call only makes a coroutine; the kernel holds each packet until it "
+            f"is decided, so write def {name}(pkt), not async def"
+        )
+    if inspect.isgeneratorfunction(fn):
+        raise error(
+            f"{what} is a generator (its body has yield), whose call only makes a generator; return the answer "
+            "(return pkt.drop()) instead of yielding it"
         )
     try:
         sig = inspect.signature(fn)
@@ -99,9 +111,7 @@ def _check_fn(fn: object, name: str) -> None:
     try:
         sig.bind(object())
     except TypeError:
-        raise HandlerError(
-            f"handler {name!r} must take exactly one argument (the packet); its signature is {name}{sig}"
-        ) from None
+        raise error(f"{what} must take exactly one argument (the packet); its signature is {name}{sig}") from None
 
 
 TRACEBACK_FRAMES = 6  # the frames of a failure's traceback that are kept (the handler's own, near the end)
@@ -177,7 +187,7 @@ class HandlerChain:
             raise HandlerError(
                 f"handler {name!r} was given both before={before!r} and after={after!r}; give one of them"
             )
-        _check_fn(fn, name)
+        check_function(fn, f"handler {name!r}")
         with self._lock:
             handlers = list(self._handlers)
             old = next((i for i, h in enumerate(handlers) if h.name == name), None)

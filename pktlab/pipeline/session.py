@@ -42,7 +42,7 @@ from ._dispatch import Dispatcher
 from .capture import CapturePackets, CaptureSource
 from .chainowner import ChainOwner, hook
 from .flows import PROTO_NAMES, FlowTable
-from .handlers import Handler, HandlerChain, HandlerFailure
+from .handlers import Handler, HandlerChain, HandlerFailure, check_function
 from .holding import HeldPacket, HeldPackets
 from .record import Record
 from .seqadj import TcpAdjust
@@ -689,8 +689,8 @@ class Session(ChainOwner):
         Returns the live list of held packets (``held[0].accept()``); see :mod:`pktlab.pipeline.holding`.
         Packets already held stay held until given a verdict or released.
         """
-        if predicate is not None and not callable(predicate):
-            raise SessionError(f"hold() takes a function of the packet (or None), not {type(predicate).__name__}")
+        if predicate is not None:
+            check_function(predicate, "the hold predicate", SessionError)
         self._dispatch.hold_fn = predicate
         return self.held
 

@@ -45,6 +45,24 @@ def test_rejects_non_callables_and_wrong_signatures() -> None:
     c.add(lambda *args: None, "z")  # variadic is fine
 
 
+def test_rejects_async_functions_and_generators_with_the_way_to_write_them() -> None:
+    """Their call only makes a coroutine or a generator, which the chain took for a wrong verdict on every
+    packet (and Python warned that the coroutine was never awaited)."""
+    c = HandlerChain()
+
+    async def later(pkt):
+        return pkt.drop()
+
+    def yielding(pkt):
+        yield pkt.drop()
+
+    with pytest.raises(HandlerError, match=r"handler 'later' is an async function.*write def later\(pkt\), not async"):
+        c.add(later)
+    with pytest.raises(HandlerError, match=r"handler 'g' is a generator \(its body has yield\).*instead of yielding"):
+        c.add(yielding, "g")
+    assert c.names == []
+
+
 def test_name_defaults_to_function_name() -> None:
     c = HandlerChain()
 

@@ -29,8 +29,14 @@ def test_hold_give_release(tmp_path: Path) -> None:
         held[0].udp.payload = held[0].udp.payload[:4] + b"rewritten"
         held[0].accept()
         assert len(held) == 2 and s.record.n == 8
-        with pytest.raises(SessionError, match="a function of the packet"):
+        with pytest.raises(SessionError, match="the hold predicate is a str, not a function; pass a function of one"):
             s.hold("not a function")  # type: ignore[arg-type]
+
+        async def picks(pkt):  # its call makes a coroutine, which is true: it would have held every packet
+            return True
+
+        with pytest.raises(SessionError, match="the hold predicate is an async function"):
+            s.hold(picks)
     finally:
         s.detach()  # the two still held get the default verdict
     assert len(held) == 0 and held.released == 4 and s.record.n == 10
