@@ -9,7 +9,9 @@ the functions declared in ``_core.pxd``.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.buffer cimport PyObject_CheckBuffer
 from cpython.list cimport PyList_GET_ITEM
+from cpython.number cimport PyNumber_Index
 from libc.string cimport memcpy, memset
 
 from pktlab._common cimport buf_ptr
@@ -47,7 +49,7 @@ def payload_sums_taken():
     return _sums_taken
 
 
-from pktlab.errors import CopyRangeError, PacketFormatError
+from pktlab.errors import CopyRangeError, PacketFormatError, brief
 
 
 cdef extern from "<arpa/inet.h>":
@@ -592,7 +594,9 @@ cdef class ViewCore:
     @payload.setter
     def payload(self, data):
         cdef Py_ssize_t start = self._payload_start()
-        self._pkt._replace(start, pkt_size(self._pkt), data if type(data) is bytes else bytes(data))
+        if type(data) is not bytes:
+            data = as_bytes(data, f"{type(self).__name__.lower()}.payload")
+        self._pkt._replace(start, pkt_size(self._pkt), data)
 
     cdef Py_ssize_t _payload_start(self) except -1:
         """The view's ``payload_offset``, read here for a TCP or UDP header that is all there (no Python call)."""
@@ -613,6 +617,24 @@ cdef class ViewCore:
 DEF ADDR4_BITS = 12
 cdef unsigned int _ADDR4_KEYS[1 << ADDR4_BITS]
 cdef list _ADDR4_TEXT = [None] * (1 << ADDR4_BITS)
+
+
+def as_bytes(data, str what) -> bytes:
+    """``data`` as bytes for a write of ``what`` (bytes, bytearray, memoryview: anything with a buffer); a str
+    or an int is refused with the reason (``bytes(5)`` is five NUL bytes, not what a rewrite meant)."""
+    if PyObject_CheckBuffer(data):
+        return bytes(data)
+    if isinstance(data, str):
+        raise TypeError(f"{what} takes bytes, not str; encode the text first ({brief(data)}.encode())")
+    raise TypeError(f"{what} takes bytes (or a bytearray), not {type(data).__name__} {brief(data)}")
+
+
+def as_int(value, str what, int bits) -> int:
+    """``value`` as an int for a field ``what`` (an int, or what says it is one: numpy's); else refused."""
+    try:
+        return PyNumber_Index(value)
+    except TypeError:
+        raise TypeError(f"{what} takes an int of {bits} bits, not {type(value).__name__} {brief(value)}") from None
 
 
 cdef class Field:
@@ -721,6 +743,8 @@ cdef class Field:
             raise self._short(v, n)
         encoded = None
         if self.kind is int:
+            if type(value) is not int:
+                value = as_int(value, self.name, self.bits)
             if value < 0 or value >> self.bits:
                 raise ValueError(f"{self.name} is {self.bits} bits wide; {value} does not fit")
         elif self._addr:

@@ -16,7 +16,7 @@ import struct
 from typing import Any, NamedTuple, Protocol
 
 from ..errors import PacketFormatError, SessionError
-from ._core import PacketCore, fix_packet, set_view_classes
+from ._core import PacketCore, as_bytes, as_int, fix_packet, set_view_classes
 from .replies import reply_to
 from .user_protocols import registry as protocol_registry
 from .verdicts import ACCEPT, DROP, REPEAT, Verdict
@@ -249,7 +249,7 @@ class Packet(PacketCore):
         A link header in front (a packet of an Ethernet capture) stays, with its
         EtherType set for the new IP version, so the IP header is found where it was.
         """
-        data = bytes(data)
+        data = data if type(data) is bytes else as_bytes(data, "set_payload()")
         if not data:
             raise PacketFormatError("set_payload() got no bytes; an empty packet cannot be sent; use drop() instead")
         if self._eth:
@@ -273,9 +273,10 @@ class Packet(PacketCore):
 
     def set_mark(self, mark: int) -> None:
         """Set the packet's netfilter mark (given with the verdict)."""
-        if not 0 <= int(mark) <= 0xFFFFFFFF:
+        mark = mark if type(mark) is int else as_int(mark, "the mark", 32)
+        if not 0 <= mark <= 0xFFFFFFFF:
             raise ValueError(f"mark {mark} does not fit in 32 bits")
-        self._mark = int(mark)
+        self._mark = mark
 
     @property
     def modified(self) -> bool:

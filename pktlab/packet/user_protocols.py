@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PacketFormatError, PktlabError
-from ._core import Field
+from ._core import Field, as_bytes
 from .views.base import View
 
 
@@ -128,7 +128,7 @@ class VarField:
 
     def __set__(self, view: View, value: bytes) -> None:
         start, n = self._span(view)
-        data = bytes(value)
+        data = as_bytes(value, self.name)
         if len(data) != n:
             raise ValueError(f"{self.name} is {n} bytes in this packet; set its length field first to change that")
         buf = view._pkt._writable()

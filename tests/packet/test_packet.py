@@ -153,6 +153,31 @@ def test_bit_fields_write_without_touching_neighbours() -> None:
         p.ip.frag = 1 << 13
 
 
+def test_a_write_of_the_wrong_type_is_refused_with_what_the_field_takes() -> None:
+    """Before: ``payload = 5`` wrote five NUL bytes (``bytes(5)``), ``payload = "hi"`` said "string argument
+    without an encoding", ``ttl = 5.5`` "unsupported operand type(s) for >>", ``mark="3"`` was taken as 3."""
+    import numpy as np
+
+    p = P(IP(dst="10.0.0.1", ttl=9) / UDP(dport=53) / b"query")
+    with pytest.raises(TypeError, match=r"^udp\.payload takes bytes \(or a bytearray\), not int 5$"):
+        p.udp.payload = 5
+    with pytest.raises(TypeError, match=r"^udp\.payload takes bytes, not str; encode the text first \('hi'\.encode"):
+        p.udp.payload = "hi"
+    with pytest.raises(TypeError, match=r"^set_payload\(\) takes bytes"):
+        p.set_payload(7)
+    with pytest.raises(TypeError, match=r"^ttl takes an int of 8 bits, not float 5\.5$"):
+        p.ip.ttl = 5.5
+    with pytest.raises(TypeError, match=r"^ttl takes an int of 8 bits, not str '5'$"):
+        p.ip.ttl = "5"
+    with pytest.raises(TypeError, match=r"^the mark takes an int of 32 bits, not str '3'$"):
+        p.accept(mark="3")
+    assert p.udp.payload == b"query" and p.ip.ttl == 9 and p.mark == 0 and not p.modified  # nothing changed
+    p.ip.ttl = np.uint8(17)  # what says it is an int is one
+    p.udp.payload = memoryview(b"answer")
+    p.accept(mark=np.int64(4))
+    assert p.ip.ttl == 17 and p.udp.payload == b"answer" and p.mark == 4
+
+
 def test_truncated_packets_raise_packet_format_error() -> None:
     full = bytes(IP(dst="10.0.0.1") / TCP())
     p = Packet(None, full[:30])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from .._core import as_bytes
+
 
 def decode(kind: Any, raw: bytes) -> Any:
     if kind == "le":
@@ -27,7 +29,7 @@ def encode(kind: Any, value: Any, nbytes: int, name: str) -> bytes:
             raise ValueError(f"{name} is {8 * nbytes} bits wide; {v} does not fit")
         return v.to_bytes(nbytes, "little")
     if kind == "text":
-        b = value.encode("latin-1") if isinstance(value, str) else bytes(value)
+        b = value.encode("latin-1") if isinstance(value, str) else as_bytes(value, name)
         if len(b) > nbytes:
             raise ValueError(f"{name} holds {nbytes} bytes of text; {value!r} is {len(b)}")
         return b.ljust(nbytes, b"\0")
@@ -35,7 +37,7 @@ def encode(kind: Any, value: Any, nbytes: int, name: str) -> bytes:
         return ipaddress.IPv4Address(value).packed
     if kind == "ipv6":
         return ipaddress.IPv6Address(value).packed
-    out = bytes(int(x, 16) for x in str(value).split(":")) if kind == "mac" else bytes(value)
+    out = bytes(int(x, 16) for x in str(value).split(":")) if kind == "mac" else as_bytes(value, name)
     if len(out) != nbytes:
         raise ValueError(f"{name} takes exactly {nbytes} bytes, got {len(out)}")
     return out
