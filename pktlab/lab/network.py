@@ -116,6 +116,10 @@ class Host:
         A reply later than ``wait`` seconds after the last request counts as lost.
         """
         target = dst.addr if isinstance(dst, Host) else dst
+        _check_count(count, "count", "echo requests")
+        _check_timeout(timeout)
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.002 <= interval <= 60:
+            raise LabError(f"interval {interval!r} s is out of range; give 0.002 up to 60 seconds between requests")
         proc = netns.run(
             self.netns,
             ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", f"{wait:g}", target],
@@ -405,6 +409,7 @@ class Lab:
         d = dst if isinstance(dst, Host) else self[dst]
         self._check_open()
         _check_udp(count, size, rate, timeout, ipv6)
+        _check_port(port)
         if segment:
             if not isinstance(segment, int) or not 8 <= segment < size or segment + (48 if ipv6 else 28) > 1500:
                 raise LabError(
@@ -485,6 +490,9 @@ class Lab:
         """
         self._check_open()
         s, d = self[src], self[dst]
+        _check_count(nbytes, "nbytes", "bytes", 0)
+        _check_port(port)
+        _check_timeout(timeout)
         with _stopped_on_error([]) as started:
             recv = self._traffic(d, "tcp-recv", "--port", str(port), "--timeout", str(timeout))
             started.append(recv)
@@ -527,6 +535,7 @@ class Lab:
         self._check_open()
         s, d = self[src], self[dst]
         _check_dns(name, answer)
+        _check_timeout(timeout)
         with _stopped_on_error([]) as started:
             server = self._traffic(d, "dns-serve", f"--answer={answer}", "--count", "1", "--timeout", str(timeout))
             started.append(server)
@@ -571,6 +580,8 @@ class Lab:
         s, d = self[src], self[dst]
         name = "lab.bin" if filename is None else filename
         _check_tftp_name(name)
+        _check_count(size, "size", "bytes", 0)
+        _check_timeout(timeout)
         server = None
         with _stopped_on_error([]) as started:
             if serve:
@@ -769,6 +780,22 @@ def _check_tftp_name(name: Any) -> None:
         raise LabError(f"filename {name!r} cannot be sent: TFTP names are non-empty text without NUL bytes")
     if len(name.encode()) > 500:
         raise LabError(f"filename of {len(name.encode())} bytes does not fit a TFTP request (512 bytes); shorten it")
+
+
+def _check_port(port: Any) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise LabError(f"port {port!r} is not a port a flow can use; give 1..65535")
+
+
+def _check_timeout(timeout: Any) -> None:
+    """Every flow is bounded in time: a timeout above 0, up to an hour."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+        raise LabError(f"timeout {timeout!r} s is out of range; give above 0 up to 3600 seconds")
+
+
+def _check_count(count: Any, what: str, of: str, least: int = 1) -> None:
+    if not isinstance(count, int) or isinstance(count, bool) or count < least:
+        raise LabError(f"{what} {count!r} is not a number of {of}; give an integer of at least {least}")
 
 
 def _check_udp(count: Any, size: Any, rate: Any, timeout: Any, ipv6: bool) -> None:

@@ -14,6 +14,7 @@ verdict, whatever the handlers do.
 from __future__ import annotations
 
 import atexit
+import inspect
 import itertools
 import os
 import re
@@ -869,4 +870,8 @@ def _resolve_netns(target: Any) -> tuple[Any, str | None]:
 
 def attach(queue: int, **options: Any) -> Session:
     """Bind NFQUEUE ``queue`` and install its rule; see :class:`Session` for the options."""
+    known = [p for p in inspect.signature(Session.__init__).parameters if p not in ("self", "queue")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SessionError(f"attach() has no option {', '.join(unknown)}; use {', '.join(known)}")
     return Session(queue, **options).attach()

@@ -311,6 +311,24 @@ def test_bad_lab_and_traffic_arguments_are_one_sentence() -> None:
             lab.udp(-5)
         with pytest.raises(pktlab.LabError, match="size 70000 does not fit a datagram"):
             lab.udp(5, size=70000)
+        # refused before any program starts (port 0 sent nothing and said nothing; 70000 failed with a
+        # traceback's text; a negative byte count ran; a timeout of 0 failed with a socket's error)
+        for call, said in (
+            (lambda: lab.udp(3, port=0), "port 0 is not a port a flow can use; give 1..65535"),
+            (lambda: lab.udp(3, port=70000), "port 70000 is not a port a flow can use"),
+            (lambda: lab.tcp(-5), "nbytes -5 is not a number of bytes; give an integer of at least 0"),
+            (lambda: lab.tcp(100, timeout=0), "timeout 0 s is out of range; give above 0 up to 3600 seconds"),
+            (lambda: lab.tcp(100, port=-1), "port -1 is not a port"),
+            (lambda: lab.dns(timeout=-1), "timeout -1 s is out of range"),
+            (lambda: lab.tftp(size=-1), "size -1 is not a number of bytes"),
+            (lambda: lab.ping(0), "count 0 is not a number of echo requests; give an integer of at least 1"),
+            (lambda: lab.ping(2, interval=0), "interval 0 s is out of range"),
+        ):
+            with pytest.raises(pktlab.LabError) as refused:
+                call()
+            assert said in str(refused.value) and "\n" not in str(refused.value)
+        with pytest.raises(pktlab.SessionError, match="attach\\(\\) has no option colour; use rule, hook, "):
+            pktlab.attach(1, netns=lab.server, colour="red")
         with pytest.raises(pktlab.SessionError, match="max_bytes 0 must be a block size"):
             pktlab.netpipe(lab, max_bytes=0)
         assert netns.pids_in(lab.client.netns) == [] and lab.udp(3).unique == 3
