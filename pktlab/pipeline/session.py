@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SessionError
+from ..errors import SessionError, brief
 from ..kernel import bpf as _bpf
 from ..kernel import rules as _rules
 from ..kernel.flow_rules import KernelFlow
@@ -764,6 +764,8 @@ class Session(ChainOwner):
 
     def rate(self, window: float = 1.0) -> float:
         """Packets per second over the last ``window`` seconds."""
+        if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
+            raise SessionError(f"rate() takes a window of seconds above 0, not {brief(window)}")
         return self.record.ring.count_since(time.time() - window) / window
 
     def status(self) -> Status:

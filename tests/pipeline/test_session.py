@@ -71,6 +71,15 @@ def test_replay_options_are_checked(tmp_path: Path) -> None:
     assert pktlab.replay(path, hook="forward").run().packets == 1
 
 
+def test_a_rate_over_no_time_is_refused(tmp_path: Path) -> None:
+    s = pktlab.replay(t.capture(tmp_path / "c.pcap", [t.udp(seq=i) for i in range(3)]))
+    s.run()
+    for window in (0, -1, "1"):
+        with pytest.raises(SessionError, match="rate\\(\\) takes a window of seconds above 0"):
+            s.rate(window)  # type: ignore[arg-type]  (0 divided by zero; -1 gave -0.0)
+    assert s.rate(1e9) > 0  # the capture's packets lie within the last 1e9 s
+
+
 def test_status_shows_a_bpf_programs_length_not_its_bytecode() -> None:
     from pktlab.pipeline.session import Status
 
