@@ -37,7 +37,8 @@ def replay(source: str | os.PathLike[str], **options: Any) -> Session:
         what = f"{type(source).__name__} {brief(source)}"  # (a list of a million packets: not all of it)
         fix = ""
         if isinstance(source, Iterable):  # a packet (bytes, scapy), or packets, in memory
-            fix = "; write packets in memory to a capture first: pktlab.testing.capture('packets.pcap', packets)"
+            fix = "; write packets in memory to a capture first (from pktlab.testing import capture; "
+            fix += "capture('packets.pcap', packets))"
         raise SessionError(
             f"replay() takes a capture's path or a dataset name ({', '.join(hook('datasets')())}), not {what}{fix}"
         )

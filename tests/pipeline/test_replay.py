@@ -181,7 +181,7 @@ def test_packets_in_memory_given_to_replay_are_named_briefly_with_the_way_to_a_c
         pktlab.replay(packets)  # type: ignore[arg-type]
     said = str(refused.value)
     assert len(said) < 600 and "not list [" in said and "..." in said  # not ten thousand packets' bytes
-    assert "pktlab.testing.capture('packets.pcap', packets)" in said
+    assert "(from pktlab.testing import capture; capture('packets.pcap', packets))" in said
     s = pktlab.replay(testing.capture(tmp_path / "packets.pcap", packets[:5]))  # what it says works
     s.run()
     assert s.record.n == 5
