@@ -44,7 +44,7 @@ import os
 import statistics
 from collections.abc import Callable
 
-from harness import alternate, cpu_meter, iperf_udp64, run_one_if_asked
+from harness import alternate, cpu_meter, run_one_if_asked, udp_flood
 
 import pktlab
 
@@ -56,14 +56,17 @@ PORT = 5201
 Result = tuple[float, float, dict]  # received datagrams/s, loss, CPU accounting (harness.cpu_meter)
 
 
-def iperf(lab: pktlab.Lab) -> Result:
-    with cpu_meter() as cpu:
-        pps, loss = iperf_udp64(lab, PORT, SECONDS)
-    return pps, loss, cpu
+def iperf(lab: pktlab.Lab, queue: int | None = 1) -> Result:
+    """One run; the CPU accounting also holds where the datagrams not received were lost (``queue_dropped``:
+    queue ``queue`` dropped them, its socket or the queue full; ``receiver_dropped``: the receiving socket)."""
+    f = udp_flood(lab, PORT, SECONDS, queue=queue, meter=cpu_meter)
+    cpu = f["cpu"]
+    cpu["queue_dropped"], cpu["receiver_dropped"] = f["queue_dropped"], f["receiver_dropped"]
+    return f["pps"], (1 - f["pps"] / f["sent_pps"]) if f["sent_pps"] else 1.0, cpu
 
 
 def no_rule(lab: pktlab.Lab) -> Result:
-    return iperf(lab)
+    return iperf(lab, None)
 
 
 def offloaded(lab: pktlab.Lab) -> Result:
@@ -127,7 +130,7 @@ def conntrack_only(lab: pktlab.Lab) -> Result:
     )
     lab.server.run(["nft", "-f", "-"], input=table)
     try:
-        return iperf(lab)
+        return iperf(lab, None)
     finally:
         lab.server.run(["nft", "delete", "table", "inet", "pktlab_bench_ct"])
 
@@ -150,13 +153,16 @@ def main() -> int:
     runs = alternate(__file__, CONFIGS, REPEATS, lambda _, r: f"{r[0]:,.0f} pkt/s received, {r[1]:.1%} lost", 120)
     base = statistics.median(p for p, _, _ in runs["(a) no rule"])
     print(f"\n64-byte UDP via iperf3, {SECONDS:g} s per run, median of {REPEATS}, {os.cpu_count()} CPUs\n")
-    print("| configuration | received pkt/s | ratio to (a) | sender-side loss (median) | runs (pkt/s) |")
-    print("|---|---|---|---|---|")
+    print("| configuration | received pkt/s | ratio to (a) | sender-side loss (median) | of the sent: dropped at the "
+          "queue / at the receiving socket | runs (pkt/s) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for name, rs in runs.items():
         med = statistics.median(p for p, _, _ in rs)
         loss = statistics.median(x for _, x, _ in rs)
+        shares = [statistics.median(c[k] for _, _, c in rs) for k in ("queue_dropped", "receiver_dropped")]
+        where = " / ".join(f"{x:.1%}" for x in shares)
         all_runs = ", ".join(f"{p:,.0f}" for p, _, _ in rs)
-        print(f"| {name} | {med:,.0f} | {med / base:.1%} | {loss:.1%} | {all_runs} |")
+        print(f"| {name} | {med:,.0f} | {med / base:.1%} | {loss:.1%} | {where} | {all_runs} |")
     print_cpu(runs)
     return 0
 

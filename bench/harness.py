@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import pktlab
@@ -100,17 +100,19 @@ def _udp_snmp(node: Any) -> dict[str, int]:
 
 
 def udp_flood(lab: pktlab.Lab, port: int, seconds: float, window: str | None = None,
-              queue: int | None = None) -> dict[str, float]:  # fmt: skip
+              queue: int | None = None, meter: Callable[[], Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """:func:`iperf_udp64`, and where the datagrams that did not arrive were lost.
 
     ``pps``: datagrams received per second; ``sent_pps``: sent per second; ``queue_dropped``: the share of the
     sent datagrams that queue ``queue`` of the server dropped (its socket to the reader full, or the queue full:
     fail-closed); ``receiver_dropped``: the share that the receiving socket dropped, its buffer full
     (``RcvbufErrors``). A verdict for many datagrams delivers them at once, on the reader's CPU, where the
-    receiver runs too.
+    receiver runs too.  ``meter``: a context manager (:func:`cpu_meter`) around the iperf3 run alone (not the
+    counters' reads), whose value the result holds as ``cpu``.
     """
     c0, s0 = _udp_snmp(lab.client), _udp_snmp(lab.server)
-    pps, loss = iperf_udp64(lab, port, seconds, window)
+    with meter() if meter is not None else nullcontext() as measured:
+        pps, loss = iperf_udp64(lab, port, seconds, window)
     c1, s1 = _udp_snmp(lab.client), _udp_snmp(lab.server)
     sent = max(1, c1["OutDatagrams"] - c0["OutDatagrams"])
     at_queue = 0
@@ -119,12 +121,15 @@ def udp_flood(lab: pktlab.Lab, port: int, seconds: float, window: str | None = N
 
         c = proc.queue_counters(lab.server.netns).get(queue)
         at_queue = (c.user_dropped + c.queue_dropped) if c is not None else 0
-    return {
+    out: dict[str, Any] = {
         "pps": pps,
         "sent_pps": pps / (1 - loss) if loss < 1 else 0.0,
         "queue_dropped": at_queue / sent,
         "receiver_dropped": (s1["RcvbufErrors"] - s0["RcvbufErrors"]) / sent,
     }
+    if meter is not None:
+        out["cpu"] = measured
+    return out
 
 
 def _cpu_jiffies() -> dict[str, list[int]]:
