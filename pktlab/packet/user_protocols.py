@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PacketFormatError, PktlabError
+from ..errors import PacketFormatError, PktlabError, brief
 from ._core import Field, as_bytes
 from .views.base import View
 
@@ -41,8 +41,15 @@ class FieldSpec:
     byte_aligned: bool = False
 
     def __post_init__(self) -> None:
-        if self.bits < 1:
-            raise PktlabError(f"a field must be at least one bit wide, not {self.bits}")
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or self.bits < 1:
+            raise PktlabError(f"a field must be at least one bit wide, not {brief(self.bits)}")
+
+
+def _bytes_wide(n: Any, what: str) -> int:
+    """``n`` bytes in bits, for ``text(n)`` / ``raw(n)``: at least one byte, said in bytes."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise PktlabError(f"{what}({brief(n)}): a field of bytes must be at least one byte long")
+    return 8 * n
 
 
 def bits(n: int) -> FieldSpec:
@@ -63,12 +70,12 @@ def uint(n: int, order: str = "big") -> FieldSpec:
 
 def text(n: int) -> FieldSpec:
     """Fixed-width text of ``n`` bytes, padded with NUL bytes (read without them)."""
-    return FieldSpec(8 * n, "text", byte_aligned=True)
+    return FieldSpec(_bytes_wide(n, "text"), "text", byte_aligned=True)
 
 
 def raw(n: int) -> FieldSpec:
     """``n`` bytes, as bytes."""
-    return FieldSpec(8 * n, bytes, byte_aligned=True)
+    return FieldSpec(_bytes_wide(n, "raw"), bytes, byte_aligned=True)
 
 
 def addr4() -> FieldSpec:
@@ -272,6 +279,11 @@ def protocol(
         )
     if (field is None) != (value is None) and field is not None:
         raise PktlabError("field= needs value= as well (the parent's field value that selects this protocol)")
+    if port is not None:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise PktlabError(f"port {brief(port)} is not a TCP or UDP port; give 0..65535")
+        if over in ("ip", "ipv6", "icmp", "icmpv6"):
+            raise PktlabError(f"port= binds a protocol over udp or tcp, not over {over}; use field= and value= there")
 
     def make(cls: type) -> type[UserView]:
         attr = name or cls.__name__.lower()
@@ -309,6 +321,10 @@ def protocol(
             bit += spec.bits
         if bit % 8:
             raise PktlabError(f"the fields of {cls.__name__} add up to {bit} bits, not whole bytes; pad them")
+        if not bit and not var_seen:
+            raise PktlabError(
+                f"{cls.__name__} declares no fields; declare each as an annotation in the class (seq: pktlab.uint(16))"
+            )
         for k, v in vars(cls).items():
             if k not in body and k not in ("__dict__", "__weakref__", "__annotations__", "__qualname__"):
                 body.setdefault(k, v)
@@ -320,4 +336,3 @@ def protocol(
         return view
 
     return make
-

@@ -137,6 +137,24 @@ def test_declaration_mistakes_are_clear() -> None:
         class Clash:
             a: pktlab.uint(8)
 
+    # before: a port out of range or not a number was taken (and never matched), a class without fields made a
+    # view of nothing, and raw(-1) spoke of -8 bits
+    for port in (70000, -1, "http", True):
+        with pytest.raises(PktlabError, match=r"is not a TCP or UDP port; give 0\.\.65535"):
+            pktlab.protocol(over="udp", port=port)  # type: ignore[arg-type]
+    with pytest.raises(PktlabError, match="port= binds a protocol over udp or tcp, not over ip; use field= and value="):
+        pktlab.protocol(over="ip", port=53)
+    with pytest.raises(PktlabError, match=r"^Empty declares no fields; declare each as an annotation"):
+
+        @pktlab.protocol(over="udp", port=1)
+        class Empty:
+            pass
+
+    for make, n in ((pktlab.raw, -1), (pktlab.text, 0), (pktlab.raw, 2.5)):
+        with pytest.raises(PktlabError, match=rf"^{make.__name__}\({n}\): a field of bytes must be at least one byte"):
+            make(n)  # type: ignore[arg-type]
+    assert "empty" not in pktlab.protocols.names
+
 
 @pytest.mark.parametrize("offset", [0, 3, 8, 13])
 @pytest.mark.parametrize("width", [1, 7, 31, 32, 33, 63, 64, 65, 72, 96, 128, 200])
