@@ -801,8 +801,7 @@ def _check_count(count: Any, what: str, of: str, least: int = 1) -> None:
 def _check_udp(count: Any, size: Any, rate: Any, timeout: Any, ipv6: bool) -> None:
     """Refuse a UDP flow that could not do what it says (before anything starts)."""
     most = 65527 if ipv6 else 65507  # the largest UDP payload in one IPv6 / IPv4 packet
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise LabError(f"count {count!r} is not a number of datagrams; give an integer of at least 1")
+    _check_count(count, "count", "datagrams")
     if not isinstance(size, int) or isinstance(size, bool) or not 4 <= size <= most:
         raise LabError(f"size {size!r} does not fit a datagram; give 4..{most:,} bytes (4 hold the sequence number)")
     if not rate >= 0 or not timeout > 0:
