@@ -79,6 +79,15 @@ def grow(pkt):  # type: ignore[no-untyped-def]
     return pkt.accept()
 
 
+def rewrite_ttl(pkt):  # type: ignore[no-untyped-def]
+    """Every data packet rewritten in the cheapest way: one byte of its IP header (no sequence adjustment, no
+    payload made by the handler); its verdict still carries the whole packet, which the kernel copies in."""
+    t = pkt.tcp
+    if t is not None and t.dport == PORT and len(t.payload) >= 1000:
+        pkt.ip.ttl -= 1
+    return pkt.accept()
+
+
 def accept_only(lab: pktlab.Lab) -> float:
     return _through(lab, read_and_accept)
 
