@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import HandlerError, PktlabError, brief
 from ..packet.verdicts import Verdict
+from .missing_layer import missing_layer
 
 HandlerFn = Callable[[Any], Any]
 
@@ -332,8 +333,13 @@ class HandlerChain:
             error = f"{type(exc).__name__}: {exc}"
         except Exception as e:  # an exception whose str() raises
             error = f"{type(exc).__name__} (its message raised {type(e).__name__})"
+        hint = missing_layer(exc, pkt)  # pkt.tcp.dport on a UDP packet: say that pkt.tcp was the None
+        if hint is not None:
+            error = f"{error} — {hint}"
         if handler.errors <= WRITTEN_OUT:
             frames: str | list[tuple[str, int, str, None]] = trim_traceback(exc)
+            if hint is not None:
+                frames = f"{frames} — {hint}"
         else:
             frames = _frame_places(exc, TRACEBACK_FRAMES)
         if len(self.failures) == self.failures.maxlen:

@@ -238,6 +238,31 @@ def test_raising_handler_keeps_traffic_flowing(lab: Lab, queue_num: int) -> None
         s.detach()
 
 
+def test_a_handler_reading_a_layer_the_packet_lacks_is_told_which_layer_was_none(
+    lab: Lab, queue_num: int, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # a student's first handler: pkt.tcp.dport on UDP packets.  Python says only "'NoneType' object has no
+    # attribute 'dport'"; the failure names pkt.tcp, says what the packet is instead and how to test for it
+    s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server)
+    try:
+
+        @s.handler
+        def web_only(pkt):
+            return pkt.drop() if pkt.tcp.dport != 80 else None
+
+        r = lab.udp(5, idle=0.5)
+        assert r.unique == 5  # the error verdict, accept: nothing lost
+        hint = (
+            "'NoneType' object has no attribute 'dport' — pkt.tcp is None: this packet has no TCP header (it is "
+            "UDP); test `if pkt.tcp is not None:` before reading its fields"
+        )
+        assert len(s.errors) == 5 and all(hint in e.error for e in s.errors), s.errors[0].error
+        assert all(e.traceback.endswith(hint) for e in s.errors)
+        assert f"handler 'web_only' failed (AttributeError: {hint})" in capfd.readouterr().err
+    finally:
+        s.detach()
+
+
 def test_error_verdict_drop_and_bad_return(lab: Lab, queue_num: int) -> None:
     s = pktlab.attach(queue_num, rule="-p udp --dport 9000", netns=lab.server, on_error="drop")
     try:

@@ -169,3 +169,83 @@ def test_a_failure_describes_its_packet_as_it_was_when_the_handler_failed() -> N
     assert failure.packet == seen == "<Packet udp 10.0.0.1:1000 > 10.0.0.2:53 len=29>"
     assert str(failure) == f"h raised ValueError: no rule on {seen}"
     assert repr(pkt) == "<Packet udp 10.0.0.1:1000 > 10.0.0.9:54 len=29 modified>"
+
+
+def _fail_on(fn, pkt) -> str:  # type: ignore[no-untyped-def]
+    c = HandlerChain()
+    h = c.add(fn, "h")
+    try:
+        fn(pkt)
+    except Exception as exc:  # noqa: BLE001 - what the dispatcher catches
+        return c.failed(h, pkt, exc).error
+    raise AssertionError("the handler did not fail")
+
+
+def test_a_field_read_on_a_layer_the_packet_lacks_names_the_layer_and_what_the_packet_is() -> None:
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+
+    import pktlab
+    from pktlab import Packet
+
+    udp = Packet(None, bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=53) / b"q"))
+    ping = Packet(None, bytes(IP(src="10.0.0.1", dst="10.0.0.2") / ICMP()))
+    tcp6 = Packet(None, bytes(IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=2)))
+    python_says = "AttributeError: 'NoneType' object has no attribute 'dport'"
+
+    def chained(pkt):  # type: ignore[no-untyped-def]
+        return pkt.tcp.dport
+
+    def through_a_variable(pkt):  # type: ignore[no-untyped-def]
+        t = pkt.tcp
+        return t.dport > 1024
+
+    def written(pkt):  # type: ignore[no-untyped-def]
+        pkt.tcp.dport = 80
+
+    c = HandlerChain()
+    h = c.add(chained, "h")
+    for _ in range(handlers_mod.WRITTEN_OUT + 1):  # the first written out at once, the last when read
+        try:
+            chained(udp)
+        except AttributeError as exc:
+            c.failed(h, udp, exc)
+    first, last = c.failures[0], c.failures[-1]
+    assert first.written_out and not last.written_out
+    assert "pkt.tcp is None" in last.error
+    assert first.traceback.endswith(first.error) and last.traceback.endswith(last.error)
+
+    for fn in (chained, through_a_variable, written):
+        assert _fail_on(fn, udp) == (
+            f"{python_says} — pkt.tcp is None: this packet has no TCP header (it is UDP); test "
+            "`if pkt.tcp is not None:` before reading its fields"
+        ), fn.__name__
+    assert "pkt.udp is None: this packet has no UDP header (it is ICMP)" in _fail_on(lambda p: p.udp.dport, ping)
+    assert "pkt.ip is None: this packet has no IPv4 header (it is IPv6)" in _fail_on(lambda p: p.ip.src, tcp6)
+    assert "pkt.dns is None: this packet has no DNS message;" in _fail_on(lambda p: p.dns.qname, ping)
+
+    @pktlab.protocol(over="udp", port=9999)
+    class Beacon:
+        seq: pktlab.uint(16)
+
+    try:
+        assert "pkt.beacon is None: this packet has no 'beacon' layer;" in _fail_on(lambda p: p.beacon.seq, udp)
+    finally:
+        pktlab.protocols.remove("beacon")
+
+    # a None that is not one of the packet's layers gets Python's words alone
+    def other_none(pkt):  # type: ignore[no-untyped-def]
+        found = {}.get("x")
+        return found.dport
+
+    def reassigned(pkt):  # type: ignore[no-untyped-def]
+        t = pkt.tcp
+        t = None
+        return t.dport
+
+    assert _fail_on(other_none, udp) == python_says
+    assert _fail_on(reassigned, udp) == python_says
+    assert _fail_on(lambda p: p.tcp.nosuchfield, udp) == (
+        "AttributeError: 'NoneType' object has no attribute 'nosuchfield' — pkt.tcp is None: this packet has no "
+        "TCP header (it is UDP); test `if pkt.tcp is not None:` before reading its fields"
+    )
