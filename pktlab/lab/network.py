@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import json
+import numbers
 import os
 import re
 import shlex
@@ -118,7 +119,7 @@ class Host:
         target = dst.addr if isinstance(dst, Host) else dst
         _check_count(count, "count", "echo requests")
         _check_timeout(timeout)
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.002 <= interval <= 60:
+        if isinstance(interval, bool) or not isinstance(interval, numbers.Real) or not 0.002 <= interval <= 60:
             raise LabError(f"interval {interval!r} s is out of range; give 0.002 up to 60 seconds between requests")
         proc = netns.run(
             self.netns,
@@ -411,7 +412,8 @@ class Lab:
         _check_udp(count, size, rate, timeout, ipv6)
         _check_port(port)
         if segment:
-            if not isinstance(segment, int) or not 8 <= segment < size or segment + (48 if ipv6 else 28) > 1500:
+            fits = isinstance(segment, numbers.Integral) and 8 <= segment < size
+            if not fits or segment + (48 if ipv6 else 28) > 1500:
                 raise LabError(
                     f"segment {segment!r} does not cut {size}-byte sends into datagrams that fit the lab's links; "
                     f"give 8..{min(size - 1, 1500 - (48 if ipv6 else 28))} bytes"
@@ -783,18 +785,18 @@ def _check_tftp_name(name: Any) -> None:
 
 
 def _check_port(port: Any) -> None:
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+    if not isinstance(port, numbers.Integral) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise LabError(f"port {port!r} is not a port a flow can use; give 1..65535")
 
 
 def _check_timeout(timeout: Any) -> None:
     """Every flow is bounded in time: a timeout above 0, up to an hour."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout <= 3600:
         raise LabError(f"timeout {timeout!r} s is out of range; give above 0 up to 3600 seconds")
 
 
 def _check_count(count: Any, what: str, of: str, least: int = 1) -> None:
-    if not isinstance(count, int) or isinstance(count, bool) or count < least:
+    if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < least:
         raise LabError(f"{what} {count!r} is not a number of {of}; give an integer of at least {least}")
 
 
@@ -802,10 +804,11 @@ def _check_udp(count: Any, size: Any, rate: Any, timeout: Any, ipv6: bool) -> No
     """Refuse a UDP flow that could not do what it says (before anything starts)."""
     most = 65527 if ipv6 else 65507  # the largest UDP payload in one IPv6 / IPv4 packet
     _check_count(count, "count", "datagrams")
-    if not isinstance(size, int) or isinstance(size, bool) or not 4 <= size <= most:
+    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or not 4 <= size <= most:
         raise LabError(f"size {size!r} does not fit a datagram; give 4..{most:,} bytes (4 hold the sequence number)")
-    if not rate >= 0 or not timeout > 0:
-        raise LabError(f"rate {rate!r} must be >= 0 (0: as fast as possible) and timeout {timeout!r} s above 0")
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not rate >= 0:
+        raise LabError(f"rate {rate!r} is not a number of datagrams per second; give 0 (as fast as possible) or more")
+    _check_timeout(timeout)
 
 
 def _kill_and_reap(p: subprocess.Popen[str]) -> None:

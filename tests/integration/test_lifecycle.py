@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
+import numpy as np
 import pytest
 
 import pktlab
@@ -318,6 +319,8 @@ def test_bad_lab_and_traffic_arguments_are_one_sentence() -> None:
             (lambda: lab.udp(3, port=70000), "port 70000 is not a port a flow can use"),
             (lambda: lab.tcp(-5), "nbytes -5 is not a number of bytes; give an integer of at least 0"),
             (lambda: lab.tcp(100, timeout=0), "timeout 0 s is out of range; give above 0 up to 3600 seconds"),
+            (lambda: lab.udp(3, timeout=86400), "timeout 86400 s is out of range; give above 0 up to 3600 seconds"),
+            (lambda: lab.udp(3, rate="fast"), "rate 'fast' is not a number of datagrams per second; give 0"),
             (lambda: lab.tcp(100, port=-1), "port -1 is not a port"),
             (lambda: lab.dns(timeout=-1), "timeout -1 s is out of range"),
             (lambda: lab.tftp(size=-1), "size -1 is not a number of bytes"),
@@ -332,3 +335,7 @@ def test_bad_lab_and_traffic_arguments_are_one_sentence() -> None:
         with pytest.raises(pktlab.SessionError, match="max_bytes 0 must be a block size"):
             pktlab.netpipe(lab, max_bytes=0)
         assert netns.pids_in(lab.client.netns) == [] and lab.udp(3).unique == 3
+        # numbers from numpy or pandas (a slider's value, a DataFrame's cell) are numbers too
+        assert lab.udp(np.int64(3), port=np.int32(9001), size=np.int64(40), rate=np.float64(1e4),
+                       timeout=np.int64(10)).unique == 3  # fmt: skip
+        assert lab.ping(np.int64(2), interval=np.float64(0.01)).received == 2
