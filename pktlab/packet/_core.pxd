@@ -37,10 +37,15 @@ cdef class PacketCore:
     cdef Py_ssize_t _arrived_at
     cdef bytes _set
     cdef Py_ssize_t _set_at
-    # the one's-complement sum of ``_set`` (as ``csum_add(_set, len, 0)`` gives it), made while the write copied it
-    # in: the checksum fix-up then sums only the headers in front of it (valid while ``_set_summed``)
+    # the one's-complement sum of the bytes from ``_set_at`` to the end (as ``csum_add`` gives it), made while a
+    # write copied them in: the checksum fix-up then sums only the headers in front of them (valid while
+    # ``_set_summed``, for a packet of ``_set_end`` bytes; ``_set`` holds them as bytes, or is None)
     cdef unsigned long long _set_sum
     cdef bint _set_summed
+    cdef Py_ssize_t _set_end
+    # the bytes from ``_set_at`` on are those the packet arrived with, in the same place: its first write changed
+    # only bytes in front of its transport payload, and copied that payload with its sum (``_writable_head``)
+    cdef bint _set_arrived
     # the bytearray went to the kernel by reference (the verdict writer's thread reads it after the verdict):
     # the next write copies it first
     cdef public bint _shared
@@ -76,6 +81,8 @@ cdef class PacketCore:
     cpdef int _need(self, Py_ssize_t end, str what) except -1
     cpdef void _relayout(self)
     cdef int _find_l4(self) except -1
+    cdef Py_ssize_t _payload_at(self) except -2
+    cdef object _copy_summed(self, Py_ssize_t at)
     cpdef tuple _upper(self)
     cdef object _layer(self, int proto, object cls)
     cdef object _whole(self, int version, object cls)
@@ -122,6 +129,13 @@ cdef inline void clear_payloads(PacketCore pkt) noexcept:
     pkt._arrived = None
     pkt._set = None
     pkt._set_summed = False
+    pkt._set_arrived = False
+
+
+cdef inline bint payload_as_arrived(PacketCore pkt, Py_ssize_t start, Py_ssize_t n) noexcept:
+    """Whether the packet's bytes from ``start`` to its end ``n`` are known to be those it arrived with, in the
+    same place (a write changed only headers in front of its transport payload, which starts at ``start``)."""
+    return pkt._set_arrived and pkt._set_at == start and pkt._set_end == n
 
 
 cdef inline bint as_arrived(PacketCore pkt, PacketCore orig) noexcept:

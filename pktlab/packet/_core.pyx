@@ -169,7 +169,9 @@ cpdef fix_packet(PacketCore pkt):
     packet, a transport header cut short), why: the packet is then left as written from that header on
     (a malformed packet may be what the handler wants to send; the dispatcher tells its user).
     """
-    cdef bytes tail = pkt._set if pkt._set_summed else None
+    cdef bytes tail = pkt._set
+    cdef bint summed = pkt._set_summed
+    cdef bint arrived = pkt._set_arrived
     cdef Py_ssize_t tail_at = pkt._set_at
     cdef unsigned long long tail_sum = pkt._set_sum
     cdef object buf = pkt._writable()
@@ -182,7 +184,7 @@ cpdef fix_packet(PacketCore pkt):
     pkt._dirty = False
     if l3 < 0 or l3 >= n:
         return None  # no IP header (a link header of another protocol): nothing to fix
-    if tail is None or tail_at < l3 or PyBytes_GET_SIZE(tail) != n - tail_at:
+    if not summed or tail_at < l3 or pkt._set_end != n:
         tail_at = l3 - 1  # none known (-1 once relative to the IP header)
     p += l3
     n -= l3
@@ -207,7 +209,7 @@ cpdef fix_packet(PacketCore pkt):
         if r < 0:
             return cut_short(p[9], n - ihl)
         if r:
-            keep_set(pkt, tail)
+            keep_set(pkt, tail, arrived)
     elif p[0] >> 4 == 6:
         if n < 40:
             return f"it is {n} bytes from the IP header on, shorter than an IPv6 header (40)"
@@ -225,18 +227,19 @@ cpdef fix_packet(PacketCore pkt):
         if r < 0:
             return cut_short(proto, n - off)
         if r:
-            keep_set(pkt, tail)
+            keep_set(pkt, tail, arrived)
     else:
         return f"its first byte says IP version {p[0] >> 4}, neither 4 nor 6"
     return None
 
 
-cdef inline void keep_set(PacketCore pkt, bytes tail) noexcept:
-    """The payload a write put at ``_set_at`` is there still (after writes in front of it only)."""
+cdef inline void keep_set(PacketCore pkt, bytes tail, bint arrived) noexcept:
+    """The known tail at ``_set_at`` is there still (after writes in front of it only)."""
     global _sums_taken
     _sums_taken += 1
     pkt._set = tail
     pkt._set_summed = True
+    pkt._set_arrived = arrived
 
 
 # ---------------------------------------------------------------------------
@@ -272,6 +275,7 @@ cdef class PacketCore:
             raise not_copied(self, "a rewrite", 0)
         self._set = None  # the caller may write anywhere in what it gets
         self._set_summed = False
+        self._set_arrived = False
         if self._mptr != NULL:  # over the queue message: copied from it straight into the bytearray
             self._data = PyByteArray_FromStringAndSize(<const char*>self._mptr, self._mlen)
             self._mptr = NULL
@@ -287,14 +291,70 @@ cdef class PacketCore:
 
     cpdef object _writable_head(self, Py_ssize_t end):
         """:meth:`_writable` for a write of bytes before ``end`` only: a payload a write put from ``end`` on
-        stays known (sequence adjustment's and the fields' writes in the headers keep the handler's payload)."""
+        stays known (sequence adjustment's and the fields' writes in the headers keep the handler's payload).
+
+        The first write of a TCP or UDP packet in front of its payload (a field of a header: a TTL, an address,
+        a port) copies that payload with its checksum sum, as it arrived: the fix-up then sums only the headers,
+        and sequence adjustment knows the payload unchanged without comparing it (one pass over a 64 KiB GSO
+        packet instead of three)."""
         cdef bytes kept = self._set
         cdef bint summed = self._set_summed
+        cdef bint arrived = self._set_arrived
+        cdef Py_ssize_t at
+        if not self._wire and end >= 0 and (self._mptr != NULL or (type(self._data) is bytes and not self._shared)):
+            at = self._payload_at()
+            if at >= end:
+                return self._copy_summed(at)
         buf = self._writable()
-        if kept is not None and 0 <= end <= self._set_at:
+        if (kept is not None or summed or arrived) and 0 <= end <= self._set_at:
             self._set = kept
             self._set_summed = summed
+            self._set_arrived = arrived
         return buf
+
+    cdef Py_ssize_t _payload_at(self) except -2:
+        """Where the TCP or UDP payload of a whole, unfragmented packet starts (-1: another packet, or one whose
+        transport header cannot be read)."""
+        cdef Py_ssize_t n, off, at
+        cdef const unsigned char* p
+        try:
+            if not self._l4known:
+                self._find_l4()
+        except PacketFormatError:
+            return -1
+        if self._l4frag or (self._l4proto != 6 and self._l4proto != 17):
+            return -1
+        p = pkt_ptr(self, &n)
+        off = self._l4off
+        if self._l4proto == 17:
+            return off + 8 if off + 8 <= n else -1
+        if off + 20 > n:
+            return -1
+        at = off + (p[off + 12] >> 4) * 4
+        return at if off + 20 <= at <= n else -1
+
+    cdef object _copy_summed(self, Py_ssize_t at):
+        """The packet's bytes (over its queue message, or bytes) as a bytearray of its own, the bytes from ``at``
+        on copied with their sum, kept as the known tail (as it arrived, when copied from the message)."""
+        cdef Py_ssize_t n
+        cdef const unsigned char* p = pkt_ptr(self, &n)
+        cdef bint over_message = self._mptr != NULL  # (bytes it holds may be what a handler put there)
+        new = PyByteArray_FromStringAndSize(NULL, n)
+        cdef unsigned char* o = <unsigned char*>PyByteArray_AS_STRING(new)
+        memcpy(o, p, at)
+        self._set_sum = csum_copy(o + at, p + at, n - at)
+        if over_message:
+            _copied()
+        self._set = arrived_payload(self, at, n) if over_message else None  # a read of the payload as it arrived
+        self._set_at = at
+        self._set_end = n
+        self._set_summed = True
+        self._set_arrived = over_message
+        self._data = new
+        self._mptr = NULL
+        self._shared = False
+        self._modified = True
+        return new
 
     cpdef object _own(self):
         """The packet's bytes as an object of its own (copied from the queue message if it is over one)."""
@@ -312,6 +372,7 @@ cdef class PacketCore:
         if type(data) is bytearray:
             self._set = None
             self._set_summed = False
+            self._set_arrived = False
         return data
 
     @property
@@ -352,6 +413,7 @@ cdef class PacketCore:
         tail = type(data) is bytes and start >= 0 and end >= n0  # the packet's bytes from ``start`` on are ``data``
         self._set = None
         self._set_summed = False
+        self._set_arrived = False
         if start < 0 or end < 0 or (self._mptr == NULL and type(self._data) is bytearray):
             self._writable()[start:end] = data
         else:
@@ -380,6 +442,7 @@ cdef class PacketCore:
         if tail:
             self._set = data
             self._set_at = start if start <= n0 else n0
+            self._set_end = pkt_size(self)
             self._set_sum = tail_sum
             self._set_summed = summed
         self._modified = True

@@ -37,7 +37,7 @@ from pktlab._common cimport (QueueMessage, QueuePath, buf_ptr, cond_broadcast, c
                              cond_wait_ns, iovec, load_int, mono_ns, mutex_destroy, mutex_init, mutex_lock, mutex_t,
                              mutex_unlock, store_int, tcp_stream_key, wall_of, wall_time)
 from pktlab.packet._core cimport (Packet_from, PacketCore, fix_packet, packet_done, packet_over, packet_recycle,
-                                  pkt_ptr, pkt_size)
+                                  payload_as_arrived, pkt_ptr, pkt_size)
 from pktlab.packet._core import too_big
 from pktlab.pipeline._capture cimport CapturedPacket
 from pktlab.pipeline._ring cimport Ring
@@ -911,21 +911,24 @@ cdef class Dispatcher:
 
     # -- TCP sequence adjustment ---------------------------------------------------------
     cdef bint _needs_seqadj(self, PacketCore pkt, int code):
-        """An accepted TCP packet that a handler changed, of a connection with state, or a SYN (its MSS) while
-        handlers run."""
+        """An accepted TCP packet of a connection with state, one whose payload a handler changed (not one whose
+        headers alone it wrote in place: a TTL, an address, a port), or a SYN (its MSS) while handlers run."""
         cdef const unsigned char* p
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, off
         if self.seqadj is None or code != NF_ACCEPT:
             return False
         try:
-            pkt._find_l4()
+            pkt._find_l4()  # (found again: a write may have moved the TCP header)
         except Exception:  # a malformed packet: nothing to adjust in it
             return False
         if pkt._l4proto != 6 or pkt._l4frag == 2:
             return False
-        if pkt._modified or self.seqadj_on:
+        if self.seqadj_on:
             return True
         p = pkt_ptr(pkt, &n)
+        off = pkt._l4off
+        if pkt._modified and (off + 20 > n or not payload_as_arrived(pkt, off + (p[off + 12] >> 4) * 4, n)):
+            return True
         # a SYN's MSS makes room for segments a handler may grow: only while the session has handlers that can (a
         # delay line, a session that only looks, or kernel handlers, which change no length, leave TCP as it is)
         return (pkt._l4off + 13 < n and p[pkt._l4off + 13] & 0x02 and self.seqadj_headroom > 0

@@ -19,7 +19,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcmp
 
 from pktlab._common cimport buf_ptr, tcp_stream_key
-from pktlab.packet._core cimport PacketCore, arrived_payload, as_arrived, pkt_ptr, set_payload
+from pktlab.packet._core cimport PacketCore, arrived_payload, as_arrived, payload_as_arrived, pkt_ptr, set_payload
 
 from pktlab.errors import PacketFormatError, PktlabError
 
@@ -110,6 +110,8 @@ cdef inline bint ends_with(bytes a, bytes b) noexcept:
 
 cdef inline bint same_bytes(bytes a, bytes b) noexcept:
     cdef Py_ssize_t n = PyBytes_GET_SIZE(a)
+    if a is b:
+        return True
     return n == PyBytes_GET_SIZE(b) and memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), n) == 0
 
 
@@ -994,6 +996,8 @@ cdef class TcpAdjust:
             sent_end = high.get(stream_key(&o)) if high else None
             if rewrite and pkt._modified:
                 out = set_payload(pkt, t.start, t.n)
+                if out is None and t.start == o.start and t.n == o.n and payload_as_arrived(pkt, t.start, t.n):
+                    out = payload  # only headers in front of it were written: no copy, and no edit by identity
                 if out is None:
                     out = (<const char*>t.p)[t.start : t.n]
                     _count_copy(t.n - t.start)

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from pktlab.packet._core import shared_copies
+from pktlab.packet._core import payload_sums_taken, shared_copies
 from pktlab.pipeline._seqadj import payload_copies
 
 import pktlab
@@ -200,6 +200,44 @@ def test_gso_packets_rewritten_whole_deliver_exactly_the_intended_bytes(router_l
     shared = shared_copies()
     kept[0].ip.ttl = 1
     assert shared_copies() == shared + (1 if s.dispatcher.reinject is None else 0)
+
+
+@GSO
+def test_headers_rewritten_in_place_leave_the_payloads_uncopied_and_the_stream_intact(
+    router_lab: Lab, queue_num: int, gso: bool
+) -> None:
+    """A handler that writes only header fields (DSCP, TTL) of every packet of a stream: its payloads are copied
+    once, with their checksum sum, when the first field is written; the fix-up sums only the headers, and
+    sequence adjustment neither copies nor compares them — it stays out while no connection has state, and
+    takes them by identity once one has (here: the request was grown)."""
+    unit, repeat = "0123456789@bcde~", 2 * 1024 * 1024 // 16
+
+    def mark_responses(pkt):
+        tcp = pkt.tcp
+        if tcp is not None and tcp.sport == PORT:
+            pkt.ip.tos = 0x20
+            pkt.ip.ttl -= 1
+        return None
+
+    def grow_request_mark_responses(pkt):
+        tcp = pkt.tcp
+        if tcp is None:
+            return None
+        if tcp.dport == PORT and tcp.payload.startswith(b"GET "):  # grown: the connection gets adjustment state
+            tcp.payload = tcp.payload.replace(b"\r\n\r\n", b"\r\nX-Lab: inserted by pktlab\r\n\r\n")
+        elif tcp.sport == PORT and len(tcp.payload) > 0:  # (read as it arrived: no copy of it either)
+            pkt.ip.ttl -= 1
+        return None
+
+    for handler, requests in ((mark_responses, 1), (grow_request_mark_responses, 2)):
+        srv = serve(router_lab, unit, repeat, requests)
+        copies, sums = payload_copies(), payload_sums_taken()
+        got, s = through_router(router_lab, queue_num, handler, srv, requests, gso=gso)
+        assert [g["body"] for g in got] == [unit * repeat] * requests and not s.errors, handler.__name__
+        if handler is grow_request_mark_responses:
+            assert all(g["headers"]["X-Lab"] == "inserted by pktlab" for g in got)
+        assert payload_copies() == copies, handler.__name__
+        assert payload_sums_taken() - sums >= len(unit * repeat) // 65536, handler.__name__  # one per packet at least
 
 
 @GSO

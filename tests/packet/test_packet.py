@@ -322,6 +322,51 @@ def test_bytes_written_through_copied_bytes_are_summed_at_the_fix_up() -> None:
     assert payload_sums_taken() == taken
 
 
+def test_a_first_write_in_the_headers_sums_the_payload_as_it_copies_it() -> None:
+    """Writing a header field (a TTL, a port, an address) copies the packet once: its TCP or UDP payload with its
+    checksum sum, which the fix-up then takes instead of summing the payload again; a later write into the
+    payload makes it sum everything again.  Whatever the layout (options, IPv6, odd lengths), the checksums
+    come out as scapy computes them."""
+    cases = [
+        IP(src="10.1.1.1", dst="10.2.2.2") / TCP(sport=1, dport=2, flags="PA"),
+        IP(src="10.1.1.1", dst="10.2.2.2", options=b"\x94\x04\x00\x00")
+        / TCP(sport=1, dport=2, options=[("MSS", 1400), ("NOP", None), ("WScale", 7)]),
+        IP(src="10.1.1.1", dst="10.2.2.2") / UDP(sport=1, dport=2),
+        IPv6(src="fd77::1", dst="fd77::2") / TCP(sport=1, dport=2),
+        IPv6(src="fd77::1", dst="fd77::2") / IPv6ExtHdrDestOpt() / UDP(sport=1, dport=2),
+    ]
+    for base in cases:
+        for size in (0, 1, 7, 1000, 4097, 60001):
+            body = bytes((i * 13 + 5) & 0xFF for i in range(size))
+            for write in ("ttl", "port", "address"):
+                p = P(base / Raw(body))
+                if write == "ttl":
+                    if p.ip is not None:
+                        p.ip.ttl = 9
+                    else:
+                        p.ipv6.hlim = 9
+                elif write == "port":
+                    p.transport.dport = 4242
+                elif p.ip is not None:
+                    p.ip.dst = "10.9.9.9"  # (in the pseudo-header: the payload's sum still holds)
+                else:
+                    p.ipv6.dst = "fd77::9"
+                p.transport.sport = 77  # a second write in front keeps it
+                taken = payload_sums_taken()
+                out = bytes(p)
+                assert payload_sums_taken() == taken + 1, (base.summary(), size, write)
+                assert out.endswith(body)
+                assert_scapy_agrees(out)
+            p = P(base / Raw(body))
+            p.transport.sport = 77
+            if size:
+                p.raw[len(p) - 1] = 0x55  # into the payload: summed again
+                taken = payload_sums_taken()
+                out = bytes(p)
+                assert payload_sums_taken() == taken and out[-1] == 0x55
+                assert_scapy_agrees(out)
+
+
 def test_a_payload_after_an_odd_header_gets_the_right_checksum() -> None:
     """A user protocol's 11-byte header puts its payload at an odd offset into the UDP header: the payload's
     sum, made as if it started at an even one, is taken byte-swapped."""
