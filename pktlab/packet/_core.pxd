@@ -46,6 +46,9 @@ cdef class PacketCore:
     # the bytes from ``_set_at`` on are those the packet arrived with, in the same place: its first write changed
     # only bytes in front of its transport payload, and copied that payload with its sum (``_writable_head``)
     cdef bint _set_arrived
+    # ``_data`` (bytes) is what the packet arrived with: a captured packet's bytes, or a queue message's copied out
+    # (``_own``); not bytes a handler set (``_buf``)
+    cdef bint _data_arrived
     # the bytearray went to the kernel by reference (the verdict writer's thread reads it after the verdict):
     # the next write copies it first
     cdef public bint _shared
@@ -130,6 +133,7 @@ cdef inline void clear_payloads(PacketCore pkt) noexcept:
     pkt._set = None
     pkt._set_summed = False
     pkt._set_arrived = False
+    pkt._data_arrived = False
 
 
 cdef inline bint payload_as_arrived(PacketCore pkt, Py_ssize_t start, Py_ssize_t n) noexcept:

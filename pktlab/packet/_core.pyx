@@ -276,6 +276,7 @@ cdef class PacketCore:
         self._set = None  # the caller may write anywhere in what it gets
         self._set_summed = False
         self._set_arrived = False
+        self._data_arrived = False
         if self._mptr != NULL:  # over the queue message: copied from it straight into the bytearray
             self._data = PyByteArray_FromStringAndSize(<const char*>self._mptr, self._mlen)
             self._mptr = NULL
@@ -335,10 +336,11 @@ cdef class PacketCore:
 
     cdef object _copy_summed(self, Py_ssize_t at):
         """The packet's bytes (over its queue message, or bytes) as a bytearray of its own, the bytes from ``at``
-        on copied with their sum, kept as the known tail (as it arrived, when copied from the message)."""
+        on copied with their sum, kept as the known tail (as it arrived, when they were what it arrived with)."""
         cdef Py_ssize_t n
         cdef const unsigned char* p = pkt_ptr(self, &n)
-        cdef bint over_message = self._mptr != NULL  # (bytes it holds may be what a handler put there)
+        cdef bint over_message = self._mptr != NULL
+        cdef bint arrived = over_message or self._data_arrived  # (not bytes a handler put there)
         new = PyByteArray_FromStringAndSize(NULL, n)
         cdef unsigned char* o = <unsigned char*>PyByteArray_AS_STRING(new)
         memcpy(o, p, at)
@@ -349,7 +351,8 @@ cdef class PacketCore:
         self._set_at = at
         self._set_end = n
         self._set_summed = True
-        self._set_arrived = over_message
+        self._set_arrived = arrived
+        self._data_arrived = False
         self._data = new
         self._mptr = NULL
         self._shared = False
@@ -361,6 +364,7 @@ cdef class PacketCore:
         if self._mptr != NULL:
             self._data = PyBytes_FromStringAndSize(<const char*>self._mptr, self._mlen)
             self._mptr = NULL
+            self._data_arrived = True  # (a message is what the packet arrived with: a write copies it out first)
             _copied()
         return self._data
 

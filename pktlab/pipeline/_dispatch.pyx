@@ -1217,6 +1217,7 @@ cdef class Dispatcher:
         else:
             pkt._data = data
             pkt._mptr = NULL
+            pkt._data_arrived = True  # a captured packet's bytes, or the original of one given back as it arrived
         pkt._send = self.sender
         if captured:
             pkt._l3 = cp.l3

@@ -90,6 +90,37 @@ def test_rewrites_are_fixed_up_and_written(tmp_path: Path) -> None:
     )
 
 
+def test_header_writes_in_a_replay_sum_the_payload_once_and_leave_sequence_adjustment_out(tmp_path: Path) -> None:
+    """As on a live queue: a handler that writes only headers of a captured TCP connection gets its payloads
+    copied once, with their sums (the fix-up takes them), and sequence adjustment neither copies nor compares
+    them; the packets come out as scapy computes them."""
+    from pktlab.packet._core import payload_sums_taken
+    from pktlab.pipeline._seqadj import payload_copies
+    from scapy.layers.inet import TCP
+
+    s = pktlab.replay("lab-tcp")
+
+    @s.handler
+    def mark(pkt):
+        if pkt.tcp is not None:
+            pkt.ip.tos = 0x20
+            pkt.ip.ttl = 9
+
+    copies, sums = payload_copies(), payload_sums_taken()
+    s.run()
+    assert s.record.n == 27 and not s.errors and payload_copies() == copies
+    # every packet's sum taken but the SYN whose MSS sequence adjustment lowered (a write anywhere: it has no
+    # payload to sum again)
+    assert payload_sums_taken() - sums == 26
+    assert s.write_pcap(tmp_path / "out.pcap") == 27
+    for p in rdpcap(str(tmp_path / "out.pcap")):
+        ip = IP(bytes(p))
+        assert ip.tos == 0x20 and ip.ttl == 9
+        ref = IP(bytes(ip))
+        del ref.chksum, ref[TCP].chksum
+        assert bytes(IP(bytes(ref))) == bytes(ip)
+
+
 def test_a_handler_that_never_returns_is_skipped_as_live() -> None:
     """The live rule: at the deadline its packet gets the error verdict, the handler is skipped until it returns."""
     s = pktlab.replay("lab-udp", deadline=0.1, on_error="drop")
