@@ -347,7 +347,7 @@ cdef class PacketCore:
         self._set_sum = csum_copy(o + at, p + at, n - at)
         if over_message:
             _copied()
-        self._set = arrived_payload(self, at, n) if over_message else None  # a read of the payload as it arrived
+        self._set = arrived_payload(self, at, n)  # a read of the payload as it arrived (made over a message only)
         self._set_at = at
         self._set_end = n
         self._set_summed = True

@@ -914,7 +914,7 @@ cdef class Dispatcher:
         """An accepted TCP packet of a connection with state, one whose payload a handler changed (not one whose
         headers alone it wrote in place: a TTL, an address, a port), or a SYN (its MSS) while handlers run."""
         cdef const unsigned char* p
-        cdef Py_ssize_t n, off
+        cdef Py_ssize_t n
         if self.seqadj is None or code != NF_ACCEPT:
             return False
         try:
@@ -926,8 +926,7 @@ cdef class Dispatcher:
         if self.seqadj_on:
             return True
         p = pkt_ptr(pkt, &n)
-        off = pkt._l4off
-        if pkt._modified and (off + 20 > n or not payload_as_arrived(pkt, off + (p[off + 12] >> 4) * 4, n)):
+        if pkt._modified and not payload_as_arrived(pkt, pkt._payload_at(), n):
             return True
         # a SYN's MSS makes room for segments a handler may grow: only while the session has handlers that can (a
         # delay line, a session that only looks, or kernel handlers, which change no length, leave TCP as it is)
